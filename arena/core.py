@@ -1,0 +1,134 @@
+"""The arena core: takes a `TextRunRequest`, prepares the shared input once, runs the backends one after
+another in their worker processes and yields the growing `TextRunResult`. No heavy imports here."""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from arena.cache import ArtifactCache, default_cache_dir
+from arena.environment import probe_environment
+from arena.errors import ArenaError
+from arena.registry import TEXT_BACKENDS, backend_class
+from arena.types import BackendSpec, BackendTextResult, PreparedText, TextRunRequest, TextRunResult
+from arena.workers import Worker, WorkerCrashed, WorkerFailed
+
+ProgressFn = Callable[[float | None, str], None]
+
+# Generous: a 7B export or first download takes many minutes; a hung worker is still stopped eventually.
+PREPARE_TIMEOUT_S = 3 * 3600
+RUN_TIMEOUT_S = 3 * 3600
+
+
+def _quiet(_fraction: float | None, _description: str) -> None:
+    pass
+
+
+class Arena:
+    """Owns the worker processes and the artifact cache; serves the UI, the API and the CLI alike."""
+
+    def __init__(self, cache_dir: str | Path | None = None, environment: dict[str, Any] | None = None,
+                 extra_backends: dict[str, str] | None = None, run_timeout_s: float = RUN_TIMEOUT_S):
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.cache = ArtifactCache(self.cache_dir)
+        self.log_dir = self.cache_dir / "logs"
+        self.run_timeout_s = run_timeout_s
+        self._environment = environment
+        self._env_lock = threading.Lock()
+        self._run_lock = threading.Lock()
+        self._workers: dict[str, Worker] = {}
+        self.backends = dict(TEXT_BACKENDS) | dict(extra_backends or {})
+        self.cache.clean_stale()
+        atexit.register(self.close)
+
+    # --- environment ---------------------------------------------------------------------------------
+    def environment(self) -> dict[str, Any]:
+        """Facts about this machine from a child-process probe (cached for the arena's lifetime)."""
+        with self._env_lock:
+            if self._environment is None:
+                self._environment = probe_environment()
+            return self._environment
+
+    def backend_options(self) -> dict[str, dict[str, Any]]:
+        """Per backend: title, whole-backend availability and each option's choices (for the UI)."""
+        env = self.environment()
+        out = {}
+        for name in self.backends:
+            cls = self._backend_cls(name)
+            out[name] = {"title": cls.title, "availability": cls.availability(env), "options": cls.options(env)}
+        return out
+
+    def _backend_cls(self, name: str):
+        return backend_class(self.backends[name])
+
+    # --- workers -------------------------------------------------------------------------------------
+    def _worker(self, key: str, target: str, *init_args: Any) -> Worker:
+        worker = self._workers.get(key)
+        if worker is None:
+            worker = Worker(key, target, init_args=init_args, log_dir=self.log_dir)
+            self._workers[key] = worker
+        return worker
+
+    def _backend_worker(self, spec: BackendSpec) -> Worker:
+        # One process per backend and device: switching precision reloads, two devices do not fight.
+        key = f"{spec.backend}-{spec.device}" if spec.backend == "pytorch" else spec.backend
+        return self._worker(key, "arena.host:BackendHost", self.backends[spec.backend], str(self.cache_dir))
+
+    def worker_pids(self) -> dict[str, int | None]:
+        return {key: worker.pid for key, worker in self._workers.items()}
+
+    def prepare_text(self, request: TextRunRequest, progress: ProgressFn = _quiet) -> PreparedText:
+        """Resolve the model and tokenize the prompt once (in the preparation worker)."""
+        worker = self._worker("prepare", "arena.prepare:TextPreparer", str(self.cache_dir))
+        return worker.call("prepare_text", request, progress=progress, timeout=PREPARE_TIMEOUT_S)
+
+    # --- runs ----------------------------------------------------------------------------------------
+    def run_text(self, request: TextRunRequest, progress: ProgressFn = _quiet) -> Iterator[TextRunResult]:
+        """Yield the result after preparation and after each backend finishes (in request order)."""
+        with self._run_lock:  # never two timed runs at once: they would share the cores
+            env = self.environment()
+            if not request.backends:
+                yield TextRunResult(request, None, error="Pick at least one backend to run.", environment=env)
+                return
+            progress(0.0, "Preparing the model and the prompt")
+            try:
+                prepared = self.prepare_text(request, progress)
+            except (WorkerFailed, WorkerCrashed, ArenaError) as exc:
+                yield TextRunResult(request, None, error=str(exc), environment=env)
+                return
+            results: list[BackendTextResult] = []
+            yield TextRunResult(request, prepared, tuple(results), environment=env)
+            for spec in request.backends:
+                results.append(self._run_one(spec, prepared, request, env, progress))
+                yield TextRunResult(request, prepared, tuple(results), environment=env)
+
+    def _run_one(self, spec: BackendSpec, prepared: PreparedText, request: TextRunRequest,
+                 env: dict[str, Any], progress: ProgressFn) -> BackendTextResult:
+        if spec.backend not in self.backends:
+            return BackendTextResult(spec, error=f"Unknown backend '{spec.backend}'.")
+        problem = self._backend_cls(spec.backend).check_spec(spec, env)
+        if problem:
+            return BackendTextResult(spec, error=problem)
+        worker = self._backend_worker(spec)
+        try:
+            return worker.call("run_text", prepared, spec, request, progress=progress, timeout=self.run_timeout_s)
+        except WorkerCrashed as exc:
+            return BackendTextResult(spec, error=str(exc), log_tail=exc.log_tail)
+        except WorkerFailed as exc:
+            return BackendTextResult(spec, error=str(exc), log_tail=exc.log_tail)
+
+    def run_text_to_end(self, request: TextRunRequest, progress: ProgressFn = _quiet) -> TextRunResult:
+        """Run and return only the final result (API and CLI)."""
+        final = None
+        for final in self.run_text(request, progress):
+            pass
+        return final
+
+    def close(self) -> None:
+        """Stop every worker (each unloads its model and exits)."""
+        for worker in list(self._workers.values()):
+            worker.stop()
+        self._workers.clear()

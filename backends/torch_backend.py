@@ -1,0 +1,108 @@
+"""Hugging Face transformers in PyTorch: the reference backend (CPU or CUDA; fp32, bf16, fp16 on CUDA)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from backends.base import (
+    AVAILABLE,
+    Availability,
+    GenerationSettings,
+    LoadContext,
+    OptionChoice,
+    TextBackend,
+    hf_generate,
+)
+
+TORCH_INSTALL = "pip install torch==2.13.0"
+TORCH_CUDA_INSTALL = ("pip install --force-reinstall torch==2.13.0  # PyPI's Linux x86_64 wheel is the CUDA build; "
+                      "needs an NVIDIA GPU and driver")
+TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+class PyTorchBackend(TextBackend):
+    """`AutoModelForCausalLM` with greedy `generate`."""
+
+    name = "pytorch"
+    title = "PyTorch"
+    option_names = ("device", "precision")
+
+    def __init__(self) -> None:
+        self.model = None
+        self._info: dict[str, Any] = {}
+
+    @classmethod
+    def availability(cls, env: dict[str, Any]) -> Availability:
+        torch_facts = env.get("torch", {})
+        if not torch_facts.get("installed"):
+            detail = torch_facts.get("error", "torch is not installed.")
+            return Availability(False, f"PyTorch cannot be imported ({detail})", TORCH_INSTALL)
+        return AVAILABLE
+
+    @classmethod
+    def options(cls, env: dict[str, Any]) -> dict[str, list[OptionChoice]]:
+        torch_facts = env.get("torch", {})
+        if torch_facts.get("cuda_available"):
+            cuda = AVAILABLE
+        elif torch_facts.get("cuda_build"):
+            cuda = Availability(False, f"torch {torch_facts.get('version')} has CUDA {torch_facts['cuda_build']} but "
+                                       "sees no GPU (check `nvidia-smi` and the driver).")
+        else:
+            cuda = Availability(False, f"torch {torch_facts.get('version', '')} is a CPU-only build.",
+                                TORCH_CUDA_INSTALL)
+        fp16 = AVAILABLE if cuda.ok else Availability(
+            False, "fp16 runs on CUDA only (on CPU many PyTorch ops lack fp16 kernels). " + cuda.reason, cuda.install)
+        return {
+            "device": [OptionChoice("cpu", "CPU"), OptionChoice("cuda", "CUDA", cuda)],
+            "precision": [OptionChoice("fp32", "fp32"), OptionChoice("bf16", "bf16"), OptionChoice("fp16", "fp16", fp16)],
+        }
+
+    @classmethod
+    def check_spec(cls, spec, env):
+        problem = super().check_spec(spec, env)
+        if problem is None and spec.precision == "fp16" and spec.device != "cuda":
+            return "PyTorch fp16 needs device 'cuda': on CPU many ops lack fp16 kernels. Pick fp32 or bf16 on CPU."
+        if problem is None and spec.precision == "bf16" and spec.device == "cuda" \
+                and not env.get("torch", {}).get("bf16_cuda"):
+            return "This GPU has no bf16 support (needs compute capability 8.0 or newer); pick fp16 or fp32."
+        return problem
+
+    def load(self, model, spec, ctx: LoadContext) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        dtype = getattr(torch, TORCH_DTYPES[spec.precision])
+        with ctx.stage("load", f"PyTorch: loading {model.model_name} ({spec.device}, {spec.precision})"):
+            self.model = AutoModelForCausalLM.from_pretrained(model.model_dir, dtype=dtype)
+            self.model.to(spec.device)
+            self.model.eval()
+        self._info = {"provider": f"torch {torch.__version__} on {spec.device}"
+                                  + (f" ({torch.cuda.get_device_name()})" if spec.device == "cuda" else ""),
+                      "artifact_dir": model.model_dir, "export_cached": None}
+        self.device = spec.device
+
+    def generate_text(self, prompt_ids: list[int], settings: GenerationSettings,
+                      on_token: Callable[[int], None]) -> list[int]:
+        ids = hf_generate(self.model, prompt_ids, settings, on_token, device=self.device)
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+        return ids
+
+    def runtime_info(self) -> dict[str, Any]:
+        return dict(self._info)
+
+    def unload(self) -> None:
+        self.model = None
+        import gc
+
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
