@@ -122,9 +122,7 @@ class Arena:
 
     def run_text_to_end(self, request: TextRunRequest, progress: ProgressFn = _quiet) -> TextRunResult:
         """Run and return only the final result (API and CLI)."""
-        final = None
-        for final in self.run_text(request, progress):
-            pass
+        *_, final = self.run_text(request, progress)
         return final
 
     def close(self) -> None:

@@ -126,6 +126,7 @@ class TextBackend(ABC):
     def runtime_info(self) -> dict[str, Any]:
         """What actually runs the model: {"provider": ..., "artifact_dir": ..., "export_cached": ...}."""
 
+    @abstractmethod
     def unload(self) -> None:
         """Free the model (the worker process also exits cleanly on shutdown)."""
 

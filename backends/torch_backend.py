@@ -55,7 +55,8 @@ class PyTorchBackend(TextBackend):
             False, "fp16 runs on CUDA only (on CPU many PyTorch ops lack fp16 kernels). " + cuda.reason, cuda.install)
         return {
             "device": [OptionChoice("cpu", "CPU"), OptionChoice("cuda", "CUDA", cuda)],
-            "precision": [OptionChoice("fp32", "fp32"), OptionChoice("bf16", "bf16"), OptionChoice("fp16", "fp16", fp16)],
+            "precision": [OptionChoice("fp32", "fp32"), OptionChoice("bf16", "bf16"),
+                          OptionChoice("fp16", "fp16", fp16)],
         }
 
     @classmethod

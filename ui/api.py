@@ -1,0 +1,57 @@
+"""Endpoints for gradio_client: the same core as the UI, returning the structured result as JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from arena.catalog import DEFAULT_TEXT_MODEL
+from arena.core import Arena
+from arena.types import BackendSpec, TextRunRequest
+from ui.text_tab import RUN_CONCURRENCY_ID
+
+
+def make_compare_text(arena: Arena):
+    """Build the /compare_text function bound to this arena."""
+
+    def compare_text(
+        prompt: str,
+        model: str = DEFAULT_TEXT_MODEL,
+        backends: list[Any] | None = None,
+        max_new_tokens: int = 64,
+        prompt_format: str = "auto",
+        ignore_eos: bool = False,
+        warmup: int = 1,
+        repeats: int = 1,
+    ) -> dict:
+        """Run one prompt greedily through several backends and return every answer, token ids and timings.
+
+        Args:
+            prompt: the user's prompt (rendered with the model's prompt format).
+            model: a catalog key, a Hugging Face hub id, or a local directory.
+            backends: names ("pytorch", "onnxruntime") or dicts of options, e.g.
+                {"backend": "onnxruntime", "provider": "CPUExecutionProvider", "precision": "int8",
+                 "onnx_dir": "/path/to/export"}. Default: PyTorch and ONNX Runtime.
+            max_new_tokens: how many tokens each backend may generate.
+            prompt_format: "auto", "chat", "plain", "llama-2-chat" or "dolly".
+            ignore_eos: generate exactly max_new_tokens (benchmarking).
+            warmup: untimed warm-up generations per backend.
+            repeats: timed generations per backend; medians are reported.
+        """
+        try:
+            specs = tuple(BackendSpec.from_any(b) for b in (backends or ["pytorch", "onnxruntime"]))
+            request = TextRunRequest(model=model or DEFAULT_TEXT_MODEL, prompt=prompt, backends=specs,
+                                     max_new_tokens=int(max_new_tokens), prompt_format=prompt_format,
+                                     ignore_eos=bool(ignore_eos), warmup=int(warmup), repeats=int(repeats))
+        except (ValueError, TypeError) as exc:
+            return {"error": str(exc), "results": []}
+        return arena.run_text_to_end(request).to_dict()
+
+    return compare_text
+
+
+def register_api(arena: Arena) -> None:
+    """Add the API-only endpoints to the Blocks being built."""
+    gr.api(make_compare_text(arena), api_name="compare_text", concurrency_limit=1,
+           concurrency_id=RUN_CONCURRENCY_ID)

@@ -1,0 +1,42 @@
+"""Plotly figures built from a run's JSON result (the same dict the API returns)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+COLORS = {"pytorch": "#ee4c2c", "onnxruntime": "#005ced"}
+FALLBACK_COLORS = ("#2a9d8f", "#e9c46a", "#8338ec", "#6c757d")
+
+
+def _color(result: dict[str, Any], index: int) -> str:
+    return COLORS.get(result["backend"], FALLBACK_COLORS[index % len(FALLBACK_COLORS)])
+
+
+def text_latency_figure(run: dict[str, Any]) -> go.Figure:
+    """Time to first token, total time and tokens/s per backend, and each token's latency over the answer."""
+    done = [r for r in run.get("results", []) if r.get("timings")]
+    fig = make_subplots(
+        rows=2, cols=3, specs=[[{}, {}, {}], [{"colspan": 3}, None, None]], vertical_spacing=0.2,
+        subplot_titles=("Time to first token (s)", "Total generation time (s)", "Tokens per second",
+                        "Latency of each new token (ms)"))
+    for index, result in enumerate(done):
+        timings, color, label = result["timings"], _color(result, index), result["label"]
+        for col, key in ((1, "ttft_s"), (2, "total_s"), (3, "tokens_per_s")):
+            value = timings[key]
+            fig.add_trace(go.Bar(x=[label], y=[value], name=label, marker_color=color, legendgroup=label,
+                                 showlegend=False, text=[f"{value:.3g}"], textposition="outside"), row=1, col=col)
+        stamps = timings.get("token_times_s") or []
+        steps = [(b - a) * 1000 for a, b in zip([0.0, *stamps[:-1]], stamps, strict=True)]
+        fig.add_trace(go.Scatter(x=list(range(1, len(steps) + 1)), y=steps, mode="lines", name=label,
+                                 line={"color": color}, legendgroup=label), row=2, col=1)
+    fig.update_xaxes(title_text="new token", row=2, col=1)
+    fig.update_yaxes(type="log", row=2, col=1)
+    fig.update_layout(height=560, margin={"l": 40, "r": 20, "t": 60, "b": 40}, bargap=0.35,
+                      legend={"orientation": "h", "y": -0.15}, template="plotly_white")
+    if not done:
+        fig.add_annotation(text="Run a comparison to see latency here", showarrow=False, x=0.5, y=0.5,
+                           xref="paper", yref="paper", font={"size": 16, "color": "#888"})
+    return fig

@@ -1,0 +1,89 @@
+"""Turn result dicts into the Markdown the panels show. Pure functions: easy to test, no Gradio."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from backends.base import OptionChoice
+
+
+def seconds(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def panel_header(title: str, result: dict[str, Any] | None, state: str) -> str:
+    """The panel's title line with a status badge: waiting, running, done or error."""
+    kind, text = {"idle": ("idle", "not run"), "waiting": ("waiting", "waiting"),
+                  "skipped": ("idle", "not selected")}.get(state, ("idle", ""))
+    if result is not None:
+        kind, text = ("error", "ERROR") if result.get("error") else ("ok", "DONE")
+    label = result["label"] if result else title
+    return f"### {label} <span class='arena-badge arena-badge-{kind}'>{text}</span>"
+
+
+def panel_metrics(result: dict[str, Any] | None) -> str:
+    """Timing, load and provider facts of one backend, or its error with the log tail."""
+    if result is None:
+        return ""
+    if result.get("error"):
+        text = f"**Error:** {result['error']}"
+        if result.get("log_tail"):
+            text += "\n\n<details><summary>Last log lines</summary>\n\n```\n" + result["log_tail"] + "\n```\n</details>"
+        return text
+    timings, load = result.get("timings") or {}, result.get("load") or {}
+    export = "–"
+    if load.get("export_cached") is True:
+        export = "from cache"
+    elif load.get("export_cached") is False:
+        export = f"{seconds(load.get('export_s'))} (new)"
+    rows = [
+        ("Time to first token", seconds(timings.get("ttft_s"))),
+        ("Tokens/s (decode)", f"{timings.get('tokens_per_s', 0):.1f} ({timings.get('decode_tokens_per_s', 0):.1f})"),
+        ("Total time", seconds(timings.get("total_s"))),
+        ("New tokens", str(result.get("num_new_tokens", 0))),
+        ("Export", export),
+        ("Load", seconds(load.get("load_s"))),
+        ("Runs on", f"`{load.get('provider') or '?'}`"),
+        ("Worker memory", f"{load['memory_mb']:.0f} MB" if load.get("memory_mb") else "–"),
+    ]
+    table = "| Measure | Value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+    notes = load.get("notes") or []
+    return table + ("\n\n" + "; ".join(notes) if notes else "")
+
+
+def run_summary(run: dict[str, Any]) -> str:
+    """One status line above the panels: the error before any backend ran, or agreement of token ids."""
+    if run.get("error"):
+        return f"<span class='arena-badge arena-badge-error'>ERROR</span> {run['error']}"
+    results = [r for r in run.get("results", []) if not r.get("error")]
+    prompt_tokens = len(run.get("prompt_token_ids") or [])
+    head = f"Prompt: {prompt_tokens} tokens, same ids for every backend."
+    if len(results) >= 2:
+        first = results[0]["token_ids"]
+        same = [r["label"] for r in results[1:] if r["token_ids"] == first]
+        differ = [r["label"] for r in results[1:] if r["token_ids"] != first]
+        if not differ:
+            head += f" <span class='arena-badge arena-badge-ok'>SAME</span> All {len(results)} backends generated " \
+                    "identical token ids."
+        else:
+            head += (" <span class='arena-badge arena-badge-error'>DIFFERENT</span> "
+                     f"Token ids differ from {results[0]['label']}: {', '.join(differ)}"
+                     + (f" (identical: {', '.join(same)})" if same else "") + ".")
+    return head
+
+
+def unavailable_note(options: dict[str, list[OptionChoice]]) -> str:
+    """List each option value that cannot run here, with why and how to install what is missing."""
+    lines = []
+    for option, choices in options.items():
+        for choice in choices:
+            if not choice.availability.ok:
+                lines.append(f"- **{choice.label}** ({option}) unavailable here: {choice.availability.sentence()}")
+    return "\n".join(lines)
+
+
+def choice_labels(choices: list[OptionChoice]) -> list[tuple[str, str]]:
+    """(label, value) pairs for a Radio/Dropdown; unavailable values say so in their label."""
+    return [(c.label if c.availability.ok else f"{c.label} — unavailable", c.value) for c in choices]

@@ -1,0 +1,190 @@
+"""The Text tab: model picker, backend options, prompt, and one panel per backend that fills as it finishes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from arena.catalog import CATALOG, DEFAULT_TEXT_MODEL, EXAMPLE_PROMPTS, PROMPT_FORMATS, find_catalog_model
+from arena.core import Arena
+from arena.types import BackendSpec, TextRunRequest
+from ui.charts import text_latency_figure
+from ui.format import choice_labels, panel_header, panel_metrics, run_summary, unavailable_note
+
+RUN_CONCURRENCY_ID = "arena-run"  # UI runs and API calls share one slot: timed runs never overlap
+
+
+@dataclass
+class BackendControls:
+    """The widgets of one backend's options and its result panel."""
+
+    name: str
+    title: str
+    enabled: gr.Checkbox
+    options: dict[str, gr.components.Component]
+    header: gr.Markdown
+    answer: gr.Textbox
+    metrics: gr.Markdown
+
+
+@dataclass
+class TextTab:
+    model: gr.Dropdown
+    model_notes: gr.Markdown
+    prompt_format: gr.Dropdown
+    prompt: gr.Textbox
+    max_new_tokens: gr.Slider
+    ignore_eos: gr.Checkbox
+    warmup: gr.Number
+    repeats: gr.Number
+    run: gr.Button
+    status: gr.Markdown
+    backends: list[BackendControls]
+    chart: gr.Plot
+    result_json: gr.JSON
+
+
+def model_notes(model: str) -> str:
+    entry = find_catalog_model(model or "")
+    if entry is not None:
+        return f"**{entry.title}** — prompt format `{entry.prompt_format}`. {entry.notes}"
+    if not model:
+        return ""
+    return (f"`{model}`: loaded as a Hugging Face hub id, or as a local directory if one exists at that path "
+            "(folders written by `save_pretrained`).")
+
+
+def request_from_form(values: dict[str, Any]) -> TextRunRequest:
+    """Gather the widgets into one immutable request. No model code here."""
+    specs = []
+    for name, fields in values["backends"].items():
+        if fields.pop("enabled"):
+            specs.append(BackendSpec.from_any({"backend": name, **fields}))
+    return TextRunRequest(
+        model=(values["model"] or DEFAULT_TEXT_MODEL).strip(),
+        prompt=values["prompt"] or "",
+        backends=tuple(specs),
+        max_new_tokens=int(values["max_new_tokens"]),
+        prompt_format=values["prompt_format"],
+        ignore_eos=bool(values["ignore_eos"]),
+        warmup=max(0, int(values["warmup"] or 0)),
+        repeats=max(1, int(values["repeats"] or 1)),
+    )
+
+
+def build_text_tab(arena: Arena) -> TextTab:
+    """Lay out the tab and wire its events to the arena."""
+    backend_options = arena.backend_options()
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=320):
+            model = gr.Dropdown(
+                choices=[(entry.title, entry.key) for entry in CATALOG], value=DEFAULT_TEXT_MODEL,
+                allow_custom_value=True, label="Model",
+                info="Pick one, or type any Hugging Face hub id or local directory of a causal LM.")
+            notes = gr.Markdown(model_notes(DEFAULT_TEXT_MODEL), elem_classes=["arena-notes"])
+            prompt_format = gr.Dropdown(choices=[(f.label, f.name) for f in PROMPT_FORMATS.values()],
+                                        value="auto", label="Prompt format")
+            controls: list[tuple[str, str, gr.Checkbox, dict[str, gr.components.Component]]] = []
+            for name, info in backend_options.items():
+                available = info["availability"]
+                with gr.Accordion(info["title"], open=True):
+                    enabled = gr.Checkbox(value=available.ok, label=f"Run {info['title']}",
+                                          interactive=available.ok, elem_id=f"enable-{name}",
+                                          info=None if available.ok else available.sentence())
+                    widgets: dict[str, gr.components.Component] = {}
+                    for option, choices in info["options"].items():
+                        first_ok = next((c.value for c in choices if c.availability.ok), choices[0].value)
+                        widget = gr.Dropdown if len(choices) > 3 else gr.Radio
+                        widgets[option] = widget(choices=choice_labels(choices), value=first_ok,
+                                                 label=option.capitalize(), elem_id=f"{name}-{option}")
+                    if name == "onnxruntime":
+                        widgets["onnx_dir"] = gr.Textbox(
+                            label="Existing ONNX export (optional)", placeholder="/path/to/optimum-cli/export",
+                            info="Check your own export against PyTorch instead of exporting here.")
+                    note = unavailable_note(info["options"])
+                    if note:
+                        with gr.Accordion(f"Unavailable here ({note.count(chr(10)) + 1}): why, and how to install",
+                                          open=False):
+                            gr.Markdown(note, elem_classes=["arena-unavailable"])
+                controls.append((name, info["title"], enabled, widgets))
+            max_new_tokens = gr.Slider(1, 512, value=64, step=1, label="Max new tokens")
+            with gr.Accordion("Timing protocol", open=False):
+                ignore_eos = gr.Checkbox(False, label="Ignore EOS (always generate max new tokens)",
+                                         info="For benchmarking: every backend produces the same number of tokens.")
+                warmup = gr.Number(1, precision=0, minimum=0, maximum=10, label="Warm-up generations (untimed)")
+                repeats = gr.Number(1, precision=0, minimum=1, maximum=20,
+                                    label="Timed repeats (median reported)")
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(EXAMPLE_PROMPTS[0], lines=3, label="Prompt", elem_id="prompt")
+            gr.Examples([[p] for p in EXAMPLE_PROMPTS], inputs=[prompt], label="Example prompts")
+            run = gr.Button("Run", variant="primary", elem_id="run-text")
+            status = gr.Markdown("", elem_id="run-status")
+            panels = []
+            with gr.Row(equal_height=True):
+                for name, title, enabled, widgets in controls:
+                    with gr.Column(elem_id=f"panel-{name}", elem_classes=["arena-panel"]):
+                        header = gr.Markdown(panel_header(title, None, "idle"))
+                        answer = gr.Textbox(label="Answer", lines=8, interactive=False, elem_id=f"answer-{name}",
+                                            buttons=["copy"])
+                        metrics = gr.Markdown("", elem_id=f"metrics-{name}")
+                    panels.append(BackendControls(name, title, enabled, widgets, header, answer, metrics))
+            chart = gr.Plot(text_latency_figure({}), label="Latency", elem_id="latency-chart")
+            with gr.Accordion("Structured result (JSON, same as the /compare_text API)", open=False):
+                result_json = gr.JSON(label="Result")
+    tab = TextTab(model, notes, prompt_format, prompt, max_new_tokens, ignore_eos, warmup, repeats, run, status,
+                  panels, chart, result_json)
+    _wire(arena, tab)
+    return tab
+
+
+def _wire(arena: Arena, tab: TextTab) -> None:
+    tab.model.change(model_notes, tab.model, tab.model_notes, api_visibility="private")
+    inputs = {tab.model, tab.prompt_format, tab.prompt, tab.max_new_tokens, tab.ignore_eos, tab.warmup,
+              tab.repeats}
+    for panel in tab.backends:
+        inputs.add(panel.enabled)
+        inputs.update(panel.options.values())
+    outputs = [tab.status, tab.chart, tab.result_json]
+    for panel in tab.backends:
+        outputs += [panel.header, panel.answer, panel.metrics]
+
+    def run_from_ui(data: dict, progress=gr.Progress()):
+        values = {
+            "model": data[tab.model], "prompt_format": data[tab.prompt_format], "prompt": data[tab.prompt],
+            "max_new_tokens": data[tab.max_new_tokens], "ignore_eos": data[tab.ignore_eos],
+            "warmup": data[tab.warmup], "repeats": data[tab.repeats],
+            "backends": {p.name: {"enabled": data[p.enabled], **{k: data[w] for k, w in p.options.items()}}
+                         for p in tab.backends},
+        }
+        try:
+            request = request_from_form(values)
+        except ValueError as exc:
+            yield {tab.status: f"<span class='arena-badge arena-badge-error'>ERROR</span> {exc}"}
+            return
+        selected = {spec.backend for spec in request.backends}
+        yield {tab.status: "Running…", **{
+            c: v for p in tab.backends for c, v in (
+                (p.header, panel_header(p.title, None, "waiting" if p.name in selected else "skipped")),
+                (p.answer, ""), (p.metrics, ""))}}
+        for result in arena.run_text(request, progress=lambda f, d: progress(f, desc=d)):
+            yield render_run(tab, result.to_dict(), selected)
+
+    tab.run.click(run_from_ui, inputs, outputs, api_visibility="private", concurrency_limit=1,
+                  concurrency_id=RUN_CONCURRENCY_ID)
+
+
+def render_run(tab: TextTab, run: dict[str, Any], selected: set[str]) -> dict:
+    """Updates for every output from the run's current (possibly partial) result."""
+    by_backend = {r["backend"]: r for r in run["results"]}
+    updates: dict = {tab.status: run_summary(run) if run["results"] or run.get("error") else "Running…",
+                     tab.chart: text_latency_figure(run), tab.result_json: json.loads(json.dumps(run, default=str))}
+    for panel in tab.backends:
+        result = by_backend.get(panel.name)
+        state = "waiting" if panel.name in selected and not run.get("error") else "skipped"
+        updates[panel.header] = panel_header(panel.title, result, state)
+        updates[panel.answer] = result["text"] if result else ""
+        updates[panel.metrics] = panel_metrics(result)
+    return updates
