@@ -27,7 +27,8 @@ def text_latency_figure(run: dict[str, Any]) -> go.Figure:
         for col, key in ((1, "ttft_s"), (2, "total_s"), (3, "tokens_per_s")):
             value = timings[key]
             fig.add_trace(go.Bar(x=[label], y=[value], name=label, marker_color=color, legendgroup=label,
-                                 showlegend=False, text=[f"{value:.3g}"], textposition="outside"), row=1, col=col)
+                                 showlegend=False, text=[f"{value:.3g}"], textposition="auto",
+                                 cliponaxis=False), row=1, col=col)
         stamps = timings.get("token_times_s") or []
         steps = [(b - a) * 1000 for a, b in zip([0.0, *stamps[:-1]], stamps, strict=True)]
         fig.add_trace(go.Scatter(x=list(range(1, len(steps) + 1)), y=steps, mode="lines", name=label,

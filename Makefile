@@ -1,0 +1,21 @@
+# Backend Arena: `make run` sets up .venv and serves the app on http://127.0.0.1:7860;
+# `make test` sets up the test tools and runs the whole suite.
+.PHONY: run test setup setup-dev lint bench
+
+run: setup
+	.venv/bin/python app.py
+
+test: setup-dev
+	.venv/bin/python -m pytest
+
+setup:
+	bash scripts/setup.sh
+
+setup-dev:
+	bash scripts/setup.sh --dev
+
+lint: setup-dev
+	.venv/bin/ruff check .
+
+bench: setup
+	.venv/bin/python benchmarks/text_latency.py

@@ -1,0 +1,65 @@
+"""Objects for worker tests and a deliberately broken backend (they run inside worker processes)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+
+from backends.torch_backend import PyTorchBackend
+
+
+def segfault() -> None:
+    """Crash the process the way a broken native exporter does."""
+    ctypes.string_at(0)
+
+
+class Toy:
+    """A hosted object whose methods exercise the worker protocol."""
+
+    def __init__(self, offset: int = 0):
+        self.offset = offset
+        self.calls = 0
+
+    def add(self, a: int, b: int, progress) -> int:
+        self.calls += 1
+        for step in range(3):
+            progress((step + 1) / 3, f"step {step + 1}", force=True)
+        return a + b + self.offset
+
+    def count(self, progress) -> int:
+        return self.calls
+
+    def pid(self, progress) -> int:
+        return os.getpid()
+
+    def fail(self, progress) -> None:
+        raise ValueError("bad input, clearly explained")
+
+    def crash(self, progress) -> None:
+        print("about to touch address zero", flush=True)
+        segfault()
+
+    def sleep(self, seconds: float, progress) -> None:
+        time.sleep(seconds)
+
+
+def isolated_ok(path: str) -> None:
+    with open(path, "w") as handle:
+        handle.write("done")
+
+
+def isolated_raise() -> None:
+    raise RuntimeError("exporter said no")
+
+
+class SegfaultingBackend(PyTorchBackend):
+    """PyTorch that loads normally and then segfaults while generating (a native crash mid-run)."""
+
+    name = "segfaulting"
+    title = "Segfaulting PyTorch"
+
+    def generate_text(self, prompt_ids, settings, on_token):
+        print("segfaulting backend: generating", flush=True)
+        segfault()
+        return []

@@ -1,0 +1,63 @@
+"""The launched app: the /compare_text API through gradio_client, and what the UI process has imported."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+from gradio_client import Client
+
+ROOT = Path(__file__).resolve().parent.parent
+HEAVY = ("torch", "transformers", "onnxruntime", "optimum", "tensorrt")
+PROMPT = "Why should one run machine learning models on-premises?"
+
+
+def test_building_the_ui_imports_no_heavy_module(session_cache):
+    code = (
+        "import sys, json\n"
+        "from arena.core import Arena\n"
+        "from ui import build_ui\n"
+        f"demo = build_ui(Arena(cache_dir={str(session_cache)!r}))\n"
+        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+@pytest.mark.slow
+def test_compare_text_api_returns_identical_answers_and_reuses_the_export(app_server):
+    client = Client(app_server["url"], verbose=False)
+    first = client.predict(prompt=PROMPT, backends=["pytorch", "onnxruntime"], api_name="/compare_text")
+    assert first["error"] is None
+    torch_result, ort_result = first["results"]
+    assert torch_result["text"].strip() and ort_result["text"].strip()
+    assert torch_result["token_ids"] == ort_result["token_ids"]
+    assert ort_result["provider"] == "CPUExecutionProvider"
+    assert torch_result["timings"]["tokens_per_s"] > 0 and ort_result["timings"]["ttft_s"] > 0
+    assert first["model"]["source"] == "embedded"
+
+    second = client.predict(prompt=PROMPT, backends=[{"backend": "onnxruntime"}], api_name="/compare_text")
+    assert second["results"][0]["export_cached"] is True
+    assert second["results"][0]["token_ids"] == ort_result["token_ids"]
+
+    # After real runs the UI process still holds no torch or onnxruntime: they live in its worker processes.
+    app = psutil.Process(app_server["pid"])
+    mapped = Path(f"/proc/{app.pid}/maps").read_text()
+    assert "libtorch" not in mapped and "onnxruntime" not in mapped
+    children = app.children(recursive=True)
+    assert any("libtorch" in Path(f"/proc/{c.pid}/maps").read_text() for c in children)
+
+
+def test_api_bad_input_is_a_clear_message(app_server):
+    client = Client(app_server["url"], verbose=False)
+    bad_backend = client.predict(prompt="hi", backends=["tensorflow"], api_name="/compare_text")
+    assert bad_backend["error"] == "Unknown backend 'tensorflow': choose 'pytorch' or 'onnxruntime'."
+    missing = client.predict(prompt="hi", model="/does/not/exist", api_name="/compare_text")
+    assert missing["error"] == "The local directory '/does/not/exist' does not exist."
+    empty = client.predict(prompt="", api_name="/compare_text")
+    assert empty["error"].startswith("The prompt is empty")

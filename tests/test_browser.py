@@ -1,0 +1,72 @@
+"""A real browser (Debian's chromium, headless, driven by Playwright) runs a comparison in the dashboard."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOT = ROOT / "docs" / "screenshots" / "text-arena.png"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+
+
+def chromium_path() -> str:
+    path = os.environ.get("ARENA_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        message = "Debian's chromium is not installed: sudo apt-get install -y chromium (make test does this)."
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI must run the browser test, never skip it
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture
+def page():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1200})
+        yield page
+        browser.close()
+
+
+def test_compare_both_backends_in_the_browser(app_server, page):
+    page.goto(app_server["url"])
+    page.wait_for_selector("#run-text")
+    for name in ("pytorch", "onnxruntime"):
+        box = page.locator(f"#enable-{name} input[type=checkbox]")
+        if not box.is_checked():
+            box.check()
+        assert box.is_checked()
+    prompt = page.locator("#prompt textarea")
+    prompt.fill("Why should one run machine learning models on-premises?")
+    page.click("#run-text")
+    for name in ("pytorch", "onnxruntime"):
+        page.wait_for_function(
+            f"document.querySelector('#metrics-{name}')?.innerText.includes('Time to first token')",
+            timeout=300_000)
+    answers = [page.locator(f"#answer-{name} textarea").input_value() for name in ("pytorch", "onnxruntime")]
+    assert all(a.strip() for a in answers) and answers[0] == answers[1]
+    assert "identical token ids" in page.locator("#run-status").inner_text()
+    chart = page.locator("#latency-chart")
+    chart.locator(".main-svg").first.wait_for(timeout=30_000)
+    assert chart.locator("g.trace.bars").count() >= 2  # one bar per backend in each subplot
+    page.wait_for_timeout(500)
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+
+def test_environment_tab_names_whats_missing(app_server, page):
+    page.goto(app_server["url"])
+    page.get_by_role("tab", name="Environment").click()
+    text = page.locator("#environment").inner_text()
+    assert "onnxruntime" in text and "CPUExecutionProvider" in text
+    if "CUDAExecutionProvider" not in text.split("providers:")[1].split("\n")[0]:
+        assert "onnxruntime-gpu" in text  # the install command for the missing provider is on the page

@@ -1,0 +1,114 @@
+"""The whole core (preparation worker, one worker per backend, cache) on a tiny Llama built here."""
+
+from __future__ import annotations
+
+import pytest
+
+from arena.core import Arena
+from arena.types import BackendSpec, TextRunRequest
+
+PROMPT = "My name is Arthur and I live in"
+BOTH = (BackendSpec("pytorch"), BackendSpec("onnxruntime"))
+
+
+def run(arena: Arena, model, backends=BOTH, **kwargs):
+    request = TextRunRequest(model=str(model), prompt=kwargs.pop("prompt", PROMPT), backends=tuple(backends),
+                             max_new_tokens=kwargs.pop("max_new_tokens", 16), prompt_format="plain",
+                             ignore_eos=True, **kwargs)
+    return arena.run_text_to_end(request)
+
+
+def test_pytorch_and_onnxruntime_agree_and_the_export_is_cached(arena, tiny_llama, session_cache):
+    first = run(arena, tiny_llama)
+    assert first.error is None
+    torch_result, ort_result = first.results
+    assert torch_result.error is None and ort_result.error is None, (torch_result.error, ort_result.error)
+    assert len(torch_result.token_ids) == 16
+    assert torch_result.token_ids == ort_result.token_ids
+    assert torch_result.text == ort_result.text and torch_result.text
+    assert ort_result.load.export_cached is False and ort_result.load.export_s > 0
+    assert ort_result.load.provider == "CPUExecutionProvider"
+    assert torch_result.load.provider.startswith("torch")
+    assert torch_result.timings.ttft_s > 0 and torch_result.timings.tokens_per_s > 0
+    assert len(torch_result.timings.token_times_s) == 16
+    exports = sorted((session_cache / "onnx").iterdir())
+
+    # A new arena (fresh worker processes, as after an app restart) loads the export from the cache.
+    fresh = Arena(cache_dir=session_cache)
+    try:
+        second = run(fresh, tiny_llama, backends=(BackendSpec("onnxruntime"),))
+    finally:
+        fresh.close()
+    assert second.results[0].load.export_cached is True
+    assert second.results[0].token_ids == ort_result.token_ids
+    assert sorted((session_cache / "onnx").iterdir()) == exports
+
+
+def test_a_users_export_directory_is_checked_against_pytorch(arena, tiny_llama, session_cache):
+    export_dir = next(p for p in (session_cache / "onnx").iterdir() if (p / "model.onnx").exists())
+    result = run(arena, tiny_llama, backends=(BackendSpec("pytorch"),
+                                              BackendSpec("onnxruntime", onnx_dir=str(export_dir))))
+    torch_result, user_result = result.results
+    assert user_result.error is None and user_result.load.export_cached is None
+    assert user_result.token_ids == torch_result.token_ids
+    assert "user export" in user_result.spec.label
+
+
+def test_a_wrong_export_directory_gets_a_clear_message(arena, tiny_llama, tmp_path):
+    (tmp_path / "weights.onnx").write_text("not a graph")
+    result = run(arena, tiny_llama, backends=(BackendSpec("onnxruntime", onnx_dir=str(tmp_path)),))
+    assert "has no model.onnx (found weights.onnx)" in result.results[0].error
+
+
+def test_int8_dynamic_quantization_runs_and_is_cached(arena, tiny_llama):
+    spec = BackendSpec("onnxruntime", provider="CPUExecutionProvider", precision="int8")
+    result = run(arena, tiny_llama, backends=(spec,))
+    assert result.results[0].error is None, result.results[0].error
+    assert len(result.results[0].token_ids) == 16
+    assert "onnx-int8" in result.results[0].load.artifact_dir
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"prompt": "   "}, "The prompt is empty"),
+    ({"prompt": "Arthur " * 200}, "more than the model's context of 128 tokens"),
+    ({"max_new_tokens": 0}, "Max new tokens must be between 1"),
+])
+def test_bad_input_is_one_clear_sentence(arena, tiny_llama, kwargs, message):
+    result = run(arena, tiny_llama, **kwargs)
+    assert result.results == () and message in result.error
+
+
+@pytest.mark.parametrize("model, message", [
+    ("/no/such/model/dir", "The local directory '/no/such/model/dir' does not exist."),
+    ("not a valid id!!", "is neither an existing local directory nor a valid Hugging Face hub id"),
+    ("someone/model-that-is-not-cached", "The Hugging Face Hub cannot be reached and "
+                                         "'someone/model-that-is-not-cached' is not in the local cache"),
+])
+def test_models_that_cannot_be_found_say_why(arena, model, message):
+    result = run(arena, model)
+    assert result.prepared is None and message in result.error
+
+
+def test_a_local_folder_without_config_is_explained(arena, tmp_path):
+    result = run(arena, tmp_path)
+    assert "has no config.json" in result.error
+
+
+def test_gpu_options_on_a_cpu_machine_fail_with_the_install_command(arena, tiny_llama):
+    env = arena.environment()
+    if env["torch"].get("cuda_available"):
+        pytest.skip("this machine has CUDA: the CPU-only message cannot be shown here")
+    result = run(arena, tiny_llama, backends=(BackendSpec("pytorch", device="cuda"), BackendSpec("pytorch")))
+    cuda, cpu = result.results
+    assert "CPU-only build" in cuda.error and "pip install" in cuda.error
+    assert cpu.error is None and len(cpu.token_ids) == 16
+
+
+def test_a_segfaulting_backend_is_an_error_result_and_the_run_goes_on(arena, tiny_llama):
+    result = run(arena, tiny_llama, backends=(BackendSpec("segfaulting"), BackendSpec("pytorch")))
+    crashed, healthy = result.results
+    assert "was killed by SIGSEGV during 'run_text'" in crashed.error
+    assert "segfaulting backend: generating" in crashed.log_tail
+    assert healthy.error is None and len(healthy.token_ids) == 16
+    again = run(arena, tiny_llama, backends=(BackendSpec("segfaulting"),))
+    assert "SIGSEGV" in again.results[0].error  # a fresh worker was started and crashed again, cleanly

@@ -1,0 +1,62 @@
+"""The worker harness against real child processes: values, progress, errors, segfaults, timeouts."""
+
+from pathlib import Path
+
+import pytest
+
+from arena.workers import Worker, WorkerCrashed, WorkerFailed, run_isolated
+
+
+@pytest.fixture
+def toy(tmp_path):
+    worker = Worker("toy", "tests.helpers:Toy", init_args=(100,), log_dir=tmp_path)
+    yield worker
+    worker.stop()
+
+
+def test_call_returns_value_and_forwards_progress(toy):
+    events = []
+    assert toy.call("add", 1, 2, progress=lambda f, d: events.append((f, d))) == 103
+    assert events == [(1 / 3, "step 1"), (2 / 3, "step 2"), (1.0, "step 3")]
+    assert toy.call("count") == 1  # the same long-lived process kept its state
+
+
+def test_exception_is_a_value_and_the_worker_survives(toy):
+    pid = toy.call("pid")
+    with pytest.raises(WorkerFailed, match="ValueError: bad input, clearly explained"):
+        toy.call("fail")
+    assert toy.call("pid") == pid
+
+
+def test_segfault_becomes_a_clear_error_and_the_worker_restarts(toy):
+    first = toy.call("pid")
+    with pytest.raises(WorkerCrashed) as info:
+        toy.call("crash")
+    assert "SIGSEGV" in str(info.value) and "'crash'" in str(info.value)
+    assert "about to touch address zero" in info.value.log_tail
+    second = toy.call("pid")
+    assert second != first and toy.starts == 2
+
+
+def test_timeout_stops_the_worker(toy):
+    with pytest.raises(WorkerCrashed, match="did not finish 'sleep' within 1 s"):
+        toy.call("sleep", 30, timeout=1)
+    assert toy.call("add", 0, 0) == 100
+
+
+def test_stop_ends_the_process(toy):
+    toy.call("pid")
+    toy.stop()
+    assert not toy.is_alive()
+
+
+def test_run_isolated_reports_success_failure_and_crash(tmp_path):
+    out = tmp_path / "out.txt"
+    run_isolated("tests.helpers:isolated_ok", str(out), description="toy export")
+    assert out.read_text() == "done"
+    with pytest.raises(WorkerCrashed, match="toy export failed: RuntimeError: exporter said no"):
+        run_isolated("tests.helpers:isolated_raise", description="toy export")
+    log = tmp_path / "log.txt"
+    log.write_text("")
+    with pytest.raises(WorkerCrashed, match="toy export crashed: the process was killed by SIGSEGV"):
+        run_isolated("tests.helpers:segfault", description="toy export", log_path=Path(log))
