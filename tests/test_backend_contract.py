@@ -12,7 +12,8 @@ from arena.types import BackendSpec, PreparedText
 from backends.base import GenerationSettings, LoadContext, OptionChoice
 
 ENV = probe_environment()
-CPU_SPECS = {"pytorch": BackendSpec("pytorch"), "onnxruntime": BackendSpec("onnxruntime", provider="CPUExecutionProvider")}
+CPU_SPECS = {"pytorch": BackendSpec("pytorch"),
+             "onnxruntime": BackendSpec("onnxruntime", provider="CPUExecutionProvider")}
 CUDA_SPECS = {"pytorch": BackendSpec("pytorch", device="cuda"),
               "onnxruntime": BackendSpec("onnxruntime", provider="CUDAExecutionProvider")}
 

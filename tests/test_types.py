@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from arena.types import BackendSpec, TextRunRequest
@@ -27,5 +29,5 @@ def test_request_serialises_with_labels():
     request = TextRunRequest("m", "hi", (BackendSpec("pytorch"), BackendSpec("onnxruntime")))
     data = request.to_dict()
     assert [b["label"] for b in data["backends"]] == ["PyTorch · cpu · fp32", "ONNX Runtime · auto · fp32"]
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         request.prompt = "changed"  # frozen

@@ -1,0 +1,98 @@
+"""Headless command line: the same core as the dashboard.
+
+    python -m arena text --prompt "My name is Arthur and I live in" \\
+        --backend pytorch --backend onnxruntime:precision=int8,provider=CPUExecutionProvider
+
+Prints a table (or ``--json``). The exit code is 1 when a backend failed or the token ids disagree with the first
+backend (unless ``--allow-drift``), so a CI pipeline can block a bad export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+
+from arena.catalog import DEFAULT_TEXT_MODEL
+from arena.types import BackendSpec, TextRunRequest
+
+
+def parse_backend(text: str) -> BackendSpec:
+    """``name`` or ``name:key=value,key=value`` (e.g. ``onnxruntime:onnx_dir=/exports/llama``)."""
+    name, _, options = text.partition(":")
+    fields: dict[str, str] = {"backend": name}
+    for item in filter(None, options.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"backend option '{item}' is not key=value")
+        fields[key.strip()] = value.strip()
+    try:
+        return BackendSpec.from_any(fields)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def table(result: dict) -> str:
+    rows = [("backend", "tokens", "TTFT ms", "tok/s", "total s", "export", "provider", "same ids", "error")]
+    reference = next((r["token_ids"] for r in result["results"] if not r["error"]), None)
+    for r in result["results"]:
+        t, load = r["timings"] or {}, r["load"] or {}
+        export = {True: "cache", False: f"{load.get('export_s', 0):.1f}s", None: "-"}[load.get("export_cached")]
+        rows.append((r["label"], str(r["num_new_tokens"]), f"{t.get('ttft_s', 0) * 1000:.0f}",
+                     f"{t.get('tokens_per_s', 0):.1f}", f"{t.get('total_s', 0):.2f}", export,
+                     str(r["provider"] or "-"), "-" if r["error"] else str(r["token_ids"] == reference),
+                     (r["error"] or "")[:80]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m arena", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    text = sub.add_parser("text", help="compare text generation across backends")
+    text.add_argument("--model", default=DEFAULT_TEXT_MODEL, help="catalog key, hub id or local directory")
+    text.add_argument("--prompt", required=True)
+    text.add_argument("--backend", action="append", type=parse_backend, dest="backends",
+                      help="repeatable; default: pytorch and onnxruntime")
+    text.add_argument("--max-new-tokens", type=int, default=64)
+    text.add_argument("--prompt-format", default="auto")
+    text.add_argument("--ignore-eos", action="store_true")
+    text.add_argument("--warmup", type=int, default=1)
+    text.add_argument("--repeats", type=int, default=1)
+    text.add_argument("--cache-dir", default=None)
+    text.add_argument("--json", action="store_true", help="print the structured result instead of a table")
+    text.add_argument("--allow-drift", action="store_true", help="exit 0 even when token ids differ")
+    args = parser.parse_args(argv)
+
+    from arena.core import Arena
+
+    backends = tuple(args.backends or (BackendSpec("pytorch"), BackendSpec("onnxruntime")))
+    request = TextRunRequest(model=args.model, prompt=args.prompt, backends=backends,
+                             max_new_tokens=args.max_new_tokens, prompt_format=args.prompt_format,
+                             ignore_eos=args.ignore_eos, warmup=args.warmup, repeats=args.repeats)
+    arena = Arena(cache_dir=args.cache_dir)
+    try:
+        last = [""]
+
+        def progress(_fraction, description):
+            stem = re.sub(r"[\d.]+", "#", description)  # one line per phase, not per token or second
+            if stem != last[0]:
+                last[0] = stem
+                print(f"... {description}", file=sys.stderr, flush=True)
+
+        result = arena.run_text_to_end(request, progress).to_dict()
+    finally:
+        arena.close()
+    print(json.dumps(result, indent=2, default=str) if args.json else (result["error"] or table(result)))
+    if result["error"] or any(r["error"] for r in result["results"]):
+        return 1
+    ids = [r["token_ids"] for r in result["results"]]
+    if not args.allow_drift and any(i != ids[0] for i in ids):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
