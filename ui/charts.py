@@ -38,6 +38,8 @@ def text_latency_figure(run: dict[str, Any]) -> go.Figure:
     fig.update_layout(height=560, margin={"l": 40, "r": 20, "t": 60, "b": 40}, bargap=0.35,
                       legend={"orientation": "h", "y": -0.15}, template="plotly_white")
     if not done:
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False)
         fig.add_annotation(text="Run a comparison to see latency here", showarrow=False, x=0.5, y=0.5,
                            xref="paper", yref="paper", font={"size": 16, "color": "#888"})
     return fig

@@ -121,7 +121,7 @@ def build_text_tab(arena: Arena) -> TextTab:
             prompt = gr.Textbox(EXAMPLE_PROMPTS[0], lines=3, label="Prompt", elem_id="prompt")
             gr.Examples([[p] for p in EXAMPLE_PROMPTS], inputs=[prompt], label="Example prompts")
             run = gr.Button("Run", variant="primary", elem_id="run-text")
-            status = gr.Markdown("", elem_id="run-status")
+            status = gr.Markdown("", elem_id="run-status", min_height=60)
             panels = []
             with gr.Row(equal_height=True):
                 for name, title, enabled, widgets in controls:
@@ -172,8 +172,10 @@ def _wire(arena: Arena, tab: TextTab) -> None:
         for result in arena.run_text(request, progress=lambda f, d: progress(f, desc=d)):
             yield render_run(tab, result.to_dict(), selected)
 
+    # Progress shows on the status line only: a loading overlay on every output keeps the browser repainting,
+    # which on a small machine steals cores from the workers being timed.
     tab.run.click(run_from_ui, inputs, outputs, api_visibility="private", concurrency_limit=1,
-                  concurrency_id=RUN_CONCURRENCY_ID)
+                  concurrency_id=RUN_CONCURRENCY_ID, show_progress_on=[tab.status])
 
 
 def render_run(tab: TextTab, run: dict[str, Any], selected: set[str]) -> dict:
