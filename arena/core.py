@@ -88,22 +88,25 @@ class Arena:
     # --- runs ----------------------------------------------------------------------------------------
     def run_text(self, request: TextRunRequest, progress: ProgressFn = _quiet) -> Iterator[TextRunResult]:
         """Yield the result after preparation and after each backend finishes (in request order)."""
-        with self._run_lock:  # never two timed runs at once: they would share the cores
-            env = self.environment()
-            if not request.backends:
-                yield TextRunResult(request, None, error="Pick at least one backend to run.", environment=env)
-                return
-            progress(0.0, "Preparing the model and the prompt")
-            try:
+        env = self.environment()
+        if not request.backends:
+            yield TextRunResult(request, None, error="Pick at least one backend to run.", environment=env)
+            return
+        progress(0.0, "Preparing the model and the prompt")
+        try:
+            # The lock is held per step, never across a yield: an abandoned generator cannot block later runs,
+            # and still no two timed generations ever share the cores.
+            with self._run_lock:
                 prepared = self.prepare_text(request, progress)
-            except (WorkerFailed, WorkerCrashed, ArenaError) as exc:
-                yield TextRunResult(request, None, error=str(exc), environment=env)
-                return
-            results: list[BackendTextResult] = []
-            yield TextRunResult(request, prepared, tuple(results), environment=env)
-            for spec in request.backends:
+        except (WorkerFailed, WorkerCrashed, ArenaError) as exc:
+            yield TextRunResult(request, None, error=str(exc), environment=env)
+            return
+        results: list[BackendTextResult] = []
+        yield TextRunResult(request, prepared, tuple(results), environment=env)
+        for spec in request.backends:
+            with self._run_lock:
                 results.append(self._run_one(spec, prepared, request, env, progress))
-                yield TextRunResult(request, prepared, tuple(results), environment=env)
+            yield TextRunResult(request, prepared, tuple(results), environment=env)
 
     def _run_one(self, spec: BackendSpec, prepared: PreparedText, request: TextRunRequest,
                  env: dict[str, Any], progress: ProgressFn) -> BackendTextResult:

@@ -63,6 +63,17 @@ def test_compare_both_backends_in_the_browser(app_server, page):
     page.screenshot(path=str(SCREENSHOT), full_page=True)
 
 
+def test_options_that_cannot_run_here_are_disabled(app_server, page):
+    page.goto(app_server["url"])
+    page.wait_for_selector("#run-text")
+    cuda = page.locator("#pytorch-device label").filter(has_text="CUDA")
+    if "unavailable" not in cuda.inner_text():
+        pytest.skip("this machine has CUDA, so the CUDA option is enabled")
+    page.wait_for_function("document.querySelector('#pytorch-device .arena-disabled input')?.disabled === true")
+    assert cuda.locator("input").is_disabled()
+    assert page.locator("#pytorch-device label").filter(has_text="CPU").locator("input").is_enabled()
+
+
 def test_environment_tab_names_whats_missing(app_server, page):
     page.goto(app_server["url"])
     page.get_by_role("tab", name="Environment").click()

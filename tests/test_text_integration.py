@@ -112,3 +112,14 @@ def test_a_segfaulting_backend_is_an_error_result_and_the_run_goes_on(arena, tin
     assert healthy.error is None and len(healthy.token_ids) == 16
     again = run(arena, tiny_llama, backends=(BackendSpec("segfaulting"),))
     assert "SIGSEGV" in again.results[0].error  # a fresh worker was started and crashed again, cleanly
+
+
+def test_a_run_abandoned_half_way_does_not_block_the_next(arena, tiny_llama):
+    request = TextRunRequest(model=str(tiny_llama), prompt=PROMPT, backends=BOTH, max_new_tokens=4,
+                             prompt_format="plain")
+    steps = arena.run_text(request)
+    next(steps)  # prepared
+    next(steps)  # first backend done; the client goes away here
+    del steps
+    result = run(arena, tiny_llama, backends=(BackendSpec("onnxruntime"),), max_new_tokens=4)
+    assert result.results[0].error is None and len(result.results[0].token_ids) == 4

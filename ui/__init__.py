@@ -25,6 +25,8 @@ def build_ui(arena: Arena) -> gr.Blocks:
             with gr.Tab("Environment", id="environment"):
                 build_environment_tab(arena)
         register_api(arena)
+        # Client-side only: disable the radio choices the server labelled unavailable.
+        demo.load(None, js=(ASSETS / "arena.js").read_text(), api_visibility="private")
     return demo
 
 
