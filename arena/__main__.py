@@ -34,7 +34,7 @@ def parse_backend(text: str) -> BackendSpec:
 
 
 def table(result: dict) -> str:
-    rows = [("backend", "tokens", "TTFT ms", "tok/s", "total s", "export", "provider", "same ids", "error")]
+    rows = [("backend", "tokens", "TTFT ms", "tok/s", "total s", "export", "provider", "same ids", "")]
     reference = next((r["token_ids"] for r in result["results"] if not r["error"]), None)
     for r in result["results"]:
         t, load = r["timings"] or {}, r["load"] or {}
@@ -42,9 +42,11 @@ def table(result: dict) -> str:
         rows.append((r["label"], str(r["num_new_tokens"]), f"{t.get('ttft_s', 0) * 1000:.0f}",
                      f"{t.get('tokens_per_s', 0):.1f}", f"{t.get('total_s', 0):.2f}", export,
                      str(r["provider"] or "-"), "-" if r["error"] else str(r["token_ids"] == reference),
-                     (r["error"] or "")[:80]))
+                     "error" if r["error"] else ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines += [f"\n{r['label']}: {r['error']}" for r in result["results"] if r["error"]]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,7 +45,10 @@ def test_compare_text_api_returns_identical_answers_and_reuses_the_export(app_se
     assert second["results"][0]["export_cached"] is True
     assert second["results"][0]["token_ids"] == ort_result["token_ids"]
 
-    # After real runs the UI process still holds no torch or onnxruntime: they live in its worker processes.
+    # After real runs the UI process still holds no torch, transformers or onnxruntime: they live in its workers.
+    diagnostics = client.predict(api_name="/diagnostics")
+    assert diagnostics["pid"] == app_server["pid"] and diagnostics["heavy_modules"] == []
+    assert {"prepare", "pytorch-cpu", "onnxruntime"} <= set(diagnostics["workers"])
     app = psutil.Process(app_server["pid"])
     mapped = Path(f"/proc/{app.pid}/maps").read_text()
     assert "libtorch" not in mapped and "onnxruntime" not in mapped

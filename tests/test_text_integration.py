@@ -18,8 +18,13 @@ def run(arena: Arena, model, backends=BOTH, **kwargs):
     return arena.run_text_to_end(request)
 
 
-def test_pytorch_and_onnxruntime_agree_and_the_export_is_cached(arena, tiny_llama, session_cache):
-    first = run(arena, tiny_llama)
+def test_pytorch_and_onnxruntime_agree_and_the_export_is_cached(tiny_llama, tmp_path):
+    cache = tmp_path / "cache"  # its own cache, so the first export really happens here
+    own = Arena(cache_dir=cache)
+    try:
+        first = run(own, tiny_llama)
+    finally:
+        own.close()
     assert first.error is None
     torch_result, ort_result = first.results
     assert torch_result.error is None and ort_result.error is None, (torch_result.error, ort_result.error)
@@ -31,21 +36,21 @@ def test_pytorch_and_onnxruntime_agree_and_the_export_is_cached(arena, tiny_llam
     assert torch_result.load.provider.startswith("torch")
     assert torch_result.timings.ttft_s > 0 and torch_result.timings.tokens_per_s > 0
     assert len(torch_result.timings.token_times_s) == 16
-    exports = sorted((session_cache / "onnx").iterdir())
+    exports = sorted((cache / "onnx").iterdir())
 
     # A new arena (fresh worker processes, as after an app restart) loads the export from the cache.
-    fresh = Arena(cache_dir=session_cache)
+    fresh = Arena(cache_dir=cache)
     try:
         second = run(fresh, tiny_llama, backends=(BackendSpec("onnxruntime"),))
     finally:
         fresh.close()
     assert second.results[0].load.export_cached is True
     assert second.results[0].token_ids == ort_result.token_ids
-    assert sorted((session_cache / "onnx").iterdir()) == exports
+    assert sorted((cache / "onnx").iterdir()) == exports
 
 
-def test_a_users_export_directory_is_checked_against_pytorch(arena, tiny_llama, session_cache):
-    export_dir = next(p for p in (session_cache / "onnx").iterdir() if (p / "model.onnx").exists())
+def test_a_users_export_directory_is_checked_against_pytorch(arena, tiny_llama):
+    export_dir = run(arena, tiny_llama, backends=(BackendSpec("onnxruntime"),)).results[0].load.artifact_dir
     result = run(arena, tiny_llama, backends=(BackendSpec("pytorch"),
                                               BackendSpec("onnxruntime", onnx_dir=str(export_dir))))
     torch_result, user_result = result.results

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 import gradio as gr
@@ -51,7 +53,21 @@ def make_compare_text(arena: Arena):
     return compare_text
 
 
+HEAVY_MODULES = ("torch", "transformers", "onnxruntime", "optimum", "tensorrt")
+
+
+def make_diagnostics(arena: Arena):
+    def diagnostics() -> dict:
+        """The UI process's pid, which heavy libraries it has imported (should be none) and its worker pids."""
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY_MODULES)
+        return {"pid": os.getpid(), "heavy_modules": heavy, "workers": arena.worker_pids(),
+                "cache_dir": str(arena.cache_dir)}
+
+    return diagnostics
+
+
 def register_api(arena: Arena) -> None:
     """Add the API-only endpoints to the Blocks being built."""
     gr.api(make_compare_text(arena), api_name="compare_text", concurrency_limit=1,
            concurrency_id=RUN_CONCURRENCY_ID)
+    gr.api(make_diagnostics(arena), api_name="diagnostics", api_visibility="undocumented")
