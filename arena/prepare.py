@@ -40,24 +40,28 @@ def _package_version(module: str) -> str | None:
         return None
 
 
-@contextmanager
-def _forward_tqdm(progress, description: str):
-    """Route transformers' GGUF de-quantization progress bar to our progress callback while it runs."""
-    import tqdm.auto
-    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+def progress_tqdm(progress, describe):
+    """A tqdm class that also reports each update to ``progress`` (fraction, ``describe(bar)``)."""
+    from tqdm.auto import tqdm as base
 
-    base = tqdm.auto.tqdm
-
-    class ForwardingTqdm(base):
+    class ProgressTqdm(base):
         def update(self, n=1):
             out = super().update(n)
             if self.total:
-                progress(self.n / self.total, f"{description}: {self.n}/{self.total} tensors")
+                progress(self.n / self.total, describe(self))
             return out
+
+    return ProgressTqdm
+
+
+@contextmanager
+def _forward_gguf_progress(progress, description: str):
+    """Route transformers' GGUF de-quantization progress bar to our progress callback while it runs."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
 
     original = getattr(gguf_utils, "tqdm", None)
     if original is not None:
-        gguf_utils.tqdm = ForwardingTqdm
+        gguf_utils.tqdm = progress_tqdm(progress, lambda bar: f"{description}: {bar.n}/{bar.total} tensors")
     try:
         yield
     finally:
@@ -125,7 +129,7 @@ class TextPreparer:
             description = f"Materializing {entry.title.split(' (')[0]} (first run only)"
             progress(0.0, f"{description}: reading the tokenizer", force=True)
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            with _forward_tqdm(progress, description):
+            with _forward_gguf_progress(progress, description):
                 model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
             progress(None, f"{description}: saving safetensors", force=True)
             model.save_pretrained(tmp, safe_serialization=True)
@@ -139,14 +143,8 @@ class TextPreparer:
     def download_from_hub(self, model_id: str, progress) -> Path:
         """Snapshot the files a causal LM needs (safetensors if the repo has them, else .bin)."""
         from huggingface_hub import HfApi, snapshot_download
-        from tqdm.auto import tqdm as base_tqdm
 
-        class HubTqdm(base_tqdm):
-            def update(self, n=1):
-                out = super().update(n)
-                if self.total:
-                    progress(self.n / self.total, f"Downloading {model_id}")
-                return out
+        hub_tqdm = progress_tqdm(progress, lambda bar: f"Downloading {model_id}")
 
         try:
             try:
@@ -159,7 +157,7 @@ class TextPreparer:
             weights = "*.safetensors" if any(f.endswith(".safetensors") for f in files) else "*.bin"
             patterns = [p for p in WEIGHT_PATTERNS if p not in ("*.safetensors", "*.bin")] + [weights]
             progress(0.0, f"Downloading {model_id}", force=True)
-            return Path(snapshot_download(model_id, allow_patterns=patterns, tqdm_class=HubTqdm))
+            return Path(snapshot_download(model_id, allow_patterns=patterns, tqdm_class=hub_tqdm))
         except ArenaError:
             raise
         except Exception as exc:  # noqa: BLE001 - every hub failure becomes one sentence

@@ -172,3 +172,38 @@ def hf_generate(model: Any, prompt_ids: list[int], settings: GenerationSettings,
         output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
                                 streamer=_TokenStreamer())
     return [int(t) for t in output[0, len(prompt_ids):].tolist()]
+
+
+class HFTextBackend(TextBackend, ABC):
+    """A backend whose loaded model is a transformers-style class with `generate` (PyTorch, optimum's ORT models).
+
+    Subclasses implement the cheap class methods and `load`, which sets ``self.model``, ``self.device`` and
+    ``self._info``; generation, runtime info and unloading are shared.
+    """
+
+    def __init__(self) -> None:
+        self.model: Any = None
+        self.device = "cpu"
+        self._info: dict[str, Any] = {}
+
+    def generate_text(self, prompt_ids: list[int], settings: GenerationSettings,
+                      on_token: Callable[[int], None]) -> list[int]:
+        ids = hf_generate(self.model, prompt_ids, settings, on_token, device=self.device)
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()  # the host's clock stops only when the GPU is done
+        return ids
+
+    def runtime_info(self) -> dict[str, Any]:
+        return dict(self._info)
+
+    def unload(self) -> None:
+        import gc
+        import sys
+
+        self.model = None
+        gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()

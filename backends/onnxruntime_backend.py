@@ -11,7 +11,6 @@ import importlib.metadata
 import json
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,9 @@ from arena.workers import run_isolated
 from backends.base import (
     AVAILABLE,
     Availability,
-    GenerationSettings,
+    HFTextBackend,
     LoadContext,
     OptionChoice,
-    TextBackend,
-    hf_generate,
 )
 
 ORT_INSTALL = "pip install 'optimum-onnx[onnxruntime]==0.1.0'"
@@ -115,16 +112,12 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
-class OnnxRuntimeBackend(TextBackend):
+class OnnxRuntimeBackend(HFTextBackend):
     """`ORTModelForCausalLM` (KV cache) with greedy `generate`."""
 
     name = "onnxruntime"
     title = "ONNX Runtime"
     option_names = ("provider", "precision", "onnx_dir")
-
-    def __init__(self) -> None:
-        self.model = None
-        self._info: dict[str, Any] = {}
 
     @classmethod
     def availability(cls, env: dict[str, Any]) -> Availability:
@@ -232,20 +225,7 @@ class OnnxRuntimeBackend(TextBackend):
         ran = list(self.model.providers)
         if ran and ran[0] != provider:
             ctx.notes.append(f"requested {provider} but the session runs on {ran[0]}")
-        self.device = "cuda" if ran and ran[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
+        self.device = self.model.device.type  # optimum places inputs for its provider: cuda for CUDA/TensorRT
         self._info = {"provider": ran[0] if ran else provider, "session_providers": ran,
                       "artifact_dir": str(onnx_dir), "export_cached": export_cached,
                       "onnxruntime": onnxruntime.__version__}
-
-    def generate_text(self, prompt_ids: list[int], settings: GenerationSettings,
-                      on_token: Callable[[int], None]) -> list[int]:
-        return hf_generate(self.model, prompt_ids, settings, on_token, device=self.device)
-
-    def runtime_info(self) -> dict[str, Any]:
-        return dict(self._info)
-
-    def unload(self) -> None:
-        self.model = None
-        import gc
-
-        gc.collect()

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from backends.base import (
     AVAILABLE,
     Availability,
-    GenerationSettings,
+    HFTextBackend,
     LoadContext,
     OptionChoice,
-    TextBackend,
-    hf_generate,
 )
 
 TORCH_INSTALL = "pip install torch==2.13.0"
@@ -21,16 +18,12 @@ TORCH_CUDA_INSTALL = ("pip install --force-reinstall torch==2.13.0  # PyPI's Lin
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
-class PyTorchBackend(TextBackend):
+class PyTorchBackend(HFTextBackend):
     """`AutoModelForCausalLM` with greedy `generate`."""
 
     name = "pytorch"
     title = "PyTorch"
     option_names = ("device", "precision")
-
-    def __init__(self) -> None:
-        self.model = None
-        self._info: dict[str, Any] = {}
 
     @classmethod
     def availability(cls, env: dict[str, Any]) -> Availability:
@@ -82,28 +75,3 @@ class PyTorchBackend(TextBackend):
                                   + (f" ({torch.cuda.get_device_name()})" if spec.device == "cuda" else ""),
                       "artifact_dir": model.model_dir, "export_cached": None}
         self.device = spec.device
-
-    def generate_text(self, prompt_ids: list[int], settings: GenerationSettings,
-                      on_token: Callable[[int], None]) -> list[int]:
-        ids = hf_generate(self.model, prompt_ids, settings, on_token, device=self.device)
-        if self.device == "cuda":
-            import torch
-
-            torch.cuda.synchronize()
-        return ids
-
-    def runtime_info(self) -> dict[str, Any]:
-        return dict(self._info)
-
-    def unload(self) -> None:
-        self.model = None
-        import gc
-
-        gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:
-            pass
