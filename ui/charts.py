@@ -33,6 +33,8 @@ def text_latency_figure(run: dict[str, Any]) -> go.Figure:
         steps = [(b - a) * 1000 for a, b in zip([0.0, *stamps[:-1]], stamps, strict=True)]
         fig.add_trace(go.Scatter(x=list(range(1, len(steps) + 1)), y=steps, mode="lines", name=label,
                                  line={"color": color}, legendgroup=label), row=2, col=1)
+    for col in (1, 2, 3):  # the legend names the backends; rotated tick labels would collide with row 2
+        fig.update_xaxes(showticklabels=False, row=1, col=col)
     fig.update_xaxes(title_text="new token", row=2, col=1)
     fig.update_yaxes(type="log", row=2, col=1)
     fig.update_layout(height=560, margin={"l": 40, "r": 20, "t": 60, "b": 40}, bargap=0.35,

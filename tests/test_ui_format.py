@@ -1,0 +1,43 @@
+"""Pure UI renderers: the chart and the panel text built from a result dict."""
+
+from ui.charts import text_latency_figure
+from ui.format import panel_header, panel_metrics, run_summary
+
+
+def result(backend, label, ids, **extra):
+    timings = {"ttft_s": 0.25, "total_s": 2.0, "tokens_per_s": 16.0, "decode_tokens_per_s": 17.0,
+               "token_times_s": [0.25, 0.3, 0.36]}
+    load = {"export_s": 0.0, "export_cached": True, "load_s": 1.5, "provider": "CPUExecutionProvider",
+            "memory_mb": 1000.0, "notes": []}
+    return {"backend": backend, "label": label, "token_ids": ids, "num_new_tokens": len(ids), "text": "hi",
+            "timings": timings, "load": load, "error": None, "log_tail": "", **extra}
+
+
+def test_chart_has_bars_and_a_token_line_per_backend():
+    run = {"results": [result("pytorch", "PyTorch", [1, 2, 3]), result("onnxruntime", "ORT", [1, 2, 3]),
+                       result("onnxruntime", "broken", [], timings=None, error="boom")]}
+    figure = text_latency_figure(run)
+    bars = [t for t in figure.data if t.type == "bar"]
+    lines = [t for t in figure.data if t.type == "scatter"]
+    assert len(bars) == 6 and len(lines) == 2
+    assert [round(v, 1) for v in lines[0].y] == [250.0, 50.0, 60.0]  # per-token latency in ms
+    assert len(text_latency_figure({}).data) == 0
+
+
+def test_summary_says_whether_ids_agree():
+    same = {"results": [result("pytorch", "PyTorch", [1, 2]), result("onnxruntime", "ORT", [1, 2])],
+            "prompt_token_ids": [5, 6, 7]}
+    assert "identical token ids" in run_summary(same) and "3 tokens" in run_summary(same)
+    differ = {"results": [result("pytorch", "PyTorch", [1, 2]), result("onnxruntime", "ORT", [1, 3])],
+              "prompt_token_ids": [5]}
+    assert "Token ids differ from PyTorch: ORT" in run_summary(differ)
+    assert "bad model" in run_summary({"error": "bad model", "results": []})
+
+
+def test_panels_show_measures_or_the_error_with_its_log():
+    text = panel_metrics(result("onnxruntime", "ORT", [1, 2, 3]))
+    assert "from cache" in text and "250 ms" in text and "CPUExecutionProvider" in text
+    failed = result("onnxruntime", "ORT", [], error="The worker was killed by SIGSEGV", log_tail="last words")
+    assert "SIGSEGV" in panel_metrics(failed) and "last words" in panel_metrics(failed)
+    assert "ERROR" in panel_header("ORT", failed, "waiting")
+    assert "not selected" in panel_header("ORT", None, "skipped")
