@@ -110,3 +110,59 @@ EXAMPLE_PROMPTS: tuple[str, ...] = (
     "Write a haiku about GPUs.",
     "Explain what ONNX is in two sentences.",
 )
+
+
+@dataclass(frozen=True)
+class ImageCatalogModel:
+    """A diffusion pipeline the Image tab offers by name, with what it needs to come out right."""
+
+    key: str
+    title: str
+    hub_id: str | None = None
+    embedded_dir: str | None = None  # relative to the repository root
+    required: tuple[tuple[str, str, object], ...] = ()  # (component, config key, value) the model needs
+    steps: int = 20
+    guidance_scale: float = 4.0
+    notes: str = ""
+
+
+DEFAULT_IMAGE_MODEL = "scenes-64"
+
+IMAGE_CATALOG: tuple[ImageCatalogModel, ...] = (
+    ImageCatalogModel(
+        key=DEFAULT_IMAGE_MODEL,
+        title="Scenes 64px (embedded, offline)",
+        embedded_dir="assets/image-model",
+        steps=20,
+        guidance_scale=4.0,
+        notes="A tiny Stable Diffusion pipeline (CLIP text encoder, cross-attention UNet, AutoencoderKL) trained "
+              "in this repo by scripts/train_image_model.py on procedural scenes: one circle, square or triangle "
+              "of 8 colors, 3 sizes, 9 positions, on a plain background. 64x64 pixels.",
+    ),
+    ImageCatalogModel(
+        key="stabilityai/stable-diffusion-2-1",
+        title="Stable Diffusion 2.1 (768 px, hub)",
+        hub_id="stabilityai/stable-diffusion-2-1",
+        required=(("scheduler", "prediction_type", "v_prediction"), ("unet", "upcast_attention", True),
+                  ("vae", "scaling_factor", 0.18215)),
+        steps=25,
+        guidance_scale=7.5,
+        notes="v-prediction model: a scheduler without prediction_type=v_prediction gives noise; fp16 attention "
+              "overflows without upcast_attention (black images); latents are scaled by 0.18215. These are "
+              "checked and enforced. ~5 GB download; use CUDA (fp16 with the VAE in fp32).",
+    ),
+)
+
+IMAGE_EXAMPLE_PROMPTS: tuple[str, ...] = (
+    "a red circle on a blue background",
+    "a small yellow square in the top left on a black background",
+    "a large white triangle at the bottom on a purple background",
+    "a green circle on the right on a white background",
+)
+
+
+def find_image_catalog_model(model: str) -> ImageCatalogModel | None:
+    wanted = model.strip()
+    if wanted.lower() in ("", "default"):
+        return IMAGE_CATALOG[0]
+    return next((entry for entry in IMAGE_CATALOG if wanted in (entry.key, entry.title)), None)

@@ -13,7 +13,17 @@ from arena.cache import ArtifactCache, default_cache_dir
 from arena.environment import probe_environment
 from arena.errors import ArenaError
 from arena.registry import TEXT_BACKENDS, backend_class
-from arena.types import BackendSpec, BackendTextResult, PreparedText, TextRunRequest, TextRunResult
+from arena.types import (
+    BackendImageResult,
+    BackendSpec,
+    BackendTextResult,
+    ImageRunRequest,
+    ImageRunResult,
+    PreparedImage,
+    PreparedText,
+    TextRunRequest,
+    TextRunResult,
+)
 from arena.workers import Worker, WorkerCrashed, WorkerFailed
 
 ProgressFn = Callable[[float | None, str], None]
@@ -80,52 +90,68 @@ class Arena:
     def worker_pids(self) -> dict[str, int | None]:
         return {key: worker.pid for key, worker in self._workers.items()}
 
+    def _prepare(self, op: str, request, progress: ProgressFn):
+        worker = self._worker("prepare", "arena.prepare:Preparer", str(self.cache_dir))
+        return worker.call(op, request, progress=progress, timeout=PREPARE_TIMEOUT_S)
+
     def prepare_text(self, request: TextRunRequest, progress: ProgressFn = _quiet) -> PreparedText:
         """Resolve the model and tokenize the prompt once (in the preparation worker)."""
-        worker = self._worker("prepare", "arena.prepare:TextPreparer", str(self.cache_dir))
-        return worker.call("prepare_text", request, progress=progress, timeout=PREPARE_TIMEOUT_S)
+        return self._prepare("prepare_text", request, progress)
+
+    def prepare_image(self, request: ImageRunRequest, progress: ProgressFn = _quiet) -> PreparedImage:
+        """Resolve the pipeline and draw the initial latents once (in the preparation worker)."""
+        return self._prepare("prepare_image", request, progress)
 
     # --- runs ----------------------------------------------------------------------------------------
     def run_text(self, request: TextRunRequest, progress: ProgressFn = _quiet) -> Iterator[TextRunResult]:
         """Yield the result after preparation and after each backend finishes (in request order)."""
+        yield from self._run(request, "prepare_text", "run_text", TextRunResult, BackendTextResult, progress)
+
+    def run_image(self, request: ImageRunRequest, progress: ProgressFn = _quiet) -> Iterator[ImageRunResult]:
+        """Yield the image result after preparation and after each backend finishes (in request order)."""
+        yield from self._run(request, "prepare_image", "run_image", ImageRunResult, BackendImageResult, progress)
+
+    def _run(self, request, prepare_op: str, run_op: str, run_cls, result_cls, progress: ProgressFn):
         env = self.environment()
         if not request.backends:
-            yield TextRunResult(request, None, error="Pick at least one backend to run.", environment=env)
+            yield run_cls(request, None, error="Pick at least one backend to run.", environment=env)
             return
-        progress(0.0, "Preparing the model and the prompt")
+        progress(0.0, "Preparing the model and the shared input")
         try:
             # The lock is held per step, never across a yield: an abandoned generator cannot block later runs,
-            # and still no two timed generations ever share the cores.
+            # and still no two timed runs ever share the cores.
             with self._run_lock:
-                prepared = self.prepare_text(request, progress)
+                prepared = self._prepare(prepare_op, request, progress)
         except (WorkerFailed, WorkerCrashed, ArenaError) as exc:
-            yield TextRunResult(request, None, error=str(exc), environment=env)
+            yield run_cls(request, None, error=str(exc), environment=env)
             return
-        results: list[BackendTextResult] = []
-        yield TextRunResult(request, prepared, tuple(results), environment=env)
+        results: list = []
+        yield run_cls(request, prepared, tuple(results), environment=env)
         for spec in request.backends:
             with self._run_lock:
-                results.append(self._run_one(spec, prepared, request, env, progress))
-            yield TextRunResult(request, prepared, tuple(results), environment=env)
+                results.append(self._run_one(spec, prepared, request, env, progress, run_op, result_cls))
+            yield run_cls(request, prepared, tuple(results), environment=env)
 
-    def _run_one(self, spec: BackendSpec, prepared: PreparedText, request: TextRunRequest,
-                 env: dict[str, Any], progress: ProgressFn) -> BackendTextResult:
+    def _run_one(self, spec: BackendSpec, prepared, request, env: dict[str, Any], progress: ProgressFn,
+                 run_op: str, result_cls):
         if spec.backend not in self.backends:
-            return BackendTextResult(spec, error=f"Unknown backend '{spec.backend}'.")
+            return result_cls(spec, error=f"Unknown backend '{spec.backend}'.")
         problem = self._backend_cls(spec.backend).check_spec(spec, env)
         if problem:
-            return BackendTextResult(spec, error=problem)
+            return result_cls(spec, error=problem)
         worker = self._backend_worker(spec)
         try:
-            return worker.call("run_text", prepared, spec, request, progress=progress, timeout=self.run_timeout_s)
-        except WorkerCrashed as exc:
-            return BackendTextResult(spec, error=str(exc), log_tail=exc.log_tail)
-        except WorkerFailed as exc:
-            return BackendTextResult(spec, error=str(exc), log_tail=exc.log_tail)
+            return worker.call(run_op, prepared, spec, request, progress=progress, timeout=self.run_timeout_s)
+        except (WorkerCrashed, WorkerFailed) as exc:
+            return result_cls(spec, error=str(exc), log_tail=exc.log_tail)
 
     def run_text_to_end(self, request: TextRunRequest, progress: ProgressFn = _quiet) -> TextRunResult:
         """Run and return only the final result (API and CLI)."""
         *_, final = self.run_text(request, progress)
+        return final
+
+    def run_image_to_end(self, request: ImageRunRequest, progress: ProgressFn = _quiet) -> ImageRunResult:
+        *_, final = self.run_image(request, progress)
         return final
 
     def close(self) -> None:

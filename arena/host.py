@@ -9,8 +9,19 @@ from typing import Any
 
 from arena.cache import ArtifactCache
 from arena.registry import backend_class
-from arena.types import BackendSpec, BackendTextResult, LoadInfo, PreparedText, TextRunRequest, TextTimings
-from backends.base import GenerationSettings, LoadContext
+from arena.types import (
+    BackendImageResult,
+    BackendSpec,
+    BackendTextResult,
+    ImageRunRequest,
+    ImageTimings,
+    LoadInfo,
+    PreparedImage,
+    PreparedText,
+    TextRunRequest,
+    TextTimings,
+)
+from backends.base import GenerationSettings, ImageSettings, LoadContext
 
 
 def summarize_generation(start: float, stamps: list[float], end: float) -> dict[str, Any]:
@@ -54,8 +65,8 @@ class BackendHost:
         self.load_info: LoadInfo | None = None
         self._tokenizers: dict[str, Any] = {}
 
-    def _ensure_loaded(self, prepared: PreparedText, spec: BackendSpec, progress) -> LoadInfo:
-        key = (prepared.model_dir, prepared.fingerprint, spec)
+    def _ensure_loaded(self, prepared: PreparedText | PreparedImage, spec: BackendSpec, progress) -> LoadInfo:
+        key = (prepared.task, prepared.model_dir, prepared.fingerprint, spec)
         if key == self.loaded_key and self.load_info is not None:
             # Nothing was exported or loaded for this run: an exporting backend's artifact came from the cache.
             cached = None if self.load_info.export_cached is None else True
@@ -118,6 +129,38 @@ class BackendHost:
         text = self._tokenizer(prepared.model_dir).decode(ids, skip_special_tokens=True)
         return BackendTextResult(spec=spec, text=text, token_ids=tuple(ids), timings=combine_repeats(runs),
                                  load=load)
+
+    def run_image(self, prepared: PreparedImage, spec: BackendSpec, request: ImageRunRequest,
+                  progress) -> BackendImageResult:
+        """Load (if needed) and make one image from the shared latents, timing each phase and step."""
+        load = self._ensure_loaded(prepared, spec, progress)
+        settings = ImageSettings(prompt=request.prompt, negative_prompt=request.negative_prompt,
+                                 steps=request.steps, guidance_scale=request.guidance_scale)
+        marks: dict[str, float] = {}
+        steps: list[float] = []
+        label = spec.label
+
+        def on_phase(name: str) -> None:
+            marks[name] = time.perf_counter()
+            if name != "done":
+                progress(None, f"{label}: {name.replace('_', ' ')}", force=True)
+
+        def on_step(index: int) -> None:
+            steps.append(time.perf_counter())
+            progress((index + 1) / settings.steps, f"{label}: denoising step {index + 1}/{settings.steps}")
+
+        start = time.perf_counter()
+        image = self.backend.generate_image(prepared, settings, on_phase, on_step)
+        end = time.perf_counter()
+        step_times = [b - a for a, b in zip([marks.get("unet", start), *steps[:-1]], steps, strict=True)]
+        timings = ImageTimings(
+            total_s=end - start,
+            text_encoder_s=marks.get("unet", start) - marks.get("text_encoder", start),
+            unet_s=marks.get("vae", end) - marks.get("unet", start),
+            vae_s=marks.get("done", end) - marks.get("vae", end),
+            step_times_s=tuple(step_times),
+        )
+        return BackendImageResult(spec=spec, image=image, timings=timings, load=load)
 
     def unload(self, progress=None) -> None:
         self.backend.unload()

@@ -10,17 +10,28 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from arena.cache import ArtifactCache, directory_fingerprint
-from arena.catalog import PROMPT_FORMATS, CatalogModel, find_catalog_model, render_prompt_template
+from arena.catalog import (
+    PROMPT_FORMATS,
+    CatalogModel,
+    ImageCatalogModel,
+    find_catalog_model,
+    find_image_catalog_model,
+    render_prompt_template,
+)
 from arena.errors import ArenaError
-from arena.types import PreparedText, TextRunRequest
+from arena.types import ImageRunRequest, PreparedImage, PreparedText, TextRunRequest
 
 WEIGHT_PATTERNS = ("*.json", "*.safetensors", "*.bin", "*.model", "*.txt", "*.tiktoken", "*.py")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MAX_STEPS = 200
+MAX_IMAGE_SIDE = 2048
 MAX_NEW_TOKENS_LIMIT = 4096
 
 
@@ -108,7 +119,8 @@ def _is_connection_error(exc: BaseException) -> bool:
 
 
 class TextPreparer:
-    """Hosted by the "prepare" worker: resolves models and makes the shared token ids."""
+    """Hosted by the "prepare" worker: resolves models and makes the shared token ids (and, through
+    `ImagePreparer`, the shared latents)."""
 
     def __init__(self, cache_dir: str):
         self.cache = ArtifactCache(cache_dir)
@@ -141,7 +153,11 @@ class TextPreparer:
         return path, (time.perf_counter() - start) if built else 0.0
 
     def download_from_hub(self, model_id: str, progress) -> Path:
-        """Snapshot the files a causal LM needs (safetensors if the repo has them, else .bin)."""
+        """Snapshot the files a model needs (safetensors if the repo has them, else .bin).
+
+        Diffusers repositories often hold several variants of each weight (fp16, ema, .bin, .ckpt); only the
+        plain safetensors of each component are taken when they exist.
+        """
         from huggingface_hub import HfApi, snapshot_download
 
         hub_tqdm = progress_tqdm(progress, lambda bar: f"Downloading {model_id}")
@@ -154,8 +170,12 @@ class TextPreparer:
                     raise
                 progress(None, f"Hub unreachable: looking for {model_id} in the local cache", force=True)
                 return Path(snapshot_download(model_id, local_files_only=True))
-            weights = "*.safetensors" if any(f.endswith(".safetensors") for f in files) else "*.bin"
-            patterns = [p for p in WEIGHT_PATTERNS if p not in ("*.safetensors", "*.bin")] + [weights]
+            if "model_index.json" in files:
+                plain = [f for f in files if f.endswith(".safetensors") and "/" in f and f.count(".") == 1]
+                patterns = ["*.json", "*.txt", "*.model"] + (plain or ["*/*.bin"])
+            else:
+                weights = "*.safetensors" if any(f.endswith(".safetensors") for f in files) else "*.bin"
+                patterns = [p for p in WEIGHT_PATTERNS if p not in ("*.safetensors", "*.bin")] + [weights]
             progress(0.0, f"Downloading {model_id}", force=True)
             return Path(snapshot_download(model_id, allow_patterns=patterns, tqdm_class=hub_tqdm))
         except ArenaError:
@@ -261,3 +281,80 @@ class TextPreparer:
             model_dir=model_dir, model_name=resolved["name"], source=resolved["source"], rendered_prompt=rendered,
             prompt_token_ids=tuple(int(i) for i in ids), eos_token_ids=tuple(eos), pad_token_id=pad,
             context_length=context, fingerprint=resolved["fingerprint"], materialize_s=resolved["materialize_s"])
+
+
+def check_required_config(model_dir: Path, entry: ImageCatalogModel | None) -> tuple[dict, tuple[str, ...]]:
+    """Compare a pipeline folder's configs to what its catalog entry needs; return scheduler overrides and notes."""
+    overrides: dict = {}
+    notes: list[str] = []
+    for component, key, value in entry.required if entry else ():
+        name = "scheduler_config.json" if component == "scheduler" else "config.json"
+        path = model_dir / component / name
+        found = json.loads(path.read_text()).get(key) if path.is_file() else None
+        if found == value:
+            continue
+        if component == "scheduler":
+            overrides[key] = value
+            notes.append(f"scheduler {key} was {found!r}; set to {value!r} as {entry.key} needs")
+        else:
+            notes.append(f"{component} {key} is {found!r} but {entry.key} needs {value!r}: expect wrong images")
+    return overrides, tuple(notes)
+
+
+class ImagePreparer:
+    """Mixed into the preparation worker: resolves a diffusion pipeline and makes the initial latents once."""
+
+    def resolve_image_model(self, model: str, progress) -> dict:
+        name = model.strip()
+        entry = find_image_catalog_model(name)
+        if entry is not None and entry.embedded_dir:
+            path, source, shown = REPO_ROOT / entry.embedded_dir, "embedded", entry.title.split(" (")[0]
+            if not (path / "model_index.json").is_file():
+                raise ArenaError(f"The embedded image model is missing from {path}: restore assets/ from the "
+                                 "repository or retrain it with scripts/train_image_model.py.")
+        elif Path(name).expanduser().is_dir():
+            path, source, shown = Path(name).expanduser().resolve(), "local", name
+        elif name.startswith(("/", "./", "../", "~")):
+            raise ArenaError(f"The local directory '{name}' does not exist.")
+        else:
+            path, source, shown = self.download_from_hub(entry.hub_id if entry else name, progress), "hub", name
+        if not (path / "model_index.json").is_file():
+            raise ArenaError(f"'{name}' has no model_index.json: give a diffusers pipeline folder "
+                             "(text_encoder/, tokenizer/, unet/, vae/, scheduler/) or its hub id.")
+        return {"model_dir": path, "source": source, "name": shown, "entry": entry}
+
+    def prepare_image(self, request: ImageRunRequest, progress) -> PreparedImage:
+        """Resolve the pipeline, check its configuration, and draw the initial latents from the seed."""
+        if not request.prompt.strip():
+            raise ArenaError("The prompt is empty: describe the image to draw.")
+        if not 1 <= request.steps <= MAX_STEPS:
+            raise ArenaError(f"Steps must be between 1 and {MAX_STEPS}, not {request.steps}.")
+        resolved = self.resolve_image_model(request.model, progress)
+        model_dir: Path = resolved["model_dir"]
+        unet = json.loads((model_dir / "unet" / "config.json").read_text())
+        vae = json.loads((model_dir / "vae" / "config.json").read_text()) if (model_dir / "vae").is_dir() else {}
+        factor = 2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1)
+        sample = unet.get("sample_size", 64)
+        sample = sample[0] if isinstance(sample, list) else sample
+        height, width = request.height or sample * factor, request.width or sample * factor
+        if height % factor or width % factor:
+            raise ArenaError(f"height and width have to be divisible by {factor} but are {height} and {width}.")
+        if not (factor <= height <= MAX_IMAGE_SIDE and factor <= width <= MAX_IMAGE_SIDE):
+            raise ArenaError(f"height and width must be between {factor} and {MAX_IMAGE_SIDE}, "
+                             f"not {height} and {width}.")
+        overrides, notes = check_required_config(model_dir, resolved["entry"])
+        scheduler = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())
+        import torch
+
+        generator = torch.Generator().manual_seed(int(request.seed))
+        latents = torch.randn((1, unet.get("in_channels", 4), height // factor, width // factor),
+                              generator=generator, dtype=torch.float32).numpy()
+        return PreparedImage(
+            model_dir=str(model_dir), model_name=resolved["name"], source=resolved["source"],
+            fingerprint=directory_fingerprint(model_dir, ("*.json", "*.safetensors", "*.bin", "*.txt")),
+            height=height, width=width, latents=latents,
+            scheduler=json.dumps({**scheduler, **overrides}), notes=notes)
+
+
+class Preparer(TextPreparer, ImagePreparer):
+    """What the "prepare" worker hosts: text and image preparation over one cache."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from backends.base import TextBackend
+from backends.base import Backend
 
 TEXT_BACKENDS: dict[str, str] = {
     "pytorch": "backends.torch_backend:PyTorchBackend",
@@ -12,7 +12,7 @@ TEXT_BACKENDS: dict[str, str] = {
 }
 
 
-def backend_class(name_or_target: str) -> type[TextBackend]:
+def backend_class(name_or_target: str) -> type[Backend]:
     """The backend class registered under a name, or named directly as "module:Class"."""
     target = TEXT_BACKENDS.get(name_or_target, name_or_target)
     if ":" not in target:

@@ -22,6 +22,7 @@ class BackendSpec:
     precision: str = "fp32"  # "fp32" | "bf16" | "fp16" | "int8"
     provider: str = "auto"  # onnxruntime: "auto" or an execution provider name
     onnx_dir: str | None = None  # onnxruntime: use this existing export instead of exporting
+    vae_fp32: bool = False  # image models in fp16/bf16: keep the VAE in fp32 (fp16 VAEs overflow to black)
 
     @property
     def label(self) -> str:
@@ -30,7 +31,7 @@ class BackendSpec:
             parts.append(self.device)
         else:
             parts.append(self.provider.replace("ExecutionProvider", "") if self.provider != "auto" else "auto")
-        parts.append(self.precision)
+        parts.append(self.precision + (" (VAE fp32)" if self.vae_fp32 and self.precision != "fp32" else ""))
         if self.onnx_dir:
             parts.append("user export")
         return " · ".join(parts)
@@ -56,6 +57,8 @@ class BackendSpec:
             data["backend"] = _normalise_backend_name(data["backend"])
             if data.get("onnx_dir") == "":
                 data.pop("onnx_dir")
+            if "vae_fp32" in data:
+                data["vae_fp32"] = data["vae_fp32"] in (True, "true", "True", "1", 1)
             return cls(**data)
         raise ValueError(f"Cannot read a backend from {value!r}.")
 
@@ -102,6 +105,7 @@ class PreparedText:
     context_length: int | None
     fingerprint: str  # identifies the weights for cache keys
     materialize_s: float = 0.0
+    task: str = "text"
 
 
 @dataclass(frozen=True)
@@ -189,6 +193,109 @@ class TextRunResult:
             },
             "rendered_prompt": prepared.rendered_prompt if prepared else None,
             "prompt_token_ids": list(prepared.prompt_token_ids) if prepared else [],
+            "results": [r.to_dict() for r in self.results],
+            "error": self.error,
+            "environment": self.environment,
+        }
+
+
+@dataclass(frozen=True)
+class ImageRunRequest:
+    """One image comparison: the same prompt, seed, latents, scheduler and steps through every backend."""
+
+    model: str
+    prompt: str
+    backends: tuple[BackendSpec, ...]
+    negative_prompt: str = ""
+    steps: int = 20
+    guidance_scale: float = 4.0
+    seed: int = 0
+    height: int | None = None  # None: the model's native size
+    width: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["backends"] = [b.to_dict() for b in self.backends]
+        return data
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """The shared input of an image run: the resolved pipeline folder and the initial latents made once."""
+
+    model_dir: str
+    model_name: str
+    source: str
+    fingerprint: str
+    height: int
+    width: int
+    latents: Any  # numpy float32 (1, C, H/f, W/f): standard normal noise from the seed, before init_noise_sigma
+    scheduler: str  # the scheduler config (JSON, with "_class_name") every backend uses, overrides applied
+    notes: tuple[str, ...] = ()
+    materialize_s: float = 0.0
+    task: str = "image"
+
+
+@dataclass(frozen=True)
+class ImageTimings:
+    """Where the time of one image went, measured by the host around the backend's phase marks."""
+
+    total_s: float
+    text_encoder_s: float
+    unet_s: float
+    vae_s: float
+    step_times_s: tuple[float, ...] = ()  # duration of each denoising step
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class BackendImageResult:
+    """One backend's image (uint8 HxWx3 numpy array) or its error."""
+
+    spec: BackendSpec
+    image: Any = None
+    timings: ImageTimings | None = None
+    load: LoadInfo | None = None
+    error: str | None = None
+    log_tail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backend": self.spec.backend,
+            "label": self.spec.label,
+            "options": self.spec.to_dict(),
+            "timings": self.timings.to_dict() if self.timings else None,
+            "load": self.load.to_dict() if self.load else None,
+            "provider": self.load.provider if self.load else None,
+            "export_cached": self.load.export_cached if self.load else None,
+            "image_shape": list(self.image.shape) if self.image is not None else None,
+            "error": self.error,
+            "log_tail": self.log_tail,
+        }
+
+
+@dataclass(frozen=True)
+class ImageRunResult:
+    request: ImageRunRequest
+    prepared: PreparedImage | None
+    results: tuple[BackendImageResult, ...] = ()
+    error: str | None = None
+    environment: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        prepared = self.prepared
+        return {
+            "request": self.request.to_dict(),
+            "model": None if prepared is None else {
+                "name": prepared.model_name, "source": prepared.source, "dir": prepared.model_dir,
+                "height": prepared.height, "width": prepared.width, "scheduler": prepared.scheduler,
+                "notes": list(prepared.notes)},
             "results": [r.to_dict() for r in self.results],
             "error": self.error,
             "environment": self.environment,

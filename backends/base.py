@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from arena.cache import ArtifactCache
-    from arena.types import BackendSpec, PreparedText
+    from arena.types import BackendSpec, PreparedImage, PreparedText
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,16 @@ class GenerationSettings:
     ignore_eos: bool = False
 
 
+@dataclass(frozen=True)
+class ImageSettings:
+    """Diffusion settings every backend receives identically."""
+
+    prompt: str
+    negative_prompt: str
+    steps: int
+    guidance_scale: float
+
+
 @dataclass
 class LoadContext:
     """What a backend gets while loading: the artifact cache, progress reporting and phase marks."""
@@ -78,8 +88,9 @@ class LoadContext:
             self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + time.perf_counter() - start
 
 
-class TextBackend(ABC):
-    """A runtime that generates text from token ids. One instance lives in one worker process."""
+class Backend(ABC):
+    """A runtime that generates text from token ids and images from latents. One instance lives in one worker
+    process; it holds one model at a time (a causal LM or a diffusion pipeline, by ``model.task``)."""
 
     name: ClassVar[str]  # "pytorch", "onnxruntime": the key used in requests and the API
     title: ClassVar[str]  # shown in the UI
@@ -114,13 +125,19 @@ class TextBackend(ABC):
 
     # --- worker-process side ----------------------------------------------------------------
     @abstractmethod
-    def load(self, model: PreparedText, spec: BackendSpec, ctx: LoadContext) -> None:
-        """Convert (cached) and load the model for this spec."""
+    def load(self, model: PreparedText | PreparedImage, spec: BackendSpec, ctx: LoadContext) -> None:
+        """Convert (cached) and load the model for this spec (``model.task`` is "text" or "image")."""
 
     @abstractmethod
     def generate_text(self, prompt_ids: list[int], settings: GenerationSettings,
                       on_token: Callable[[int], None]) -> list[int]:
         """Greedily generate; call ``on_token`` once per new token as it is produced; return the new ids."""
+
+    @abstractmethod
+    def generate_image(self, model: PreparedImage, settings: ImageSettings,
+                       on_phase: Callable[[str], None], on_step: Callable[[int], None]) -> Any:
+        """Denoise ``model.latents`` and decode; mark "text_encoder", "unet", "vae", "done" with ``on_phase`` and
+        each denoising step with ``on_step``; return the image as uint8 HxWx3."""
 
     @abstractmethod
     def runtime_info(self) -> dict[str, Any]:
@@ -174,7 +191,53 @@ def hf_generate(model: Any, prompt_ids: list[int], settings: GenerationSettings,
     return [int(t) for t in output[0, len(prompt_ids):].tolist()]
 
 
-class HFTextBackend(TextBackend, ABC):
+def diffusers_generate(pipe: Any, model: PreparedImage, settings: ImageSettings, on_phase: Callable[[str], None],
+                       on_step: Callable[[int], None], device: Any = "cpu", dtype: Any = None,
+                       vae_dtype: Any = None) -> Any:
+    """One image through a diffusers-style pipeline (PyTorch or optimum's ONNX Runtime one), phase by phase.
+
+    The numbered steps of the pipeline are run in the open so the host can time them: prompt encoding, the
+    denoising loop (one callback per step) on the shared latents with the shared scheduler, then the VAE decode.
+    """
+    import json
+
+    import diffusers
+    import numpy as np
+    import torch
+
+    config = json.loads(model.scheduler)
+    pipe.scheduler = getattr(diffusers, config["_class_name"]).from_config(config)
+    latents = torch.from_numpy(np.asarray(model.latents)).to(device=device, dtype=dtype or torch.float32)
+    guidance = settings.guidance_scale > 1.0
+    with torch.inference_mode():
+        # 1. Text encoder.
+        on_phase("text_encoder")
+        embeds, negative = pipe.encode_prompt(settings.prompt, device, 1, guidance,
+                                              negative_prompt=settings.negative_prompt or None)
+
+        # 2. Denoising loop: the pipeline scales the latents by init_noise_sigma and steps the scheduler.
+        def step_end(_pipe, index, _timestep, kwargs):
+            on_step(index)
+            return kwargs
+
+        on_phase("unet")
+        latents = pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, latents=latents,
+                       num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
+                       height=model.height, width=model.width, output_type="latent",
+                       callback_on_step_end=step_end).images
+
+        # 3. VAE decode, from latents scaled back by the VAE's scaling factor.
+        on_phase("vae")
+        scaling = pipe.vae.config.scaling_factor
+        decoded = pipe.vae.decode(latents.to(vae_dtype or latents.dtype) / scaling, return_dict=False)[0]
+        image = pipe.image_processor.postprocess(decoded.float(), output_type="np")[0]
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+        on_phase("done")
+    return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+
+
+class HFBackend(Backend, ABC):
     """A backend whose loaded model is a transformers-style class with `generate` (PyTorch, optimum's ORT models).
 
     Subclasses implement the cheap class methods and `load`, which sets ``self.model``, ``self.device`` and
@@ -194,6 +257,15 @@ class HFTextBackend(TextBackend, ABC):
 
             torch.cuda.synchronize()  # the host's clock stops only when the GPU is done
         return ids
+
+    def generate_image(self, model: PreparedImage, settings: ImageSettings,
+                       on_phase: Callable[[str], None], on_step: Callable[[int], None]) -> Any:
+        return diffusers_generate(self.model, model, settings, on_phase, on_step, device=self.device,
+                                  **self._image_dtypes())
+
+    def _image_dtypes(self) -> dict[str, Any]:
+        """Latent and VAE dtypes for the loaded pipeline (fp32 unless a subclass says otherwise)."""
+        return {}
 
     def runtime_info(self) -> dict[str, Any]:
         return dict(self._info)

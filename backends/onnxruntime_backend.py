@@ -19,7 +19,7 @@ from arena.workers import run_isolated
 from backends.base import (
     AVAILABLE,
     Availability,
-    HFTextBackend,
+    HFBackend,
     LoadContext,
     OptionChoice,
 )
@@ -34,6 +34,7 @@ PROVIDERS = {
     "TensorrtExecutionProvider": "TensorRT",
 }
 TEXT_TASK = "text-generation-with-past"
+IMAGE_TASK = "text-to-image"
 ONNX_LAYOUT_FILES = ("model.onnx", "decoder_model_merged.onnx", "decoder_with_past_model.onnx", "decoder_model.onnx")
 
 
@@ -43,6 +44,29 @@ def export_text_model(model_dir: str, output_dir: str, dtype: str, device: str) 
 
     main_export(model_dir, output=output_dir, task=TEXT_TASK, device=device,
                 dtype=None if dtype == "fp32" else dtype)
+
+
+def export_pipeline(model_dir: str, output_dir: str, dtype: str, device: str) -> None:
+    """Export a Stable Diffusion pipeline (text encoder, UNet, VAE encoder/decoder) to ``output_dir``."""
+    from optimum.exporters.onnx import main_export
+
+    main_export(model_dir, output=output_dir, task=IMAGE_TASK, device=device,
+                dtype=None if dtype == "fp32" else dtype)
+
+
+def find_pipeline_export(directory: str | Path) -> Path:
+    """The UNet of a pipeline export directory (optimum's layout: text_encoder/, unet/, vae_decoder/ ...)."""
+    root = Path(directory).expanduser()
+    if not root.is_dir():
+        raise ArenaError(f"The ONNX export directory '{directory}' does not exist.")
+    missing = [f"{part}/model.onnx" for part in ("text_encoder", "unet", "vae_decoder")
+               if not (root / part / "model.onnx").is_file()]
+    if not (root / "model_index.json").is_file():
+        missing.append("model_index.json")
+    if missing:
+        raise ArenaError(f"'{directory}' is not a Stable Diffusion ONNX export: missing {', '.join(missing)} "
+                         "(expected the layout `optimum-cli export onnx --task text-to-image` writes).")
+    return root / "unet" / "model.onnx"
 
 
 def quantize_text_model(fp32_dir: str, output_dir: str) -> None:
@@ -112,7 +136,7 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
-class OnnxRuntimeBackend(HFTextBackend):
+class OnnxRuntimeBackend(HFBackend):
     """`ORTModelForCausalLM` (KV cache) with greedy `generate`."""
 
     name = "onnxruntime"
@@ -176,39 +200,22 @@ class OnnxRuntimeBackend(HFTextBackend):
     # --- worker side -------------------------------------------------------------------------------
     def load(self, model, spec, ctx: LoadContext) -> None:
         import onnxruntime
-        from optimum.onnxruntime import ORTModelForCausalLM
 
         provider = self.resolve_provider(spec.provider, onnxruntime.get_available_providers())
-        log_path = os.environ.get("ARENA_WORKER_LOG")
+        image = model.task == "image"
         export_cached: bool | None
         if spec.onnx_dir:
-            onnx_dir = find_onnx_model(spec.onnx_dir).parent
+            onnx_dir = (find_pipeline_export if image else find_onnx_model)(spec.onnx_dir).parent
+            if image:
+                onnx_dir = onnx_dir.parent  # unet/model.onnx -> the pipeline folder
             export_cached = None
             ctx.notes.append(f"user export {onnx_dir}")
         else:
-            fields = {"model": model.fingerprint, "task": TEXT_TASK,
-                      "dtype": "fp16" if spec.precision == "fp16" else "fp32", "versions": _versions()}
-            device = "cuda" if spec.precision == "fp16" else "cpu"
-            with ctx.stage("export", f"ONNX Runtime: exporting {model.model_name} to ONNX (once, then cached)"):
-                onnx_dir, built = ctx.cache.get_or_build(
-                    "onnx", fields,
-                    lambda tmp: run_isolated("backends.onnxruntime_backend:export_text_model",
-                                             model.model_dir, str(tmp), fields["dtype"], device,
-                                             description="ONNX export", progress=ctx.progress, log_path=log_path)
-                    or {"source": model.model_dir, "model_name": model.model_name})
-            if spec.precision == "int8":
-                with ctx.stage("export", "ONNX Runtime: dynamic int8 quantization (once, then cached)"):
-                    onnx_dir, built_q = ctx.cache.get_or_build(
-                        "onnx-int8", {"fp32": str(onnx_dir.name), "versions": _versions()},
-                        lambda tmp: run_isolated("backends.onnxruntime_backend:quantize_text_model",
-                                                 str(onnx_dir), str(tmp), description="int8 quantization",
-                                                 progress=ctx.progress, log_path=log_path)
-                        or {"source": str(onnx_dir)})
-                    built = built or built_q
+            onnx_dir, built = self._export(model, spec, ctx)
             export_cached = not built
 
         provider_options: dict[str, Any] = {}
-        if provider == "TensorrtExecutionProvider":
+        if provider == "TensorrtExecutionProvider" and not image:
             config = json.loads((Path(model.model_dir) / "config.json").read_text())
             engine_dir = ctx.cache.root / "trt-ep" / Path(onnx_dir).name
             engine_dir.mkdir(parents=True, exist_ok=True)
@@ -218,10 +225,20 @@ class OnnxRuntimeBackend(HFTextBackend):
         session_options = onnxruntime.SessionOptions()
         session_options.log_severity_level = 2  # warnings (CPU fallbacks) land in the worker log
         with ctx.stage("load", f"ONNX Runtime: creating the {PROVIDERS.get(provider, provider)} session"):
-            self.model = ORTModelForCausalLM.from_pretrained(
-                onnx_dir, provider=provider, provider_options=provider_options or None,
-                session_options=session_options, use_cache=True,
-                use_io_binding=provider == "CUDAExecutionProvider")
+            if image:
+                from optimum.onnxruntime import ORTDiffusionPipeline
+
+                self.model = ORTDiffusionPipeline.from_pretrained(
+                    onnx_dir, provider=provider, provider_options=provider_options or None,
+                    session_options=session_options, use_io_binding=provider == "CUDAExecutionProvider")
+                self.model.set_progress_bar_config(disable=True)
+            else:
+                from optimum.onnxruntime import ORTModelForCausalLM
+
+                self.model = ORTModelForCausalLM.from_pretrained(
+                    onnx_dir, provider=provider, provider_options=provider_options or None,
+                    session_options=session_options, use_cache=True,
+                    use_io_binding=provider == "CUDAExecutionProvider")
         ran = list(self.model.providers)
         if ran and ran[0] != provider:
             ctx.notes.append(f"requested {provider} but the session runs on {ran[0]}")
@@ -229,3 +246,29 @@ class OnnxRuntimeBackend(HFTextBackend):
         self._info = {"provider": ran[0] if ran else provider, "session_providers": ran,
                       "artifact_dir": str(onnx_dir), "export_cached": export_cached,
                       "onnxruntime": onnxruntime.__version__}
+
+    def _export(self, model, spec, ctx: LoadContext) -> tuple[Path, bool]:
+        """The cached export for this model and precision (built in an isolated process on a miss)."""
+        log_path = os.environ.get("ARENA_WORKER_LOG")
+        task = IMAGE_TASK if model.task == "image" else TEXT_TASK
+        target = "export_pipeline" if model.task == "image" else "export_text_model"
+        fields = {"model": model.fingerprint, "task": task,
+                  "dtype": "fp16" if spec.precision == "fp16" else "fp32", "versions": _versions()}
+        device = "cuda" if spec.precision == "fp16" else "cpu"
+        with ctx.stage("export", f"ONNX Runtime: exporting {model.model_name} to ONNX (once, then cached)"):
+            onnx_dir, built = ctx.cache.get_or_build(
+                "onnx", fields,
+                lambda tmp: run_isolated(f"backends.onnxruntime_backend:{target}",
+                                         model.model_dir, str(tmp), fields["dtype"], device,
+                                         description="ONNX export", progress=ctx.progress, log_path=log_path)
+                or {"source": model.model_dir, "model_name": model.model_name})
+        if spec.precision == "int8":
+            with ctx.stage("export", "ONNX Runtime: dynamic int8 quantization (once, then cached)"):
+                onnx_dir, built_q = ctx.cache.get_or_build(
+                    "onnx-int8", {"fp32": str(onnx_dir.name), "versions": _versions()},
+                    lambda tmp: run_isolated("backends.onnxruntime_backend:quantize_text_model",
+                                             str(onnx_dir), str(tmp), description="int8 quantization",
+                                             progress=ctx.progress, log_path=log_path)
+                    or {"source": str(onnx_dir)})
+                built = built or built_q
+        return onnx_dir, built

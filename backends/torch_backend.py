@@ -7,7 +7,7 @@ from typing import Any
 from backends.base import (
     AVAILABLE,
     Availability,
-    HFTextBackend,
+    HFBackend,
     LoadContext,
     OptionChoice,
 )
@@ -18,7 +18,7 @@ TORCH_CUDA_INSTALL = ("pip install --force-reinstall torch==2.13.0  # PyPI's Lin
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
-class PyTorchBackend(HFTextBackend):
+class PyTorchBackend(HFBackend):
     """`AutoModelForCausalLM` with greedy `generate`."""
 
     name = "pytorch"
@@ -64,14 +64,29 @@ class PyTorchBackend(HFTextBackend):
 
     def load(self, model, spec, ctx: LoadContext) -> None:
         import torch
-        from transformers import AutoModelForCausalLM
 
         dtype = getattr(torch, TORCH_DTYPES[spec.precision])
         with ctx.stage("load", f"PyTorch: loading {model.model_name} ({spec.device}, {spec.precision})"):
-            self.model = AutoModelForCausalLM.from_pretrained(model.model_dir, dtype=dtype)
-            self.model.to(spec.device)
-            self.model.eval()
+            if model.task == "image":
+                from diffusers import DiffusionPipeline
+
+                self.model = DiffusionPipeline.from_pretrained(model.model_dir, torch_dtype=dtype,
+                                                               safety_checker=None, requires_safety_checker=False)
+                if spec.vae_fp32:
+                    self.model.vae.to(torch.float32)  # fp16 VAEs overflow to black images
+                self.model.to(spec.device)
+                self.model.set_progress_bar_config(disable=True)
+                self._dtypes = {"dtype": dtype, "vae_dtype": torch.float32 if spec.vae_fp32 else dtype}
+            else:
+                from transformers import AutoModelForCausalLM
+
+                self.model = AutoModelForCausalLM.from_pretrained(model.model_dir, dtype=dtype)
+                self.model.to(spec.device)
+                self.model.eval()
         self._info = {"provider": f"torch {torch.__version__} on {spec.device}"
                                   + (f" ({torch.cuda.get_device_name()})" if spec.device == "cuda" else ""),
                       "artifact_dir": model.model_dir, "export_cached": None}
         self.device = spec.device
+
+    def _image_dtypes(self) -> dict[str, Any]:
+        return dict(self._dtypes)

@@ -1,0 +1,63 @@
+"""The image path through the whole core on a tiny random Stable Diffusion pipeline built here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from arena.core import Arena
+from arena.image_metrics import psnr
+from arena.types import BackendSpec, ImageRunRequest
+
+BOTH = (BackendSpec("pytorch"), BackendSpec("onnxruntime"))
+
+
+def run(arena: Arena, model, backends=BOTH, **kwargs):
+    request = ImageRunRequest(model=str(model), prompt=kwargs.pop("prompt", "a red circle on a blue background"),
+                              backends=tuple(backends), steps=kwargs.pop("steps", 4), seed=kwargs.pop("seed", 0),
+                              **kwargs)
+    return arena.run_image_to_end(request)
+
+
+def test_pytorch_and_onnxruntime_draw_the_same_image(arena, tiny_sd):
+    result = run(arena, tiny_sd)
+    assert result.error is None, result.error
+    torch_result, ort_result = result.results
+    assert torch_result.error is None and ort_result.error is None, (torch_result.error, ort_result.error)
+    assert torch_result.image.shape == (32, 32, 3) and torch_result.image.dtype == np.uint8
+    assert psnr(torch_result.image, ort_result.image) >= 35
+    timings = torch_result.timings
+    assert len(timings.step_times_s) == 4 and timings.unet_s > 0 and timings.vae_s > 0
+    assert timings.text_encoder_s + timings.unet_s + timings.vae_s <= timings.total_s + 1e-6
+    assert ort_result.load.provider == "CPUExecutionProvider" and ort_result.load.export_cached is not None
+
+    again = run(arena, tiny_sd, backends=(BackendSpec("onnxruntime"),))
+    assert again.results[0].load.export_cached is True
+    assert np.array_equal(again.results[0].image, ort_result.image)  # same seed, same latents, same image
+
+    other_seed = run(arena, tiny_sd, backends=(BackendSpec("pytorch"),), seed=1)
+    assert not np.array_equal(other_seed.results[0].image, torch_result.image)
+
+
+def test_a_users_pipeline_export_is_checked(arena, tiny_sd, tmp_path):
+    export = run(arena, tiny_sd, backends=(BackendSpec("onnxruntime"),)).results[0].load.artifact_dir
+    result = run(arena, tiny_sd, backends=(BackendSpec("pytorch"), BackendSpec("onnxruntime", onnx_dir=export)))
+    reference, user = result.results
+    assert user.error is None and user.load.export_cached is None
+    assert psnr(reference.image, user.image) >= 35
+    broken = run(arena, tiny_sd, backends=(BackendSpec("onnxruntime", onnx_dir=str(tmp_path)),))
+    assert "is not a Stable Diffusion ONNX export: missing text_encoder/model.onnx" in broken.results[0].error
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"prompt": " "}, "The prompt is empty"),
+    ({"height": 30, "width": 32}, "height and width have to be divisible by 4 but are 30 and 32."),
+    ({"steps": 0}, "Steps must be between 1 and"),
+])
+def test_bad_image_input_is_one_sentence(arena, tiny_sd, kwargs, message):
+    result = run(arena, tiny_sd, **kwargs)
+    assert result.results == () and message in result.error
+
+
+def test_a_folder_that_is_not_a_pipeline_is_explained(arena, tiny_llama):
+    assert "has no model_index.json" in run(arena, tiny_llama).error
