@@ -7,6 +7,7 @@ serialises to JSON for the API and the reports.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -294,7 +295,7 @@ class ImageRunResult:
             "request": self.request.to_dict(),
             "model": None if prepared is None else {
                 "name": prepared.model_name, "source": prepared.source, "dir": prepared.model_dir,
-                "height": prepared.height, "width": prepared.width, "scheduler": prepared.scheduler,
+                "height": prepared.height, "width": prepared.width, "scheduler": json.loads(prepared.scheduler),
                 "notes": list(prepared.notes)},
             "results": [r.to_dict() for r in self.results],
             "error": self.error,

@@ -45,17 +45,17 @@ def lr_at(step_fraction: float, peak: float, warmup: float = 0.03) -> float:
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def train_vae(rng: random.Random, minutes: float, batch: int, log):
+def train_vae(rng: random.Random, minutes: float, batch: int, log, peak_lr: float = 2e-3):
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, sample_size=SIDE, layers_per_block=1,
                         block_out_channels=(16, 32, 64), norm_num_groups=16,
                         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=peak_lr, weight_decay=0.0)
     start, step, deadline = time.time(), 0, time.time() + minutes * 60
     while time.time() < deadline:
         for group in optimizer.param_groups:
-            group["lr"] = lr_at((time.time() - start) / (minutes * 60), 1e-3)
+            group["lr"] = lr_at((time.time() - start) / (minutes * 60), peak_lr)
         images = images_to_tensor([random_scene(rng) for _ in range(batch)])
         posterior = vae.encode(images).latent_dist
         recon = vae.decode(posterior.sample()).sample
@@ -140,9 +140,10 @@ def train_unet(vae, tokenizer, rng: random.Random, minutes: float, batch: int, l
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("assets/image-model"))
-    parser.add_argument("--vae-minutes", type=float, default=6)
-    parser.add_argument("--unet-minutes", type=float, default=30)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--vae-minutes", type=float, default=10)
+    parser.add_argument("--unet-minutes", type=float, default=25)
+    parser.add_argument("--batch", type=int, default=32, help="UNet batch")
+    parser.add_argument("--vae-batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -164,7 +165,7 @@ def main() -> None:
     started = time.time()
     tokenizer = build_word_tokenizer(scene_words(), work / "tokenizer-raw", MAX_TOKENS)
     log(f"tokenizer: {len(tokenizer)} tokens")
-    vae, vae_report = train_vae(rng, args.vae_minutes, args.batch, log)
+    vae, vae_report = train_vae(rng, args.vae_minutes, args.vae_batch, log)
     text_encoder, unet, unet_report = train_unet(vae, tokenizer, rng, args.unet_minutes, args.batch, log)
     scheduler = DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
                                             beta_start=0.00085, beta_end=0.012, prediction_type="epsilon",

@@ -81,3 +81,19 @@ def test_environment_tab_names_whats_missing(app_server, page):
     assert "onnxruntime" in text and "CPUExecutionProvider" in text
     if "CUDAExecutionProvider" not in text.split("providers:")[1].split("\n")[0]:
         assert "onnxruntime-gpu" in text  # the install command for the missing provider is on the page
+
+
+def test_image_tab_draws_with_both_backends(app_server, page):
+    page.goto(app_server["url"])
+    page.get_by_role("tab", name="Image").click()
+    page.wait_for_selector("#run-image")
+    page.locator("#image-prompt textarea").fill("a red circle on a blue background")
+    page.click("#run-image")
+    for name in ("pytorch", "onnxruntime"):
+        page.wait_for_function(
+            f"document.querySelector('#image-metrics-{name}')?.innerText.includes('UNet loop')", timeout=300_000)
+        assert page.locator(f"#image-{name} img").count() == 1
+    assert "PSNR vs" in page.locator("#image-status").inner_text()
+    page.locator("#image-latency-chart .main-svg").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(SCREENSHOT.parent / "image-arena.png"), full_page=True)

@@ -9,6 +9,7 @@ import gradio as gr
 from arena.core import Arena
 from ui.api import register_api
 from ui.environment_tab import build_environment_tab
+from ui.image_tab import build_image_tab
 from ui.text_tab import build_text_tab
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -18,10 +19,12 @@ def build_ui(arena: Arena) -> gr.Blocks:
     """Lay out the whole dashboard around one arena core."""
     with gr.Blocks(title="Backend Arena") as demo:
         gr.Markdown("# Backend Arena\nThe same prompt through PyTorch and ONNX Runtime, side by side: "
-                    "do the conversions still talk sense, and are they faster?")
+                    "do the conversions still talk sense, draw the picture, and are they faster?")
         with gr.Tabs():
             with gr.Tab("Text", id="text"):
                 build_text_tab(arena)
+            with gr.Tab("Image", id="image"):
+                build_image_tab(arena)
             with gr.Tab("Environment", id="environment"):
                 build_environment_tab(arena)
         register_api(arena)

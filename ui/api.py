@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from typing import Any
 
 import gradio as gr
 
-from arena.catalog import DEFAULT_TEXT_MODEL
+from arena.catalog import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, IMAGE_CATALOG
 from arena.core import Arena
-from arena.types import BackendSpec, TextRunRequest
-from ui.text_tab import RUN_CONCURRENCY_ID
+from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
+from ui.controls import RUN_CONCURRENCY_ID
+from ui.image_tab import image_run_dict
 
 
 def make_compare_text(arena: Arena):
@@ -66,8 +68,44 @@ def make_diagnostics(arena: Arena):
     return diagnostics
 
 
+def parse_backends(text: str) -> tuple[BackendSpec, ...]:
+    """Backends as a JSON list (names or option dicts) or comma-separated names; empty: PyTorch and ONNX Runtime."""
+    text = (text or "").strip()
+    items: list[Any] = json.loads(text) if text.startswith("[") else [t for t in text.split(",") if t.strip()]
+    return tuple(BackendSpec.from_any(b) for b in (items or ["pytorch", "onnxruntime"]))
+
+
+def make_compare_image(arena: Arena):
+    def compare_image(prompt, model, backends, negative_prompt, steps, guidance_scale, seed, height, width):
+        """Draw one prompt from the same seed through several backends; return the images and the result."""
+        try:
+            request = ImageRunRequest(model=model or DEFAULT_IMAGE_MODEL, prompt=prompt or "",
+                                      backends=parse_backends(backends), negative_prompt=negative_prompt or "",
+                                      steps=int(steps), guidance_scale=float(guidance_scale), seed=int(seed),
+                                      height=int(height or 0) or None, width=int(width or 0) or None)
+        except (ValueError, TypeError) as exc:
+            return [], {"error": str(exc), "results": []}
+        result = arena.run_image_to_end(request)
+        gallery = [(r.image, r.spec.label) for r in result.results if r.image is not None]
+        return gallery, image_run_dict(result)
+
+    return compare_image
+
+
 def register_api(arena: Arena) -> None:
     """Add the API-only endpoints to the Blocks being built."""
     gr.api(make_compare_text(arena), api_name="compare_text", concurrency_limit=1,
            concurrency_id=RUN_CONCURRENCY_ID)
+    # Images need real components (a gallery the client downloads), so this endpoint has hidden widgets.
+    with gr.Group(visible=False):
+        entry = IMAGE_CATALOG[0]
+        inputs = [gr.Textbox(label="prompt"), gr.Textbox(DEFAULT_IMAGE_MODEL, label="model"),
+                  gr.Textbox("pytorch,onnxruntime", label="backends"), gr.Textbox("", label="negative_prompt"),
+                  gr.Number(entry.steps, precision=0, label="steps"),
+                  gr.Number(entry.guidance_scale, label="guidance_scale"), gr.Number(0, precision=0, label="seed"),
+                  gr.Number(0, precision=0, label="height"), gr.Number(0, precision=0, label="width")]
+        outputs = [gr.Gallery(label="images", format="png"), gr.JSON(label="result")]
+        trigger = gr.Button("compare_image")
+    trigger.click(make_compare_image(arena), inputs, outputs, api_name="compare_image", concurrency_limit=1,
+                  concurrency_id=RUN_CONCURRENCY_ID)
     gr.api(make_diagnostics(arena), api_name="diagnostics", api_visibility="undocumented")

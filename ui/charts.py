@@ -45,3 +45,29 @@ def text_latency_figure(run: dict[str, Any]) -> go.Figure:
         fig.add_annotation(text="Run a comparison to see latency here", showarrow=False, x=0.5, y=0.5,
                            xref="paper", yref="paper", font={"size": 16, "color": "#888"})
     return fig
+
+
+def image_latency_figure(run: dict[str, Any]) -> go.Figure:
+    """Per-step denoising latency per backend, and the split between text encoder, UNet loop and VAE decode."""
+    done = [r for r in run.get("results", []) if r.get("timings")]
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4], horizontal_spacing=0.12,
+                        subplot_titles=("Latency of each denoising step (ms)", "Where the time goes (s)"))
+    parts = (("text_encoder_s", "text encoder", "#94a3b8"), ("unet_s", "UNet loop", "#6366f1"),
+             ("vae_s", "VAE decode", "#f59e0b"))
+    for index, result in enumerate(done):
+        timings, label = result["timings"], result["label"]
+        steps = [s * 1000 for s in timings.get("step_times_s") or []]
+        fig.add_trace(go.Scatter(x=list(range(1, len(steps) + 1)), y=steps, mode="lines+markers", name=label,
+                                 line={"color": _color(result, index)}), row=1, col=1)
+    for key, name, color in parts:
+        fig.add_trace(go.Bar(x=[r["label"] for r in done], y=[r["timings"][key] for r in done], name=name,
+                             marker_color=color), row=1, col=2)
+    fig.update_layout(barmode="stack", height=380, margin={"l": 40, "r": 20, "t": 60, "b": 40},
+                      legend={"orientation": "h", "y": -0.2}, template="plotly_white")
+    fig.update_xaxes(title_text="step", row=1, col=1)
+    if not done:
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False)
+        fig.add_annotation(text="Run a comparison to see latency here", showarrow=False, x=0.5, y=0.5,
+                           xref="paper", yref="paper", font={"size": 16, "color": "#888"})
+    return fig

@@ -87,3 +87,41 @@ def unavailable_note(options: dict[str, list[OptionChoice]]) -> str:
 def choice_labels(choices: list[OptionChoice]) -> list[tuple[str, str]]:
     """(label, value) pairs for a Radio/Dropdown; unavailable values say so in their label."""
     return [(c.label if c.availability.ok else f"{c.label} — unavailable", c.value) for c in choices]
+
+
+def image_metrics(result: dict[str, Any]) -> str:
+    """Time split, load facts and similarity to the reference for one image backend."""
+    if result.get("error"):
+        return panel_metrics(result)
+    timings, load = result.get("timings") or {}, result.get("load") or {}
+    export = {True: "from cache", False: f"{seconds(load.get('export_s'))} (new)", None: "–"}[load.get("export_cached")]
+    similarity = result.get("psnr_vs_reference_db")
+    rows = [
+        ("Total", seconds(timings.get("total_s"))),
+        ("Text encoder", seconds(timings.get("text_encoder_s"))),
+        ("UNet loop", f"{seconds(timings.get('unet_s'))} ({len(timings.get('step_times_s') or [])} steps)"),
+        ("VAE decode", seconds(timings.get("vae_s"))),
+        ("PSNR vs reference", "reference" if similarity == 99.0 else (f"{similarity:.1f} dB" if similarity else "–")),
+        ("Export", export),
+        ("Load", seconds(load.get("load_s"))),
+        ("Runs on", f"`{load.get('provider') or '?'}`"),
+    ]
+    notes = load.get("notes") or []
+    return "| Measure | Value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows) + \
+        ("\n\n" + "; ".join(notes) if notes else "")
+
+
+def image_summary(run: dict[str, Any]) -> str:
+    """The status line of an image run: the error, or each backend's PSNR against the reference."""
+    if run.get("error"):
+        return f"<span class='arena-badge arena-badge-error'>ERROR</span> {run['error']}"
+    model = run.get("model") or {}
+    head = f"{model.get('width')}x{model.get('height')} px, same latents and scheduler for every backend."
+    notes = model.get("notes") or []
+    if notes:
+        head += " Config: " + "; ".join(notes) + "."
+    done = [r for r in run.get("results", []) if not r.get("error")]
+    if len(done) >= 2:
+        head += " PSNR vs " + done[0]["label"] + ": " + ", ".join(
+            f"{r['label']} {r['psnr_vs_reference_db']:.1f} dB" for r in done[1:]) + "."
+    return head

@@ -10,11 +10,10 @@ import gradio as gr
 
 from arena.catalog import CATALOG, DEFAULT_TEXT_MODEL, EXAMPLE_PROMPTS, PROMPT_FORMATS, find_catalog_model
 from arena.core import Arena
-from arena.types import BackendSpec, TextRunRequest
+from arena.types import TextRunRequest
 from ui.charts import text_latency_figure
-from ui.format import choice_labels, panel_header, panel_metrics, run_summary, unavailable_note
-
-RUN_CONCURRENCY_ID = "arena-run"  # UI runs and API calls share one slot: timed runs never overlap
+from ui.controls import RUN_CONCURRENCY_ID, BackendOptionControls, build_backend_controls, specs_from_form
+from ui.format import panel_header, panel_metrics, run_summary
 
 
 @dataclass
@@ -23,8 +22,7 @@ class BackendControls:
 
     name: str
     title: str
-    enabled: gr.Checkbox
-    options: dict[str, gr.components.Component]
+    controls: BackendOptionControls
     header: gr.Markdown
     answer: gr.Textbox
     metrics: gr.Markdown
@@ -59,14 +57,10 @@ def model_notes(model: str) -> str:
 
 def request_from_form(values: dict[str, Any]) -> TextRunRequest:
     """Gather the widgets into one immutable request. No model code here."""
-    specs = []
-    for name, fields in values["backends"].items():
-        if fields.pop("enabled"):
-            specs.append(BackendSpec.from_any({"backend": name, **fields}))
     return TextRunRequest(
         model=(values["model"] or DEFAULT_TEXT_MODEL).strip(),
         prompt=values["prompt"] or "",
-        backends=tuple(specs),
+        backends=specs_from_form(values["backends"]),
         max_new_tokens=int(values["max_new_tokens"]),
         prompt_format=values["prompt_format"],
         ignore_eos=bool(values["ignore_eos"]),
@@ -87,29 +81,7 @@ def build_text_tab(arena: Arena) -> TextTab:
             notes = gr.Markdown(model_notes(DEFAULT_TEXT_MODEL), elem_classes=["arena-notes"])
             prompt_format = gr.Dropdown(choices=[(f.label, f.name) for f in PROMPT_FORMATS.values()],
                                         value="auto", label="Prompt format")
-            controls: list[tuple[str, str, gr.Checkbox, dict[str, gr.components.Component]]] = []
-            for name, info in backend_options.items():
-                available = info["availability"]
-                with gr.Accordion(info["title"], open=True):
-                    enabled = gr.Checkbox(value=available.ok, label=f"Run {info['title']}",
-                                          interactive=available.ok, elem_id=f"enable-{name}",
-                                          info=None if available.ok else available.sentence())
-                    widgets: dict[str, gr.components.Component] = {}
-                    for option, choices in info["options"].items():
-                        first_ok = next((c.value for c in choices if c.availability.ok), choices[0].value)
-                        widget = gr.Dropdown if len(choices) > 3 else gr.Radio
-                        widgets[option] = widget(choices=choice_labels(choices), value=first_ok,
-                                                 label=option.capitalize(), elem_id=f"{name}-{option}")
-                    if name == "onnxruntime":
-                        widgets["onnx_dir"] = gr.Textbox(
-                            label="Existing ONNX export (optional)", placeholder="/path/to/optimum-cli/export",
-                            info="Check your own export against PyTorch instead of exporting here.")
-                    note = unavailable_note(info["options"])
-                    if note:
-                        with gr.Accordion(f"Unavailable here ({note.count(chr(10)) + 1}): why, and how to install",
-                                          open=False):
-                            gr.Markdown(note, elem_classes=["arena-unavailable"])
-                controls.append((name, info["title"], enabled, widgets))
+            controls = build_backend_controls(backend_options, "", "/path/to/optimum-cli/export")
             max_new_tokens = gr.Slider(1, 512, value=64, step=1, label="Max new tokens")
             with gr.Accordion("Timing protocol", open=False):
                 ignore_eos = gr.Checkbox(False, label="Ignore EOS (always generate max new tokens)",
@@ -124,13 +96,14 @@ def build_text_tab(arena: Arena) -> TextTab:
             status = gr.Markdown("", elem_id="run-status", min_height=60)
             panels = []
             with gr.Row(equal_height=True):
-                for name, title, enabled, widgets in controls:
+                for control in controls:
+                    name = control.name
                     with gr.Column(elem_id=f"panel-{name}", elem_classes=["arena-panel"]):
-                        header = gr.Markdown(panel_header(title, None, "idle"))
+                        header = gr.Markdown(panel_header(control.title, None, "idle"))
                         answer = gr.Textbox(label="Answer", lines=8, interactive=False, elem_id=f"answer-{name}",
                                             buttons=["copy"])
                         metrics = gr.Markdown("", elem_id=f"metrics-{name}")
-                    panels.append(BackendControls(name, title, enabled, widgets, header, answer, metrics))
+                    panels.append(BackendControls(name, control.title, control, header, answer, metrics))
             chart = gr.Plot(text_latency_figure({}), label="Latency", elem_id="latency-chart")
             with gr.Accordion("Structured result (JSON, same as the /compare_text API)", open=False):
                 result_json = gr.JSON(label="Result")
@@ -145,8 +118,8 @@ def _wire(arena: Arena, tab: TextTab) -> None:
     inputs = {tab.model, tab.prompt_format, tab.prompt, tab.max_new_tokens, tab.ignore_eos, tab.warmup,
               tab.repeats}
     for panel in tab.backends:
-        inputs.add(panel.enabled)
-        inputs.update(panel.options.values())
+        inputs.add(panel.controls.enabled)
+        inputs.update(panel.controls.widgets.values())
     outputs = [tab.status, tab.chart, tab.result_json]
     for panel in tab.backends:
         outputs += [panel.header, panel.answer, panel.metrics]
@@ -156,8 +129,7 @@ def _wire(arena: Arena, tab: TextTab) -> None:
             "model": data[tab.model], "prompt_format": data[tab.prompt_format], "prompt": data[tab.prompt],
             "max_new_tokens": data[tab.max_new_tokens], "ignore_eos": data[tab.ignore_eos],
             "warmup": data[tab.warmup], "repeats": data[tab.repeats],
-            "backends": {p.name: {"enabled": data[p.enabled], **{k: data[w] for k, w in p.options.items()}}
-                         for p in tab.backends},
+            "backends": {p.name: p.controls.values(data) for p in tab.backends},
         }
         try:
             request = request_from_form(values)

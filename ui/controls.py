@@ -1,0 +1,66 @@
+"""Widgets shared by the Text and Image tabs: one accordion of options per backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from arena.types import BackendSpec
+from ui.format import choice_labels, unavailable_note
+
+RUN_CONCURRENCY_ID = "arena-run"  # every run (UI or API, text or image) shares one slot: timed runs never overlap
+
+
+@dataclass
+class BackendOptionControls:
+    name: str
+    title: str
+    enabled: gr.Checkbox
+    widgets: dict[str, gr.components.Component]
+
+    def values(self, data: dict) -> dict[str, Any]:
+        """This backend's fields from a Gradio input dict (``enabled`` plus every option)."""
+        return {"enabled": data[self.enabled], **{key: data[w] for key, w in self.widgets.items()}}
+
+
+def build_backend_controls(backend_options: dict[str, dict[str, Any]], prefix: str,
+                           export_placeholder: str, image: bool = False) -> list[BackendOptionControls]:
+    """One accordion per backend: run checkbox, option radios, unavailable options with reasons and installs.
+
+    ``prefix`` keeps element ids unique between tabs ("" for the Text tab, "image-" for the Image tab).
+    """
+    controls = []
+    for name, info in backend_options.items():
+        available = info["availability"]
+        with gr.Accordion(info["title"], open=True):
+            enabled = gr.Checkbox(value=available.ok, label=f"Run {info['title']}", interactive=available.ok,
+                                  elem_id=f"{prefix}enable-{name}",
+                                  info=None if available.ok else available.sentence())
+            widgets: dict[str, gr.components.Component] = {}
+            for option, choices in info["options"].items():
+                first_ok = next((c.value for c in choices if c.availability.ok), choices[0].value)
+                widget = gr.Dropdown if len(choices) > 3 else gr.Radio
+                widgets[option] = widget(choices=choice_labels(choices), value=first_ok,
+                                         label=option.capitalize(), elem_id=f"{prefix}{name}-{option}")
+            if image and name == "pytorch":
+                widgets["vae_fp32"] = gr.Checkbox(False, label="Keep the VAE in fp32 (fp16/bf16 runs)",
+                                                  info="fp16 VAEs overflow and decode black images.")
+            if name == "onnxruntime":
+                widgets["onnx_dir"] = gr.Textbox(label="Existing ONNX export (optional)",
+                                                 placeholder=export_placeholder,
+                                                 info="Check your own export against PyTorch instead of exporting.")
+            note = unavailable_note(info["options"])
+            if note:
+                with gr.Accordion(f"Unavailable here ({note.count(chr(10)) + 1}): why, and how to install",
+                                  open=False):
+                    gr.Markdown(note, elem_classes=["arena-unavailable"])
+        controls.append(BackendOptionControls(name, info["title"], enabled, widgets))
+    return controls
+
+
+def specs_from_form(backends: dict[str, dict[str, Any]]) -> tuple[BackendSpec, ...]:
+    """The enabled backends' specs from {name: {"enabled": bool, option: value}}."""
+    return tuple(BackendSpec.from_any({"backend": name, **{k: v for k, v in fields.items() if k != "enabled"}})
+                 for name, fields in backends.items() if fields["enabled"])

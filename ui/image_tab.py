@@ -1,0 +1,174 @@
+"""The Image tab: one prompt, one seed, the same latents and scheduler through every backend, side by side."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from arena.catalog import DEFAULT_IMAGE_MODEL, IMAGE_CATALOG, IMAGE_EXAMPLE_PROMPTS, find_image_catalog_model
+from arena.core import Arena
+from arena.image_metrics import psnr
+from arena.types import ImageRunRequest, ImageRunResult
+from ui.charts import image_latency_figure
+from ui.controls import RUN_CONCURRENCY_ID, BackendOptionControls, build_backend_controls, specs_from_form
+from ui.format import image_metrics, image_summary, panel_header
+
+
+@dataclass
+class ImagePanel:
+    name: str
+    title: str
+    controls: BackendOptionControls
+    header: gr.Markdown
+    image: gr.Image
+    metrics: gr.Markdown
+
+
+@dataclass
+class ImageTab:
+    model: gr.Dropdown
+    model_notes: gr.Markdown
+    prompt: gr.Textbox
+    negative_prompt: gr.Textbox
+    steps: gr.Slider
+    guidance: gr.Slider
+    seed: gr.Number
+    height: gr.Number
+    width: gr.Number
+    run: gr.Button
+    status: gr.Markdown
+    panels: list[ImagePanel]
+    slider: gr.ImageSlider
+    chart: gr.Plot
+    result_json: gr.JSON
+
+
+def image_model_notes(model: str) -> str:
+    entry = find_image_catalog_model(model or "")
+    if entry is not None:
+        return f"**{entry.title}** — {entry.steps} steps, guidance {entry.guidance_scale} suggested. {entry.notes}"
+    return (f"`{model}`: loaded as a diffusers pipeline folder or hub id (model_index.json, text_encoder/, "
+            "tokenizer/, unet/, vae/, scheduler/).") if model else ""
+
+
+def request_from_image_form(values: dict[str, Any]) -> ImageRunRequest:
+    """Gather the widgets into one immutable image request."""
+    return ImageRunRequest(
+        model=(values["model"] or DEFAULT_IMAGE_MODEL).strip(),
+        prompt=values["prompt"] or "",
+        negative_prompt=values["negative_prompt"] or "",
+        backends=specs_from_form(values["backends"]),
+        steps=int(values["steps"]),
+        guidance_scale=float(values["guidance"]),
+        seed=int(values["seed"] or 0),
+        height=int(values["height"]) or None,
+        width=int(values["width"]) or None,
+    )
+
+
+def build_image_tab(arena: Arena) -> ImageTab:
+    """Lay out the tab and wire its events to the arena."""
+    backend_options = arena.backend_options()
+    default = IMAGE_CATALOG[0]
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=320):
+            model = gr.Dropdown(choices=[(e.title, e.key) for e in IMAGE_CATALOG], value=DEFAULT_IMAGE_MODEL,
+                                allow_custom_value=True, label="Pipeline",
+                                info="Pick one, or type a diffusers hub id or local pipeline folder.")
+            notes = gr.Markdown(image_model_notes(DEFAULT_IMAGE_MODEL), elem_classes=["arena-notes"])
+            controls = build_backend_controls(backend_options, "image-", "/path/to/optimum-cli/text-to-image/export",
+                                              image=True)
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(IMAGE_EXAMPLE_PROMPTS[0], lines=2, label="Prompt", elem_id="image-prompt")
+            negative = gr.Textbox("", label="Negative prompt", elem_id="image-negative")
+            gr.Examples([[p] for p in IMAGE_EXAMPLE_PROMPTS], inputs=[prompt], label="Example prompts")
+            with gr.Row():
+                steps = gr.Slider(1, 100, value=default.steps, step=1, label="Steps")
+                guidance = gr.Slider(1.0, 15.0, value=default.guidance_scale, step=0.5, label="Guidance scale")
+                seed = gr.Number(0, precision=0, label="Seed", elem_id="image-seed")
+                height = gr.Number(0, precision=0, minimum=0, maximum=2048, label="Height (0: native)")
+                width = gr.Number(0, precision=0, minimum=0, maximum=2048, label="Width (0: native)")
+            run = gr.Button("Run", variant="primary", elem_id="run-image")
+            status = gr.Markdown("", elem_id="image-status", min_height=60)
+            panels = []
+            with gr.Row(equal_height=True):
+                for control in controls:
+                    with gr.Column(elem_id=f"image-panel-{control.name}", elem_classes=["arena-panel"]):
+                        header = gr.Markdown(panel_header(control.title, None, "idle"))
+                        image = gr.Image(label="Image", type="numpy", interactive=False, height=256,
+                                         elem_id=f"image-{control.name}", elem_classes=["arena-pixelated"])
+                        metrics = gr.Markdown("", elem_id=f"image-metrics-{control.name}")
+                    panels.append(ImagePanel(control.name, control.title, control, header, image, metrics))
+            slider = gr.ImageSlider(label="Reference vs. candidate (drag)", type="numpy", height=320,
+                                    elem_id="image-slider", elem_classes=["arena-pixelated"])
+            chart = gr.Plot(image_latency_figure({}), label="Latency", elem_id="image-latency-chart")
+            with gr.Accordion("Structured result (JSON, same as the /compare_image API)", open=False):
+                result_json = gr.JSON(label="Result")
+    tab = ImageTab(model, notes, prompt, negative, steps, guidance, seed, height, width, run, status, panels,
+                   slider, chart, result_json)
+    _wire(arena, tab)
+    return tab
+
+
+def _wire(arena: Arena, tab: ImageTab) -> None:
+    tab.model.change(image_model_notes, tab.model, tab.model_notes, api_visibility="private")
+    inputs = {tab.model, tab.prompt, tab.negative_prompt, tab.steps, tab.guidance, tab.seed, tab.height, tab.width}
+    for panel in tab.panels:
+        inputs.add(panel.controls.enabled)
+        inputs.update(panel.controls.widgets.values())
+    outputs = [tab.status, tab.slider, tab.chart, tab.result_json]
+    for panel in tab.panels:
+        outputs += [panel.header, panel.image, panel.metrics]
+
+    def run_from_ui(data: dict, progress=gr.Progress()):
+        values = {"model": data[tab.model], "prompt": data[tab.prompt], "negative_prompt": data[tab.negative_prompt],
+                  "steps": data[tab.steps], "guidance": data[tab.guidance], "seed": data[tab.seed],
+                  "height": data[tab.height], "width": data[tab.width],
+                  "backends": {p.name: p.controls.values(data) for p in tab.panels}}
+        try:
+            request = request_from_image_form(values)
+        except ValueError as exc:
+            yield {tab.status: f"<span class='arena-badge arena-badge-error'>ERROR</span> {exc}"}
+            return
+        selected = {spec.backend for spec in request.backends}
+        yield {tab.status: "Running…", tab.slider: None, **{
+            c: v for p in tab.panels for c, v in (
+                (p.header, panel_header(p.title, None, "waiting" if p.name in selected else "skipped")),
+                (p.image, None), (p.metrics, ""))}}
+        for result in arena.run_image(request, progress=lambda f, d: progress(f, desc=d)):
+            yield render_image_run(tab, result, selected)
+
+    tab.run.click(run_from_ui, inputs, outputs, api_visibility="private", concurrency_limit=1,
+                  concurrency_id=RUN_CONCURRENCY_ID, show_progress_on=[tab.status])
+
+
+def image_run_dict(result: ImageRunResult) -> dict[str, Any]:
+    """The JSON result plus each backend's PSNR against the first successful image (the reference)."""
+    data = result.to_dict()
+    images = [r.image for r in result.results]
+    reference = next((i for i in images if i is not None), None)
+    for entry, image in zip(data["results"], images, strict=True):
+        value = psnr(reference, image) if reference is not None and image is not None \
+            and reference.shape == image.shape else None
+        entry["psnr_vs_reference_db"] = None if value is None else (99.0 if np.isinf(value) else round(value, 2))
+    return data
+
+
+def render_image_run(tab: ImageTab, result: ImageRunResult, selected: set[str]) -> dict:
+    run = image_run_dict(result)
+    by_backend = {r.spec.backend: (r, d) for r, d in zip(result.results, run["results"], strict=True)}
+    done = [r.image for r in result.results if r.image is not None]
+    updates: dict = {tab.status: image_summary(run) if run["results"] or run.get("error") else "Running…",
+                     tab.chart: image_latency_figure(run), tab.result_json: json.loads(json.dumps(run, default=str)),
+                     tab.slider: (done[0], done[1]) if len(done) >= 2 else None}
+    for panel in tab.panels:
+        found = by_backend.get(panel.name)
+        state = "waiting" if panel.name in selected and not run.get("error") else "skipped"
+        updates[panel.header] = panel_header(panel.title, found[1] if found else None, state)
+        updates[panel.image] = found[0].image if found else None
+        updates[panel.metrics] = image_metrics(found[1]) if found else ""
+    return updates
