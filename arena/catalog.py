@@ -131,13 +131,14 @@ DEFAULT_IMAGE_MODEL = "scenes-64"
 IMAGE_CATALOG: tuple[ImageCatalogModel, ...] = (
     ImageCatalogModel(
         key=DEFAULT_IMAGE_MODEL,
-        title="Scenes 64px (embedded, offline)",
+        title="Scenes 64px (embedded, offline; not trained yet)",
         embedded_dir="assets/image-model",
         steps=20,
         guidance_scale=4.0,
-        notes="A tiny Stable Diffusion pipeline (CLIP text encoder, cross-attention UNet, AutoencoderKL) trained "
-              "in this repo by scripts/train_image_model.py on procedural scenes: one circle, square or triangle "
-              "of 8 colors, 3 sizes, 9 positions, on a plain background. 64x64 pixels.",
+        notes="A tiny Stable Diffusion pipeline (CLIP text encoder, cross-attention UNet, AutoencoderKL) made "
+              "by scripts/train_image_model.py from procedural scenes: one circle, square or triangle of 8 "
+              "colors, 3 sizes, 9 positions, on a plain background. 64x64 pixels. Its weights are not in the "
+              "repository yet: the first training run did not learn to follow prompts (docs/image-model.md).",
     ),
     ImageCatalogModel(
         key="stabilityai/stable-diffusion-2-1",

@@ -310,8 +310,9 @@ class ImagePreparer:
         if entry is not None and entry.embedded_dir:
             path, source, shown = REPO_ROOT / entry.embedded_dir, "embedded", entry.title.split(" (")[0]
             if not (path / "model_index.json").is_file():
-                raise ArenaError(f"The embedded image model is missing from {path}: restore assets/ from the "
-                                 "repository or retrain it with scripts/train_image_model.py.")
+                raise ArenaError(f"The embedded image model is not in {path} yet: train it with "
+                                 "`.venv/bin/python scripts/train_image_model.py` (about 40 minutes on 2 cores), "
+                                 "or give a diffusers hub id or local pipeline folder.")
         elif Path(name).expanduser().is_dir():
             path, source, shown = Path(name).expanduser().resolve(), "local", name
         elif name.startswith(("/", "./", "../", "~")):

@@ -67,23 +67,23 @@ def test_api_bad_input_is_a_clear_message(app_server):
 
 
 @pytest.mark.slow
-def test_compare_image_api_draws_a_red_circle_on_blue_in_both_backends(app_server):
+def test_compare_image_api_returns_both_images_and_timings(app_server, tiny_sd):
     import numpy as np
     from PIL import Image
 
     from arena.image_metrics import psnr
-    from arena.scenes import Scene, score_image
 
     client = Client(app_server["url"], verbose=False)
-    gallery, result = client.predict(prompt="a red circle on a blue background", model="scenes-64",
-                                     backends="pytorch,onnxruntime", negative_prompt="", steps=20,
+    gallery, result = client.predict(prompt="a red circle on a blue background", model=str(tiny_sd),
+                                     backends="pytorch,onnxruntime", negative_prompt="", steps=5,
                                      guidance_scale=4.0, seed=0, height=0, width=0, api_name="/compare_image")
     assert result["error"] is None and all(r["error"] is None for r in result["results"])
     assert [g["caption"] for g in gallery] == [r["label"] for r in result["results"]]
     images = [np.asarray(Image.open(g["image"]).convert("RGB")) for g in gallery]
-    scene = Scene("circle", "red", "blue")
-    assert all(score_image(image, scene)["ok"] for image in images)
-    assert psnr(images[0], images[1]) >= 35
+    assert images[0].shape == (32, 32, 3) and psnr(images[0], images[1]) >= 35
     assert result["results"][1]["psnr_vs_reference_db"] >= 35
     timings = result["results"][0]["timings"]
-    assert len(timings["step_times_s"]) == 20 and timings["unet_s"] > timings["vae_s"] > 0
+    assert len(timings["step_times_s"]) == 5 and timings["unet_s"] > 0 and timings["vae_s"] > 0
+    bad = client.predict(prompt="", model=str(tiny_sd), backends="pytorch", negative_prompt="", steps=5,
+                         guidance_scale=4.0, seed=0, height=0, width=0, api_name="/compare_image")
+    assert bad[0] == [] and bad[1]["error"].startswith("The prompt is empty")

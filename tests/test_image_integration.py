@@ -61,3 +61,12 @@ def test_bad_image_input_is_one_sentence(arena, tiny_sd, kwargs, message):
 
 def test_a_folder_that_is_not_a_pipeline_is_explained(arena, tiny_llama):
     assert "has no model_index.json" in run(arena, tiny_llama).error
+
+
+def test_the_untrained_embedded_model_says_how_to_make_it(arena):
+    from arena.prepare import REPO_ROOT
+
+    if (REPO_ROOT / "assets" / "image-model" / "model_index.json").is_file():
+        pytest.skip("assets/image-model exists: the embedded model is trained")
+    result = run(arena, "scenes-64")
+    assert "The embedded image model is not in" in result.error and "train_image_model.py" in result.error

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -16,6 +17,8 @@ from arena.types import ImageRunRequest, ImageRunResult
 from ui.charts import image_latency_figure
 from ui.controls import RUN_CONCURRENCY_ID, BackendOptionControls, build_backend_controls, specs_from_form
 from ui.format import image_metrics, image_summary, panel_header
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -49,6 +52,9 @@ class ImageTab:
 
 def image_model_notes(model: str) -> str:
     entry = find_image_catalog_model(model or "")
+    if entry is not None and entry.embedded_dir and not (ROOT / entry.embedded_dir / "model_index.json").is_file():
+        return (f"**{entry.title}** is not trained yet: run `.venv/bin/python scripts/train_image_model.py` "
+                "(about 40 minutes on 2 cores), or type a diffusers hub id or local pipeline folder.")
     if entry is not None:
         return f"**{entry.title}** — {entry.steps} steps, guidance {entry.guidance_scale} suggested. {entry.notes}"
     return (f"`{model}`: loaded as a diffusers pipeline folder or hub id (model_index.json, text_encoder/, "
@@ -77,7 +83,7 @@ def build_image_tab(arena: Arena) -> ImageTab:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=320):
             model = gr.Dropdown(choices=[(e.title, e.key) for e in IMAGE_CATALOG], value=DEFAULT_IMAGE_MODEL,
-                                allow_custom_value=True, label="Pipeline",
+                                allow_custom_value=True, label="Pipeline", elem_id="image-model",
                                 info="Pick one, or type a diffusers hub id or local pipeline folder.")
             notes = gr.Markdown(image_model_notes(DEFAULT_IMAGE_MODEL), elem_classes=["arena-notes"])
             controls = build_backend_controls(backend_options, "image-", "/path/to/optimum-cli/text-to-image/export",
