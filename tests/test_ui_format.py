@@ -41,3 +41,33 @@ def test_panels_show_measures_or_the_error_with_its_log():
     assert "SIGSEGV" in panel_metrics(failed) and "last words" in panel_metrics(failed)
     assert "ERROR" in panel_header("ORT", failed, "waiting")
     assert "not selected" in panel_header("ORT", None, "skipped")
+
+
+def test_image_results_report_psnr_against_the_reference():
+    import numpy as np
+
+    from arena.types import BackendImageResult, BackendSpec, ImageRunRequest, ImageRunResult, ImageTimings
+    from ui.charts import image_latency_figure
+    from ui.format import image_metrics, image_summary
+    from ui.image_tab import image_run_dict
+
+    base = np.zeros((8, 8, 3), np.uint8)
+    noisy = base.copy()
+    noisy[0, 0] = 40
+    timings = ImageTimings(total_s=1.0, text_encoder_s=0.1, unet_s=0.8, vae_s=0.1, step_times_s=(0.4, 0.4))
+    specs = (BackendSpec("pytorch"), BackendSpec("onnxruntime"), BackendSpec("onnxruntime", precision="int8"))
+    run = ImageRunResult(ImageRunRequest("m", "p", specs), None, (
+        BackendImageResult(specs[0], base, timings), BackendImageResult(specs[1], base.copy(), timings),
+        BackendImageResult(specs[2], noisy, timings)))
+    data = image_run_dict(run)
+    reference, same, different = data["results"]
+    assert reference["is_reference"] and reference["psnr_vs_reference_db"] is None
+    assert same["identical_to_reference"] and same["psnr_vs_reference_db"] == 99.0
+    assert not different["identical_to_reference"] and 30 < different["psnr_vs_reference_db"] < 99
+    data["model"] = {"width": 8, "height": 8, "notes": []}
+    summary = image_summary(data)
+    assert "ONNX Runtime · auto · fp32 identical" in summary and "dB" in summary
+    assert "reference" in image_metrics(reference) and "800 ms (2 steps)" in image_metrics(reference)
+    figure = image_latency_figure(data)
+    assert len([t for t in figure.data if t.type == "scatter"]) == 3
+    assert len([t for t in figure.data if t.type == "bar"]) == 3  # text encoder, UNet, VAE stacks

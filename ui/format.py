@@ -95,13 +95,13 @@ def image_metrics(result: dict[str, Any]) -> str:
         return panel_metrics(result)
     timings, load = result.get("timings") or {}, result.get("load") or {}
     export = {True: "from cache", False: f"{seconds(load.get('export_s'))} (new)", None: "–"}[load.get("export_cached")]
-    similarity = result.get("psnr_vs_reference_db")
+    similarity = "reference" if result.get("is_reference") else _psnr_text(result)
     rows = [
         ("Total", seconds(timings.get("total_s"))),
         ("Text encoder", seconds(timings.get("text_encoder_s"))),
         ("UNet loop", f"{seconds(timings.get('unet_s'))} ({len(timings.get('step_times_s') or [])} steps)"),
         ("VAE decode", seconds(timings.get("vae_s"))),
-        ("PSNR vs reference", "reference" if similarity == 99.0 else (f"{similarity:.1f} dB" if similarity else "–")),
+        ("PSNR vs reference", similarity),
         ("Export", export),
         ("Load", seconds(load.get("load_s"))),
         ("Runs on", f"`{load.get('provider') or '?'}`"),
@@ -123,5 +123,12 @@ def image_summary(run: dict[str, Any]) -> str:
     done = [r for r in run.get("results", []) if not r.get("error")]
     if len(done) >= 2:
         head += " PSNR vs " + done[0]["label"] + ": " + ", ".join(
-            f"{r['label']} {r['psnr_vs_reference_db']:.1f} dB" for r in done[1:]) + "."
+            f"{r['label']} {_psnr_text(r)}" for r in done[1:]) + "."
     return head
+
+
+def _psnr_text(result: dict[str, Any]) -> str:
+    if result.get("identical_to_reference"):
+        return "identical"
+    value = result.get("psnr_vs_reference_db")
+    return "–" if value is None else f"{value:.1f} dB"

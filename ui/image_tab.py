@@ -153,14 +153,23 @@ def _wire(arena: Arena, tab: ImageTab) -> None:
 
 
 def image_run_dict(result: ImageRunResult) -> dict[str, Any]:
-    """The JSON result plus each backend's PSNR against the first successful image (the reference)."""
+    """The JSON result plus each backend's PSNR against the first successful image (the reference).
+
+    Identical images have infinite PSNR; JSON has no infinity, so they report 99.0 dB with ``identical: true``.
+    """
     data = result.to_dict()
     images = [r.image for r in result.results]
-    reference = next((i for i in images if i is not None), None)
-    for entry, image in zip(data["results"], images, strict=True):
-        value = psnr(reference, image) if reference is not None and image is not None \
-            and reference.shape == image.shape else None
-        entry["psnr_vs_reference_db"] = None if value is None else (99.0 if np.isinf(value) else round(value, 2))
+    reference_index = next((i for i, image in enumerate(images) if image is not None), None)
+    for index, (entry, image) in enumerate(zip(data["results"], images, strict=True)):
+        entry["is_reference"] = index == reference_index
+        entry["psnr_vs_reference_db"], entry["identical_to_reference"] = None, None
+        if reference_index is None or image is None or index == reference_index:
+            continue
+        reference = images[reference_index]
+        if reference.shape == image.shape:
+            value = psnr(reference, image)
+            entry["psnr_vs_reference_db"] = 99.0 if np.isinf(value) else round(value, 2)
+            entry["identical_to_reference"] = bool(np.isinf(value))
     return data
 
 
