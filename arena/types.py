@@ -141,6 +141,22 @@ class LoadInfo:
         return dataclasses.asdict(self)
 
 
+def _result_dict(result: Any) -> dict[str, Any]:
+    """The fields every backend result shares in the JSON the API returns."""
+    load = result.load
+    return {
+        "backend": result.spec.backend,
+        "label": result.spec.label,
+        "options": result.spec.to_dict(),
+        "timings": result.timings.to_dict() if result.timings else None,
+        "load": load.to_dict() if load else None,
+        "provider": load.provider if load else None,
+        "export_cached": load.export_cached if load else None,
+        "error": result.error,
+        "log_tail": result.log_tail,
+    }
+
+
 @dataclass(frozen=True)
 class BackendTextResult:
     """One backend's outcome. An error is a value here, never an exception through the UI."""
@@ -158,20 +174,8 @@ class BackendTextResult:
         return self.error is None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "backend": self.spec.backend,
-            "label": self.spec.label,
-            "options": self.spec.to_dict(),
-            "text": self.text,
-            "token_ids": list(self.token_ids),
-            "num_new_tokens": len(self.token_ids),
-            "timings": self.timings.to_dict() if self.timings else None,
-            "load": self.load.to_dict() if self.load else None,
-            "provider": self.load.provider if self.load else None,
-            "export_cached": self.load.export_cached if self.load else None,
-            "error": self.error,
-            "log_tail": self.log_tail,
-        }
+        return _result_dict(self) | {"text": self.text, "token_ids": list(self.token_ids),
+                                     "num_new_tokens": len(self.token_ids)}
 
 
 @dataclass(frozen=True)
@@ -267,18 +271,7 @@ class BackendImageResult:
         return self.error is None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "backend": self.spec.backend,
-            "label": self.spec.label,
-            "options": self.spec.to_dict(),
-            "timings": self.timings.to_dict() if self.timings else None,
-            "load": self.load.to_dict() if self.load else None,
-            "provider": self.load.provider if self.load else None,
-            "export_cached": self.load.export_cached if self.load else None,
-            "image_shape": list(self.image.shape) if self.image is not None else None,
-            "error": self.error,
-            "log_tail": self.log_tail,
-        }
+        return _result_dict(self) | {"image_shape": list(self.image.shape) if self.image is not None else None}
 
 
 @dataclass(frozen=True)

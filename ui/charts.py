@@ -39,12 +39,7 @@ def text_latency_figure(run: dict[str, Any]) -> go.Figure:
     fig.update_yaxes(type="log", row=2, col=1)
     fig.update_layout(height=560, margin={"l": 40, "r": 20, "t": 60, "b": 40}, bargap=0.35,
                       legend={"orientation": "h", "y": -0.15}, template="plotly_white")
-    if not done:
-        fig.update_xaxes(visible=False)
-        fig.update_yaxes(visible=False)
-        fig.add_annotation(text="Run a comparison to see latency here", showarrow=False, x=0.5, y=0.5,
-                           xref="paper", yref="paper", font={"size": 16, "color": "#888"})
-    return fig
+    return fig if done else _placeholder(fig)
 
 
 def image_latency_figure(run: dict[str, Any]) -> go.Figure:
@@ -65,9 +60,13 @@ def image_latency_figure(run: dict[str, Any]) -> go.Figure:
     fig.update_layout(barmode="stack", height=380, margin={"l": 40, "r": 20, "t": 60, "b": 40},
                       legend={"orientation": "h", "y": -0.2}, template="plotly_white")
     fig.update_xaxes(title_text="step", row=1, col=1)
-    if not done:
-        fig.update_xaxes(visible=False)
-        fig.update_yaxes(visible=False)
-        fig.add_annotation(text="Run a comparison to see latency here", showarrow=False, x=0.5, y=0.5,
-                           xref="paper", yref="paper", font={"size": 16, "color": "#888"})
+    return fig if done else _placeholder(fig)
+
+
+def _placeholder(fig: go.Figure) -> go.Figure:
+    """An empty figure that says what will appear (before the first run)."""
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.add_annotation(text="Run a comparison to see latency here", showarrow=False, x=0.5, y=0.5,
+                       xref="paper", yref="paper", font={"size": 16, "color": "#888"})
     return fig
