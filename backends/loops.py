@@ -1,0 +1,157 @@
+"""Runtime-agnostic generation loops for backends that run bare graphs (TensorRT engines, ONNX sessions).
+
+A *runner* is any callable that takes named torch tensors and returns named torch tensors (and says its
+``input_names`` and ``input_ranks``): a TensorRT engine
+(`backends.tensorrt_backend.TrtRunner`) on the GPU, or an ONNX Runtime session (`OrtRunner`) anywhere. The loops
+below drive the graphs of an optimum export exactly the way transformers' `generate` and diffusers' pipelines do,
+so the tests can hold them to the PyTorch reference on CPU with ONNX Runtime as the runner; on a GPU box the same
+loops drive the TensorRT engines.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from arena.types import PreparedImage
+    from backends.base import GenerationSettings, ImageSettings
+
+Runner = Callable[..., dict[str, Any]]
+PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)")
+
+
+class OrtRunner:
+    """An ONNX Runtime session as a runner: torch tensors in (cast to the graph's input types), torch tensors out."""
+
+    _TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+              "tensor(int32)": "int32", "tensor(bool)": "bool"}
+
+    def __init__(self, path: str, providers: list | None = None) -> None:
+        import onnxruntime
+
+        self.session = onnxruntime.InferenceSession(path, providers=providers or ["CPUExecutionProvider"])
+        self.input_types = {i.name: self._TYPES.get(i.type, "float32") for i in self.session.get_inputs()}
+        self.input_ranks = {i.name: len(i.shape) for i in self.session.get_inputs()}
+        self.input_names = tuple(self.input_types)
+        self.output_names = tuple(o.name for o in self.session.get_outputs())
+
+    def __call__(self, **inputs: Any) -> dict[str, Any]:
+        import numpy as np
+        import torch
+
+        feeds = {name: inputs[name].detach().cpu().numpy().astype(np.dtype(self.input_types[name]))
+                 for name in self.input_names if name in inputs}
+        outputs = self.session.run(None, feeds)
+        return {name: torch.from_numpy(np.ascontiguousarray(value))
+                for name, value in zip(self.output_names, outputs, strict=True)}
+
+
+def kv_cache_layout(input_names: tuple[str, ...], config: dict[str, Any]) -> tuple[int, int, int]:
+    """(layers, kv heads, head dim) of a decoder graph from its past_key_values inputs and the model config."""
+    layers = 1 + max((int(m.group(1)) for n in input_names if (m := PAST.fullmatch(n))), default=-1)
+    heads = config.get("num_attention_heads") or config.get("n_head")
+    kv_heads = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or (config.get("hidden_size") or config.get("n_embd")) // heads
+    if layers == 0:
+        raise ValueError("The decoder graph has no past_key_values inputs: export it with "
+                         "--task text-generation-with-past.")
+    return layers, int(kv_heads), int(head_dim)
+
+
+def kv_greedy_generate(decoder: Runner, input_names: tuple[str, ...], config: dict[str, Any],
+                       prompt_ids: list[int], settings: GenerationSettings, on_token: Callable[[int], None],
+                       device: Any = "cpu", kv_dtype: Any = None) -> list[int]:
+    """Greedy decoding through an optimum decoder graph with KV cache (``present.*`` fed back as ``past_*``).
+
+    Prefill runs the whole prompt against an empty cache; each decode step runs one token. The stopping rules
+    are those of `hf_generate`: ``max_new_tokens``, EOS unless ``ignore_eos``.
+    """
+    import torch
+
+    layers, kv_heads, head_dim = kv_cache_layout(input_names, config)
+    kv_dtype = kv_dtype or torch.float32
+    past = {f"past_key_values.{i}.{kind}": torch.zeros((1, kv_heads, 0, head_dim), dtype=kv_dtype, device=device)
+            for i in range(layers) for kind in ("key", "value")}
+    ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+    seen, generated = 0, []
+    eos = set(settings.eos_token_ids)
+    with torch.inference_mode():
+        while len(generated) < settings.max_new_tokens:
+            total = seen + ids.shape[1]
+            feeds = {"input_ids": ids, **past,
+                     "attention_mask": torch.ones((1, total), dtype=torch.long, device=device),
+                     "position_ids": torch.arange(seen, total, dtype=torch.long, device=device)[None]}
+            outputs = decoder(**{k: v for k, v in feeds.items() if k in input_names})
+            token = int(outputs["logits"][0, -1].float().argmax())
+            on_token(token)
+            generated.append(token)
+            if token in eos and not settings.ignore_eos:
+                break
+            past = {name: outputs[name.replace("past_key_values", "present")] for name in past}
+            seen, ids = total, torch.tensor([[token]], dtype=torch.long, device=device)
+    return generated
+
+
+def components_generate(text_encoder: Runner, unet: Runner, vae_decoder: Runner, tokenizer: Any, scheduler: Any,
+                        vae_scaling: float, model: PreparedImage, settings: ImageSettings,
+                        on_phase: Callable[[str], None], on_step: Callable[[int], None], device: Any = "cpu",
+                        dtype: Any = None, vae_dtype: Any = None, nan_guard: bool = True) -> Any:
+    """One image from bare text-encoder, UNet and VAE-decoder graphs with a diffusers scheduler.
+
+    The arithmetic is StableDiffusionPipeline's (classifier-free guidance on a doubled batch, latents scaled by
+    ``init_noise_sigma``, ``scale_model_input`` before each UNet call, VAE decode of latents / scaling factor), on
+    the shared seeded latents. With ``nan_guard`` a NaN or Inf stops the run and says where it first appeared.
+    """
+    import numpy as np
+    import torch
+
+    dtype = dtype or torch.float32
+    guidance = settings.guidance_scale > 1.0
+
+    def encode(text: str) -> Any:
+        ids = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids.to(device=device, dtype=torch.int32)
+        return text_encoder(input_ids=ids)["last_hidden_state"].to(dtype)
+
+    def check(name: str, value: Any) -> None:
+        if nan_guard and not torch.isfinite(value).all():
+            raise FloatingPointError(f"NaN/Inf first appeared in {name}: an fp16 overflow? Try fp32, or keep "
+                                     "the VAE in fp32.")
+
+    with torch.inference_mode():
+        on_phase("text_encoder")
+        embeds = encode(settings.prompt)
+        if guidance:
+            embeds = torch.cat([encode(settings.negative_prompt or ""), embeds])
+        check("the text encoder output", embeds)
+
+        on_phase("unet")
+        scheduler.set_timesteps(settings.steps, device=device)
+        latents = torch.from_numpy(np.asarray(model.latents)).to(device=device, dtype=torch.float32)
+        latents = latents * scheduler.init_noise_sigma
+        for index, timestep in enumerate(scheduler.timesteps):
+            sample = torch.cat([latents] * 2) if guidance else latents
+            sample = scheduler.scale_model_input(sample, timestep)
+            # optimum exports a scalar timestep; other exporters use one per batch row.
+            rank = getattr(unet, "input_ranks", {}).get("timestep", 0)
+            step_t = timestep.reshape(()) if rank == 0 else timestep.reshape(1).expand(sample.shape[0])
+            step_t = step_t.to(device)
+            noise = unet(sample=sample.to(dtype), timestep=step_t, encoder_hidden_states=embeds)["out_sample"]
+            noise = noise.float()
+            if guidance:
+                uncond, cond = noise.chunk(2)
+                noise = uncond + settings.guidance_scale * (cond - uncond)
+            latents = scheduler.step(noise, timestep, latents).prev_sample
+            check(f"the latents after step {index + 1}", latents)
+            on_step(index)
+
+        on_phase("vae")
+        decoded = vae_decoder(latent_sample=(latents / vae_scaling).to(vae_dtype or dtype))["sample"].float()
+        check("the VAE decoder output", decoded)
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+        on_phase("done")
+    image = ((decoded[0].permute(1, 2, 0).cpu().numpy() + 1) / 2).clip(0, 1)
+    return (image * 255).round().astype(np.uint8)
