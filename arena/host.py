@@ -4,6 +4,7 @@ does all the timing (warm-up, repeats, per-token stamps) so that backends never 
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -72,7 +73,8 @@ class BackendHost:
             cached = None if self.load_info.export_cached is None else True
             return LoadInfo(export_s=0.0, export_cached=cached, load_s=0.0,
                             provider=self.load_info.provider, artifact_dir=self.load_info.artifact_dir,
-                            memory_mb=_rss_mb(), notes=self.load_info.notes + ("model already loaded",))
+                            memory_mb=_rss_mb(), gpu_memory_mb=_gpu_mb(),
+                            notes=self.load_info.notes + ("model already loaded",))
         if self.loaded_key is not None:
             self.backend.unload()
             self.loaded_key, self.load_info = None, None
@@ -83,9 +85,11 @@ class BackendHost:
             export_s=ctx.stage_seconds.get("export", 0.0),
             export_cached=info.get("export_cached"),
             load_s=ctx.stage_seconds.get("load", 0.0),
+            engine_build_s=ctx.stage_seconds.get("engine_build", 0.0),
             provider=info.get("provider"),
             artifact_dir=info.get("artifact_dir"),
             memory_mb=_rss_mb(),
+            gpu_memory_mb=_gpu_mb(),
             notes=tuple(ctx.notes),
         )
         self.loaded_key = key
@@ -173,6 +177,16 @@ class BackendHost:
 
     def close(self) -> None:
         self.backend.unload()
+
+
+def _gpu_mb() -> float | None:
+    """GPU memory in use on this worker's device (all processes: ONNX Runtime and TensorRT allocate outside
+    torch's allocator, so torch's own counters would miss them); None when this worker never touched CUDA."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return None
+    free, total = torch.cuda.mem_get_info()
+    return (total - free) / 2**20
 
 
 def _rss_mb() -> float | None:

@@ -9,6 +9,7 @@ from backends.base import Backend
 TEXT_BACKENDS: dict[str, str] = {
     "pytorch": "backends.torch_backend:PyTorchBackend",
     "onnxruntime": "backends.onnxruntime_backend:OnnxRuntimeBackend",
+    "tensorrt": "backends.tensorrt_backend:TensorRTBackend",
 }
 
 

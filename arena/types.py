@@ -11,30 +11,33 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-BACKEND_LABELS = {"pytorch": "PyTorch", "onnxruntime": "ONNX Runtime"}
+BACKEND_LABELS = {"pytorch": "PyTorch", "onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}
 
 
 @dataclass(frozen=True)
 class BackendSpec:
     """One backend configuration the user picked: which runtime, on what, in which precision."""
 
-    backend: str  # "pytorch" | "onnxruntime"
+    backend: str  # "pytorch" | "onnxruntime" | "tensorrt"
     device: str = "cpu"  # pytorch: "cpu" | "cuda"
     precision: str = "fp32"  # "fp32" | "bf16" | "fp16" | "int8"
     provider: str = "auto"  # onnxruntime: "auto" or an execution provider name
     onnx_dir: str | None = None  # onnxruntime: use this existing export instead of exporting
     vae_fp32: bool = False  # image models in fp16/bf16: keep the VAE in fp32 (fp16 VAEs overflow to black)
+    engine_path: str | None = None  # tensorrt, image: a serialized UNet engine built elsewhere (unet.trt)
 
     @property
     def label(self) -> str:
         parts = [BACKEND_LABELS.get(self.backend, self.backend)]
         if self.backend == "pytorch":
             parts.append(self.device)
-        else:
+        elif self.backend == "onnxruntime":
             parts.append(self.provider.replace("ExecutionProvider", "") if self.provider != "auto" else "auto")
         parts.append(self.precision + (" (VAE fp32)" if self.vae_fp32 and self.precision != "fp32" else ""))
         if self.onnx_dir:
             parts.append("user export")
+        if self.engine_path:
+            parts.append("user UNet engine")
         return " · ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -54,10 +57,11 @@ class BackendSpec:
                 raise ValueError(f"Unknown backend option(s) {sorted(unknown)}; known: {sorted(known)}.")
             data = {k: v for k, v in value.items() if k in known and v is not None}
             if "backend" not in data:
-                raise ValueError("Each backend needs a 'backend' field: 'pytorch' or 'onnxruntime'.")
+                raise ValueError("Each backend needs a 'backend' field: 'pytorch', 'onnxruntime' or 'tensorrt'.")
             data["backend"] = _normalise_backend_name(data["backend"])
-            if data.get("onnx_dir") == "":
-                data.pop("onnx_dir")
+            for key in ("onnx_dir", "engine_path"):
+                if data.get(key) == "":
+                    data.pop(key)
             if "vae_fp32" in data:
                 data["vae_fp32"] = data["vae_fp32"] in (True, "true", "True", "1", 1)
             return cls(**data)
@@ -66,10 +70,10 @@ class BackendSpec:
 
 def _normalise_backend_name(name: str) -> str:
     aliases = {"pytorch": "pytorch", "torch": "pytorch", "onnxruntime": "onnxruntime", "onnx": "onnxruntime",
-               "ort": "onnxruntime", "onnx runtime": "onnxruntime"}
+               "ort": "onnxruntime", "onnx runtime": "onnxruntime", "tensorrt": "tensorrt", "trt": "tensorrt"}
     key = name.strip().lower()
     if key not in aliases:
-        raise ValueError(f"Unknown backend {name!r}: choose 'pytorch' or 'onnxruntime'.")
+        raise ValueError(f"Unknown backend {name!r}: choose 'pytorch', 'onnxruntime' or 'tensorrt'.")
     return aliases[key]
 
 
@@ -132,9 +136,11 @@ class LoadInfo:
     export_s: float = 0.0
     export_cached: bool | None = None  # None: this backend does not export
     load_s: float = 0.0
+    engine_build_s: float = 0.0  # TensorRT engines built for this run (apart from the ONNX export)
     provider: str | None = None  # the execution provider / device that actually runs the model
     artifact_dir: str | None = None
     memory_mb: float | None = None  # worker resident memory after loading
+    gpu_memory_mb: float | None = None  # GPU memory in use on the device after loading (CUDA runs only)
     notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:

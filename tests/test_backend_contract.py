@@ -13,9 +13,18 @@ from backends.base import GenerationSettings, LoadContext, OptionChoice
 
 ENV = probe_environment()
 CPU_SPECS = {"pytorch": BackendSpec("pytorch"),
-             "onnxruntime": BackendSpec("onnxruntime", provider="CPUExecutionProvider")}
+             "onnxruntime": BackendSpec("onnxruntime", provider="CPUExecutionProvider"),
+             "tensorrt": BackendSpec("tensorrt")}  # TensorRT has no CPU mode: it runs where CUDA does
 CUDA_SPECS = {"pytorch": BackendSpec("pytorch", device="cuda"),
-              "onnxruntime": BackendSpec("onnxruntime", provider="CUDAExecutionProvider")}
+              "onnxruntime": BackendSpec("onnxruntime", provider="CUDAExecutionProvider"),
+              "tensorrt": BackendSpec("tensorrt")}
+GPU_ONLY = {"tensorrt"}
+
+
+def skip_unless_available(name: str) -> None:
+    whole = backend_class(name).availability(ENV)
+    if not whole.ok:
+        pytest.skip(f"{name} is not available here: {whole.sentence()}")
 
 
 def prepared_for(model_dir) -> PreparedText:
@@ -32,20 +41,26 @@ def prepared_for(model_dir) -> PreparedText:
 @pytest.mark.parametrize("name", sorted(TEXT_BACKENDS))
 def test_options_are_well_formed_and_explain_what_is_missing(name):
     cls = backend_class(name)
-    assert cls.availability(ENV).ok, cls.availability(ENV).sentence()
+    whole = cls.availability(ENV)
+    assert whole.ok or name in GPU_ONLY, whole.sentence()
     options = cls.options(ENV)
     assert set(options) <= {"device", "precision", "provider"}
     for choices in options.values():
         assert choices and all(isinstance(c, OptionChoice) for c in choices)
-        assert any(c.availability.ok for c in choices)
+        assert any(c.availability.ok for c in choices) or not whole.ok
         for choice in choices:
             if not choice.availability.ok:
                 assert choice.availability.reason.endswith((".", ")")), choice
-    assert cls.check_spec(CPU_SPECS[name], ENV) is None
+    if whole.ok:
+        assert cls.check_spec(CPU_SPECS[name], ENV) is None
+    else:  # the precise reason and the install command, never a silent absence
+        problem = cls.check_spec(CPU_SPECS[name], ENV)
+        assert whole.reason in problem and "Install: `pip install" in problem
 
 
 @pytest.mark.parametrize("name", sorted(TEXT_BACKENDS))
 def test_generates_greedily_and_reports_each_token(name, tiny_llama, tmp_path):
+    skip_unless_available(name)
     backend = backend_class(name)()
     ctx = LoadContext(cache=ArtifactCache(tmp_path), progress=lambda *a, **k: None)
     model = prepared_for(tiny_llama)
@@ -91,8 +106,9 @@ def test_cuda_generation_matches_cpu(name, tiny_llama, tmp_path):
     model = prepared_for(tiny_llama)
     settings = GenerationSettings(12, model.eos_token_ids, model.pad_token_id, ignore_eos=True)
     outputs = []
-    for spec in (CPU_SPECS[name], CUDA_SPECS[name]):
-        backend = backend_class(name)()
+    reference = CPU_SPECS["pytorch"] if name in GPU_ONLY else CPU_SPECS[name]
+    for spec in (reference, CUDA_SPECS[name]):
+        backend = backend_class(spec.backend)()
         backend.load(model, spec, LoadContext(cache=ArtifactCache(tmp_path), progress=lambda *a, **k: None))
         outputs.append(backend.generate_text(list(model.prompt_token_ids), settings, lambda t: None))
         backend.unload()
