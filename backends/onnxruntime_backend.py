@@ -11,6 +11,10 @@ import importlib.metadata
 import json
 import os
 import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +59,8 @@ def export_pipeline(model_dir: str, output_dir: str, dtype: str, device: str) ->
 
 
 def find_pipeline_export(directory: str | Path) -> Path:
-    """The UNet of a pipeline export directory (optimum's layout: text_encoder/, unet/, vae_decoder/ ...)."""
+    """The UNet of a pipeline export directory: optimum's `text-to-image` layout or the one diffusers'
+    `convert_stable_diffusion_checkpoint_to_onnx.py` writes (text_encoder/, unet/, vae_decoder/, model_index.json)."""
     root = Path(directory).expanduser()
     if not root.is_dir():
         raise ArenaError(f"The ONNX export directory '{directory}' does not exist.")
@@ -65,8 +70,15 @@ def find_pipeline_export(directory: str | Path) -> Path:
         missing.append("model_index.json")
     if missing:
         raise ArenaError(f"'{directory}' is not a Stable Diffusion ONNX export: missing {', '.join(missing)} "
-                         "(expected the layout `optimum-cli export onnx --task text-to-image` writes).")
+                         "(expected the layout `optimum-cli export onnx --task text-to-image` or diffusers' "
+                         "convert_stable_diffusion_checkpoint_to_onnx.py writes).")
     return root / "unet" / "model.onnx"
+
+
+def pipeline_layout(root: str | Path) -> str:
+    """"diffusers" for an export by diffusers' conversion script (an OnnxStableDiffusionPipeline), else "optimum"."""
+    index = json.loads((Path(root) / "model_index.json").read_text())
+    return "diffusers" if str(index.get("_class_name", "")).startswith("Onnx") else "optimum"
 
 
 def quantize_text_model(fp32_dir: str, output_dir: str) -> None:
@@ -97,35 +109,6 @@ def find_onnx_model(directory: str | Path) -> Path:
         + ": expected the layout `optimum-cli export onnx --task text-generation-with-past` writes.")
 
 
-def trt_profile_shapes(config: dict[str, Any], max_total_tokens: int, opt_prompt_tokens: int = 64) -> dict[str, str]:
-    """TensorRT execution provider profiles covering prefill and decode up to ``max_total_tokens``.
-
-    Every dynamic input needs a range, past_key_values included; without them the engine is rebuilt whenever
-    a shape changes, which is what makes the provider look unusably slow.
-    """
-    layers = config.get("num_hidden_layers") or config.get("n_layer")
-    heads = config.get("num_attention_heads") or config.get("n_head")
-    kv_heads = config.get("num_key_value_heads") or heads
-    head_dim = config.get("head_dim") or (config.get("hidden_size") or config.get("n_embd")) // heads
-    if not layers or not heads:
-        raise ArenaError("The model config lacks num_hidden_layers/num_attention_heads: cannot build TensorRT "
-                         "profiles for it.")
-    last = max_total_tokens
-    mins, opts, maxs = [], [], []
-    for name, lo, op, hi in (("input_ids", "1x1", f"1x{opt_prompt_tokens}", f"1x{last}"),
-                             ("attention_mask", "1x1", f"1x{opt_prompt_tokens}", f"1x{last}"),
-                             ("position_ids", "1x1", f"1x{opt_prompt_tokens}", f"1x{last}")):
-        mins.append(f"{name}:{lo}"), opts.append(f"{name}:{op}"), maxs.append(f"{name}:{hi}")
-    for layer in range(int(layers)):
-        for kind in ("key", "value"):
-            name = f"past_key_values.{layer}.{kind}"
-            mins.append(f"{name}:1x{kv_heads}x0x{head_dim}")
-            opts.append(f"{name}:1x{kv_heads}x{opt_prompt_tokens}x{head_dim}")
-            maxs.append(f"{name}:1x{kv_heads}x{last}x{head_dim}")
-    return {"trt_profile_min_shapes": ",".join(mins), "trt_profile_opt_shapes": ",".join(opts),
-            "trt_profile_max_shapes": ",".join(maxs)}
-
-
 def _versions() -> dict[str, str | None]:
     out = {}
     for dist in ("optimum-onnx", "optimum", "transformers", "torch", "onnx", "onnxruntime", "onnxruntime-gpu"):
@@ -136,12 +119,66 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
+def cached_export(model, dtype: str, ctx: LoadContext) -> tuple[Path, bool]:
+    """The cached ONNX export of a prepared model at ``dtype`` ("fp32" on CPU, "fp16" on CUDA), built in an
+    isolated process on a miss; returns ``(folder, built_now)``. Shared by ONNX Runtime and TensorRT."""
+    task = IMAGE_TASK if model.task == "image" else TEXT_TASK
+    target = "export_pipeline" if model.task == "image" else "export_text_model"
+    fields = {"model": model.fingerprint, "task": task, "dtype": dtype, "versions": _versions()}
+    device = "cuda" if dtype == "fp16" else "cpu"
+    with ctx.stage("export", f"Exporting {model.model_name} to ONNX ({dtype}; once, then cached)"):
+        return ctx.cache.get_or_build(
+            "onnx", fields,
+            lambda tmp: run_isolated(f"backends.onnxruntime_backend:{target}", model.model_dir, str(tmp), dtype,
+                                     device, description="ONNX export", progress=ctx.progress,
+                                     log_path=os.environ.get("ARENA_WORKER_LOG"))
+            or {"source": model.model_dir, "model_name": model.model_name})
+
+
+@contextmanager
+def captured_stderr() -> Iterator[list[str]]:
+    """Collect what native code writes to file descriptor 2 (ONNX Runtime's C++ logger) while still passing it
+    on to the real stderr (the worker log); the lines are in the yielded list once the block ends."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", "replace")
+            os.write(2, text.encode())
+            lines.extend(text.splitlines())
+
+
+def fallback_warnings(lines: list[str]) -> list[str]:
+    """ONNX Runtime's warnings that nodes were not placed on the requested provider (they run on the CPU)."""
+    keys = ("not assigned to the preferred execution providers", "fall back", "fallback to CPU",
+            "Falling back to", "will run on CPU")
+    found = []
+    for line in lines:
+        if any(k.lower() in line.lower() for k in keys):
+            message = line.split("] ", 1)[-1].strip()
+            if message not in found:
+                found.append(message)
+    return found
+
+
 class OnnxRuntimeBackend(HFBackend):
     """`ORTModelForCausalLM` (KV cache) with greedy `generate`."""
 
     name = "onnxruntime"
     title = "ONNX Runtime"
     option_names = ("provider", "precision", "onnx_dir")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.components: dict[str, Any] | None = None  # sessions of a diffusers conversion-script export
 
     @classmethod
     def availability(cls, env: dict[str, Any]) -> Availability:
@@ -211,21 +248,23 @@ class OnnxRuntimeBackend(HFBackend):
             export_cached = None
             ctx.notes.append(f"user export {onnx_dir}")
         else:
-            onnx_dir, built = self._export(model, spec, ctx)
+            onnx_dir, built = cached_export(model, "fp16" if spec.precision == "fp16" else "fp32", ctx)
+            if spec.precision == "int8":
+                onnx_dir, built_q = self._quantized(onnx_dir, ctx)
+                built = built or built_q
             export_cached = not built
 
         provider_options: dict[str, Any] = {}
-        if provider == "TensorrtExecutionProvider" and not image:
-            config = json.loads((Path(model.model_dir) / "config.json").read_text())
-            engine_dir = ctx.cache.root / "trt-ep" / Path(onnx_dir).name
-            engine_dir.mkdir(parents=True, exist_ok=True)
-            provider_options = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(engine_dir),
-                                "trt_fp16_enable": spec.precision == "fp16",
-                                **trt_profile_shapes(config, model.context_length or 2048)}
+        if provider == "TensorrtExecutionProvider":
+            provider_options = self._trt_provider_options(model, spec, Path(onnx_dir), ctx)
         session_options = onnxruntime.SessionOptions()
         session_options.log_severity_level = 2  # warnings (CPU fallbacks) land in the worker log
-        with ctx.stage("load", f"ONNX Runtime: creating the {PROVIDERS.get(provider, provider)} session"):
-            if image:
+        self.components = None
+        with ctx.stage("load", f"ONNX Runtime: creating the {PROVIDERS.get(provider, provider)} session"), \
+                captured_stderr() as native_log:
+            if image and pipeline_layout(onnx_dir) == "diffusers":
+                self._diffusers_layout(model, Path(onnx_dir), provider, provider_options, ctx)
+            elif image:
                 from optimum.onnxruntime import ORTDiffusionPipeline
 
                 self.model = ORTDiffusionPipeline.from_pretrained(
@@ -239,36 +278,80 @@ class OnnxRuntimeBackend(HFBackend):
                     onnx_dir, provider=provider, provider_options=provider_options or None,
                     session_options=session_options, use_cache=True,
                     use_io_binding=provider == "CUDAExecutionProvider")
-        ran = list(self.model.providers)
+        ran = list(self.components["providers"] if self.components else self.model.providers)
         if ran and ran[0] != provider:
             ctx.notes.append(f"requested {provider} but the session runs on {ran[0]}")
-        self.device = self.model.device.type  # optimum places inputs for its provider: cuda for CUDA/TensorRT
+        if provider != "CPUExecutionProvider":
+            ctx.notes.extend(f"ONNX Runtime: {w}" for w in fallback_warnings(native_log))
+        # optimum places inputs for its provider: cuda for CUDA/TensorRT
+        self.device = "cpu" if self.components else self.model.device.type
         self._info = {"provider": ran[0] if ran else provider, "session_providers": ran,
                       "artifact_dir": str(onnx_dir), "export_cached": export_cached,
                       "onnxruntime": onnxruntime.__version__}
 
-    def _export(self, model, spec, ctx: LoadContext) -> tuple[Path, bool]:
-        """The cached export for this model and precision (built in an isolated process on a miss)."""
-        log_path = os.environ.get("ARENA_WORKER_LOG")
-        task = IMAGE_TASK if model.task == "image" else TEXT_TASK
-        target = "export_pipeline" if model.task == "image" else "export_text_model"
-        fields = {"model": model.fingerprint, "task": task,
-                  "dtype": "fp16" if spec.precision == "fp16" else "fp32", "versions": _versions()}
-        device = "cuda" if spec.precision == "fp16" else "cpu"
-        with ctx.stage("export", f"ONNX Runtime: exporting {model.model_name} to ONNX (once, then cached)"):
-            onnx_dir, built = ctx.cache.get_or_build(
-                "onnx", fields,
-                lambda tmp: run_isolated(f"backends.onnxruntime_backend:{target}",
-                                         model.model_dir, str(tmp), fields["dtype"], device,
-                                         description="ONNX export", progress=ctx.progress, log_path=log_path)
-                or {"source": model.model_dir, "model_name": model.model_name})
-        if spec.precision == "int8":
-            with ctx.stage("export", "ONNX Runtime: dynamic int8 quantization (once, then cached)"):
-                onnx_dir, built_q = ctx.cache.get_or_build(
-                    "onnx-int8", {"fp32": str(onnx_dir.name), "versions": _versions()},
-                    lambda tmp: run_isolated("backends.onnxruntime_backend:quantize_text_model",
-                                             str(onnx_dir), str(tmp), description="int8 quantization",
-                                             progress=ctx.progress, log_path=log_path)
-                    or {"source": str(onnx_dir)})
-                built = built or built_q
-        return onnx_dir, built
+    def _diffusers_layout(self, model, root: Path, provider: str, provider_options: dict, ctx: LoadContext) -> None:
+        """Sessions for an export by diffusers' conversion script, driven by the shared component loop (that
+        layout's UNet takes one timestep per batch row and its text encoder int32 ids; the runners adapt)."""
+        from transformers import AutoTokenizer
+
+        from backends.loops import OrtRunner
+
+        providers = [(provider, provider_options)] if provider_options else [provider]
+        runners = {part: OrtRunner(str(root / part / "model.onnx"), providers)
+                   for part in ("text_encoder", "unet", "vae_decoder")}
+        tokenizer_dir = root / "tokenizer" if (root / "tokenizer").is_dir() else Path(model.model_dir) / "tokenizer"
+        vae = json.loads((Path(model.model_dir) / "vae" / "config.json").read_text())
+        self.components = {**runners, "tokenizer": AutoTokenizer.from_pretrained(tokenizer_dir),
+                           "vae_scaling": vae.get("scaling_factor", 0.18215),
+                           "providers": runners["unet"].session.get_providers()}
+        ctx.notes.append("diffusers conversion-script layout")
+
+    def generate_image(self, model, settings, on_phase, on_step):
+        if not self.components:
+            return super().generate_image(model, settings, on_phase, on_step)
+        import diffusers
+
+        from backends.loops import components_generate
+
+        config = json.loads(model.scheduler)
+        scheduler = getattr(diffusers, config["_class_name"]).from_config(config)
+        c = self.components
+        return components_generate(c["text_encoder"], c["unet"], c["vae_decoder"], c["tokenizer"], scheduler,
+                                   c["vae_scaling"], model, settings, on_phase, on_step)
+
+    def unload(self) -> None:
+        self.components = None
+        super().unload()
+
+    @staticmethod
+    def _quantized(onnx_dir: Path, ctx: LoadContext) -> tuple[Path, bool]:
+        with ctx.stage("export", "ONNX Runtime: dynamic int8 quantization (once, then cached)"):
+            return ctx.cache.get_or_build(
+                "onnx-int8", {"fp32": str(onnx_dir.name), "versions": _versions()},
+                lambda tmp: run_isolated("backends.onnxruntime_backend:quantize_text_model",
+                                         str(onnx_dir), str(tmp), description="int8 quantization",
+                                         progress=ctx.progress, log_path=os.environ.get("ARENA_WORKER_LOG"))
+                or {"source": str(onnx_dir)})
+
+    @staticmethod
+    def _trt_provider_options(model, spec, onnx_dir: Path, ctx: LoadContext) -> dict[str, Any]:
+        """Engine cache and explicit profiles for every dynamic input: without them the TensorRT provider
+        rebuilds its engines whenever a shape changes."""
+        from backends.tensorrt_backend import image_profiles, llm_profiles, to_ort_trt_options
+
+        engine_dir = ctx.cache.root / "trt-ep" / onnx_dir.name
+        engine_dir.mkdir(parents=True, exist_ok=True)
+        options = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(engine_dir),
+                   "trt_timing_cache_enable": True, "trt_fp16_enable": spec.precision == "fp16"}
+        if model.task == "image":
+            # One session per component shares these options: the UNet's profile is the one that matters (the
+            # text encoder and VAE have static shapes at one image size); TensorRT ignores names it lacks.
+            configs = {part: json.loads((Path(model.model_dir) / part / "config.json").read_text())
+                       for part in ("unet", "vae")}
+            tokenizer = json.loads((Path(model.model_dir) / "tokenizer" / "tokenizer_config.json").read_text())
+            profiles = image_profiles("unet", configs, model.height, model.width,
+                                      int(tokenizer.get("model_max_length", 77)))
+        else:
+            config = json.loads((Path(model.model_dir) / "config.json").read_text())
+            profiles = llm_profiles(config, model.context_length or 2048)
+        return options | to_ort_trt_options(profiles)

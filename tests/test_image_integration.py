@@ -49,6 +49,18 @@ def test_a_users_pipeline_export_is_checked(arena, tiny_sd, tmp_path):
     assert "is not a Stable Diffusion ONNX export: missing text_encoder/model.onnx" in broken.results[0].error
 
 
+def test_an_export_by_diffusers_conversion_script_is_checked(arena, tiny_sd, tmp_path):
+    from tests.tiny_models import export_like_diffusers_script
+
+    export = export_like_diffusers_script(tiny_sd, tmp_path / "diffusers-onnx")
+    result = run(arena, tiny_sd, backends=(BackendSpec("pytorch"), BackendSpec("onnxruntime", onnx_dir=str(export))))
+    reference, user = result.results
+    assert user.error is None, user.error
+    assert "diffusers conversion-script layout" in user.load.notes
+    assert user.load.provider == "CPUExecutionProvider" and len(user.timings.step_times_s) == 4
+    assert psnr(reference.image, user.image) >= 35
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"prompt": " "}, "The prompt is empty"),
     ({"height": 30, "width": 32}, "height and width have to be divisible by 4 but are 30 and 32."),
@@ -70,3 +82,25 @@ def test_the_untrained_embedded_model_says_how_to_make_it(arena):
         pytest.skip("assets/image-model exists: the embedded model is trained")
     result = run(arena, "scenes-64")
     assert "The embedded image model is not in" in result.error and "train_image_model.py" in result.error
+
+
+GPU_IMAGE_SPECS = [
+    (BackendSpec("pytorch", device="cuda"), 30),
+    (BackendSpec("pytorch", device="cuda", precision="fp16", vae_fp32=True), 20),
+    (BackendSpec("onnxruntime", provider="CUDAExecutionProvider"), 30),
+    (BackendSpec("onnxruntime", provider="TensorrtExecutionProvider"), 30),
+    (BackendSpec("tensorrt"), 30),
+    (BackendSpec("tensorrt", precision="fp16", vae_fp32=True), 20),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("spec", "min_psnr"), GPU_IMAGE_SPECS, ids=[s.label for s, _ in GPU_IMAGE_SPECS])
+def test_gpu_image_paths_match_the_cpu_reference(arena, tiny_sd, spec, min_psnr):
+    problem = arena._backend_cls(spec.backend).check_spec(spec, arena.environment())
+    if problem:
+        pytest.skip(f"needs the GPU stack: {problem}")
+    reference, result = run(arena, tiny_sd, backends=(BackendSpec("pytorch"), spec)).results
+    assert result.error is None, result.error
+    assert np.isfinite(result.image).all() and result.image.std() > 0  # not a black (NaN) square
+    assert psnr(reference.image, result.image) >= min_psnr

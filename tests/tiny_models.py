@@ -82,3 +82,51 @@ def build_tiny_sd(path: str | Path, seed: int = 0) -> Path:
                                        requires_safety_checker=False)
     pipeline.save_pretrained(path, safe_serialization=True)
     return path
+
+
+def export_like_diffusers_script(pipeline_dir: str | Path, out: str | Path, opset: int = 17) -> Path:
+    """An ONNX export in the layout of diffusers' `scripts/convert_stable_diffusion_checkpoint_to_onnx.py`:
+    int32 `input_ids`, a UNet taking one timestep per batch row, `vae_decoder` = `vae.decode`, tokenizer and
+    scheduler copied, and a model_index.json naming OnnxStableDiffusionPipeline / OnnxRuntimeModel components.
+    Written here (the script is not part of the diffusers package) with the same TorchScript exporter it uses."""
+    import json
+    import shutil
+
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    out = Path(out)
+    pipe = StableDiffusionPipeline.from_pretrained(pipeline_dir, safety_checker=None, requires_safety_checker=False)
+    tokens, hidden = pipe.tokenizer.model_max_length, pipe.text_encoder.config.hidden_size
+    latent = pipe.unet.config.sample_size
+    channels = pipe.unet.config.in_channels
+
+    def export(module, args, path, inputs, outputs, axes):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs, dynamic_axes=axes,
+                          opset_version=opset, do_constant_folding=True, dynamo=False)
+
+    with torch.no_grad():
+        ids = torch.zeros((1, tokens), dtype=torch.int32)
+        export(pipe.text_encoder, (ids,), out / "text_encoder" / "model.onnx", ["input_ids"],
+               ["last_hidden_state", "pooler_output"], {"input_ids": {0: "batch", 1: "sequence"}})
+        unet_args = (torch.randn(2, channels, latent, latent), torch.randn(2), torch.randn(2, tokens, hidden), False)
+        export(pipe.unet, unet_args, out / "unet" / "model.onnx",
+               ["sample", "timestep", "encoder_hidden_states", "return_dict"], ["out_sample"],
+               {"sample": {0: "batch", 2: "height", 3: "width"}, "timestep": {0: "batch"},
+                "encoder_hidden_states": {0: "batch", 1: "sequence"}})
+        vae = pipe.vae
+        vae.forward = lambda latent_sample, return_dict: vae.decode(latent_sample, return_dict)[0]
+        export(vae, (torch.randn(1, vae.config.latent_channels, latent, latent), False),
+               out / "vae_decoder" / "model.onnx", ["latent_sample", "return_dict"], ["sample"],
+               {"latent_sample": {0: "batch", 2: "height", 3: "width"}})
+    pipe.tokenizer.save_pretrained(out / "tokenizer")
+    pipe.scheduler.save_pretrained(out / "scheduler")
+    shutil.rmtree(out / "tokenizer-work", ignore_errors=True)
+    index = {"_class_name": "OnnxStableDiffusionPipeline", "_diffusers_version": "0.39.0",
+             "text_encoder": ["diffusers", "OnnxRuntimeModel"], "unet": ["diffusers", "OnnxRuntimeModel"],
+             "vae_decoder": ["diffusers", "OnnxRuntimeModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+             "scheduler": ["diffusers", type(pipe.scheduler).__name__], "safety_checker": [None, None],
+             "feature_extractor": [None, None], "requires_safety_checker": False}
+    (out / "model_index.json").write_text(json.dumps(index, indent=2))
+    return out
