@@ -59,7 +59,7 @@ def test_compare_text_api_returns_identical_answers_and_reuses_the_export(app_se
 def test_api_bad_input_is_a_clear_message(app_server):
     client = Client(app_server["url"], verbose=False)
     bad_backend = client.predict(prompt="hi", backends=["tensorflow"], api_name="/compare_text")
-    assert bad_backend["error"] == "Unknown backend 'tensorflow': choose 'pytorch' or 'onnxruntime'."
+    assert bad_backend["error"] == "Unknown backend 'tensorflow': choose 'pytorch', 'onnxruntime' or 'tensorrt'."
     missing = client.predict(prompt="hi", model="/does/not/exist", api_name="/compare_text")
     assert missing["error"] == "The local directory '/does/not/exist' does not exist."
     empty = client.predict(prompt="", api_name="/compare_text")

@@ -128,3 +128,15 @@ def test_a_run_abandoned_half_way_does_not_block_the_next(arena, tiny_llama):
     del steps
     result = run(arena, tiny_llama, backends=(BackendSpec("onnxruntime"),), max_new_tokens=4)
     assert result.results[0].error is None and len(result.results[0].token_ids) == 4
+
+
+def test_a_backend_this_machine_lacks_is_an_error_with_the_fix(arena, tiny_llama):
+    """TensorRT (or any GPU option) on a machine without it: the reason and the install command, per panel."""
+    trt = arena._backend_cls("tensorrt").availability(arena.environment())
+    if trt.ok:
+        pytest.skip("TensorRT is available here")
+    result = run(arena, tiny_llama, backends=(BackendSpec("tensorrt"), BackendSpec("pytorch")))
+    missing, reference = result.results
+    assert missing.error.startswith("TensorRT is not available here: ") and trt.reason in missing.error
+    assert "Install: `pip install" in missing.error
+    assert reference.error is None and reference.token_ids  # the other backends still run

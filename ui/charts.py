@@ -7,7 +7,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-COLORS = {"pytorch": "#ee4c2c", "onnxruntime": "#005ced"}
+COLORS = {"pytorch": "#ee4c2c", "onnxruntime": "#005ced", "tensorrt": "#76b900"}
 FALLBACK_COLORS = ("#2a9d8f", "#e9c46a", "#8338ec", "#6c757d")
 
 

@@ -19,6 +19,7 @@ class BackendOptionControls:
     title: str
     enabled: gr.Checkbox
     widgets: dict[str, gr.components.Component]
+    unavailable: str = ""  # why this backend cannot run here at all, with the install command ("" if it can)
 
     def values(self, data: dict) -> dict[str, Any]:
         """This backend's fields from a Gradio input dict (``enabled`` plus every option)."""
@@ -44,9 +45,15 @@ def build_backend_controls(backend_options: dict[str, dict[str, Any]], prefix: s
                 widget = gr.Dropdown if len(choices) > 3 else gr.Radio
                 widgets[option] = widget(choices=choice_labels(choices), value=first_ok,
                                          label=option.capitalize(), elem_id=f"{prefix}{name}-{option}")
-            if image and name == "pytorch":
+            if image and name in ("pytorch", "tensorrt"):
                 widgets["vae_fp32"] = gr.Checkbox(False, label="Keep the VAE in fp32 (fp16/bf16 runs)",
-                                                  info="fp16 VAEs overflow and decode black images.")
+                                                  info="fp16 VAEs overflow and decode black images.",
+                                                  elem_id=f"{prefix}{name}-vae_fp32")
+            if image and name == "tensorrt":
+                widgets["engine_path"] = gr.Textbox(label="Existing UNet engine (optional)",
+                                                    placeholder="/path/to/unet.trt",
+                                                    info="A serialized TensorRT UNet built elsewhere; its profile "
+                                                         "must cover this image size.")
             if name == "onnxruntime":
                 widgets["onnx_dir"] = gr.Textbox(label="Existing ONNX export (optional)",
                                                  placeholder=export_placeholder,
@@ -56,7 +63,8 @@ def build_backend_controls(backend_options: dict[str, dict[str, Any]], prefix: s
                 with gr.Accordion(f"Unavailable here ({note.count(chr(10)) + 1}): why, and how to install",
                                   open=False):
                     gr.Markdown(note, elem_classes=["arena-unavailable"])
-        controls.append(BackendOptionControls(name, info["title"], enabled, widgets))
+        controls.append(BackendOptionControls(name, info["title"], enabled, widgets,
+                                              "" if available.ok else available.sentence()))
     return controls
 
 

@@ -16,11 +16,20 @@ def seconds(value: float | None) -> str:
 def panel_header(title: str, result: dict[str, Any] | None, state: str) -> str:
     """The panel's title line with a status badge: waiting, running, done or error."""
     kind, text = {"idle": ("idle", "not run"), "waiting": ("waiting", "waiting"),
-                  "skipped": ("idle", "not selected")}.get(state, ("idle", ""))
+                  "skipped": ("idle", "not selected"),
+                  "unavailable": ("idle", "unavailable here")}.get(state, ("idle", ""))
     if result is not None:
         kind, text = ("error", "ERROR") if result.get("error") else ("ok", "DONE")
     label = result["label"] if result else title
     return f"### {label} <span class='arena-badge arena-badge-{kind}'>{text}</span>"
+
+
+def idle_panel(name: str, selected: set[str], unavailable: str, run_failed: bool = False) -> tuple[str, str]:
+    """(header state, metrics text) of a panel without a result yet: waiting, not selected, or unavailable here
+    (then the metrics say why and how to install, as before the run)."""
+    if name in selected and not run_failed:
+        return "waiting", ""
+    return ("unavailable", unavailable) if unavailable else ("skipped", "")
 
 
 def panel_metrics(result: dict[str, Any] | None) -> str:
@@ -33,24 +42,27 @@ def panel_metrics(result: dict[str, Any] | None) -> str:
             text += "\n\n<details><summary>Last log lines</summary>\n\n```\n" + result["log_tail"] + "\n```\n</details>"
         return text
     timings, load = result.get("timings") or {}, result.get("load") or {}
-    export = "–"
-    if load.get("export_cached") is True:
-        export = "from cache"
-    elif load.get("export_cached") is False:
-        export = f"{seconds(load.get('export_s'))} (new)"
     rows = [
         ("Time to first token", seconds(timings.get("ttft_s"))),
         ("Tokens/s (decode)", f"{timings.get('tokens_per_s', 0):.1f} ({timings.get('decode_tokens_per_s', 0):.1f})"),
         ("Total time", seconds(timings.get("total_s"))),
         ("New tokens", str(result.get("num_new_tokens", 0))),
-        ("Export", export),
-        ("Load", seconds(load.get("load_s"))),
-        ("Runs on", f"`{load.get('provider') or '?'}`"),
+        *load_rows(load),
         ("Worker memory", f"{load['memory_mb']:.0f} MB" if load.get("memory_mb") else "–"),
+        *([("GPU memory (device)", f"{load['gpu_memory_mb']:.0f} MB")] if load.get("gpu_memory_mb") else []),
     ]
     table = "| Measure | Value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
     notes = load.get("notes") or []
     return table + ("\n\n" + "; ".join(notes) if notes else "")
+
+
+def load_rows(load: dict[str, Any]) -> list[tuple[str, str]]:
+    """How the model got there: export (new or cached), TensorRT engine build, load, what runs it."""
+    export = {True: "from cache", False: f"{seconds(load.get('export_s'))} (new)"}.get(load.get("export_cached"), "–")
+    rows = [("Export", export)]
+    if load.get("engine_build_s"):
+        rows.append(("Engine build", seconds(load["engine_build_s"])))
+    return rows + [("Load", seconds(load.get("load_s"))), ("Runs on", f"`{load.get('provider') or '?'}`")]
 
 
 def run_summary(run: dict[str, Any]) -> str:
@@ -94,7 +106,6 @@ def image_metrics(result: dict[str, Any]) -> str:
     if result.get("error"):
         return panel_metrics(result)
     timings, load = result.get("timings") or {}, result.get("load") or {}
-    export = {True: "from cache", False: f"{seconds(load.get('export_s'))} (new)", None: "–"}[load.get("export_cached")]
     similarity = "reference" if result.get("is_reference") else _psnr_text(result)
     rows = [
         ("Total", seconds(timings.get("total_s"))),
@@ -102,9 +113,7 @@ def image_metrics(result: dict[str, Any]) -> str:
         ("UNet loop", f"{seconds(timings.get('unet_s'))} ({len(timings.get('step_times_s') or [])} steps)"),
         ("VAE decode", seconds(timings.get("vae_s"))),
         ("PSNR vs reference", similarity),
-        ("Export", export),
-        ("Load", seconds(load.get("load_s"))),
-        ("Runs on", f"`{load.get('provider') or '?'}`"),
+        *load_rows(load),
     ]
     notes = load.get("notes") or []
     return "| Measure | Value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows) + \

@@ -16,7 +16,7 @@ from arena.image_metrics import psnr
 from arena.types import ImageRunRequest, ImageRunResult
 from ui.charts import image_latency_figure
 from ui.controls import RUN_CONCURRENCY_ID, BackendOptionControls, build_backend_controls, specs_from_form
-from ui.format import image_metrics, image_summary, panel_header
+from ui.format import idle_panel, image_metrics, image_summary, panel_header
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,10 +104,11 @@ def build_image_tab(arena: Arena) -> ImageTab:
             with gr.Row(equal_height=True):
                 for control in controls:
                     with gr.Column(elem_id=f"image-panel-{control.name}", elem_classes=["arena-panel"]):
-                        header = gr.Markdown(panel_header(control.title, None, "idle"))
+                        header = gr.Markdown(panel_header(control.title, None,
+                                                         "unavailable" if control.unavailable else "idle"))
                         image = gr.Image(label="Image", type="numpy", interactive=False, height=256,
                                          elem_id=f"image-{control.name}", elem_classes=["arena-pixelated"])
-                        metrics = gr.Markdown("", elem_id=f"image-metrics-{control.name}")
+                        metrics = gr.Markdown(control.unavailable, elem_id=f"image-metrics-{control.name}")
                     panels.append(ImagePanel(control.name, control.title, control, header, image, metrics))
             slider = gr.ImageSlider(label="Reference vs. candidate (drag)", type="numpy", height=320,
                                     elem_id="image-slider", elem_classes=["arena-pixelated"])
@@ -143,8 +144,8 @@ def _wire(arena: Arena, tab: ImageTab) -> None:
         selected = {spec.backend for spec in request.backends}
         yield {tab.status: "Running…", tab.slider: None, **{
             c: v for p in tab.panels for c, v in (
-                (p.header, panel_header(p.title, None, "waiting" if p.name in selected else "skipped")),
-                (p.image, None), (p.metrics, ""))}}
+                (p.header, panel_header(p.title, None, idle_panel(p.name, selected, p.controls.unavailable)[0])),
+                (p.image, None), (p.metrics, idle_panel(p.name, selected, p.controls.unavailable)[1]))}}
         for result in arena.run_image(request, progress=lambda f, d: progress(f, desc=d)):
             yield render_image_run(tab, result, selected)
 
@@ -182,8 +183,8 @@ def render_image_run(tab: ImageTab, result: ImageRunResult, selected: set[str]) 
                      tab.slider: (done[0], done[1]) if len(done) >= 2 else None}
     for panel in tab.panels:
         found = by_backend.get(panel.name)
-        state = "waiting" if panel.name in selected and not run.get("error") else "skipped"
+        state, idle = idle_panel(panel.name, selected, panel.controls.unavailable, bool(run.get("error")))
         updates[panel.header] = panel_header(panel.title, found[1] if found else None, state)
         updates[panel.image] = found[0].image if found else None
-        updates[panel.metrics] = image_metrics(found[1]) if found else ""
+        updates[panel.metrics] = image_metrics(found[1]) if found else idle
     return updates

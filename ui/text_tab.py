@@ -13,7 +13,7 @@ from arena.core import Arena
 from arena.types import TextRunRequest
 from ui.charts import text_latency_figure
 from ui.controls import RUN_CONCURRENCY_ID, BackendOptionControls, build_backend_controls, specs_from_form
-from ui.format import panel_header, panel_metrics, run_summary
+from ui.format import idle_panel, panel_header, panel_metrics, run_summary
 
 
 @dataclass
@@ -99,10 +99,11 @@ def build_text_tab(arena: Arena) -> TextTab:
                 for control in controls:
                     name = control.name
                     with gr.Column(elem_id=f"panel-{name}", elem_classes=["arena-panel"]):
-                        header = gr.Markdown(panel_header(control.title, None, "idle"))
+                        header = gr.Markdown(panel_header(control.title, None,
+                                                         "unavailable" if control.unavailable else "idle"))
                         answer = gr.Textbox(label="Answer", lines=8, interactive=False, elem_id=f"answer-{name}",
                                             buttons=["copy"])
-                        metrics = gr.Markdown("", elem_id=f"metrics-{name}")
+                        metrics = gr.Markdown(control.unavailable, elem_id=f"metrics-{name}")
                     panels.append(BackendControls(name, control.title, control, header, answer, metrics))
             chart = gr.Plot(text_latency_figure({}), label="Latency", elem_id="latency-chart")
             with gr.Accordion("Structured result (JSON, same as the /compare_text API)", open=False):
@@ -137,10 +138,7 @@ def _wire(arena: Arena, tab: TextTab) -> None:
             yield {tab.status: f"<span class='arena-badge arena-badge-error'>ERROR</span> {exc}"}
             return
         selected = {spec.backend for spec in request.backends}
-        yield {tab.status: "Running…", **{
-            c: v for p in tab.backends for c, v in (
-                (p.header, panel_header(p.title, None, "waiting" if p.name in selected else "skipped")),
-                (p.answer, ""), (p.metrics, ""))}}
+        yield {tab.status: "Running…", **render_run(tab, {"results": []}, selected)}
         for result in arena.run_text(request, progress=lambda f, d: progress(f, desc=d)):
             yield render_run(tab, result.to_dict(), selected)
 
@@ -157,8 +155,8 @@ def render_run(tab: TextTab, run: dict[str, Any], selected: set[str]) -> dict:
                      tab.chart: text_latency_figure(run), tab.result_json: json.loads(json.dumps(run, default=str))}
     for panel in tab.backends:
         result = by_backend.get(panel.name)
-        state = "waiting" if panel.name in selected and not run.get("error") else "skipped"
+        state, idle = idle_panel(panel.name, selected, panel.controls.unavailable, bool(run.get("error")))
         updates[panel.header] = panel_header(panel.title, result, state)
         updates[panel.answer] = result["text"] if result else ""
-        updates[panel.metrics] = panel_metrics(result)
+        updates[panel.metrics] = panel_metrics(result) if result else idle
     return updates
