@@ -1,6 +1,10 @@
-"""Text latency benchmark: the embedded model through every CPU configuration, interleaved rounds, medians.
+"""Text latency benchmark: the embedded model through every configuration, interleaved rounds, medians.
 
-    .venv/bin/python benchmarks/text_latency.py [--rounds 5] [--max-new-tokens 64] [--model KEY]
+    .venv/bin/python benchmarks/text_latency.py [--device cpu|gpu] [--rounds 5] [--max-new-tokens 64]
+                                                [--model KEY] [--markdown FILE]
+
+``--device gpu`` compares PyTorch CUDA fp32/fp16, ONNX Runtime CUDA and TensorRT providers and the native
+TensorRT backend; configurations this machine cannot run are listed as "not run" with the reason.
 
 Each round runs every backend once on the same token ids (ABCD ABCD ...), so slow drifts of a shared machine
 hit every backend alike; the table reports medians over rounds and ratios to PyTorch fp32 from the same run.
@@ -22,12 +26,21 @@ from arena.catalog import DEFAULT_TEXT_MODEL, EXAMPLE_PROMPTS  # noqa: E402
 from arena.core import Arena  # noqa: E402
 from arena.types import BackendSpec, TextRunRequest  # noqa: E402
 
-CONFIGS = (
-    BackendSpec("pytorch", precision="fp32"),
-    BackendSpec("pytorch", precision="bf16"),
-    BackendSpec("onnxruntime", provider="CPUExecutionProvider", precision="fp32"),
-    BackendSpec("onnxruntime", provider="CPUExecutionProvider", precision="int8"),
-)
+CONFIGS = {
+    "cpu": (
+        BackendSpec("pytorch", precision="fp32"),
+        BackendSpec("pytorch", precision="bf16"),
+        BackendSpec("onnxruntime", provider="CPUExecutionProvider", precision="fp32"),
+        BackendSpec("onnxruntime", provider="CPUExecutionProvider", precision="int8"),
+    ),
+    "gpu": (
+        BackendSpec("pytorch", device="cuda", precision="fp32"),
+        BackendSpec("pytorch", device="cuda", precision="fp16"),
+        BackendSpec("onnxruntime", provider="CUDAExecutionProvider", precision="fp32"),
+        BackendSpec("onnxruntime", provider="TensorrtExecutionProvider", precision="fp16"),
+        BackendSpec("tensorrt", precision="fp16"),
+    ),
+}
 
 
 def main() -> None:
@@ -36,11 +49,14 @@ def main() -> None:
     parser.add_argument("--prompt", default=EXAMPLE_PROMPTS[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--device", choices=sorted(CONFIGS), default="cpu")
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the table to this file")
     args = parser.parse_args()
+    configs = CONFIGS[args.device]
 
     arena = Arena()
     env = arena.environment()
-    request = TextRunRequest(model=args.model, prompt=args.prompt, backends=CONFIGS,
+    request = TextRunRequest(model=args.model, prompt=args.prompt, backends=configs,
                              max_new_tokens=args.max_new_tokens, ignore_eos=True, warmup=1, repeats=1)
     print(f"# {args.model}, {args.max_new_tokens} new tokens (EOS ignored), {args.rounds} interleaved rounds",
           flush=True)
@@ -52,7 +68,7 @@ def main() -> None:
         sys.exit(warm.error)
     load = {r.spec: r.load for r in warm.results}
     reference_ids = warm.results[0].token_ids
-    samples: dict[BackendSpec, list] = {spec: [] for spec in CONFIGS}
+    samples: dict[BackendSpec, list] = {spec: [] for spec in configs}
     agreement: dict[BackendSpec, float] = {}
     errors: dict[BackendSpec, str] = {r.spec: r.error for r in warm.results if r.error}
     quick = dataclasses.replace(request, warmup=0)
@@ -71,21 +87,27 @@ def main() -> None:
     def med(spec, key):
         return statistics.median(getattr(t, key) for t in samples[spec]) if samples[spec] else float("nan")
 
-    base = med(CONFIGS[0], "decode_tokens_per_s")
-    print()
-    print("| Backend | TTFT (ms) | Decode tok/s | Total (s) | vs PyTorch fp32 | Tokens equal to PyTorch fp32 "
-          "| Worker RSS (MB) | Export / quantize (s) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for spec in CONFIGS:
+    base = med(configs[0], "decode_tokens_per_s")
+    reference = configs[0].label
+    lines = [f"| Backend | TTFT (ms) | Decode tok/s | Total (s) | vs {reference} | Tokens equal to {reference} "
+             "| Worker RSS (MB) | GPU memory (MB) | Export / quantize (s) | Engine build (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for spec in configs:
         if spec in errors and not samples[spec]:
-            print(f"| {spec.label} | error: {errors[spec][:80]} | | | | | | |")
+            lines.append(f"| {spec.label} | not run: {errors[spec].splitlines()[0][:160]} | | | | | | | | |")
             continue
         info = load.get(spec)
         export = "-" if info.export_cached is None else ("cached" if info.export_cached else f"{info.export_s:.1f}")
-        print(f"| {spec.label} | {med(spec, 'ttft_s') * 1000:.0f} | {med(spec, 'decode_tokens_per_s'):.1f} | "
-              f"{med(spec, 'total_s'):.2f} | {med(spec, 'decode_tokens_per_s') / base:.2f}x | "
-              f"{agreement.get(spec, 0) * 100:.0f}% | {info.memory_mb:.0f} | {export} |")
+        gpu = f"{info.gpu_memory_mb:.0f}" if info.gpu_memory_mb else "-"
+        build = f"{info.engine_build_s:.1f}" if info.engine_build_s else "-"
+        lines.append(f"| {spec.label} | {med(spec, 'ttft_s') * 1000:.0f} | {med(spec, 'decode_tokens_per_s'):.1f} | "
+                     f"{med(spec, 'total_s'):.2f} | {med(spec, 'decode_tokens_per_s') / base:.2f}x | "
+                     f"{agreement.get(spec, 0) * 100:.0f}% | {info.memory_mb:.0f} | {gpu} | {export} | {build} |")
+    table = "\n".join(lines)
+    print("\n" + table)
     print(f"\n# wall time {time.time() - started:.0f} s")
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
 
 
 if __name__ == "__main__":

@@ -2,11 +2,14 @@
 # Create .venv in the repo and install Backend Arena into it (idempotent: reruns only when requirements change).
 #   scripts/setup.sh         the app
 #   scripts/setup.sh --dev   the app + test tools + Debian's chromium for the browser test
+#   scripts/setup.sh --gpu   the app + onnxruntime-gpu and TensorRT (requirements-gpu.txt; NVIDIA GPU machines)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 dev=0
+gpu=0
 [ "${1:-}" = "--dev" ] && dev=1
+[ "${1:-}" = "--gpu" ] && gpu=1
 
 python=${PYTHON:-}
 if [ -z "$python" ]; then
@@ -45,5 +48,12 @@ if [ $dev = 1 ] && ! command -v chromium >/dev/null 2>&1; then
   else
     echo "setup: chromium is missing and cannot be installed without root: apt-get install chromium" >&2
   fi
+fi
+if [ $gpu = 1 ]; then
+  # onnxruntime and onnxruntime-gpu both install the `onnxruntime` module: only the GPU one may stay.
+  .venv/bin/python -m pip uninstall -y -q onnxruntime || true
+  .venv/bin/python -m pip install --disable-pip-version-check -q -r requirements-gpu.txt
+  .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
+    || echo "setup: torch sees no GPU (CPU-only wheel or no driver); see requirements-gpu.txt" >&2
 fi
 echo "setup: ready (.venv)"
