@@ -2,9 +2,12 @@
 
     python -m arena text --prompt "My name is Arthur and I live in" \\
         --backend pytorch --backend onnxruntime:precision=int8,provider=CPUExecutionProvider
+    python -m arena check --model /models/llama --candidate onnxruntime:onnx_dir=/exports/llama
 
-Prints a table (or ``--json``). The exit code is 1 when a backend failed or the token ids disagree with the first
-backend (unless ``--allow-drift``), so a CI pipeline can block a bad export.
+``text`` prints a table (or ``--json``); its exit code is 1 when a backend failed or the token ids disagree with
+the first backend (unless ``--allow-drift``). ``check`` runs the candidate next to the reference (PyTorch fp32)
+on a few prompts and prints each verdict; exit code 0 when nothing is broken, 1 when a verdict says broken
+(GIBBERISH, EMPTY, DIFFERENT, BLANK, NOISE, NAN, ERROR), 2 when the check could not run (no such model).
 """
 
 from __future__ import annotations
@@ -66,9 +69,23 @@ def main(argv: list[str] | None = None) -> int:
     text.add_argument("--cache-dir", default=None)
     text.add_argument("--json", action="store_true", help="print the structured result instead of a table")
     text.add_argument("--allow-drift", action="store_true", help="exit 0 even when token ids differ")
+    check = sub.add_parser("check", help="is a candidate (e.g. an ONNX export) broken? verdicts + exit code")
+    check.add_argument("--model", required=True, help="the reference model: catalog key, hub id or directory")
+    check.add_argument("--candidate", required=True, type=parse_backend,
+                       help="e.g. onnxruntime:onnx_dir=/path/to/export or onnxruntime:precision=int8")
+    check.add_argument("--reference", type=parse_backend, default=BackendSpec("pytorch"))
+    check.add_argument("--task", choices=("auto", "text", "image"), default="auto")
+    check.add_argument("--prompt", action="append", dest="prompts", default=[],
+                       help="repeatable; default: three built-in prompts")
+    check.add_argument("--max-new-tokens", type=int, default=48)
+    check.add_argument("--cache-dir", default=None)
+    check.add_argument("--json", action="store_true", help="print the full report as JSON")
     args = parser.parse_args(argv)
 
     from arena.core import Arena
+
+    if args.command == "check":
+        return run_check(args, Arena(cache_dir=args.cache_dir))
 
     backends = tuple(args.backends or (BackendSpec("pytorch"), BackendSpec("onnxruntime")))
     request = TextRunRequest(model=args.model, prompt=args.prompt, backends=backends,
@@ -76,15 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                              ignore_eos=args.ignore_eos, warmup=args.warmup, repeats=args.repeats)
     arena = Arena(cache_dir=args.cache_dir)
     try:
-        last = [""]
-
-        def progress(_fraction, description):
-            stem = re.sub(r"[\d.]+", "#", description)  # one line per phase, not per token or second
-            if stem != last[0]:
-                last[0] = stem
-                print(f"... {description}", file=sys.stderr, flush=True)
-
-        result = arena.run_text_to_end(request, progress).to_dict()
+        result = arena.run_text_to_end(request, phase_printer()).to_dict()
     finally:
         arena.close()
     print(json.dumps(result, indent=2, default=str) if args.json else (result["error"] or table(result)))
@@ -94,6 +103,30 @@ def main(argv: list[str] | None = None) -> int:
     if not args.allow_drift and any(i != ids[0] for i in ids):
         return 1
     return 0
+
+
+def run_check(args, arena) -> int:
+    from arena.check import check, summary_lines
+
+    try:
+        report = check(arena, args.model, args.candidate, task=args.task, prompts=tuple(args.prompts),
+                       reference=args.reference, max_new_tokens=args.max_new_tokens, progress=phase_printer())
+    finally:
+        arena.close()
+    print(json.dumps(report, indent=2, default=str) if args.json else "\n".join(summary_lines(report)))
+    return 2 if report["error"] else 1 if report["broken"] else 0
+
+
+def phase_printer():
+    last = [""]
+
+    def progress(_fraction, description):
+        stem = re.sub(r"[\d.]+", "#", description)  # one line per phase, not per token or second
+        if stem != last[0]:
+            last[0] = stem
+            print(f"... {description}", file=sys.stderr, flush=True)
+
+    return progress
 
 
 if __name__ == "__main__":

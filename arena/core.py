@@ -4,6 +4,7 @@ another in their worker processes and yields the growing `TextRunResult`. No hea
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from arena.types import (
     TextRunRequest,
     TextRunResult,
 )
+from arena.verdicts import judge_image, judge_text, logits_error, reference_index
 from arena.workers import Worker, WorkerCrashed, WorkerFailed
 
 ProgressFn = Callable[[float | None, str], None]
@@ -125,12 +127,50 @@ class Arena:
         except (WorkerFailed, WorkerCrashed, ArenaError) as exc:
             yield run_cls(request, None, error=str(exc), environment=env)
             return
+        try:
+            reference = reference_index(request.reference, request.backends)
+        except ValueError as exc:
+            yield run_cls(request, prepared, (), error=str(exc), environment=env)
+            return
         results: list = []
         yield run_cls(request, prepared, tuple(results), environment=env)
         for spec in request.backends:
             with self._run_lock:
                 results.append(self._run_one(spec, prepared, request, env, progress, run_op, result_cls))
             yield run_cls(request, prepared, tuple(results), environment=env)
+        progress(None, "Judging the outputs")
+        with self._run_lock:
+            judged = (self._judge_text if prepared.task == "text" else self._judge_image)(
+                prepared, results, reference, progress)
+        yield run_cls(request, prepared, tuple(judged), environment=env)
+
+    def _judge_text(self, prepared: PreparedText, results: list, reference: int, progress) -> list:
+        """Verdicts for every text output: perplexity under the reference model (in the reference's worker,
+        where that model already lives), first-step logits and tokens against the reference."""
+        ref = results[reference]
+        nll: list = [None] * len(results)
+        if ref.ok:
+            try:
+                nll = self._backend_worker(ref.spec).call(
+                    "score_nll", prepared, ref.spec, [list(r.token_ids) if r.ok else [] for r in results],
+                    progress=progress, timeout=self.run_timeout_s)
+            except (WorkerCrashed, WorkerFailed):
+                pass  # judged without perplexity; the other detectors still run
+        judged = []
+        for i, r in enumerate(results):
+            verdict = judge_text(
+                r.text, r.token_ids, r.spec.precision, error=r.error, is_reference=i == reference,
+                reference_ids=ref.token_ids if ref.ok else None, unk_token_id=prepared.unk_token_id, nll=nll[i],
+                logits=None if i == reference else logits_error(r.first_logits, ref.first_logits))
+            judged.append(dataclasses.replace(r, verdict=verdict, first_logits=None))
+        return judged
+
+    @staticmethod
+    def _judge_image(prepared: PreparedImage, results: list, reference: int, progress) -> list:
+        ref = results[reference]
+        return [dataclasses.replace(r, verdict=judge_image(
+            r.image, r.spec.precision, error=r.error, is_reference=i == reference,
+            reference=ref.image if ref.ok else None)) for i, r in enumerate(results)]
 
     def _run_one(self, spec: BackendSpec, prepared, request, env: dict[str, Any], progress: ProgressFn,
                  run_op: str, result_cls):

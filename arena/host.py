@@ -131,8 +131,31 @@ class BackendHost:
             end = time.perf_counter()
             runs.append(summarize_generation(start, stamps, end))
         text = self._tokenizer(prepared.model_dir).decode(ids, skip_special_tokens=True)
+        try:  # not timed: the logits of the first generated position, for the comparison with the reference
+            first_logits = self.backend.forward_logits(prompt)[-1]
+        except NotImplementedError:
+            first_logits = None
         return BackendTextResult(spec=spec, text=text, token_ids=tuple(ids), timings=combine_repeats(runs),
-                                 load=load)
+                                 load=load, first_logits=first_logits)
+
+    def score_nll(self, prepared: PreparedText, spec: BackendSpec, outputs: list[list[int]],
+                  progress) -> list[float | None]:
+        """Mean negative log-likelihood per token (nats) of each output after the prompt, under this model."""
+        import numpy as np
+
+        self._ensure_loaded(prepared, spec, progress)
+        prompt = list(prepared.prompt_token_ids)
+        scores: list[float | None] = []
+        for ids in outputs:
+            if not ids:
+                scores.append(None)
+                continue
+            logits = np.asarray(self.backend.forward_logits(prompt + list(ids)), np.float64)
+            logits = logits[len(prompt) - 1:-1]
+            logits -= logits.max(axis=1, keepdims=True)
+            log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+            scores.append(float(-log_probs[np.arange(len(ids)), ids].mean()))
+        return scores
 
     def run_image(self, prepared: PreparedImage, spec: BackendSpec, request: ImageRunRequest,
                   progress) -> BackendImageResult:

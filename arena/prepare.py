@@ -280,7 +280,8 @@ class TextPreparer:
         return PreparedText(
             model_dir=model_dir, model_name=resolved["name"], source=resolved["source"], rendered_prompt=rendered,
             prompt_token_ids=tuple(int(i) for i in ids), eos_token_ids=tuple(eos), pad_token_id=pad,
-            context_length=context, fingerprint=resolved["fingerprint"], materialize_s=resolved["materialize_s"])
+            context_length=context, fingerprint=resolved["fingerprint"], materialize_s=resolved["materialize_s"],
+            unk_token_id=tokenizer.unk_token_id)
 
 
 def check_required_config(model_dir: Path, entry: ImageCatalogModel | None) -> tuple[dict, tuple[str, ...]]:
@@ -310,9 +311,9 @@ class ImagePreparer:
         if entry is not None and entry.embedded_dir:
             path, source, shown = REPO_ROOT / entry.embedded_dir, "embedded", entry.title.split(" (")[0]
             if not (path / "model_index.json").is_file():
-                raise ArenaError(f"The embedded image model is not in {path} yet: train it with "
-                                 "`.venv/bin/python scripts/train_image_model.py` (about 40 minutes on 2 cores), "
-                                 "or give a diffusers hub id or local pipeline folder.")
+                raise ArenaError(f"The embedded image model is missing from {path}: restore it from git or "
+                                 "retrain it with `.venv/bin/python scripts/train_image_model.py` (about 55 minutes "
+                                 "on 2 cores), or give a diffusers hub id or local pipeline folder.")
         elif Path(name).expanduser().is_dir():
             path, source, shown = Path(name).expanduser().resolve(), "local", name
         elif name.startswith(("/", "./", "../", "~")):

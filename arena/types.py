@@ -89,6 +89,7 @@ class TextRunRequest:
     ignore_eos: bool = False  # True: every backend generates exactly max_new_tokens (benchmarking)
     warmup: int = 1  # untimed short generations before timing
     repeats: int = 1  # timed generations; the median is reported
+    reference: str = "auto"  # the backend the others are judged against: "auto" (PyTorch fp32), a name or index
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -111,6 +112,7 @@ class PreparedText:
     fingerprint: str  # identifies the weights for cache keys
     materialize_s: float = 0.0
     task: str = "text"
+    unk_token_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,7 @@ def _result_dict(result: Any) -> dict[str, Any]:
         "export_cached": load.export_cached if load else None,
         "error": result.error,
         "log_tail": result.log_tail,
+        "verdict": result.verdict.to_dict() if result.verdict is not None else None,
     }
 
 
@@ -174,6 +177,8 @@ class BackendTextResult:
     load: LoadInfo | None = None
     error: str | None = None
     log_tail: str = ""
+    verdict: Any = None  # arena.verdicts.Verdict, set by the core once every backend has run
+    first_logits: Any = field(default=None, compare=False, repr=False)  # numpy (vocab,); dropped after judging
 
     @property
     def ok(self) -> bool:
@@ -205,9 +210,19 @@ class TextRunResult:
             "rendered_prompt": prepared.rendered_prompt if prepared else None,
             "prompt_token_ids": list(prepared.prompt_token_ids) if prepared else [],
             "results": [r.to_dict() for r in self.results],
+            "reference_index": _reference_of(self.request),
             "error": self.error,
             "environment": self.environment,
         }
+
+
+def _reference_of(request: Any) -> int | None:
+    from arena.verdicts import reference_index
+
+    try:
+        return reference_index(request.reference, request.backends)
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -223,6 +238,7 @@ class ImageRunRequest:
     seed: int = 0
     height: int | None = None  # None: the model's native size
     width: int | None = None
+    reference: str = "auto"  # the backend the others are judged against: "auto" (PyTorch fp32), a name or index
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -271,6 +287,7 @@ class BackendImageResult:
     load: LoadInfo | None = None
     error: str | None = None
     log_tail: str = ""
+    verdict: Any = None  # arena.verdicts.Verdict, set by the core once every backend has run
 
     @property
     def ok(self) -> bool:
@@ -297,6 +314,7 @@ class ImageRunResult:
                 "height": prepared.height, "width": prepared.width, "scheduler": json.loads(prepared.scheduler),
                 "notes": list(prepared.notes)},
             "results": [r.to_dict() for r in self.results],
+            "reference_index": _reference_of(self.request),
             "error": self.error,
             "environment": self.environment,
         }

@@ -139,6 +139,11 @@ class Backend(ABC):
         """Denoise ``model.latents`` and decode; mark "text_encoder", "unet", "vae", "done" with ``on_phase`` and
         each denoising step with ``on_step``; return the image as uint8 HxWx3."""
 
+    def forward_logits(self, token_ids: list[int]) -> Any:
+        """Logits (numpy float32, tokens x vocab) of one forward pass over ``token_ids`` with an empty cache: the
+        first-step logits compared across backends, and the reference's perplexity of every output."""
+        raise NotImplementedError(f"{type(self).__name__} cannot return logits")
+
     @abstractmethod
     def runtime_info(self) -> dict[str, Any]:
         """What actually runs the model: {"provider": ..., "artifact_dir": ..., "export_cached": ...}."""
@@ -227,9 +232,14 @@ def diffusers_generate(pipe: Any, model: PreparedImage, settings: ImageSettings,
                        callback_on_step_end=step_end).images
 
         # 3. VAE decode, from latents scaled back by the VAE's scaling factor.
+        if not torch.isfinite(latents).all():
+            raise FloatingPointError("NaN/Inf in the latents after the denoising loop: an fp16 overflow? Try fp32.")
         on_phase("vae")
         scaling = pipe.vae.config.scaling_factor
         decoded = pipe.vae.decode(latents.to(vae_dtype or latents.dtype) / scaling, return_dict=False)[0]
+        if not torch.isfinite(decoded).all():
+            raise FloatingPointError("NaN/Inf first appeared in the VAE decoder output: an fp16 VAE overflows; "
+                                     "keep the VAE in fp32.")
         image = pipe.image_processor.postprocess(decoded.float(), output_type="np")[0]
         if str(device).startswith("cuda"):
             torch.cuda.synchronize()
@@ -266,6 +276,14 @@ class HFBackend(Backend, ABC):
     def _image_dtypes(self) -> dict[str, Any]:
         """Latent and VAE dtypes for the loaded pipeline (fp32 unless a subclass says otherwise)."""
         return {}
+
+    def forward_logits(self, token_ids: list[int]) -> Any:
+        import torch
+
+        ids = torch.tensor([token_ids], dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            logits = self.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        return logits[0].float().cpu().numpy()
 
     def runtime_info(self) -> dict[str, Any]:
         return dict(self._info)

@@ -433,6 +433,21 @@ class TensorRTBackend(Backend):
         torch.cuda.synchronize()
         return ids
 
+    def forward_logits(self, token_ids: list[int]) -> Any:
+        import torch
+
+        from backends.loops import kv_cache_layout
+
+        layers, kv_heads, head_dim = kv_cache_layout(self._input_names, self._config)
+        n = len(token_ids)
+        feeds = {"input_ids": torch.tensor([token_ids], device="cuda"),
+                 "attention_mask": torch.ones((1, n), dtype=torch.long, device="cuda"),
+                 "position_ids": torch.arange(n, device="cuda")[None],
+                 **{f"past_key_values.{i}.{k}": torch.zeros((1, kv_heads, 0, head_dim), device="cuda")
+                    for i in range(layers) for k in ("key", "value")}}
+        out = self.runners["decoder"](**{k: v for k, v in feeds.items() if k in self._input_names})
+        return out["logits"][0].float().cpu().numpy()
+
     def generate_image(self, model, settings, on_phase, on_step) -> Any:
         import diffusers
         import torch

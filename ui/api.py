@@ -28,6 +28,7 @@ def make_compare_text(arena: Arena):
         ignore_eos: bool = False,
         warmup: int = 1,
         repeats: int = 1,
+        reference: str = "auto",
     ) -> dict:
         """Run one prompt greedily through several backends and return every answer, token ids and timings.
 
@@ -42,17 +43,46 @@ def make_compare_text(arena: Arena):
             ignore_eos: generate exactly max_new_tokens (benchmarking).
             warmup: untimed warm-up generations per backend.
             repeats: timed generations per backend; medians are reported.
+            reference: the backend the verdicts compare with: "auto" (PyTorch fp32), a name or an index.
         """
         try:
             specs = tuple(BackendSpec.from_any(b) for b in (backends or ["pytorch", "onnxruntime"]))
             request = TextRunRequest(model=model or DEFAULT_TEXT_MODEL, prompt=prompt, backends=specs,
                                      max_new_tokens=int(max_new_tokens), prompt_format=prompt_format,
-                                     ignore_eos=bool(ignore_eos), warmup=int(warmup), repeats=int(repeats))
+                                     ignore_eos=bool(ignore_eos), warmup=int(warmup), repeats=int(repeats),
+                                     reference=str(reference or "auto"))
         except (ValueError, TypeError) as exc:
             return {"error": str(exc), "results": []}
         return arena.run_text_to_end(request).to_dict()
 
     return compare_text
+
+
+def make_check(arena: Arena):
+    def check(model: str, candidate: Any, task: str = "auto", prompts: list[str] | None = None,
+              reference: Any = "pytorch", max_new_tokens: int = 48) -> dict:
+        """Is the candidate broken? Runs it next to the reference on a few prompts and returns the verdicts.
+
+        Args:
+            model: the reference model: a catalog key, hub id or local directory.
+            candidate: a backend name or options dict, e.g. {"backend": "onnxruntime", "onnx_dir": "/exports/x"}.
+            task: "auto", "text" or "image".
+            prompts: the prompts to check with; default: three built-in ones.
+            reference: the reference backend (default PyTorch fp32).
+            max_new_tokens: tokens per text answer.
+        Returns {"broken": bool, "error": str | None, "checks": [{"prompt", "verdict": {"kind", "reason",
+        "broken", "metrics"}, "reference_verdict", ...}], ...}.
+        """
+        from arena.check import check as run_check
+
+        try:
+            spec, ref = BackendSpec.from_any(candidate), BackendSpec.from_any(reference or "pytorch")
+        except (ValueError, TypeError) as exc:
+            return {"broken": True, "error": str(exc), "checks": []}
+        return run_check(arena, model, spec, task=task or "auto", prompts=tuple(prompts or ()), reference=ref,
+                         max_new_tokens=int(max_new_tokens))
+
+    return check
 
 
 HEAVY_MODULES = ("torch", "transformers", "onnxruntime", "optimum", "tensorrt")
@@ -76,13 +106,15 @@ def parse_backends(text: str) -> tuple[BackendSpec, ...]:
 
 
 def make_compare_image(arena: Arena):
-    def compare_image(prompt, model, backends, negative_prompt, steps, guidance_scale, seed, height, width):
+    def compare_image(prompt, model, backends, negative_prompt, steps, guidance_scale, seed, height, width,
+                      reference="auto"):
         """Draw one prompt from the same seed through several backends; return the images and the result."""
         try:
             request = ImageRunRequest(model=model or DEFAULT_IMAGE_MODEL, prompt=prompt or "",
                                       backends=parse_backends(backends), negative_prompt=negative_prompt or "",
                                       steps=int(steps), guidance_scale=float(guidance_scale), seed=int(seed),
-                                      height=int(height or 0) or None, width=int(width or 0) or None)
+                                      height=int(height or 0) or None, width=int(width or 0) or None,
+                                      reference=str(reference or "auto"))
         except (ValueError, TypeError) as exc:
             return [], {"error": str(exc), "results": []}
         result = arena.run_image_to_end(request)
@@ -103,9 +135,11 @@ def register_api(arena: Arena) -> None:
                   gr.Textbox("pytorch,onnxruntime", label="backends"), gr.Textbox("", label="negative_prompt"),
                   gr.Number(entry.steps, precision=0, label="steps"),
                   gr.Number(entry.guidance_scale, label="guidance_scale"), gr.Number(0, precision=0, label="seed"),
-                  gr.Number(0, precision=0, label="height"), gr.Number(0, precision=0, label="width")]
+                  gr.Number(0, precision=0, label="height"), gr.Number(0, precision=0, label="width"),
+                  gr.Textbox("auto", label="reference")]
         outputs = [gr.Gallery(label="images", format="png"), gr.JSON(label="result")]
         trigger = gr.Button("compare_image")
     trigger.click(make_compare_image(arena), inputs, outputs, api_name="compare_image", concurrency_limit=1,
                   concurrency_id=RUN_CONCURRENCY_ID)
+    gr.api(make_check(arena), api_name="check", concurrency_limit=1, concurrency_id=RUN_CONCURRENCY_ID)
     gr.api(make_diagnostics(arena), api_name="diagnostics", api_visibility="undocumented")

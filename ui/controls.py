@@ -68,6 +68,14 @@ def build_backend_controls(backend_options: dict[str, dict[str, Any]], prefix: s
     return controls
 
 
+def reference_dropdown(backend_options: dict[str, dict[str, Any]], elem_id: str) -> gr.Dropdown:
+    """Which backend the others are judged against (auto: PyTorch fp32, else the first selected)."""
+    return gr.Dropdown([("auto (PyTorch fp32)", "auto")] + [(info["title"], name) for name, info in
+                                                           backend_options.items()],
+                       value="auto", label="Reference", elem_id=elem_id,
+                       info="Verdicts compare every backend with this one (it must be selected).")
+
+
 def specs_from_form(backends: dict[str, dict[str, Any]]) -> tuple[BackendSpec, ...]:
     """The enabled backends' specs from {name: {"enabled": bool, option: value}}."""
     return tuple(BackendSpec.from_any({"backend": name, **{k: v for k, v in fields.items() if k != "enabled"}})

@@ -20,6 +20,10 @@ def panel_header(title: str, result: dict[str, Any] | None, state: str) -> str:
                   "unavailable": ("idle", "unavailable here")}.get(state, ("idle", ""))
     if result is not None:
         kind, text = ("error", "ERROR") if result.get("error") else ("ok", "DONE")
+        verdict = result.get("verdict")
+        if verdict:
+            kind = "error" if verdict["broken"] else "ok" if verdict["kind"] == "MATCH" else "waiting"
+            text = verdict["kind"]
     label = result["label"] if result else title
     return f"### {label} <span class='arena-badge arena-badge-{kind}'>{text}</span>"
 
@@ -32,8 +36,27 @@ def idle_panel(name: str, selected: set[str], unavailable: str, run_failed: bool
     return ("unavailable", unavailable) if unavailable else ("skipped", "")
 
 
-def panel_metrics(result: dict[str, Any] | None) -> str:
-    """Timing, load and provider facts of one backend, or its error with the log tail."""
+def verdict_line(result: dict[str, Any]) -> str:
+    """"**MATCH** — identical tokens (64)": the verdict and its one-line reason, or "" before judging."""
+    verdict = result.get("verdict")
+    return f"**{verdict['kind']}** — {verdict['reason']}\n\n" if verdict and not result.get("error") else ""
+
+
+def divergence_markdown(reference: str, text: str, before: int = 60, after: int = 160) -> str:
+    """Where a text departs from the reference: the shared lead-in, then the differing span highlighted."""
+    if text == reference:
+        return ""
+    common = next((i for i, (a, b) in enumerate(zip(text, reference, strict=False)) if a != b),
+                  min(len(text), len(reference)))
+    lead = ("…" if common > before else "") + text[max(0, common - before):common]
+    rest = text[common:common + after] + ("…" if len(text) > common + after else "")
+    escape = {"<": "&lt;", ">": "&gt;", "\n": " "}
+    lead, rest = ("".join(escape.get(c, c) for c in part) for part in (lead, rest))
+    return f"> Diverges from the reference at character {common + 1}: {lead}<mark>{rest or '(ends here)'}</mark>\n\n"
+
+
+def panel_metrics(result: dict[str, Any] | None, reference_text: str | None = None) -> str:
+    """Verdict, where the text diverges, timing, load and provider facts; or the error with the log tail."""
     if result is None:
         return ""
     if result.get("error"):
@@ -53,7 +76,8 @@ def panel_metrics(result: dict[str, Any] | None) -> str:
     ]
     table = "| Measure | Value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
     notes = load.get("notes") or []
-    return table + ("\n\n" + "; ".join(notes) if notes else "")
+    drift = divergence_markdown(reference_text, result.get("text", "")) if reference_text is not None else ""
+    return verdict_line(result) + drift + table + ("\n\n" + "; ".join(notes) if notes else "")
 
 
 def load_rows(load: dict[str, Any]) -> list[tuple[str, str]]:
@@ -71,7 +95,7 @@ def run_summary(run: dict[str, Any]) -> str:
         return f"<span class='arena-badge arena-badge-error'>ERROR</span> {run['error']}"
     results = [r for r in run.get("results", []) if not r.get("error")]
     prompt_tokens = len(run.get("prompt_token_ids") or [])
-    head = f"Prompt: {prompt_tokens} tokens, same ids for every backend."
+    head = f"Prompt: {prompt_tokens} tokens, same ids for every backend." + verdict_summary(run)
     if len(results) >= 2:
         first = results[0]["token_ids"]
         same = [r["label"] for r in results[1:] if r["token_ids"] == first]
@@ -84,6 +108,21 @@ def run_summary(run: dict[str, Any]) -> str:
                      f"Token ids differ from {results[0]['label']}: {', '.join(differ)}"
                      + (f" (identical: {', '.join(same)})" if same else "") + ".")
     return head
+
+
+def verdict_summary(run: dict[str, Any]) -> str:
+    """" Verdicts: 2 MATCH, 1 GIBBERISH (ONNX Runtime · CPU · int8)." once the run is judged."""
+    verdicts = [(r["label"], r["verdict"]) for r in run.get("results", []) if r.get("verdict")]
+    if not verdicts:
+        return ""
+    counts: dict[str, list[str]] = {}
+    for label, verdict in verdicts:
+        counts.setdefault(verdict["kind"], []).append(label)
+    broken = [label for label, verdict in verdicts if verdict["broken"]]
+    parts = ", ".join(f"{len(labels)} {kind}" for kind, labels in counts.items())
+    badge = "error" if broken else "ok"
+    return (f" <span class='arena-badge arena-badge-{badge}'>{'BROKEN' if broken else 'OK'}</span> Verdicts: "
+            f"{parts}" + (f"; broken: {', '.join(broken)}" if broken else "") + ".")
 
 
 def unavailable_note(options: dict[str, list[OptionChoice]]) -> str:
@@ -116,7 +155,7 @@ def image_metrics(result: dict[str, Any]) -> str:
         *load_rows(load),
     ]
     notes = load.get("notes") or []
-    return "| Measure | Value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows) + \
+    return verdict_line(result) + "| Measure | Value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows) + \
         ("\n\n" + "; ".join(notes) if notes else "")
 
 
@@ -125,14 +164,17 @@ def image_summary(run: dict[str, Any]) -> str:
     if run.get("error"):
         return f"<span class='arena-badge arena-badge-error'>ERROR</span> {run['error']}"
     model = run.get("model") or {}
-    head = f"{model.get('width')}x{model.get('height')} px, same latents and scheduler for every backend."
+    head = (f"{model.get('width')}x{model.get('height')} px, same latents and scheduler for every backend."
+            + verdict_summary(run))
     notes = model.get("notes") or []
     if notes:
         head += " Config: " + "; ".join(notes) + "."
     done = [r for r in run.get("results", []) if not r.get("error")]
-    if len(done) >= 2:
-        head += " PSNR vs " + done[0]["label"] + ": " + ", ".join(
-            f"{r['label']} {_psnr_text(r)}" for r in done[1:]) + "."
+    reference = next((r for r in done if r.get("is_reference")), None)
+    others = [r for r in done if r is not reference]
+    if reference is not None and others:
+        head += " PSNR vs " + reference["label"] + ": " + ", ".join(
+            f"{r['label']} {_psnr_text(r)}" for r in others) + "."
     return head
 
 

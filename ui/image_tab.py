@@ -14,8 +14,15 @@ from arena.catalog import DEFAULT_IMAGE_MODEL, IMAGE_CATALOG, IMAGE_EXAMPLE_PROM
 from arena.core import Arena
 from arena.image_metrics import psnr
 from arena.types import ImageRunRequest, ImageRunResult
+from arena.verdicts import difference_heatmap
 from ui.charts import image_latency_figure
-from ui.controls import RUN_CONCURRENCY_ID, BackendOptionControls, build_backend_controls, specs_from_form
+from ui.controls import (
+    RUN_CONCURRENCY_ID,
+    BackendOptionControls,
+    build_backend_controls,
+    reference_dropdown,
+    specs_from_form,
+)
 from ui.format import idle_panel, image_metrics, image_summary, panel_header
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +35,7 @@ class ImagePanel:
     controls: BackendOptionControls
     header: gr.Markdown
     image: gr.Image
+    heatmap: gr.Image
     metrics: gr.Markdown
 
 
@@ -42,6 +50,7 @@ class ImageTab:
     seed: gr.Number
     height: gr.Number
     width: gr.Number
+    reference: gr.Dropdown
     run: gr.Button
     status: gr.Markdown
     panels: list[ImagePanel]
@@ -53,8 +62,9 @@ class ImageTab:
 def image_model_notes(model: str) -> str:
     entry = find_image_catalog_model(model or "")
     if entry is not None and entry.embedded_dir and not (ROOT / entry.embedded_dir / "model_index.json").is_file():
-        return (f"**{entry.title}** is not trained yet: run `.venv/bin/python scripts/train_image_model.py` "
-                "(about 40 minutes on 2 cores), or type a diffusers hub id or local pipeline folder.")
+        return (f"**{entry.title}** is missing from {entry.embedded_dir}: restore it from git or run "
+                "`.venv/bin/python scripts/train_image_model.py` "
+                "(about 55 minutes on 2 cores), or type a diffusers hub id or local pipeline folder.")
     if entry is not None:
         return f"**{entry.title}** — {entry.steps} steps, guidance {entry.guidance_scale} suggested. {entry.notes}"
     return (f"`{model}`: loaded as a diffusers pipeline folder or hub id (model_index.json, text_encoder/, "
@@ -73,6 +83,7 @@ def request_from_image_form(values: dict[str, Any]) -> ImageRunRequest:
         seed=int(values["seed"] or 0),
         height=int(values["height"]) or None,
         width=int(values["width"]) or None,
+        reference=values.get("reference") or "auto",
     )
 
 
@@ -88,6 +99,7 @@ def build_image_tab(arena: Arena) -> ImageTab:
             notes = gr.Markdown(image_model_notes(DEFAULT_IMAGE_MODEL), elem_classes=["arena-notes"])
             controls = build_backend_controls(backend_options, "image-", "/path/to/optimum-cli/text-to-image/export",
                                               image=True)
+            reference = reference_dropdown(backend_options, "image-reference")
         with gr.Column(scale=3):
             prompt = gr.Textbox(IMAGE_EXAMPLE_PROMPTS[0], lines=2, label="Prompt", elem_id="image-prompt")
             negative = gr.Textbox("", label="Negative prompt", elem_id="image-negative")
@@ -108,33 +120,37 @@ def build_image_tab(arena: Arena) -> ImageTab:
                                                          "unavailable" if control.unavailable else "idle"))
                         image = gr.Image(label="Image", type="numpy", interactive=False, height=256,
                                          elem_id=f"image-{control.name}", elem_classes=["arena-pixelated"])
+                        heatmap = gr.Image(label="Difference to the reference", type="numpy", interactive=False,
+                                           height=128, elem_id=f"heatmap-{control.name}",
+                                           elem_classes=["arena-pixelated"])
                         metrics = gr.Markdown(control.unavailable, elem_id=f"image-metrics-{control.name}")
-                    panels.append(ImagePanel(control.name, control.title, control, header, image, metrics))
+                    panels.append(ImagePanel(control.name, control.title, control, header, image, heatmap, metrics))
             slider = gr.ImageSlider(label="Reference vs. candidate (drag)", type="numpy", height=320,
                                     elem_id="image-slider", elem_classes=["arena-pixelated"])
             chart = gr.Plot(image_latency_figure({}), label="Latency", elem_id="image-latency-chart")
             with gr.Accordion("Structured result (JSON, same as the /compare_image API)", open=False):
                 result_json = gr.JSON(label="Result")
-    tab = ImageTab(model, notes, prompt, negative, steps, guidance, seed, height, width, run, status, panels,
-                   slider, chart, result_json)
+    tab = ImageTab(model, notes, prompt, negative, steps, guidance, seed, height, width, reference, run, status,
+                   panels, slider, chart, result_json)
     _wire(arena, tab)
     return tab
 
 
 def _wire(arena: Arena, tab: ImageTab) -> None:
     tab.model.change(image_model_notes, tab.model, tab.model_notes, api_visibility="private")
-    inputs = {tab.model, tab.prompt, tab.negative_prompt, tab.steps, tab.guidance, tab.seed, tab.height, tab.width}
+    inputs = {tab.model, tab.prompt, tab.negative_prompt, tab.steps, tab.guidance, tab.seed, tab.height, tab.width,
+              tab.reference}
     for panel in tab.panels:
         inputs.add(panel.controls.enabled)
         inputs.update(panel.controls.widgets.values())
     outputs = [tab.status, tab.slider, tab.chart, tab.result_json]
     for panel in tab.panels:
-        outputs += [panel.header, panel.image, panel.metrics]
+        outputs += [panel.header, panel.image, panel.heatmap, panel.metrics]
 
     def run_from_ui(data: dict, progress=gr.Progress()):
         values = {"model": data[tab.model], "prompt": data[tab.prompt], "negative_prompt": data[tab.negative_prompt],
                   "steps": data[tab.steps], "guidance": data[tab.guidance], "seed": data[tab.seed],
-                  "height": data[tab.height], "width": data[tab.width],
+                  "height": data[tab.height], "width": data[tab.width], "reference": data[tab.reference],
                   "backends": {p.name: p.controls.values(data) for p in tab.panels}}
         try:
             request = request_from_image_form(values)
@@ -145,7 +161,8 @@ def _wire(arena: Arena, tab: ImageTab) -> None:
         yield {tab.status: "Running…", tab.slider: None, **{
             c: v for p in tab.panels for c, v in (
                 (p.header, panel_header(p.title, None, idle_panel(p.name, selected, p.controls.unavailable)[0])),
-                (p.image, None), (p.metrics, idle_panel(p.name, selected, p.controls.unavailable)[1]))}}
+                (p.image, None), (p.heatmap, None),
+                (p.metrics, idle_panel(p.name, selected, p.controls.unavailable)[1]))}}
         for result in arena.run_image(request, progress=lambda f, d: progress(f, desc=d)):
             yield render_image_run(tab, result, selected)
 
@@ -154,13 +171,15 @@ def _wire(arena: Arena, tab: ImageTab) -> None:
 
 
 def image_run_dict(result: ImageRunResult) -> dict[str, Any]:
-    """The JSON result plus each backend's PSNR against the first successful image (the reference).
+    """The JSON result plus each backend's PSNR against the run's reference image.
 
     Identical images have infinite PSNR; JSON has no infinity, so they report 99.0 dB with ``identical: true``.
     """
     data = result.to_dict()
     images = [r.image for r in result.results]
-    reference_index = next((i for i, image in enumerate(images) if image is not None), None)
+    reference_index = data.get("reference_index")
+    if reference_index is None or reference_index >= len(images) or images[reference_index] is None:
+        reference_index = None
     for index, (entry, image) in enumerate(zip(data["results"], images, strict=True)):
         entry["is_reference"] = index == reference_index
         entry["psnr_vs_reference_db"], entry["identical_to_reference"] = None, None
@@ -177,14 +196,20 @@ def image_run_dict(result: ImageRunResult) -> dict[str, Any]:
 def render_image_run(tab: ImageTab, result: ImageRunResult, selected: set[str]) -> dict:
     run = image_run_dict(result)
     by_backend = {r.spec.backend: (r, d) for r, d in zip(result.results, run["results"], strict=True)}
-    done = [r.image for r in result.results if r.image is not None]
+    index = run.get("reference_index")
+    reference = result.results[index].image if index is not None and index < len(result.results) else None
+    others = [r.image for i, r in enumerate(result.results) if r.image is not None and i != index]
     updates: dict = {tab.status: image_summary(run) if run["results"] or run.get("error") else "Running…",
                      tab.chart: image_latency_figure(run), tab.result_json: json.loads(json.dumps(run, default=str)),
-                     tab.slider: (done[0], done[1]) if len(done) >= 2 else None}
+                     tab.slider: (reference, others[0]) if reference is not None and others else None}
     for panel in tab.panels:
         found = by_backend.get(panel.name)
         state, idle = idle_panel(panel.name, selected, panel.controls.unavailable, bool(run.get("error")))
         updates[panel.header] = panel_header(panel.title, found[1] if found else None, state)
         updates[panel.image] = found[0].image if found else None
+        image = found[0].image if found else None
+        comparable = image is not None and reference is not None and image is not reference \
+            and image.shape == reference.shape
+        updates[panel.heatmap] = difference_heatmap(reference, image) if comparable else None
         updates[panel.metrics] = image_metrics(found[1]) if found else idle
     return updates

@@ -12,7 +12,13 @@ from arena.catalog import CATALOG, DEFAULT_TEXT_MODEL, EXAMPLE_PROMPTS, PROMPT_F
 from arena.core import Arena
 from arena.types import TextRunRequest
 from ui.charts import text_latency_figure
-from ui.controls import RUN_CONCURRENCY_ID, BackendOptionControls, build_backend_controls, specs_from_form
+from ui.controls import (
+    RUN_CONCURRENCY_ID,
+    BackendOptionControls,
+    build_backend_controls,
+    reference_dropdown,
+    specs_from_form,
+)
 from ui.format import idle_panel, panel_header, panel_metrics, run_summary
 
 
@@ -38,6 +44,7 @@ class TextTab:
     ignore_eos: gr.Checkbox
     warmup: gr.Number
     repeats: gr.Number
+    reference: gr.Dropdown
     run: gr.Button
     status: gr.Markdown
     backends: list[BackendControls]
@@ -66,6 +73,7 @@ def request_from_form(values: dict[str, Any]) -> TextRunRequest:
         ignore_eos=bool(values["ignore_eos"]),
         warmup=max(0, int(values["warmup"] or 0)),
         repeats=max(1, int(values["repeats"] or 1)),
+        reference=values.get("reference") or "auto",
     )
 
 
@@ -83,6 +91,7 @@ def build_text_tab(arena: Arena) -> TextTab:
                                         value="auto", label="Prompt format")
             controls = build_backend_controls(backend_options, "", "/path/to/optimum-cli/export")
             max_new_tokens = gr.Slider(1, 512, value=64, step=1, label="Max new tokens")
+            reference = reference_dropdown(backend_options, "text-reference")
             with gr.Accordion("Timing protocol", open=False):
                 ignore_eos = gr.Checkbox(False, label="Ignore EOS (always generate max new tokens)",
                                          info="For benchmarking: every backend produces the same number of tokens.")
@@ -108,8 +117,8 @@ def build_text_tab(arena: Arena) -> TextTab:
             chart = gr.Plot(text_latency_figure({}), label="Latency", elem_id="latency-chart")
             with gr.Accordion("Structured result (JSON, same as the /compare_text API)", open=False):
                 result_json = gr.JSON(label="Result")
-    tab = TextTab(model, notes, prompt_format, prompt, max_new_tokens, ignore_eos, warmup, repeats, run, status,
-                  panels, chart, result_json)
+    tab = TextTab(model, notes, prompt_format, prompt, max_new_tokens, ignore_eos, warmup, repeats, reference, run,
+                  status, panels, chart, result_json)
     _wire(arena, tab)
     return tab
 
@@ -117,7 +126,7 @@ def build_text_tab(arena: Arena) -> TextTab:
 def _wire(arena: Arena, tab: TextTab) -> None:
     tab.model.change(model_notes, tab.model, tab.model_notes, api_visibility="private")
     inputs = {tab.model, tab.prompt_format, tab.prompt, tab.max_new_tokens, tab.ignore_eos, tab.warmup,
-              tab.repeats}
+              tab.repeats, tab.reference}
     for panel in tab.backends:
         inputs.add(panel.controls.enabled)
         inputs.update(panel.controls.widgets.values())
@@ -129,7 +138,7 @@ def _wire(arena: Arena, tab: TextTab) -> None:
         values = {
             "model": data[tab.model], "prompt_format": data[tab.prompt_format], "prompt": data[tab.prompt],
             "max_new_tokens": data[tab.max_new_tokens], "ignore_eos": data[tab.ignore_eos],
-            "warmup": data[tab.warmup], "repeats": data[tab.repeats],
+            "warmup": data[tab.warmup], "repeats": data[tab.repeats], "reference": data[tab.reference],
             "backends": {p.name: p.controls.values(data) for p in tab.backends},
         }
         try:
@@ -151,6 +160,9 @@ def _wire(arena: Arena, tab: TextTab) -> None:
 def render_run(tab: TextTab, run: dict[str, Any], selected: set[str]) -> dict:
     """Updates for every output from the run's current (possibly partial) result."""
     by_backend = {r["backend"]: r for r in run["results"]}
+    index = run.get("reference_index")
+    reference = run["results"][index] if index is not None and index < len(run["results"]) else None
+    reference_text = reference["text"] if reference and not reference.get("error") else None
     updates: dict = {tab.status: run_summary(run) if run["results"] or run.get("error") else "Running…",
                      tab.chart: text_latency_figure(run), tab.result_json: json.loads(json.dumps(run, default=str))}
     for panel in tab.backends:
@@ -158,5 +170,6 @@ def render_run(tab: TextTab, run: dict[str, Any], selected: set[str]) -> dict:
         state, idle = idle_panel(panel.name, selected, panel.controls.unavailable, bool(run.get("error")))
         updates[panel.header] = panel_header(panel.title, result, state)
         updates[panel.answer] = result["text"] if result else ""
-        updates[panel.metrics] = panel_metrics(result) if result else idle
+        updates[panel.metrics] = panel_metrics(result, None if result is reference else reference_text) \
+            if result else idle
     return updates

@@ -1,0 +1,79 @@
+"""Headless judgement: is a candidate (for example a user's ONNX export) broken? Used by the CLI and the API.
+
+The candidate runs next to the reference (PyTorch fp32 by default) on a few prompts; every run is judged
+(`arena.verdicts`) and the candidate is broken when any of its verdicts says so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from arena.catalog import IMAGE_CATALOG, IMAGE_EXAMPLE_PROMPTS, find_image_catalog_model
+from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
+
+TEXT_PROMPTS = (
+    "Why should one run machine learning models on-premises?",
+    "Write a short poem about the sea.",
+    "Explain what a neural network is to a child.",
+)
+
+
+def guess_task(model: str) -> str:
+    """"image" for an image catalog key or a diffusers pipeline folder (or export), else "text"."""
+    if find_image_catalog_model(model) is not None:
+        return "image"
+    return "image" if (Path(model).expanduser() / "model_index.json").is_file() else "text"
+
+
+def check(arena, model: str, candidate: BackendSpec, task: str = "auto", prompts: tuple[str, ...] = (),
+          reference: BackendSpec | None = None, max_new_tokens: int = 48, steps: int | None = None,
+          seed: int = 0, progress=lambda *_: None) -> dict[str, Any]:
+    """Run reference and candidate on each prompt and collect the verdicts.
+
+    Returns {"broken": bool, "error": str | None, "task", "model", "candidate", "reference", "checks": [{prompt,
+    candidate verdict, reference verdict, ...}]}. ``error`` is a problem before any verdict (no such model).
+    """
+    task = guess_task(model) if task == "auto" else task
+    reference = reference or BackendSpec("pytorch")
+    prompts = tuple(prompts) or (IMAGE_EXAMPLE_PROMPTS[:3] if task == "image" else TEXT_PROMPTS)
+    out: dict[str, Any] = {"task": task, "model": model, "candidate": candidate.to_dict(),
+                           "reference": reference.to_dict(), "checks": [], "error": None}
+    for prompt in prompts:
+        if task == "image":
+            entry = find_image_catalog_model(model) or IMAGE_CATALOG[0]
+            request = ImageRunRequest(model=model, prompt=prompt, backends=(reference, candidate),
+                                      steps=steps or entry.steps, guidance_scale=entry.guidance_scale, seed=seed,
+                                      reference="0")
+            result = arena.run_image_to_end(request, progress)
+        else:
+            request = TextRunRequest(model=model, prompt=prompt, backends=(reference, candidate),
+                                     max_new_tokens=max_new_tokens, warmup=0, reference="0")
+            result = arena.run_text_to_end(request, progress)
+        if result.error:
+            out["error"] = result.error
+            break
+        ref, cand = result.results
+        out["checks"].append({
+            "prompt": prompt,
+            "verdict": cand.verdict.to_dict(),
+            "reference_verdict": ref.verdict.to_dict(),
+            "output": cand.text if task == "text" else None,
+            "reference_output": ref.text if task == "text" else None,
+        })
+    out["broken"] = out["error"] is not None or any(c["verdict"]["broken"] for c in out["checks"])
+    return out
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """One line per prompt: the candidate's verdict and reason (and the reference's, when it is broken)."""
+    if report["error"]:
+        return [f"ERROR {report['error']}"]
+    lines = []
+    for check_ in report["checks"]:
+        verdict, ref = check_["verdict"], check_["reference_verdict"]
+        lines.append(f"{verdict['kind']:<9} {check_['prompt'][:48]!r}: {verdict['reason']}")
+        if ref["broken"]:
+            lines.append(f"{'':<9} (the reference itself is {ref['kind']}: {ref['reason']})")
+    lines.append(("BROKEN: " if report["broken"] else "OK: ") + BackendSpec.from_any(report["candidate"]).label)
+    return lines

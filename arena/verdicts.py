@@ -1,0 +1,244 @@
+"""Is it broken? One verdict per backend with a one-line reason, the way a careful engineer would judge it.
+
+Text: MATCH, DRIFT (fluent but different), GIBBERISH, EMPTY, ERROR. Image: MATCH, DIFFERENT, BLANK, NOISE, NAN,
+ERROR. Every output is first judged on its own (so a broken reference cannot hide a problem), then against the
+reference backend of the run. Pure numpy (and scikit-image for SSIM): the core runs this in the UI process.
+
+Tolerances depend on the candidate's precision (`TEXT_TOLERANCES`, `IMAGE_TOLERANCES`); the thresholds of the
+stand-alone detectors (`GIBBERISH_NLL`, `LOOP_*`, `BLANK_STD`, `NOISE_CORRELATION`) were set on the labelled
+corpus in tests/corpus/ and are held to it by tests/test_verdicts.py.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from arena.image_metrics import psnr
+
+TEXT_BROKEN = {"GIBBERISH", "EMPTY", "ERROR"}
+IMAGE_BROKEN = {"DIFFERENT", "BLANK", "NOISE", "NAN", "ERROR"}
+
+# First-step logits against the reference: (max absolute error, max error relative to the largest |logit|).
+TEXT_TOLERANCES = {"fp32": (1e-2, 1e-3), "fp16": (0.5, 2e-2), "bf16": (1.0, 5e-2), "int8": (2.0, 1e-1)}
+# Image against the reference: minimum PSNR (dB) and SSIM by precision.
+IMAGE_TOLERANCES = {"fp32": (30.0, 0.95), "fp16": (20.0, 0.75), "bf16": (20.0, 0.75), "int8": (18.0, 0.7)}
+
+GIBBERISH_NLL = 4.5  # mean negative log-likelihood per token (nats) under the reference model
+LOOP_MAX_PERIOD = 4  # a loop of at most this many tokens ...
+LOOP_MIN_SHARE = 0.5  # ... covering at least this share of the output is a degenerate loop
+MIXED_SCRIPT_SHARE = 0.15  # a second writing system with at least this share of the letters
+BLANK_STD = 4.0  # grayscale standard deviation (0-255) under which an image is blank
+NOISE_CORRELATION = 0.35  # neighbour-pixel correlation under which an image has no spatial structure
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: str
+    reason: str
+    broken: bool
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def reference_index(value: str | int | None, specs) -> int:
+    """Which backend of the run is the reference: "auto" is the first PyTorch fp32 (else the first backend); or
+    an index, a backend name ("onnxruntime") or a label ("PyTorch · cpu · fp32")."""
+    value = "auto" if value in (None, "") else value
+    if value == "auto":
+        return next((i for i, s in enumerate(specs) if s.backend == "pytorch" and s.precision == "fp32"), 0)
+    if isinstance(value, int) or str(value).isdigit():
+        index = int(value)
+        if 0 <= index < len(specs):
+            return index
+        raise ValueError(f"Reference {index} is out of range: the run has {len(specs)} backend(s).")
+    for i, spec in enumerate(specs):
+        if str(value).lower() in (spec.backend, spec.label.lower()):
+            return i
+    raise ValueError(f"Reference '{value}' is not one of the run's backends: "
+                     f"{', '.join(s.label for s in specs)}.")
+
+
+# --- text --------------------------------------------------------------------------------------------------
+def loop_share(ids: list[int] | tuple[int, ...], max_period: int = LOOP_MAX_PERIOD) -> tuple[float, int]:
+    """The largest share of the output covered by a short loop repeating to its end, and the loop's period."""
+    n = len(ids)
+    best, best_period = 0.0, 0
+    for period in range(1, max_period + 1):
+        if n < 3 * period:
+            break
+        start = n - period
+        while start - 1 >= 0 and ids[start - 1] == ids[start - 1 + period]:
+            start -= 1
+        covered = n - start
+        if covered >= 3 * period and covered / n > best:
+            best, best_period = covered / n, period
+    return best, best_period
+
+
+def scripts_of(text: str) -> dict[str, int]:
+    """Letters per writing system (LATIN, CYRILLIC, CJK, ...)."""
+    counts: dict[str, int] = {}
+    for ch in text:
+        if ch.isalpha():
+            script = unicodedata.name(ch, "UNKNOWN").split(" ")[0]
+            counts[script] = counts.get(script, 0) + 1
+    return counts
+
+
+def text_signals(text: str, token_ids: list[int] | tuple[int, ...], unk_token_id: int | None = None,
+                 nll: float | None = None) -> dict[str, Any]:
+    """What the stand-alone detectors look at, for the result JSON."""
+    scripts = scripts_of(text)
+    letters = sum(scripts.values())
+    minority = letters - max(scripts.values()) if scripts else 0
+    share, period = loop_share(list(token_ids))
+    return {
+        "empty": not text.strip(),
+        "replacement_chars": text.count("\ufffd"),
+        "unknown_tokens": (sum(t == unk_token_id for t in token_ids) if unk_token_id is not None else 0)
+        + text.count("<unk>"),
+        "loop_share": round(share, 3), "loop_period": period,
+        "scripts": scripts, "minority_script_share": round(minority / letters, 3) if letters else 0.0,
+        "nll": None if nll is None else round(float(nll), 3),
+    }
+
+
+def _gibberish_reason(s: dict[str, Any]) -> str | None:
+    if s["replacement_chars"] or s["unknown_tokens"]:
+        found = [f"{s[key]} {what}" for key, what in (("unknown_tokens", "unknown token(s)"),
+                                                     ("replacement_chars", "replacement character(s) (�)")) if s[key]]
+        return " and ".join(found) + " in the output"
+    if s["loop_share"] >= LOOP_MIN_SHARE:
+        return f"a {s['loop_period']}-token loop fills {s['loop_share']:.0%} of the output"
+    if s["minority_script_share"] >= MIXED_SCRIPT_SHARE and len(s["scripts"]) > 1:
+        names = ", ".join(k.title() for k in sorted(s["scripts"], key=s["scripts"].get, reverse=True))
+        return f"mixed writing systems ({names}; {s['minority_script_share']:.0%} not the main one)"
+    if s["nll"] is not None and s["nll"] > GIBBERISH_NLL:
+        return (f"the reference model finds it implausible: {s['nll']:.1f} nats/token "
+                f"(perplexity {np.exp(s['nll']):.0f}; threshold {GIBBERISH_NLL})")
+    return None
+
+
+def logits_error(candidate: Any, reference: Any) -> dict[str, float] | None:
+    """Max absolute and relative error of first-step logits (finite entries only), or None if not comparable."""
+    if candidate is None or reference is None:
+        return None
+    a, b = np.asarray(candidate, np.float64), np.asarray(reference, np.float64)
+    if a.shape != b.shape:
+        return None
+    finite = np.isfinite(a) & np.isfinite(b)
+    if not finite.any():
+        return {"max_abs": float("inf"), "max_rel": float("inf")}
+    diff = np.abs(a[finite] - b[finite])
+    scale = max(float(np.abs(b[finite]).max()), 1e-6)
+    return {"max_abs": float(diff.max()), "max_rel": float(diff.max() / scale)}
+
+
+def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str, *, error: str | None = None,
+               reference_ids: list[int] | tuple[int, ...] | None = None, is_reference: bool = False,
+               logits: dict[str, float] | None = None, unk_token_id: int | None = None,
+               nll: float | None = None) -> Verdict:
+    """One text output's verdict: on its own first, then against the reference's token ids and logits."""
+    if error:
+        return Verdict("ERROR", error.splitlines()[0][:300], True)
+    signals = text_signals(text, token_ids, unk_token_id, nll)
+    metrics: dict[str, Any] = {"signals": signals, "logits": logits}
+    if signals["empty"]:
+        return Verdict("EMPTY", "the output is empty" + (" (only special tokens)" if token_ids else ""), True,
+                       metrics)
+    why = _gibberish_reason(signals)
+    if why:
+        return Verdict("GIBBERISH", why, True, metrics)
+    if is_reference or reference_ids is None:
+        return Verdict("MATCH", "the reference: fluent on its own" if is_reference else "fluent on its own "
+                       "(no reference to compare with)", False, metrics)
+    ref, ids = list(reference_ids), list(token_ids)
+    same = sum(a == b for a, b in zip(ids, ref, strict=False))
+    first = next((i for i, (a, b) in enumerate(zip(ids, ref, strict=False)) if a != b), min(len(ids), len(ref)))
+    metrics |= {"agreement": round(same / max(len(ref), len(ids), 1), 3), "first_divergence": first
+                if ids != ref else None}
+    abs_tol, rel_tol = TEXT_TOLERANCES.get(precision, TEXT_TOLERANCES["fp32"])
+    within = logits is None or (logits["max_abs"] <= abs_tol or logits["max_rel"] <= rel_tol)
+    logit_note = "" if logits is None else (
+        f"; first-step logits max abs error {logits['max_abs']:.2g} "
+        f"({'within' if within else 'over'} the {precision} tolerance {abs_tol:g})")
+    if ids == ref:
+        return Verdict("MATCH", f"identical tokens ({len(ids)}){logit_note}", False, metrics)
+    return Verdict("DRIFT", f"fluent but diverges at token {first + 1} of {len(ref)}, "
+                   f"{metrics['agreement']:.0%} of tokens agree{logit_note}", False, metrics)
+
+
+# --- images -------------------------------------------------------------------------------------------------
+def neighbour_correlation(image: np.ndarray) -> float:
+    """Mean correlation of each pixel with its right and lower neighbours (grayscale): ~1 for pictures, ~0 for
+    white noise."""
+    gray = np.asarray(image, np.float64).mean(axis=2)
+    gray = gray - gray.mean()
+    denominator = (gray * gray).mean()
+    if denominator == 0:
+        return 1.0
+    horizontal = (gray[:, 1:] * gray[:, :-1]).mean() / denominator
+    vertical = (gray[1:, :] * gray[:-1, :]).mean() / denominator
+    return float((horizontal + vertical) / 2)
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    from skimage.metrics import structural_similarity
+
+    side = min(a.shape[0], a.shape[1])
+    window = min(7, side if side % 2 else side - 1)
+    return float(structural_similarity(a, b, channel_axis=2, data_range=255, win_size=window))
+
+
+def difference_heatmap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|a - b| per pixel as a black-red-yellow heatmap (full scale at 64 levels of difference), uint8 HxWx3."""
+    diff = np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).mean(axis=2)
+    v = np.clip(diff / 64.0, 0, 1)
+    rgb = np.stack([np.clip(2 * v, 0, 1), np.clip(2 * v - 1, 0, 1), np.zeros_like(v)], axis=2)
+    return (rgb * 255).round().astype(np.uint8)
+
+
+def image_signals(image: np.ndarray) -> dict[str, Any]:
+    gray = np.asarray(image, np.float64).mean(axis=2)
+    return {"mean": round(float(gray.mean()), 2), "std": round(float(gray.std()), 2),
+            "neighbour_correlation": round(neighbour_correlation(image), 3)}
+
+
+def judge_image(image: np.ndarray | None, precision: str, *, error: str | None = None,
+                reference: np.ndarray | None = None, is_reference: bool = False) -> Verdict:
+    if error:
+        kind = "NAN" if "NaN" in error else "ERROR"
+        return Verdict(kind, error.splitlines()[0][:300], True)
+    if image is None:
+        return Verdict("ERROR", "no image came back", True)
+    if not np.isfinite(np.asarray(image, np.float64)).all():
+        return Verdict("NAN", "the image has NaN or Inf pixels", True)
+    signals = image_signals(image)
+    metrics: dict[str, Any] = {"signals": signals}
+    if signals["std"] < BLANK_STD:
+        shade = "black" if signals["mean"] < 16 else "white" if signals["mean"] > 239 else "one flat color"
+        return Verdict("BLANK", f"a near-constant image ({shade}: mean {signals['mean']:.0f}, "
+                       f"std {signals['std']:.1f})", True, metrics)
+    if signals["neighbour_correlation"] < NOISE_CORRELATION:
+        return Verdict("NOISE", f"no spatial structure: neighbouring pixels correlate "
+                       f"{signals['neighbour_correlation']:.2f} (pictures: > 0.8)", True, metrics)
+    if is_reference or reference is None:
+        return Verdict("MATCH", "the reference: a picture on its own" if is_reference else
+                       "a picture on its own (no reference to compare with)", False, metrics)
+    if reference.shape != image.shape:
+        return Verdict("DIFFERENT", f"size {image.shape[:2]} differs from the reference's {reference.shape[:2]}",
+                       True, metrics)
+    db, structure = psnr(image, reference), ssim(image, reference)
+    metrics |= {"psnr_db": None if db == float("inf") else round(db, 2), "ssim": round(structure, 4)}
+    min_db, min_ssim = IMAGE_TOLERANCES.get(precision, IMAGE_TOLERANCES["fp32"])
+    shown = "∞" if db == float("inf") else f"{db:.1f}"
+    if db >= min_db or structure >= min_ssim:
+        return Verdict("MATCH", f"PSNR {shown} dB, SSIM {structure:.3f} vs the reference", False, metrics)
+    return Verdict("DIFFERENT", f"PSNR {shown} dB and SSIM {structure:.3f} vs the reference are below the "
+                   f"{precision} tolerance ({min_db:g} dB or SSIM {min_ssim:g})", True, metrics)
