@@ -131,14 +131,16 @@ DEFAULT_IMAGE_MODEL = "scenes-64"
 IMAGE_CATALOG: tuple[ImageCatalogModel, ...] = (
     ImageCatalogModel(
         key=DEFAULT_IMAGE_MODEL,
-        title="Scenes 64px (embedded, offline; not trained yet)",
+        title="Scenes 64px (embedded, offline)",
         embedded_dir="assets/image-model",
         steps=20,
         guidance_scale=4.0,
-        notes="A tiny Stable Diffusion pipeline (CLIP text encoder, cross-attention UNet, AutoencoderKL) made "
-              "by scripts/train_image_model.py from procedural scenes: one circle, square or triangle of 8 "
-              "colors, 3 sizes, 9 positions, on a plain background. 64x64 pixels. Its weights are not in the "
-              "repository yet: the first training run did not learn to follow prompts (docs/image-model.md).",
+        notes="A tiny Stable Diffusion pipeline (CLIP text encoder, cross-attention UNet, AutoencoderKL, "
+              "v-prediction) trained from scratch here by scripts/train_image_model.py on procedural scenes: one "
+              "circle, square or triangle in one of 8 colors (red, green, blue, yellow, purple, orange, white, "
+              "black), small/large, at a position (in the top left, on the right, at the bottom, ...), on a "
+              "plain background of another color. 64x64 pixels, a fraction of a second per image on a CPU. "
+              "Example: \"a small yellow square in the top left on a black background\".",
     ),
     ImageCatalogModel(
         key="stabilityai/stable-diffusion-2-1",
