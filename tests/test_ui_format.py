@@ -71,3 +71,18 @@ def test_image_results_report_psnr_against_the_reference():
     figure = image_latency_figure(data)
     assert len([t for t in figure.data if t.type == "scatter"]) == 3
     assert len([t for t in figure.data if t.type == "bar"]) == 3  # text encoder, UNet, VAE stacks
+
+
+def test_divergence_is_highlighted_and_verdicts_summarized():
+    from ui.format import divergence_markdown, panel_header, verdict_summary
+
+    marked = divergence_markdown("Paris is the capital of France.", "Paris is the capital of <Spain>.")
+    assert "at character 25" in marked and "<mark>&lt;Spain&gt;.</mark>" in marked
+    assert divergence_markdown("same", "same") == ""
+    run = {"results": [
+        {"label": "PyTorch · cpu · fp32", "verdict": {"kind": "MATCH", "reason": "the reference", "broken": False}},
+        {"label": "ONNX Runtime · CPU · int8", "verdict": {"kind": "GIBBERISH", "reason": "loop", "broken": True}}]}
+    summary = verdict_summary(run)
+    assert "BROKEN" in summary and "1 MATCH, 1 GIBBERISH; broken: ONNX Runtime · CPU · int8" in summary
+    header = panel_header("ONNX Runtime", {**run["results"][1], "error": None}, "waiting")
+    assert "arena-badge-error'>GIBBERISH" in header

@@ -18,8 +18,9 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 def build_ui(arena: Arena) -> gr.Blocks:
     """Lay out the whole dashboard around one arena core."""
     with gr.Blocks(title="Backend Arena") as demo:
-        gr.Markdown("# Backend Arena\nThe same prompt through PyTorch and ONNX Runtime, side by side: "
-                    "do the conversions still talk sense, draw the picture, and are they faster?")
+        gr.Markdown("# Backend Arena\nThe same prompt through PyTorch, ONNX Runtime and TensorRT, side by side: "
+                    "do the conversions still talk sense, draw the picture, and are they faster? Each backend "
+                    "gets a verdict against the reference.")
         with gr.Tabs():
             with gr.Tab("Text", id="text"):
                 build_text_tab(arena)
