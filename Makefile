@@ -19,3 +19,4 @@ lint: setup-dev
 
 bench: setup
 	.venv/bin/python benchmarks/text_latency.py
+	.venv/bin/python benchmarks/image_latency.py

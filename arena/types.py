@@ -32,7 +32,9 @@ class BackendSpec:
         if self.backend == "pytorch":
             parts.append(self.device)
         elif self.backend == "onnxruntime":
-            parts.append(self.provider.replace("ExecutionProvider", "") if self.provider != "auto" else "auto")
+            names = {"CPUExecutionProvider": "CPU", "CUDAExecutionProvider": "CUDA",
+                     "TensorrtExecutionProvider": "TensorRT EP"}
+            parts.append(names.get(self.provider, self.provider.replace("ExecutionProvider", "")))
         parts.append(self.precision + (" (VAE fp32)" if self.vae_fp32 and self.precision != "fp32" else ""))
         if self.onnx_dir:
             parts.append("user export")

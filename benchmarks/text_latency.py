@@ -94,7 +94,7 @@ def main() -> None:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for spec in configs:
         if spec in errors and not samples[spec]:
-            lines.append(f"| {spec.label} | not run: {errors[spec].splitlines()[0][:160]} | | | | | | | | |")
+            lines.append(f"| {spec.label} | not run: {errors[spec].splitlines()[0]} | | | | | | | | |")
             continue
         info = load.get(spec)
         export = "-" if info.export_cached is None else ("cached" if info.export_cached else f"{info.export_s:.1f}")

@@ -13,7 +13,6 @@ Exit status: 1 when a test failed, else 0. Nothing is ever reported as passed un
 from __future__ import annotations
 
 import argparse
-import re
 import subprocess
 import sys
 import time
@@ -46,15 +45,24 @@ def _has(command: str) -> bool:
     return which(command) is not None
 
 
-def run_gpu_tests() -> tuple[list[tuple[str, str, str]], str]:
-    """(test id, outcome, reason) for every GPU-marked test, and pytest's last line."""
-    done = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-rA", "-q", "-p", "no:cacheprovider"],
-                          cwd=ROOT, capture_output=True, text=True, check=False)
+def run_gpu_tests(report: Path) -> tuple[list[tuple[str, str, str]], str]:
+    """(test id, outcome, reason) for every GPU-marked test (from pytest's JUnit XML), and pytest's last line."""
+    import xml.etree.ElementTree as ET
+
+    done = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
+                           f"--junitxml={report}"], cwd=ROOT, capture_output=True, text=True, check=False)
     rows = []
-    for line in done.stdout.splitlines():
-        match = re.match(r"^(PASSED|FAILED|ERROR|SKIPPED) (?:\[\d+\] )?(\S+?)(?::\d+)?(?: - (.*))?$", line)
-        if match:
-            rows.append((match.group(2), match.group(1), (match.group(3) or "").strip()))
+    if report.is_file():
+        for case in ET.parse(report).getroot().iter("testcase"):
+            test = f"{case.get('classname', '').split('.')[-1]}::{case.get('name')}"
+            outcome, reason = "PASSED", ""
+            for tag in ("skipped", "failure", "error"):
+                found = case.find(tag)
+                if found is not None:
+                    outcome = {"skipped": "SKIPPED", "failure": "FAILED", "error": "ERROR"}[tag]
+                    reason = (found.get("message") or "").replace("\n", " ").replace("|", "/")
+            rows.append((test, outcome, reason))
+        report.unlink()
     summary = (done.stdout.strip().splitlines() or ["(no output)"])[-1]
     return rows, summary
 
@@ -77,11 +85,11 @@ def main() -> None:
 
     started = time.time()
     env = probe_environment()
-    tests, summary = run_gpu_tests()
+    tests, summary = run_gpu_tests(args.out.with_suffix(".junit.xml"))
     table = run_benchmark(args.rounds, args.max_new_tokens, args.out.with_suffix(".table.md"))
     args.out.with_suffix(".table.md").unlink(missing_ok=True)
     not_verified = [f"- `{test}`: {reason or 'skipped'}" for test, outcome, reason in tests if outcome == "SKIPPED"]
-    not_verified += [f"- benchmark {row.split('|')[1].strip()}: {row.split('not run:')[1].split('|')[0].strip()}"
+    not_verified += [f"- benchmark {row.split('|')[1].strip()}: {row.split('not run:')[1].split(' | ')[0].strip()}"
                      for row in table.splitlines() if "not run:" in row]
     lines = [
         "# GPU check report",
@@ -97,13 +105,14 @@ def main() -> None:
         "",
         "| Test | Outcome | Reason |",
         "|---|---|---|",
-        *[f"| `{test}` | {'not verified (skipped)' if outcome == 'SKIPPED' else outcome.lower()} | {reason} |"
-          for test, outcome, reason in tests],
+        *[f"| `{test}` | {'not verified (skipped)' if outcome == 'SKIPPED' else outcome.lower()} | "
+          f"{reason[:120]} |" for test, outcome, reason in tests],
         "",
         f"## Benchmark: embedded text model, {args.max_new_tokens} new tokens, {args.rounds} interleaved rounds "
         "(medians)",
         "",
-        table.strip(),
+        "\n".join(row.split("not run:")[0] + "not run (reason below) | | | | | | | | |" if "not run:" in row
+                  else row for row in table.strip().splitlines()),
         "",
         "## Not verified on this machine",
         *(not_verified or ["- nothing: every GPU path ran"]),

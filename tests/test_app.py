@@ -67,23 +67,33 @@ def test_api_bad_input_is_a_clear_message(app_server):
 
 
 @pytest.mark.slow
-def test_compare_image_api_returns_both_images_and_timings(app_server, tiny_sd):
+def test_compare_image_api_draws_the_prompt_with_the_default_model(app_server):
+    """The issue's acceptance check: the embedded model, "a red circle on a blue background", seed 0, both
+    backends: a red shape region on a blue background in both images, at least 35 dB apart."""
     import numpy as np
     from PIL import Image
 
+    from arena.catalog import IMAGE_CATALOG
     from arena.image_metrics import psnr
+    from arena.scenes import Scene, score_image
 
+    entry = IMAGE_CATALOG[0]
     client = Client(app_server["url"], verbose=False)
-    gallery, result = client.predict(prompt="a red circle on a blue background", model=str(tiny_sd),
-                                     backends="pytorch,onnxruntime", negative_prompt="", steps=5,
-                                     guidance_scale=4.0, seed=0, height=0, width=0, api_name="/compare_image")
-    assert result["error"] is None and all(r["error"] is None for r in result["results"])
+    gallery, result = client.predict(prompt="a red circle on a blue background", backends="pytorch,onnxruntime",
+                                     negative_prompt="", steps=entry.steps, guidance_scale=entry.guidance_scale,
+                                     seed=0, height=0, width=0, api_name="/compare_image")
+    assert result["error"] is None and all(r["error"] is None for r in result["results"]), result
+    assert result["model"]["source"] == "embedded"
     assert [g["caption"] for g in gallery] == [r["label"] for r in result["results"]]
     images = [np.asarray(Image.open(g["image"]).convert("RGB")) for g in gallery]
-    assert images[0].shape == (32, 32, 3) and psnr(images[0], images[1]) >= 35
-    assert result["results"][1]["psnr_vs_reference_db"] >= 35
+    for image in images:
+        assert image.shape == (64, 64, 3)
+        assert score_image(image, Scene("circle", "red", "blue")) == {"shape_color": "red",
+                                                                      "background_color": "blue", "ok": True}
+    assert psnr(images[0], images[1]) >= 35 and result["results"][1]["psnr_vs_reference_db"] >= 35
+    assert [r["verdict"]["kind"] for r in result["results"]] == ["MATCH", "MATCH"]
     timings = result["results"][0]["timings"]
-    assert len(timings["step_times_s"]) == 5 and timings["unet_s"] > 0 and timings["vae_s"] > 0
-    bad = client.predict(prompt="", model=str(tiny_sd), backends="pytorch", negative_prompt="", steps=5,
-                         guidance_scale=4.0, seed=0, height=0, width=0, api_name="/compare_image")
+    assert len(timings["step_times_s"]) == entry.steps and timings["unet_s"] > 0 and timings["vae_s"] > 0
+    bad = client.predict(prompt="", backends="pytorch", negative_prompt="", steps=5, guidance_scale=4.0, seed=0,
+                         height=0, width=0, api_name="/compare_image")
     assert bad[0] == [] and bad[1]["error"].startswith("The prompt is empty")

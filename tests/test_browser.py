@@ -12,6 +12,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOT = ROOT / "docs" / "screenshots" / "text-arena.png"
+IMAGE_SCREENSHOT = ROOT / "docs" / "screenshots" / "image-arena.png"
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 
@@ -83,19 +84,22 @@ def test_environment_tab_names_whats_missing(app_server, page):
         assert "onnxruntime-gpu" in text  # the install command for the missing provider is on the page
 
 
-def test_image_tab_draws_with_both_backends(app_server, page, tiny_sd, tmp_path):
+def test_image_tab_draws_with_both_backends(app_server, page):
+    """The embedded image model, both backends, verdicts and the difference heatmap; the README's screenshot."""
     page.goto(app_server["url"])
     page.get_by_role("tab", name="Image").click()
     page.wait_for_selector("#run-image")
-    model = page.locator("#image-model input")
-    model.fill(str(tiny_sd))
-    model.press("Enter")
     page.locator("#image-prompt textarea").fill("a red circle on a blue background")
     page.click("#run-image")
     for name in ("pytorch", "onnxruntime"):
         page.wait_for_function(
             f"document.querySelector('#image-metrics-{name}')?.innerText.includes('UNet loop')", timeout=300_000)
         assert page.locator(f"#image-{name} img").count() == 1
-    assert "PSNR vs" in page.locator("#image-status").inner_text()
+    page.wait_for_function("document.querySelector('#image-status')?.innerText.includes('Verdicts')",
+                           timeout=60_000)
+    status = page.locator("#image-status").inner_text()
+    assert "PSNR vs PyTorch" in status and "2 MATCH" in status, status
+    assert page.locator("#heatmap-onnxruntime img").count() == 1
     page.locator("#image-latency-chart .main-svg").first.wait_for(timeout=30_000)
-    page.screenshot(path=str(tmp_path / "image-arena.png"), full_page=True)  # random weights: not for the README
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(IMAGE_SCREENSHOT), full_page=True)

@@ -75,13 +75,26 @@ def test_a_folder_that_is_not_a_pipeline_is_explained(arena, tiny_llama):
     assert "has no model_index.json" in run(arena, tiny_llama).error
 
 
-def test_the_untrained_embedded_model_says_how_to_make_it(arena):
-    from arena.prepare import REPO_ROOT
+@pytest.mark.slow
+def test_the_shipped_model_draws_what_it_is_told_in_both_backends(arena):
+    """The embedded Scenes 64px model: the named colors where they belong, PyTorch and ONNX Runtime alike."""
+    from arena.catalog import IMAGE_CATALOG
+    from arena.scenes import Scene, score_image
 
-    if (REPO_ROOT / "assets" / "image-model" / "model_index.json").is_file():
-        pytest.skip("assets/image-model exists: the embedded model is trained")
-    result = run(arena, "scenes-64")
-    assert "The embedded image model is not in" in result.error and "train_image_model.py" in result.error
+    entry = IMAGE_CATALOG[0]
+    scenes = [Scene("circle", "red", "blue"), Scene("square", "yellow", "black", "small", "in the top left"),
+              Scene("triangle", "white", "purple", "large", "at the bottom")]
+    for index, scene in enumerate(scenes):
+        result = run(arena, entry.key, prompt=scene.describe(), steps=entry.steps,
+                     guidance_scale=entry.guidance_scale, seed=index)
+        assert result.error is None and result.prepared.source == "embedded", result.error
+        torch_result, ort_result = result.results
+        assert torch_result.error is None and ort_result.error is None, (torch_result.error, ort_result.error)
+        for image in (torch_result.image, ort_result.image):
+            assert image.shape == (64, 64, 3)
+            assert score_image(image, scene)["ok"], (scene.describe(), score_image(image, scene))
+        assert psnr(torch_result.image, ort_result.image) >= 35
+        assert [r.verdict.kind for r in result.results] == ["MATCH", "MATCH"]
 
 
 GPU_IMAGE_SPECS = [
@@ -95,7 +108,8 @@ GPU_IMAGE_SPECS = [
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize(("spec", "min_psnr"), GPU_IMAGE_SPECS, ids=[s.label for s, _ in GPU_IMAGE_SPECS])
+@pytest.mark.parametrize(("spec", "min_psnr"), GPU_IMAGE_SPECS,
+                         ids=[s.label.replace(" · ", "-").replace(" ", "_") for s, _ in GPU_IMAGE_SPECS])
 def test_gpu_image_paths_match_the_cpu_reference(arena, tiny_sd, spec, min_psnr):
     problem = arena._backend_cls(spec.backend).check_spec(spec, arena.environment())
     if problem:

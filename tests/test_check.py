@@ -1,0 +1,94 @@
+"""Headless judgement of exports this project has never seen: ONNX exports (optimum's layout) of the embedded
+model broken on purpose here, flagged through the CLI and the API; the good export of the same model passes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from arena.catalog import DEFAULT_TEXT_MODEL
+from arena.types import BackendSpec, TextRunRequest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+PROMPT = "Why should one run machine learning models on-premises?"
+
+
+@pytest.fixture(scope="module")
+def exports(arena, tmp_path_factory):
+    """The embedded model's good export, and copies broken in two ways a conversion goes wrong."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    result = arena.run_text_to_end(TextRunRequest(model=DEFAULT_TEXT_MODEL, prompt="hi", max_new_tokens=2,
+                                                  backends=(BackendSpec("onnxruntime"),)))
+    good = Path(result.results[0].load.artifact_dir)
+    out = {"good": good}
+    root = tmp_path_factory.mktemp("broken-exports")
+
+    def broken_copy(name, edit):
+        target = root / name
+        shutil.copytree(good, target, ignore=shutil.ignore_patterns("*.onnx", "*.onnx_data", "manifest.json"))
+        model = onnx.load(str(good / "model.onnx"))
+        edit(model)
+        onnx.save(model, str(target / "model.onnx"))
+        out[name] = target
+
+    def noisy_weights(model):  # weights damaged in conversion: every attention/MLP matrix gets noise
+        rng = np.random.default_rng(0)
+        for init in model.graph.initializer:
+            array = numpy_helper.to_array(init)
+            if array.ndim == 2 and array.dtype == np.float32 and "embed" not in init.name:
+                noisy = array + rng.standard_normal(array.shape).astype(np.float32) * array.std() * 1.5
+                init.CopyFrom(numpy_helper.from_array(noisy, init.name))
+
+    def negated_logits(model):  # a sign error in the last op: greedy picks the least likely token
+        for node in model.graph.node:
+            node.output[:] = ["logits_raw" if o == "logits" else o for o in node.output]
+        model.graph.node.append(helper.make_node("Neg", ["logits_raw"], ["logits"], name="broken_neg"))
+
+    broken_copy("noisy-weights", noisy_weights)
+    broken_copy("negated-logits", negated_logits)
+    return out
+
+
+def cli_check(export: Path, cache: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, ARENA_CACHE_DIR=str(cache))
+    return subprocess.run([sys.executable, "-m", "arena", "check", "--model", DEFAULT_TEXT_MODEL, "--candidate",
+                           f"onnxruntime:onnx_dir={export}", "--prompt", PROMPT, "--json"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.parametrize("name", ["good", "noisy-weights", "negated-logits"])
+def test_cli_flags_broken_exports_and_passes_the_good_one(exports, session_cache, name):
+    done = cli_check(exports[name], session_cache)
+    report = json.loads(done.stdout)
+    verdict = report["checks"][0]["verdict"]
+    if name == "good":
+        assert done.returncode == 0 and verdict["kind"] == "MATCH", (verdict, done.stderr[-1500:])
+    else:
+        assert done.returncode == 1 and verdict["kind"] == "GIBBERISH", (verdict, done.stderr[-1500:])
+    assert report["checks"][0]["reference_verdict"]["kind"] == "MATCH"
+
+
+def test_api_check_flags_a_broken_export(app_server, exports):
+    from gradio_client import Client
+
+    client = Client(app_server["url"], verbose=False)
+    broken = client.predict(model=DEFAULT_TEXT_MODEL, candidate={"backend": "onnxruntime",
+                                                                 "onnx_dir": str(exports["negated-logits"])},
+                            prompts=[PROMPT], api_name="/check")
+    assert broken["broken"] is True and broken["checks"][0]["verdict"]["kind"] == "GIBBERISH"
+    good = client.predict(model=DEFAULT_TEXT_MODEL, candidate={"backend": "onnxruntime",
+                                                               "onnx_dir": str(exports["good"])},
+                          prompts=[PROMPT], api_name="/check")
+    assert good["broken"] is False and good["checks"][0]["verdict"]["kind"] == "MATCH"
+    missing = client.predict(model="no/such-model-here", candidate="onnxruntime", api_name="/check")
+    assert missing["broken"] is True and missing["error"]
