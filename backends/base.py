@@ -222,6 +222,9 @@ def diffusers_generate(pipe: Any, model: PreparedImage, settings: ImageSettings,
 
         # 2. Denoising loop: the pipeline scales the latents by init_noise_sigma and steps the scheduler.
         def step_end(_pipe, index, _timestep, kwargs):
+            if not torch.isfinite(kwargs["latents"]).all():  # say where, not just that the image is black
+                raise FloatingPointError(f"NaN/Inf first appeared in the latents after step {index + 1}: an fp16 "
+                                         "overflow? Try fp32.")
             on_step(index)
             return kwargs
 

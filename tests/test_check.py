@@ -92,3 +92,41 @@ def test_api_check_flags_a_broken_export(app_server, exports):
     assert good["broken"] is False and good["checks"][0]["verdict"]["kind"] == "MATCH"
     missing = client.predict(model="no/such-model-here", candidate="onnxruntime", api_name="/check")
     assert missing["broken"] is True and missing["error"]
+
+
+@pytest.fixture(scope="module")
+def image_exports(arena, tmp_path_factory):
+    """The embedded image model's pipeline export, and a copy whose UNet weights were damaged."""
+    import onnx
+    from onnx import numpy_helper
+
+    from arena.types import ImageRunRequest
+
+    result = arena.run_image_to_end(ImageRunRequest(model="scenes-64", prompt="a red circle on a blue background",
+                                                    backends=(BackendSpec("onnxruntime"),), steps=2))
+    good = Path(result.results[0].load.artifact_dir)
+    broken = tmp_path_factory.mktemp("broken-image-export") / "export"
+    shutil.copytree(good, broken)
+    unet = onnx.load(str(broken / "unet" / "model.onnx"))
+    rng = np.random.default_rng(1)
+    for init in unet.graph.initializer:
+        array = numpy_helper.to_array(init)
+        if array.ndim == 4 and array.dtype == np.float32:  # every convolution kernel
+            init.CopyFrom(numpy_helper.from_array(
+                array + rng.standard_normal(array.shape).astype(np.float32) * array.std(), init.name))
+    onnx.save(unet, str(broken / "unet" / "model.onnx"))
+    return {"good": good, "broken": broken}
+
+
+def test_cli_judges_pipeline_exports(image_exports, session_cache):
+    env = dict(os.environ, ARENA_CACHE_DIR=str(session_cache))
+    verdicts = {}
+    for name, export in image_exports.items():
+        done = subprocess.run([sys.executable, "-m", "arena", "check", "--model", "scenes-64", "--candidate",
+                               f"onnxruntime:onnx_dir={export}", "--prompt", "a green circle on a white background",
+                               "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        report = json.loads(done.stdout)
+        assert report["task"] == "image", report
+        verdicts[name] = (done.returncode, report["checks"][0]["verdict"]["kind"])
+    assert verdicts["good"] == (0, "MATCH")
+    assert verdicts["broken"][0] == 1 and verdicts["broken"][1] in ("DIFFERENT", "NOISE", "BLANK"), verdicts

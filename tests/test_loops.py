@@ -103,3 +103,26 @@ def test_component_loop_reports_where_nans_first_appear(tiny_sd, sd_export):
             AutoTokenizer.from_pretrained(tiny_sd / "tokenizer"),
             diffusers.EulerDiscreteScheduler.from_config(scheduler), 0.18215, model,
             ImageSettings("a red circle", "", steps=5, guidance_scale=1.0), lambda p: None, lambda s: None)
+
+
+def test_the_diffusers_path_names_the_step_where_nans_appear(tiny_sd):
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None, requires_safety_checker=False)
+    scheduler = json.loads((tiny_sd / "scheduler" / "scheduler_config.json").read_text())
+    scheduler["_class_name"] = "EulerDiscreteScheduler"
+    model = PreparedImage(model_dir=str(tiny_sd), model_name="tiny-sd", source="local", fingerprint="x",
+                          height=32, width=32, latents=np.zeros((1, 4, 8, 8), np.float32),
+                          scheduler=json.dumps(scheduler))
+    forward, calls = pipe.unet.forward, []
+
+    def overflowing(*args, **kwargs):  # an fp16 UNet that overflows on its second call
+        calls.append(1)
+        out = forward(*args, **kwargs)
+        return (out[0] * (torch.inf if len(calls) == 2 else 1),) if isinstance(out, tuple) else out
+
+    pipe.unet.forward = overflowing
+    with pytest.raises(FloatingPointError, match="NaN/Inf first appeared in the latents after step 2"):
+        diffusers_generate(pipe, model, ImageSettings("a red circle", "", steps=4, guidance_scale=3.0),
+                           lambda p: None, lambda s: None)

@@ -90,8 +90,9 @@ def rates(rows: list[tuple[str, str, bool]]) -> dict[str, object]:
     for _, source, flagged in rows:
         by_source[source][0] += flagged
         by_source[source][1] += 1
+    flagged = sum(broken) + sum(good)
     return {"recall": sum(broken) / len(broken), "false_positive": sum(good) / len(good), "broken": len(broken),
-            "good": len(good), "by_source": dict(by_source)}
+            "good": len(good), "precision": sum(broken) / flagged if flagged else 1.0, "by_source": dict(by_source)}
 
 
 @pytest.fixture(scope="module")
@@ -141,10 +142,11 @@ def test_corpus_precision_and_recall(text_corpus_rows, image_corpus_rows):
              "Written by `tests/test_verdicts.py` on every test run; the corpus is built by "
              "`scripts/build_verdict_corpus.py` (real outputs of the embedded models through correct and "
              "deliberately broken backends).", "",
-             "| Modality | Broken samples | Flagged (recall) | Good samples | Wrongly flagged |",
-             "|---|---|---|---|---|"]
+             "| Modality | Broken samples | Flagged (recall) | Good samples | Wrongly flagged | Precision |",
+             "|---|---|---|---|---|---|"]
     for name, r in (("text", text), ("image", image)):
-        lines.append(f"| {name} | {r['broken']} | {r['recall']:.1%} | {r['good']} | {r['false_positive']:.1%} |")
+        lines.append(f"| {name} | {r['broken']} | {r['recall']:.1%} | {r['good']} | {r['false_positive']:.1%} | "
+                     f"{r['precision']:.1%} |")
     lines += ["", "| Source | Label | Flagged as broken |", "|---|---|---|"]
     for name, rows, r in (("text", text_rows, text), ("image", image_corpus_rows, image)):
         labels = {source: label for label, source, _ in rows}
