@@ -79,8 +79,17 @@ def _normalise_backend_name(name: str) -> str:
     return aliases[key]
 
 
+class _Request:
+    """What text and image requests share: JSON with each backend spec as a dict."""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["backends"] = [b.to_dict() for b in self.backends]
+        return data
+
+
 @dataclass(frozen=True)
-class TextRunRequest:
+class TextRunRequest(_Request):
     """One text comparison: the same prompt, greedy, through every selected backend."""
 
     model: str  # catalog key, hub id or local directory
@@ -92,11 +101,6 @@ class TextRunRequest:
     warmup: int = 1  # untimed short generations before timing
     repeats: int = 1  # timed generations; the median is reported
     reference: str = "auto"  # the backend the others are judged against: "auto" (PyTorch fp32), a name or index
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["backends"] = [b.to_dict() for b in self.backends]
-        return data
 
 
 @dataclass(frozen=True)
@@ -228,7 +232,7 @@ def _reference_of(request: Any) -> int | None:
 
 
 @dataclass(frozen=True)
-class ImageRunRequest:
+class ImageRunRequest(_Request):
     """One image comparison: the same prompt, seed, latents, scheduler and steps through every backend."""
 
     model: str
@@ -241,11 +245,6 @@ class ImageRunRequest:
     height: int | None = None  # None: the model's native size
     width: int | None = None
     reference: str = "auto"  # the backend the others are judged against: "auto" (PyTorch fp32), a name or index
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["backends"] = [b.to_dict() for b in self.backends]
-        return data
 
 
 @dataclass(frozen=True)

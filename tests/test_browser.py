@@ -55,7 +55,11 @@ def test_compare_both_backends_in_the_browser(app_server, page):
             timeout=300_000)
     answers = [page.locator(f"#answer-{name} textarea").input_value() for name in ("pytorch", "onnxruntime")]
     assert all(a.strip() for a in answers) and answers[0] == answers[1]
-    assert "identical token ids" in page.locator("#run-status").inner_text()
+    page.wait_for_function("document.querySelector('#run-status')?.innerText.includes('Verdicts')",
+                           timeout=60_000)
+    status = page.locator("#run-status").inner_text()
+    assert "identical token ids" in status and "2 MATCH" in status, status
+    assert "MATCH" in page.locator("#panel-onnxruntime").inner_text()
     chart = page.locator("#latency-chart")
     chart.locator(".main-svg").first.wait_for(timeout=30_000)
     assert chart.locator("g.trace.bars").count() >= 2  # one bar per backend in each subplot
