@@ -66,7 +66,7 @@ def cli_check(export: Path, cache: Path) -> subprocess.CompletedProcess:
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
-@pytest.mark.parametrize("name", ["good", "noisy-weights", "negated-logits"])
+@pytest.mark.parametrize("name", ["good", "noisy-weights"])  # negated-logits: through the API below
 def test_cli_flags_broken_exports_and_passes_the_good_one(exports, session_cache, name):
     done = cli_check(exports[name], session_cache)
     report = json.loads(done.stdout)
