@@ -175,8 +175,12 @@ def engine_cache_fields(onnx_hash: str, trt_version: str, gpu_name: str, capabil
 
 
 def network_flags(trt: Any, plan: PrecisionPlan) -> int:
-    """Network creation flags: strongly typed where the plan says so (required on 11, opt-in on 10)."""
-    if plan.strongly_typed:
+    """Network creation flags: strongly typed where the plan asks for it on TensorRT 10 (opt-in there).
+
+    TensorRT 11 networks are always strongly typed and its ``STRONGLY_TYPED`` flag is deprecated and ignored
+    (its value moved from 1 to 0), so nothing is passed there.
+    """
+    if plan.strongly_typed and trt_major(trt.__version__) < 11:
         return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     return 0
 
@@ -255,6 +259,11 @@ def check_profile_covers(required: dict[str, Shape], engine_profiles: Profiles) 
 class TrtRunner:
     """A deserialized engine as a runner (see `backends.loops`): torch CUDA tensors in, torch CUDA tensors out."""
 
+    device = "cuda"  # where the buffers live (the bindings conformance test runs this class on the CPU)
+
+    def _stream_handle(self) -> int:
+        return self.torch.cuda.current_stream().cuda_stream
+
     def __init__(self, engine_bytes: bytes, label: str) -> None:
         import tensorrt as trt
         import torch
@@ -274,7 +283,7 @@ class TrtRunner:
                   trt.DataType.BF16: torch.bfloat16}
         self.dtypes = {n: dtypes[self.engine.get_tensor_dtype(n)] for n in names}
         self.input_ranks = {n: len(self.engine.get_tensor_shape(n)) for n in self.input_names}
-        self._empty = torch.empty(1, device="cuda")  # a valid address for zero-size tensors (an empty KV cache)
+        self._empty = torch.empty(1, device=self.device)  # a valid address for zero-size tensors (an empty KV cache)
 
     def profiles(self) -> Profiles:
         """Each input's (min, opt, max) in profile 0; a static input's one shape three times."""
@@ -289,16 +298,19 @@ class TrtRunner:
         torch = self.torch
         keep = []
         for name in self.input_names:
-            tensor = inputs[name].to(device="cuda", dtype=self.dtypes[name]).contiguous()
+            tensor = inputs[name].to(device=self.device, dtype=self.dtypes[name]).contiguous()
             keep.append(tensor)
-            self.context.set_input_shape(name, tuple(tensor.shape))
+            if not self.context.set_input_shape(name, tuple(tensor.shape)):
+                low, _, high = self.profiles()[name]
+                raise ArenaError(f"The {self.label} engine cannot take '{name}' of shape {tuple(tensor.shape)}: its "
+                                 f"profile allows {low}..{high}. Rebuild the engine for this length or size.")
             self.context.set_tensor_address(name, tensor.data_ptr() if tensor.numel() else self._empty.data_ptr())
         outputs = {}
         for name in self.output_names:
-            out = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name], device="cuda")
+            out = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name], device=self.device)
             self.context.set_tensor_address(name, out.data_ptr() if out.numel() else self._empty.data_ptr())
             outputs[name] = out
-        if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
+        if not self.context.execute_async_v3(self._stream_handle()):
             raise RuntimeError(f"TensorRT failed to run the {self.label} engine (see the worker log).")
         return outputs
 

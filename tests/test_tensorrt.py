@@ -1,15 +1,14 @@
 """The GPU-free parts of the TensorRT backend: precision plans per TensorRT version, optimization profiles, engine
 cache keys, the builder set-up, profile checks for a user's engine, and what a machine without TensorRT is told.
 
-The builder set-up is checked against a recording stand-in for the `tensorrt` module that has exactly the
-attributes each version has (TensorRT 11 has no ``BuilderFlag.FP16``): it proves which calls the code makes, not
-that an engine builds. Building and running engines needs a GPU (tests/test_backend_contract.py, marked gpu).
+The builder set-up, engine build and runner are checked against the real TensorRT 10 and 11 Python bindings in
+tests/test_tensorrt_bindings.py. Building and running engines needs a GPU (tests/test_backend_contract.py, marked
+gpu).
 """
 
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 
@@ -17,11 +16,9 @@ from arena.errors import ArenaError
 from backends.tensorrt_backend import (
     TensorRTBackend,
     check_profile_covers,
-    configure_builder,
     engine_cache_fields,
     image_profiles,
     llm_profiles,
-    network_flags,
     onnx_digest,
     precision_plan,
     to_ort_trt_options,
@@ -117,73 +114,6 @@ def test_engine_cache_key_changes_with_everything_an_engine_depends_on(tmp_path)
     keys = {json.dumps(fields, sort_keys=True) for fields in [base, *variants]}
     assert len(keys) == 6
     assert json.loads(json.dumps(base)) == base  # plain JSON: it goes into the cache manifest
-
-
-class Recorder:
-    """Records calls; attributes a TensorRT version lacks raise AttributeError like the real module would."""
-
-    def __init__(self, log, name):
-        self._log, self._name = log, name
-
-    def __getattr__(self, attr):
-        return Recorder(self._log, f"{self._name}.{attr}")
-
-    def __call__(self, *args):
-        self._log.append((self._name, args))
-        return len(self._log)
-
-
-def fake_trt(major: int, log: list):
-    # 11 removed every precision flag
-    flags = {"FP16": "FP16", "PREFER_PRECISION_CONSTRAINTS": "PREFER"} if major == 10 else {}
-    layers = [SimpleNamespace(type="SOFTMAX", precision=None, set_output_type=lambda i, t: log.append(("out", t))),
-              SimpleNamespace(type="CONVOLUTION", precision=None, set_output_type=None)]
-    network = SimpleNamespace(num_layers=2, get_layer=layers.__getitem__, layers=layers, num_inputs=3,
-                              get_input=lambda i: [
-        SimpleNamespace(name="sample", shape=(-1, 4, 8, 8)), SimpleNamespace(name="timestep", shape=(-1,)),
-        SimpleNamespace(name="scale", shape=())][i])  # a static input needs no profile
-    profile = Recorder(log, "profile")
-    config = Recorder(log, "config")
-    builder = SimpleNamespace(create_builder_config=lambda: config, create_optimization_profile=lambda: profile)
-    trt = SimpleNamespace(__version__=f"{major}.0.0", BuilderFlag=SimpleNamespace(**flags), float32="float32",
-                          LayerType=SimpleNamespace(SOFTMAX="SOFTMAX", CONVOLUTION="CONVOLUTION"),
-                          MemoryPoolType=SimpleNamespace(WORKSPACE="WORKSPACE"),
-                          NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=1))
-    return trt, builder, network
-
-
-@pytest.mark.parametrize("major", [10, 11])
-def test_builder_setup_per_version(major):
-    log: list = []
-    trt, builder, network = fake_trt(major, log)
-    plan = precision_plan(f"{major}.0.0", "fp16", "unet")
-    profiles = {"sample": ((1, 4, 8, 8), (2, 4, 8, 8), (2, 4, 8, 8)), "timestep": ((1,), (2,), (2,)),
-                "encoder_hidden_states": ((1, 16, 64),) * 3}  # not an input of this network: ignored
-    configure_builder(trt, builder, network, plan, profiles, workspace_bytes=1 << 30)
-    calls = [name for name, _ in log]
-    assert ("config.set_memory_pool_limit", ("WORKSPACE", 1 << 30)) in log
-    assert ("config.set_flag" in calls) == (major == 10)
-    assert [args[0] for name, args in log if name == "profile.set_shape"] == ["sample", "timestep"]
-    assert calls[-1] == "config.add_optimization_profile"
-    assert network_flags(trt, plan) == (2 if major == 11 else 0)  # 1 << STRONGLY_TYPED on 11 only
-    assert [layer.precision for layer in network.layers] == [None, None]
-
-
-def test_tensorrt_10_pins_softmax_layers_for_upcast_attention():
-    log: list = []
-    trt, builder, network = fake_trt(10, log)
-    plan = precision_plan("10.13.3", "fp16", "unet", upcast_attention=True)
-    configure_builder(trt, builder, network, plan, {"sample": ((1, 4, 8, 8),) * 3, "timestep": ((1,),) * 3})
-    assert [layer.precision for layer in network.layers] == ["float32", None]
-    assert ("out", "float32") in log
-    assert [args[0] for name, args in log if name == "config.set_flag"] == ["FP16", "PREFER"]
-
-
-def test_builder_setup_needs_a_profile_for_every_dynamic_input():
-    trt, builder, network = fake_trt(10, [])
-    with pytest.raises(ArenaError, match="dynamic input.*timestep"):
-        configure_builder(trt, builder, network, precision_plan("10.1.0", "fp32"),
-                          {"sample": ((1, 4, 8, 8),) * 3})
 
 
 def test_a_users_engine_must_cover_the_run():
