@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import json
 import os
@@ -72,7 +73,15 @@ def collect() -> dict[str, Any]:
             "version": onnxruntime.__version__,
             "device": onnxruntime.get_device(),
             "providers": list(onnxruntime.get_available_providers()),
+            "cuda_version": getattr(importlib.import_module("onnxruntime.capi.build_and_package_info"),
+                                    "cuda_version", None),
         }
+        try:
+            from backends.onnxruntime_backend import provider_status
+
+            ort_facts["provider_status"] = provider_status(onnxruntime, ort_facts["providers"])
+        except Exception as exc:  # noqa: BLE001 - an unknown status leaves the listed providers offered
+            ort_facts["provider_status_error"] = f"{type(exc).__name__}: {exc}"
     except Exception as exc:  # noqa: BLE001
         ort_facts = {"installed": False, "error": f"{type(exc).__name__}: {exc}"}
     facts["onnxruntime"] = ort_facts

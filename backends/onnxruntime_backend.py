@@ -29,9 +29,11 @@ from backends.base import (
 )
 
 ORT_INSTALL = "pip install 'optimum-onnx[onnxruntime]==0.1.0'"
-ORT_GPU_INSTALL = "pip uninstall -y onnxruntime && pip install onnxruntime-gpu  # CUDA 12/13 + cuDNN 9"
-ORT_TRT_INSTALL = (ORT_GPU_INSTALL.split("  #")[0] + " tensorrt-cu12  # TensorRT 10 libraries (libnvinfer.so.10) "
-                   "on the library path")
+ORT_GPU_INSTALL = ("pip uninstall -y onnxruntime && pip install 'onnxruntime-gpu[cuda,cudnn]==1.31.1'  # CUDA 13 "
+                   "and cuDNN 9 libraries from pip; NVIDIA driver 580 or newer")
+ORT_TRT_INSTALL = (ORT_GPU_INSTALL.split("  #")[0] + " 'tensorrt-cu13>=10.13,<11'  # its TensorRT provider loads "
+                   "TensorRT 10 (libnvinfer.so.10)")
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 PROVIDERS = {
     "CPUExecutionProvider": "CPU",
     "CUDAExecutionProvider": "CUDA",
@@ -156,6 +158,85 @@ def captured_stderr() -> Iterator[list[str]]:
             lines.extend(text.splitlines())
 
 
+def load_gpu_libraries(onnxruntime: Any, provider: str) -> None:
+    """Put the shared libraries a GPU provider links against into this process before a session needs them.
+
+    ONNX Runtime's documented ways: torch's CUDA libraries when torch was imported first, ``preload_dlls()`` for
+    the nvidia-* pip packages (it prints what it cannot find: kept quiet here, the provider check says it), and
+    for the TensorRT provider the tensorrt package, whose ``tensorrt_libs`` loads libnvinfer.
+    """
+    import contextlib
+    import importlib.util
+    import io
+
+    if provider == "TensorrtExecutionProvider" and importlib.util.find_spec("tensorrt") is not None:
+        with contextlib.suppress(Exception):
+            import tensorrt  # noqa: F401
+    if hasattr(onnxruntime, "preload_dlls"):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(Exception):
+            onnxruntime.preload_dlls()
+
+
+def _probe_model() -> bytes:
+    """The smallest ONNX graph (one Relu) a provider can be started with."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def provider_failure_reason(lines: list[str]) -> str:
+    """ONNX Runtime's own words for why a provider did not start (the library it could not load, what it needs)."""
+    import re
+
+    text = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in lines]
+    loaded = next((m for line in text if (m := re.search(r"Failed to load library (\S+) with error: (.+)", line))),
+                  None)
+    needs = next((m.group(1).rstrip(". ") for line in text
+                  if (m := re.search(r"Failed to create \w+\. (Require .*?)\.\s+Please", line))), None)
+    if loaded:
+        reason = f"{Path(loaded.group(1)).name} cannot be loaded: {loaded.group(2).strip()}"
+        return f"{reason} (it requires {needs.removeprefix('Require ')})" if needs else reason
+    if needs:
+        return needs
+    errors = [line.split("] ", 1)[-1] for line in text if line and ("Error" in line or "error" in line)]
+    return errors[-1] if errors else "ONNX Runtime did not say why (see the log)"
+
+
+def provider_status(onnxruntime: Any, available: list[str]) -> dict[str, dict[str, Any]]:
+    """Whether each GPU provider this onnxruntime lists can actually start a session here.
+
+    ``get_available_providers()`` lists what the package was built with, not what runs: onnxruntime-gpu on a
+    machine without its CUDA libraries lists CUDA, then quietly runs everything on the CPU. So each one is
+    started once on a one-node graph; a failure keeps ONNX Runtime's reason.
+    """
+    status: dict[str, dict[str, Any]] = {}
+    for provider in GPU_PROVIDERS:
+        if provider not in available:
+            continue
+        load_gpu_libraries(onnxruntime, provider)
+        error = ""
+        with captured_stderr() as log:
+            try:
+                ran = onnxruntime.InferenceSession(_probe_model(), providers=[provider]).get_providers()
+            except Exception as exc:  # noqa: BLE001 - the reason is the finding
+                ran, error = [], f"{type(exc).__name__}: {exc}"
+        ok = bool(ran) and ran[0] == provider
+        status[provider] = {"ok": ok} if ok else {"ok": False,
+                                                  "reason": provider_failure_reason(log + error.splitlines())}
+    return status
+
+
+def usable_providers(ort_facts: dict[str, Any]) -> list[str]:
+    """The providers onnxruntime lists, less GPU ones that failed to start (see `provider_status`)."""
+    status = ort_facts.get("provider_status", {})
+    return [p for p in ort_facts.get("providers", []) if status.get(p, {}).get("ok", True)]
+
+
 def fallback_warnings(lines: list[str]) -> list[str]:
     """ONNX Runtime's warnings that nodes were not placed on the requested provider (they run on the CPU)."""
     keys = ("not assigned to the preferred execution providers", "fall back", "fallback to CPU",
@@ -192,14 +273,24 @@ class OnnxRuntimeBackend(HFBackend):
 
     @classmethod
     def options(cls, env: dict[str, Any]) -> dict[str, list[OptionChoice]]:
-        have = set(env.get("onnxruntime", {}).get("providers", []))
-        version = env.get("onnxruntime", {}).get("version", "?")
+        ort = env.get("onnxruntime", {})
+        listed, have = set(ort.get("providers", [])), set(usable_providers(ort))
+        version = ort.get("version", "?")
         providers = [OptionChoice("auto", "auto (CUDA if available, else CPU)")]
         for provider, label in PROVIDERS.items():
             if provider in have:
                 providers.append(OptionChoice(provider, label))
                 continue
-            if provider == "CUDAExecutionProvider":
+            if provider in listed:  # built in, but it did not start (see provider_status)
+                reason = ort.get("provider_status", {}).get(provider, {}).get("reason", "")
+                built = f" (built for CUDA {ort['cuda_version']})" if ort.get("cuda_version") else ""
+                fix = f"pip install 'onnxruntime-gpu[cuda,cudnn]=={version}'  # the CUDA and cuDNN libraries it " \
+                      "was built for, from pip; an NVIDIA driver for that CUDA"
+                if provider == "TensorrtExecutionProvider":
+                    fix = fix.split("  #")[0] + " 'tensorrt-cu13>=10.13,<11'  # and TensorRT 10 (libnvinfer.so.10)"
+                why = Availability(False, f"onnxruntime-gpu {version}{built} has the {label} provider, but it cannot "
+                                          f"start here: {reason}.", fix)
+            elif provider == "CUDAExecutionProvider":
                 why = Availability(False, f"onnxruntime {version} has no CUDA provider (CPU package).", ORT_GPU_INSTALL)
             else:
                 why = Availability(False, f"onnxruntime {version} has no TensorRT provider.", ORT_TRT_INSTALL)
@@ -220,7 +311,7 @@ class OnnxRuntimeBackend(HFBackend):
         problem = super().check_spec(spec, env)
         if problem:
             return problem
-        provider = cls.resolve_provider(spec.provider, env.get("onnxruntime", {}).get("providers", []))
+        provider = cls.resolve_provider(spec.provider, usable_providers(env.get("onnxruntime", {})))
         if spec.precision == "int8" and provider != "CPUExecutionProvider":
             return ("int8 dynamic quantization runs on the CPU provider only (the CUDA provider has no dynamic "
                     "quantization kernels; TensorRT needs static QDQ). Pick provider CPUExecutionProvider.")
@@ -238,7 +329,16 @@ class OnnxRuntimeBackend(HFBackend):
     def load(self, model, spec, ctx: LoadContext) -> None:
         import onnxruntime
 
-        provider = self.resolve_provider(spec.provider, onnxruntime.get_available_providers())
+        listed = onnxruntime.get_available_providers()
+        if spec.provider == "auto" and "CUDAExecutionProvider" in listed:  # listed is not the same as usable
+            status = provider_status(onnxruntime, ["CUDAExecutionProvider"])
+            listed = usable_providers({"providers": listed, "provider_status": status})
+            if not status["CUDAExecutionProvider"]["ok"]:
+                ctx.notes.append(f"auto: onnxruntime-gpu {onnxruntime.__version__}'s CUDA provider cannot start "
+                                 f"here ({status['CUDAExecutionProvider']['reason']}), so this runs on the CPU")
+        provider = self.resolve_provider(spec.provider, listed)
+        if provider in GPU_PROVIDERS:
+            load_gpu_libraries(onnxruntime, provider)
         image = model.task == "image"
         export_cached: bool | None
         if spec.onnx_dir:

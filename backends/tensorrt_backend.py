@@ -31,9 +31,10 @@ from arena.errors import ArenaError
 from arena.workers import run_isolated
 from backends.base import AVAILABLE, Availability, Backend, LoadContext, OptionChoice
 
-TRT_INSTALL = ("pip install -r requirements-gpu.txt  # tensorrt-cu12 (TensorRT 10) or tensorrt (11), "
-               "with a CUDA build of torch and an NVIDIA driver")
-TORCH_CUDA_INSTALL = "pip install --force-reinstall torch==2.13.0  # the PyPI Linux wheel is the CUDA build"
+TRT_INSTALL = ("pip install -r requirements-gpu.txt  # tensorrt-cu13 10.x (TensorRT 11 also works here: "
+               "'tensorrt-cu13>=11,<12'), with the CUDA build of torch and an NVIDIA driver for CUDA 13")
+TORCH_CUDA_INSTALL = ("pip install --force-reinstall torch==2.13.0 --index-url https://pypi.org/simple  # PyPI's "
+                      "Linux wheel is the CUDA 13 build")
 SUPPORTED_MAJORS = (10, 11)
 WORKSPACE_BYTES = 8 << 30
 IMAGE_COMPONENTS = ("text_encoder", "unet", "vae_decoder")

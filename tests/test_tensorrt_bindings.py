@@ -1,6 +1,6 @@
 """The TensorRT backend against the real TensorRT 10 and 11 Python bindings, on a machine without a GPU.
 
-The ``tensorrt-cu12-bindings`` wheels on PyPI are the real pybind11 modules (1.3 MB each); what they call into
+The ``tensorrt-cu13-bindings`` wheels on PyPI are the real pybind11 modules (1.3 MB each); what they call into
 (``libnvinfer`` and friends, GBs) comes from NVIDIA's own index, which is not reachable here. Their C entry points
 are nine functions, so this test compiles stand-ins for them that return NULL: the real module then imports, with
 its real enums, ``Dims``, ``Logger``, classes, properties and docstring signatures. tests/trt_conformance.py runs
@@ -50,11 +50,11 @@ def bindings(version: str) -> tuple[Path, Path]:
     if not (package / "tensorrt_bindings").is_dir():
         wheels = home / "wheel"
         got = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-                              "-d", str(wheels), f"tensorrt-cu12-bindings=={version}"],
+                              "-d", str(wheels), f"tensorrt-cu13-bindings=={version}"],
                              capture_output=True, text=True, timeout=300)
         found = sorted(wheels.glob("*.whl"))
         if got.returncode or not found:
-            pytest.skip(f"could not download tensorrt-cu12-bindings=={version} from PyPI: "
+            pytest.skip(f"could not download tensorrt-cu13-bindings=={version} from PyPI: "
                         f"{(got.stderr or got.stdout).strip().splitlines()[-1:]}")
         with zipfile.ZipFile(found[0]) as wheel:
             wheel.extractall(package)

@@ -1,7 +1,7 @@
 """Run the TensorRT backend's builder and runner code against the real TensorRT Python bindings, without a GPU.
 
 Started by tests/test_tensorrt_bindings.py in a fresh interpreter whose ``PYTHONPATH`` holds one version's real
-``tensorrt_bindings`` package (the ``tensorrt-cu12-bindings`` wheel from PyPI) and whose ``LD_LIBRARY_PATH``
+``tensorrt_bindings`` package (the ``tensorrt-cu13-bindings`` wheel from PyPI) and whose ``LD_LIBRARY_PATH``
 holds stand-ins for ``libnvinfer``/``libnvonnxparser``/``libnvinfer_plugin`` (the bindings' only C entry points;
 every one returns NULL). So the module, its enums, ``Dims`` and ``Logger`` are TensorRT's own, but nothing can
 build or run an engine. Builder, network, parser, runtime, engine and context objects are replaced by `Strict`

@@ -1,0 +1,106 @@
+"""onnxruntime-gpu on a machine that cannot run its GPU providers: the real package from PyPI, no GPU.
+
+This is the "silently slower" trap: a laptop or CPU Space that ran the GPU set-up, or a GPU box whose CUDA
+libraries do not match the build. ``get_available_providers()`` still lists CUDA and TensorRT, and a session
+asked for them quietly runs on the CPU. The arena starts each listed GPU provider once (arena.environment) and
+must say which cannot start and why, in ONNX Runtime's own words, refuse them by name, and run "auto" on the CPU.
+
+The wheel (255 MB, cached under .cache/) is put first on the path of the probe and of the workers, so
+``import onnxruntime`` there is onnxruntime-gpu while everything else comes from .venv.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from arena.core import Arena
+from arena.environment import probe_environment
+from arena.types import BackendSpec, TextRunRequest
+from backends.onnxruntime_backend import OnnxRuntimeBackend, usable_providers
+
+ROOT = Path(__file__).resolve().parent.parent
+VERSION = "1.31.1"  # the newest onnxruntime-gpu on PyPI when this was written (CUDA 13.0 build)
+HOME = ROOT / ".cache" / "onnxruntime-gpu" / VERSION
+
+
+@pytest.fixture(scope="module")
+def ort_gpu_path():
+    site = HOME / "site"
+    if not (site / "onnxruntime" / "capi").is_dir():
+        wheels = HOME / "wheel"
+        got = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+                              "-d", str(wheels), f"onnxruntime-gpu=={VERSION}"],
+                             capture_output=True, text=True, timeout=600)
+        found = sorted(wheels.glob("*.whl"))
+        if got.returncode or not found:
+            pytest.skip(f"could not download onnxruntime-gpu=={VERSION} from PyPI: "
+                        f"{(got.stderr or got.stdout).strip().splitlines()[-1:]}")
+        with zipfile.ZipFile(found[0]) as wheel:
+            wheel.extractall(site)
+    return site
+
+
+@pytest.fixture(scope="module")
+def gpu_package_env(ort_gpu_path):
+    """Probe and workers import onnxruntime-gpu; skip where this machine can really run it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ort_gpu_path), os.environ.get("PYTHONPATH")])))
+        patch.syspath_prepend(str(ort_gpu_path))  # spawned workers start with this process's sys.path
+        facts = probe_environment()
+        ort = facts["onnxruntime"]
+        assert ort["installed"] and ort["version"] == VERSION, ort
+        if all(s.get("ok") for s in ort.get("provider_status", {}).values()):
+            pytest.skip("this machine can run onnxruntime-gpu's providers: nothing to refuse")
+        yield facts
+
+
+def test_listed_gpu_providers_that_cannot_start_are_refused_with_the_reason(gpu_package_env):
+    ort = gpu_package_env["onnxruntime"]
+    assert {"CUDAExecutionProvider", "TensorrtExecutionProvider"} <= set(ort["providers"])
+    assert ort["cuda_version"] == "13.0"
+    cuda = ort["provider_status"]["CUDAExecutionProvider"]
+    assert cuda["ok"] is False
+    # ONNX Runtime's own reason: the provider library and the CUDA library it could not load.
+    assert cuda["reason"].startswith("libonnxruntime_providers_cuda.so cannot be loaded: lib"), cuda
+    assert ".so.13: cannot open shared object file" in cuda["reason"] and "CUDA 13" in cuda["reason"]
+    trt = ort["provider_status"]["TensorrtExecutionProvider"]
+    assert trt["ok"] is False and trt["reason"].startswith("libonnxruntime_providers_tensorrt.so cannot be loaded")
+
+    choices = {c.value: c.availability for c in OnnxRuntimeBackend.options(gpu_package_env)["provider"]}
+    assert choices["CPUExecutionProvider"].ok and choices["auto"].ok
+    sentence = choices["CUDAExecutionProvider"].sentence()
+    assert sentence.startswith(f"onnxruntime-gpu {VERSION} (built for CUDA 13.0) has the CUDA provider, but it "
+                               "cannot start here: libonnxruntime_providers_cuda.so cannot be loaded")
+    assert f"Install: `pip install 'onnxruntime-gpu[cuda,cudnn]=={VERSION}'" in sentence
+    assert "tensorrt-cu13>=10.13,<11" in choices["TensorrtExecutionProvider"].sentence()
+    refused = OnnxRuntimeBackend.check_spec(BackendSpec("onnxruntime", provider="CUDAExecutionProvider"),
+                                            gpu_package_env)
+    assert "cannot start here" in refused
+    assert OnnxRuntimeBackend.resolve_provider("auto", usable_providers(ort)) == "CPUExecutionProvider"
+
+
+def test_auto_runs_on_the_cpu_and_matches_pytorch(gpu_package_env, tiny_llama, session_cache):
+    arena = Arena(cache_dir=session_cache)  # fresh workers: they import onnxruntime-gpu
+    try:
+        result = arena.run_text_to_end(TextRunRequest(
+            model=str(tiny_llama), prompt="My name is Arthur and I live in", max_new_tokens=8,
+            prompt_format="plain", ignore_eos=True,
+            backends=(BackendSpec("pytorch"), BackendSpec("onnxruntime"), BackendSpec(
+                "onnxruntime", provider="TensorrtExecutionProvider"))))
+    finally:
+        arena.close()
+    torch_result, ort_result, refused = result.results
+    assert ort_result.error is None, ort_result.error
+    assert ort_result.load.provider == "CPUExecutionProvider"
+    assert any(note.startswith(f"auto: onnxruntime-gpu {VERSION}'s CUDA provider cannot start here (libonnxruntime_"
+                               "providers_cuda.so cannot be loaded") for note in ort_result.load.notes), \
+        ort_result.load.notes
+    assert ort_result.token_ids == torch_result.token_ids
+    assert refused.error.startswith("ONNX Runtime provider 'TensorrtExecutionProvider' cannot run here: "
+                                    f"onnxruntime-gpu {VERSION}")
