@@ -101,6 +101,13 @@ def collect() -> dict[str, Any]:
     return facts
 
 
+def provider_summary(ort_facts: dict[str, Any]) -> str:
+    """The providers onnxruntime lists, each GPU one that did not start marked so (see `provider_status`)."""
+    status = ort_facts.get("provider_status", {})
+    return ", ".join(p + ("" if status.get(p, {}).get("ok", True) else " (listed, but cannot start here)")
+                     for p in ort_facts.get("providers", [])) or "-"
+
+
 def probe_environment(python: str | None = None) -> dict[str, Any]:
     """Run `collect` in a fresh interpreter and return its facts (or an error fact if it failed)."""
     cmd = [python or sys.executable, "-m", "arena.environment"]

@@ -276,7 +276,7 @@ class OnnxRuntimeBackend(HFBackend):
         ort = env.get("onnxruntime", {})
         listed, have = set(ort.get("providers", [])), set(usable_providers(ort))
         version = ort.get("version", "?")
-        providers = [OptionChoice("auto", "auto (CUDA if available, else CPU)")]
+        providers = [OptionChoice("auto", "auto (CUDA if it starts, else CPU)")]
         for provider, label in PROVIDERS.items():
             if provider in have:
                 providers.append(OptionChoice(provider, label))

@@ -30,11 +30,10 @@ from typing import Any
 from arena.errors import ArenaError
 from arena.workers import run_isolated
 from backends.base import AVAILABLE, Availability, Backend, LoadContext, OptionChoice
+from backends.torch_backend import TORCH_CUDA_INSTALL
 
 TRT_INSTALL = ("pip install -r requirements-gpu.txt  # tensorrt-cu13 10.x (TensorRT 11 also works here: "
                "'tensorrt-cu13>=11,<12'), with the CUDA build of torch and an NVIDIA driver for CUDA 13")
-TORCH_CUDA_INSTALL = ("pip install --force-reinstall torch==2.13.0 --index-url https://pypi.org/simple  # PyPI's "
-                      "Linux wheel is the CUDA 13 build")
 SUPPORTED_MAJORS = (10, 11)
 WORKSPACE_BYTES = 8 << 30
 IMAGE_COMPONENTS = ("text_encoder", "unet", "vae_decoder")

@@ -13,8 +13,8 @@ from backends.base import (
 )
 
 TORCH_INSTALL = "pip install torch==2.13.0"
-TORCH_CUDA_INSTALL = ("pip install --force-reinstall torch==2.13.0  # PyPI's Linux x86_64 wheel is the CUDA build; "
-                      "needs an NVIDIA GPU and driver")
+TORCH_CUDA_INSTALL = ("pip install --force-reinstall torch==2.13.0 --index-url https://pypi.org/simple  # PyPI's "
+                      "Linux x86_64 wheel is the CUDA 13 build; needs an NVIDIA GPU and a driver for CUDA 13")
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 

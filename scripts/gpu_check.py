@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from arena.environment import probe_environment  # noqa: E402
+from arena.environment import probe_environment, provider_summary  # noqa: E402
 
 
 def machine_lines(env: dict) -> list[str]:
@@ -34,7 +34,9 @@ def machine_lines(env: dict) -> list[str]:
         f"- CPU: {env.get('cpu_count')} cores, {env.get('memory_gb')} GiB; {env.get('platform')}",
         f"- torch {torch.get('version')} (CUDA build {torch.get('cuda_build')}, CUDA available: "
         f"{torch.get('cuda_available')}, devices: {torch.get('devices')})",
-        f"- onnxruntime {ort.get('version')} providers: {', '.join(ort.get('providers', [])) or '-'}",
+        f"- onnxruntime {ort.get('version')} providers: {provider_summary(ort)}",
+        *(f"  - {name}: {status['reason']}" for name, status in ort.get("provider_status", {}).items()
+          if not status.get("ok")),
         f"- TensorRT: {trt.get('version') if trt.get('installed') else 'not installed'}",
     ]
 

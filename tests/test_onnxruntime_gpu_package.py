@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from arena.core import Arena
-from arena.environment import probe_environment
+from arena.environment import probe_environment, provider_summary
 from arena.types import BackendSpec, TextRunRequest
 from backends.onnxruntime_backend import OnnxRuntimeBackend, usable_providers
 
@@ -72,6 +72,7 @@ def test_listed_gpu_providers_that_cannot_start_are_refused_with_the_reason(gpu_
     trt = ort["provider_status"]["TensorrtExecutionProvider"]
     assert trt["ok"] is False and trt["reason"].startswith("libonnxruntime_providers_tensorrt.so cannot be loaded")
 
+    assert "CUDAExecutionProvider (listed, but cannot start here)" in provider_summary(ort)  # Environment tab
     choices = {c.value: c.availability for c in OnnxRuntimeBackend.options(gpu_package_env)["provider"]}
     assert choices["CPUExecutionProvider"].ok and choices["auto"].ok
     sentence = choices["CUDAExecutionProvider"].sentence()
@@ -104,3 +105,20 @@ def test_auto_runs_on_the_cpu_and_matches_pytorch(gpu_package_env, tiny_llama, s
     assert ort_result.token_ids == torch_result.token_ids
     assert refused.error.startswith("ONNX Runtime provider 'TensorrtExecutionProvider' cannot run here: "
                                     f"onnxruntime-gpu {VERSION}")
+
+
+def test_tensorrt_provider_options_are_names_the_real_provider_knows(ort_gpu_path, tiny_llama, tmp_path):
+    """ONNX Runtime refuses a session with an unknown provider option ('Unknown provider option: "…"'); the
+    names it accepts are compiled into its TensorRT provider library."""
+    import re
+    from types import SimpleNamespace
+
+    library = (ort_gpu_path / "onnxruntime" / "capi" / "libonnxruntime_providers_tensorrt.so").read_bytes()
+    assert b'Unknown provider option: "' in library
+    known = {m.decode() for m in re.findall(rb"trt_[a-z0-9_]+", library)}
+    model = SimpleNamespace(task="text", model_dir=str(tiny_llama), context_length=128)
+    ctx = SimpleNamespace(cache=SimpleNamespace(root=tmp_path))
+    options = OnnxRuntimeBackend._trt_provider_options(model, BackendSpec("onnxruntime", precision="fp16"),
+                                                       tmp_path / "export", ctx)
+    assert set(options) - known == set()
+    assert {"trt_profile_min_shapes", "trt_engine_cache_enable", "trt_fp16_enable"} <= set(options)

@@ -7,6 +7,7 @@ from typing import Any
 import gradio as gr
 
 from arena.core import Arena
+from arena.environment import provider_summary
 
 
 def environment_markdown(env: dict[str, Any], backend_options: dict[str, dict[str, Any]]) -> str:
@@ -21,7 +22,7 @@ def environment_markdown(env: dict[str, Any], backend_options: dict[str, dict[st
         f"- {env.get('cpu_count')} CPU cores, {env.get('memory_gb')} GB RAM",
         f"- GPUs seen by PyTorch: {gpus or 'none'}",
         f"- torch {torch.get('version', 'not installed')} (CUDA build: {torch.get('cuda_build') or 'no'})",
-        f"- onnxruntime {ort.get('version', 'not installed')}, providers: {', '.join(ort.get('providers', [])) or '–'}",
+        f"- onnxruntime {ort.get('version', 'not installed')}, providers: {provider_summary(ort)}",
         "- TensorRT: " + (trt.get("version") or "not installed"),
         "",
         "### Backends and options",
