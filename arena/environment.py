@@ -73,13 +73,16 @@ def collect() -> dict[str, Any]:
             "version": onnxruntime.__version__,
             "device": onnxruntime.get_device(),
             "providers": list(onnxruntime.get_available_providers()),
-            "cuda_version": getattr(importlib.import_module("onnxruntime.capi.build_and_package_info"),
-                                    "cuda_version", None),
         }
+        try:  # what a GPU build was compiled for ("13.0"); absent from some builds
+            info = importlib.import_module("onnxruntime.capi.build_and_package_info")
+            ort_facts["cuda_version"] = getattr(info, "cuda_version", None)
+        except ImportError:
+            ort_facts["cuda_version"] = None
         try:
             from backends.onnxruntime_backend import provider_status
 
-            ort_facts["provider_status"] = provider_status(onnxruntime, ort_facts["providers"])
+            ort_facts["provider_status"] = provider_status(ort_facts["providers"])
         except Exception as exc:  # noqa: BLE001 - an unknown status leaves the listed providers offered
             ort_facts["provider_status_error"] = f"{type(exc).__name__}: {exc}"
     except Exception as exc:  # noqa: BLE001

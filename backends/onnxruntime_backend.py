@@ -207,27 +207,42 @@ def provider_failure_reason(lines: list[str]) -> str:
     return errors[-1] if errors else "ONNX Runtime did not say why (see the log)"
 
 
-def provider_status(onnxruntime: Any, available: list[str]) -> dict[str, dict[str, Any]]:
+PROVIDER_CHECK_TIMEOUT_S = 90  # the TensorRT provider builds an engine for the one-node graph: seconds
+
+
+def start_provider(provider: str) -> bool:
+    """Start ``provider`` on a one-node graph in this process; True if the session really runs on it."""
+    import onnxruntime
+
+    load_gpu_libraries(onnxruntime, provider)
+    ran = onnxruntime.InferenceSession(_probe_model(), providers=[provider]).get_providers()
+    return bool(ran) and ran[0] == provider
+
+
+def provider_status(available: list[str]) -> dict[str, dict[str, Any]]:
     """Whether each GPU provider this onnxruntime lists can actually start a session here.
 
     ``get_available_providers()`` lists what the package was built with, not what runs: onnxruntime-gpu on a
     machine without its CUDA libraries lists CUDA, then quietly runs everything on the CPU. So each one is
-    started once on a one-node graph; a failure keeps ONNX Runtime's reason.
+    started once on a one-node graph, in its own short-lived process (a provider that hangs or crashes costs
+    only its own answer); a failure keeps ONNX Runtime's reason.
     """
+    import subprocess
+
     status: dict[str, dict[str, Any]] = {}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))  # the same onnxruntime
     for provider in GPU_PROVIDERS:
         if provider not in available:
             continue
-        load_gpu_libraries(onnxruntime, provider)
-        error = ""
-        with captured_stderr() as log:
-            try:
-                ran = onnxruntime.InferenceSession(_probe_model(), providers=[provider]).get_providers()
-            except Exception as exc:  # noqa: BLE001 - the reason is the finding
-                ran, error = [], f"{type(exc).__name__}: {exc}"
-        ok = bool(ran) and ran[0] == provider
-        status[provider] = {"ok": ok} if ok else {"ok": False,
-                                                  "reason": provider_failure_reason(log + error.splitlines())}
+        try:
+            done = subprocess.run([sys.executable, "-m", "backends.onnxruntime_backend", "start-provider", provider],
+                                  capture_output=True, text=True, env=env, timeout=PROVIDER_CHECK_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            status[provider] = {"ok": False, "reason": f"starting it took longer than {PROVIDER_CHECK_TIMEOUT_S} s"}
+            continue
+        ok = done.returncode == 0 and done.stdout.strip().endswith("started")
+        status[provider] = {"ok": True} if ok else {
+            "ok": False, "reason": provider_failure_reason((done.stderr + "\n" + done.stdout).splitlines())}
     return status
 
 
@@ -331,7 +346,7 @@ class OnnxRuntimeBackend(HFBackend):
 
         listed = onnxruntime.get_available_providers()
         if spec.provider == "auto" and "CUDAExecutionProvider" in listed:  # listed is not the same as usable
-            status = provider_status(onnxruntime, ["CUDAExecutionProvider"])
+            status = provider_status(["CUDAExecutionProvider"])
             listed = usable_providers({"providers": listed, "provider_status": status})
             if not status["CUDAExecutionProvider"]["ok"]:
                 ctx.notes.append(f"auto: onnxruntime-gpu {onnxruntime.__version__}'s CUDA provider cannot start "
@@ -455,3 +470,15 @@ class OnnxRuntimeBackend(HFBackend):
             config = json.loads((Path(model.model_dir) / "config.json").read_text())
             profiles = llm_profiles(config, model.context_length or 2048)
         return options | to_ort_trt_options(profiles)
+
+
+if __name__ == "__main__":  # python -m backends.onnxruntime_backend start-provider NAME (see `provider_status`)
+    if len(sys.argv) == 3 and sys.argv[1] == "start-provider":
+        try:
+            started = start_provider(sys.argv[2])
+        except Exception as exc:  # noqa: BLE001 - the message is the reason
+            print(f"Error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            started = False
+        print("started" if started else "did not start")
+        sys.exit(0 if started else 1)
+    sys.exit("usage: python -m backends.onnxruntime_backend start-provider PROVIDER")

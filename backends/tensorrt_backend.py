@@ -32,8 +32,8 @@ from arena.workers import run_isolated
 from backends.base import AVAILABLE, Availability, Backend, LoadContext, OptionChoice
 from backends.torch_backend import TORCH_CUDA_INSTALL
 
-TRT_INSTALL = ("pip install -r requirements-gpu.txt  # tensorrt-cu13 10.x (TensorRT 11 also works here: "
-               "'tensorrt-cu13>=11,<12'), with the CUDA build of torch and an NVIDIA driver for CUDA 13")
+TRT_INSTALL = ("bash scripts/setup.sh --gpu  # requirements-gpu.txt: tensorrt-cu13 10.x (TensorRT 11 also works "
+               "here: 'tensorrt-cu13>=11,<12'), onnxruntime-gpu in place of onnxruntime, NVIDIA driver for CUDA 13")
 SUPPORTED_MAJORS = (10, 11)
 WORKSPACE_BYTES = 8 << 30
 IMAGE_COMPONENTS = ("text_encoder", "unet", "vae_decoder")

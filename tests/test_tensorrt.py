@@ -126,8 +126,8 @@ def test_a_users_engine_must_cover_the_run():
 
 @pytest.mark.parametrize(("env", "expected"), [
     ({"tensorrt": {"installed": False}, "torch": {"cuda_available": False}},
-     "TensorRT cannot be imported (the tensorrt package is not installed). Install: `pip install -r "
-     "requirements-gpu.txt"),
+     "TensorRT cannot be imported (the tensorrt package is not installed). Install: `bash scripts/setup.sh "
+     "--gpu"),
     ({"tensorrt": {"installed": True, "version": "8.6.1"}, "torch": {"cuda_available": True}},
      "TensorRT 8.6.1 is installed; this backend needs TensorRT 10 or 11."),
     ({"tensorrt": {"installed": True, "version": "10.13.3"},

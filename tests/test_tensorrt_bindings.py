@@ -11,15 +11,17 @@ the gpu-marked tests and scripts/gpu_check.py).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import unpack
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "tensorrt-bindings"
@@ -31,8 +33,7 @@ STUBS = {
         void* createInferRefitter_INTERNAL(void* engine, void* logger, int version) { return 0; }
         void* createInferRuntime_INTERNAL(void* logger, int version) { return 0; }
         void* getBuilderPluginRegistry(int capability) { return 0; }
-        void* getPluginRegistry(void) { return 0; }
-        int getInferLibVersion(void) { return 0; }""",
+        void* getPluginRegistry(void) { return 0; }""",
     "libnvonnxparser": """
         void* createNvOnnxParser_INTERNAL(void* network, void* logger, int version) { return 0; }
         void* createNvOnnxParserRefitter_INTERNAL(void* refitter, void* logger, int version) { return 0; }
@@ -46,7 +47,8 @@ def bindings(version: str) -> tuple[Path, Path]:
     """(folder holding ``tensorrt_bindings``, folder holding the stand-in libraries) for one version."""
     major = version.split(".")[0]
     home = CACHE / version
-    package, libs = home / "site", home / "lib"
+    stubs = hashlib.sha256(json.dumps(STUBS, sort_keys=True).encode()).hexdigest()[:12]
+    package, libs = home / "site", home / f"lib-{stubs}"  # rebuilt when the stand-ins change
     if not (package / "tensorrt_bindings").is_dir():
         wheels = home / "wheel"
         got = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
@@ -56,8 +58,7 @@ def bindings(version: str) -> tuple[Path, Path]:
         if got.returncode or not found:
             pytest.skip(f"could not download tensorrt-cu13-bindings=={version} from PyPI: "
                         f"{(got.stderr or got.stdout).strip().splitlines()[-1:]}")
-        with zipfile.ZipFile(found[0]) as wheel:
-            wheel.extractall(package)
+        unpack(found[0], package)
     compiler = shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
         pytest.skip("no C compiler to build the stand-in TensorRT libraries (apt install gcc)")

@@ -241,8 +241,12 @@ def check_builder(problems: list, checks: list) -> None:
         if out.read_bytes() != b"serialized engine":
             problems.append("build_engine_file did not write the serialized network")
     network_flag_calls = [args for name, args in log if name == "Builder.create_network"]
-    if network_flag_calls != [(tb.network_flags(trt, plan),)]:
+    if network_flag_calls != [(0,)]:  # 10: weakly typed (FP16 flag); 11: always strongly typed, no flag passed
         problems.append(f"create_network called with {network_flag_calls}")
+    strong = tb.PrecisionPlan("fp16", "fp16", (), True)  # a strongly typed plan on 10 opts in with the flag
+    expected = 1 << 1 if trt.__version__.startswith("10.") else 0
+    if tb.network_flags(trt, strong) != expected:
+        problems.append(f"network_flags for a strongly typed plan: {tb.network_flags(trt, strong)}, not {expected}")
     checks.append("build_engine_file (parse, configure, build, write)")
 
     parser_failed = Strict(PARSER, log, parse_from_file=False, num_errors=1,
