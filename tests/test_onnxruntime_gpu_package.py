@@ -12,8 +12,6 @@ The wheel (255 MB, cached under .cache/) is put first on the path of the probe a
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,7 @@ from arena.core import Arena
 from arena.environment import probe_environment, provider_summary
 from arena.types import BackendSpec, TextRunRequest
 from backends.onnxruntime_backend import OnnxRuntimeBackend, usable_providers
-from tests.helpers import unpack
+from tests.helpers import wheel_from_pypi
 
 ROOT = Path(__file__).resolve().parent.parent
 VERSION = "1.31.1"  # the newest onnxruntime-gpu on PyPI when this was written (CUDA 13.0 build)
@@ -31,18 +29,7 @@ HOME = ROOT / ".cache" / "onnxruntime-gpu" / VERSION
 
 @pytest.fixture(scope="module")
 def ort_gpu_path():
-    site = HOME / "site"
-    if not (site / "onnxruntime" / "capi").is_dir():
-        wheels = HOME / "wheel"
-        got = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-                              "-d", str(wheels), f"onnxruntime-gpu=={VERSION}"],
-                             capture_output=True, text=True, timeout=600)
-        found = sorted(wheels.glob("*.whl"))
-        if got.returncode or not found:
-            pytest.skip(f"could not download onnxruntime-gpu=={VERSION} from PyPI: "
-                        f"{(got.stderr or got.stdout).strip().splitlines()[-1:]}")
-        unpack(found[0], site)
-    return site
+    return wheel_from_pypi(f"onnxruntime-gpu=={VERSION}", HOME, "onnxruntime/capi")
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import unpack
+from tests.helpers import wheel_from_pypi
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "tensorrt-bindings"
@@ -48,17 +48,8 @@ def bindings(version: str) -> tuple[Path, Path]:
     major = version.split(".")[0]
     home = CACHE / version
     stubs = hashlib.sha256(json.dumps(STUBS, sort_keys=True).encode()).hexdigest()[:12]
-    package, libs = home / "site", home / f"lib-{stubs}"  # rebuilt when the stand-ins change
-    if not (package / "tensorrt_bindings").is_dir():
-        wheels = home / "wheel"
-        got = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-                              "-d", str(wheels), f"tensorrt-cu13-bindings=={version}"],
-                             capture_output=True, text=True, timeout=300)
-        found = sorted(wheels.glob("*.whl"))
-        if got.returncode or not found:
-            pytest.skip(f"could not download tensorrt-cu13-bindings=={version} from PyPI: "
-                        f"{(got.stderr or got.stdout).strip().splitlines()[-1:]}")
-        unpack(found[0], package)
+    libs = home / f"lib-{stubs}"  # rebuilt when the stand-ins change
+    package = wheel_from_pypi(f"tensorrt-cu13-bindings=={version}", home, "tensorrt_bindings")
     compiler = shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
         pytest.skip("no C compiler to build the stand-in TensorRT libraries (apt install gcc)")
