@@ -66,15 +66,13 @@ def cli_check(export: Path, cache: Path) -> subprocess.CompletedProcess:
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
-@pytest.mark.parametrize("name", ["good", "noisy-weights"])  # negated-logits: through the API below
-def test_cli_flags_broken_exports_and_passes_the_good_one(exports, session_cache, name):
-    done = cli_check(exports[name], session_cache)
+def test_cli_flags_a_broken_export(exports, session_cache):
+    # The good export passes through the API below (the same report), and the CLI's exit 0 is tested on the tiny
+    # Llama (tests/test_cli.py): one CLI run here, each costs fresh workers loading SmolLM2.
+    done = cli_check(exports["noisy-weights"], session_cache)
     report = json.loads(done.stdout)
     verdict = report["checks"][0]["verdict"]
-    if name == "good":
-        assert done.returncode == 0 and verdict["kind"] == "MATCH", (verdict, done.stderr[-1500:])
-    else:
-        assert done.returncode == 1 and verdict["kind"] == "GIBBERISH", (verdict, done.stderr[-1500:])
+    assert done.returncode == 1 and verdict["kind"] == "GIBBERISH", (verdict, done.stderr[-1500:])
     assert report["checks"][0]["reference_verdict"]["kind"] == "MATCH"
 
 
