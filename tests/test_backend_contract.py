@@ -55,7 +55,7 @@ def test_options_are_well_formed_and_explain_what_is_missing(name):
         assert cls.check_spec(CPU_SPECS[name], ENV) is None
     else:  # the precise reason and the install command, never a silent absence
         problem = cls.check_spec(CPU_SPECS[name], ENV)
-        assert whole.reason in problem and "Install: `pip install" in problem
+        assert whole.install and whole.reason in problem and f"Install: `{whole.install}`" in problem
 
 
 @pytest.mark.parametrize("name", sorted(TEXT_BACKENDS))

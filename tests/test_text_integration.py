@@ -138,5 +138,5 @@ def test_a_backend_this_machine_lacks_is_an_error_with_the_fix(arena, tiny_llama
     result = run(arena, tiny_llama, backends=(BackendSpec("tensorrt"), BackendSpec("pytorch")))
     missing, reference = result.results
     assert missing.error.startswith("TensorRT is not available here: ") and trt.reason in missing.error
-    assert "Install: `pip install" in missing.error
+    assert f"Install: `{trt.install}`" in missing.error and trt.install.startswith(("pip install", "bash scripts/"))
     assert reference.error is None and reference.token_ids  # the other backends still run
