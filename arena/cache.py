@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
+LAST_USED = ".last-used"  # touched on every use: the least recently used entries go first when the cache is full
+HUB_KIND = "hub"  # Hugging Face downloads in public mode (``<root>/hub/models--owner--name``), evicted alike
 
 
 def default_cache_dir() -> Path:
@@ -58,7 +60,10 @@ class ArtifactCache:
     def lookup(self, kind: str, fields: Mapping[str, Any]) -> Path | None:
         """The finished entry for these fields, or None (half-built folders are never returned)."""
         path = self.entry_dir(kind, fields)
-        return path if (path / MANIFEST).is_file() else None
+        if not (path / MANIFEST).is_file():
+            return None
+        mark_used(path)
+        return path
 
     def manifest(self, path: Path) -> dict[str, Any]:
         return json.loads((path / MANIFEST).read_text())
@@ -84,6 +89,7 @@ class ArtifactCache:
                     return final, False
                 shutil.rmtree(final, ignore_errors=True)
             os.rename(tmp, final)
+            mark_used(final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -105,6 +111,63 @@ class ArtifactCache:
                     shutil.rmtree(path, ignore_errors=True)
                     removed.append(path)
         return removed
+
+
+    def entries(self) -> list[tuple[float, int, Path]]:
+        """(last used, bytes, folder) for every finished entry and every hub download, oldest use first."""
+        found = []
+        if not self.root.is_dir():
+            return found
+        for kind_dir in self.root.iterdir():
+            if not kind_dir.is_dir() or kind_dir.name == "logs":
+                continue
+            for path in kind_dir.iterdir():
+                finished = (path / MANIFEST).is_file() or (kind_dir.name == HUB_KIND and path.name.startswith(
+                    ("models--", "datasets--")))
+                if path.is_dir() and finished:
+                    found.append((_last_used(path), _folder_bytes(path), path))
+        return sorted(found, key=lambda item: item[0])
+
+    def enforce_limit(self, max_bytes: float, keep_newest: int = 1) -> list[Path]:
+        """Delete least recently used entries until the cache holds at most ``max_bytes``; returns what went.
+
+        The ``keep_newest`` most recently used entries stay whatever their size (the run that just finished).
+        """
+        entries = self.entries()
+        total = sum(size for _, size, _ in entries)
+        removed = []
+        for _used, size, path in entries[:max(0, len(entries) - keep_newest)]:
+            if total <= max_bytes:
+                break
+            shutil.rmtree(path, ignore_errors=True)
+            total -= size
+            removed.append(path)
+        return removed
+
+
+def mark_used(path: Path) -> None:
+    """Record that an entry was used now (its files' own times say when it was built, not used)."""
+    try:
+        (Path(path) / LAST_USED).touch()
+    except OSError:
+        pass  # a read-only cache still works; it is only evicted in build order
+
+
+def _last_used(path: Path) -> float:
+    marker = path / LAST_USED
+    return marker.stat().st_mtime if marker.exists() else path.stat().st_mtime
+
+
+def _folder_bytes(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                stat = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            total += stat.st_size
+    return total
 
 
 def _pid_of(name: str) -> int | None:

@@ -76,3 +76,25 @@ def test_keys_and_fingerprints_change_with_content(tmp_path):
     time.sleep(0.01)
     (tmp_path / "model.safetensors").write_bytes(b"1234")
     assert directory_fingerprint(tmp_path) != before
+
+
+def test_least_recently_used_entries_go_when_the_cache_is_over_its_limit(tmp_path):
+    """Public mode's disk cap: exports and hub downloads together, least recently used first."""
+    cache = ArtifactCache(tmp_path)
+
+    def build(tmp: Path):
+        (tmp / "weights.bin").write_bytes(b"x" * 1000)
+
+    paths = {name: cache.get_or_build("onnx", {"model": name}, build)[0] for name in ("a", "b", "c")}
+    hub = tmp_path / "hub" / "models--owner--name"
+    (hub / "blobs").mkdir(parents=True)
+    (hub / "blobs" / "x").write_bytes(b"y" * 1000)
+    for age, name in enumerate(("b", "a", "c")):  # b is the oldest use, then the hub download, a, c
+        os.utime(paths[name] / ".last-used", (time.time() - 100 + age * 20,) * 2)
+    os.utime(hub, (time.time() - 90,) * 2)
+    assert cache.lookup("onnx", {"model": "c"}) == paths["c"]  # a lookup is a use
+    removed = cache.enforce_limit(2500)
+    assert removed == [paths["b"], hub]
+    assert cache.lookup("onnx", {"model": "a"}) and cache.lookup("onnx", {"model": "c"})
+    assert cache.enforce_limit(10) == [paths["a"]]  # the newest entry stays, whatever its size
+    assert cache.lookup("onnx", {"model": "c"}) == paths["c"]
