@@ -41,6 +41,10 @@ class WorkerCrashed(ArenaError):
         self.log_tail = log_tail
 
 
+class RunStopped(WorkerCrashed):
+    """The caller asked to stop (the Stop button): the worker and its children were killed mid-call."""
+
+
 class WorkerFailed(ArenaError):
     """The call raised inside the worker; the worker itself is still alive."""
 
@@ -120,8 +124,14 @@ class Worker:
         self.starts += 1
 
     def call(self, op: str, *args: Any, progress: ProgressCallback | None = None,
-             timeout: float | None = None, **kwargs: Any) -> Any:
-        """Run ``op`` on the hosted object and return its value; progress events go to ``progress``."""
+             timeout: float | None = None, cancel: threading.Event | None = None, **kwargs: Any) -> Any:
+        """Run ``op`` on the hosted object and return its value; progress events go to ``progress``.
+
+        ``cancel`` set while the call runs kills the worker and everything it started (an export, an engine
+        build) within about 0.1 s and raises `RunStopped`; the next call starts a fresh worker.
+        """
+        if cancel is not None and cancel.is_set():
+            raise RunStopped(f"The run was stopped before '{op}' started.")
         with self._lock:
             if not self.is_alive():
                 self._discard()
@@ -134,6 +144,9 @@ class Worker:
                 raise WorkerCrashed(f"The {self.name} worker could not take the call ({exc}).") from exc
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:
+                if cancel is not None and cancel.is_set():
+                    self._kill()
+                    raise RunStopped(f"Stopped: the {self.name} worker was ended during '{op}'.")
                 if deadline is not None and time.monotonic() > deadline:
                     tail = read_log_tail(self.log_path)
                     self._kill()
@@ -168,7 +181,9 @@ class Worker:
 
     def _kill(self) -> None:
         if self._process is not None and self._process.is_alive():
+            children = descendants(self._process.pid)  # an isolated export or build must not run on, orphaned
             self._process.kill()
+            kill_all(children)
             self._process.join(5)
         self._discard()
 
@@ -187,6 +202,27 @@ class Worker:
                 except (BrokenPipeError, OSError):
                     pass
             self._kill()
+
+
+def descendants(pid: int) -> list:
+    """Every process ``pid`` started, and theirs (psutil handles)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def kill_all(processes: list) -> None:
+    """SIGKILL each; not waited for (their parent, killed first, no longer reaps them: init does)."""
+    import psutil
+
+    for process in processes:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
 
 
 class WorkerProgress:

@@ -46,6 +46,15 @@ class Toy:
     def sleep(self, seconds: float, progress) -> None:
         time.sleep(seconds)
 
+    def sleep_with_child(self, seconds: float, pid_file: str, progress) -> None:
+        """Start a child process (like an isolated export) that writes its pid, then sleep."""
+        import subprocess
+        import sys
+
+        subprocess.Popen([sys.executable, "-c", f"import os, time; open({pid_file!r}, 'w').write(str(os.getpid()));"
+                          f" time.sleep({seconds})"])
+        time.sleep(seconds)
+
 
 def isolated_ok(path: str) -> None:
     with open(path, "w") as handle:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from arena.workers import Worker, WorkerCrashed, WorkerFailed, run_isolated
+from arena.workers import RunStopped, Worker, WorkerCrashed, WorkerFailed, run_isolated
 
 
 @pytest.fixture
@@ -60,3 +60,31 @@ def test_run_isolated_reports_success_failure_and_crash(tmp_path):
     log.write_text("")
     with pytest.raises(WorkerCrashed, match="toy export crashed: the process was killed by SIGSEGV"):
         run_isolated("tests.helpers:segfault", description="toy export", log_path=Path(log))
+
+
+def test_stop_ends_the_call_and_everything_it_started_within_a_second(toy, tmp_path):
+    """The Stop button's mechanism: a set cancel event kills the worker and its children (an export)."""
+    import os
+    import threading
+    import time
+
+    import psutil
+
+    pid_file = tmp_path / "child.pid"
+    first = toy.call("pid")
+    cancel = threading.Event()
+    stopper = threading.Timer(1.0, cancel.set)
+    stopper.start()
+    start = time.monotonic()
+    with pytest.raises(RunStopped, match="Stopped"):
+        toy.call("sleep_with_child", 60, str(pid_file), cancel=cancel)
+    took = time.monotonic() - start - 1.0
+    assert took < 1.0, f"stopping took {took:.2f} s"
+    for pid in (int(pid_file.read_text()), first):  # SIGKILL lands within moments; a zombie has stopped too
+        deadline = time.monotonic() + 2
+        while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, f"process {pid} still runs"
+            time.sleep(0.05)
+    assert toy.call("pid") not in (first, os.getpid())  # the next call gets a fresh worker
+    with pytest.raises(RunStopped):  # a run already stopped does not start its next call
+        toy.call("pid", cancel=cancel)
