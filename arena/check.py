@@ -19,22 +19,24 @@ TEXT_PROMPTS = (
 )
 
 
-def guess_task(model: str) -> str:
+def guess_task(model: str, look_on_disk: bool = True) -> str:
     """"image" for an image catalog key or a diffusers pipeline folder (or export), else "text"."""
     if find_image_catalog_model(model) is not None:
         return "image"
+    if not look_on_disk:  # public mode: a visitor's string never opens a server path
+        return "text"
     return "image" if (Path(model).expanduser() / "model_index.json").is_file() else "text"
 
 
 def check(arena, model: str, candidate: BackendSpec, task: str = "auto", prompts: tuple[str, ...] = (),
           reference: BackendSpec | None = None, max_new_tokens: int = 48, steps: int | None = None,
-          seed: int = 0, progress=lambda *_: None) -> dict[str, Any]:
+          seed: int = 0, progress=lambda *_: None, cancel=None) -> dict[str, Any]:
     """Run reference and candidate on each prompt and collect the verdicts.
 
     Returns {"broken": bool, "error": str | None, "task", "model", "candidate", "reference", "checks": [{prompt,
     candidate verdict, reference verdict, ...}]}. ``error`` is a problem before any verdict (no such model).
     """
-    task = guess_task(model) if task == "auto" else task
+    task = guess_task(model, look_on_disk=not arena.policy.public) if task == "auto" else task
     reference = reference or BackendSpec("pytorch")
     prompts = tuple(prompts) or (IMAGE_EXAMPLE_PROMPTS[:3] if task == "image" else TEXT_PROMPTS)
     out: dict[str, Any] = {"task": task, "model": model, "candidate": candidate.to_dict(),
@@ -45,11 +47,11 @@ def check(arena, model: str, candidate: BackendSpec, task: str = "auto", prompts
             request = ImageRunRequest(model=model, prompt=prompt, backends=(reference, candidate),
                                       steps=steps or entry.steps, guidance_scale=entry.guidance_scale, seed=seed,
                                       reference="0")
-            result = arena.run_image_to_end(request, progress)
+            result = arena.run_image_to_end(request, progress, cancel)
         else:
             request = TextRunRequest(model=model, prompt=prompt, backends=(reference, candidate),
                                      max_new_tokens=max_new_tokens, warmup=0, reference="0")
-            result = arena.run_text_to_end(request, progress)
+            result = arena.run_text_to_end(request, progress, cancel)
         if result.error:
             out["error"] = result.error
             break

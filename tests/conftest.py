@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -52,15 +53,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def app_server(session_cache, tmp_path_factory):
-    """`python app.py` in its own process, configured only through the documented environment variables."""
+@contextlib.contextmanager
+def launched_app(cache: Path, log_dir: Path, args: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                 preexec_fn=None):
+    """`python app.py ARGS` in its own process, configured only through flags and documented environment
+    variables; yields {"url", "pid", "log"} once it answers, and stops it afterwards."""
     port = free_port()
-    env = dict(os.environ, ARENA_CACHE_DIR=str(session_cache), GRADIO_SERVER_NAME="127.0.0.1",
-               GRADIO_SERVER_PORT=str(port), PYTHONUNBUFFERED="1")
-    log_path = tmp_path_factory.mktemp("app") / "app.log"
+    full_env = dict(os.environ, ARENA_CACHE_DIR=str(cache), GRADIO_SERVER_NAME="127.0.0.1",
+                    GRADIO_SERVER_PORT=str(port), PYTHONUNBUFFERED="1", **(env or {}))
+    log_path = log_dir / "app.log"
     log = open(log_path, "w")
-    process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen([sys.executable, "app.py", *args], cwd=ROOT, env=full_env, stdout=log,
+                               stderr=subprocess.STDOUT, preexec_fn=preexec_fn)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
     while True:
@@ -69,16 +73,26 @@ def app_server(session_cache, tmp_path_factory):
             break
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
                 log.close()
                 pytest.fail(f"The app did not come up on {url}:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.5)
-    yield {"url": url, "pid": process.pid, "log": log_path}
-    process.send_signal(signal.SIGINT)
     try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
+        yield {"url": url, "pid": process.pid, "log": log_path}
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def app_server(session_cache, tmp_path_factory):
+    """The app as a local user runs it."""
+    with launched_app(session_cache, tmp_path_factory.mktemp("app")) as app:
+        yield app
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import gradio as gr
 from arena.catalog import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, IMAGE_CATALOG
 from arena.core import Arena
 from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
-from ui.controls import RUN_CONCURRENCY_ID
+from ui.controls import RUN_CONCURRENCY_ID, session_of
 from ui.image_tab import image_run_dict
 
 
@@ -29,6 +29,7 @@ def make_compare_text(arena: Arena):
         warmup: int = 1,
         repeats: int = 1,
         reference: str = "auto",
+        request: gr.Request = None,
     ) -> dict:
         """Run one prompt greedily through several backends and return every answer, token ids and timings.
 
@@ -47,20 +48,21 @@ def make_compare_text(arena: Arena):
         """
         try:
             specs = tuple(BackendSpec.from_any(b) for b in (backends or ["pytorch", "onnxruntime"]))
-            request = TextRunRequest(model=model or DEFAULT_TEXT_MODEL, prompt=prompt, backends=specs,
-                                     max_new_tokens=int(max_new_tokens), prompt_format=prompt_format,
-                                     ignore_eos=bool(ignore_eos), warmup=int(warmup), repeats=int(repeats),
-                                     reference=str(reference or "auto"))
+            run = TextRunRequest(model=model or DEFAULT_TEXT_MODEL, prompt=prompt, backends=specs,
+                                 max_new_tokens=int(max_new_tokens), prompt_format=prompt_format,
+                                 ignore_eos=bool(ignore_eos), warmup=int(warmup), repeats=int(repeats),
+                                 reference=str(reference or "auto"))
         except (ValueError, TypeError) as exc:
             return {"error": str(exc), "results": []}
-        return arena.run_text_to_end(request).to_dict()
+        with arena.stoppable(session_of(request)) as cancel:
+            return arena.run_text_to_end(run, cancel=cancel).to_dict()
 
     return compare_text
 
 
 def make_check(arena: Arena):
     def check(model: str, candidate: Any, task: str = "auto", prompts: list[str] | None = None,
-              reference: Any = "pytorch", max_new_tokens: int = 48) -> dict:
+              reference: Any = "pytorch", max_new_tokens: int = 48, request: gr.Request = None) -> dict:
         """Is the candidate broken? Runs it next to the reference on a few prompts and returns the verdicts.
 
         Args:
@@ -79,13 +81,24 @@ def make_check(arena: Arena):
             spec, ref = BackendSpec.from_any(candidate), BackendSpec.from_any(reference or "pytorch")
         except (ValueError, TypeError) as exc:
             return {"broken": True, "error": str(exc), "checks": []}
-        return run_check(arena, model, spec, task=task or "auto", prompts=tuple(prompts or ()), reference=ref,
-                         max_new_tokens=int(max_new_tokens))
+        with arena.stoppable(session_of(request)) as cancel:
+            return run_check(arena, model, spec, task=task or "auto", prompts=tuple(prompts or ()), reference=ref,
+                             max_new_tokens=int(max_new_tokens), cancel=cancel)
 
     return check
 
 
 HEAVY_MODULES = ("torch", "transformers", "onnxruntime", "optimum", "tensorrt")
+
+
+def make_stop(arena: Arena):
+    def stop(request: gr.Request = None) -> str:
+        """Stop your own run (the one started from this browser tab or API client): its worker is ended at once."""
+        if arena.stop(session_of(request)):
+            return "Stopping your run: its worker was ended; the next run starts a fresh one."
+        return "You have no run in progress."
+
+    return stop
 
 
 def make_diagnostics(arena: Arena):
@@ -107,17 +120,18 @@ def parse_backends(text: str) -> tuple[BackendSpec, ...]:
 
 def make_compare_image(arena: Arena):
     def compare_image(prompt, model, backends, negative_prompt, steps, guidance_scale, seed, height, width,
-                      reference="auto"):
+                      reference="auto", request: gr.Request = None):
         """Draw one prompt from the same seed through several backends; return the images and the result."""
         try:
-            request = ImageRunRequest(model=model or DEFAULT_IMAGE_MODEL, prompt=prompt or "",
-                                      backends=parse_backends(backends), negative_prompt=negative_prompt or "",
-                                      steps=int(steps), guidance_scale=float(guidance_scale), seed=int(seed),
-                                      height=int(height or 0) or None, width=int(width or 0) or None,
-                                      reference=str(reference or "auto"))
+            run = ImageRunRequest(model=model or DEFAULT_IMAGE_MODEL, prompt=prompt or "",
+                                  backends=parse_backends(backends), negative_prompt=negative_prompt or "",
+                                  steps=int(steps), guidance_scale=float(guidance_scale), seed=int(seed),
+                                  height=int(height or 0) or None, width=int(width or 0) or None,
+                                  reference=str(reference or "auto"))
         except (ValueError, TypeError) as exc:
             return [], {"error": str(exc), "results": []}
-        result = arena.run_image_to_end(request)
+        with arena.stoppable(session_of(request)) as cancel:
+            result = arena.run_image_to_end(run, cancel=cancel)
         gallery = [(r.image, r.spec.label) for r in result.results if r.image is not None]
         return gallery, image_run_dict(result)
 
@@ -142,4 +156,7 @@ def register_api(arena: Arena) -> None:
     trigger.click(make_compare_image(arena), inputs, outputs, api_name="compare_image", concurrency_limit=1,
                   concurrency_id=RUN_CONCURRENCY_ID)
     gr.api(make_check(arena), api_name="check", concurrency_limit=1, concurrency_id=RUN_CONCURRENCY_ID)
-    gr.api(make_diagnostics(arena), api_name="diagnostics", api_visibility="undocumented")
+    # Outside the run slot: a stop must not wait behind the run it stops.
+    gr.api(make_stop(arena), api_name="stop", concurrency_limit=None)
+    if not arena.policy.public:  # pids and server paths are nobody's business on a public server
+        gr.api(make_diagnostics(arena), api_name="diagnostics", api_visibility="undocumented")

@@ -27,10 +27,12 @@ class BackendOptionControls:
 
 
 def build_backend_controls(backend_options: dict[str, dict[str, Any]], prefix: str,
-                           export_placeholder: str, image: bool = False) -> list[BackendOptionControls]:
+                           export_placeholder: str, image: bool = False,
+                           allow_paths: bool = True) -> list[BackendOptionControls]:
     """One accordion per backend: run checkbox, option radios, unavailable options with reasons and installs.
 
     ``prefix`` keeps element ids unique between tabs ("" for the Text tab, "image-" for the Image tab).
+    ``allow_paths`` False (public mode) leaves out the fields that name files on the server.
     """
     controls = []
     for name, info in backend_options.items():
@@ -49,12 +51,12 @@ def build_backend_controls(backend_options: dict[str, dict[str, Any]], prefix: s
                 widgets["vae_fp32"] = gr.Checkbox(False, label="Keep the VAE in fp32 (fp16/bf16 runs)",
                                                   info="fp16 VAEs overflow and decode black images.",
                                                   elem_id=f"{prefix}{name}-vae_fp32")
-            if image and name == "tensorrt":
+            if image and name == "tensorrt" and allow_paths:
                 widgets["engine_path"] = gr.Textbox(label="Existing UNet engine (optional)",
                                                     placeholder="/path/to/unet.trt",
                                                     info="A serialized TensorRT UNet built elsewhere; its profile "
                                                          "must cover this image size.")
-            if name == "onnxruntime":
+            if name == "onnxruntime" and allow_paths:
                 widgets["onnx_dir"] = gr.Textbox(label="Existing ONNX export (optional)",
                                                  placeholder=export_placeholder,
                                                  info="Check your own export against PyTorch instead of exporting.")
@@ -80,3 +82,19 @@ def specs_from_form(backends: dict[str, dict[str, Any]]) -> tuple[BackendSpec, .
     """The enabled backends' specs from {name: {"enabled": bool, option: value}}."""
     return tuple(BackendSpec.from_any({"backend": name, **{k: v for k, v in fields.items() if k != "enabled"}})
                  for name, fields in backends.items() if fields["enabled"])
+
+
+def session_of(request: gr.Request | None) -> str:
+    """Whose run this is: the browser tab's or API client's session (each gradio_client Client has one)."""
+    return getattr(request, "session_hash", None) or "local"
+
+
+def wire_stop(arena, button: gr.Button, status: gr.Markdown) -> None:
+    """The Stop button: ends this browser tab's run at once (its worker and any export it started are killed);
+    the run then shows what finished and "Stopped by you" where it was. Outside the run slot, so it never waits."""
+    def stop_button(request: gr.Request):  # not "stop": that api_name is the public /stop endpoint's
+        if arena.stop(session_of(request)):
+            return "Stopping…"
+        return gr.update()
+
+    button.click(stop_button, None, status, api_visibility="private", concurrency_limit=None, queue=False)

@@ -21,7 +21,9 @@ from ui.controls import (
     BackendOptionControls,
     build_backend_controls,
     reference_dropdown,
+    session_of,
     specs_from_form,
+    wire_stop,
 )
 from ui.format import idle_panel, image_metrics, image_summary, panel_header
 
@@ -52,6 +54,7 @@ class ImageTab:
     width: gr.Number
     reference: gr.Dropdown
     run: gr.Button
+    stop: gr.Button
     status: gr.Markdown
     panels: list[ImagePanel]
     slider: gr.ImageSlider
@@ -91,26 +94,32 @@ def build_image_tab(arena: Arena) -> ImageTab:
     """Lay out the tab and wire its events to the arena."""
     backend_options = arena.backend_options()
     default = IMAGE_CATALOG[0]
+    public, limits = arena.policy.public, arena.policy.limits
+    side = limits.max_image_side if public else 2048
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=320):
             model = gr.Dropdown(choices=[(e.title, e.key) for e in IMAGE_CATALOG], value=DEFAULT_IMAGE_MODEL,
                                 allow_custom_value=True, label="Pipeline", elem_id="image-model",
-                                info="Pick one, or type a diffusers hub id or local pipeline folder.")
+                                info="Pick one, or type a diffusers hub id" + ("." if public else
+                                                                                " or local pipeline folder."))
             notes = gr.Markdown(image_model_notes(DEFAULT_IMAGE_MODEL), elem_classes=["arena-notes"])
             controls = build_backend_controls(backend_options, "image-", "/path/to/optimum-cli/text-to-image/export",
-                                              image=True)
+                                              image=True, allow_paths=not public)
             reference = reference_dropdown(backend_options, "image-reference")
         with gr.Column(scale=3):
             prompt = gr.Textbox(IMAGE_EXAMPLE_PROMPTS[0], lines=2, label="Prompt", elem_id="image-prompt")
             negative = gr.Textbox("", label="Negative prompt", elem_id="image-negative")
             gr.Examples([[p] for p in IMAGE_EXAMPLE_PROMPTS], inputs=[prompt], label="Example prompts")
             with gr.Row():
-                steps = gr.Slider(1, 100, value=default.steps, step=1, label="Steps")
+                steps = gr.Slider(1, limits.max_steps if public else 100, value=default.steps, step=1,
+                                  label="Steps")
                 guidance = gr.Slider(1.0, 15.0, value=default.guidance_scale, step=0.5, label="Guidance scale")
                 seed = gr.Number(0, precision=0, label="Seed", elem_id="image-seed")
-                height = gr.Number(0, precision=0, minimum=0, maximum=2048, label="Height (0: native)")
-                width = gr.Number(0, precision=0, minimum=0, maximum=2048, label="Width (0: native)")
-            run = gr.Button("Run", variant="primary", elem_id="run-image")
+                height = gr.Number(0, precision=0, minimum=0, maximum=side, label="Height (0: native)")
+                width = gr.Number(0, precision=0, minimum=0, maximum=side, label="Width (0: native)")
+            with gr.Row():
+                run = gr.Button("Run", variant="primary", elem_id="run-image", scale=4)
+                stop = gr.Button("Stop", variant="stop", elem_id="stop-image", scale=1)
             status = gr.Markdown("", elem_id="image-status", min_height=60)
             panels = []
             with gr.Row(equal_height=True):
@@ -130,8 +139,8 @@ def build_image_tab(arena: Arena) -> ImageTab:
             chart = gr.Plot(image_latency_figure({}), label="Latency", elem_id="image-latency-chart")
             with gr.Accordion("Structured result (JSON, same as the /compare_image API)", open=False):
                 result_json = gr.JSON(label="Result")
-    tab = ImageTab(model, notes, prompt, negative, steps, guidance, seed, height, width, reference, run, status,
-                   panels, slider, chart, result_json)
+    tab = ImageTab(model, notes, prompt, negative, steps, guidance, seed, height, width, reference, run, stop,
+                   status, panels, slider, chart, result_json)
     _wire(arena, tab)
     return tab
 
@@ -147,27 +156,29 @@ def _wire(arena: Arena, tab: ImageTab) -> None:
     for panel in tab.panels:
         outputs += [panel.header, panel.image, panel.heatmap, panel.metrics]
 
-    def run_from_ui(data: dict, progress=gr.Progress()):
+    def run_from_ui(data: dict, http: gr.Request, progress=gr.Progress()):
         values = {"model": data[tab.model], "prompt": data[tab.prompt], "negative_prompt": data[tab.negative_prompt],
                   "steps": data[tab.steps], "guidance": data[tab.guidance], "seed": data[tab.seed],
                   "height": data[tab.height], "width": data[tab.width], "reference": data[tab.reference],
                   "backends": {p.name: p.controls.values(data) for p in tab.panels}}
         try:
-            request = request_from_image_form(values)
+            run = request_from_image_form(values)
         except ValueError as exc:
             yield {tab.status: f"<span class='arena-badge arena-badge-error'>ERROR</span> {exc}"}
             return
-        selected = {spec.backend for spec in request.backends}
+        selected = {spec.backend for spec in run.backends}
         yield {tab.status: "Running…", tab.slider: None, **{
             c: v for p in tab.panels for c, v in (
                 (p.header, panel_header(p.title, None, idle_panel(p.name, selected, p.controls.unavailable)[0])),
                 (p.image, None), (p.heatmap, None),
                 (p.metrics, idle_panel(p.name, selected, p.controls.unavailable)[1]))}}
-        for result in arena.run_image(request, progress=lambda f, d: progress(f, desc=d)):
-            yield render_image_run(tab, result, selected)
+        with arena.stoppable(session_of(http)) as cancel:
+            for result in arena.run_image(run, progress=lambda f, d: progress(f, desc=d), cancel=cancel):
+                yield render_image_run(tab, result, selected)
 
     tab.run.click(run_from_ui, inputs, outputs, api_visibility="private", concurrency_limit=1,
                   concurrency_id=RUN_CONCURRENCY_ID, show_progress_on=[tab.status])
+    wire_stop(arena, tab.stop, tab.status)
 
 
 def image_run_dict(result: ImageRunResult) -> dict[str, Any]:
@@ -194,11 +205,15 @@ def image_run_dict(result: ImageRunResult) -> dict[str, Any]:
 
 
 def render_image_run(tab: ImageTab, result: ImageRunResult, selected: set[str]) -> dict:
-    run = image_run_dict(result)
-    by_backend = {r.spec.backend: (r, d) for r, d in zip(result.results, run["results"], strict=True)}
+    return render_image_dict(tab, image_run_dict(result), [r.image for r in result.results], selected)
+
+
+def render_image_dict(tab: ImageTab, run: dict[str, Any], images: list, selected: set[str]) -> dict:
+    """Updates for every output from a result dict and its images (a live run's, or the stored one's)."""
+    by_backend = {d["backend"]: (image, d) for image, d in zip(images, run["results"], strict=True)}
     index = run.get("reference_index")
-    reference = result.results[index].image if index is not None and index < len(result.results) else None
-    others = [r.image for i, r in enumerate(result.results) if r.image is not None and i != index]
+    reference = images[index] if index is not None and index < len(images) else None
+    others = [image for i, image in enumerate(images) if image is not None and i != index]
     updates: dict = {tab.status: image_summary(run) if run["results"] or run.get("error") else "Running…",
                      tab.chart: image_latency_figure(run), tab.result_json: json.loads(json.dumps(run, default=str)),
                      tab.slider: (reference, others[0]) if reference is not None and others else None}
@@ -206,8 +221,8 @@ def render_image_run(tab: ImageTab, result: ImageRunResult, selected: set[str]) 
         found = by_backend.get(panel.name)
         state, idle = idle_panel(panel.name, selected, panel.controls.unavailable, bool(run.get("error")))
         updates[panel.header] = panel_header(panel.title, found[1] if found else None, state)
-        updates[panel.image] = found[0].image if found else None
-        image = found[0].image if found else None
+        image = found[0] if found else None
+        updates[panel.image] = image
         comparable = image is not None and reference is not None and image is not reference \
             and image.shape == reference.shape
         updates[panel.heatmap] = difference_heatmap(reference, image) if comparable else None

@@ -17,7 +17,9 @@ from ui.controls import (
     BackendOptionControls,
     build_backend_controls,
     reference_dropdown,
+    session_of,
     specs_from_form,
+    wire_stop,
 )
 from ui.format import idle_panel, panel_header, panel_metrics, run_summary
 
@@ -46,6 +48,7 @@ class TextTab:
     repeats: gr.Number
     reference: gr.Dropdown
     run: gr.Button
+    stop: gr.Button
     status: gr.Markdown
     backends: list[BackendControls]
     chart: gr.Plot
@@ -80,28 +83,35 @@ def request_from_form(values: dict[str, Any]) -> TextRunRequest:
 def build_text_tab(arena: Arena) -> TextTab:
     """Lay out the tab and wire its events to the arena."""
     backend_options = arena.backend_options()
+    public, limits = arena.policy.public, arena.policy.limits
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=320):
             model = gr.Dropdown(
                 choices=[(entry.title, entry.key) for entry in CATALOG], value=DEFAULT_TEXT_MODEL,
                 allow_custom_value=True, label="Model",
-                info="Pick one, or type any Hugging Face hub id or local directory of a causal LM.")
+                info="Pick one, or type any Hugging Face hub id" + ("." if public else
+                                                                      " or local directory of a causal LM."))
             notes = gr.Markdown(model_notes(DEFAULT_TEXT_MODEL), elem_classes=["arena-notes"])
             prompt_format = gr.Dropdown(choices=[(f.label, f.name) for f in PROMPT_FORMATS.values()],
                                         value="auto", label="Prompt format")
-            controls = build_backend_controls(backend_options, "", "/path/to/optimum-cli/export")
-            max_new_tokens = gr.Slider(1, 512, value=64, step=1, label="Max new tokens")
+            controls = build_backend_controls(backend_options, "", "/path/to/optimum-cli/export",
+                                              allow_paths=not public)
+            max_new_tokens = gr.Slider(1, min(512, limits.max_new_tokens) if public else 512, value=64, step=1,
+                                       label="Max new tokens")
             reference = reference_dropdown(backend_options, "text-reference")
             with gr.Accordion("Timing protocol", open=False):
                 ignore_eos = gr.Checkbox(False, label="Ignore EOS (always generate max new tokens)",
                                          info="For benchmarking: every backend produces the same number of tokens.")
-                warmup = gr.Number(1, precision=0, minimum=0, maximum=10, label="Warm-up generations (untimed)")
-                repeats = gr.Number(1, precision=0, minimum=1, maximum=20,
+                warmup = gr.Number(1, precision=0, minimum=0, maximum=limits.max_warmup if public else 10,
+                                   label="Warm-up generations (untimed)")
+                repeats = gr.Number(1, precision=0, minimum=1, maximum=limits.max_repeats if public else 20,
                                     label="Timed repeats (median reported)")
         with gr.Column(scale=3):
             prompt = gr.Textbox(EXAMPLE_PROMPTS[0], lines=3, label="Prompt", elem_id="prompt")
             gr.Examples([[p] for p in EXAMPLE_PROMPTS], inputs=[prompt], label="Example prompts")
-            run = gr.Button("Run", variant="primary", elem_id="run-text")
+            with gr.Row():
+                run = gr.Button("Run", variant="primary", elem_id="run-text", scale=4)
+                stop = gr.Button("Stop", variant="stop", elem_id="stop-text", scale=1)
             status = gr.Markdown("", elem_id="run-status", min_height=60)
             panels = []
             with gr.Row(equal_height=True):
@@ -118,7 +128,7 @@ def build_text_tab(arena: Arena) -> TextTab:
             with gr.Accordion("Structured result (JSON, same as the /compare_text API)", open=False):
                 result_json = gr.JSON(label="Result")
     tab = TextTab(model, notes, prompt_format, prompt, max_new_tokens, ignore_eos, warmup, repeats, reference, run,
-                  status, panels, chart, result_json)
+                  stop, status, panels, chart, result_json)
     _wire(arena, tab)
     return tab
 
@@ -134,7 +144,7 @@ def _wire(arena: Arena, tab: TextTab) -> None:
     for panel in tab.backends:
         outputs += [panel.header, panel.answer, panel.metrics]
 
-    def run_from_ui(data: dict, progress=gr.Progress()):
+    def run_from_ui(data: dict, http: gr.Request, progress=gr.Progress()):
         values = {
             "model": data[tab.model], "prompt_format": data[tab.prompt_format], "prompt": data[tab.prompt],
             "max_new_tokens": data[tab.max_new_tokens], "ignore_eos": data[tab.ignore_eos],
@@ -142,19 +152,21 @@ def _wire(arena: Arena, tab: TextTab) -> None:
             "backends": {p.name: p.controls.values(data) for p in tab.backends},
         }
         try:
-            request = request_from_form(values)
+            run = request_from_form(values)
         except ValueError as exc:
             yield {tab.status: f"<span class='arena-badge arena-badge-error'>ERROR</span> {exc}"}
             return
-        selected = {spec.backend for spec in request.backends}
+        selected = {spec.backend for spec in run.backends}
         yield {tab.status: "Running…", **render_run(tab, {"results": []}, selected)}
-        for result in arena.run_text(request, progress=lambda f, d: progress(f, desc=d)):
-            yield render_run(tab, result.to_dict(), selected)
+        with arena.stoppable(session_of(http)) as cancel:
+            for result in arena.run_text(run, progress=lambda f, d: progress(f, desc=d), cancel=cancel):
+                yield render_run(tab, result.to_dict(), selected)
 
     # Progress shows on the status line only: a loading overlay on every output keeps the browser repainting,
     # which on a small machine steals cores from the workers being timed.
     tab.run.click(run_from_ui, inputs, outputs, api_visibility="private", concurrency_limit=1,
                   concurrency_id=RUN_CONCURRENCY_ID, show_progress_on=[tab.status])
+    wire_stop(arena, tab.stop, tab.status)
 
 
 def render_run(tab: TextTab, run: dict[str, Any], selected: set[str]) -> dict:

@@ -1,0 +1,230 @@
+"""Public mode: the one gate every request passes (UI, API, CLI, /check) before any work or disk access.
+
+A public deployment (a Hugging Face Space, or ``app.py --public``) is open to strangers, so:
+- models are catalog entries or hub ids only (no server paths), exports and engines cannot be named
+  (``onnx_dir``/``engine_path`` are server paths);
+- work is capped (tokens, repeats, warm-ups, prompt length, image size and steps, backends per run, model size by
+  parameter count read from the hub before any download, a whole-run time limit, the cache's total size);
+- gated models are refused before a run starts when no Hugging Face token is configured.
+
+Every refusal is one sentence. Off a Space (and without ``--public``) `Policy.local()` checks only gated models,
+so nothing changes for a local user. Caps are operator settings: ``ARENA_<FIELD>`` environment variables (Space
+variables) or ``app.py --limit field=value``. Pure stdlib at import time: safe in the UI process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from arena.catalog import find_catalog_model, find_image_catalog_model
+
+# A hub id: "name" or "owner/name" of letters, digits, '-', '_', '.'; never a path ("..", leading "/", "~", ".").
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+@dataclass(frozen=True)
+class PublicLimits:
+    """What one visitor's run may ask for in public mode. Every field is an operator setting."""
+
+    max_new_tokens: int = 256
+    max_repeats: int = 3
+    max_warmup: int = 2
+    max_prompt_chars: int = 2000
+    max_backends: int = 4
+    max_steps: int = 50
+    max_image_side: int = 768
+    max_parameters: float = 1.5e9  # fp32 weights + an ONNX export of them must fit a 16 GB CPU Space
+    max_cache_gb: float = 30.0  # exports, materialized models and hub downloads together; least recently used go
+    run_time_limit_s: float = 300.0  # the whole run, every backend included
+
+    @classmethod
+    def from_settings(cls, environ: Mapping[str, str] | None = None,
+                      overrides: Mapping[str, str] | None = None) -> PublicLimits:
+        """Defaults, then ``ARENA_<FIELD>`` environment variables, then ``overrides`` ({field: value})."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for name in fields:
+            if f"ARENA_{name.upper()}" in environ:
+                values[name] = environ[f"ARENA_{name.upper()}"]
+        for name, value in (overrides or {}).items():
+            if name not in fields:
+                raise ValueError(f"Unknown limit '{name}': choose one of {', '.join(fields)}.")
+            values[name] = value
+        converted = {}
+        for name, value in values.items():
+            kind = int if fields[name].type in ("int", int) else float
+            try:
+                converted[name] = kind(float(value)) if kind is int else kind(value)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"The limit {name} must be a number, not {value!r}.") from exc
+            if converted[name] <= 0:
+                raise ValueError(f"The limit {name} must be positive, not {value!r}.")
+        return cls(**converted)
+
+
+def parse_limit_overrides(items: list[str] | None) -> dict[str, str]:
+    """``["max_new_tokens=128", ...]`` (the ``--limit`` flags) as a dict."""
+    out = {}
+    for item in items or ():
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--limit takes name=value, not {item!r}.")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def human_count(value: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if value >= size:
+            return f"{value / size:.1f}{unit}".replace(".0", "")
+    return f"{value:.0f}"
+
+
+def hub_token_available() -> bool:
+    """A Hugging Face token is configured (HF_TOKEN, or a `hf auth login` token file). Never returns the token."""
+    if os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN"):
+        return True
+    try:
+        from huggingface_hub import get_token
+
+        return get_token() is not None
+    except Exception:  # noqa: BLE001 - no library, no token
+        return False
+
+
+def hub_model_facts(model_id: str) -> dict[str, Any]:
+    """Parameter count and gating of a hub model from its metadata, before any download.
+
+    The count is the safetensors header total when the Hub has it; otherwise it is estimated from the weight
+    files' sizes at 2 bytes a parameter (an over-estimate for fp32 weights: the cap errs on the safe side).
+    """
+    from huggingface_hub import HfApi
+
+    info = HfApi().model_info(model_id, files_metadata=True)
+    parameters, how = None, ""
+    if getattr(info, "safetensors", None) is not None and getattr(info.safetensors, "total", None):
+        parameters, how = float(info.safetensors.total), "from its safetensors metadata"
+    else:
+        weights = [s.size or 0 for s in info.siblings or []
+                   if s.rfilename.endswith((".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf"))]
+        if weights:
+            parameters, how = sum(weights) / 2, f"estimated from {sum(weights) / 1e9:.1f} GB of weight files"
+    return {"parameters": parameters, "how": how, "gated": bool(getattr(info, "gated", False))}
+
+
+class Policy:
+    """The gate. ``public`` turns on path refusal and the caps; gated-model checks apply in every mode."""
+
+    def __init__(self, public: bool = False, limits: PublicLimits | None = None,
+                 hub_facts: Callable[[str], dict[str, Any]] = hub_model_facts,
+                 token_available: Callable[[], bool] = hub_token_available):
+        self.public = public
+        self.limits = limits or PublicLimits()
+        self._hub_facts = hub_facts
+        self._token_available = token_available
+        self._facts_cache: dict[str, dict[str, Any]] = {}
+
+    @classmethod
+    def local(cls) -> Policy:
+        return cls(public=False)
+
+    # --- the whole request ------------------------------------------------------------------------------
+    def refuse_text(self, request) -> str | None:
+        """One sentence saying why this text request may not run, or None."""
+        if self.public:
+            limits = self.limits
+            for value, cap, what in ((request.max_new_tokens, limits.max_new_tokens, "Max new tokens"),
+                                     (request.repeats, limits.max_repeats, "Timed repeats"),
+                                     (request.warmup, limits.max_warmup, "Warm-up generations"),
+                                     (len(request.prompt), limits.max_prompt_chars, "The prompt's length")):
+                if value > cap:
+                    return f"{what} is capped at {cap:g} on this public server (asked: {value:g})."
+        return self._refuse_common(request, "text")
+
+    def refuse_image(self, request) -> str | None:
+        if self.public:
+            limits = self.limits
+            side = max(request.height or 0, request.width or 0)
+            if request.steps > limits.max_steps:
+                return f"Steps are capped at {limits.max_steps} on this public server (asked: {request.steps})."
+            if side > limits.max_image_side:
+                return (f"Image sides are capped at {limits.max_image_side} px on this public server "
+                        f"(asked: {request.width}x{request.height}).")
+            if len(request.prompt) + len(request.negative_prompt) > limits.max_prompt_chars:
+                return f"The prompt's length is capped at {limits.max_prompt_chars} characters on this public server."
+        return self._refuse_common(request, "image")
+
+    def refuse_model(self, model: str, task: str) -> str | None:
+        """Refuse server paths (public), gated models without a token, and models over the size cap (public)."""
+        name = (model or "").strip()
+        entry = find_image_catalog_model(name) if task == "image" else find_catalog_model(name)
+        if entry is None and self.public and not HUB_ID.match(name):
+            return (f"'{name}' is not a catalog model or a Hugging Face hub id ('owner/name'): this public server "
+                    "does not open paths on its disk.")
+        if entry is not None:
+            facts = {"parameters": entry.parameters, "how": "", "gated": entry.gated}
+        elif not self.public:
+            return None  # a local user's hub id or folder: resolved (and explained) by the preparer
+        else:
+            try:
+                facts = self._cached_facts(name)
+            except Exception as exc:  # noqa: BLE001 - unknown size: a public server does not gamble its memory
+                return (f"The size of '{name}' cannot be read from the Hugging Face Hub ({type(exc).__name__}), "
+                        "so this public server does not load it.")
+        if facts["gated"] and not self._token_available():
+            return (f"'{name}' is a gated model: this server has no Hugging Face token (set HF_TOKEN, a Space "
+                    "secret, after accepting the model's license on its Hub page).")
+        if self.public:
+            parameters = facts["parameters"]
+            if parameters is None:
+                return f"'{name}' has no weight files this server can size, so it does not load it."
+            if parameters > self.limits.max_parameters:
+                how = f" ({facts['how']})" if facts["how"] else ""
+                return (f"'{name}' has {human_count(parameters)} parameters{how}; this public server takes models "
+                        f"up to {human_count(self.limits.max_parameters)}.")
+        return None
+
+    def _cached_facts(self, model_id: str) -> dict[str, Any]:
+        if model_id not in self._facts_cache:
+            self._facts_cache[model_id] = self._hub_facts(model_id)
+        return self._facts_cache[model_id]
+
+    def _refuse_common(self, request, task: str) -> str | None:
+        if self.public:
+            if len(request.backends) > self.limits.max_backends:
+                return (f"A run takes up to {self.limits.max_backends} backends on this public server "
+                        f"(asked: {len(request.backends)}).")
+            for spec in request.backends:
+                problem = self.refuse_spec(spec)
+                if problem:
+                    return problem
+        return self.refuse_model(request.model, task)
+
+    def refuse_spec(self, spec) -> str | None:
+        """Options that name files on the server are refused in public mode."""
+        if not self.public:
+            return None
+        if spec.onnx_dir:
+            return ("An existing ONNX export (onnx_dir) is a path on the server: this public server only exports "
+                    "catalog and hub models itself.")
+        if spec.engine_path:
+            return ("An existing TensorRT engine (engine_path) is a path on the server: this public server only "
+                    "builds engines itself.")
+        return None
+
+    def describe(self) -> str:
+        """For the UI: what a visitor may ask for (Markdown), or '' off public mode."""
+        if not self.public:
+            return ""
+        limits = self.limits
+        return (f"**Public server.** Catalog models and Hugging Face hub ids up to "
+                f"{human_count(limits.max_parameters)} parameters; up to {limits.max_new_tokens} new tokens, "
+                f"{limits.max_repeats} timed repeats, {limits.max_steps} image steps and {limits.max_image_side} px; "
+                f"{limits.max_backends} backends and {limits.run_time_limit_s:g} s per run. Your own exports and "
+                "engines need a local install (`make run`).")
