@@ -8,30 +8,59 @@ import gradio as gr
 
 from arena.core import Arena
 from ui.api import register_api
+from ui.controls import session_of
 from ui.environment_tab import build_environment_tab
 from ui.image_tab import build_image_tab
+from ui.stored_run import stored_image_updates, stored_text_updates
 from ui.text_tab import build_text_tab
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
-def build_ui(arena: Arena) -> gr.Blocks:
-    """Lay out the whole dashboard around one arena core."""
+def build_ui(arena: Arena, warm_up=None) -> gr.Blocks:
+    """Lay out the whole dashboard around one arena core (``warm_up``: an `arena.warmup.WarmUp` to report on)."""
     with gr.Blocks(title="Backend Arena") as demo:
         gr.Markdown("# Backend Arena\nThe same prompt through PyTorch, ONNX Runtime and TensorRT, side by side: "
                     "do the conversions still talk sense, draw the picture, and are they faster? Each backend "
                     "gets a verdict against the reference.")
+        if arena.policy.public:
+            gr.Markdown(arena.policy.describe(), elem_id="public-limits", elem_classes=["arena-notes"])
+        if warm_up is not None:
+            _warm_up_line(warm_up)
         with gr.Tabs():
             with gr.Tab("Text", id="text"):
-                build_text_tab(arena)
+                text = build_text_tab(arena)
             with gr.Tab("Image", id="image"):
-                build_image_tab(arena)
+                image = build_image_tab(arena)
             with gr.Tab("Environment", id="environment"):
                 build_environment_tab(arena)
         register_api(arena)
+        # Until the visitor runs their own, the panels show a real run of the defaults that ships with the repo.
+        demo.load(lambda: stored_text_updates(text), None, _text_outputs(text), api_visibility="private")
+        demo.load(lambda: stored_image_updates(image), None, _image_outputs(image), api_visibility="private")
         # Client-side only: disable the radio choices the server labelled unavailable.
         demo.load(None, js=(ASSETS / "arena.js").read_text(), api_visibility="private")
+        # A visitor who closes the page does not leave their run holding the queue.
+        demo.unload(lambda request: arena.stop(session_of(request)))
     return demo
+
+
+def _text_outputs(tab) -> list:
+    return [tab.status, tab.chart, tab.result_json] + [c for p in tab.backends for c in (p.header, p.answer,
+                                                                                         p.metrics)]
+
+
+def _image_outputs(tab) -> list:
+    return [tab.status, tab.slider, tab.chart, tab.result_json] + [c for p in tab.panels for c in (
+        p.header, p.image, p.heatmap, p.metrics)]
+
+
+def _warm_up_line(warm_up) -> None:
+    """A status line that follows the start-up preparation every 2 s, and stops polling once it is done."""
+    line = gr.Markdown(warm_up.status(), elem_id="warm-up-status")
+    timer = gr.Timer(2.0, active=not warm_up.done)
+    timer.tick(lambda: (warm_up.status(), gr.Timer(active=not warm_up.done)), None, [line, timer],
+               api_visibility="private", queue=False)
 
 
 def launch_options() -> dict:
