@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,33 +54,45 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def app_server(session_cache, tmp_path_factory):
-    """`python app.py` in its own process, configured only through the documented environment variables."""
+@contextlib.contextmanager
+def running_app(cache_dir: Path, log_dir: Path, preexec_fn=None, **extra_env: str) -> Iterator[dict]:
+    """`python app.py` in its own process, configured only through the documented environment variables, until
+    the block ends; ``preexec_fn`` runs in the child before the app starts (e.g. to pin it to one CPU)."""
     port = free_port()
-    env = dict(os.environ, ARENA_CACHE_DIR=str(session_cache), GRADIO_SERVER_NAME="127.0.0.1",
-               GRADIO_SERVER_PORT=str(port), PYTHONUNBUFFERED="1")
-    log_path = tmp_path_factory.mktemp("app") / "app.log"
+    env = dict(os.environ, ARENA_CACHE_DIR=str(cache_dir), GRADIO_SERVER_NAME="127.0.0.1",
+               GRADIO_SERVER_PORT=str(port), PYTHONUNBUFFERED="1", **extra_env)
+    log_path = Path(log_dir) / "app.log"
     log = open(log_path, "w")
-    process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                               preexec_fn=preexec_fn)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                log.close()
-                pytest.fail(f"The app did not come up on {url}:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-    yield {"url": url, "pid": process.pid, "log": log_path}
-    process.send_signal(signal.SIGINT)
     try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"The app did not come up on {url}:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.5)
+        yield {"url": url, "pid": process.pid, "log": log_path}
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def app_server(session_cache, tmp_path_factory):
+    """The app for the whole session, on the session's artifact cache."""
+    with running_app(session_cache, tmp_path_factory.mktemp("app")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
