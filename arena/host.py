@@ -73,7 +73,7 @@ class BackendHost:
             cached = None if self.load_info.export_cached is None else True
             return LoadInfo(export_s=0.0, export_cached=cached, load_s=0.0,
                             provider=self.load_info.provider, artifact_dir=self.load_info.artifact_dir,
-                            memory_mb=_rss_mb(), gpu_memory_mb=_gpu_mb(),
+                            memory_mb=_rss_mb(), gpu_memory_mb=_gpu_mb(), threads=self.load_info.threads,
                             notes=self.load_info.notes + ("model already loaded",))
         if self.loaded_key is not None:
             self.backend.unload()
@@ -90,6 +90,7 @@ class BackendHost:
             artifact_dir=info.get("artifact_dir"),
             memory_mb=_rss_mb(),
             gpu_memory_mb=_gpu_mb(),
+            threads=info.get("threads"),
             notes=tuple(ctx.notes),
         )
         self.loaded_key = key

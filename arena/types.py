@@ -149,6 +149,7 @@ class LoadInfo:
     artifact_dir: str | None = None
     memory_mb: float | None = None  # worker resident memory after loading
     gpu_memory_mb: float | None = None  # GPU memory in use on the device after loading (CUDA runs only)
+    threads: int | None = None  # CPU threads the runtime got (torch intra-op; ONNX Runtime intra_op_num_threads)
     notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from arena.errors import ArenaError
+from arena.resources import apply_thread_env
 
 ProgressCallback = Callable[[float | None, str], None]
 
@@ -254,6 +255,7 @@ def _worker_main(conn, target: str, init_args: tuple, log_path: str, env: dict[s
     sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
     os.environ.update(env)
     os.environ["ARENA_WORKER_LOG"] = log_path
+    apply_thread_env()  # OMP/MKL threads from the CPU budget, before the target imports torch
     print(f"--- worker {target}{init_args} pid {os.getpid()} started {time.strftime('%Y-%m-%d %H:%M:%S')}",
           flush=True)
     hosted = _resolve(target)(*init_args)
@@ -285,6 +287,7 @@ def _worker_main(conn, target: str, init_args: tuple, log_path: str, env: dict[s
 
 
 def _isolated_main(target: str, args: tuple, error_path: str) -> None:
+    apply_thread_env()
     try:
         _resolve(target)(*args)
     except BaseException as exc:  # noqa: BLE001 - reported through the error file and the exit code

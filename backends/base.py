@@ -153,6 +153,29 @@ class Backend(ABC):
         """Free the model (the worker process also exits cleanly on shutdown)."""
 
 
+def torch_threads() -> int:
+    """Give torch's intra-op pool the CPU budget (`arena.resources.thread_count`) and return what it now uses."""
+    import torch
+
+    from arena.resources import thread_count
+
+    wanted = thread_count()
+    if torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
+    return torch.get_num_threads()
+
+
+def ort_session_options(onnxruntime: Any) -> Any:
+    """ONNX Runtime `SessionOptions` sized to the CPU budget: ``intra_op_num_threads`` threads for one operator,
+    one inter-op thread (the graphs here run sequentially). Every session a backend creates starts from these."""
+    from arena.resources import thread_count
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = thread_count()
+    options.inter_op_num_threads = 1
+    return options
+
+
 def hf_generate(model: Any, prompt_ids: list[int], settings: GenerationSettings,
                 on_token: Callable[[int], None], device: Any = "cpu") -> list[int]:
     """Greedy generation through transformers' `generate`, shared by every backend built on a HF model class.

@@ -28,10 +28,13 @@ class OrtRunner:
     _TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
               "tensor(int32)": "int32", "tensor(bool)": "bool"}
 
-    def __init__(self, path: str, providers: list | None = None) -> None:
+    def __init__(self, path: str, providers: list | None = None, session_options: Any = None) -> None:
         import onnxruntime
 
-        self.session = onnxruntime.InferenceSession(path, providers=providers or ["CPUExecutionProvider"])
+        from backends.base import ort_session_options
+
+        self.session = onnxruntime.InferenceSession(path, sess_options=session_options or ort_session_options(
+            onnxruntime), providers=providers or ["CPUExecutionProvider"])
         self.input_types = {i.name: self._TYPES.get(i.type, "float32") for i in self.session.get_inputs()}
         self.input_ranks = {i.name: len(i.shape) for i in self.session.get_inputs()}
         self.input_names = tuple(self.input_types)

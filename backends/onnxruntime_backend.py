@@ -26,6 +26,7 @@ from backends.base import (
     HFBackend,
     LoadContext,
     OptionChoice,
+    ort_session_options,
 )
 
 ORT_INSTALL = "pip install 'optimum-onnx[onnxruntime]==0.1.0'"
@@ -372,13 +373,13 @@ class OnnxRuntimeBackend(HFBackend):
         provider_options: dict[str, Any] = {}
         if provider == "TensorrtExecutionProvider":
             provider_options = self._trt_provider_options(model, spec, Path(onnx_dir), ctx)
-        session_options = onnxruntime.SessionOptions()
+        session_options = ort_session_options(onnxruntime)  # threads from the CPU budget, not os.cpu_count()
         session_options.log_severity_level = 2  # warnings (CPU fallbacks) land in the worker log
         self.components = None
         with ctx.stage("load", f"ONNX Runtime: creating the {PROVIDERS.get(provider, provider)} session"), \
                 captured_stderr() as native_log:
             if image and pipeline_layout(onnx_dir) == "diffusers":
-                self._diffusers_layout(model, Path(onnx_dir), provider, provider_options, ctx)
+                self._diffusers_layout(model, Path(onnx_dir), provider, provider_options, session_options, ctx)
             elif image:
                 from optimum.onnxruntime import ORTDiffusionPipeline
 
@@ -402,9 +403,21 @@ class OnnxRuntimeBackend(HFBackend):
         self.device = "cpu" if self.components else self.model.device.type
         self._info = {"provider": ran[0] if ran else provider, "session_providers": ran,
                       "artifact_dir": str(onnx_dir), "export_cached": export_cached,
-                      "onnxruntime": onnxruntime.__version__}
+                      "onnxruntime": onnxruntime.__version__,
+                      "threads": self._session_threads(session_options.intra_op_num_threads)}
 
-    def _diffusers_layout(self, model, root: Path, provider: str, provider_options: dict, ctx: LoadContext) -> None:
+    def _session_threads(self, fallback: int) -> int:
+        """The intra-op thread count the (text decoder or UNet) session really got."""
+        session = (self.components["unet"].session if self.components
+                   else getattr(self.model, "session", None) or getattr(getattr(self.model, "unet", None), "session",
+                                                                        None))
+        try:
+            return int(session.get_session_options().intra_op_num_threads)
+        except (AttributeError, TypeError, ValueError):
+            return fallback
+
+    def _diffusers_layout(self, model, root: Path, provider: str, provider_options: dict, session_options: Any,
+                          ctx: LoadContext) -> None:
         """Sessions for an export by diffusers' conversion script, driven by the shared component loop (that
         layout's UNet takes one timestep per batch row and its text encoder int32 ids; the runners adapt)."""
         from transformers import AutoTokenizer
@@ -412,7 +425,7 @@ class OnnxRuntimeBackend(HFBackend):
         from backends.loops import OrtRunner
 
         providers = [(provider, provider_options)] if provider_options else [provider]
-        runners = {part: OrtRunner(str(root / part / "model.onnx"), providers)
+        runners = {part: OrtRunner(str(root / part / "model.onnx"), providers, session_options)
                    for part in ("text_encoder", "unet", "vae_decoder")}
         tokenizer_dir = root / "tokenizer" if (root / "tokenizer").is_dir() else Path(model.model_dir) / "tokenizer"
         vae = json.loads((Path(model.model_dir) / "vae" / "config.json").read_text())

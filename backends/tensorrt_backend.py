@@ -29,7 +29,7 @@ from typing import Any
 
 from arena.errors import ArenaError
 from arena.workers import run_isolated
-from backends.base import AVAILABLE, Availability, Backend, LoadContext, OptionChoice
+from backends.base import AVAILABLE, Availability, Backend, LoadContext, OptionChoice, torch_threads
 from backends.torch_backend import TORCH_CUDA_INSTALL
 
 TRT_INSTALL = ("bash scripts/setup.sh --gpu  # requirements-gpu.txt: tensorrt-cu13 10.x (TensorRT 11 also works "
@@ -418,7 +418,7 @@ class TensorRTBackend(Backend):
             self._input_names = names
         self._info = {"provider": f"TensorRT {trt.__version__} on {gpu} (sm {capability})",
                       "artifact_dir": str(next(iter(exports.values()), "")), "export_cached": not built_any,
-                      "tensorrt": trt.__version__}
+                      "tensorrt": trt.__version__, "threads": torch_threads()}
 
     def _user_engine(self, engine_path: str, required: Profiles, ctx: LoadContext) -> TrtRunner:
         path = Path(engine_path).expanduser()

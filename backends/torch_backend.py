@@ -10,6 +10,7 @@ from backends.base import (
     HFBackend,
     LoadContext,
     OptionChoice,
+    torch_threads,
 )
 
 TORCH_INSTALL = "pip install torch==2.13.0"
@@ -65,6 +66,7 @@ class PyTorchBackend(HFBackend):
     def load(self, model, spec, ctx: LoadContext) -> None:
         import torch
 
+        threads = torch_threads()  # the CPU budget, not os.cpu_count() (a container's quota is often smaller)
         dtype = getattr(torch, TORCH_DTYPES[spec.precision])
         with ctx.stage("load", f"PyTorch: loading {model.model_name} ({spec.device}, {spec.precision})"):
             if model.task == "image":
@@ -85,7 +87,7 @@ class PyTorchBackend(HFBackend):
                 self.model.eval()
         self._info = {"provider": f"torch {torch.__version__} on {spec.device}"
                                   + (f" ({torch.cuda.get_device_name()})" if spec.device == "cuda" else ""),
-                      "artifact_dir": model.model_dir, "export_cached": None}
+                      "artifact_dir": model.model_dir, "export_cached": None, "threads": threads}
         self.device = spec.device
 
     def _image_dtypes(self) -> dict[str, Any]:

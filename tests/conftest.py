@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,45 +55,47 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def launched_app(cache: Path, log_dir: Path, args: tuple[str, ...] = (), env: dict[str, str] | None = None,
-                 preexec_fn=None):
-    """`python app.py ARGS` in its own process, configured only through flags and documented environment
-    variables; yields {"url", "pid", "log"} once it answers, and stops it afterwards."""
+def running_app(cache_dir: Path, log_dir: Path, preexec_fn=None, args: tuple[str, ...] = (),
+                **extra_env: str) -> Iterator[dict]:
+    """`python app.py ARGS` in its own process, configured only through its flags and the documented environment
+    variables, until the block ends; ``preexec_fn`` runs in the child before the app starts (e.g. to pin it to
+    one CPU)."""
     port = free_port()
-    full_env = dict(os.environ, ARENA_CACHE_DIR=str(cache), GRADIO_SERVER_NAME="127.0.0.1",
-                    GRADIO_SERVER_PORT=str(port), PYTHONUNBUFFERED="1", **(env or {}))
-    log_path = log_dir / "app.log"
+    env = dict(os.environ, ARENA_CACHE_DIR=str(cache_dir), GRADIO_SERVER_NAME="127.0.0.1",
+               GRADIO_SERVER_PORT=str(port), PYTHONUNBUFFERED="1", **extra_env)
+    log_path = Path(log_dir) / "app.log"
     log = open(log_path, "w")
-    process = subprocess.Popen([sys.executable, "app.py", *args], cwd=ROOT, env=full_env, stdout=log,
-                               stderr=subprocess.STDOUT, preexec_fn=preexec_fn)
+    process = subprocess.Popen([sys.executable, "app.py", *args], cwd=ROOT, env=env, stdout=log,
+                               stderr=subprocess.STDOUT,
+                               preexec_fn=preexec_fn)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                log.close()
-                pytest.fail(f"The app did not come up on {url}:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
     try:
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"The app did not come up on {url}:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.5)
         yield {"url": url, "pid": process.pid, "log": log_path}
     finally:
-        process.send_signal(signal.SIGINT)
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
         try:
             process.wait(30)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait(10)
         log.close()
 
 
 @pytest.fixture(scope="session")
 def app_server(session_cache, tmp_path_factory):
-    """The app as a local user runs it."""
-    with launched_app(session_cache, tmp_path_factory.mktemp("app")) as app:
-        yield app
+    """The app for the whole session, on the session's artifact cache."""
+    with running_app(session_cache, tmp_path_factory.mktemp("app")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

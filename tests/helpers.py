@@ -65,6 +65,31 @@ def isolated_raise() -> None:
     raise RuntimeError("exporter said no")
 
 
+class ThreadProbe:
+    """Says what a worker's runtimes were given: the thread variables, torch's pool as imported (before anything
+    sets it, so only OMP_NUM_THREADS can have sized it) and after `torch_threads`, an ONNX Runtime session's."""
+
+    def threads(self, progress) -> dict:
+        import onnxruntime
+        import torch
+
+        from backends.base import ort_session_options, torch_threads
+        from backends.onnxruntime_backend import _probe_model
+
+        as_imported = torch.get_num_threads()
+        session = onnxruntime.InferenceSession(_probe_model(), sess_options=ort_session_options(onnxruntime),
+                                               providers=["CPUExecutionProvider"])
+        return {"env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+                "torch_as_imported": as_imported, "torch": torch_threads(),
+                "ort_intra_op": session.get_session_options().intra_op_num_threads,
+                "ort_inter_op": session.get_session_options().inter_op_num_threads}
+
+
+def isolated_thread_env(path: str) -> None:
+    with open(path, "w") as handle:
+        handle.write(f"{os.environ.get('OMP_NUM_THREADS')} {os.environ.get('MKL_NUM_THREADS')}")
+
+
 class SegfaultingBackend(PyTorchBackend):
     """PyTorch that loads normally and then segfaults while generating (a native crash mid-run)."""
 

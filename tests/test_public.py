@@ -9,7 +9,7 @@ import psutil
 import pytest
 from gradio_client import Client
 
-from tests.conftest import launched_app
+from tests.conftest import running_app
 
 pytestmark = pytest.mark.slow
 
@@ -18,8 +18,8 @@ DEFAULT = "smollm2-135m-instruct"
 
 @pytest.fixture(scope="module")
 def public_app(session_cache, tmp_path_factory):
-    with launched_app(session_cache, tmp_path_factory.mktemp("public-app"), ("--no-warm-up",),
-                      env={"SPACE_ID": "local/public-test"}) as app:
+    with running_app(session_cache, tmp_path_factory.mktemp("public-app"), args=("--no-warm-up",),
+                     SPACE_ID="local/public-test") as app:
         yield app
 
 

@@ -37,6 +37,10 @@ def test_summary_says_whether_ids_agree():
 def test_panels_show_measures_or_the_error_with_its_log():
     text = panel_metrics(result("onnxruntime", "ORT", [1, 2, 3]))
     assert "from cache" in text and "250 ms" in text and "CPUExecutionProvider" in text
+    assert "thread" not in text  # an older result without the count
+    one = result("onnxruntime", "ORT", [1])
+    assert "`CPUExecutionProvider`, 1 thread |" in panel_metrics({**one, "load": {**one["load"], "threads": 1}})
+    assert "`CPUExecutionProvider`, 4 threads |" in panel_metrics({**one, "load": {**one["load"], "threads": 4}})
     failed = result("onnxruntime", "ORT", [], error="The worker was killed by SIGSEGV", log_tail="last words")
     assert "SIGSEGV" in panel_metrics(failed) and "last words" in panel_metrics(failed)
     assert "ERROR" in panel_header("ORT", failed, "waiting")

@@ -10,6 +10,25 @@ from arena.core import Arena
 from arena.environment import provider_summary
 
 
+def cpu_line(env: dict[str, Any]) -> str:
+    """"1 CPU for this app (affinity: 1 of 2 host cores; cgroup quota: none), 23.5 GB RAM (container limit: none)"."""
+    cpu = env.get("cpu")
+    limit = env.get("memory_limit_gb")
+    memory = f"{env.get('memory_gb')} GB RAM (container limit: {f'{limit} GB' if limit else 'none'})"
+    if not cpu:  # facts from an older probe
+        return f"{env.get('cpu_count')} CPU cores, {memory}"
+    n, host, quota = cpu.get("effective"), cpu.get("host_cores"), cpu.get("cgroup_quota")
+    why = [f"affinity: {cpu['affinity']} of {host} host cores" if cpu.get("affinity") else f"{host} host cores",
+           f"cgroup quota: {_cpus(quota)}" if quota else "cgroup quota: none"]
+    if cpu.get("cpu_cores_env"):
+        why.append(f"CPU_CORES={cpu['cpu_cores_env']}")
+    return f"{_cpus(n)} for this app ({'; '.join(why)}), {memory}"
+
+
+def _cpus(n: float) -> str:
+    return f"{n:g} CPU" + ("" if n == 1 else "s")
+
+
 def environment_markdown(env: dict[str, Any], backend_options: dict[str, dict[str, Any]]) -> str:
     """Facts of the machine and every backend option's availability, as Markdown."""
     if env.get("probe_error"):
@@ -19,7 +38,7 @@ def environment_markdown(env: dict[str, Any], backend_options: dict[str, dict[st
     lines = [
         "### Machine",
         f"- Python {env.get('python')} on {env.get('platform')}",
-        f"- {env.get('cpu_count')} CPU cores, {env.get('memory_gb')} GB RAM",
+        f"- {cpu_line(env)}",
         f"- GPUs seen by PyTorch: {gpus or 'none'}",
         f"- torch {torch.get('version', 'not installed')} (CUDA build: {torch.get('cuda_build') or 'no'})",
         f"- onnxruntime {ort.get('version', 'not installed')}, providers: {provider_summary(ort)}",

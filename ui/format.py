@@ -86,7 +86,10 @@ def load_rows(load: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("Export", export)]
     if load.get("engine_build_s"):
         rows.append(("Engine build", seconds(load["engine_build_s"])))
-    return rows + [("Load", seconds(load.get("load_s"))), ("Runs on", f"`{load.get('provider') or '?'}`")]
+    runs_on = f"`{load.get('provider') or '?'}`"
+    if load.get("threads"):  # what the CPU budget (affinity, cgroup quota, $CPU_CORES) gave the runtime
+        runs_on += f", {load['threads']} thread{'' if load['threads'] == 1 else 's'}"
+    return rows + [("Load", seconds(load.get("load_s"))), ("Runs on", runs_on)]
 
 
 def run_summary(run: dict[str, Any]) -> str:
