@@ -1,14 +1,18 @@
 """The Hugging Face Space build: self-contained requirements files whose pins agree, gradio == the front matter's
-sdk_version."""
+sdk_version, and a Space's resolution replayed (scripts/space_check.sh --resolve-only)."""
 
 from __future__ import annotations
 
 import http.server
+import json
+import os
 import re
 import socket
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -117,3 +121,30 @@ def test_unreachable_indexes_are_dropped_and_said(tmp_path):
     assert out.startswith(f"http://127.0.0.1:{closed}/simple\t") and out.count("\n") == 1
     kept = requirement_lines(target)
     assert kept == [f"--extra-index-url http://127.0.0.1:{server.server_port}/simple", "numpy==2.4.6"]
+
+
+def pypi_unreachable() -> str | None:
+    try:
+        urllib.request.urlopen("https://pypi.org/simple/pip/", timeout=10).close()
+        return None
+    except (urllib.error.URLError, OSError) as exc:
+        return f"PyPI cannot be reached from here ({exc})"
+
+
+def test_a_space_resolves_requirements_txt(tmp_path):
+    """scripts/space_check.sh --resolve-only: requirements.txt + gradio==sdk_version + spaces, PyPI only."""
+    if reason := pypi_unreachable():
+        pytest.skip(reason)
+    report = tmp_path / "report.json"
+    run = subprocess.run(["bash", str(ROOT / "scripts" / "space_check.sh"), "--resolve-only", "--report", str(report)],
+                         capture_output=True, text=True, timeout=900,
+                         env=dict(os.environ, SPACE_CHECK_LOG=str(tmp_path / "space-check.log")))
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert "space_check: VERIFIED: requirements.txt + gradio==" in run.stdout
+    resolved = {canonicalize_name(i["metadata"]["name"]): i["metadata"]["version"]
+                for i in json.loads(report.read_text())["install"]}
+    assert resolved["torch"] == "2.13.0+cpu"
+    assert resolved["gradio"] == front_matter("sdk_version")
+    assert {name: resolved.get(name) for name in pins(CPU)} == pins(CPU)
+    assert not [n for n in resolved if n.startswith("nvidia-") or n == "triton"]
+    assert [n for n in resolved if n.startswith("onnxruntime")] == ["onnxruntime"]
