@@ -1,5 +1,5 @@
 """The Hugging Face Space build: self-contained requirements files whose pins agree, gradio == the front matter's
-sdk_version, and a Space's resolution replayed (scripts/space_check.sh --resolve-only)."""
+sdk_version, a Space's resolution replayed (scripts/space_check.sh --resolve-only), binary files under LFS/Xet."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ CPU, GPU = ROOT / "requirements.txt", ROOT / "requirements-gpu.txt"
 # Packages that differ between the CPU and the GPU stack on purpose; every other package is in both files, pinned
 # to the same version.
 RUNTIME_SPECIFIC = {"onnxruntime", "onnxruntime-gpu", "tensorrt-cu13"}
+LFS_PATTERNS = ["*.safetensors", "*.png", "*.jpg", "*.jpeg", "*.gif", "*.webp", "*.onnx", "*.gguf", "*.bin", "*.pt",
+                "*.pth", "*.trt", "*.engine", "*.whl", "*.npz", "*.npy", "*.zip", "*.tar.gz"]
 
 
 def front_matter(key: str) -> str:
@@ -148,3 +150,39 @@ def test_a_space_resolves_requirements_txt(tmp_path):
     assert {name: resolved.get(name) for name in pins(CPU)} == pins(CPU)
     assert not [n for n in resolved if n.startswith("nvidia-") or n == "triton"]
     assert [n for n in resolved if n.startswith("onnxruntime")] == ["onnxruntime"]
+
+
+def tracked_binary_files() -> list[tuple[str, int]]:
+    names = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    binary = []
+    for name in filter(None, names.decode().split("\0")):
+        path = ROOT / name
+        if path.is_file() and not path.is_symlink():
+            with open(path, "rb") as f:
+                if b"\0" in f.read(8192):
+                    binary.append((name, path.stat().st_size))
+    return binary
+
+
+def lfs_filtered(paths: list[str]) -> dict[str, bool]:
+    out = subprocess.run(["git", "check-attr", "-z", "filter", "--", *paths], cwd=ROOT, capture_output=True,
+                         check=True).stdout.decode().split("\0")
+    return {out[i]: out[i + 2] == "lfs" for i in range(0, len(out) - 2, 3)}
+
+
+def test_binary_files_are_stored_with_lfs_on_the_hub():
+    """The Hub refuses binary files outside LFS/Xet: every tracked binary, large or small, is covered."""
+    binary = tracked_binary_files()
+    assert binary, "no binary file found: the check itself is broken"
+    covered = lfs_filtered([name for name, _ in binary])
+    large = [name for name, size in binary if size > 1_000_000]
+    assert large, "no binary file over 1 MB found: the check itself is broken"
+    assert [name for name in large if not covered[name]] == [], "binary files over 1 MB outside LFS (.gitattributes)"
+    assert [name for name, ok in covered.items() if not ok] == [], "binary files outside LFS (.gitattributes)"
+
+
+def test_every_binary_asset_type_goes_to_lfs():
+    names = [f"some/dir/file{pattern[1:]}" for pattern in LFS_PATTERNS]
+    covered = lfs_filtered(names)
+    assert [n for n, ok in covered.items() if not ok] == []
+    assert not any(lfs_filtered(["app.py", "README.md", "requirements.txt"]).values())
