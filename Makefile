@@ -1,6 +1,6 @@
 # Backend Arena: `make run` sets up .venv and serves the app on http://127.0.0.1:7860;
 # `make test` sets up the test tools and runs the whole suite.
-.PHONY: run test setup setup-dev lint bench
+.PHONY: run test setup setup-dev lint bench space-check
 
 run: setup
 	.venv/bin/python app.py
@@ -20,3 +20,7 @@ lint: setup-dev
 bench: setup
 	.venv/bin/python benchmarks/text_latency.py
 	.venv/bin/python benchmarks/image_latency.py
+
+# Replays a Hugging Face Space's build of requirements.txt in a fresh venv and calls the app (docs/space-build.md).
+space-check:
+	bash scripts/space_check.sh

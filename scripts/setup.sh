@@ -38,7 +38,12 @@ app=requirements.txt
 if [ $gpu = 1 ] || [ -f .venv/.gpu ] || pip show onnxruntime-gpu >/dev/null 2>&1; then
   app=requirements-gpu.txt
 fi
-base=".venv/.installed-$(cat requirements*.txt scripts/setup.sh | sha256sum | cut -c1-16)-$app"
+# gradio is not in the requirements files: a Hugging Face Space installs gradio==<sdk_version of README.md's front
+# matter> next to requirements.txt, so this install takes the same one.
+sdk_version=$(sed -n '2,/^---$/s/^sdk_version:[[:space:]]*//p' README.md | tr -d "\"'[:space:]")
+[ -n "$sdk_version" ] || { echo "setup: no sdk_version in README.md's front matter" >&2; exit 1; }
+base=".venv/.installed-$( (cat requirements*.txt scripts/setup.sh scripts/pip_indexes.py; echo "gradio==$sdk_version") \
+  | sha256sum | cut -c1-16)-$app"
 stamp="$base-$dev"
 # A dev install covers the app install too.
 if [ ! -f "$stamp" ] && ! { [ $dev = 0 ] && [ -f "$base-1" ]; }; then
@@ -57,8 +62,17 @@ if [ ! -f "$stamp" ] && ! { [ $dev = 0 ] && [ -f "$base-1" ]; }; then
     grep -v '^-r' requirements-dev.txt > .venv/dev-tools.txt
     tools=(-r .venv/dev-tools.txt)
   fi
-  if ! pip install -r "$app" "${tools[@]}"; then
+  # An index the file names but this machine cannot reach (download.pytorch.org, pypi.nvidia.com here) would make
+  # pip retry it for every package (minutes): install from a copy without it. This machine's own pip configuration
+  # (local wheel folders) then supplies what that index would have (torch==2.13.0+cpu).
+  skipped=$("$python" scripts/pip_indexes.py "$app" .venv/requirements-here.txt)
+  while IFS=$'\t' read -r url why; do
+    [ -n "$url" ] && echo "setup: skipping the index $url named in $app: it does not answer from here ($why)"
+  done <<< "$skipped"
+  if ! pip install -r .venv/requirements-here.txt "gradio==$sdk_version" "${tools[@]}"; then
     echo "setup: installing $app failed (see above)." >&2
+    [ -n "$skipped" ] && echo "setup: an index was skipped (above): what only it has (e.g. torch==2.13.0+cpu) must" \
+      "come from a local wheel folder in pip's configuration (find-links), or from that index once it answers." >&2
     [ $app = requirements-gpu.txt ] && echo "setup: this .venv is set up for the GPU; for a CPU install instead:" \
       "rm -rf .venv && bash scripts/setup.sh" >&2
     exit 1
