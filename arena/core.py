@@ -114,16 +114,18 @@ class Arena:
 
     # --- runs ----------------------------------------------------------------------------------------
     def run_text(self, request: TextRunRequest, progress: ProgressFn = _quiet,
-                 cancel: threading.Event | None = None) -> Iterator[TextRunResult]:
-        """Yield the result after preparation and after each backend finishes (in request order)."""
+                 cancel: threading.Event | None = None, operator: bool = False) -> Iterator[TextRunResult]:
+        """Yield the result after preparation and after each backend finishes (in request order).
+
+        ``operator``: the server's own run (the start-up preparation): not gated, no time limit."""
         yield from self._run(request, "prepare_text", "run_text", TextRunResult, BackendTextResult, progress,
-                             cancel, self.policy.refuse_text)
+                             cancel, None if operator else self.policy.refuse_text)
 
     def run_image(self, request: ImageRunRequest, progress: ProgressFn = _quiet,
-                  cancel: threading.Event | None = None) -> Iterator[ImageRunResult]:
+                  cancel: threading.Event | None = None, operator: bool = False) -> Iterator[ImageRunResult]:
         """Yield the image result after preparation and after each backend finishes (in request order)."""
         yield from self._run(request, "prepare_image", "run_image", ImageRunResult, BackendImageResult, progress,
-                             cancel, self.policy.refuse_image)
+                             cancel, None if operator else self.policy.refuse_image)
 
     @contextlib.contextmanager
     def stoppable(self, owner: str) -> Iterator[threading.Event]:
@@ -154,11 +156,11 @@ class Arena:
         if not request.backends:
             yield run_cls(request, None, error="Pick at least one backend to run.", environment=env)
             return
-        problem = refuse(request)  # the public-mode gate: before any worker or file is touched
+        problem = refuse(request) if refuse else None  # the public-mode gate: before any worker or file is touched
         if problem:
             yield run_cls(request, None, error=problem, environment=env)
             return
-        limit = self.policy.limits.run_time_limit_s if self.policy.public else None
+        limit = self.policy.limits.run_time_limit_s if self.policy.public and refuse else None
         deadline = None if limit is None else time.monotonic() + limit
         progress(0.0, "Preparing the model and the shared input")
         try:
@@ -249,14 +251,14 @@ class Arena:
             return result_cls(spec, error=self._over_time(exc, deadline, limit), log_tail=exc.log_tail)
 
     def run_text_to_end(self, request: TextRunRequest, progress: ProgressFn = _quiet,
-                        cancel: threading.Event | None = None) -> TextRunResult:
+                        cancel: threading.Event | None = None, operator: bool = False) -> TextRunResult:
         """Run and return only the final result (API and CLI)."""
-        *_, final = self.run_text(request, progress, cancel)
+        *_, final = self.run_text(request, progress, cancel, operator)
         return final
 
     def run_image_to_end(self, request: ImageRunRequest, progress: ProgressFn = _quiet,
-                         cancel: threading.Event | None = None) -> ImageRunResult:
-        *_, final = self.run_image(request, progress, cancel)
+                         cancel: threading.Event | None = None, operator: bool = False) -> ImageRunResult:
+        *_, final = self.run_image(request, progress, cancel, operator)
         return final
 
     def close(self) -> None:

@@ -60,7 +60,9 @@ class WarmUp:
                 share = "" if fraction is None else f" ({fraction:.0%})"
                 self._line = f"⏳ Preparing the default {what} model: {description}{share}"
 
-            run = (self.arena.run_text_to_end if what == "text" else self.arena.run_image_to_end)(request, progress)
+            # The operator's own run: no public caps or time limit (a slow first export must be allowed to finish).
+            run = (self.arena.run_text_to_end if what == "text" else self.arena.run_image_to_end)(
+                request, progress, operator=True)
             errors = [run.error] if run.error else [f"{r.spec.label}: {r.error}" for r in run.results if r.error]
             problems += [f"{what}: {e}" for e in errors]
         took = time.monotonic() - start
