@@ -46,9 +46,14 @@ def test_compare_both_backends_in_the_browser(app_server, page):
         if not box.is_checked():
             box.check()
         assert box.is_checked()
+    # Before any click: the stored run of the defaults that ships with the repo.
+    page.wait_for_function("document.querySelector('#run-status')?.innerText.includes('STORED RUN')")
+    assert page.locator("#answer-pytorch textarea").input_value().strip()
     prompt = page.locator("#prompt textarea")
     prompt.fill("Why should one run machine learning models on-premises?")
     page.click("#run-text")
+    # The stored run is replaced as soon as this run starts: everything below is this run's.
+    page.wait_for_function("!document.querySelector('#run-status')?.innerText.includes('STORED RUN')")
     for name in ("pytorch", "onnxruntime"):
         page.wait_for_function(
             f"document.querySelector('#metrics-{name}')?.innerText.includes('Time to first token')",
@@ -93,8 +98,10 @@ def test_image_tab_draws_with_both_backends(app_server, page):
     page.goto(app_server["url"])
     page.get_by_role("tab", name="Image").click()
     page.wait_for_selector("#run-image")
+    page.wait_for_function("document.querySelector('#image-status')?.innerText.includes('STORED RUN')")
     page.locator("#image-prompt textarea").fill("a red circle on a blue background")
     page.click("#run-image")
+    page.wait_for_function("!document.querySelector('#image-status')?.innerText.includes('STORED RUN')")
     for name in ("pytorch", "onnxruntime"):
         page.wait_for_function(
             f"document.querySelector('#image-metrics-{name}')?.innerText.includes('UNet loop')", timeout=300_000)
