@@ -3,8 +3,10 @@
     .venv/bin/python benchmarks/text_latency.py [--device cpu|gpu] [--rounds 5] [--max-new-tokens 64]
                                                 [--model KEY] [--markdown FILE]
 
-``--device gpu`` compares PyTorch CUDA fp32/fp16, ONNX Runtime CUDA and TensorRT providers and the native
-TensorRT backend; configurations this machine cannot run are listed as "not run" with the reason.
+``--device gpu`` compares PyTorch CUDA fp32/fp16/bf16, ONNX Runtime CUDA and TensorRT providers and the native
+TensorRT backend; configurations this machine cannot run are listed as "not run" with the reason. ``--model`` takes
+a local folder too (scripts/gpu_check.py passes a SmolLM2-shaped model with random weights where the embedded one
+cannot travel).
 
 Each round runs every backend once on the same token ids (ABCD ABCD ...), so slow drifts of a shared machine
 hit every backend alike; the table reports medians over rounds and ratios to PyTorch fp32 from the same run.
@@ -36,6 +38,7 @@ CONFIGS = {
     "gpu": (
         BackendSpec("pytorch", device="cuda", precision="fp32"),
         BackendSpec("pytorch", device="cuda", precision="fp16"),
+        BackendSpec("pytorch", device="cuda", precision="bf16"),
         BackendSpec("onnxruntime", provider="CUDAExecutionProvider", precision="fp32"),
         BackendSpec("onnxruntime", provider="TensorrtExecutionProvider", precision="fp16"),
         BackendSpec("tensorrt", precision="fp16"),
@@ -66,12 +69,15 @@ def main() -> None:
     warm = arena.run_text_to_end(request)  # exports, loads and warms every backend; not timed below
     if warm.error:
         sys.exit(warm.error)
+    print(f"# prompt: {len(warm.prepared.prompt_token_ids)} tokens", flush=True)
     load = {r.spec: r.load for r in warm.results}
     reference_ids = warm.results[0].token_ids
     samples: dict[BackendSpec, list] = {spec: [] for spec in configs}
     agreement: dict[BackendSpec, float] = {}
     errors: dict[BackendSpec, str] = {r.spec: r.error for r in warm.results if r.error}
-    quick = dataclasses.replace(request, warmup=0)
+    # PyTorch precisions on one device share a worker, which reloads the model for each: on a GPU, one untimed
+    # 2-token warm-up after each reload keeps lazy CUDA set-up out of the timed run.
+    quick = dataclasses.replace(request, warmup=1 if args.device == "gpu" else 0)
     for round_index in range(args.rounds):
         result = arena.run_text_to_end(quick)
         for r in result.results:
