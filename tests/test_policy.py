@@ -130,3 +130,36 @@ def test_limits_come_from_the_environment_and_flags():
 def test_hub_ids_are_names_not_paths():
     assert all(HUB_ID.match(m) for m in ("gpt2", "HuggingFaceTB/SmolLM2-135M-Instruct", "a.b/c_d-1"))
     assert not any(HUB_ID.match(m) for m in ("/abs", "../up", "a/../b", "~", ".hidden", "a//b", "a/b/c", ""))
+
+
+def test_hub_facts_are_read_from_the_hubs_own_model_info(monkeypatch):
+    """The metadata the size cap reads, in huggingface_hub's own ModelInfo shape (the Hub is unreachable here)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import ModelInfo
+
+    from arena.policy import hub_model_facts
+
+    answers = {
+        "with/safetensors": ModelInfo(id="with/safetensors", safetensors={"parameters": {"BF16": 7e9}, "total": 7e9},
+                                      gated="manual", siblings=[{"rfilename": "model.safetensors", "size": 14e9}]),
+        "only/bin": ModelInfo(id="only/bin", gated=False, siblings=[
+            {"rfilename": "pytorch_model-00001.bin", "size": 2e9}, {"rfilename": "pytorch_model-00002.bin",
+                                                                     "size": 1e9}, {"rfilename": "README.md",
+                                                                                    "size": 5e3}]),
+        "no/weights": ModelInfo(id="no/weights", siblings=[{"rfilename": "config.json", "size": 600}]),
+    }
+    asked = []
+
+    def model_info(self, repo_id, files_metadata=False, **_):
+        asked.append((repo_id, files_metadata))
+        return answers[repo_id]
+
+    monkeypatch.setattr(HfApi, "model_info", model_info)
+    assert hub_model_facts("with/safetensors") == {"parameters": 7e9, "how": "from its safetensors metadata",
+                                                   "gated": True}
+    facts = hub_model_facts("only/bin")
+    assert facts["parameters"] == 1.5e9 and "3.0 GB of weight files" in facts["how"] and not facts["gated"]
+    assert hub_model_facts("no/weights")["parameters"] is None
+    assert all(files for _, files in asked)  # file sizes are asked for: they are the fallback
+    problem = Policy(public=True).refuse_text(text("no/weights"))
+    assert "no weight files" in problem and one_sentence(problem)
