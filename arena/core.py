@@ -127,6 +127,10 @@ class Arena:
         yield from self._run(request, "prepare_image", "run_image", ImageRunResult, BackendImageResult, progress,
                              cancel, None if operator else self.policy.refuse_image)
 
+    def public_view(self, data: Any) -> Any:
+        """A result dict as a visitor may see it (server paths and logs removed in public mode)."""
+        return self.policy.redact(data, (str(self.cache_dir), str(Path(__file__).resolve().parent.parent)))
+
     @contextlib.contextmanager
     def stoppable(self, owner: str) -> Iterator[threading.Event]:
         """The stop signal for what ``owner`` (a browser session, an API client) runs inside this block."""

@@ -19,6 +19,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from arena.catalog import find_catalog_model, find_image_catalog_model
@@ -217,6 +218,29 @@ class Policy:
             return ("An existing TensorRT engine (engine_path) is a path on the server: this public server only "
                     "builds engines itself.")
         return None
+
+    def redact(self, data: Any, roots: tuple[str, ...] = ()) -> Any:
+        """What a visitor gets back in public mode: no server paths (model and artifact folders, paths inside
+        messages) and no log tails; unchanged off public mode. ``roots``: folders to hide (the cache, the repo)."""
+        if not self.public:
+            return data
+        hidden = sorted({r for r in (*roots, str(Path.home())) if r and len(r) > 1}, key=len, reverse=True)
+
+        def clean(value: Any, key: str = "") -> Any:
+            if key in ("dir", "artifact_dir", "model_dir", "cache_dir"):
+                return None
+            if key == "log_tail":
+                return ""
+            if isinstance(value, dict):
+                return {k: clean(v, k) for k, v in value.items()}
+            if isinstance(value, list):
+                return [clean(v) for v in value]
+            if isinstance(value, str):
+                for root in hidden:
+                    value = value.replace(root, "…")
+            return value
+
+        return clean(data)
 
     def describe(self) -> str:
         """For the UI: what a visitor may ask for (Markdown), or '' off public mode."""

@@ -163,3 +163,14 @@ def test_hub_facts_are_read_from_the_hubs_own_model_info(monkeypatch):
     assert all(files for _, files in asked)  # file sizes are asked for: they are the fallback
     problem = Policy(public=True).refuse_text(text("no/weights"))
     assert "no weight files" in problem and one_sentence(problem)
+
+
+def test_public_results_name_no_server_folder():
+    run = {"model": {"name": "m", "dir": "/srv/cache/models/abc"}, "results": [
+        {"load": {"artifact_dir": "/srv/cache/onnx/x", "provider": "CPU"}, "log_tail": "Traceback ... /srv/app/x.py",
+         "error": "The onnxruntime worker was killed while reading /srv/cache/onnx/x/model.onnx."}]}
+    shown = Policy(public=True).redact(run, ("/srv/cache", "/srv/app"))
+    assert shown["model"] == {"name": "m", "dir": None}
+    assert shown["results"][0]["load"] == {"artifact_dir": None, "provider": "CPU"}
+    assert shown["results"][0]["log_tail"] == "" and "/srv" not in shown["results"][0]["error"]
+    assert Policy.local().redact(run, ("/srv/cache",)) is run  # a local user sees everything

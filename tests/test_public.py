@@ -3,13 +3,14 @@ touches nothing on disk, the Stop button ends a run within 2 seconds, and the pa
 
 from __future__ import annotations
 
+import json
 import time
 
 import psutil
 import pytest
 from gradio_client import Client
 
-from tests.conftest import running_app
+from tests.conftest import ROOT, running_app
 
 pytestmark = pytest.mark.slow
 
@@ -63,12 +64,15 @@ def test_public_refusals_touch_nothing(public_app, tiny_llama, tiny_sd):
     assert workers_of(public_app["pid"]) == []  # no preparation or backend worker ever started
 
 
-def test_stop_ends_a_long_run_within_two_seconds_and_the_next_run_works(public_app):
+def test_stop_ends_a_long_run_within_two_seconds_and_the_next_run_works(public_app, session_cache):
     client = Client(public_app["url"], verbose=False)
     short = {"prompt": "Why should one run machine learning models on-premises?", "model": DEFAULT,
              "backends": ["pytorch"], "warmup": 0, "api_name": "/compare_text"}
     first = client.predict(max_new_tokens=4, **short)  # loads the model: the long run below only generates
     assert first["error"] is None and first["results"][0]["error"] is None, first
+    shown = json.dumps(first)  # what a visitor gets back names no folder of the server
+    assert str(session_cache) not in shown and str(ROOT) not in shown and first["model"]["dir"] is None
+    assert first["results"][0]["load"]["artifact_dir"] is None and first["results"][0]["log_tail"] == ""
     assert client.predict(api_name="/stop") == "You have no run in progress."
     job = client.submit(max_new_tokens=256, ignore_eos=True, **short)
     time.sleep(3)

@@ -55,7 +55,7 @@ def make_compare_text(arena: Arena):
         except (ValueError, TypeError) as exc:
             return {"error": str(exc), "results": []}
         with arena.stoppable(session_of(request)) as cancel:
-            return arena.run_text_to_end(run, cancel=cancel).to_dict()
+            return arena.public_view(arena.run_text_to_end(run, cancel=cancel).to_dict())
 
     return compare_text
 
@@ -82,8 +82,8 @@ def make_check(arena: Arena):
         except (ValueError, TypeError) as exc:
             return {"broken": True, "error": str(exc), "checks": []}
         with arena.stoppable(session_of(request)) as cancel:
-            return run_check(arena, model, spec, task=task or "auto", prompts=tuple(prompts or ()), reference=ref,
-                             max_new_tokens=int(max_new_tokens), cancel=cancel)
+            return arena.public_view(run_check(arena, model, spec, task=task or "auto", prompts=tuple(prompts or ()),
+                                               reference=ref, max_new_tokens=int(max_new_tokens), cancel=cancel))
 
     return check
 
@@ -133,7 +133,7 @@ def make_compare_image(arena: Arena):
         with arena.stoppable(session_of(request)) as cancel:
             result = arena.run_image_to_end(run, cancel=cancel)
         gallery = [(r.image, r.spec.label) for r in result.results if r.image is not None]
-        return gallery, image_run_dict(result)
+        return gallery, arena.public_view(image_run_dict(result))
 
     return compare_image
 

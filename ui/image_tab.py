@@ -174,7 +174,7 @@ def _wire(arena: Arena, tab: ImageTab) -> None:
                 (p.metrics, idle_panel(p.name, selected, p.controls.unavailable)[1]))}}
         with arena.stoppable(session_of(http)) as cancel:
             for result in arena.run_image(run, progress=lambda f, d: progress(f, desc=d), cancel=cancel):
-                yield render_image_run(tab, result, selected)
+                yield render_image_run(tab, result, selected, arena.public_view)
 
     tab.run.click(run_from_ui, inputs, outputs, api_visibility="private", concurrency_limit=1,
                   concurrency_id=RUN_CONCURRENCY_ID, show_progress_on=[tab.status])
@@ -204,8 +204,9 @@ def image_run_dict(result: ImageRunResult) -> dict[str, Any]:
     return data
 
 
-def render_image_run(tab: ImageTab, result: ImageRunResult, selected: set[str]) -> dict:
-    return render_image_dict(tab, image_run_dict(result), [r.image for r in result.results], selected)
+def render_image_run(tab: ImageTab, result: ImageRunResult, selected: set[str], view=lambda data: data) -> dict:
+    """``view``: what a visitor may see of the result dict (`Arena.public_view`)."""
+    return render_image_dict(tab, view(image_run_dict(result)), [r.image for r in result.results], selected)
 
 
 def render_image_dict(tab: ImageTab, run: dict[str, Any], images: list, selected: set[str]) -> dict:

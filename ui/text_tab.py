@@ -160,7 +160,7 @@ def _wire(arena: Arena, tab: TextTab) -> None:
         yield {tab.status: "Running…", **render_run(tab, {"results": []}, selected)}
         with arena.stoppable(session_of(http)) as cancel:
             for result in arena.run_text(run, progress=lambda f, d: progress(f, desc=d), cancel=cancel):
-                yield render_run(tab, result.to_dict(), selected)
+                yield render_run(tab, arena.public_view(result.to_dict()), selected)
 
     # Progress shows on the status line only: a loading overlay on every output keeps the browser repainting,
     # which on a small machine steals cores from the workers being timed.
