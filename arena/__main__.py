@@ -22,7 +22,8 @@ from arena.types import BackendSpec, TextRunRequest
 
 
 def parse_backend(text: str) -> BackendSpec:
-    """``name`` or ``name:key=value,key=value`` (e.g. ``onnxruntime:onnx_dir=/exports/llama``)."""
+    """``name`` or ``name:key=value,key=value`` (e.g. ``onnxruntime:onnx_dir=/exports/llama``): the values are
+    parsed and checked by the backend's own options (`BackendSpec.from_any`)."""
     name, _, options = text.partition(":")
     fields: dict[str, str] = {"backend": name}
     for item in filter(None, options.split(",")):
@@ -34,6 +35,18 @@ def parse_backend(text: str) -> BackendSpec:
         return BackendSpec.from_any(fields)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def backend_help() -> str:
+    """Each registered backend with its options and choices, for ``--help``."""
+    from arena.registry import all_backends
+
+    lines = []
+    for name, cls in all_backends().items():
+        options = ", ".join(f"{i.name}={'|'.join(i.choices) if i.choices else i.kind}"
+                            for i in cls.Options.fields_info())
+        lines.append(f"  {name}" + (f" ({', '.join(cls.aliases)})" if cls.aliases else "") + f": {options}")
+    return "backends (name:option=value,...):\n" + "\n".join(lines)
 
 
 def table(result: dict) -> str:
@@ -53,10 +66,11 @@ def table(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m arena", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m arena", description=__doc__, epilog=backend_help(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    text = sub.add_parser("text", help="compare text generation across backends")
+    text = sub.add_parser("text", help="compare text generation across backends", epilog=backend_help(),
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
     text.add_argument("--model", default=DEFAULT_TEXT_MODEL, help="catalog key, hub id or local directory")
     text.add_argument("--prompt", required=True)
     text.add_argument("--backend", action="append", type=parse_backend, dest="backends",

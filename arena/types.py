@@ -11,72 +11,76 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-BACKEND_LABELS = {"pytorch": "PyTorch", "onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}
+from arena.registry import backend_choices, backend_class, resolve_alias
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False, repr=False)
 class BackendSpec:
-    """One backend configuration the user picked: which runtime, on what, in which precision."""
+    """One backend configuration the user picked: which runtime, and its option values.
 
-    backend: str  # "pytorch" | "onnxruntime" | "tensorrt"
-    device: str = "cpu"  # pytorch: "cpu" | "cuda"
-    precision: str = "fp32"  # "fp32" | "bf16" | "fp16" | "int8"
-    provider: str = "auto"  # onnxruntime: "auto" or an execution provider name
-    onnx_dir: str | None = None  # onnxruntime: use this existing export instead of exporting
-    vae_fp32: bool = False  # image models in fp16/bf16: keep the VAE in fp32 (fp16 VAEs overflow to black)
-    engine_path: str | None = None  # tensorrt, image: a serialized UNet engine built elsewhere (unet.trt)
+    The options are the backend's own (its ``Options`` dataclass, see `backends.base.option`), read as attributes
+    (``spec.precision``, ``spec.onnx_dir``). Frozen, hashable and picklable: it crosses the worker pipe and keys
+    caches and dicts.
+    """
+
+    backend: str  # a registered name: "pytorch" | "onnxruntime" | "tensorrt" | ...
+    values: tuple[tuple[str, Any], ...]  # every option of that backend, in declaration order, defaults filled
+
+    def __init__(self, backend: str, **options: Any) -> None:
+        """``BackendSpec("onnxruntime", provider="CPUExecutionProvider")``: defaults for the options not given; an
+        option the backend does not have is a ValueError that lists the ones it has."""
+        name = resolve_alias(backend)
+        cls = backend_class(name)
+        object.__setattr__(self, "backend", name)
+        object.__setattr__(self, "values", tuple(cls.Options.complete(options, cls.title).items()))
+
+    def __getattr__(self, name: str) -> Any:
+        if not name.startswith("_"):  # dunder lookups (pickle's __setstate__) must not reach the values
+            for key, value in self.__dict__.get("values", ()):
+                if key == name:
+                    return value
+        raise AttributeError(f"{self.__dict__.get('backend', 'This')} backend has no option {name!r}")
+
+    def __repr__(self) -> str:
+        return f"BackendSpec({self.backend!r}{''.join(f', {k}={v!r}' for k, v in self.values)})"
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The option values by name."""
+        return dict(self.values)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """One option's value, or ``default`` when this backend has no such option."""
+        return dict(self.values).get(name, default)
+
+    def replace(self, **options: Any) -> BackendSpec:
+        """The same backend with some options changed."""
+        return BackendSpec(self.backend, **(self.options | options))
 
     @property
     def label(self) -> str:
-        parts = [BACKEND_LABELS.get(self.backend, self.backend)]
-        if self.backend == "pytorch":
-            parts.append(self.device)
-        elif self.backend == "onnxruntime":
-            names = {"CPUExecutionProvider": "CPU", "CUDAExecutionProvider": "CUDA",
-                     "TensorrtExecutionProvider": "TensorRT EP"}
-            parts.append(names.get(self.provider, self.provider.replace("ExecutionProvider", "")))
-        parts.append(self.precision + (" (VAE fp32)" if self.vae_fp32 and self.precision != "fp32" else ""))
-        if self.onnx_dir:
-            parts.append("user export")
-        if self.engine_path:
-            parts.append("user UNet engine")
-        return " · ".join(parts)
+        return backend_class(self.backend).label(self.options)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"label": self.label}
+        return {"backend": self.backend, **self.options, "label": self.label}
 
     @classmethod
     def from_any(cls, value: str | dict[str, Any] | BackendSpec) -> BackendSpec:
-        """Build from a name ("onnxruntime"), a dict of fields, or a spec (API convenience)."""
+        """Build from a name ("onnxruntime"), a dict of options, or a spec (API and CLI convenience).
+
+        String values are parsed by the option's type ("true" for a flag); ``None`` means "the default", and so
+        does an empty text field. "label" (what `to_dict` adds) is ignored, so a result's options read back.
+        """
         if isinstance(value, BackendSpec):
             return value
         if isinstance(value, str):
-            return cls(backend=_normalise_backend_name(value))
+            return cls(value)
         if isinstance(value, dict):
-            known = {f.name for f in dataclasses.fields(cls)}
-            unknown = set(value) - known - {"label"}
-            if unknown:
-                raise ValueError(f"Unknown backend option(s) {sorted(unknown)}; known: {sorted(known)}.")
-            data = {k: v for k, v in value.items() if k in known and v is not None}
-            if "backend" not in data:
-                raise ValueError("Each backend needs a 'backend' field: 'pytorch', 'onnxruntime' or 'tensorrt'.")
-            data["backend"] = _normalise_backend_name(data["backend"])
-            for key in ("onnx_dir", "engine_path"):
-                if data.get(key) == "":
-                    data.pop(key)
-            if "vae_fp32" in data:
-                data["vae_fp32"] = data["vae_fp32"] in (True, "true", "True", "1", 1)
-            return cls(**data)
+            if value.get("backend") in (None, ""):
+                raise ValueError(f"Each backend needs a 'backend' field: {backend_choices()}.")
+            options = {k: v for k, v in value.items() if k not in ("backend", "label") and v is not None}
+            return cls(value["backend"], **options)
         raise ValueError(f"Cannot read a backend from {value!r}.")
-
-
-def _normalise_backend_name(name: str) -> str:
-    aliases = {"pytorch": "pytorch", "torch": "pytorch", "onnxruntime": "onnxruntime", "onnx": "onnxruntime",
-               "ort": "onnxruntime", "onnx runtime": "onnxruntime", "tensorrt": "tensorrt", "trt": "tensorrt"}
-    key = name.strip().lower()
-    if key not in aliases:
-        raise ValueError(f"Unknown backend {name!r}: choose 'pytorch', 'onnxruntime' or 'tensorrt'.")
-    return aliases[key]
 
 
 class _Request:

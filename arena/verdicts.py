@@ -51,7 +51,7 @@ def reference_index(value: str | int | None, specs) -> int:
     an index, a backend name ("onnxruntime") or a label ("PyTorch · cpu · fp32")."""
     value = "auto" if value in (None, "") else value
     if value == "auto":
-        return next((i for i, s in enumerate(specs) if s.backend == "pytorch" and s.precision == "fp32"), 0)
+        return next((i for i, s in enumerate(specs) if s.backend == "pytorch" and s.get("precision") == "fp32"), 0)
     if isinstance(value, int) or str(value).isdigit():
         index = int(value)
         if 0 <= index < len(specs):

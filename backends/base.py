@@ -1,21 +1,29 @@
 """The Backend contract: what every runtime implements so the core can load it, run it and compare it.
 
-Rules every backend follows (a shared contract test holds them to it):
+A backend describes itself: its ``name``, ``aliases`` and ``title``, an ``Options`` dataclass (each field made
+with `option`: type, choices, default, help, which tasks, which values need a GPU) from which the UI builds its
+controls, the API and the CLI validate and parse, and `BackendSpec` gets its defaults; ``availability`` and
+``options`` say whether it (and each choice) can run here, and if not why and how to install.
+
+Rules every backend follows (a shared contract test holds them to it, tests/backend_contract.py):
 - Importing a backend module is cheap: torch, onnxruntime and friends are imported inside methods, so the UI
   process can ask `options()` without loading them.
 - A backend never times itself. It marks its phases with ``ctx.stage("export")`` and reports tokens through
   ``on_token``; the host in the worker process owns the clock.
 - ``generate_text`` is greedy and deterministic for a fixed input.
+- A backend never imports another backend, nor the worker machinery: conversions (export, quantization, engine
+  builds) live in `backends.conversion` and run isolated through ``ctx.run_isolated``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:
     from arena.cache import ArtifactCache
@@ -48,6 +56,106 @@ class OptionChoice:
     availability: Availability = AVAILABLE
 
 
+OptionKind = Literal["choice", "path", "text", "url", "bool", "secret_env"]
+# Kinds whose value reaches outside the server's own work (a file on its disk, a host to call, an environment
+# variable to read): a public server refuses them from visitors (arena.policy) and its UI leaves them out.
+SERVER_SIDE_KINDS = ("path", "url", "secret_env")
+TRUE_WORDS = ("true", "1", "yes", "on")
+FALSE_WORDS = ("false", "0", "no", "off", "")
+
+
+@dataclass(frozen=True)
+class OptionInfo:
+    """What one backend option is: read from its `option` field, by the UI, the API, the CLI and the policy."""
+
+    name: str
+    default: Any
+    kind: OptionKind = "choice"
+    choices: tuple[str, ...] = ()  # the values a "choice" takes (availability here comes from `Backend.options`)
+    label: str = ""  # the widget's label ("" -> the name, capitalized)
+    help: str = ""
+    tasks: tuple[str, ...] = ("text", "image")  # the tabs that show it
+    gpu_only_values: tuple[str, ...] = ()  # choices that need a GPU (a CPU-only contract test avoids them)
+    placeholder: str | Mapping[str, str] = ""  # a text field's hint, or one per task
+
+    def title(self) -> str:
+        return self.label or self.name.replace("_", " ").capitalize()
+
+    def placeholder_for(self, task: str) -> str:
+        if isinstance(self.placeholder, Mapping):
+            return self.placeholder.get(task, "")
+        return self.placeholder
+
+    def parse(self, value: Any, backend_title: str) -> Any:
+        """``value`` (a Python value, or the string the CLI or a form gives) as this option's type."""
+        if self.kind == "bool":
+            if isinstance(value, bool):
+                return value
+            word = str(value).strip().lower()
+            if word in TRUE_WORDS or word in FALSE_WORDS:
+                return word in TRUE_WORDS
+            raise ValueError(f"{backend_title} option {self.name} takes true or false, not {value!r}.")
+        if value is None or (self.kind != "choice" and str(value).strip() == ""):
+            return None if self.kind != "choice" else self.default
+        value = str(value).strip()
+        if self.kind == "choice" and self.choices and value not in self.choices:
+            raise ValueError(f"{backend_title} has no {self.name} '{value}'; choose one of: "
+                             f"{', '.join(self.choices)}.")
+        return value
+
+
+def option(default: Any, *, choices: tuple[str, ...] | None = None, kind: OptionKind = "choice", label: str = "",
+           help: str = "", tasks: tuple[str, ...] = ("text", "image"), gpu_only_values: tuple[str, ...] = (),
+           placeholder: str | Mapping[str, str] = "") -> Any:
+    """A field of a backend's ``Options`` dataclass, with what the UI, the API and the CLI need to know of it."""
+    info = {"default": default, "kind": kind, "choices": tuple(choices or ()), "label": label, "help": help,
+            "tasks": tuple(tasks), "gpu_only_values": tuple(gpu_only_values), "placeholder": placeholder}
+    return field(default=default, metadata={"option": info})
+
+
+def vae_fp32_option() -> Any:
+    """The image-only flag of backends that can run a diffusion pipeline in fp16/bf16 with its VAE in fp32."""
+    return option(False, kind="bool", tasks=("image",), label="Keep the VAE in fp32 (fp16/bf16 runs)",
+                  help="fp16 VAEs overflow and decode black images.")
+
+
+def precision_label(values: Mapping[str, Any]) -> str:
+    """"fp16 (VAE fp32)": the precision, and the VAE's where it differs."""
+    precision = values["precision"]
+    return precision + (" (VAE fp32)" if values.get("vae_fp32") and precision != "fp32" else "")
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """The base of every backend's options dataclass (fields made with `option`)."""
+
+    @classmethod
+    def fields_info(cls) -> tuple[OptionInfo, ...]:
+        """Every option, in declaration order."""
+        return tuple(OptionInfo(name=f.name, **f.metadata["option"]) for f in dataclasses.fields(cls)
+                     if "option" in f.metadata)
+
+    @classmethod
+    def field_info(cls, name: str) -> OptionInfo:
+        return next(info for info in cls.fields_info() if info.name == name)
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(info.name for info in cls.fields_info())
+
+    @classmethod
+    def complete(cls, given: Mapping[str, Any], backend_title: str) -> dict[str, Any]:
+        """Every option's value: ``given`` parsed (strings from the CLI or a form too), defaults for the rest.
+        An unknown name is an error that lists this backend's options."""
+        infos = {info.name: info for info in cls.fields_info()}
+        unknown = sorted(set(given) - set(infos))
+        if unknown:
+            raise ValueError(f"Unknown backend option(s) {unknown} for {backend_title}; its options: "
+                             f"{sorted(infos) or 'none'}.")
+        return {name: info.parse(given[name], backend_title) if name in given else info.default
+                for name, info in infos.items()}
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     """Greedy decoding settings every backend receives identically."""
@@ -76,6 +184,15 @@ class LoadContext:
     progress: Callable[..., None]
     stage_seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Runs "module:function" in a short-lived process (a crash there is reported, not inherited); wired by the
+    # host to arena.workers.run_isolated, so backends and conversions never import the worker machinery.
+    isolated: Callable[..., Any] | None = None
+
+    def run_isolated(self, target: str, *args: Any, description: str) -> Any:
+        """Run ``target(*args)`` ("module:function") in a separate process and return its result."""
+        if self.isolated is None:
+            raise RuntimeError("This LoadContext has no isolated-process runner (see arena.host.load_context).")
+        return self.isolated(target, *args, description=description, progress=self.progress)
 
     @contextmanager
     def stage(self, name: str, description: str | None = None) -> Iterator[None]:
@@ -93,19 +210,49 @@ class Backend(ABC):
     process; it holds one model at a time (a causal LM or a diffusion pipeline, by ``model.task``)."""
 
     name: ClassVar[str]  # "pytorch", "onnxruntime": the key used in requests and the API
-    title: ClassVar[str]  # shown in the UI
-    option_names: ClassVar[tuple[str, ...]]  # spec fields the UI offers for this backend
+    aliases: ClassVar[tuple[str, ...]] = ()  # other names a request may use ("torch", "ort"), lower case
+    title: ClassVar[str]  # shown in the UI and first in every label
+    Options: ClassVar[type[BackendOptions]] = BackendOptions  # the options dataclass (fields made with `option`)
+    tasks: ClassVar[tuple[str, ...]] = ("text", "image")  # what it runs: the tabs it appears in
 
     # --- cheap, UI-process side -------------------------------------------------------------
+    @classmethod
+    def label(cls, values: Mapping[str, Any]) -> str:
+        """How a configuration is named in panels and reports: "ONNX Runtime · CPU · int8 · user export"."""
+        choices = [str(values[i.name]) for i in cls.Options.fields_info() if i.kind == "choice"]
+        return " · ".join([cls.title, *choices])
+
+    @classmethod
+    def collect_facts(cls) -> dict[str, Any]:
+        """Facts about this machine the backend's ``availability`` reads (called in the environment probe's child
+        process, so heavy imports are fine here): {"torch": {...}}. Keys are shared: backends on one runtime
+        read the same facts."""
+        return {}
+
+    @classmethod
+    def distributions(cls) -> tuple[str, ...]:
+        """The packages whose versions the Environment tab lists for this backend."""
+        return ()
+
+    @classmethod
+    def worker_key(cls, values: Mapping[str, Any]) -> str:
+        """The worker process a configuration runs in: one per backend, and per device where it has one (two
+        devices do not fight over one process; switching precision reloads inside it)."""
+        device = values.get("device")
+        return f"{cls.name}-{device}" if device else cls.name
+
     @classmethod
     @abstractmethod
     def availability(cls, env: dict[str, Any]) -> Availability:
         """Can this backend run at all here (from the environment probe's facts)?"""
 
     @classmethod
-    @abstractmethod
     def options(cls, env: dict[str, Any]) -> dict[str, list[OptionChoice]]:
-        """Each option's choices with their availability here."""
+        """Each "choice" option's choices with their availability here (by default: the declared choices, each
+        as available as the backend itself)."""
+        whole = cls.availability(env)
+        return {info.name: [OptionChoice(value, value, whole) for value in info.choices]
+                for info in cls.Options.fields_info() if info.kind == "choice" and info.choices}
 
     @classmethod
     def check_spec(cls, spec: BackendSpec, env: dict[str, Any]) -> str | None:
@@ -151,6 +298,31 @@ class Backend(ABC):
     @abstractmethod
     def unload(self) -> None:
         """Free the model (the worker process also exits cleanly on shutdown)."""
+
+
+def torch_facts() -> dict[str, Any]:
+    """What torch says about this machine (imports torch: the environment probe's child process only)."""
+    try:
+        import torch
+
+        facts = {
+            "installed": True,
+            "version": torch.__version__,
+            "cuda_build": torch.version.cuda,
+            "cuda_available": bool(torch.cuda.is_available()),
+            "devices": [],
+            "bf16_cuda": False,
+        }
+        if facts["cuda_available"]:
+            for index in range(torch.cuda.device_count()):
+                props = torch.cuda.get_device_properties(index)
+                facts["devices"].append({
+                    "name": props.name, "capability": f"{props.major}.{props.minor}",
+                    "memory_gb": round(props.total_memory / 2**30, 1)})
+            facts["bf16_cuda"] = bool(torch.cuda.is_bf16_supported())
+        return facts
+    except Exception as exc:  # noqa: BLE001 - a broken install is a fact to report
+        return {"installed": False, "error": f"{type(exc).__name__}: {exc}"}
 
 
 def torch_threads() -> int:

@@ -1,35 +1,43 @@
 """ONNX Runtime through optimum-onnx: export with KV cache (cached on disk) or a user's export, then generate.
 
 Execution providers come from what onnxruntime reports: CPU here; CUDA and TensorRT where onnxruntime-gpu and
-TensorRT are installed. The export itself runs in a separate short-lived process (`run_isolated`): an exporter
-segfault stays there, and torch's threads never share this worker with ONNX Runtime's.
+TensorRT are installed. The export itself (`backends.conversion.onnx_export`) runs in a separate short-lived
+process (``ctx.run_isolated``): an exporter segfault stays there, and torch's threads never share this worker with
+ONNX Runtime's.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
+import importlib.util
 import json
 import os
-import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from arena.errors import ArenaError
-from arena.workers import run_isolated
 from backends.base import (
     AVAILABLE,
     Availability,
+    BackendOptions,
     HFBackend,
     LoadContext,
     OptionChoice,
+    option,
     ort_session_options,
+    torch_facts,
 )
+from backends.conversion.onnx_export import cached_export, cached_int8
+from backends.conversion.tensorrt_profiles import image_profiles, llm_profiles, to_ort_trt_options
+from backends.installs import OPTIMUM_ONNX_INSTALL
 
-ORT_INSTALL = "pip install 'optimum-onnx[onnxruntime]==0.1.0'"
+ORT_INSTALL = OPTIMUM_ONNX_INSTALL
 ORT_GPU_INSTALL = ("pip uninstall -y onnxruntime && pip install 'onnxruntime-gpu[cuda,cudnn]==1.31.1'  # CUDA 13 "
                    "and cuDNN 9 libraries from pip; NVIDIA driver 580 or newer")
 ORT_TRT_INSTALL = (ORT_GPU_INSTALL.split("  #")[0] + " 'tensorrt-cu13>=10.13,<11'  # its TensorRT provider loads "
@@ -40,25 +48,9 @@ PROVIDERS = {
     "CUDAExecutionProvider": "CUDA",
     "TensorrtExecutionProvider": "TensorRT",
 }
-TEXT_TASK = "text-generation-with-past"
-IMAGE_TASK = "text-to-image"
+PROVIDER_NAMES = {"CPUExecutionProvider": "CPU", "CUDAExecutionProvider": "CUDA",
+                  "TensorrtExecutionProvider": "TensorRT EP"}  # as labels say them
 ONNX_LAYOUT_FILES = ("model.onnx", "decoder_model_merged.onnx", "decoder_with_past_model.onnx", "decoder_model.onnx")
-
-
-def export_text_model(model_dir: str, output_dir: str, dtype: str, device: str) -> None:
-    """Export a causal LM with KV cache to ``output_dir`` (runs in an isolated process)."""
-    from optimum.exporters.onnx import main_export
-
-    main_export(model_dir, output=output_dir, task=TEXT_TASK, device=device,
-                dtype=None if dtype == "fp32" else dtype)
-
-
-def export_pipeline(model_dir: str, output_dir: str, dtype: str, device: str) -> None:
-    """Export a Stable Diffusion pipeline (text encoder, UNet, VAE encoder/decoder) to ``output_dir``."""
-    from optimum.exporters.onnx import main_export
-
-    main_export(model_dir, output=output_dir, task=IMAGE_TASK, device=device,
-                dtype=None if dtype == "fp32" else dtype)
 
 
 def find_pipeline_export(directory: str | Path) -> Path:
@@ -84,19 +76,6 @@ def pipeline_layout(root: str | Path) -> str:
     return "diffusers" if str(index.get("_class_name", "")).startswith("Onnx") else "optimum"
 
 
-def quantize_text_model(fp32_dir: str, output_dir: str) -> None:
-    """Dynamic int8 (weights int8, activations quantized at run time) for the CPU provider."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    source, target = Path(fp32_dir), Path(output_dir)
-    for item in source.iterdir():
-        if item.suffix not in (".onnx", ".onnx_data") and item.name != "manifest.json" and item.is_file():
-            shutil.copy2(item, target / item.name)
-    large = any(p.suffix == ".onnx_data" or p.name.endswith(".onnx.data") for p in source.iterdir())
-    quantize_dynamic(source / "model.onnx", target / "model.onnx", weight_type=QuantType.QInt8,
-                     use_external_data_format=large)
-
-
 def find_onnx_model(directory: str | Path) -> Path:
     """The decoder file of an export directory (optimum-cli's layout, or the legacy merged/with-past one)."""
     root = Path(directory).expanduser()
@@ -110,32 +89,6 @@ def find_onnx_model(directory: str | Path) -> Path:
         f"'{directory}' has no {ONNX_LAYOUT_FILES[0]}"
         + (f" (found {', '.join(found)})" if found else "")
         + ": expected the layout `optimum-cli export onnx --task text-generation-with-past` writes.")
-
-
-def _versions() -> dict[str, str | None]:
-    out = {}
-    for dist in ("optimum-onnx", "optimum", "transformers", "torch", "onnx", "onnxruntime", "onnxruntime-gpu"):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
-def cached_export(model, dtype: str, ctx: LoadContext) -> tuple[Path, bool]:
-    """The cached ONNX export of a prepared model at ``dtype`` ("fp32" on CPU, "fp16" on CUDA), built in an
-    isolated process on a miss; returns ``(folder, built_now)``. Shared by ONNX Runtime and TensorRT."""
-    task = IMAGE_TASK if model.task == "image" else TEXT_TASK
-    target = "export_pipeline" if model.task == "image" else "export_text_model"
-    fields = {"model": model.fingerprint, "task": task, "dtype": dtype, "versions": _versions()}
-    device = "cuda" if dtype == "fp16" else "cpu"
-    with ctx.stage("export", f"Exporting {model.model_name} to ONNX ({dtype}; once, then cached)"):
-        return ctx.cache.get_or_build(
-            "onnx", fields,
-            lambda tmp: run_isolated(f"backends.onnxruntime_backend:{target}", model.model_dir, str(tmp), dtype,
-                                     device, description="ONNX export", progress=ctx.progress,
-                                     log_path=os.environ.get("ARENA_WORKER_LOG"))
-            or {"source": model.model_dir, "model_name": model.model_name})
 
 
 @contextmanager
@@ -266,12 +219,76 @@ def fallback_warnings(lines: list[str]) -> list[str]:
     return found
 
 
+@dataclass(frozen=True)
+class OnnxRuntimeOptions(BackendOptions):
+    provider: str = option("auto", choices=("auto", *PROVIDERS), gpu_only_values=GPU_PROVIDERS,
+                           help="The execution provider (auto: CUDA if it starts, else CPU).")
+    precision: str = option("fp32", choices=("fp32", "fp16", "int8"), gpu_only_values=("fp16",),
+                            help="fp16 exports on CUDA; int8 is dynamic quantization for the CPU provider.")
+    onnx_dir: str | None = option(None, kind="path", label="Existing ONNX export (optional)",
+                                  help="Check your own export against PyTorch instead of exporting.",
+                                  placeholder={"text": "/path/to/optimum-cli/export",
+                                               "image": "/path/to/optimum-cli/text-to-image/export"})
+
+
+def onnxruntime_facts() -> dict[str, Any]:
+    """What onnxruntime says about this machine, each GPU provider it lists tried for real (`provider_status`)."""
+    try:
+        import onnxruntime
+
+        facts: dict[str, Any] = {
+            "installed": True,
+            "version": onnxruntime.__version__,
+            "device": onnxruntime.get_device(),
+            "providers": list(onnxruntime.get_available_providers()),
+        }
+        try:  # what a GPU build was compiled for ("13.0"); absent from some builds
+            info = importlib.import_module("onnxruntime.capi.build_and_package_info")
+            facts["cuda_version"] = getattr(info, "cuda_version", None)
+        except ImportError:
+            facts["cuda_version"] = None
+        try:
+            facts["provider_status"] = provider_status(facts["providers"])
+        except Exception as exc:  # noqa: BLE001 - an unknown status leaves the listed providers offered
+            facts["provider_status_error"] = f"{type(exc).__name__}: {exc}"
+        return facts
+    except Exception as exc:  # noqa: BLE001
+        return {"installed": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def optimum_onnx_installed() -> bool:
+    try:
+        importlib.metadata.version("optimum-onnx")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return importlib.util.find_spec("optimum") is not None
+
+
 class OnnxRuntimeBackend(HFBackend):
     """`ORTModelForCausalLM` (KV cache) with greedy `generate`."""
 
     name = "onnxruntime"
+    aliases = ("onnx", "ort", "onnx runtime")
     title = "ONNX Runtime"
-    option_names = ("provider", "precision", "onnx_dir")
+    Options = OnnxRuntimeOptions
+
+    @classmethod
+    def label(cls, values: Mapping[str, Any]) -> str:
+        provider = values["provider"]
+        parts = [cls.title, PROVIDER_NAMES.get(provider, provider.replace("ExecutionProvider", "")),
+                 values["precision"]]
+        if values.get("onnx_dir"):
+            parts.append("user export")
+        return " · ".join(parts)
+
+    @classmethod
+    def collect_facts(cls) -> dict[str, Any]:
+        return {"onnxruntime": onnxruntime_facts(), "optimum_onnx": {"installed": optimum_onnx_installed()},
+                "torch": torch_facts()}  # an fp16 export needs torch on CUDA
+
+    @classmethod
+    def distributions(cls) -> tuple[str, ...]:
+        return ("optimum", "optimum-onnx", "onnx", "onnxruntime", "onnxruntime-gpu")
 
     def __init__(self) -> None:
         super().__init__()
@@ -366,7 +383,7 @@ class OnnxRuntimeBackend(HFBackend):
         else:
             onnx_dir, built = cached_export(model, "fp16" if spec.precision == "fp16" else "fp32", ctx)
             if spec.precision == "int8":
-                onnx_dir, built_q = self._quantized(onnx_dir, ctx)
+                onnx_dir, built_q = cached_int8(onnx_dir, ctx)
                 built = built or built_q
             export_cached = not built
 
@@ -452,21 +469,9 @@ class OnnxRuntimeBackend(HFBackend):
         super().unload()
 
     @staticmethod
-    def _quantized(onnx_dir: Path, ctx: LoadContext) -> tuple[Path, bool]:
-        with ctx.stage("export", "ONNX Runtime: dynamic int8 quantization (once, then cached)"):
-            return ctx.cache.get_or_build(
-                "onnx-int8", {"fp32": str(onnx_dir.name), "versions": _versions()},
-                lambda tmp: run_isolated("backends.onnxruntime_backend:quantize_text_model",
-                                         str(onnx_dir), str(tmp), description="int8 quantization",
-                                         progress=ctx.progress, log_path=os.environ.get("ARENA_WORKER_LOG"))
-                or {"source": str(onnx_dir)})
-
-    @staticmethod
     def _trt_provider_options(model, spec, onnx_dir: Path, ctx: LoadContext) -> dict[str, Any]:
         """Engine cache and explicit profiles for every dynamic input: without them the TensorRT provider
         rebuilds its engines whenever a shape changes."""
-        from backends.tensorrt_backend import image_profiles, llm_profiles, to_ort_trt_options
-
         engine_dir = ctx.cache.root / "trt-ep" / onnx_dir.name
         engine_dir.mkdir(parents=True, exist_ok=True)
         options = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(engine_dir),

@@ -2,29 +2,56 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from backends.base import (
     AVAILABLE,
     Availability,
+    BackendOptions,
     HFBackend,
     LoadContext,
     OptionChoice,
+    option,
+    precision_label,
+    torch_facts,
     torch_threads,
+    vae_fp32_option,
 )
+from backends.installs import TORCH_CUDA_INSTALL, TORCH_INSTALL
 
-TORCH_INSTALL = "pip install torch==2.13.0"
-TORCH_CUDA_INSTALL = ("pip install --force-reinstall torch==2.13.0 --index-url https://pypi.org/simple  # PyPI's "
-                      "Linux x86_64 wheel is the CUDA 13 build; needs an NVIDIA GPU and a driver for CUDA 13")
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+@dataclass(frozen=True)
+class PyTorchOptions(BackendOptions):
+    device: str = option("cpu", choices=("cpu", "cuda"), gpu_only_values=("cuda",),
+                         help="Where the model runs.")
+    precision: str = option("fp32", choices=("fp32", "bf16", "fp16"), gpu_only_values=("fp16",),
+                            help="The weights' dtype (fp16 on CUDA only).")
+    vae_fp32: bool = vae_fp32_option()  # image models in fp16/bf16: keep the VAE in fp32 (fp16 VAEs overflow to black)
 
 
 class PyTorchBackend(HFBackend):
     """`AutoModelForCausalLM` with greedy `generate`."""
 
     name = "pytorch"
+    aliases = ("torch",)
     title = "PyTorch"
-    option_names = ("device", "precision")
+    Options = PyTorchOptions
+
+    @classmethod
+    def label(cls, values: Mapping[str, Any]) -> str:
+        return " · ".join((cls.title, values["device"], precision_label(values)))
+
+    @classmethod
+    def collect_facts(cls) -> dict[str, Any]:
+        return {"torch": torch_facts()}
+
+    @classmethod
+    def distributions(cls) -> tuple[str, ...]:
+        return ("torch", "transformers")
 
     @classmethod
     def availability(cls, env: dict[str, Any]) -> Availability:

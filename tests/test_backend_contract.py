@@ -1,80 +1,83 @@
-"""Every registered backend against the same contract, on a tiny Llama built here (Polygraphy's lesson:
-a backend without a shared test drifts). GPU options are exercised where a GPU exists, else skipped."""
+"""Every registered backend against the same contract (tests/backend_contract.py), on a tiny Llama and a tiny
+Stable Diffusion pipeline built here. A backend's class below says which specs to run; GPU options are exercised
+where a GPU exists, else skipped with the reason. Adding a backend: one class here (the meta-test asks for it)."""
 
 from __future__ import annotations
 
-import pytest
+import ast
+from pathlib import Path
 
-from arena.cache import ArtifactCache, directory_fingerprint
-from arena.environment import probe_environment
-from arena.registry import TEXT_BACKENDS, backend_class
-from arena.types import BackendSpec, PreparedText
-from backends.base import GenerationSettings, LoadContext, OptionChoice
+from arena.registry import BACKENDS, backend_class
+from arena.types import BackendSpec
+from tests.backend_contract import BackendContract
 
-ENV = probe_environment()
-CPU_SPECS = {"pytorch": BackendSpec("pytorch"),
-             "onnxruntime": BackendSpec("onnxruntime", provider="CPUExecutionProvider"),
-             "tensorrt": BackendSpec("tensorrt")}  # TensorRT has no CPU mode: it runs where CUDA does
-CUDA_SPECS = {"pytorch": BackendSpec("pytorch", device="cuda"),
-              "onnxruntime": BackendSpec("onnxruntime", provider="CUDAExecutionProvider"),
-              "tensorrt": BackendSpec("tensorrt")}
-GPU_ONLY = {"tensorrt"}
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def skip_unless_available(name: str) -> None:
-    whole = backend_class(name).availability(ENV)
-    if not whole.ok:
-        pytest.skip(f"{name} is not available here: {whole.sentence()}")
+class TestPyTorch(BackendContract):
+    backend = "pytorch"
+    cpu_spec = {}
+    cuda_spec = {"device": "cuda"}
 
 
-def prepared_for(model_dir) -> PreparedText:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    ids = tokenizer("My name is Arthur and I live in")["input_ids"]
-    return PreparedText(model_dir=str(model_dir), model_name="tiny-llama", source="local", rendered_prompt="",
-                        prompt_token_ids=tuple(ids), eos_token_ids=(tokenizer.eos_token_id,),
-                        pad_token_id=tokenizer.pad_token_id, context_length=128,
-                        fingerprint=directory_fingerprint(model_dir))
+class TestOnnxRuntime(BackendContract):
+    backend = "onnxruntime"
+    cpu_spec = {"provider": "CPUExecutionProvider"}
+    cuda_spec = {"provider": "CUDAExecutionProvider"}
 
 
-@pytest.mark.parametrize("name", sorted(TEXT_BACKENDS))
-def test_options_are_well_formed_and_explain_what_is_missing(name):
-    cls = backend_class(name)
-    whole = cls.availability(ENV)
-    assert whole.ok or name in GPU_ONLY, whole.sentence()
-    options = cls.options(ENV)
-    assert set(options) <= {"device", "precision", "provider"}
-    for choices in options.values():
-        assert choices and all(isinstance(c, OptionChoice) for c in choices)
-        assert any(c.availability.ok for c in choices) or not whole.ok
-        for choice in choices:
-            if not choice.availability.ok:
-                assert choice.availability.reason.endswith((".", ")")), choice
-    if whole.ok:
-        assert cls.check_spec(CPU_SPECS[name], ENV) is None
-    else:  # the precise reason and the install command, never a silent absence
-        problem = cls.check_spec(CPU_SPECS[name], ENV)
-        assert whole.install and whole.reason in problem and f"Install: `{whole.install}`" in problem
+class TestTensorRT(BackendContract):
+    backend = "tensorrt"
+    cpu_spec = {}  # TensorRT has no CPU mode: it runs where CUDA does
+    cuda_spec = {}
+    gpu_only = True
 
 
-@pytest.mark.parametrize("name", sorted(TEXT_BACKENDS))
-def test_generates_greedily_and_reports_each_token(name, tiny_llama, tmp_path):
-    skip_unless_available(name)
-    backend = backend_class(name)()
-    ctx = LoadContext(cache=ArtifactCache(tmp_path), progress=lambda *a, **k: None)
-    model = prepared_for(tiny_llama)
-    backend.load(model, CPU_SPECS[name], ctx)
-    assert set(ctx.stage_seconds) >= {"load"}
-    settings = GenerationSettings(max_new_tokens=12, eos_token_ids=model.eos_token_ids,
-                                  pad_token_id=model.pad_token_id, ignore_eos=True)
-    seen: list[int] = []
-    ids = backend.generate_text(list(model.prompt_token_ids), settings, seen.append)
-    assert ids == seen and len(ids) == 12
-    assert backend.generate_text(list(model.prompt_token_ids), settings, lambda t: None) == ids
-    info = backend.runtime_info()
-    assert info["provider"] and info["artifact_dir"]
-    backend.unload()
+def test_every_registered_backend_has_a_contract_test_class():
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    covered = {sub.backend for sub in subclasses(BackendContract) if "backend" in vars(sub)}
+    missing = sorted(set(BACKENDS) - covered)
+    assert not missing, (f"registered backend(s) {missing} have no contract test: add a class "
+                         "`class TestX(BackendContract): backend = ...` to tests/test_backend_contract.py")
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at the top or inside functions ("from backends import x" gives backends.x)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_no_backend_imports_another_backend_or_the_worker_machinery():
+    backend_modules = {target.partition(":")[0] for target in BACKENDS.values()}
+    problems = []
+    for path in sorted((ROOT / "backends").rglob("*.py")):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        imports = imported_modules(path)
+        if "arena.workers" in imports:
+            problems.append(f"{module} imports arena.workers (use ctx.run_isolated)")
+        others = sorted((imports & backend_modules) - {module})
+        if others:
+            problems.append(f"{module} imports the backend module(s) {others} (shared code belongs in "
+                            "backends/base.py, backends/conversion/ or backends/installs.py)")
+    assert not problems, "\n".join(problems)
+    assert backend_modules <= {".".join(p.relative_to(ROOT).with_suffix("").parts)
+                               for p in (ROOT / "backends").glob("*.py")}
+
+
+def test_the_ui_names_no_backend():
+    source = (ROOT / "ui" / "controls.py").read_text()
+    named = [name for name in BACKENDS if f'"{name}"' in source or f"'{name}'" in source]
+    assert not named, f"ui/controls.py names {named}: build widgets from the backend's Options instead"
 
 
 def test_cpu_only_machine_explains_gpu_options():
@@ -95,21 +98,3 @@ def test_cpu_only_machine_explains_gpu_options():
                "onnxruntime": {"installed": False}, "optimum_onnx": {"installed": False}}
     assert "pip install torch==2.13.0" in backend_class("pytorch").check_spec(BackendSpec("pytorch"), missing)
     assert "optimum-onnx" in backend_class("onnxruntime").check_spec(BackendSpec("onnxruntime"), missing)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("name", sorted(TEXT_BACKENDS))
-def test_cuda_generation_matches_cpu(name, tiny_llama, tmp_path):
-    problem = backend_class(name).check_spec(CUDA_SPECS[name], ENV)
-    if problem:
-        pytest.skip(f"needs CUDA: {problem}")
-    model = prepared_for(tiny_llama)
-    settings = GenerationSettings(12, model.eos_token_ids, model.pad_token_id, ignore_eos=True)
-    outputs = []
-    reference = CPU_SPECS["pytorch"] if name in GPU_ONLY else CPU_SPECS[name]
-    for spec in (reference, CUDA_SPECS[name]):
-        backend = backend_class(spec.backend)()
-        backend.load(model, spec, LoadContext(cache=ArtifactCache(tmp_path), progress=lambda *a, **k: None))
-        outputs.append(backend.generate_text(list(model.prompt_token_ids), settings, lambda t: None))
-        backend.unload()
-    assert outputs[0] == outputs[1]

@@ -16,8 +16,8 @@ import pytest
 from arena.image_metrics import psnr
 from arena.types import PreparedImage
 from backends.base import GenerationSettings, ImageSettings, diffusers_generate, hf_generate
+from backends.conversion.onnx_export import export_pipeline, export_text_model
 from backends.loops import OrtRunner, components_generate, kv_greedy_generate
-from backends.onnxruntime_backend import export_pipeline, export_text_model
 
 
 @pytest.fixture(scope="module")

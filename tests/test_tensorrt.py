@@ -13,16 +13,14 @@ import json
 import pytest
 
 from arena.errors import ArenaError
-from backends.tensorrt_backend import (
-    TensorRTBackend,
+from backends.conversion.tensorrt_build import engine_cache_fields, onnx_digest, precision_plan
+from backends.conversion.tensorrt_profiles import (
     check_profile_covers,
-    engine_cache_fields,
     image_profiles,
     llm_profiles,
-    onnx_digest,
-    precision_plan,
     to_ort_trt_options,
 )
+from backends.tensorrt_backend import TensorRTBackend
 
 LLAMA_7B = {"num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32, "hidden_size": 4096}
 SD21 = {"unet": {"in_channels": 4, "cross_attention_dim": 1024},

@@ -1,4 +1,5 @@
-"""Run the TensorRT backend's builder and runner code against the real TensorRT Python bindings, without a GPU.
+"""Run the TensorRT builder (backends/conversion/tensorrt_build.py) and runner (backends/tensorrt_backend.py) code
+against the real TensorRT Python bindings, without a GPU.
 
 Started by tests/test_tensorrt_bindings.py in a fresh interpreter whose ``PYTHONPATH`` holds one version's real
 ``tensorrt_bindings`` package (the ``tensorrt-cu13-bindings`` wheel from PyPI) and whose ``LD_LIBRARY_PATH``
@@ -30,6 +31,8 @@ import torch  # noqa: E402  (after the alias: the backend imports tensorrt lazil
 
 from arena.errors import ArenaError  # noqa: E402
 from backends import tensorrt_backend as tb  # noqa: E402
+from backends.conversion import tensorrt_build as build  # noqa: E402
+from backends.conversion import tensorrt_profiles as profiles_mod  # noqa: E402
 
 PREFIX = "tensorrt_bindings.tensorrt."
 BUILDER, PARSER, RUNTIME = trt.Builder, trt.OnnxParser, trt.Runtime  # the real classes (the module's get replaced)
@@ -174,14 +177,14 @@ def check_precision_plans(problems: list) -> None:
         for part in ("decoder", "text_encoder", "unet", "vae_decoder"):
             for vae_fp32 in (False, True):
                 for upcast in (False, True):
-                    plan = tb.precision_plan(trt.__version__, precision, part, vae_fp32, upcast)
+                    plan = build.precision_plan(trt.__version__, precision, part, vae_fp32, upcast)
                     for flag in plan.builder_flags:
                         if not hasattr(trt.BuilderFlag, flag):
                             problems.append(f"plan {precision}/{part} uses BuilderFlag.{flag}, which is missing")
                     for layer_type in plan.fp32_layer_types:
                         if not hasattr(trt.LayerType, layer_type):
                             problems.append(f"plan {precision}/{part} pins LayerType.{layer_type}, which is missing")
-                    flags = tb.network_flags(trt, plan)
+                    flags = build.network_flags(trt, plan)
                     if not isinstance(flags, int) or flags < 0:
                         problems.append(f"network_flags gave {flags!r}")
 
@@ -190,7 +193,7 @@ def check_builder(problems: list, checks: list) -> None:
     """configure_builder for every UNet plan, then build_engine_file end to end on doubles."""
     sd21 = {"unet": {"in_channels": 4, "cross_attention_dim": 1024},
             "vae": {"latent_channels": 4, "block_out_channels": [128, 256, 512, 512]}}
-    profiles = tb.image_profiles("unet", sd21, 768, 768, 77)
+    profiles = profiles_mod.image_profiles("unet", sd21, 768, 768, 77)
     for upcast in (False, True):
         for precision in ("fp32", "fp16"):
             log: list = []
@@ -198,8 +201,8 @@ def check_builder(problems: list, checks: list) -> None:
             profile = Strict(trt.IOptimizationProfile, log)
             builder = Strict(BUILDER, log, create_builder_config=config, create_optimization_profile=profile)
             network = unet_network(log)
-            plan = tb.precision_plan(trt.__version__, precision, "unet", upcast_attention=upcast)
-            tb.configure_builder(trt, builder, network, plan, profiles)
+            plan = build.precision_plan(trt.__version__, precision, "unet", upcast_attention=upcast)
+            build.configure_builder(trt, builder, network, plan, profiles)
             shaped = [args[0] for name, args in log if name == "IOptimizationProfile.set_shape"]
             if shaped != ["sample", "timestep", "encoder_hidden_states"]:
                 problems.append(f"profile shapes set for {shaped}")
@@ -217,7 +220,7 @@ def check_builder(problems: list, checks: list) -> None:
     builder = Strict(BUILDER, log, create_builder_config=Strict(trt.IBuilderConfig, log),
                      create_optimization_profile=Strict(trt.IOptimizationProfile, log))
     try:
-        tb.configure_builder(trt, builder, unet_network(log), tb.precision_plan(trt.__version__, "fp32"),
+        build.configure_builder(trt, builder, unet_network(log), build.precision_plan(trt.__version__, "fp32"),
                              {"sample": profiles["sample"]})
         problems.append("a dynamic input without a profile range was not refused")
     except ArenaError as exc:
@@ -233,27 +236,27 @@ def check_builder(problems: list, checks: list) -> None:
     parser = Strict(PARSER, log, parse_from_file=True, num_errors=0)
     trt.Builder = constructor(BUILDER, log, builder)
     trt.OnnxParser = constructor(PARSER, log, parser)
-    plan = tb.precision_plan(trt.__version__, "fp16", "unet", upcast_attention=True)
+    plan = build.precision_plan(trt.__version__, "fp16", "unet", upcast_attention=True)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "engine.trt"
-        tb.build_engine_file(str(Path(tmp) / "model.onnx"), str(out), tb.asdict(plan),
+        build.build_engine_file(str(Path(tmp) / "model.onnx"), str(out), build.asdict(plan),
                              {k: [list(s) for s in v] for k, v in profiles.items()})
         if out.read_bytes() != b"serialized engine":
             problems.append("build_engine_file did not write the serialized network")
     network_flag_calls = [args for name, args in log if name == "Builder.create_network"]
     if network_flag_calls != [(0,)]:  # 10: weakly typed (FP16 flag); 11: always strongly typed, no flag passed
         problems.append(f"create_network called with {network_flag_calls}")
-    strong = tb.PrecisionPlan("fp16", "fp16", (), True)  # a strongly typed plan on 10 opts in with the flag
+    strong = build.PrecisionPlan("fp16", "fp16", (), True)  # a strongly typed plan on 10 opts in with the flag
     expected = 1 << 1 if trt.__version__.startswith("10.") else 0
-    if tb.network_flags(trt, strong) != expected:
-        problems.append(f"network_flags for a strongly typed plan: {tb.network_flags(trt, strong)}, not {expected}")
+    if build.network_flags(trt, strong) != expected:
+        problems.append(f"network_flags for a strongly typed plan: {build.network_flags(trt, strong)}, not {expected}")
     checks.append("build_engine_file (parse, configure, build, write)")
 
     parser_failed = Strict(PARSER, log, parse_from_file=False, num_errors=1,
                            get_error=lambda i: "In node 3 (Foo): unsupported operator")
     trt.OnnxParser = constructor(PARSER, log, parser_failed)
     try:
-        tb.build_engine_file("model.onnx", "engine.trt", tb.asdict(plan), {})
+        build.build_engine_file("model.onnx", "engine.trt", build.asdict(plan), {})
         problems.append("a parse failure was not reported")
     except ArenaError as exc:
         if "unsupported operator" not in str(exc):

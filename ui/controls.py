@@ -8,6 +8,7 @@ from typing import Any
 import gradio as gr
 
 from arena.types import BackendSpec
+from backends.base import SERVER_SIDE_KINDS, OptionChoice, OptionInfo
 from ui.format import choice_labels, unavailable_note
 
 RUN_CONCURRENCY_ID = "arena-run"  # every run (UI or API, text or image) shares one slot: timed runs never overlap
@@ -26,40 +27,29 @@ class BackendOptionControls:
         return {"enabled": data[self.enabled], **{key: data[w] for key, w in self.widgets.items()}}
 
 
-def build_backend_controls(backend_options: dict[str, dict[str, Any]], prefix: str,
-                           export_placeholder: str, image: bool = False,
+def build_backend_controls(backend_options: dict[str, dict[str, Any]], prefix: str, task: str = "text",
                            allow_paths: bool = True) -> list[BackendOptionControls]:
-    """One accordion per backend: run checkbox, option radios, unavailable options with reasons and installs.
+    """One accordion per backend that runs ``task``: run checkbox, then a widget per option of that task, built
+    from the backend's options (`backends.base.option`): a choice is a radio (a dropdown past three choices)
+    labelled with why a choice cannot run here, a flag a checkbox, a path or text a textbox.
 
     ``prefix`` keeps element ids unique between tabs ("" for the Text tab, "image-" for the Image tab).
-    ``allow_paths`` False (public mode) leaves out the fields that name files on the server.
+    ``allow_paths`` False (public mode) leaves out the options that reach outside the server's own work (paths,
+    URLs, secrets: `SERVER_SIDE_KINDS`), which the policy refuses anyway.
     """
     controls = []
     for name, info in backend_options.items():
+        if task not in info.get("tasks", (task,)):
+            continue
         available = info["availability"]
         with gr.Accordion(info["title"], open=True):
             enabled = gr.Checkbox(value=available.ok, label=f"Run {info['title']}", interactive=available.ok,
                                   elem_id=f"{prefix}enable-{name}",
                                   info=None if available.ok else available.sentence())
-            widgets: dict[str, gr.components.Component] = {}
-            for option, choices in info["options"].items():
-                first_ok = next((c.value for c in choices if c.availability.ok), choices[0].value)
-                widget = gr.Dropdown if len(choices) > 3 else gr.Radio
-                widgets[option] = widget(choices=choice_labels(choices), value=first_ok,
-                                         label=option.capitalize(), elem_id=f"{prefix}{name}-{option}")
-            if image and name in ("pytorch", "tensorrt"):
-                widgets["vae_fp32"] = gr.Checkbox(False, label="Keep the VAE in fp32 (fp16/bf16 runs)",
-                                                  info="fp16 VAEs overflow and decode black images.",
-                                                  elem_id=f"{prefix}{name}-vae_fp32")
-            if image and name == "tensorrt" and allow_paths:
-                widgets["engine_path"] = gr.Textbox(label="Existing UNet engine (optional)",
-                                                    placeholder="/path/to/unet.trt",
-                                                    info="A serialized TensorRT UNet built elsewhere; its profile "
-                                                         "must cover this image size.")
-            if name == "onnxruntime" and allow_paths:
-                widgets["onnx_dir"] = gr.Textbox(label="Existing ONNX export (optional)",
-                                                 placeholder=export_placeholder,
-                                                 info="Check your own export against PyTorch instead of exporting.")
+            widgets = {field.name: widget for field in info["fields"]
+                       if task in field.tasks and (allow_paths or field.kind not in SERVER_SIDE_KINDS)
+                       and (widget := option_widget(field, info["options"].get(field.name), task,
+                                                    f"{prefix}{name}-{field.name}")) is not None}
             note = unavailable_note(info["options"])
             if note:
                 with gr.Accordion(f"Unavailable here ({note.count(chr(10)) + 1}): why, and how to install",
@@ -68,6 +58,24 @@ def build_backend_controls(backend_options: dict[str, dict[str, Any]], prefix: s
         controls.append(BackendOptionControls(name, info["title"], enabled, widgets,
                                               "" if available.ok else available.sentence()))
     return controls
+
+
+def option_widget(field: OptionInfo, choices: list[OptionChoice] | None, task: str,
+                  elem_id: str) -> gr.components.Component | None:
+    """The widget for one backend option; ``choices`` (a choice option's values and their availability here)
+    come from the backend's probe, else from the option's declared choices."""
+    if field.kind == "choice":
+        choices = choices or [OptionChoice(value, value) for value in field.choices]
+        if not choices:
+            return None
+        runnable = [c.value for c in choices if c.availability.ok]
+        value = field.default if field.default in runnable else (runnable or [choices[0].value])[0]
+        widget = gr.Dropdown if len(choices) > 3 else gr.Radio
+        return widget(choices=choice_labels(choices), value=value, label=field.title(), elem_id=elem_id)
+    if field.kind == "bool":
+        return gr.Checkbox(bool(field.default), label=field.title(), info=field.help or None, elem_id=elem_id)
+    return gr.Textbox(value=field.default or "", label=field.title(), placeholder=field.placeholder_for(task),
+                      info=field.help or None, elem_id=elem_id)
 
 
 def reference_dropdown(backend_options: dict[str, dict[str, Any]], elem_id: str) -> gr.Dropdown:

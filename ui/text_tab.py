@@ -94,8 +94,7 @@ def build_text_tab(arena: Arena) -> TextTab:
             notes = gr.Markdown(model_notes(DEFAULT_TEXT_MODEL), elem_classes=["arena-notes"])
             prompt_format = gr.Dropdown(choices=[(f.label, f.name) for f in PROMPT_FORMATS.values()],
                                         value="auto", label="Prompt format")
-            controls = build_backend_controls(backend_options, "", "/path/to/optimum-cli/export",
-                                              allow_paths=not public)
+            controls = build_backend_controls(backend_options, "", "text", allow_paths=not public)
             max_new_tokens = gr.Slider(1, min(512, limits.max_new_tokens) if public else 512, value=64, step=1,
                                        label="Max new tokens")
             reference = reference_dropdown(backend_options, "text-reference")
