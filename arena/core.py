@@ -80,7 +80,8 @@ class Arena:
         for name in self.backends:
             cls = self._backend_cls(name)
             out[name] = {"title": cls.title, "availability": cls.availability(env), "options": cls.options(env),
-                         "fields": cls.Options.fields_info(), "tasks": cls.tasks}
+                         "fields": cls.Options.fields_info(), "tasks": cls.tasks,
+                         "enabled_by_default": cls.enabled_by_default}
         return out
 
     def _backend_cls(self, name: str):

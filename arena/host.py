@@ -3,6 +3,7 @@ does all the timing (warm-up, repeats, per-token stamps) so that backends never 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 import sys
@@ -124,13 +125,13 @@ class BackendHost:
         load = self._ensure_loaded(prepared, spec, progress)
         settings = GenerationSettings(max_new_tokens=request.max_new_tokens,
                                       eos_token_ids=prepared.eos_token_ids, pad_token_id=prepared.pad_token_id,
-                                      ignore_eos=request.ignore_eos)
+                                      ignore_eos=request.ignore_eos, rendered_prompt=prepared.rendered_prompt,
+                                      user_prompt=prepared.user_prompt, prompt_format=prepared.prompt_format)
         prompt = list(prepared.prompt_token_ids)
         label = spec.label
         for i in range(request.warmup):
             progress(None, f"{label}: warm-up {i + 1}/{request.warmup}", force=True)
-            warm = GenerationSettings(min(2, settings.max_new_tokens), settings.eos_token_ids,
-                                      settings.pad_token_id, settings.ignore_eos)
+            warm = dataclasses.replace(settings, max_new_tokens=min(2, settings.max_new_tokens))
             self.backend.generate_text(prompt, warm, lambda _t: None)
         runs, ids = [], []
         for r in range(request.repeats):
@@ -147,6 +148,9 @@ class BackendHost:
             end = time.perf_counter()
             runs.append(summarize_generation(start, stamps, end))
         text = self._tokenizer(prepared.model_dir).decode(ids, skip_special_tokens=True)
+        run_notes = tuple(getattr(self.backend, "run_notes", ()) or ())  # what the backend says of this run
+        if run_notes:
+            load = dataclasses.replace(load, notes=tuple(load.notes) + run_notes)
         try:  # not timed: the logits of the first generated position, for the comparison with the reference
             first_logits = self.backend.forward_logits(prompt)[-1]
         except NotImplementedError:

@@ -5,7 +5,10 @@ A public deployment (a Hugging Face Space, or ``app.py --public``) is open to st
   (a "path" such as ``onnx_dir``/``engine_path``, a "url", a "secret_env": see `backends.base.option`) may be set;
 - work is capped (tokens, repeats, warm-ups, prompt length, image size and steps, backends per run, model size by
   parameter count read from the hub before any download, a whole-run time limit, the cache's total size);
-- gated models are refused before a run starts when no Hugging Face token is configured.
+- gated models are refused before a run starts when no Hugging Face token is configured;
+- a "url" option (a model server to call) takes only the endpoints the operator configured
+  (``ARENA_ENDPOINTS="name=http://host:port/v1,..."``), picked by name: a visitor never makes this server call an
+  address of their choosing, nor sees the operator's; a "secret_env" option keeps its default.
 
 Every refusal is one sentence. Off a Space (and without ``--public``) `Policy.local()` checks only gated models,
 so nothing changes for a local user. Caps are operator settings: ``ARENA_<FIELD>`` environment variables (Space
@@ -120,6 +123,22 @@ def hub_model_facts(model_id: str) -> dict[str, Any]:
     return {"parameters": parameters, "how": how, "gated": bool(getattr(info, "gated", False))}
 
 
+ENDPOINTS_VARIABLE = "ARENA_ENDPOINTS"  # "name=http://host:port/v1,...": the servers the operator offers
+
+
+def configured_endpoints(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """{name: base URL} of the model servers the operator configured (``ARENA_ENDPOINTS``), in their order. A
+    "url" option takes a name in public mode; a backend resolves it with this (in its worker: the same
+    environment)."""
+    environ = os.environ if environ is None else environ
+    out = {}
+    for item in environ.get(ENDPOINTS_VARIABLE, "").split(","):
+        name, sep, url = item.partition("=")
+        if sep and name.strip() and url.strip():
+            out[name.strip()] = url.strip()
+    return out
+
+
 class Policy:
     """The gate. ``public`` turns on path refusal and the caps; gated-model checks apply in every mode."""
 
@@ -209,20 +228,42 @@ class Policy:
         return self.refuse_model(request.model, task)
 
     def refuse_spec(self, spec) -> str | None:
-        """Options that reach outside the server's own work (a path on its disk, a URL, an environment variable:
-        the kinds in `SERVER_SIDE_KINDS`, read from the backend's options) are refused in public mode."""
+        """Options that reach outside the server's own work (the kinds in `SERVER_SIDE_KINDS`, read from the
+        backend's options) in public mode: a path is refused; a URL only as the name of an operator-configured
+        endpoint (`configured_endpoints`); a secret's variable only as its default."""
         if not self.public:
             return None
         from arena.registry import backend_class
 
         for info in backend_class(spec.backend).Options.fields_info():
             value = spec.get(info.name)
-            if info.kind in SERVER_SIDE_KINDS and value not in (None, "", info.default):
-                what = info.title().removesuffix(" (optional)")
-                reach = {"path": "is a path on the server", "url": "is an address this server would call",
-                         "secret_env": "names a secret of this server"}[info.kind]
+            what = info.title().removesuffix(" (optional)")
+            if info.kind == "url":
+                problem = self._refuse_endpoint(what, info.name, "" if value is None else str(value).strip())
+                if problem:
+                    return problem
+            elif info.kind in SERVER_SIDE_KINDS and value not in (None, "", info.default):
+                reach = {"path": "is a path on the server",
+                         "secret_env": "names a secret of this server"}.get(info.kind, "reaches outside this server")
                 return f"{what} ({info.name}) {reach}, which this public server does not take from visitors."
         return None
+
+    @staticmethod
+    def _refuse_endpoint(what: str, name: str, value: str) -> str | None:
+        """A "url" option in public mode: a configured endpoint's name, or empty (the only one, if one)."""
+        endpoints = configured_endpoints()
+        if not value:
+            if len(endpoints) > 1:
+                return (f"{what} ({name}) names one of the endpoints this public server offers: "
+                        f"{', '.join(endpoints)}.")
+            return None  # the only endpoint, or none (the backend says what it needs)
+        if value in endpoints:
+            return None
+        if not endpoints:
+            return (f"{what} ({name}) is an address this server would call, and its operator configured no "
+                    "endpoint for visitors.")
+        return (f"{what} ({name}) takes only the endpoints this public server's operator configured, by name "
+                f"({', '.join(endpoints)}), never an address or a name a visitor makes up.")
 
     def redact(self, data: Any, roots: tuple[str, ...] = ()) -> Any:
         """What a visitor gets back in public mode: no server paths (model and artifact folders, paths inside
@@ -256,4 +297,5 @@ class Policy:
                 f"{human_count(limits.max_parameters)} parameters; up to {limits.max_new_tokens} new tokens, "
                 f"{limits.max_repeats} timed repeats, {limits.max_steps} image steps and {limits.max_image_side} px; "
                 f"{limits.max_backends} backends and {limits.run_time_limit_s:g} s per run. Your own exports and "
-                "engines need a local install (`make run`).")
+                "engines need a local install (`make run`)."
+                + (f" Model servers: {', '.join(configured_endpoints())}." if configured_endpoints() else ""))

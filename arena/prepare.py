@@ -323,7 +323,7 @@ class TextPreparer:
             model_dir=model_dir, model_name=resolved["name"], source=resolved["source"], rendered_prompt=rendered,
             prompt_token_ids=tuple(int(i) for i in ids), eos_token_ids=tuple(eos), pad_token_id=pad,
             context_length=context, fingerprint=resolved["fingerprint"], materialize_s=resolved["materialize_s"],
-            unk_token_id=tokenizer.unk_token_id)
+            unk_token_id=tokenizer.unk_token_id, user_prompt=request.prompt, prompt_format=fmt)
 
 
 def check_required_config(model_dir: Path, entry: ImageCatalogModel | None) -> tuple[dict, tuple[str, ...]]:

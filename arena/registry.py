@@ -1,8 +1,8 @@
 """Backend registry: the one place with a line per backend. Importing a backend module is cheap (no torch).
 
 Everything else about a backend (aliases, title, options, availability, label, environment facts) is read from
-its class, so adding a backend is its module plus one line in `BACKENDS` (and a test class in
-tests/test_backend_contract.py, which a meta-test asks for).
+its class, so adding a backend is its module plus one line in `BACKENDS` (and a test class taking the contract, in
+tests/test_backend_contract.py or the backend's own test file, which a meta-test asks for).
 """
 
 from __future__ import annotations

@@ -123,6 +123,8 @@ class PreparedText:
     materialize_s: float = 0.0
     task: str = "text"
     unk_token_id: int | None = None
+    user_prompt: str = ""  # the prompt as typed (a chat server applies its own template to it)
+    prompt_format: str = ""  # the format it was rendered in ("chat", "plain", ...)
 
 
 @dataclass(frozen=True)

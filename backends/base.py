@@ -164,6 +164,11 @@ class GenerationSettings:
     eos_token_ids: tuple[int, ...]
     pad_token_id: int | None
     ignore_eos: bool = False
+    # The prompt as text, for backends that cannot take ids (a server's text or chat endpoint; `load` is cached
+    # across prompts, so the text comes with each generation): the ids rendered, the prompt as typed, its format.
+    rendered_prompt: str = ""
+    user_prompt: str = ""
+    prompt_format: str = ""
 
 
 @dataclass(frozen=True)
@@ -214,6 +219,10 @@ class Backend(ABC):
     title: ClassVar[str]  # shown in the UI and first in every label
     Options: ClassVar[type[BackendOptions]] = BackendOptions  # the options dataclass (fields made with `option`)
     tasks: ClassVar[tuple[str, ...]] = ("text", "image")  # what it runs: the tabs it appears in
+    enabled_by_default: ClassVar[bool] = True  # False: its "Run" box starts unticked (it needs something set up)
+    # Optional, worker side: what the last `generate_text` wants said in its panel (the request a server got,
+    # how it went); the host appends it to that run's load notes.
+    run_notes: tuple[str, ...] | list[str] = ()
 
     # --- cheap, UI-process side -------------------------------------------------------------
     @classmethod

@@ -103,6 +103,10 @@ class BackendContract:
     gpu_only: ClassVar[bool] = False  # cannot run without a GPU (its CPU test is skipped with the reason)
     unavailable_env: ClassVar[dict[str, Any] | None] = {}  # facts where it cannot run (None: it always can)
     logits_atol: ClassVar[float] = 1e-3  # first-step logits against transformers' own, fp32
+    # False: the backend runs no local model (a client of a model server): the tests that load the tiny models
+    # here are skipped with ``local_model_skip``, and its own test file runs it against real or fake servers.
+    local_model: ClassVar[bool] = True
+    local_model_skip: ClassVar[str] = "it runs no local model (its own test file runs it against a server)"
 
     # --- helpers -----------------------------------------------------------------------------------------
     @classmethod
@@ -119,6 +123,8 @@ class BackendContract:
 
     @classmethod
     def skip_unless_runs(cls, spec: BackendSpec) -> None:
+        if not cls.local_model:
+            pytest.skip(f"{cls.backend}: {cls.local_model_skip}")
         problem = cls.backend_cls().check_spec(spec, environment())
         if problem:
             pytest.skip(f"{spec.label} cannot run here: {problem}")
@@ -132,10 +138,11 @@ class BackendContract:
 
     @pytest.fixture(scope="class")
     @classmethod
-    def loaded_text(cls, tiny_llama, session_cache):
-        """The backend loaded once per class with the tiny Llama on its CPU spec."""
+    def loaded_text(cls, request, session_cache):
+        """The backend loaded once per class with the tiny Llama on its CPU spec (built only where it runs)."""
         spec = cls.spec(cls.cpu_spec)
         cls.skip_unless_runs(spec)
+        tiny_llama = request.getfixturevalue("tiny_llama")
         backend, ctx = cls.load(prepared_text(tiny_llama), spec, session_cache)
         yield backend, ctx
         backend.unload()
@@ -182,15 +189,26 @@ class BackendContract:
             if info.kind == "bool":  # the CLI and forms give strings
                 assert BackendSpec.from_any({"backend": self.backend, info.name: "true"}).get(info.name) is True
 
-    def test_server_side_options_are_refused_in_public_mode(self):
-        from arena.policy import Policy
+    def test_server_side_options_are_refused_in_public_mode(self, monkeypatch):
+        from arena.policy import ENDPOINTS_VARIABLE, Policy
 
         public = Policy(public=True)
-        for info in self.cls.Options.fields_info():
+        monkeypatch.setenv(ENDPOINTS_VARIABLE, "first=http://10.0.0.5:8000/v1,second=http://10.0.0.6:8000/v1")
+        fields = self.cls.Options.fields_info()
+        server_side = {i.name for i in fields if i.kind in SERVER_SIDE_KINDS}
+        visitor = {k: v for k, v in self.cpu_spec.items() if k not in server_side}
+        base = visitor | {i.name: "first" for i in fields if i.kind == "url"}  # what a visitor may pick
+        assert public.refuse_spec(self.spec(base)) is None
+        for info in fields:
             if info.kind in SERVER_SIDE_KINDS:
-                problem = public.refuse_spec(self.spec({**self.cpu_spec, info.name: "/srv/somewhere"}))
+                problem = public.refuse_spec(self.spec({**base, info.name: "/srv/somewhere"}))
                 assert problem and info.name in problem and problem.endswith("."), problem
-        assert public.refuse_spec(self.spec(self.cpu_spec)) is None
+            if info.kind == "url":  # an operator-configured endpoint, by name only
+                assert public.refuse_spec(self.spec({**base, info.name: "second"})) is None
+                raw = public.refuse_spec(self.spec({**base, info.name: "http://10.0.0.6:8000/v1"}))
+                assert raw and "by name (first, second)" in raw, raw
+        monkeypatch.setenv(ENDPOINTS_VARIABLE, "only=http://10.0.0.5:8000/v1")
+        assert public.refuse_spec(self.spec(visitor)) is None
 
     def test_unavailable_says_why_and_how_to_install(self):
         if self.unavailable_env is None:
@@ -201,7 +219,8 @@ class BackendContract:
         assert whole.reason in problem and f"Install: `{whole.install}`" in problem
 
     # --- what it does ------------------------------------------------------------------------------------
-    def test_generates_greedily_like_transformers_and_reports_each_token(self, loaded_text, tiny_llama):
+    def test_generates_greedily_like_transformers_and_reports_each_token(self, loaded_text, request):
+        tiny_llama = request.getfixturevalue("tiny_llama")  # built only where the backend runs
         backend, ctx = loaded_text
         assert set(ctx.stage_seconds) >= {"load"}
         model = prepared_text(tiny_llama)
@@ -215,7 +234,8 @@ class BackendContract:
         info = backend.runtime_info()
         assert info["provider"] and info["artifact_dir"]
 
-    def test_forward_logits_match_transformers(self, loaded_text, tiny_llama):
+    def test_forward_logits_match_transformers(self, loaded_text, request):
+        tiny_llama = request.getfixturevalue("tiny_llama")  # built only where the backend runs
         backend, _ = loaded_text
         model = prepared_text(tiny_llama)
         logits = backend.forward_logits(list(model.prompt_token_ids))
@@ -223,9 +243,10 @@ class BackendContract:
         assert logits.shape == reference.shape and logits.dtype == np.float32
         np.testing.assert_allclose(logits, reference, atol=self.logits_atol, rtol=0)
 
-    def test_unload_frees_the_model(self, tiny_llama, session_cache):
+    def test_unload_frees_the_model(self, request, session_cache):
         spec = self.spec(self.cpu_spec)
         self.skip_unless_runs(spec)
+        tiny_llama = request.getfixturevalue("tiny_llama")
         backend, _ = self.load(prepared_text(tiny_llama), spec, session_cache)
         held = held_objects(backend)
         assert held, "a loaded backend holds its model in its attributes"
@@ -234,11 +255,12 @@ class BackendContract:
         alive = [ref() for ref in held if ref() is not None]
         assert not alive, f"still referenced after unload: {[type(o).__name__ for o in alive]}"
 
-    def test_draws_an_image_with_phase_and_step_marks(self, tiny_sd, session_cache):
+    def test_draws_an_image_with_phase_and_step_marks(self, request, session_cache):
         if not self.supports_image:
             pytest.skip(f"{self.backend} runs text only")
         spec = self.spec(self.cpu_spec)
         self.skip_unless_runs(spec)
+        tiny_sd = request.getfixturevalue("tiny_sd")
         model = prepared_image(tiny_sd)
         backend, _ = self.load(model, spec, session_cache)
         phases, steps = [], []
@@ -251,14 +273,14 @@ class BackendContract:
         assert image.shape == (32, 32, 3) and image.dtype == np.uint8 and image.std() > 0
 
     @pytest.mark.gpu
-    def test_cuda_generation_matches_cpu(self, tiny_llama, tmp_path):
+    def test_cuda_generation_matches_cpu(self, request, tmp_path):
         if self.cuda_spec is None:
             pytest.skip(f"{self.backend} has no GPU variant")
         cuda = self.spec(self.cuda_spec)
         problem = self.cls.check_spec(cuda, environment())
         if problem:
             pytest.skip(f"needs CUDA: {problem}")
-        model = prepared_text(tiny_llama)
+        model = prepared_text(request.getfixturevalue("tiny_llama"))
         settings = GenerationSettings(NEW_TOKENS, model.eos_token_ids, model.pad_token_id, ignore_eos=True)
         reference = BackendSpec("pytorch") if self.gpu_only else self.spec(self.cpu_spec)
         outputs = []

@@ -1,4 +1,5 @@
-"""Objects for worker tests and a deliberately broken backend (they run inside worker processes)."""
+"""Objects for worker tests, a deliberately broken backend and a server-like one (they run inside worker
+processes)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import os
 import shutil
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
+from backends.base import AVAILABLE, Availability, Backend, BackendOptions, option
 from backends.torch_backend import PyTorchBackend
 
 
@@ -131,3 +134,57 @@ def unpack(wheel_path: Path, target: Path) -> None:
         wheel.extractall(partial)
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
+
+
+@dataclass(frozen=True)
+class EchoServerOptions(BackendOptions):
+    base_url: str | None = option(None, kind="url", label="Base URL", tasks=("text",),
+                                  placeholder="http://127.0.0.1:8000/v1")
+    model: str | None = option(None, kind="text", label="Model name on the server", tasks=("text",))
+    key_env: str = option("ECHO_KEY", kind="secret_env", label="API key variable", tasks=("text",))
+
+
+class EchoServerBackend(Backend):
+    """What a model-server backend looks like to the contract, without a server: text only, unticked by default,
+    a URL, a model name and a secret's variable; it records the settings it gets and says what it "sent" in its
+    run notes. No logits."""
+
+    name = "echo-server"
+    title = "Echo server"
+    Options = EchoServerOptions
+    tasks = ("text",)
+    enabled_by_default = False
+
+    def __init__(self) -> None:
+        self.seen: list = []
+        self.run_notes: list[str] = []
+
+    @classmethod
+    def availability(cls, env) -> Availability:
+        return AVAILABLE
+
+    @classmethod
+    def label(cls, values) -> str:
+        return " · ".join([cls.title, *(str(values[k]) for k in ("model", "base_url") if values.get(k))])
+
+    def load(self, model, spec, ctx) -> None:
+        with ctx.stage("load"):
+            ctx.notes.append(f"connected to {spec.base_url}")
+
+    def generate_text(self, prompt_ids, settings, on_token):
+        self.seen.append(settings)
+        self.run_notes = [f"request: {settings.prompt_format} prompt {settings.user_prompt!r}, "
+                          f"{settings.max_new_tokens} tokens"]
+        ids = [5, 6, 7][:settings.max_new_tokens]
+        for token in ids:
+            on_token(token)
+        return ids
+
+    def generate_image(self, model, settings, on_phase, on_step):
+        raise RuntimeError("Echo server makes no images.")
+
+    def runtime_info(self):
+        return {"provider": "echo", "artifact_dir": None, "export_cached": None}
+
+    def unload(self) -> None:
+        self.seen = []

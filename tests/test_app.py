@@ -11,6 +11,8 @@ import psutil
 import pytest
 from gradio_client import Client
 
+from arena.registry import backend_choices
+
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "transformers", "onnxruntime", "optimum", "tensorrt")
 PROMPT = "Why should one run machine learning models on-premises?"
@@ -59,7 +61,7 @@ def test_compare_text_api_returns_identical_answers_and_reuses_the_export(app_se
 def test_api_bad_input_is_a_clear_message(app_server):
     client = Client(app_server["url"], verbose=False)
     bad_backend = client.predict(prompt="hi", backends=["tensorflow"], api_name="/compare_text")
-    assert bad_backend["error"] == "Unknown backend 'tensorflow': choose 'pytorch', 'onnxruntime' or 'tensorrt'."
+    assert bad_backend["error"] == f"Unknown backend 'tensorflow': choose {backend_choices()}."
     missing = client.predict(prompt="hi", model="/does/not/exist", api_name="/compare_text")
     assert missing["error"] == "The local directory '/does/not/exist' does not exist."
     empty = client.predict(prompt="", api_name="/compare_text")

@@ -2,6 +2,7 @@ import dataclasses
 
 import pytest
 
+from arena.registry import backend_choices
 from arena.types import BackendSpec, TextRunRequest
 
 
@@ -75,4 +76,4 @@ def test_option_values_are_parsed_and_checked_by_the_backends_options():
         BackendSpec.from_any({"backend": "pytorch", "vae_fp32": "maybe"})
     with pytest.raises(ValueError) as unknown:
         BackendSpec.from_any("tensorflow")
-    assert str(unknown.value) == "Unknown backend 'tensorflow': choose 'pytorch', 'onnxruntime' or 'tensorrt'."
+    assert str(unknown.value) == f"Unknown backend 'tensorflow': choose {backend_choices()}."

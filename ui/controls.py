@@ -35,21 +35,36 @@ def build_backend_controls(backend_options: dict[str, dict[str, Any]], prefix: s
 
     ``prefix`` keeps element ids unique between tabs ("" for the Text tab, "image-" for the Image tab).
     ``allow_paths`` False (public mode) leaves out the options that reach outside the server's own work (paths,
-    URLs, secrets: `SERVER_SIDE_KINDS`), which the policy refuses anyway.
+    secrets: `SERVER_SIDE_KINDS`), which the policy refuses anyway; a URL becomes a dropdown of the endpoints the
+    operator configured, by name (left out when there are none). A backend that is not ``enabled_by_default`` (it
+    needs a server the user runs) starts unticked.
     """
+    from arena.policy import configured_endpoints
+
+    endpoints = list(configured_endpoints())
     controls = []
     for name, info in backend_options.items():
         if task not in info.get("tasks", (task,)):
             continue
         available = info["availability"]
         with gr.Accordion(info["title"], open=True):
-            enabled = gr.Checkbox(value=available.ok, label=f"Run {info['title']}", interactive=available.ok,
+            enabled = gr.Checkbox(value=available.ok and info.get("enabled_by_default", True),
+                                  label=f"Run {info['title']}", interactive=available.ok,
                                   elem_id=f"{prefix}enable-{name}",
                                   info=None if available.ok else available.sentence())
-            widgets = {field.name: widget for field in info["fields"]
-                       if task in field.tasks and (allow_paths or field.kind not in SERVER_SIDE_KINDS)
-                       and (widget := option_widget(field, info["options"].get(field.name), task,
-                                                    f"{prefix}{name}-{field.name}")) is not None}
+            widgets = {}
+            for field in info["fields"]:
+                if task not in field.tasks:
+                    continue
+                elem_id = f"{prefix}{name}-{field.name}"
+                if not allow_paths and field.kind == "url":
+                    widget = endpoint_dropdown(field, endpoints, elem_id)
+                elif allow_paths or field.kind not in SERVER_SIDE_KINDS:
+                    widget = option_widget(field, info["options"].get(field.name), task, elem_id)
+                else:
+                    widget = None
+                if widget is not None:
+                    widgets[field.name] = widget
             note = unavailable_note(info["options"])
             if note:
                 with gr.Accordion(f"Unavailable here ({note.count(chr(10)) + 1}): why, and how to install",
@@ -78,10 +93,22 @@ def option_widget(field: OptionInfo, choices: list[OptionChoice] | None, task: s
                       info=field.help or None, elem_id=elem_id)
 
 
-def reference_dropdown(backend_options: dict[str, dict[str, Any]], elem_id: str) -> gr.Dropdown:
-    """Which backend the others are judged against (auto: PyTorch fp32, else the first selected)."""
+def endpoint_dropdown(field: OptionInfo, endpoints: list[str], elem_id: str) -> gr.Dropdown | None:
+    """A "url" option on a public server: the operator's endpoints by name (`arena.policy.configured_endpoints`),
+    never a URL; None when the operator configured none."""
+    if not endpoints:
+        return None
+    return gr.Dropdown(endpoints, value=endpoints[0], label=field.title(), elem_id=elem_id,
+                       info="The servers this public arena offers.")
+
+
+def reference_dropdown(backend_options: dict[str, dict[str, Any]], elem_id: str,
+                       task: str | None = None) -> gr.Dropdown:
+    """Which backend the others are judged against (auto: PyTorch fp32, else the first selected); with ``task``,
+    only the backends that run it."""
     return gr.Dropdown([("auto (PyTorch fp32)", "auto")] + [(info["title"], name) for name, info in
-                                                           backend_options.items()],
+                                                           backend_options.items()
+                                                           if task is None or task in info.get("tasks", (task,))],
                        value="auto", label="Reference", elem_id=elem_id,
                        info="Verdicts compare every backend with this one (it must be selected).")
 

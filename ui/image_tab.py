@@ -104,7 +104,7 @@ def build_image_tab(arena: Arena) -> ImageTab:
                                                                                 " or local pipeline folder."))
             notes = gr.Markdown(image_model_notes(DEFAULT_IMAGE_MODEL), elem_classes=["arena-notes"])
             controls = build_backend_controls(backend_options, "image-", "image", allow_paths=not public)
-            reference = reference_dropdown(backend_options, "image-reference")
+            reference = reference_dropdown(backend_options, "image-reference", "image")
         with gr.Column(scale=3):
             prompt = gr.Textbox(IMAGE_EXAMPLE_PROMPTS[0], lines=2, label="Prompt", elem_id="image-prompt")
             negative = gr.Textbox("", label="Negative prompt", elem_id="image-negative")

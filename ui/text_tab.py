@@ -97,7 +97,7 @@ def build_text_tab(arena: Arena) -> TextTab:
             controls = build_backend_controls(backend_options, "", "text", allow_paths=not public)
             max_new_tokens = gr.Slider(1, min(512, limits.max_new_tokens) if public else 512, value=64, step=1,
                                        label="Max new tokens")
-            reference = reference_dropdown(backend_options, "text-reference")
+            reference = reference_dropdown(backend_options, "text-reference", "text")
             with gr.Accordion("Timing protocol", open=False):
                 ignore_eos = gr.Checkbox(False, label="Ignore EOS (always generate max new tokens)",
                                          info="For benchmarking: every backend produces the same number of tokens.")
