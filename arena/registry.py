@@ -16,6 +16,7 @@ BACKENDS: dict[str, str] = {
     "pytorch": "backends.torch_backend:PyTorchBackend",
     "onnxruntime": "backends.onnxruntime_backend:OnnxRuntimeBackend",
     "tensorrt": "backends.tensorrt_backend:TensorRTBackend",
+    "openai": "backends.openai_backend:OpenAIBackend",
 }
 
 # Backends added at run time by `register` (a test's deliberately broken backend, a plugin); kept apart from
