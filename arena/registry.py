@@ -17,6 +17,7 @@ BACKENDS: dict[str, str] = {
     "onnxruntime": "backends.onnxruntime_backend:OnnxRuntimeBackend",
     "tensorrt": "backends.tensorrt_backend:TensorRTBackend",
     "openai": "backends.openai_backend:OpenAIBackend",
+    "llamacpp": "backends.llamacpp_backend:LlamaCppBackend",
 }
 
 # Backends added at run time by `register` (a test's deliberately broken backend, a plugin); kept apart from
