@@ -1,12 +1,13 @@
 """Text latency benchmark: the embedded model through every configuration, interleaved rounds, medians.
 
-    .venv/bin/python benchmarks/text_latency.py [--device cpu|gpu] [--rounds 5] [--max-new-tokens 64]
+    .venv/bin/python benchmarks/text_latency.py [--device cpu|gpu|llamacpp] [--rounds 5] [--max-new-tokens 64]
                                                 [--model KEY] [--markdown FILE]
 
 ``--device gpu`` compares PyTorch CUDA fp32/fp16/bf16, ONNX Runtime CUDA and TensorRT providers and the native
-TensorRT backend; configurations this machine cannot run are listed as "not run" with the reason. ``--model`` takes
-a local folder too (scripts/gpu_check.py passes a SmolLM2-shaped model with random weights where the embedded one
-cannot travel).
+TensorRT backend; ``--device llamacpp`` puts llama.cpp on the embedded model's own Q4_1 GGUF next to PyTorch fp32
+and ONNX Runtime fp32 (CPU). Configurations this machine cannot run are listed as "not run" with the reason.
+``--model`` takes a local folder too (scripts/gpu_check.py passes a SmolLM2-shaped model with random weights where
+the embedded one cannot travel).
 
 Each round runs every backend once on the same token ids (ABCD ABCD ...), so slow drifts of a shared machine
 hit every backend alike; the table reports medians over rounds and ratios to PyTorch fp32 from the same run.
@@ -43,6 +44,11 @@ CONFIGS = {
         BackendSpec("onnxruntime", provider="TensorrtExecutionProvider", precision="fp16"),
         BackendSpec("tensorrt", precision="fp16"),
     ),
+    "llamacpp": (
+        BackendSpec("pytorch", precision="fp32"),
+        BackendSpec("onnxruntime", provider="CPUExecutionProvider", precision="fp32"),
+        BackendSpec("llamacpp"),
+    ),
 }
 
 
@@ -64,7 +70,9 @@ def main() -> None:
     print(f"# {args.model}, {args.max_new_tokens} new tokens (EOS ignored), {args.rounds} interleaved rounds",
           flush=True)
     print(f"# {platform.processor() or platform.machine()}, {env.get('cpu_count')} cores, "
-          f"torch {env['torch'].get('version')}, onnxruntime {env['onnxruntime'].get('version')}", flush=True)
+          f"torch {env['torch'].get('version')}, onnxruntime {env['onnxruntime'].get('version')}"
+          + (f", llama-cpp-python {env.get('llama_cpp', {}).get('version')}" if args.device == "llamacpp" else ""),
+          flush=True)
     started = time.time()
     warm = arena.run_text_to_end(request)  # exports, loads and warms every backend; not timed below
     if warm.error:
@@ -109,7 +117,11 @@ def main() -> None:
         lines.append(f"| {spec.label} | {med(spec, 'ttft_s') * 1000:.0f} | {med(spec, 'decode_tokens_per_s'):.1f} | "
                      f"{med(spec, 'total_s'):.2f} | {med(spec, 'decode_tokens_per_s') / base:.2f}x | "
                      f"{agreement.get(spec, 0) * 100:.0f}% | {info.memory_mb:.0f} | {gpu} | {export} | {build} |")
-    table = "\n".join(lines)
+    verdicts = [f"- {r.spec.label}: {r.verdict.kind if r.verdict else '-'}"
+                f"{': ' + r.verdict.reason if r.verdict else ''}; load {r.load.load_s:.2f} s"
+                f"{'; ' + ' '.join(r.load.notes) if r.load.notes else ''}"
+                for r in warm.results if r.load is not None]
+    table = "\n".join(lines) + "\n\nVerdicts of the warm-up run (against " + reference + "):\n" + "\n".join(verdicts)
     print("\n" + table)
     print(f"\n# wall time {time.time() - started:.0f} s")
     if args.markdown:
