@@ -212,7 +212,8 @@ class Arena:
     def _judge_text(self, prepared: PreparedText, results: list, reference: int, progress,
                     cancel: threading.Event | None = None) -> list:
         """Verdicts for every text output: perplexity under the reference model (in the reference's worker,
-        where that model already lives), first-step logits and tokens against the reference."""
+        where that model already lives), first-step logits and tokens against the reference, and teacher-forced
+        quality (`_quality`)."""
         ref = results[reference]
         nll: list = [None] * len(results)
         if ref.ok and not (cancel is not None and cancel.is_set()):
@@ -222,14 +223,74 @@ class Arena:
                     progress=progress, timeout=self.run_timeout_s, cancel=cancel)
             except (WorkerCrashed, WorkerFailed):
                 pass  # judged without perplexity; the other detectors still run
+        ref_precision = self._precision(ref)
+        ref_verdict = judge_text(ref.text, ref.token_ids, ref_precision, error=ref.error, is_reference=True,
+                                 unk_token_id=prepared.unk_token_id, nll=nll[reference])
+        # A reference that failed (an error, or nothing but special tokens) is no yardstick: the others are NOT
+        # COMPARED. A gibberish reference is still one (the same model's math); its own verdict says what it is.
+        ref_failed = f"{ref_verdict.kind}: {ref_verdict.reason}" if ref_verdict.kind in ("ERROR", "EMPTY") else None
+        quality = self._quality(prepared, results, reference, progress, cancel) if ref.ok else {}
         judged = []
         for i, r in enumerate(results):
-            verdict = judge_text(
-                r.text, r.token_ids, r.spec.get("precision", "fp32"), error=r.error, is_reference=i == reference,
+            verdict = ref_verdict if i == reference else judge_text(
+                r.text, r.token_ids, self._precision(r), error=r.error,
                 reference_ids=ref.token_ids if ref.ok else None, unk_token_id=prepared.unk_token_id, nll=nll[i],
-                logits=None if i == reference else logits_error(r.first_logits, ref.first_logits))
+                logits=logits_error(r.first_logits, ref.first_logits), quality=quality.get(i),
+                reference_precision=ref_precision, reference_failed=ref_failed)
+            if i == reference and quality.get(i):
+                verdict = dataclasses.replace(verdict, metrics=verdict.metrics | {"quality": quality[i]})
             judged.append(dataclasses.replace(r, verdict=verdict, first_logits=None))
         return judged
+
+    @staticmethod
+    def _precision(result) -> str:
+        """The precision a result is judged at: what its loaded graph really is (a user's export), else the
+        option the user picked."""
+        detected = result.load.precision if result.load is not None else None
+        return detected or result.spec.get("precision", "fp32")
+
+    def _quality(self, prepared: PreparedText, results: list, reference: int, progress,
+                 cancel: threading.Event | None = None) -> dict[int, dict]:
+        """Teacher-forced quality of every backend against the reference, on the same tokens: the prompt followed
+        by the reference's own answer, and the fixed paragraph. The reference's log-probabilities (positions x
+        vocab, float32: ~20 MB per 100 positions of a 49k vocabulary) cross the pipes once to each candidate's
+        worker, where the candidate's own distributions are compared; only the figures come back."""
+        ref = results[reference]
+        prompt = list(prepared.prompt_token_ids)
+        sequences = [("output", prompt + list(ref.token_ids), len(prompt))] if ref.token_ids else []
+        if len(prepared.quality_token_ids) > 1:
+            sequences.append(("paragraph", list(prepared.quality_token_ids), 1))
+        if not sequences or (cancel is not None and cancel.is_set()):
+            return {}
+        progress(None, "Teacher-forced quality against the reference")
+        try:
+            ref_lp = self._backend_worker(ref.spec).call("quality_reference", prepared, ref.spec, sequences,
+                                                         progress=progress, timeout=self.run_timeout_s,
+                                                         cancel=cancel)
+        except (WorkerCrashed, WorkerFailed) as exc:
+            return {i: {"unavailable": f"the reference's distributions failed: {exc}"} for i in range(len(results))}
+        if isinstance(ref_lp, dict):  # the reference has no logits (a server)
+            return {i: {"unavailable": f"the reference has {ref_lp['unavailable']}"} for i in range(len(results))}
+        import numpy as np
+
+        from arena.verdicts import teacher_forced_quality
+
+        ref_all = np.concatenate([r[1] for r in ref_lp])
+        out: dict[int, dict] = {reference: teacher_forced_quality(ref_all, ref_all,
+                                                                  np.concatenate([r[2] for r in ref_lp]))}
+        del ref_all
+        # Newest first: each worker still holds the model it ran last, so fewer reloads.
+        for i in reversed(range(len(results))):
+            r = results[i]
+            if i == reference or not r.ok or (cancel is not None and cancel.is_set()):
+                continue
+            try:
+                out[i] = self._backend_worker(r.spec).call("quality_against", prepared, r.spec, sequences, ref_lp,
+                                                           progress=progress, timeout=self.run_timeout_s,
+                                                           cancel=cancel)
+            except (WorkerCrashed, WorkerFailed) as exc:
+                out[i] = {"unavailable": f"failed: {exc}"}
+        return out
 
     @staticmethod
     def _judge_image(prepared: PreparedImage, results: list, reference: int, progress, cancel=None) -> list:

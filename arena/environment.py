@@ -32,6 +32,27 @@ def cpu_facts() -> dict[str, Any]:
             "cpu_cores_env": budget.cpu_cores_env, "effective": budget.effective, "source": budget.source}
 
 
+def copy_bandwidth_gbs(megabytes: int = 256, repeats: int = 5) -> float | None:
+    """This machine's measured memory copy bandwidth (GB/s, bytes read + written, median of ``repeats`` copies
+    of a ``megabytes`` array with numpy): the ceiling of a decoder that reads all its weights for every token."""
+    import statistics
+    import time
+
+    try:
+        import numpy as np
+
+        source = np.ones(megabytes * 2**20 // 8, np.float64)
+        target = np.empty_like(source)
+        rates = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            np.copyto(target, source)
+            rates.append(2 * source.nbytes / (time.perf_counter() - start) / 1e9)
+        return round(statistics.median(rates), 1)
+    except (ImportError, MemoryError):
+        return None
+
+
 def collect() -> dict[str, Any]:
     """Gather the facts (each backend's `collect_facts` imports its runtime: call this only in a child process).
 
@@ -60,6 +81,7 @@ def collect() -> dict[str, Any]:
         facts["memory_gb"] = None
     limit = memory_limit_bytes()
     facts["memory_limit_gb"] = round(limit / 2**30, 1) if limit else None
+    facts["copy_bandwidth_gbs"] = copy_bandwidth_gbs()
 
     for name, cls in backends.items():
         try:

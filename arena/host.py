@@ -90,6 +90,7 @@ class BackendHost:
             return LoadInfo(export_s=0.0, export_cached=cached, load_s=0.0,
                             provider=self.load_info.provider, artifact_dir=self.load_info.artifact_dir,
                             memory_mb=_rss_mb(), gpu_memory_mb=_gpu_mb(), threads=self.load_info.threads,
+                            precision=self.load_info.precision,
                             notes=self.load_info.notes + ("model already loaded",))
         if self.loaded_key is not None:
             self.backend.unload()
@@ -107,6 +108,7 @@ class BackendHost:
             memory_mb=_rss_mb(),
             gpu_memory_mb=_gpu_mb(),
             threads=info.get("threads"),
+            precision=info.get("precision"),
             notes=tuple(ctx.notes),
         )
         self.loaded_key = key
@@ -176,6 +178,51 @@ class BackendHost:
             log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
             scores.append(float(-log_probs[np.arange(len(ids)), ids].mean()))
         return scores
+
+    def _next_token_log_probs(self, sequences: list[tuple[str, list[int], int]]):
+        """Per sequence (name, ids, start): the log-softmax of the positions that predict ``ids[start:]`` (float32,
+        positions x vocab) and those target tokens; one untimed forward pass each."""
+        import numpy as np
+
+        from arena.verdicts import log_softmax
+
+        out = []
+        for name, ids, start in sequences:
+            logits = self.backend.forward_logits(list(ids))[start - 1:len(ids) - 1]
+            out.append((name, log_softmax(logits).astype(np.float32), np.asarray(ids[start:], np.int64)))
+        return out
+
+    def quality_reference(self, prepared: PreparedText, spec: BackendSpec, sequences: list, progress):
+        """The reference's next-token log-probabilities over the teacher-forced sequences (shipped once to the
+        core, which hands them to each candidate's worker), or {"unavailable": why}."""
+        self._ensure_loaded(prepared, spec, progress)
+        progress(None, f"{spec.label}: teacher-forced reference distributions", force=True)
+        try:
+            return self._next_token_log_probs(sequences)
+        except NotImplementedError:
+            return {"unavailable": "no logits"}
+
+    def quality_against(self, prepared: PreparedText, spec: BackendSpec, sequences: list, reference: list,
+                        progress) -> dict[str, Any]:
+        """This backend's teacher-forced quality against the reference's distributions (`quality_reference`):
+        mean KL, top-1 agreement and perplexity ratio over all positions, and per sequence."""
+        import numpy as np
+
+        from arena.verdicts import teacher_forced_quality
+
+        self._ensure_loaded(prepared, spec, progress)
+        progress(None, f"{spec.label}: teacher-forced quality", force=True)
+        start = time.perf_counter()
+        try:
+            mine = self._next_token_log_probs(sequences)
+        except NotImplementedError:
+            return {"unavailable": "no logits"}
+        per = {name: teacher_forced_quality(ref_lp, lp, targets)
+               for (name, lp, targets), (_, ref_lp, _) in zip(mine, reference, strict=True)}
+        pooled = teacher_forced_quality(np.concatenate([r[1] for r in reference]),
+                                        np.concatenate([m[1] for m in mine]),
+                                        np.concatenate([m[2] for m in mine]))
+        return pooled | {"sequences": per, "seconds": round(time.perf_counter() - start, 3)}
 
     def run_image(self, prepared: PreparedImage, spec: BackendSpec, request: ImageRunRequest,
                   progress) -> BackendImageResult:

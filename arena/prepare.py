@@ -36,6 +36,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 MAX_STEPS = 200
 MAX_IMAGE_SIDE = 2048
 MAX_NEW_TOKENS_LIMIT = 4096
+QUALITY_PARAGRAPH = REPO_ROOT / "assets" / "quality-paragraph.txt"  # every backend is teacher-forced on it
+QUALITY_PARAGRAPH_TOKENS = 160
 
 
 def embedded_gguf_path(entry: CatalogModel) -> Path | None:
@@ -319,11 +321,36 @@ class TextPreparer:
             if isinstance(token_id, int) and token_id != tokenizer.unk_token_id and token_id not in eos:
                 eos.append(token_id)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else None)
+        paragraph = tokenizer(QUALITY_PARAGRAPH.read_text().strip(), return_token_type_ids=False)["input_ids"]
+        paragraph = paragraph[:min(QUALITY_PARAGRAPH_TOKENS, context or QUALITY_PARAGRAPH_TOKENS)]
         return PreparedText(
             model_dir=model_dir, model_name=resolved["name"], source=resolved["source"], rendered_prompt=rendered,
             prompt_token_ids=tuple(int(i) for i in ids), eos_token_ids=tuple(eos), pad_token_id=pad,
             context_length=context, fingerprint=resolved["fingerprint"], materialize_s=resolved["materialize_s"],
-            unk_token_id=tokenizer.unk_token_id, user_prompt=request.prompt, prompt_format=fmt)
+            unk_token_id=tokenizer.unk_token_id, user_prompt=request.prompt, prompt_format=fmt,
+            quality_token_ids=tuple(int(i) for i in paragraph), parameters=parameter_count(Path(model_dir)))
+
+
+def parameter_count(model_dir: Path) -> int | None:
+    """Parameters in a model folder's safetensors files, from their headers alone (no tensor is read)."""
+    import struct
+
+    total = 0
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    for path in files:
+        try:
+            with open(path, "rb") as handle:
+                (size,) = struct.unpack("<Q", handle.read(8))
+                header = json.loads(handle.read(size))
+        except (OSError, ValueError, struct.error):
+            return None
+        for name, info in header.items():
+            if name != "__metadata__":
+                count = 1
+                for dim in info["shape"]:
+                    count *= dim
+                total += count
+    return total or None
 
 
 def check_required_config(model_dir: Path, entry: ImageCatalogModel | None) -> tuple[dict, tuple[str, ...]]:

@@ -125,6 +125,8 @@ class PreparedText:
     unk_token_id: int | None = None
     user_prompt: str = ""  # the prompt as typed (a chat server applies its own template to it)
     prompt_format: str = ""  # the format it was rendered in ("chat", "plain", ...)
+    quality_token_ids: tuple[int, ...] = ()  # the fixed paragraph (assets/quality-paragraph.txt), tokenized once
+    parameters: int | None = None  # the model's parameter count (from its weight files' headers), if known
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,7 @@ class LoadInfo:
     memory_mb: float | None = None  # worker resident memory after loading
     gpu_memory_mb: float | None = None  # GPU memory in use on the device after loading (CUDA runs only)
     threads: int | None = None  # CPU threads the runtime got (torch intra-op; ONNX Runtime intra_op_num_threads)
+    precision: str | None = None  # what the loaded graph really is (a user's export read from its operators)
     notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -219,6 +222,7 @@ class TextRunResult:
             "model": None if prepared is None else {
                 "name": prepared.model_name, "source": prepared.source, "dir": prepared.model_dir,
                 "context_length": prepared.context_length, "materialize_s": prepared.materialize_s,
+                "parameters": prepared.parameters,
             },
             "rendered_prompt": prepared.rendered_prompt if prepared else None,
             "prompt_token_ids": list(prepared.prompt_token_ids) if prepared else [],

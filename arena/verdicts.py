@@ -1,6 +1,8 @@
 """Is it broken? One verdict per backend with a one-line reason, the way a careful engineer would judge it.
 
-Text: MATCH, DRIFT (fluent but different), GIBBERISH, EMPTY, ERROR. Image: MATCH, DIFFERENT, BLANK, NOISE, NAN,
+Text: MATCH, DRIFT (fluent but different), WRONG (at the reference's precision, its logits and tokens differ),
+LOSSY (a quantized or reduced precision that loses too much, teacher-forced), NOT COMPARED (the reference
+failed), GIBBERISH, EMPTY, ERROR. Image: MATCH, DIFFERENT, BLANK, NOISE, NAN,
 ERROR. Every output is first judged on its own (so a broken reference cannot hide a problem), then against the
 reference backend of the run. Pure numpy (and scikit-image for SSIM): the core runs this in the UI process.
 
@@ -19,11 +21,18 @@ import numpy as np
 
 from arena.image_metrics import psnr
 
-TEXT_BROKEN = {"GIBBERISH", "EMPTY", "ERROR"}
+TEXT_BROKEN = {"GIBBERISH", "EMPTY", "ERROR", "WRONG", "LOSSY"}
 IMAGE_BROKEN = {"DIFFERENT", "BLANK", "NOISE", "NAN", "ERROR"}
 
 # First-step logits against the reference: (max absolute error, max error relative to the largest |logit|).
-TEXT_TOLERANCES = {"fp32": (1e-2, 1e-3), "fp16": (0.5, 2e-2), "bf16": (1.0, 5e-2), "int8": (2.0, 1e-1)}
+TEXT_TOLERANCES = {"fp32": (1e-2, 1e-3), "fp16": (0.5, 2e-2), "bf16": (1.0, 5e-2), "int8": (2.0, 1e-1),
+                   "int4": (4.0, 2e-1)}
+# Teacher-forced quality a precision other than the reference's must keep (llama.cpp's perplexity figures): at
+# least this share of positions with the reference's top-1 token, and at most this mean KL(P_ref || P_cand) in
+# nats. Measured on SmolLM2-135M: 8-bit weight-only 96.5% / 0.003 (kept), 4-bit 72% / 0.35 and dynamic int8
+# 61% / 0.78 (lossy); bf16 and fp16 lose far less than the 8-bit weight-only export.
+QUALITY_MIN_TOP1 = 0.90
+QUALITY_MAX_KL = 0.10
 # Image against the reference: minimum PSNR (dB) and SSIM by precision.
 IMAGE_TOLERANCES = {"fp32": (30.0, 0.95), "fp16": (20.0, 0.75), "bf16": (20.0, 0.75), "int8": (18.0, 0.7)}
 
@@ -140,24 +149,78 @@ def logits_error(candidate: Any, reference: Any) -> dict[str, float] | None:
     return {"max_abs": float(diff.max()), "max_rel": float(diff.max() / scale)}
 
 
+def log_softmax(logits: Any) -> np.ndarray:
+    """Numerically stable log-softmax over the last axis, in float64."""
+    x = np.asarray(logits, np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def teacher_forced_quality(reference_log_probs: Any, candidate_log_probs: Any,
+                           targets: Any) -> dict[str, Any]:
+    """llama.cpp's perplexity-tool figures for a candidate against the reference, both fed the same tokens.
+
+    ``*_log_probs``: (positions, vocab) log-softmax of the next-token distributions; ``targets``: the token that
+    really follows at each position. Returns the mean KL(P_ref || P_cand) in nats, the share of positions where
+    both pick the same top-1 token, and the perplexity ratio ppl_cand / ppl_ref on ``targets``.
+    """
+    ref, cand = np.asarray(reference_log_probs, np.float64), np.asarray(candidate_log_probs, np.float64)
+    targets = np.asarray(targets, np.int64)
+    if ref.shape != cand.shape or ref.ndim != 2 or len(targets) != len(ref) or not len(ref):
+        raise ValueError(f"cannot compare next-token distributions of shapes {ref.shape} and {cand.shape} "
+                         f"over {len(targets)} target tokens")
+    kl = (np.exp(ref) * (ref - cand)).sum(axis=1)  # per position; exp(ref) is P_ref
+    rows = np.arange(len(targets))
+    nll_ref, nll_cand = -ref[rows, targets].mean(), -cand[rows, targets].mean()
+    return {"kl": float(max(kl.mean(), 0.0)), "kl_max": float(kl.max()),
+            "top1": float((ref.argmax(axis=1) == cand.argmax(axis=1)).mean()),
+            "ppl_ratio": float(np.exp(nll_cand - nll_ref)), "ppl_ref": float(np.exp(nll_ref)),
+            "ppl_cand": float(np.exp(nll_cand)), "positions": int(len(targets))}
+
+
+def quality_sentence(quality: dict[str, Any] | None) -> str:
+    """"top-1 96.5%, KL 0.003, ppl ×1.01 over 180 positions" (or why there is none)."""
+    if not quality:
+        return "teacher-forced quality not measured"
+    if quality.get("unavailable"):
+        return f"teacher-forced quality not available ({quality['unavailable']})"
+    return (f"teacher-forced top-1 agreement {quality['top1']:.1%}, KL {quality['kl']:.3g} nats, "
+            f"perplexity ×{quality['ppl_ratio']:.3f} over {quality['positions']} positions")
+
+
+def _measured(quality: dict[str, Any] | None) -> bool:
+    return bool(quality) and not quality.get("unavailable") and quality.get("top1") is not None
+
+
 def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str, *, error: str | None = None,
                reference_ids: list[int] | tuple[int, ...] | None = None, is_reference: bool = False,
                logits: dict[str, float] | None = None, unk_token_id: int | None = None,
-               nll: float | None = None) -> Verdict:
-    """One text output's verdict: on its own first, then against the reference's token ids and logits."""
+               nll: float | None = None, quality: dict[str, Any] | None = None,
+               reference_precision: str | None = None, reference_failed: str | None = None) -> Verdict:
+    """One text output's verdict: on its own first, then against the reference's token ids, logits and
+    teacher-forced next-token distributions.
+
+    ``precision`` is the candidate's (detected from a user's graph where possible), ``reference_precision`` the
+    reference's (None: assume the same). ``reference_failed``: why the reference has no usable output (then the
+    candidate is NOT COMPARED, never MATCH)."""
     if error:
         return Verdict("ERROR", error.splitlines()[0][:300], True)
     signals = text_signals(text, token_ids, unk_token_id, nll)
-    metrics: dict[str, Any] = {"signals": signals, "logits": logits}
+    metrics: dict[str, Any] = {"signals": signals, "logits": logits, "precision": precision}
+    if quality:
+        metrics["quality"] = quality
     if signals["empty"]:
         return Verdict("EMPTY", "the output is empty" + (" (only special tokens)" if token_ids else ""), True,
                        metrics)
     why = _gibberish_reason(signals)
     if why:
         return Verdict("GIBBERISH", why, True, metrics)
-    if is_reference or reference_ids is None:
-        return Verdict("MATCH", "the reference: fluent on its own" if is_reference else "fluent on its own "
-                       "(no reference to compare with)", False, metrics)
+    if is_reference:
+        return Verdict("MATCH", "the reference: fluent on its own", False, metrics)
+    if reference_failed or reference_ids is None:
+        return Verdict("NOT COMPARED", "fluent on its own; not compared: "
+                       + (f"the reference failed ({reference_failed})" if reference_failed
+                          else "no reference to compare with"), False, metrics)
     ref, ids = list(reference_ids), list(token_ids)
     same = sum(a == b for a, b in zip(ids, ref, strict=False))
     first = next((i for i, (a, b) in enumerate(zip(ids, ref, strict=False)) if a != b), min(len(ids), len(ref)))
@@ -168,10 +231,22 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
     logit_note = "" if logits is None else (
         f"; first-step logits max abs error {logits['max_abs']:.2g} "
         f"({'within' if within else 'over'} the {precision} tolerance {abs_tol:g})")
+    quality_note = f"; {quality_sentence(quality)}" if _measured(quality) else ""
+    same_precision = precision == (reference_precision or precision)
+    if same_precision and not within and ids != ref:
+        return Verdict("WRONG", f"at {precision} like the reference, yet its first-step logits are off by "
+                       f"{logits['max_abs']:.2g} (tolerance {abs_tol:g}) and its tokens diverge at token "
+                       f"{first + 1} of {len(ref)}: the model's math differs, not its precision{quality_note}",
+                       True, metrics)
+    if not same_precision and _measured(quality) and (quality["top1"] < QUALITY_MIN_TOP1
+                                                      or quality["kl"] > QUALITY_MAX_KL):
+        return Verdict("LOSSY", f"{precision} loses too much against the {reference_precision} reference: "
+                       f"{quality_sentence(quality)} (needed: top-1 ≥ {QUALITY_MIN_TOP1:.0%} and KL ≤ "
+                       f"{QUALITY_MAX_KL:g}){logit_note}", True, metrics)
     if ids == ref:
-        return Verdict("MATCH", f"identical tokens ({len(ids)}){logit_note}", False, metrics)
+        return Verdict("MATCH", f"identical tokens ({len(ids)}){logit_note}{quality_note}", False, metrics)
     return Verdict("DRIFT", f"fluent but diverges at token {first + 1} of {len(ref)}, "
-                   f"{metrics['agreement']:.0%} of tokens agree{logit_note}", False, metrics)
+                   f"{metrics['agreement']:.0%} of tokens agree{logit_note}{quality_note}", False, metrics)
 
 
 # --- images -------------------------------------------------------------------------------------------------

@@ -93,6 +93,40 @@ def test_api_check_flags_a_broken_export(app_server, exports):
 
 
 @pytest.fixture(scope="module")
+def precision_exports(exports, tmp_path_factory):
+    """Two exports of the same model that both write fluent text: fp32 with one layer's MLP scaled by 0.7 (a math
+    change), and a fair 8-bit weight-only quantization (int8 weights, one scale per column, DequantizeLinear)."""
+    import onnx
+
+    from tests.export_edits import scale_one_mlp, weight_only_int8
+
+    root, good, out = tmp_path_factory.mktemp("precision-exports"), exports["good"], {}
+    for name, edit in (("scaled-mlp", scale_one_mlp), ("weight-only-int8", weight_only_int8)):
+        target = root / name
+        shutil.copytree(good, target, ignore=shutil.ignore_patterns("*.onnx", "*.onnx_data", "manifest.json"))
+        model = onnx.load(str(good / "model.onnx"))
+        edit(model)
+        onnx.save(model, str(target / "model.onnx"))
+        out[name] = target
+    return out
+
+
+def test_check_flags_an_fp32_math_change_but_not_a_fair_8bit_export(precision_exports, session_cache):
+    wrong = cli_check(precision_exports["scaled-mlp"], session_cache)
+    report = json.loads(wrong.stdout)
+    verdict = report["checks"][0]["verdict"]
+    assert wrong.returncode == 1 and verdict["kind"] == "WRONG", (verdict, wrong.stderr[-1500:])
+    assert verdict["metrics"]["precision"] == "fp32" and "the model's math differs" in verdict["reason"]
+    assert report["checks"][0]["output"] != report["checks"][0]["reference_output"]  # fluent, yet other tokens
+    fair = cli_check(precision_exports["weight-only-int8"], session_cache)
+    report = json.loads(fair.stdout)
+    verdict = report["checks"][0]["verdict"]
+    assert fair.returncode == 0 and verdict["kind"] in ("MATCH", "DRIFT"), (verdict, fair.stderr[-1500:])
+    quality = verdict["metrics"]["quality"]
+    assert verdict["metrics"]["precision"] == "int8" and quality["top1"] >= 0.9 and quality["kl"] <= 0.1, quality
+
+
+@pytest.fixture(scope="module")
 def image_exports(arena, tmp_path_factory):
     """The embedded image model's pipeline export, and a copy whose UNet weights were damaged."""
     import onnx

@@ -140,3 +140,38 @@ def test_a_backend_this_machine_lacks_is_an_error_with_the_fix(arena, tiny_llama
     assert missing.error.startswith("TensorRT is not available here: ") and trt.reason in missing.error
     assert f"Install: `{trt.install}`" in missing.error and trt.install.startswith(("pip install", "bash scripts/"))
     assert reference.error is None and reference.token_ids  # the other backends still run
+
+
+def test_every_backend_is_teacher_forced_against_the_reference(arena, tiny_llama):
+    result = run(arena, tiny_llama)
+    torch_result, ort_result = result.results
+    assert len(result.prepared.quality_token_ids) > 1 and result.prepared.parameters > 0
+    reference = torch_result.verdict.metrics["quality"]
+    assert reference["kl"] == 0.0 and reference["top1"] == 1.0 and reference["ppl_ratio"] == 1.0
+    # The prompt + the reference's 16 tokens, and the paragraph cut to the tiny model's 128-token context.
+    assert reference["positions"] == 16 + min(len(result.prepared.quality_token_ids), 128) - 1
+    quality = ort_result.verdict.metrics["quality"]
+    assert set(quality["sequences"]) == {"output", "paragraph"} and quality["positions"] == reference["positions"]
+    assert quality["top1"] == 1.0 and quality["kl"] < 1e-6 and abs(quality["ppl_ratio"] - 1) < 1e-4
+    assert ort_result.verdict.metrics["precision"] == "fp32"  # (the random tiny model's text may read as gibberish)
+
+
+def test_a_users_export_is_judged_at_the_precision_its_graph_has(arena, tiny_llama):
+    spec = BackendSpec("onnxruntime", provider="CPUExecutionProvider", precision="int8")
+    int8_dir = run(arena, tiny_llama, backends=(spec,)).results[0].load.artifact_dir
+    result = run(arena, tiny_llama, backends=(BackendSpec("pytorch"),
+                                              BackendSpec("onnxruntime", onnx_dir=int8_dir)))
+    user = result.results[1]
+    assert user.load.precision == "int8" and user.verdict.metrics["precision"] == "int8"
+    assert any(note.startswith("user export: int8 dynamic quantization (MatMulInteger") for note in user.load.notes)
+    assert user.verdict.metrics["quality"]["positions"] > 16
+
+
+def test_a_candidate_whose_reference_failed_is_not_compared(arena, tiny_llama):
+    result = run(arena, tiny_llama, backends=(BackendSpec("segfaulting"), BackendSpec("pytorch")), reference="0")
+    crashed, healthy = result.results
+    assert crashed.verdict.kind == "ERROR" and "quality" not in healthy.verdict.metrics
+    # The random tiny model may read as gibberish on its own; compared with nothing, it is never a MATCH.
+    assert healthy.verdict.kind == "NOT COMPARED" or healthy.verdict.kind == "GIBBERISH", healthy.verdict
+    if healthy.verdict.kind == "NOT COMPARED":
+        assert "the reference failed (ERROR: " in healthy.verdict.reason and not healthy.verdict.broken

@@ -90,3 +90,49 @@ def test_divergence_is_highlighted_and_verdicts_summarized():
     assert "BROKEN" in summary and "1 MATCH, 1 GIBBERISH; broken: ONNX Runtime · CPU · int8" in summary
     header = panel_header("ONNX Runtime", {**run["results"][1], "error": None}, "waiting")
     assert "arena-badge-error'>GIBBERISH" in header
+
+
+def judged(backend, label, kind, quality, precision="fp32", broken=False, reason="fluent", tokens_per_s=16.0):
+    r = result(backend, label, [1, 2], verdict={"kind": kind, "reason": reason, "broken": broken,
+                                                "metrics": {"precision": precision, "quality": quality}})
+    r["timings"] = {**r["timings"], "tokens_per_s": tokens_per_s}
+    return r
+
+
+FAIR = {"kl": 0.003, "top1": 0.965, "ppl_ratio": 1.012, "ppl_cand": 16.7, "ppl_ref": 16.5, "positions": 206}
+REFERENCE = {"kl": 0.0, "top1": 1.0, "ppl_ratio": 1.0, "ppl_cand": 16.5, "ppl_ref": 16.5, "positions": 206}
+
+
+def test_panels_show_quality_next_to_tokens_per_second():
+    text = panel_metrics(judged("onnxruntime", "ORT int8", "DRIFT", FAIR, precision="int8"))
+    rows = text.split("\n")
+    speed = next(i for i, row in enumerate(rows) if row.startswith("| Tokens/s"))
+    assert rows[speed + 1] == "| Precision (judged at) | int8 |"
+    assert "| Top-1 agreement (teacher-forced) | 96.5% of 206 positions |" in text
+    assert "| KL divergence vs reference | 0.003 nats/token |" in text and "| Perplexity ratio | ×1.012" in text
+    reference = panel_metrics(judged("pytorch", "PyTorch", "MATCH", REFERENCE, reason="the reference: fluent"))
+    assert "the reference (perplexity 16.50 over 206 positions)" in reference
+    server = panel_metrics(judged("server", "Server", "DRIFT", {"unavailable": "no logits"}))
+    assert "| Quality vs reference | not available (no logits) |" in server
+    assert "arena-badge-idle'>NOT COMPARED" in panel_header("ORT", judged("onnxruntime", "ORT", "NOT COMPARED", {}),
+                                                            "done")
+    assert "arena-badge-error'>LOSSY" in panel_header("ORT", judged("onnxruntime", "ORT", "LOSSY", FAIR,
+                                                                    broken=True), "done")
+
+
+def test_speed_against_quality_chart_marks_the_reference_and_the_bandwidth_bound():
+    from ui.charts import bandwidth_bound, speed_quality_figure
+
+    run = {"reference_index": 0, "model": {"parameters": 134_515_008}, "environment": {"copy_bandwidth_gbs": 10.0},
+           "results": [judged("pytorch", "PyTorch", "MATCH", REFERENCE, tokens_per_s=15.0),
+                       judged("onnxruntime", "ORT int8", "DRIFT", FAIR, precision="int8", tokens_per_s=19.0),
+                       result("onnxruntime", "failed", [], timings=None, error="boom")]}
+    figure = speed_quality_figure(run)
+    points = [t for t in figure.data if t.type == "scatter"]
+    assert [(p.x[0], p.y[0]) for p in points] == [(100.0, 15.0), (96.5, 19.0)]
+    assert points[0].marker.symbol == "star" and points[0].name.endswith("(reference)")
+    assert bandwidth_bound(134_515_008, "fp32", 10.0) == 10e9 / (134_515_008 * 4)  # ~18.6 tokens/s
+    lines = [s for s in figure.layout.shapes if s.type == "line"]
+    assert sorted(round(s.y0, 1) for s in lines) == [18.6, 74.3]  # fp32 and int8 bounds
+    assert bandwidth_bound(None, "fp32", 10.0) is None and bandwidth_bound(1, "fp32", None) is None
+    assert len(speed_quality_figure({}).data) == 0

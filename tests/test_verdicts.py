@@ -20,9 +20,11 @@ from arena.verdicts import (
     difference_heatmap,
     judge_image,
     judge_text,
+    log_softmax,
     logits_error,
     loop_share,
     reference_index,
+    teacher_forced_quality,
 )
 
 CORPUS = Path(__file__).parent / "corpus"
@@ -53,6 +55,60 @@ def test_text_against_the_reference():
     assert implausible.kind == "GIBBERISH" and "9.3 nats/token" in implausible.reason
     assert logits_error(np.array([1.0, -np.inf, 3.0]), np.array([1.5, -np.inf, 3.0])) == {"max_abs": 0.5,
                                                                                           "max_rel": 0.5 / 3}
+
+
+def test_teacher_forced_quality_matches_figures_computed_by_hand():
+    # Position 0: P_ref = (1/2, 1/4, 1/4), P_cand = (1/4, 1/2, 1/4): KL = 1/2 ln 2 - 1/4 ln 2 = ln(2)/4, top-1 0 vs 1.
+    # Position 1: both (0.2, 0.3, 0.5): KL 0, same top-1. Targets (0, 2): NLL_ref = ln 2, NLL_cand = 3/2 ln 2.
+    ref = np.log([[0.5, 0.25, 0.25], [0.2, 0.3, 0.5]]) + 1000.0  # logits: a large shift tests the stable softmax
+    cand = np.log([[0.25, 0.5, 0.25], [0.2, 0.3, 0.5]]) - 50.0
+    q = teacher_forced_quality(log_softmax(ref), log_softmax(cand), [0, 2])
+    assert q["kl"] == pytest.approx(np.log(2) / 8, rel=1e-9) and q["kl_max"] == pytest.approx(np.log(2) / 4)
+    assert q["top1"] == 0.5 and q["positions"] == 2
+    assert q["ppl_ratio"] == pytest.approx(np.sqrt(2), rel=1e-9)
+    assert q["ppl_ref"] == pytest.approx(2.0) and q["ppl_cand"] == pytest.approx(2 ** 1.5)
+    same = teacher_forced_quality(log_softmax(ref), log_softmax(ref), [1, 1])
+    assert same["kl"] == 0.0 and same["top1"] == 1.0 and same["ppl_ratio"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="cannot compare"):
+        teacher_forced_quality(log_softmax(ref), log_softmax(ref[:, :2]), [0, 1])
+
+
+def test_verdicts_know_the_precision():
+    ref = list(range(10, 30))
+    other = ref[:5] + [99] + ref[6:]
+    off = {"max_abs": 0.8, "max_rel": 0.04}
+    wrong = judge_text("Fluent, but not the same model.", other, "fp32", reference_ids=ref, logits=off,
+                       reference_precision="fp32", quality={"kl": 0.05, "top1": 0.93, "ppl_ratio": 1.1,
+                                                            "ppl_cand": 5.5, "ppl_ref": 5.0, "positions": 180})
+    assert wrong.kind == "WRONG" and wrong.broken and "the model's math differs" in wrong.reason
+    assert "top-1 agreement 93.0%" in wrong.reason and wrong.metrics["quality"]["kl"] == 0.05
+    # The same figures at the reference's precision but logits within tolerance: fluent drift, not broken.
+    near = judge_text("Fluent.", other, "fp32", reference_ids=ref, logits={"max_abs": 5e-3, "max_rel": 2e-4},
+                      reference_precision="fp32")
+    assert near.kind == "DRIFT" and not near.broken
+    fair = {"kl": 0.003, "top1": 0.965, "ppl_ratio": 1.01, "ppl_cand": 5.05, "ppl_ref": 5.0, "positions": 180}
+    int8 = judge_text("Fluent.", other, "int8", reference_ids=ref, logits=off, reference_precision="fp32",
+                      quality=fair)
+    assert int8.kind == "DRIFT" and not int8.broken and "KL 0.003" in int8.reason
+    lossy = dict(fair, kl=0.78, top1=0.61)
+    dynamic = judge_text("Fluent.", ref, "int8", reference_ids=ref, logits=off, reference_precision="fp32",
+                         quality=lossy)
+    assert dynamic.kind == "LOSSY" and dynamic.broken and "top-1 agreement 61.0%" in dynamic.reason
+    four = judge_text("Fluent.", other, "int4", reference_ids=ref, reference_precision="fp32",
+                      quality=dict(fair, kl=0.35, top1=0.72))
+    assert four.kind == "LOSSY"
+    servers = judge_text("Fluent.", other, "int8", reference_ids=ref, reference_precision="fp32",
+                         quality={"unavailable": "no logits"})
+    assert servers.kind == "DRIFT" and not servers.broken
+
+
+def test_a_candidate_whose_reference_failed_is_never_a_match():
+    ref = list(range(10, 30))
+    for kwargs in ({"reference_failed": "ERROR: WorkerCrashed: SIGSEGV"}, {"reference_ids": None}):
+        verdict = judge_text("A fine answer.", ref, "fp32", **({"reference_ids": ref} | kwargs))
+        assert verdict.kind == "NOT COMPARED" and not verdict.broken, verdict
+    assert "the reference failed (ERROR: WorkerCrashed" in judge_text(
+        "A fine answer.", ref, "fp32", reference_ids=ref, reference_failed="ERROR: WorkerCrashed").reason
 
 
 def test_images_on_their_own_and_against_the_reference():

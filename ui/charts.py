@@ -42,6 +42,65 @@ def text_latency_figure(run: dict[str, Any]) -> go.Figure:
     return fig if done else _placeholder(fig)
 
 
+BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5}
+
+
+def bandwidth_bound(parameters: int | None, precision: str, bandwidth_gbs: float | None) -> float | None:
+    """Tokens/s a decoder cannot beat on this machine: every weight is read once per token, so at most the
+    measured copy bandwidth over the bytes of weights (parameters x bytes per weight of the precision)."""
+    if not parameters or not bandwidth_gbs or precision not in BYTES_PER_WEIGHT:
+        return None
+    return bandwidth_gbs * 1e9 / (parameters * BYTES_PER_WEIGHT[precision])
+
+
+def speed_quality_figure(run: dict[str, Any]) -> go.Figure:
+    """Tokens/s against teacher-forced top-1 agreement with the reference: one point per backend and precision,
+    the reference marked, and the memory-bandwidth bound of each precision drawn as a dashed line."""
+    fig = go.Figure()
+    index = run.get("reference_index")
+    results = run.get("results", [])
+    points = []
+    for i, result in enumerate(results):
+        verdict = result.get("verdict") or {}
+        quality = (verdict.get("metrics") or {}).get("quality") or {}
+        if not result.get("timings") or quality.get("top1") is None:
+            continue
+        precision = (verdict.get("metrics") or {}).get("precision") or result.get("options", {}).get("precision")
+        points.append((i, result, quality, precision))
+    for i, result, quality, _precision in points:
+        is_ref = i == index
+        fig.add_trace(go.Scatter(
+            x=[quality["top1"] * 100], y=[result["timings"]["tokens_per_s"]], mode="markers+text",
+            name=result["label"] + (" (reference)" if is_ref else ""), text=[verdict_kind(result)],
+            textposition="top center", marker={"color": _color(result, i), "size": 16 if is_ref else 12,
+                                               "symbol": "star" if is_ref else "circle",
+                                               "line": {"width": 2, "color": "#111" if is_ref else "#fff"}},
+            hovertemplate=(f"{result['label']}<br>top-1 %{{x:.1f}}%<br>%{{y:.1f}} tokens/s<br>KL "
+                           f"{quality['kl']:.3g} nats<extra></extra>")))
+    parameters = (run.get("model") or {}).get("parameters")
+    bandwidth = (run.get("environment") or {}).get("copy_bandwidth_gbs")
+    for precision in sorted({p for *_, p in points if p}):
+        bound = bandwidth_bound(parameters, precision, bandwidth)
+        if bound:
+            fig.add_hline(y=bound, line_dash="dash", line_color="#888",
+                          annotation_text=f"{precision} bandwidth bound {bound:.0f} tok/s "
+                                          f"({bandwidth:g} GB/s / {parameters * BYTES_PER_WEIGHT[precision] / 1e6:.0f} "
+                                          "MB per token)", annotation_position="top left")
+    fig.update_layout(height=380, margin={"l": 40, "r": 20, "t": 50, "b": 40}, template="plotly_white",
+                      title="Speed against quality (teacher-forced, vs the reference)",
+                      legend={"orientation": "h", "y": -0.25})
+    fig.update_xaxes(title_text="top-1 agreement with the reference (%)")
+    fig.update_yaxes(title_text="tokens per second", rangemode="tozero")
+    if not points:
+        fig.add_annotation(text="Run a comparison to see speed against quality here", showarrow=False, x=0.5,
+                           y=0.5, xref="paper", yref="paper", font={"size": 16, "color": "#888"})
+    return fig
+
+
+def verdict_kind(result: dict[str, Any]) -> str:
+    return (result.get("verdict") or {}).get("kind", "")
+
+
 def image_latency_figure(run: dict[str, Any]) -> go.Figure:
     """Per-step denoising latency per backend, and the split between text encoder, UNet loop and VAE decode."""
     done = [r for r in run.get("results", []) if r.get("timings")]

@@ -22,7 +22,8 @@ def panel_header(title: str, result: dict[str, Any] | None, state: str) -> str:
         kind, text = ("error", "ERROR") if result.get("error") else ("ok", "DONE")
         verdict = result.get("verdict")
         if verdict:
-            kind = "error" if verdict["broken"] else "ok" if verdict["kind"] == "MATCH" else "waiting"
+            kind = "error" if verdict["broken"] else "ok" if verdict["kind"] == "MATCH" else \
+                "idle" if verdict["kind"] == "NOT COMPARED" else "waiting"
             text = verdict["kind"]
     label = result["label"] if result else title
     return f"### {label} <span class='arena-badge arena-badge-{kind}'>{text}</span>"
@@ -68,6 +69,7 @@ def panel_metrics(result: dict[str, Any] | None, reference_text: str | None = No
     rows = [
         ("Time to first token", seconds(timings.get("ttft_s"))),
         ("Tokens/s (decode)", f"{timings.get('tokens_per_s', 0):.1f} ({timings.get('decode_tokens_per_s', 0):.1f})"),
+        *quality_rows(result),
         ("Total time", seconds(timings.get("total_s"))),
         ("New tokens", str(result.get("num_new_tokens", 0))),
         *load_rows(load),
@@ -78,6 +80,27 @@ def panel_metrics(result: dict[str, Any] | None, reference_text: str | None = No
     notes = load.get("notes") or []
     drift = divergence_markdown(reference_text, result.get("text", "")) if reference_text is not None else ""
     return verdict_line(result) + drift + table + ("\n\n" + "; ".join(notes) if notes else "")
+
+
+def quality_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """The teacher-forced quality against the reference (once judged): top-1 agreement, KL, perplexity ratio."""
+    verdict = result.get("verdict") or {}
+    metrics = verdict.get("metrics") or {}
+    if not verdict:
+        return []
+    quality = metrics.get("quality")
+    rows = [("Precision (judged at)", str(metrics["precision"]))] if metrics.get("precision") else []
+    if not quality:
+        return rows + [("Quality vs reference", "not measured")]
+    if quality.get("unavailable"):
+        return rows + [("Quality vs reference", f"not available ({quality['unavailable']})")]
+    if verdict.get("reason", "").startswith("the reference"):
+        return rows + [("Quality vs reference", f"the reference (perplexity {quality['ppl_ref']:.2f} over "
+                                                f"{quality['positions']} positions)")]
+    return rows + [("Top-1 agreement (teacher-forced)", f"{quality['top1']:.1%} of {quality['positions']} positions"),
+                   ("KL divergence vs reference", f"{quality['kl']:.4g} nats/token"),
+                   ("Perplexity ratio", f"×{quality['ppl_ratio']:.3f} ({quality['ppl_cand']:.2f} vs "
+                                        f"{quality['ppl_ref']:.2f})")]
 
 
 def load_rows(load: dict[str, Any]) -> list[tuple[str, str]]:

@@ -11,7 +11,7 @@ import gradio as gr
 from arena.catalog import CATALOG, DEFAULT_TEXT_MODEL, EXAMPLE_PROMPTS, PROMPT_FORMATS, find_catalog_model
 from arena.core import Arena
 from arena.types import TextRunRequest
-from ui.charts import text_latency_figure
+from ui.charts import speed_quality_figure, text_latency_figure
 from ui.controls import (
     RUN_CONCURRENCY_ID,
     BackendOptionControls,
@@ -52,6 +52,7 @@ class TextTab:
     status: gr.Markdown
     backends: list[BackendControls]
     chart: gr.Plot
+    quality_chart: gr.Plot
     result_json: gr.JSON
 
 
@@ -124,10 +125,12 @@ def build_text_tab(arena: Arena) -> TextTab:
                         metrics = gr.Markdown(control.unavailable, elem_id=f"metrics-{name}")
                     panels.append(BackendControls(name, control.title, control, header, answer, metrics))
             chart = gr.Plot(text_latency_figure({}), label="Latency", elem_id="latency-chart")
+            quality_chart = gr.Plot(speed_quality_figure({}), label="Speed against quality",
+                                    elem_id="speed-quality-chart")
             with gr.Accordion("Structured result (JSON, same as the /compare_text API)", open=False):
                 result_json = gr.JSON(label="Result")
     tab = TextTab(model, notes, prompt_format, prompt, max_new_tokens, ignore_eos, warmup, repeats, reference, run,
-                  stop, status, panels, chart, result_json)
+                  stop, status, panels, chart, quality_chart, result_json)
     _wire(arena, tab)
     return tab
 
@@ -139,7 +142,7 @@ def _wire(arena: Arena, tab: TextTab) -> None:
     for panel in tab.backends:
         inputs.add(panel.controls.enabled)
         inputs.update(panel.controls.widgets.values())
-    outputs = [tab.status, tab.chart, tab.result_json]
+    outputs = [tab.status, tab.chart, tab.quality_chart, tab.result_json]
     for panel in tab.backends:
         outputs += [panel.header, panel.answer, panel.metrics]
 
@@ -175,7 +178,8 @@ def render_run(tab: TextTab, run: dict[str, Any], selected: set[str]) -> dict:
     reference = run["results"][index] if index is not None and index < len(run["results"]) else None
     reference_text = reference["text"] if reference and not reference.get("error") else None
     updates: dict = {tab.status: run_summary(run) if run["results"] or run.get("error") else "Running…",
-                     tab.chart: text_latency_figure(run), tab.result_json: json.loads(json.dumps(run, default=str))}
+                     tab.chart: text_latency_figure(run), tab.quality_chart: speed_quality_figure(run),
+                     tab.result_json: json.loads(json.dumps(run, default=str))}
     for panel in tab.backends:
         result = by_backend.get(panel.name)
         state, idle = idle_panel(panel.name, selected, panel.controls.unavailable, bool(run.get("error")))
