@@ -148,11 +148,14 @@ def teacher_forced(arena: Arena, configs, prepared_by_prompt: dict, reference_id
     reference_logp, out = {}, {}
     for spec in configs:
         host = BackendHost(spec.backend, str(arena.cache_dir))
+        # forward_logits runs the eager model in any case: a compiled configuration has the same weights and
+        # logits, so it is loaded without compiling again
+        loaded = spec.replace(compile=False) if spec.get("compile") else spec
         try:
             same, kls, total = 0, [], 0
             for prompt, prepared in prepared_by_prompt.items():
                 ids = list(prepared.prompt_token_ids) + list(reference_ids[prompt])
-                host._ensure_loaded(prepared, spec, lambda *a, **k: None)
+                host._ensure_loaded(prepared, loaded, lambda *a, **k: None)
                 logits = np.asarray(host.backend.forward_logits(ids), np.float64)[len(prepared.prompt_token_ids) - 1:-1]
                 logp = log_softmax(logits)
                 if spec == configs[0]:
@@ -355,12 +358,16 @@ def write_report(args, machine, configs, samples, load, errors, verdicts, equal,
                      "below).")
     summary = "\n".join(lines)
 
-    command = "make bench  # .venv/bin/python benchmarks/text_latency.py --readme"
+    ran = " ".join([".venv/bin/python", "benchmarks/text_latency.py",
+                    *(f'"{a}"' if " " in a else a for a in sys.argv[1:])])
     doc = f"""# Benchmarks
 
-Written by `benchmarks/text_latency.py` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); rerun with
+Written by `benchmarks/text_latency.py` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}) as
 
-    {command}
+    {ran}
+
+Every option (the full table, compilation included): `make bench` (`benchmarks/text_latency.py --readme`, then
+`benchmarks/image_latency.py --markdown docs/BENCHMARKS.md`).
 
 ## Machine
 
