@@ -103,6 +103,7 @@ class BackendHost:
             export_cached=info.get("export_cached"),
             load_s=ctx.stage_seconds.get("load", 0.0),
             engine_build_s=ctx.stage_seconds.get("engine_build", 0.0),
+            compile_s=ctx.stage_seconds.get("compile", 0.0),
             provider=info.get("provider"),
             artifact_dir=info.get("artifact_dir"),
             memory_mb=_rss_mb(),

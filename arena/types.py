@@ -153,6 +153,7 @@ class LoadInfo:
     export_cached: bool | None = None  # None: this backend does not export
     load_s: float = 0.0
     engine_build_s: float = 0.0  # TensorRT engines built for this run (apart from the ONNX export)
+    compile_s: float = 0.0  # torch.compile's first (warm-up) generation, apart from the load
     provider: str | None = None  # the execution provider / device that actually runs the model
     artifact_dir: str | None = None
     memory_mb: float | None = None  # worker resident memory after loading

@@ -358,11 +358,12 @@ def ort_session_options(onnxruntime: Any) -> Any:
 
 
 def hf_generate(model: Any, prompt_ids: list[int], settings: GenerationSettings,
-                on_token: Callable[[int], None], device: Any = "cpu") -> list[int]:
+                on_token: Callable[[int], None], device: Any = "cpu", **extra: Any) -> list[int]:
     """Greedy generation through transformers' `generate`, shared by every backend built on a HF model class.
 
     An explicit GenerationConfig replaces whatever each model folder ships (sampling defaults, repetition
-    penalties), so every backend decodes under exactly the same rules.
+    penalties), so every backend decodes under exactly the same rules; ``extra`` adds how it runs, never what it
+    decodes (a static cache and a compile config for `torch.compile`).
     """
     import torch
     from transformers import GenerationConfig
@@ -391,6 +392,7 @@ def hf_generate(model: Any, prompt_ids: list[int], settings: GenerationSettings,
         pad_token_id=settings.pad_token_id if settings.pad_token_id is not None
         else (settings.eos_token_ids[0] if settings.eos_token_ids else None),
         use_cache=True,
+        **extra,
     )
     input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     attention_mask = torch.ones_like(input_ids)
@@ -465,10 +467,11 @@ class HFBackend(Backend, ABC):
         self.model: Any = None
         self.device = "cpu"
         self._info: dict[str, Any] = {}
+        self.generation_extra: dict[str, Any] = {}  # GenerationConfig fields on how to run (see `hf_generate`)
 
     def generate_text(self, prompt_ids: list[int], settings: GenerationSettings,
                       on_token: Callable[[int], None]) -> list[int]:
-        ids = hf_generate(self.model, prompt_ids, settings, on_token, device=self.device)
+        ids = hf_generate(self.model, prompt_ids, settings, on_token, device=self.device, **self.generation_extra)
         if self.device == "cuda":
             import torch
 

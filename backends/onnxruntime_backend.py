@@ -33,7 +33,8 @@ from backends.base import (
     ort_session_options,
     torch_facts,
 )
-from backends.conversion.onnx_export import cached_export, cached_int8
+from backends.conversion.onnx_export import cached_export
+from backends.conversion.onnx_quantize import WeightOnlySettings, cached_dynamic_int8, cached_weight_only
 from backends.conversion.tensorrt_profiles import image_profiles, llm_profiles, to_ort_trt_options
 from backends.installs import OPTIMUM_ONNX_INSTALL
 
@@ -50,6 +51,14 @@ PROVIDERS = {
 }
 PROVIDER_NAMES = {"CPUExecutionProvider": "CPU", "CUDAExecutionProvider": "CUDA",
                   "TensorrtExecutionProvider": "TensorRT EP"}  # as labels say them
+GRAPH_OPTIMIZATION = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC",
+                      "disabled": "ORT_DISABLE_ALL"}
+WEIGHT_ONLY_BITS = {"int8": 8, "int4": 4}
+QUANTIZED = (*WEIGHT_ONLY_BITS, "int8-dynamic")
+IMAGE_QUANTIZATION_REFUSAL = (
+    "ONNX Runtime {precision} is for text models only: a diffusion UNet is mostly convolutions, which "
+    "weight-only MatMulNBits leaves in fp32 (only its attention projections would shrink), and dynamic int8 of "
+    "its convolutions and VAE is not checked here, so pick fp32 for images.")
 ONNX_LAYOUT_FILES = ("model.onnx", "decoder_model_merged.onnx", "decoder_with_past_model.onnx", "decoder_model.onnx")
 
 
@@ -266,8 +275,30 @@ def graph_precision(model_path: str | Path) -> tuple[str, str]:
 class OnnxRuntimeOptions(BackendOptions):
     provider: str = option("auto", choices=("auto", *PROVIDERS), gpu_only_values=GPU_PROVIDERS,
                            help="The execution provider (auto: CUDA if it starts, else CPU).")
-    precision: str = option("fp32", choices=("fp32", "fp16", "int8"), gpu_only_values=("fp16",),
-                            help="fp16 exports on CUDA; int8 is dynamic quantization for the CPU provider.")
+    precision: str = option("fp32", choices=("fp32", "fp16", "int8", "int4", "int8-dynamic"),
+                            gpu_only_values=("fp16",),
+                            help="fp16 exports on CUDA. CPU provider: int8 / int4 are weight-only (MatMulNBits: "
+                                 "weights in 8 or 4 bits per block, activations fp32); int8-dynamic quantizes "
+                                 "activations at run time too (per-channel, output projection kept fp32).")
+    block_size: str = option("32", choices=("32", "64", "128"), tasks=("text",), label="Quantization block size",
+                             help="int8/int4: weights sharing one scale (smaller: more accurate, a little larger).")
+    symmetric: bool = option(True, kind="bool", tasks=("text",), label="Symmetric quantization",
+                             help="int8/int4: scales only (symmetric) or scales and zero points.")
+    accuracy_level: str = option("4", choices=("0", "1", "2", "3", "4"), tasks=("text",),
+                                 label="MatMulNBits accuracy level",
+                                 help="int8/int4: the compute type (4: int8 dot products on AVX512-VNNI, fastest; "
+                                      "0: unset, fp32 compute; 1-3: fp32/fp16/bf16).")
+    embedding_bits: str = option("8", choices=("8", "4", "fp32"), tasks=("text",),
+                                 label="Embedding / output projection",
+                                 help="int8/int4: the tied embedding and output projection (a third of a small "
+                                      "model's weights). 8: output projection 8-bit (the lookup stays fp32: "
+                                      "ONNX Runtime's GatherBlockQuantized is 4-bit only); 4: both 4-bit.")
+    graph_optimization: str = option("all", choices=("all", "extended", "basic", "disabled"),
+                                     label="Graph optimization level",
+                                     help="ONNX Runtime's graph_optimization_level (all = ORT_ENABLE_ALL, its "
+                                          "default, with layout optimizations).")
+    threads: str = option("auto", choices=("auto", "1", "2", "4"), label="Session threads",
+                          help="intra_op_num_threads (auto: this machine's CPU budget).")
     onnx_dir: str | None = option(None, kind="path", label="Existing ONNX export (optional)",
                                   help="Check your own export against PyTorch instead of exporting.",
                                   placeholder={"text": "/path/to/optimum-cli/export",
@@ -320,6 +351,18 @@ class OnnxRuntimeBackend(HFBackend):
         provider = values["provider"]
         parts = [cls.title, PROVIDER_NAMES.get(provider, provider.replace("ExecutionProvider", "")),
                  values["precision"]]
+        if values["precision"] in WEIGHT_ONLY_BITS:  # settings away from the defaults are named
+            defaults = {i.name: i.default for i in cls.Options.fields_info()}
+            words = {"block_size": "block {}", "symmetric": "{}", "accuracy_level": "accuracy level {}",
+                     "embedding_bits": "embedding {}"}
+            for name, word in words.items():
+                if values.get(name, defaults[name]) != defaults[name]:
+                    value = values[name]
+                    parts.append("asymmetric" if name == "symmetric" and not value else word.format(value))
+        if values.get("graph_optimization", "all") != "all":
+            parts.append(f"graph opt {values['graph_optimization']}")
+        if values.get("threads", "auto") != "auto":
+            parts.append(f"{values['threads']} threads")
         if values.get("onnx_dir"):
             parts.append("user export")
         return " · ".join(parts)
@@ -379,7 +422,9 @@ class OnnxRuntimeBackend(HFBackend):
         return {
             "provider": providers,
             "precision": [OptionChoice("fp32", "fp32"), OptionChoice("fp16", "fp16", fp16),
-                          OptionChoice("int8", "int8 (dynamic quantization, CPU)")],
+                          OptionChoice("int8", "int8 (weight-only, CPU)"),
+                          OptionChoice("int4", "int4 (weight-only, CPU)"),
+                          OptionChoice("int8-dynamic", "int8 dynamic (weights and activations, CPU)")],
         }
 
     @classmethod
@@ -388,12 +433,23 @@ class OnnxRuntimeBackend(HFBackend):
         if problem:
             return problem
         provider = cls.resolve_provider(spec.provider, usable_providers(env.get("onnxruntime", {})))
-        if spec.precision == "int8" and provider != "CPUExecutionProvider":
+        if spec.precision == "int8-dynamic" and provider != "CPUExecutionProvider":
             return ("int8 dynamic quantization runs on the CPU provider only (the CUDA provider has no dynamic "
                     "quantization kernels; TensorRT needs static QDQ). Pick provider CPUExecutionProvider.")
+        if spec.precision in WEIGHT_ONLY_BITS and provider != "CPUExecutionProvider":
+            return (f"{spec.precision} weight-only quantization is built for the CPU provider here (the CUDA "
+                    "provider's MatMulNBits kernels and TensorRT's are not set up in this arena). Pick provider "
+                    "CPUExecutionProvider.")
         if spec.precision == "fp16" and provider == "CPUExecutionProvider":
             return "fp16 ONNX models are slow or unsupported on the CPU provider: pick CUDA or TensorRT."
         return None
+
+    @staticmethod
+    def weight_only_settings(spec: Any) -> WeightOnlySettings:
+        embedding = spec.embedding_bits
+        return WeightOnlySettings(bits=WEIGHT_ONLY_BITS[spec.precision], block_size=int(spec.block_size),
+                                  symmetric=bool(spec.symmetric), accuracy_level=int(spec.accuracy_level),
+                                  embedding_bits=0 if embedding == "fp32" else int(embedding))
 
     @staticmethod
     def resolve_provider(requested: str, available: list[str]) -> str:
@@ -416,6 +472,8 @@ class OnnxRuntimeBackend(HFBackend):
         if provider in GPU_PROVIDERS:
             load_gpu_libraries(onnxruntime, provider)
         image = model.task == "image"
+        if image and spec.precision in QUANTIZED:
+            raise ArenaError(IMAGE_QUANTIZATION_REFUSAL.format(precision=spec.precision))
         export_cached: bool | None
         precision = spec.precision  # a user's export: what its graph says (`graph_precision`)
         if spec.onnx_dir:
@@ -429,15 +487,26 @@ class OnnxRuntimeBackend(HFBackend):
                 ctx.notes.append(f"user export: {precision} {how}")
         else:
             onnx_dir, built = cached_export(model, "fp16" if spec.precision == "fp16" else "fp32", ctx)
-            if spec.precision == "int8":
-                onnx_dir, built_q = cached_int8(onnx_dir, ctx)
-                built = built or built_q
             export_cached = not built
+        if spec.precision in WEIGHT_ONLY_BITS:
+            settings = self.weight_only_settings(spec)
+            onnx_dir, built_q = cached_weight_only(Path(onnx_dir), settings, ctx)
+            ctx.notes.append(settings.describe())
+            export_cached = None if export_cached is None else export_cached and not built_q
+        elif spec.precision == "int8-dynamic":
+            onnx_dir, built_q = cached_dynamic_int8(Path(onnx_dir), ctx)
+            ctx.notes.append("dynamic int8: per-channel weights, activations quantized at run time, output "
+                             "projection kept fp32")
+            export_cached = None if export_cached is None else export_cached and not built_q
 
         provider_options: dict[str, Any] = {}
         if provider == "TensorrtExecutionProvider":
             provider_options = self._trt_provider_options(model, spec, Path(onnx_dir), ctx)
         session_options = ort_session_options(onnxruntime)  # threads from the CPU budget, not os.cpu_count()
+        if spec.threads != "auto":
+            session_options.intra_op_num_threads = int(spec.threads)
+        session_options.graph_optimization_level = getattr(
+            onnxruntime.GraphOptimizationLevel, GRAPH_OPTIMIZATION[spec.graph_optimization])
         session_options.log_severity_level = 2  # warnings (CPU fallbacks) land in the worker log
         self.components = None
         with ctx.stage("load", f"ONNX Runtime: creating the {PROVIDERS.get(provider, provider)} session"), \

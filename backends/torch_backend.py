@@ -1,4 +1,5 @@
-"""Hugging Face transformers in PyTorch: the reference backend (CPU or CUDA; fp32, bf16, fp16 on CUDA)."""
+"""Hugging Face transformers in PyTorch: the reference backend (CPU or CUDA; fp32, bf16, fp16 on CUDA, weight-only
+int8 through torchao), optionally under `torch.compile` with a static KV cache."""
 
 from __future__ import annotations
 
@@ -21,15 +22,63 @@ from backends.base import (
 )
 from backends.installs import TORCH_CUDA_INSTALL, TORCH_INSTALL
 
-TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8": "float32"}
+TORCHAO_INSTALL = "pip install torchao==0.18.0  # the release built against torch 2.13"
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of native bf16 matrix/dot-product instructions
+STATIC_CACHE_MIN = 256  # the static KV cache's smallest length (grown to the next power of two when a run needs it)
+
+
+def cpu_facts() -> dict[str, Any]:
+    """Whether this CPU has native bf16 (AMX or AVX512-BF16), from /proc/cpuinfo and torch's own capability."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    facts: dict[str, Any] = {"bf16_flags": [f for f in BF16_CPU_FLAGS if f in flags], "known": bool(flags)}
+    try:
+        import torch
+
+        facts["capability"] = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # noqa: BLE001 - a fact we can do without
+        facts["capability"] = None
+    facts["bf16_native"] = bool(facts["bf16_flags"])
+    return facts
+
+
+def torchao_facts() -> dict[str, Any]:
+    """Whether torchao imports with this torch and has the weight-only int8 config (the probe's child process)."""
+    import contextlib
+    import importlib.metadata
+    import io
+
+    try:
+        version = importlib.metadata.version("torchao")
+    except importlib.metadata.PackageNotFoundError:
+        return {"installed": False, "error": "torchao is not installed."}
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            from torchao.quantization import Int8WeightOnlyConfig, quantize_  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - the reason is the fact
+        return {"installed": False, "version": version,
+                "error": f"torchao {version} does not import with this torch ({type(exc).__name__}: {exc})."}
+    return {"installed": True, "version": version}
 
 
 @dataclass(frozen=True)
 class PyTorchOptions(BackendOptions):
     device: str = option("cpu", choices=("cpu", "cuda"), gpu_only_values=("cuda",),
                          help="Where the model runs.")
-    precision: str = option("fp32", choices=("fp32", "bf16", "fp16"), gpu_only_values=("fp16",),
-                            help="The weights' dtype (fp16 on CUDA only).")
+    precision: str = option("fp32", choices=("fp32", "bf16", "fp16", "int8"), gpu_only_values=("fp16",),
+                            help="The weights' dtype (fp16 on CUDA only; bf16 is fast on CPUs with AMX or "
+                                 "AVX512-BF16); int8: weight-only int8 through torchao, activations fp32 (text).")
+    compile: bool = option(False, kind="bool", tasks=("text",), label="torch.compile (static KV cache)",
+                           help="Compile the decoding step with torch.compile and a static KV cache; the compile "
+                                "time is reported apart, like an export.")
     vae_fp32: bool = vae_fp32_option()  # image models in fp16/bf16: keep the VAE in fp32 (fp16 VAEs overflow to black)
 
 
@@ -42,16 +91,19 @@ class PyTorchBackend(HFBackend):
     Options = PyTorchOptions
 
     @classmethod
-    def label(cls, values: Mapping[str, Any]) -> str:
-        return " · ".join((cls.title, values["device"], precision_label(values)))
+    def label(cls, values: Mapping[str, Any]) -> str:  # noqa: F811 - one label, with compile when on
+        parts = [cls.title, values["device"], precision_label(values)]
+        if values.get("compile"):
+            parts.append("compiled")
+        return " · ".join(parts)
 
     @classmethod
     def collect_facts(cls) -> dict[str, Any]:
-        return {"torch": torch_facts()}
+        return {"torch": torch_facts(), "cpu": cpu_facts(), "torchao": torchao_facts()}
 
     @classmethod
     def distributions(cls) -> tuple[str, ...]:
-        return ("torch", "transformers")
+        return ("torch", "transformers", "torchao")
 
     @classmethod
     def availability(cls, env: dict[str, Any]) -> Availability:
@@ -74,10 +126,14 @@ class PyTorchBackend(HFBackend):
                                 TORCH_CUDA_INSTALL)
         fp16 = AVAILABLE if cuda.ok else Availability(
             False, "fp16 runs on CUDA only (on CPU many PyTorch ops lack fp16 kernels). " + cuda.reason, cuda.install)
+        ao = env.get("torchao", {})
+        int8 = AVAILABLE if ao.get("installed") else Availability(
+            False, f"weight-only int8 needs torchao: {ao.get('error', 'torchao is not installed.')}", TORCHAO_INSTALL)
         return {
             "device": [OptionChoice("cpu", "CPU"), OptionChoice("cuda", "CUDA", cuda)],
             "precision": [OptionChoice("fp32", "fp32"), OptionChoice("bf16", "bf16"),
-                          OptionChoice("fp16", "fp16", fp16)],
+                          OptionChoice("fp16", "fp16", fp16),
+                          OptionChoice("int8", "int8 (weight-only, torchao)", int8)],
         }
 
     @classmethod
@@ -90,9 +146,24 @@ class PyTorchBackend(HFBackend):
             return "This GPU has no bf16 support (needs compute capability 8.0 or newer); pick fp16 or fp32."
         return problem
 
+    @staticmethod
+    def bf16_note(env_cpu: Mapping[str, Any]) -> str | None:
+        """What the panel says about bf16 on this CPU (None when it has native bf16)."""
+        if env_cpu.get("bf16_native"):
+            return None
+        if not env_cpu.get("known"):
+            return "bf16 on CPU: could not read the CPU's flags; without AMX or AVX512-BF16 bf16 is emulated (slow)"
+        return ("this CPU has no native bf16 (no AMX or AVX512-BF16 in /proc/cpuinfo): bf16 matrix products are "
+                "emulated and usually slower than fp32")
+
     def load(self, model, spec, ctx: LoadContext) -> None:
         import torch
 
+        if model.task == "image" and (spec.precision == "int8" or spec.compile):
+            from arena.errors import ArenaError
+
+            raise ArenaError("PyTorch int8 and torch.compile are offered for text models only here; pick fp32, bf16 "
+                             "or fp16 for images.")
         threads = torch_threads()  # the CPU budget, not os.cpu_count() (a container's quota is often smaller)
         dtype = getattr(torch, TORCH_DTYPES[spec.precision])
         with ctx.stage("load", f"PyTorch: loading {model.model_name} ({spec.device}, {spec.precision})"):
@@ -112,10 +183,60 @@ class PyTorchBackend(HFBackend):
                 self.model = AutoModelForCausalLM.from_pretrained(model.model_dir, dtype=dtype)
                 self.model.to(spec.device)
                 self.model.eval()
+        if spec.precision == "bf16" and spec.device == "cpu":
+            note = self.bf16_note(cpu_facts())
+            ctx.notes.append(note or "bf16 on this CPU's native instructions (AMX/AVX512-BF16)")
+        if spec.precision == "int8":
+            import contextlib
+            import io
+
+            with ctx.stage("load", "PyTorch: weight-only int8 (torchao)"), \
+                    contextlib.redirect_stdout(io.StringIO()):
+                from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+                quantize_(self.model, Int8WeightOnlyConfig())
+            ctx.notes.append("torchao Int8WeightOnlyConfig: every Linear's weights int8 per channel, activations fp32")
         self._info = {"provider": f"torch {torch.__version__} on {spec.device}"
                                   + (f" ({torch.cuda.get_device_name()})" if spec.device == "cuda" else ""),
                       "artifact_dir": model.model_dir, "export_cached": None, "threads": threads}
         self.device = spec.device
+        self.generation_extra = {}
+        self._compiled_cache_len = 0
+        if spec.compile:
+            self._compile(model, ctx)
+
+    def _compile(self, model, ctx: LoadContext) -> None:
+        """`generate`'s own auto-compile of the decoding step (transformers compiles it on CUDA by default; on a
+        CPU it needs ``_compile_all_devices``), on a static KV cache kept across runs; a first short generation
+        compiles it, timed as the "compile" stage."""
+        from transformers.generation.configuration_utils import CompileConfig
+
+        from backends.base import GenerationSettings
+
+        config = CompileConfig(fullgraph=False, mode="default" if self.device == "cpu" else "reduce-overhead")
+        config._compile_all_devices = True
+        self.generation_extra = {"cache_implementation": "static", "compile_config": config}
+        with ctx.stage("compile", "torch.compile: compiling the decoding step (static KV cache)"):
+            ids = list(model.prompt_token_ids[:8]) or [0]
+            self.generate_text(ids, GenerationSettings(max_new_tokens=3, eos_token_ids=(), pad_token_id=0,
+                                                       ignore_eos=True), lambda _token: None)
+        ctx.notes.append(f"torch.compile (inductor) with a static KV cache of {self._compiled_cache_len} tokens")
+
+    def generate_text(self, prompt_ids, settings, on_token):
+        if self.generation_extra:  # one static cache, grown (and recompiled) only when a run needs more
+            need = len(prompt_ids) + settings.max_new_tokens
+            if need > self._compiled_cache_len:
+                from transformers import StaticCache
+
+                size = max(STATIC_CACHE_MIN, 1 << (need - 1).bit_length())
+                config = self.model.config.get_text_config(decoder=True)
+                cache = StaticCache(config=config, max_cache_len=size)
+                heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+                head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+                cache.early_initialization(1, heads, head_dim, self.model.dtype, self.model.device)
+                self.model._cache = cache  # generate() reuses (resets) a cache at least as long as it needs
+                self._compiled_cache_len = size
+        return super().generate_text(prompt_ids, settings, on_token)
 
     def _image_dtypes(self) -> dict[str, Any]:
         return dict(self._dtypes)

@@ -75,8 +75,8 @@ def test_cpu_and_gpu_files_pin_the_same_versions():
     for name in sorted(set(cpu) - RUNTIME_SPECIFIC - {"torch"}):
         assert str(cpu[name].specifier) == str(gpu[name].specifier), f"{name}: {cpu[name]} vs {gpu[name]}"
     # torch: the CPU file has the +cpu build on Linux (PyTorch's CPU index) and PyPI's elsewhere; the same release.
-    cpu_torch = {str(s.version).split("+")[0] for line in requirement_lines(CPU) if line.startswith("torch")
-                 for s in Requirement(line).specifier}
+    cpu_torch = {str(s.version).split("+")[0] for r in requirements(CPU) if canonicalize_name(r.name) == "torch"
+                 for s in r.specifier}
     assert cpu_torch == {s.version for s in gpu["torch"].specifier}
     assert "onnxruntime" in cpu and "onnxruntime" not in gpu and "onnxruntime-gpu" not in cpu
 

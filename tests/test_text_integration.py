@@ -66,11 +66,11 @@ def test_a_wrong_export_directory_gets_a_clear_message(arena, tiny_llama, tmp_pa
 
 
 def test_int8_dynamic_quantization_runs_and_is_cached(arena, tiny_llama):
-    spec = BackendSpec("onnxruntime", provider="CPUExecutionProvider", precision="int8")
+    spec = BackendSpec("onnxruntime", provider="CPUExecutionProvider", precision="int8-dynamic")
     result = run(arena, tiny_llama, backends=(spec,))
     assert result.results[0].error is None, result.results[0].error
     assert len(result.results[0].token_ids) == 16
-    assert "onnx-int8" in result.results[0].load.artifact_dir
+    assert "/onnx-int8-dynamic/" in result.results[0].load.artifact_dir
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -109,6 +109,8 @@ def load_rows(load: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("Export", export)]
     if load.get("engine_build_s"):
         rows.append(("Engine build", seconds(load["engine_build_s"])))
+    if load.get("compile_s"):
+        rows.append(("Compile", seconds(load["compile_s"])))
     runs_on = f"`{load.get('provider') or '?'}`"
     if load.get("threads"):  # what the CPU budget (affinity, cgroup quota, $CPU_CORES) gave the runtime
         runs_on += f", {load['threads']} thread{'' if load['threads'] == 1 else 's'}"

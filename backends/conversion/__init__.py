@@ -4,8 +4,9 @@ Each step takes the artifact cache and the isolated-process runner from the `Loa
 artifact in a short-lived process (a crashing exporter or builder is reported, not inherited) and stores it
 atomically in the cache. Backends import these modules; these modules import no backend.
 
-- `onnx_export`: the cached optimum ONNX export (causal LM with KV cache, or a diffusion pipeline) and dynamic
-  int8 quantization.
+- `onnx_export`: the cached optimum ONNX export (causal LM with KV cache, or a diffusion pipeline).
+- `onnx_quantize`: weight-only int8/int4 (MatMulNBits, the tied output projection too) and dynamic int8 of a
+  text export, cached by source export and settings.
 - `tensorrt_profiles`: optimization profiles (shape ranges) for an LLM decoder and diffusion components, and the
   same profiles as ONNX Runtime TensorRT-provider options. Pure Python.
 - `tensorrt_build`: precision plans per TensorRT version, engine cache keys, the builder set-up and the cached

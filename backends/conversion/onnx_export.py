@@ -1,11 +1,10 @@
-"""The cached ONNX export (optimum) and its int8 quantization: conversion steps used by the ONNX Runtime and
-TensorRT backends alike. The heavy work runs in an isolated process (``ctx.run_isolated``); the results are cache
-entries built in a temporary folder and renamed into place."""
+"""The cached ONNX export (optimum): a conversion step used by the ONNX Runtime and TensorRT backends alike (its
+quantizations are in `backends.conversion.onnx_quantize`). The heavy work runs in an isolated process
+(``ctx.run_isolated``); the results are cache entries built in a temporary folder and renamed into place."""
 
 from __future__ import annotations
 
 import importlib.metadata
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +30,6 @@ def export_pipeline(model_dir: str, output_dir: str, dtype: str, device: str) ->
                 dtype=None if dtype == "fp32" else dtype)
 
 
-def quantize_text_model(fp32_dir: str, output_dir: str) -> None:
-    """Dynamic int8 (weights int8, activations quantized at run time) for the CPU provider."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    source, target = Path(fp32_dir), Path(output_dir)
-    for item in source.iterdir():
-        if item.suffix not in (".onnx", ".onnx_data") and item.name != "manifest.json" and item.is_file():
-            shutil.copy2(item, target / item.name)
-    large = any(p.suffix == ".onnx_data" or p.name.endswith(".onnx.data") for p in source.iterdir())
-    quantize_dynamic(source / "model.onnx", target / "model.onnx", weight_type=QuantType.QInt8,
-                     use_external_data_format=large)
-
-
 def export_versions() -> dict[str, str | None]:
     out = {}
     for dist in ("optimum-onnx", "optimum", "transformers", "torch", "onnx", "onnxruntime", "onnxruntime-gpu"):
@@ -67,13 +53,3 @@ def cached_export(model: Any, dtype: str, ctx: LoadContext) -> tuple[Path, bool]
             lambda tmp: ctx.run_isolated(f"{__name__}:{target}", model.model_dir, str(tmp), dtype, device,
                                          description="ONNX export")
             or {"source": model.model_dir, "model_name": model.model_name})
-
-
-def cached_int8(onnx_dir: Path, ctx: LoadContext) -> tuple[Path, bool]:
-    """Dynamic int8 quantization of a cached fp32 export (for the CPU provider), built once, then cached."""
-    with ctx.stage("export", "ONNX Runtime: dynamic int8 quantization (once, then cached)"):
-        return ctx.cache.get_or_build(
-            "onnx-int8", {"fp32": str(onnx_dir.name), "versions": export_versions()},
-            lambda tmp: ctx.run_isolated(f"{__name__}:quantize_text_model", str(onnx_dir), str(tmp),
-                                         description="int8 quantization")
-            or {"source": str(onnx_dir)})
