@@ -156,14 +156,19 @@ def test_every_backend_is_teacher_forced_against_the_reference(arena, tiny_llama
     assert ort_result.verdict.metrics["precision"] == "fp32"  # (the random tiny model's text may read as gibberish)
 
 
-def test_a_users_export_is_judged_at_the_precision_its_graph_has(arena, tiny_llama):
-    spec = BackendSpec("onnxruntime", provider="CPUExecutionProvider", precision="int8")
-    int8_dir = run(arena, tiny_llama, backends=(spec,)).results[0].load.artifact_dir
+@pytest.mark.parametrize(("made_as", "read_as", "note"), [
+    ("int8-dynamic", "int8", "user export: int8 dynamic quantization (MatMulInteger"),
+    ("int8", "int8", "user export: int8 weight-only (MatMulNBits, 8 bits"),
+    ("int4", "int4", "user export: int4 weight-only (MatMulNBits, 4 bits"),
+])
+def test_a_users_export_is_judged_at_the_precision_its_graph_has(arena, tiny_llama, made_as, read_as, note):
+    spec = BackendSpec("onnxruntime", provider="CPUExecutionProvider", precision=made_as)
+    quantized_dir = run(arena, tiny_llama, backends=(spec,)).results[0].load.artifact_dir
     result = run(arena, tiny_llama, backends=(BackendSpec("pytorch"),
-                                              BackendSpec("onnxruntime", onnx_dir=int8_dir)))
+                                              BackendSpec("onnxruntime", onnx_dir=quantized_dir)))
     user = result.results[1]
-    assert user.load.precision == "int8" and user.verdict.metrics["precision"] == "int8"
-    assert any(note.startswith("user export: int8 dynamic quantization (MatMulInteger") for note in user.load.notes)
+    assert user.load.precision == read_as and user.verdict.metrics["precision"] == read_as
+    assert any(n.startswith(note) for n in user.load.notes), user.load.notes
     assert user.verdict.metrics["quality"]["positions"] > 16
 
 
