@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from arena.cache import ArtifactCache, default_cache_dir
+from arena.demos import BrokenConversions
 from arena.environment import probe_environment
 from arena.errors import ArenaError
 from arena.history import RunHistory
@@ -64,6 +65,7 @@ class Arena:
             register(name, target)
         # Kept runs: files under the cache locally; in public mode memory only, per browser session.
         self.history = RunHistory(None if self.policy.public else self.cache_dir / "history")
+        self.demos = BrokenConversions(self)  # "See a broken conversion": exports broken on purpose, made on first use
         self.cache.clean_stale()
         atexit.register(self.close)
 

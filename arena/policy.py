@@ -131,6 +131,7 @@ class Policy:
         self._hub_facts = hub_facts
         self._token_available = token_available
         self._facts_cache: dict[str, dict[str, Any]] = {}
+        self._trusted_paths: set[str] = set()
 
     @classmethod
     def local(cls) -> Policy:
@@ -217,12 +218,19 @@ class Policy:
 
         for info in backend_class(spec.backend).Options.fields_info():
             value = spec.get(info.name)
+            if info.kind == "path" and value is not None and str(value) in self._trusted_paths:
+                continue
             if info.kind in SERVER_SIDE_KINDS and value not in (None, "", info.default):
                 what = info.title().removesuffix(" (optional)")
                 reach = {"path": "is a path on the server", "url": "is an address this server would call",
                          "secret_env": "names a secret of this server"}[info.kind]
                 return f"{what} ({info.name}) {reach}, which this public server does not take from visitors."
         return None
+
+    def trust_path(self, path: str) -> None:
+        """A folder the server made itself (the broken-conversion demos' exports): accepted as a path option in
+        public mode. Exactly these strings; any other path a visitor types is still refused."""
+        self._trusted_paths.add(str(path))
 
     def redact(self, data: Any, roots: tuple[str, ...] = ()) -> Any:
         """What a visitor gets back in public mode: no server paths (model and artifact folders, paths inside
