@@ -246,7 +246,7 @@ class Policy:
                 return ""
             if isinstance(value, dict):
                 return {k: clean(v, k) for k, v in value.items()}
-            if isinstance(value, list):
+            if isinstance(value, list | tuple):  # tuples too: LoadInfo.notes ("user export <folder>")
                 return [clean(v) for v in value]
             if isinstance(value, str):
                 for root in hidden:

@@ -62,3 +62,13 @@ def test_broken_example_in_the_browser(app_server):
             assert expected in status, status
             assert "MATCH" in page.locator("#panel-pytorch").inner_text()
         browser.close()
+
+
+def test_public_view_hides_the_demo_folder_in_load_notes(tmp_path):
+    """A trusted export's folder is named in the result's load notes (a tuple): public mode hides it too."""
+    from arena.types import LoadInfo
+
+    folder = str(tmp_path / "demo-broken-text" / "abc")
+    shown = Policy(public=True).redact({"load": LoadInfo(notes=(f"user export {folder}",)).to_dict()},
+                                       (str(tmp_path),))
+    assert shown["load"]["notes"] == ["user export …/demo-broken-text/abc"]
