@@ -24,7 +24,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warm-up", action=argparse.BooleanOptionalAction, default=None,
                         help="prepare the default models in the background at start-up (default: on in public "
                              "mode)")
+    parser.add_argument("--mcp", action=argparse.BooleanOptionalAction, default=None,
+                        help="also serve the API as MCP tools at /gradio_api/mcp/ (default: on when the mcp package "
+                             "is installed)")
     return parser.parse_args(argv)
+
+
+def mcp_available() -> bool:
+    """Gradio's MCP server needs the ``mcp`` package (gradio's ``[mcp]`` extra)."""
+    import importlib.util
+
+    return importlib.util.find_spec("mcp") is not None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     demo = build_ui(arena, warm_up)
     demo.queue(default_concurrency_limit=1, max_size=32)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, footer_links=["api", "settings"],
-                **launch_options())
+                mcp_server=mcp_available() if args.mcp is None else args.mcp, **launch_options())
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@
         --backend pytorch --backend onnxruntime:precision=int8,provider=CPUExecutionProvider
     python -m arena check --model /models/llama --candidate onnxruntime:onnx_dir=/exports/llama
 
-``text`` prints a table (or ``--json``); its exit code is 1 when a backend failed or the token ids disagree with
+``image`` draws one prompt through each backend and prints each verdict. ``--report DIR`` (text and image) also
+writes the JSON, CSV and Markdown reports the dashboard offers for download. ``text`` prints a table (or
+``--json``); its exit code is 1 when a backend failed or the token ids disagree with
 the first backend (unless ``--allow-drift``). ``check`` runs the candidate next to the reference (PyTorch fp32)
 on a few prompts and prints each verdict; exit code 0 when nothing is broken, 1 when a verdict says broken
 (GIBBERISH, EMPTY, DIFFERENT, BLANK, NOISE, NAN, ERROR), 2 when the check could not run (no such model).
@@ -17,7 +19,7 @@ import json
 import re
 import sys
 
-from arena.catalog import DEFAULT_TEXT_MODEL
+from arena.catalog import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
 from arena.types import BackendSpec, TextRunRequest
 
 
@@ -83,6 +85,24 @@ def main(argv: list[str] | None = None) -> int:
     text.add_argument("--cache-dir", default=None)
     text.add_argument("--json", action="store_true", help="print the structured result instead of a table")
     text.add_argument("--allow-drift", action="store_true", help="exit 0 even when token ids differ")
+    text.add_argument("--reference", default="auto", help="the backend verdicts compare with (name or index)")
+    text.add_argument("--report", metavar="DIR", help="also write the JSON, CSV and Markdown reports into DIR")
+    image = sub.add_parser("image", help="compare image generation across backends", epilog=backend_help(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    image.add_argument("--model", default=DEFAULT_IMAGE_MODEL, help="catalog key, hub id or pipeline folder")
+    image.add_argument("--prompt", required=True)
+    image.add_argument("--negative-prompt", default="")
+    image.add_argument("--backend", action="append", type=parse_backend, dest="backends",
+                       help="repeatable; default: pytorch and onnxruntime")
+    image.add_argument("--steps", type=int, default=20)
+    image.add_argument("--guidance-scale", type=float, default=4.0)
+    image.add_argument("--seed", type=int, default=0)
+    image.add_argument("--height", type=int, default=None)
+    image.add_argument("--width", type=int, default=None)
+    image.add_argument("--reference", default="auto")
+    image.add_argument("--cache-dir", default=None)
+    image.add_argument("--json", action="store_true", help="print the structured result instead of a summary")
+    image.add_argument("--report", metavar="DIR", help="also write the JSON, CSV and Markdown reports into DIR")
     check = sub.add_parser("check", help="is a candidate (e.g. an ONNX export) broken? verdicts + exit code")
     check.add_argument("--model", required=True, help="the reference model: catalog key, hub id or directory")
     check.add_argument("--candidate", required=True, type=parse_backend,
@@ -100,23 +120,63 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "check":
         return run_check(args, Arena(cache_dir=args.cache_dir))
+    if args.command == "image":
+        return run_image(args, Arena(cache_dir=args.cache_dir))
 
     backends = tuple(args.backends or (BackendSpec("pytorch"), BackendSpec("onnxruntime")))
     request = TextRunRequest(model=args.model, prompt=args.prompt, backends=backends,
                              max_new_tokens=args.max_new_tokens, prompt_format=args.prompt_format,
-                             ignore_eos=args.ignore_eos, warmup=args.warmup, repeats=args.repeats)
+                             ignore_eos=args.ignore_eos, warmup=args.warmup, repeats=args.repeats,
+                             reference=args.reference)
     arena = Arena(cache_dir=args.cache_dir)
     try:
         result = arena.run_text_to_end(request, phase_printer()).to_dict()
     finally:
         arena.close()
     print(json.dumps(result, indent=2, default=str) if args.json else (result["error"] or table(result)))
+    write_report(args.report, result, "text")
     if result["error"] or any(r["error"] for r in result["results"]):
         return 1
     ids = [r["token_ids"] for r in result["results"]]
     if not args.allow_drift and any(i != ids[0] for i in ids):
         return 1
     return 0
+
+
+def write_report(directory: str | None, result: dict, task: str, images: list | None = None) -> None:
+    """``--report DIR``: the same JSON, CSV and Markdown files the dashboard offers for download."""
+    if directory:
+        from arena.reports import write_reports
+
+        for path in write_reports(result, task, directory, images=images):
+            print(f"... wrote {path}", file=sys.stderr)
+
+
+def run_image(args, arena) -> int:
+    """``image``: one line per backend (verdict, total time); exit 1 when a backend failed or is broken."""
+    from arena.types import ImageRunRequest
+
+    request = ImageRunRequest(model=args.model, prompt=args.prompt, negative_prompt=args.negative_prompt,
+                              backends=tuple(args.backends or (BackendSpec("pytorch"), BackendSpec("onnxruntime"))),
+                              steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed,
+                              height=args.height, width=args.width, reference=args.reference)
+    try:
+        final = arena.run_image_to_end(request, phase_printer())
+    finally:
+        arena.close()
+    result = final.to_dict()
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    elif result["error"]:
+        print(result["error"])
+    for r in result["results"] if not args.json else ():
+        verdict = r["verdict"] or {}
+        total = (r["timings"] or {}).get("total_s")
+        print(f"{verdict.get('kind', 'ERROR'):<9} {r['label']}: " + (r["error"] or
+              f"{total:.2f} s; {verdict.get('reason', '')}"))
+    write_report(args.report, result, "image", [r.image for r in final.results])
+    failed = result["error"] or any(r["error"] or (r["verdict"] or {}).get("broken") for r in result["results"])
+    return 1 if failed else 0
 
 
 def run_check(args, arena) -> int:

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from arena.cache import ArtifactCache, default_cache_dir
+from arena.demos import BrokenConversions
 from arena.environment import probe_environment
 from arena.errors import ArenaError
+from arena.history import RunHistory
 from arena.policy import Policy
 from arena.registry import BACKENDS, backend_class, register
 from arena.types import (
@@ -61,6 +63,9 @@ class Arena:
         self.backends = dict(BACKENDS) | dict(extra_backends or {})
         for name, target in (extra_backends or {}).items():
             register(name, target)
+        # Kept runs: files under the cache locally; in public mode memory only, per browser session.
+        self.history = RunHistory(None if self.policy.public else self.cache_dir / "history")
+        self.demos = BrokenConversions(self)  # "See a broken conversion": exports broken on purpose, made on first use
         self.cache.clean_stale()
         atexit.register(self.close)
 

@@ -150,6 +150,7 @@ class Policy:
         self._hub_facts = hub_facts
         self._token_available = token_available
         self._facts_cache: dict[str, dict[str, Any]] = {}
+        self._trusted_paths: set[str] = set()
 
     @classmethod
     def local(cls) -> Policy:
@@ -238,6 +239,8 @@ class Policy:
         for info in backend_class(spec.backend).Options.fields_info():
             value = spec.get(info.name)
             what = info.title().removesuffix(" (optional)")
+            if info.kind == "path" and value is not None and str(value) in self._trusted_paths:
+                continue
             if info.kind == "url":
                 problem = self._refuse_endpoint(what, info.name, "" if value is None else str(value).strip())
                 if problem:
@@ -247,6 +250,11 @@ class Policy:
                          "secret_env": "names a secret of this server"}.get(info.kind, "reaches outside this server")
                 return f"{what} ({info.name}) {reach}, which this public server does not take from visitors."
         return None
+
+    def trust_path(self, path: str) -> None:
+        """A folder the server made itself (the broken-conversion demos' exports): accepted as a path option in
+        public mode. Exactly these strings; any other path a visitor types is still refused."""
+        self._trusted_paths.add(str(path))
 
     @staticmethod
     def _refuse_endpoint(what: str, name: str, value: str) -> str | None:
@@ -279,7 +287,7 @@ class Policy:
                 return ""
             if isinstance(value, dict):
                 return {k: clean(v, k) for k, v in value.items()}
-            if isinstance(value, list):
+            if isinstance(value, list | tuple):  # tuples too: LoadInfo.notes ("user export <folder>")
                 return [clean(v) for v in value]
             if isinstance(value, str):
                 for root in hidden:

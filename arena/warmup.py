@@ -31,6 +31,7 @@ class WarmUp:
     def __init__(self, arena, requests: list | None = None):
         self.arena = arena
         self.requests = default_requests() if requests is None else requests
+        self.examples = requests is None  # the defaults also make the broken-conversion examples' exports
         self._line = "Preparing the default models…"
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._work, name="arena-warm-up", daemon=True)
@@ -65,6 +66,14 @@ class WarmUp:
                 request, progress, operator=True)
             errors = [run.error] if run.error else [f"{r.spec.label}: {r.error}" for r in run.results if r.error]
             problems += [f"{what}: {e}" for e in errors]
+        for task in ("text", "image") if self.examples else ():
+            def example_progress(_fraction, description, task=task):
+                self._line = f"⏳ Preparing the broken {task} example: {description}"
+
+            try:
+                self.arena.demos.broken_export(task, example_progress)
+            except Exception as exc:  # noqa: BLE001 - the example is made again on first use; say what happened
+                problems.append(f"broken {task} example: {exc}")
         took = time.monotonic() - start
         self._line = (f"✅ Default models ready (prepared at start-up in {took:.0f} s)." if not problems else
                       f"⚠️ Preparing the default models at start-up hit a problem: {'; '.join(problems)[:400]}")

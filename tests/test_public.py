@@ -113,3 +113,13 @@ def test_the_page_opens_on_the_shipped_run_with_the_public_limits(public_app):
         page.wait_for_function("document.querySelector('#image-status')?.innerText.includes('STORED RUN')")
         assert page.locator("#image-onnxruntime img").count() == 1
         browser.close()
+
+
+def test_the_broken_example_runs_on_a_public_server(public_app, session_cache):
+    """The server's own broken export passes the gate (a visitor's path would not) and names no server folder."""
+    client = Client(public_app["url"], verbose=False)
+    result = client.predict(broken=True, api_name="/example_text")
+    assert result["error"] is None, result
+    assert [r["verdict"]["kind"] for r in result["results"]] == ["MATCH", "GIBBERISH"]
+    shown = json.dumps(result)
+    assert str(session_cache) not in shown and str(ROOT) not in shown

@@ -10,7 +10,9 @@ from arena.core import Arena
 from ui.api import register_api
 from ui.controls import session_of
 from ui.environment_tab import build_environment_tab
+from ui.history_tab import build_history_tab, wire_history
 from ui.image_tab import build_image_tab
+from ui.share import wire_link_fill
 from ui.stored_run import stored_image_updates, stored_text_updates
 from ui.text_tab import build_text_tab
 
@@ -27,21 +29,31 @@ def build_ui(arena: Arena, warm_up=None) -> gr.Blocks:
             gr.Markdown(arena.policy.describe(), elem_id="public-limits", elem_classes=["arena-notes"])
         if warm_up is not None:
             _warm_up_line(warm_up)
-        with gr.Tabs():
+        link_note = gr.Markdown("", elem_id="link-note")
+        with gr.Tabs() as tabs:
             with gr.Tab("Text", id="text"):
                 text = build_text_tab(arena)
             with gr.Tab("Image", id="image"):
                 image = build_image_tab(arena)
+            with gr.Tab("History", id="history") as history_page:
+                history = build_history_tab(arena)
             with gr.Tab("Environment", id="environment"):
                 build_environment_tab(arena)
+        wire_history(arena, history, history_page, text, image, tabs)
+        wire_link_fill(demo, text, image, tabs, link_note)
         register_api(arena)
         # Until the visitor runs their own, the panels show a real run of the defaults that ships with the repo.
         demo.load(lambda: stored_text_updates(text), None, _text_outputs(text), api_visibility="private")
         demo.load(lambda: stored_image_updates(image), None, _image_outputs(image), api_visibility="private")
         # Client-side only: disable the radio choices the server labelled unavailable.
         demo.load(None, js=(ASSETS / "arena.js").read_text(), api_visibility="private")
-        # A visitor who closes the page does not leave their run holding the queue.
-        demo.unload(lambda request: arena.stop(session_of(request)))
+        # A visitor who closes the page does not leave their run holding the queue (nor, in public mode, their
+        # kept runs in memory).
+        def on_unload(request: gr.Request):
+            arena.stop(session_of(request))
+            arena.history.forget(session_of(request))
+
+        demo.unload(on_unload)
     return demo
 
 

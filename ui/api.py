@@ -13,6 +13,7 @@ from arena.catalog import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, IMAGE_CATALOG
 from arena.core import Arena
 from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
 from ui.controls import RUN_CONCURRENCY_ID, session_of
+from ui.demos import register_example_api
 from ui.image_tab import image_run_dict
 
 
@@ -55,7 +56,9 @@ def make_compare_text(arena: Arena):
         except (ValueError, TypeError) as exc:
             return {"error": str(exc), "results": []}
         with arena.stoppable(session_of(request)) as cancel:
-            return arena.public_view(arena.run_text_to_end(run, cancel=cancel).to_dict())
+            result = arena.public_view(arena.run_text_to_end(run, cancel=cancel).to_dict())
+        arena.history.add(session_of(request), "text", result)  # API runs are kept too (the client's session)
+        return result
 
     return compare_text
 
@@ -133,7 +136,9 @@ def make_compare_image(arena: Arena):
         with arena.stoppable(session_of(request)) as cancel:
             result = arena.run_image_to_end(run, cancel=cancel)
         gallery = [(r.image, r.spec.label) for r in result.results if r.image is not None]
-        return gallery, arena.public_view(image_run_dict(result))
+        view = arena.public_view(image_run_dict(result))
+        arena.history.add(session_of(request), "image", view)
+        return gallery, view
 
     return compare_image
 
@@ -156,6 +161,7 @@ def register_api(arena: Arena) -> None:
     trigger.click(make_compare_image(arena), inputs, outputs, api_name="compare_image", concurrency_limit=1,
                   concurrency_id=RUN_CONCURRENCY_ID)
     gr.api(make_check(arena), api_name="check", concurrency_limit=1, concurrency_id=RUN_CONCURRENCY_ID)
+    register_example_api(arena)
     # Outside the run slot: a stop must not wait behind the run it stops.
     gr.api(make_stop(arena), api_name="stop", concurrency_limit=None)
     if not arena.policy.public:  # pids and server paths are nobody's business on a public server

@@ -25,6 +25,7 @@ from ui.controls import (
     specs_from_form,
     wire_stop,
 )
+from ui.demos import BROKEN_IMAGE, GOOD_IMAGE, wire_image_demos
 from ui.format import idle_panel, image_metrics, image_summary, panel_header
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,6 +61,8 @@ class ImageTab:
     slider: gr.ImageSlider
     chart: gr.Plot
     result_json: gr.JSON
+    share: gr.Markdown | None = None  # after a run: the link to its settings
+    downloads: gr.File | None = None  # after a run: its reports (and difference heatmaps)
 
 
 def image_model_notes(model: str) -> str:
@@ -109,6 +112,9 @@ def build_image_tab(arena: Arena) -> ImageTab:
             prompt = gr.Textbox(IMAGE_EXAMPLE_PROMPTS[0], lines=2, label="Prompt", elem_id="image-prompt")
             negative = gr.Textbox("", label="Negative prompt", elem_id="image-negative")
             gr.Examples([[p] for p in IMAGE_EXAMPLE_PROMPTS], inputs=[prompt], label="Example prompts")
+            with gr.Row(elem_id="image-demos"):
+                demo_broken = gr.Button(BROKEN_IMAGE, size="sm", elem_id="demo-broken-image")
+                demo_good = gr.Button(GOOD_IMAGE, size="sm", elem_id="demo-good-image")
             with gr.Row():
                 steps = gr.Slider(1, limits.max_steps if public else 100, value=default.steps, step=1,
                                   label="Steps")
@@ -120,6 +126,7 @@ def build_image_tab(arena: Arena) -> ImageTab:
                 run = gr.Button("Run", variant="primary", elem_id="run-image", scale=4)
                 stop = gr.Button("Stop", variant="stop", elem_id="stop-image", scale=1)
             status = gr.Markdown("", elem_id="image-status", min_height=60)
+            share = gr.Markdown("", elem_id="share-image", elem_classes=["arena-notes"])
             panels = []
             with gr.Row(equal_height=True):
                 for control in controls:
@@ -136,11 +143,14 @@ def build_image_tab(arena: Arena) -> ImageTab:
             slider = gr.ImageSlider(label="Reference vs. candidate (drag)", type="numpy", height=320,
                                     elem_id="image-slider", elem_classes=["arena-pixelated"])
             chart = gr.Plot(image_latency_figure({}), label="Latency", elem_id="image-latency-chart")
+            downloads = gr.File(label="Reports of this run (Markdown for an issue, JSON, CSV, heatmaps)",
+                                file_count="multiple", interactive=False, elem_id="downloads-image")
             with gr.Accordion("Structured result (JSON, same as the /compare_image API)", open=False):
                 result_json = gr.JSON(label="Result")
     tab = ImageTab(model, notes, prompt, negative, steps, guidance, seed, height, width, reference, run, stop,
-                   status, panels, slider, chart, result_json)
+                   status, panels, slider, chart, result_json, share=share, downloads=downloads)
     _wire(arena, tab)
+    wire_image_demos(arena, tab, demo_broken, demo_good)
     return tab
 
 
@@ -151,7 +161,7 @@ def _wire(arena: Arena, tab: ImageTab) -> None:
     for panel in tab.panels:
         inputs.add(panel.controls.enabled)
         inputs.update(panel.controls.widgets.values())
-    outputs = [tab.status, tab.slider, tab.chart, tab.result_json]
+    outputs = [tab.status, tab.slider, tab.chart, tab.result_json, tab.share, tab.downloads]
     for panel in tab.panels:
         outputs += [panel.header, panel.image, panel.heatmap, panel.metrics]
 
@@ -166,18 +176,31 @@ def _wire(arena: Arena, tab: ImageTab) -> None:
             yield {tab.status: f"<span class='arena-badge arena-badge-error'>ERROR</span> {exc}"}
             return
         selected = {spec.backend for spec in run.backends}
-        yield {tab.status: "Running…", tab.slider: None, **{
+        yield {tab.status: "Running…", tab.slider: None, tab.share: "", tab.downloads: None, **{
             c: v for p in tab.panels for c, v in (
                 (p.header, panel_header(p.title, None, idle_panel(p.name, selected, p.controls.unavailable)[0])),
                 (p.image, None), (p.heatmap, None),
                 (p.metrics, idle_panel(p.name, selected, p.controls.unavailable)[1]))}}
         with arena.stoppable(session_of(http)) as cancel:
-            for result in arena.run_image(run, progress=lambda f, d: progress(f, desc=d), cancel=cancel):
-                yield render_image_run(tab, result, selected, arena.public_view)
+            yield from run_image_and_keep(arena, tab, arena.run_image(
+                run, progress=lambda f, d: progress(f, desc=d), cancel=cancel), selected, http)
 
     tab.run.click(run_from_ui, inputs, outputs, api_visibility="private", concurrency_limit=1,
                   concurrency_id=RUN_CONCURRENCY_ID, show_progress_on=[tab.status])
     wire_stop(arena, tab.stop, tab.status)
+
+
+def run_image_and_keep(arena: Arena, tab: ImageTab, results, selected: set[str], http: gr.Request | None):
+    """Render each partial result; once finished, keep the run (History), offer its reports and its link."""
+    from ui.downloads import keep_run
+
+    final = None
+    for final in results:
+        yield render_image_run(tab, final, selected, arena.public_view)
+    if final is not None:
+        kept = keep_run(arena, "image", arena.public_view(image_run_dict(final)), http,
+                        images=[r.image for r in final.results])
+        yield {tab.share: kept.link, tab.downloads: kept.files}
 
 
 def image_run_dict(result: ImageRunResult) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from ui.controls import (
     specs_from_form,
     wire_stop,
 )
+from ui.demos import BROKEN_TEXT, GOOD_TEXT, wire_text_demos
 from ui.format import idle_panel, panel_header, panel_metrics, run_summary
 
 
@@ -54,6 +55,8 @@ class TextTab:
     chart: gr.Plot
     quality_chart: gr.Plot
     result_json: gr.JSON
+    share: gr.Markdown | None = None  # after a run: the link to its settings
+    downloads: gr.File | None = None  # after a run: its reports
 
 
 def model_notes(model: str) -> str:
@@ -109,10 +112,14 @@ def build_text_tab(arena: Arena) -> TextTab:
         with gr.Column(scale=3):
             prompt = gr.Textbox(EXAMPLE_PROMPTS[0], lines=3, label="Prompt", elem_id="prompt")
             gr.Examples([[p] for p in EXAMPLE_PROMPTS], inputs=[prompt], label="Example prompts")
+            with gr.Row(elem_id="text-demos"):
+                demo_broken = gr.Button(BROKEN_TEXT, size="sm", elem_id="demo-broken-text")
+                demo_good = gr.Button(GOOD_TEXT, size="sm", elem_id="demo-good-text")
             with gr.Row():
                 run = gr.Button("Run", variant="primary", elem_id="run-text", scale=4)
                 stop = gr.Button("Stop", variant="stop", elem_id="stop-text", scale=1)
             status = gr.Markdown("", elem_id="run-status", min_height=60)
+            share = gr.Markdown("", elem_id="share-text", elem_classes=["arena-notes"])
             panels = []
             with gr.Row(equal_height=True):
                 for control in controls:
@@ -127,11 +134,14 @@ def build_text_tab(arena: Arena) -> TextTab:
             chart = gr.Plot(text_latency_figure({}), label="Latency", elem_id="latency-chart")
             quality_chart = gr.Plot(speed_quality_figure({}), label="Speed against quality",
                                     elem_id="speed-quality-chart")
+            downloads = gr.File(label="Reports of this run (Markdown for an issue, JSON, CSV)", file_count="multiple",
+                                interactive=False, elem_id="downloads-text")
             with gr.Accordion("Structured result (JSON, same as the /compare_text API)", open=False):
                 result_json = gr.JSON(label="Result")
     tab = TextTab(model, notes, prompt_format, prompt, max_new_tokens, ignore_eos, warmup, repeats, reference, run,
-                  stop, status, panels, chart, quality_chart, result_json)
+                  stop, status, panels, chart, quality_chart, result_json, share=share, downloads=downloads)
     _wire(arena, tab)
+    wire_text_demos(arena, tab, demo_broken, demo_good)
     return tab
 
 
@@ -142,7 +152,7 @@ def _wire(arena: Arena, tab: TextTab) -> None:
     for panel in tab.backends:
         inputs.add(panel.controls.enabled)
         inputs.update(panel.controls.widgets.values())
-    outputs = [tab.status, tab.chart, tab.quality_chart, tab.result_json]
+    outputs = [tab.status, tab.chart, tab.quality_chart, tab.result_json, tab.share, tab.downloads]
     for panel in tab.backends:
         outputs += [panel.header, panel.answer, panel.metrics]
 
@@ -159,16 +169,30 @@ def _wire(arena: Arena, tab: TextTab) -> None:
             yield {tab.status: f"<span class='arena-badge arena-badge-error'>ERROR</span> {exc}"}
             return
         selected = {spec.backend for spec in run.backends}
-        yield {tab.status: "Running…", **render_run(tab, {"results": []}, selected)}
+        yield {tab.status: "Running…", tab.share: "", tab.downloads: None,
+               **render_run(tab, {"results": []}, selected)}
         with arena.stoppable(session_of(http)) as cancel:
-            for result in arena.run_text(run, progress=lambda f, d: progress(f, desc=d), cancel=cancel):
-                yield render_run(tab, arena.public_view(result.to_dict()), selected)
+            yield from run_and_keep(arena, tab, arena.run_text(run, progress=lambda f, d: progress(f, desc=d),
+                                                               cancel=cancel), selected, http)
 
     # Progress shows on the status line only: a loading overlay on every output keeps the browser repainting,
     # which on a small machine steals cores from the workers being timed.
     tab.run.click(run_from_ui, inputs, outputs, api_visibility="private", concurrency_limit=1,
                   concurrency_id=RUN_CONCURRENCY_ID, show_progress_on=[tab.status])
     wire_stop(arena, tab.stop, tab.status)
+
+
+def run_and_keep(arena: Arena, tab: TextTab, results, selected: set[str], http: gr.Request | None):
+    """Render each partial result; once finished, keep the run (History), offer its reports and its link."""
+    from ui.downloads import keep_run
+
+    final = None
+    for result in results:
+        final = arena.public_view(result.to_dict())
+        yield render_run(tab, final, selected)
+    if final is not None:
+        kept = keep_run(arena, "text", final, http)
+        yield {tab.share: kept.link, tab.downloads: kept.files}
 
 
 def render_run(tab: TextTab, run: dict[str, Any], selected: set[str]) -> dict:

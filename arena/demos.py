@@ -1,0 +1,128 @@
+""""See a broken conversion": exports of the default models broken on purpose by the server, so a first visitor
+sees a broken verdict caught next to a MATCH within seconds.
+
+- Text: the default model's ONNX export with noise in its attention and MLP weight matrices (what a conversion
+  that mangles weights does): ONNX Runtime answers GIBBERISH next to PyTorch's MATCH.
+- Image: the default pipeline's export with its VAE decoder's convolution kernels scaled up until fp32 overflows
+  (what an fp16 VAE without upcast does to a real model): the pipeline's NaN guard catches it, NAN.
+
+Each broken export is made once from the cached good export, in an isolated process (onnx never loads in the UI
+process), and cached under its own kind (`ArtifactCache.get_or_build`). The folders are the server's own, so the
+policy trusts exactly them (`Policy.trust_path`): the demo runs through the same gated core as any visitor run,
+and a visitor still cannot pass any path of their own.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+from arena.catalog import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, EXAMPLE_PROMPTS, IMAGE_CATALOG, IMAGE_EXAMPLE_PROMPTS
+from arena.errors import ArenaError
+from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
+
+DEMO_TEXT_KIND = "demo-broken-text"
+DEMO_IMAGE_KIND = "demo-broken-image"
+DEMO_VERSION = 1  # bump when the damage changes: a new cache entry
+TEXT_DEMO_TOKENS = 24
+TEXT_DAMAGE = "noise in every attention and MLP weight matrix (1.5 standard deviations)"
+IMAGE_DAMAGE = "VAE decoder convolutions scaled by 1e30: fp32 overflows, as an fp16 VAE without upcast does"
+
+
+def damage_text_export(good: str, target: str) -> None:
+    """Copy the export at ``good`` into ``target`` with noisy attention/MLP matrices (runs in an isolated
+    process)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    good_dir, target_dir = Path(good), Path(target)
+    for item in good_dir.iterdir():
+        if item.is_file() and item.suffix not in (".onnx", ".onnx_data") and item.name != "manifest.json":
+            shutil.copy2(item, target_dir / item.name)
+    model = onnx.load(str(good_dir / "model.onnx"))
+    rng = np.random.default_rng(0)
+    for init in model.graph.initializer:
+        array = numpy_helper.to_array(init)
+        if array.ndim == 2 and array.dtype == np.float32 and "embed" not in init.name:
+            noisy = array + rng.standard_normal(array.shape).astype(np.float32) * array.std() * 1.5
+            init.CopyFrom(numpy_helper.from_array(noisy, init.name))
+    onnx.save(model, str(target_dir / "model.onnx"))
+
+
+def damage_image_export(good: str, target: str) -> None:
+    """Copy the pipeline export at ``good`` into ``target`` with an overflowing VAE decoder (isolated process)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    good_dir, target_dir = Path(good), Path(target)
+    shutil.copytree(good_dir, target_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("manifest.json"))
+    path = next(p for p in (target_dir / "vae_decoder" / "model.onnx", target_dir / "vae" / "model.onnx")
+                if p.is_file())
+    model = onnx.load(str(path))
+    for init in model.graph.initializer:
+        array = numpy_helper.to_array(init)
+        if array.ndim == 4 and array.dtype == np.float32:
+            init.CopyFrom(numpy_helper.from_array(array * np.float32(1e30), init.name))
+    for data in path.parent.glob("*.onnx_data"):
+        data.unlink()
+    onnx.save(model, str(path))
+
+
+class BrokenConversions:
+    """Makes (once) and registers the broken exports; builds the demo requests."""
+
+    def __init__(self, arena):
+        self.arena = arena
+        self._lock = threading.Lock()
+
+    def _good_export(self, task: str, progress) -> Path:
+        """The cached good export of the default model (made by an operator run of ONNX Runtime if missing)."""
+        if task == "text":
+            request = TextRunRequest(model=DEFAULT_TEXT_MODEL, prompt=EXAMPLE_PROMPTS[0], max_new_tokens=1,
+                                     warmup=0, backends=(BackendSpec("onnxruntime"),))
+            result = self.arena.run_text_to_end(request, progress, operator=True)
+        else:
+            request = ImageRunRequest(model=DEFAULT_IMAGE_MODEL, prompt=IMAGE_EXAMPLE_PROMPTS[0], steps=1,
+                                      backends=(BackendSpec("onnxruntime"),))
+            result = self.arena.run_image_to_end(request, progress, operator=True)
+        found = result.results[0] if result.results else None
+        if result.error or found is None or found.error or not (found.load and found.load.artifact_dir):
+            raise ArenaError(f"The default model's export could not be made: {result.error or found.error}")
+        return Path(found.load.artifact_dir)
+
+    def broken_export(self, task: str, progress=lambda *_: None) -> Path:
+        """The broken export's folder (built on first use, cached after), trusted by the policy."""
+        from arena.workers import run_isolated
+
+        kind, target = ((DEMO_TEXT_KIND, "arena.demos:damage_text_export") if task == "text"
+                        else (DEMO_IMAGE_KIND, "arena.demos:damage_image_export"))
+        with self._lock:
+            good = self._good_export(task, progress)
+
+            def build(tmp: Path):
+                run_isolated(target, str(good), str(tmp), description="Breaking the default export on purpose",
+                             progress=progress, log_path=self.arena.log_dir / f"{kind}.log", timeout=1800)
+                return {"damage": TEXT_DAMAGE if task == "text" else IMAGE_DAMAGE}
+
+            (self.arena.log_dir).mkdir(parents=True, exist_ok=True)
+            path, _built = self.arena.cache.get_or_build(kind, {"version": DEMO_VERSION, "good": good.name}, build)
+            self.arena.policy.trust_path(str(path))
+            return path
+
+    def text_request(self, broken: bool = True, progress=lambda *_: None) -> TextRunRequest:
+        """PyTorch (the reference) next to ONNX Runtime on the broken export (or on the good one)."""
+        candidate = BackendSpec("onnxruntime", onnx_dir=str(self.broken_export("text", progress))) if broken \
+            else BackendSpec("onnxruntime")
+        return TextRunRequest(model=DEFAULT_TEXT_MODEL, prompt=EXAMPLE_PROMPTS[0], max_new_tokens=TEXT_DEMO_TOKENS,
+                              warmup=0, backends=(BackendSpec("pytorch"), candidate))
+
+    def image_request(self, broken: bool = True, progress=lambda *_: None) -> ImageRunRequest:
+        candidate = BackendSpec("onnxruntime", onnx_dir=str(self.broken_export("image", progress))) if broken \
+            else BackendSpec("onnxruntime")
+        entry = IMAGE_CATALOG[0]
+        return ImageRunRequest(model=DEFAULT_IMAGE_MODEL, prompt=IMAGE_EXAMPLE_PROMPTS[0], steps=entry.steps,
+                               guidance_scale=entry.guidance_scale, seed=0,
+                               backends=(BackendSpec("pytorch"), candidate))

@@ -1,0 +1,116 @@
+"""Every finished run, kept so it can be compared with another and run again.
+
+Locally each run is one JSON file under ``<cache>/history`` (the newest ``limit`` are kept, the oldest dropped).
+In public mode nothing is written to the shared disk: runs live in memory, per browser session, so one visitor
+never sees another's runs. Pure stdlib; what is kept is the result dict as its owner saw it (the public view).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+HISTORY_LIMIT = 100
+MAX_SESSIONS = 256  # public mode: sessions kept in memory (least recently active dropped first)
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One kept run: when, which task, and the result dict (request, results, verdicts, environment)."""
+
+    id: str
+    created: str  # local time, "YYYY-MM-DD HH:MM:SS"
+    task: str  # "text" | "image"
+    run: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> dict[str, Any]:
+        """The row of the history table: time, task, model, prompt excerpt, backends with verdicts, speed."""
+        request, results = self.run.get("request") or {}, self.run.get("results") or []
+        prompt = request.get("prompt", "")
+        verdicts = ", ".join(f"{r.get('label')}: {_kind(r)}" for r in results) or (self.run.get("error") or "–")
+        speeds = []
+        for r in results:
+            t = r.get("timings") or {}
+            if self.task == "text" and t.get("tokens_per_s"):
+                speeds.append(f"{t['tokens_per_s']:.1f}")
+            elif t.get("total_s"):
+                speeds.append(f"{t['total_s']:.2f} s")
+        return {"id": self.id, "time": self.created, "task": self.task, "model": request.get("model", ""),
+                "prompt": prompt if len(prompt) <= 60 else prompt[:57] + "…", "backends": verdicts,
+                "speed": " / ".join(speeds) or "–"}
+
+    def title(self) -> str:
+        """For a dropdown: "10:02:11 · text · smollm2-135m-instruct · Why should one…"."""
+        row = self.summary()
+        return f"{row['time'][11:]} · {row['task']} · {row['model']} · {row['prompt'][:30]}"
+
+
+def _kind(result: dict[str, Any]) -> str:
+    return (result.get("verdict") or {}).get("kind") or ("ERROR" if result.get("error") else "–")
+
+
+class RunHistory:
+    """Kept runs, newest first. ``directory`` None: in memory per owner (public mode); else one JSON file per run
+    (one local user: ``owner`` is ignored)."""
+
+    def __init__(self, directory: str | Path | None, limit: int = HISTORY_LIMIT, max_sessions: int = MAX_SESSIONS):
+        self.directory = Path(directory) if directory else None
+        self.limit = limit
+        self.max_sessions = max_sessions
+        self._memory: OrderedDict[str, list[HistoryEntry]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, owner: str, task: str, run: dict[str, Any]) -> HistoryEntry:
+        """Keep a finished run; the oldest go when there are more than ``limit``."""
+        stamp = time.time()
+        # Sortable by time to the microsecond; the random tail keeps two processes' ids apart.
+        entry = HistoryEntry(id=time.strftime("%Y%m%d-%H%M%S", time.localtime(stamp))
+                             + f"{int(stamp * 1e6) % 1_000_000:06d}-{uuid.uuid4().hex[:6]}",
+                             created=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)), task=task,
+                             run=json.loads(json.dumps(run, default=str)))
+        with self._lock:
+            if self.directory is None:
+                runs = self._memory.pop(owner, [])
+                runs.insert(0, entry)
+                self._memory[owner] = runs[:self.limit]
+                while len(self._memory) > self.max_sessions:
+                    self._memory.popitem(last=False)
+            else:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                tmp = self.directory / f".{entry.id}.tmp"
+                tmp.write_text(json.dumps(entry.to_dict()))
+                tmp.rename(self.directory / f"{entry.id}.json")
+                for old in sorted(self.directory.glob("*.json"))[:-self.limit]:
+                    old.unlink(missing_ok=True)
+        return entry
+
+    def entries(self, owner: str) -> list[HistoryEntry]:
+        """``owner``'s runs, newest first."""
+        with self._lock:
+            if self.directory is None:
+                return list(self._memory.get(owner, []))
+            out = []
+            for path in sorted(self.directory.glob("*.json"), reverse=True) if self.directory.is_dir() else ():
+                try:
+                    out.append(HistoryEntry(**json.loads(path.read_text())))
+                except (OSError, ValueError, TypeError):
+                    continue  # a file from an older version, or half-deleted: not a run to show
+            return out
+
+    def get(self, owner: str, entry_id: str) -> HistoryEntry | None:
+        return next((e for e in self.entries(owner) if e.id == entry_id), None)
+
+    def forget(self, owner: str) -> None:
+        """Drop a public visitor's runs (their page closed)."""
+        if self.directory is None:
+            with self._lock:
+                self._memory.pop(owner, None)

@@ -1,0 +1,79 @@
+""""See a broken conversion": the server's own broken exports of the default models give a broken verdict through
+the API and the UI, the good ones beside them MATCH, and public mode trusts exactly the server-made folders."""
+
+from __future__ import annotations
+
+import pytest
+
+from arena.policy import Policy
+from arena.types import BackendSpec
+
+
+def test_public_mode_trusts_only_the_server_made_folders(tmp_path):
+    policy = Policy(public=True)
+    made = str(tmp_path / "demo-broken-text" / "abc")
+    assert "onnx_dir" in policy.refuse_spec(BackendSpec("onnxruntime", onnx_dir=made))
+    policy.trust_path(made)
+    assert policy.refuse_spec(BackendSpec("onnxruntime", onnx_dir=made)) is None
+    for typed in (str(tmp_path), made + "/..", made + "x", "/etc"):
+        assert "onnx_dir" in policy.refuse_spec(BackendSpec("onnxruntime", onnx_dir=typed)), typed
+
+
+@pytest.mark.slow
+def test_examples_through_the_api(app_server):
+    from gradio_client import Client
+
+    client = Client(app_server["url"], verbose=False)
+    broken = client.predict(broken=True, api_name="/example_text")
+    assert broken["error"] is None, broken
+    kinds = [r["verdict"]["kind"] for r in broken["results"]]
+    assert kinds[0] == "MATCH" and broken["results"][1]["verdict"]["broken"], kinds
+    assert kinds[1] == "GIBBERISH", broken["results"][1]["verdict"]
+    good = client.predict(broken=False, api_name="/example_text")
+    assert [r["verdict"]["kind"] for r in good["results"]] == ["MATCH", "MATCH"]
+
+    image = client.predict(broken=True, api_name="/example_image")
+    assert [r["verdict"]["kind"] for r in image["results"]] == ["MATCH", "NAN"], image["results"][1]["verdict"]
+    good_image = client.predict(broken=False, api_name="/example_image")
+    assert [r["verdict"]["kind"] for r in good_image["results"]] == ["MATCH", "MATCH"]
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_broken_example_in_the_browser(app_server):
+    """The text tab's broken example (its export already made by the API test or made now): GIBBERISH next to
+    MATCH in the panels; then the image tab's broken example: NAN next to MATCH."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_browser import CHROMIUM_FLAGS, chromium_path
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1200})
+        page.goto(app_server["url"])
+        page.wait_for_selector("#demo-broken-text")
+        for button, expected in (("#demo-broken-text", "GIBBERISH"),):  # the good one: through the API above
+            page.click(button)
+            page.wait_for_function("!document.querySelector('#share-text')?.innerText.includes('Link')",
+                                   timeout=30_000)
+            page.wait_for_function("document.querySelector('#share-text')?.innerText.includes('Link')",
+                                   timeout=600_000)
+            status = page.locator("#run-status").inner_text()
+            assert expected in status, status
+            assert "MATCH" in page.locator("#panel-pytorch").inner_text()
+        page.get_by_role("tab", name="Image").click()
+        page.click("#demo-broken-image")
+        page.wait_for_function("document.querySelector('#share-image')?.innerText.includes('Link')", timeout=600_000)
+        status = page.locator("#image-status").inner_text()
+        assert "NAN" in status and "MATCH" in status, status
+        browser.close()
+
+
+def test_public_view_hides_the_demo_folder_in_load_notes(tmp_path):
+    """A trusted export's folder is named in the result's load notes (a tuple): public mode hides it too."""
+    from arena.types import LoadInfo
+
+    folder = str(tmp_path / "demo-broken-text" / "abc")
+    shown = Policy(public=True).redact({"load": LoadInfo(notes=(f"user export {folder}",)).to_dict()},
+                                       (str(tmp_path),))
+    assert shown["load"]["notes"] == ["user export …/demo-broken-text/abc"]

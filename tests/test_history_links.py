@@ -1,0 +1,76 @@
+"""Run history (bounded files locally, per session in memory in public mode) and links that carry a run's
+settings through query parameters and back into the same request."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import parse_qsl, urlparse
+
+import pytest
+
+from arena.history import RunHistory
+from arena.links import request_from_query, share_link
+from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
+from tests.conftest import ROOT
+
+STORED = ROOT / "assets" / "reference-run"
+
+
+@pytest.fixture
+def text_run() -> dict:
+    return json.loads((STORED / "text.json").read_text())["run"]
+
+
+def test_local_history_is_bounded_files_newest_first(tmp_path, text_run):
+    history = RunHistory(tmp_path / "history", limit=3)
+    ids = []
+    for n in range(5):
+        run = json.loads(json.dumps(text_run))
+        run["request"]["prompt"] = f"prompt {n}"
+        ids.append(history.add("anyone", "text", run).id)
+    assert len(list((tmp_path / "history").glob("*.json"))) == 3  # the two oldest were dropped
+    # A fresh history over the same folder (the app restarted) sees the same runs, newest first.
+    entries = RunHistory(tmp_path / "history", limit=3).entries("someone else")
+    assert [e.id for e in entries] == ids[::-1][:3]
+    assert entries[0].run["request"]["prompt"] == "prompt 4"
+    row = entries[0].summary()
+    assert row["model"] == "smollm2-135m-instruct" and "ONNX Runtime · auto · fp32: MATCH" in row["backends"]
+    assert history.get("x", ids[-1]).run["results"][1]["text"] == text_run["results"][1]["text"]
+
+
+def test_public_history_is_per_session_and_never_on_disk(tmp_path, text_run, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    history = RunHistory(None, limit=2, max_sessions=2)
+    history.add("visitor-a", "text", text_run)
+    history.add("visitor-b", "text", text_run)
+    assert len(history.entries("visitor-a")) == 1 and len(history.entries("visitor-b")) == 1
+    assert history.entries("visitor-c") == []
+    assert history.get("visitor-b", history.entries("visitor-a")[0].id) is None  # not another visitor's run
+    history.add("visitor-c", "text", text_run)  # a third session pushes out the least recently active one
+    assert history.entries("visitor-a") == [] and len(history.entries("visitor-c")) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_link_carries_the_settings_back_into_the_same_request():
+    request = TextRunRequest(model="smollm2-135m-instruct", prompt="Why? & how = 100%",
+                             backends=(BackendSpec("pytorch"), BackendSpec("onnxruntime", precision="int8")),
+                             max_new_tokens=8, ignore_eos=True, warmup=0, repeats=2, reference="pytorch")
+    link = share_link("http://127.0.0.1:7860/?old=1", "text", request.to_dict())
+    assert link.startswith("http://127.0.0.1:7860/?tab=text&") and "old" not in link
+    task, back = request_from_query(dict(parse_qsl(urlparse(link).query)))
+    assert task == "text" and back == request
+
+    image = ImageRunRequest(model="scenes-64", prompt="a red circle", backends=(BackendSpec("onnxruntime"),),
+                            steps=5, guidance_scale=3.5, seed=7, width=64, height=64)
+    task, back = request_from_query(dict(parse_qsl(urlparse(share_link("/", "image", image.to_dict())).query)))
+    assert task == "image" and back == image
+
+
+def test_a_bad_link_is_one_sentence_and_no_link_is_nothing():
+    assert request_from_query({}) is None and request_from_query({"__theme": "dark"}) is None
+    for params, words in (({"prompt": "x", "backends": '["tensorflow"]'}, "Unknown backend"),
+                          ({"prompt": "x", "max_new_tokens": "lots"}, "lots"),
+                          ({"prompt": "x", "backends": "{not json"}, "cannot be read"),
+                          ({"prompt": "x", "backends": '[{"backend": "onnxruntime", "colour": "red"}]'}, "colour")):
+        with pytest.raises(ValueError, match=words):
+            request_from_query(params)

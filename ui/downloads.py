@@ -1,0 +1,52 @@
+"""What a finished run leaves behind in the UI: the run kept in History, its report files for download, and a
+link that opens the dashboard with the same settings."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from arena.history import HistoryEntry
+from arena.links import share_link
+from arena.reports import write_reports
+from ui.controls import session_of
+
+
+@dataclass(frozen=True)
+class KeptRun:
+    entry: HistoryEntry
+    files: list[str]  # the Markdown, JSON and CSV reports (and heatmaps of an image run)
+    link: str  # Markdown: the link to these settings
+
+
+def report_files(run: dict[str, Any], task: str, images: list | None = None, entry_id: str | None = None) -> list[str]:
+    """The run's reports in a fresh temporary folder (Gradio copies them to its own cache to serve them)."""
+    stem = f"arena-{task}-{entry_id or time.strftime('%Y%m%d-%H%M%S')}"
+    directory = tempfile.mkdtemp(prefix="arena-report-")
+    return [str(p) for p in write_reports(run, task, directory, stem=stem, images=images)]
+
+
+def page_url(request: gr.Request | None) -> str:
+    """The dashboard's address as the visitor's browser sees it (the page that sent the event), or "" (then the
+    link is relative to the page)."""
+    headers = getattr(request, "headers", None) or {}
+    referer = headers.get("referer") or ""
+    return referer.split("?")[0].split("#")[0] if referer.startswith(("http://", "https://")) else ""
+
+
+def link_markdown(task: str, run: dict[str, Any], request: gr.Request | None) -> str:
+    if not run.get("request"):
+        return ""
+    url = share_link(page_url(request), task, run["request"])
+    return f"🔗 **[Link to these settings]({url})** (opens the dashboard with this model, prompt, backends and " \
+           f"settings filled in)\n\n`{url}`"
+
+
+def keep_run(arena, task: str, run: dict[str, Any], request: gr.Request | None, images: list | None = None) -> KeptRun:
+    """Keep a finished run (``run``: the visitor's view of it) in the history, write its reports, make its link."""
+    entry = arena.history.add(session_of(request), task, run)
+    return KeptRun(entry, report_files(run, task, images, entry.id), link_markdown(task, run, request))

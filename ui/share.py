@@ -1,0 +1,86 @@
+"""Filling a tab's form from settings: a link's query parameters on page load, or a kept run ("Run again")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from arena.links import request_from_query
+from arena.types import ImageRunRequest, TextRunRequest
+
+# After the form is filled, press that tab's Run button (the visible one) in the browser.
+PRESS_RUN_JS = """() => { setTimeout(() => {
+  const button = ['#run-text', '#run-image'].map((s) => document.querySelector(s))
+    .find((b) => b && b.offsetParent !== null);
+  if (button) button.click();
+}, 300); }"""
+
+
+def backend_updates(panels: list, backends) -> dict:
+    """Each backend panel's "run" checkbox and option widgets from the request's specs (the first spec of a
+    backend, when a request names one twice: a form holds one configuration per backend)."""
+    first: dict[str, Any] = {}
+    for spec in backends:
+        first.setdefault(spec.backend, spec)
+    updates: dict = {}
+    for panel in panels:
+        spec = first.get(panel.name)
+        if panel.controls.unavailable:
+            continue
+        updates[panel.controls.enabled] = spec is not None
+        if spec is None:
+            continue
+        for key, widget in panel.controls.widgets.items():
+            value = spec.get(key)
+            updates[widget] = "" if value is None and isinstance(widget, gr.Textbox) else value
+    return updates
+
+
+def text_form_updates(tab, request: TextRunRequest) -> dict:
+    return {tab.model: request.model, tab.prompt: request.prompt, tab.max_new_tokens: request.max_new_tokens,
+            tab.prompt_format: request.prompt_format, tab.ignore_eos: request.ignore_eos, tab.warmup: request.warmup,
+            tab.repeats: request.repeats, tab.reference: request.reference,
+            **backend_updates(tab.backends, request.backends)}
+
+
+def image_form_updates(tab, request: ImageRunRequest) -> dict:
+    return {tab.model: request.model, tab.prompt: request.prompt, tab.negative_prompt: request.negative_prompt,
+            tab.steps: request.steps, tab.guidance: request.guidance_scale, tab.seed: request.seed,
+            tab.height: request.height or 0, tab.width: request.width or 0, tab.reference: request.reference,
+            **backend_updates(tab.panels, request.backends)}
+
+
+def form_outputs(text, image, tabs) -> list:
+    """Every component a fill may change."""
+    out = [text.model, text.prompt, text.max_new_tokens, text.prompt_format, text.ignore_eos, text.warmup,
+           text.repeats, text.reference, image.model, image.prompt, image.negative_prompt, image.steps, image.guidance,
+           image.seed, image.height, image.width, image.reference, tabs]
+    for panel in [*text.backends, *image.panels]:
+        out += [panel.controls.enabled, *panel.controls.widgets.values()]
+    return out
+
+
+def fill_updates(text, image, tabs, task: str, request) -> dict:
+    updates = text_form_updates(text, request) if task == "text" else image_form_updates(image, request)
+    updates[tabs] = gr.Tabs(selected=task)
+    return updates
+
+
+def wire_link_fill(demo: gr.Blocks, text, image, tabs, note: gr.Markdown) -> None:
+    """On page load: a link's settings (``?tab=text&model=..&prompt=..&backends=[..]``) fill that tab's form.
+    They are read through the same request types as the form; the public gate applies when the run starts."""
+
+    def fill(request: gr.Request):
+        params = dict(getattr(request, "query_params", None) or {})
+        try:
+            found = request_from_query(params)
+        except ValueError as exc:
+            return {note: f"<span class='arena-badge arena-badge-error'>LINK</span> {exc}"}
+        if found is None:
+            return {}
+        task, run = found
+        return {note: f"<span class='arena-badge arena-badge-ok'>LINK</span> The {task} settings from your link "
+                      "are filled in: press Run.", **fill_updates(text, image, tabs, task, run)}
+
+    demo.load(fill, None, [note, *form_outputs(text, image, tabs)], api_visibility="private")
