@@ -213,6 +213,7 @@ def run_gpu_tests(report: Path) -> tuple[list[dict], str]:
     files = gpu_test_files()
     say(f"pytest -m gpu {' '.join(files)}")
     code, output = run_streamed([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
+                                 "--continue-on-collection-errors",
                                  "-o", "junit_family=legacy", f"--junitxml={report}", *files], TEST_TIMEOUT_S,
                                 "  | ")
     rows = []
