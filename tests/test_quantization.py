@@ -28,14 +28,22 @@ def run(arena, model, backends, new_tokens=16, prompt=PROMPT, prompt_format="pla
                                                 ignore_eos=True))
 
 
+# On the trained default model these lose too much when teacher-forced (measured: dynamic int8 ~56 % top-1,
+# KL 0.73; int4 with the default settings ~57 %): LOSSY is their right verdict, the quiet failure the arena catches.
+LOSSY_ON_THE_DEFAULT_MODEL = {"int4", "int8-dynamic"}
+
+
 def check_judged(result, new_tokens, sensible=False):
-    """Every backend ran and got a verdict; with ``sensible`` (a trained model) none of them is broken. The tiny
-    Llama has random weights: its reference itself is gibberish, so there the verdict only has to exist."""
+    """Every backend ran and got a verdict; with ``sensible`` (a trained model) the fair ones are not broken and
+    the lossy ones are LOSSY (with their figures), never a crash. The tiny Llama has random weights: its reference
+    itself is gibberish, so there the verdict only has to exist."""
     assert result.error is None, result.error
     for r in result.results:
         assert r.error is None, (r.spec.label, r.error)
         assert len(r.token_ids) == new_tokens and r.verdict is not None, r.spec.label
-        if sensible:
+        if sensible and r.spec.precision in LOSSY_ON_THE_DEFAULT_MODEL and r.verdict.broken:
+            assert r.verdict.kind == "LOSSY" and "top-1" in r.verdict.reason, (r.spec.label, r.verdict)
+        elif sensible:
             assert r.verdict.kind in ("MATCH", "DRIFT") and not r.verdict.broken, (r.spec.label, r.verdict)
 
 
