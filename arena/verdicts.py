@@ -27,6 +27,22 @@ IMAGE_BROKEN = {"DIFFERENT", "BLANK", "NOISE", "NAN", "ERROR"}
 # First-step logits against the reference: (max absolute error, max error relative to the largest |logit|).
 TEXT_TOLERANCES = {"fp32": (1e-2, 1e-3), "fp16": (0.5, 2e-2), "bf16": (1.0, 5e-2), "int8": (2.0, 1e-1),
                    "int4": (4.0, 2e-1)}
+
+
+def text_tolerance(precision: str) -> tuple[float, float]:
+    """The first-step logits tolerance of a precision: one of `TEXT_TOLERANCES`, or a GGUF quantization type
+    (llama.cpp): Q8_0 is 8-bit, every other quantized type (Q2_K to Q6_K, IQ*, TQ*, MXFP4) at most 6 bits; an
+    unknown name is held to fp32."""
+    if precision in TEXT_TOLERANCES:
+        return TEXT_TOLERANCES[precision]
+    name = precision.upper()
+    if name.startswith("Q8"):
+        return TEXT_TOLERANCES["int8"]
+    if name.startswith(("Q", "IQ", "TQ", "MXFP")):
+        return TEXT_TOLERANCES["int4"]
+    return TEXT_TOLERANCES["fp32"]
+
+
 # Teacher-forced quality a precision other than the reference's must keep (llama.cpp's perplexity figures): at
 # least this share of positions with the reference's top-1 token, and at most this mean KL(P_ref || P_cand) in
 # nats. Measured on SmolLM2-135M: 8-bit weight-only 96.5% / 0.003 (kept), 4-bit 72% / 0.35 and dynamic int8
@@ -226,7 +242,7 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
     first = next((i for i, (a, b) in enumerate(zip(ids, ref, strict=False)) if a != b), min(len(ids), len(ref)))
     metrics |= {"agreement": round(same / max(len(ref), len(ids), 1), 3), "first_divergence": first
                 if ids != ref else None}
-    abs_tol, rel_tol = TEXT_TOLERANCES.get(precision, TEXT_TOLERANCES["fp32"])
+    abs_tol, rel_tol = text_tolerance(precision)
     within = logits is None or (logits["max_abs"] <= abs_tol or logits["max_rel"] <= rel_tol)
     logit_note = "" if logits is None else (
         f"; first-step logits max abs error {logits['max_abs']:.2g} "

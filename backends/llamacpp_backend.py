@@ -40,6 +40,7 @@ FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9:
               18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S",
               25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M",
               32: "BF16", 36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4"}
+GGUF_PRECISIONS = {"F32": "fp32", "F16": "fp16", "BF16": "bf16"}  # the others keep their GGUF name ("Q4_1")
 NO_IMAGES = "llama.cpp runs GGUF language models only: it has no image pipeline."
 # A quantization type in a GGUF's file name ("model.Q4_K_M.gguf", "model-f16.gguf"), longest names first.
 TYPE_IN_NAME = re.compile(r"(?<![A-Za-z0-9])(" + "|".join(sorted(
@@ -207,7 +208,9 @@ class LlamaCppBackend(Backend):
         self._stop_ids = tuple(model.eos_token_ids) if self._vocab_agrees else _eog_ids(self.llm)
         self._info = {"provider": f"llama.cpp (llama-cpp-python {llama_cpp.__version__}) on CPU, {quant} GGUF",
                       "artifact_dir": str(path.parent), "export_cached": None, "threads": threads,
-                      "quantization": quant, "gguf_file": str(path), "vocab_agrees": self._vocab_agrees}
+                      "quantization": quant, "gguf_file": str(path), "vocab_agrees": self._vocab_agrees,
+                      # judged at the GGUF's own precision (a Q4_1 file is not held to fp32's tolerance)
+                      "precision": GGUF_PRECISIONS.get(quant, quant)}
 
     def _reference_tokenizer(self) -> Any:
         if self._hf_tokenizer is None:

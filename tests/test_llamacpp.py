@@ -191,6 +191,7 @@ def test_embedded_gguf_against_pytorch_in_the_arena(llama_cpp, arena):
     assert any("Q4_1" in note and "embedded" in note for note in llama.load.notes), llama.load.notes
     assert not any("disagree" in note for note in llama.load.notes)
     assert llama.load.threads and llama.load.export_cached is None
+    assert llama.load.precision == "Q4_1" and llama.verdict.metrics["precision"] == "Q4_1"  # judged at 4 bits
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ import pytest
 
 from arena.types import BackendSpec
 from arena.verdicts import (
+    TEXT_TOLERANCES,
     difference_heatmap,
     judge_image,
     judge_text,
@@ -25,6 +26,7 @@ from arena.verdicts import (
     loop_share,
     reference_index,
     teacher_forced_quality,
+    text_tolerance,
 )
 
 CORPUS = Path(__file__).parent / "corpus"
@@ -100,6 +102,13 @@ def test_verdicts_know_the_precision():
     servers = judge_text("Fluent.", other, "int8", reference_ids=ref, reference_precision="fp32",
                          quality={"unavailable": "no logits"})
     assert servers.kind == "DRIFT" and not servers.broken
+    # llama.cpp reports its GGUF's type: a Q4_1 file is judged at 4 bits (the benchmark's case: logits 0.64 off,
+    # tokens diverge, top-1 97%), never as an fp32 candidate whose math changed; Q8_0 at 8 bits.
+    gguf = judge_text("Fluent.", other, "Q4_1", reference_ids=ref, reference_precision="fp32",
+                      logits={"max_abs": 0.64, "max_rel": 0.03}, quality=dict(fair, kl=0.0033, top1=0.973))
+    assert gguf.kind == "DRIFT" and not gguf.broken and "Q4_1 tolerance 4" in gguf.reason
+    assert text_tolerance("Q8_0") == TEXT_TOLERANCES["int8"] and text_tolerance("IQ4_XS") == TEXT_TOLERANCES["int4"]
+    assert text_tolerance("something-new") == TEXT_TOLERANCES["fp32"]  # unknown: the strictest
 
 
 def test_a_candidate_whose_reference_failed_is_never_a_match():
