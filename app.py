@@ -37,6 +37,18 @@ def mcp_available() -> bool:
     return importlib.util.find_spec("mcp") is not None
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM (a Space restarting, docker stop, systemd) ends the app the way Ctrl-C does: Gradio closes its
+    server and the core stops every worker and what they started (atexit), instead of dying at once and leaving
+    them to notice their closed pipe."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from arena.core import Arena
@@ -49,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     warm_up = WarmUp(arena).start() if (args.public if args.warm_up is None else args.warm_up) else None
     demo = build_ui(arena, warm_up)
     demo.queue(default_concurrency_limit=1, max_size=32)
+    stop_on_sigterm()
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, footer_links=["api", "settings"],
                 mcp_server=mcp_available() if args.mcp is None else args.mcp, **launch_options())
 

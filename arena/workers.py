@@ -194,8 +194,17 @@ class Worker:
         self._process, self._conn = None, None
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Ask the worker to exit (it unloads and frees its memory), kill it if it does not."""
-        with self._lock:
+        """Ask the worker to exit (it unloads and frees its memory), kill it if it does not. A worker busy with a
+        call (the app shutting down mid-run) is killed with what it started; that call's caller gets
+        `WorkerCrashed`."""
+        if not self._lock.acquire(timeout=1.0):
+            process = self._process
+            if process is not None and process.is_alive():
+                children = descendants(process.pid)
+                process.kill()
+                kill_all(children)
+            return
+        try:
             if self.is_alive():
                 try:
                     self._conn.send((0, "__shutdown__", (), {}))
@@ -203,6 +212,8 @@ class Worker:
                 except (BrokenPipeError, OSError):
                     pass
             self._kill()
+        finally:
+            self._lock.release()
 
 
 def descendants(pid: int) -> list:

@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,14 +82,21 @@ def running_app(cache_dir: Path, log_dir: Path, preexec_fn=None, args: tuple[str
                 time.sleep(0.5)
         yield {"url": url, "pid": process.pid, "log": log_path}
     finally:
+        # SIGTERM, as a Space restart or docker stop sends it: the app must end with every worker and what they
+        # started (app.py's stop_on_sigterm), not leave them running on
+        started = psutil.Process(process.pid).children(recursive=True) if process.poll() is None else []
         if process.poll() is None:
-            process.send_signal(signal.SIGINT)
+            process.send_signal(signal.SIGTERM)
         try:
             process.wait(30)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
         log.close()
+        _, left = psutil.wait_procs(started, timeout=10)
+        for child in left:
+            child.kill()
+        assert not left, f"the app left {[' '.join(c.cmdline()) for c in left]} running after SIGTERM"
 
 
 @pytest.fixture(scope="session")
