@@ -25,7 +25,9 @@ PROMPT = "Why should one run machine learning models on-premises?"
 def exports(arena, tmp_path_factory):
     """The embedded model's good export, and copies broken in two ways a conversion goes wrong."""
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import helper
+
+    from arena.demos import damage_text_export
 
     result = arena.run_text_to_end(TextRunRequest(model=DEFAULT_TEXT_MODEL, prompt="hi", max_new_tokens=2,
                                                   backends=(BackendSpec("onnxruntime"),)))
@@ -41,20 +43,15 @@ def exports(arena, tmp_path_factory):
         onnx.save(model, str(target / "model.onnx"))
         out[name] = target
 
-    def noisy_weights(model):  # weights damaged in conversion: every attention/MLP matrix gets noise
-        rng = np.random.default_rng(0)
-        for init in model.graph.initializer:
-            array = numpy_helper.to_array(init)
-            if array.ndim == 2 and array.dtype == np.float32 and "embed" not in init.name:
-                noisy = array + rng.standard_normal(array.shape).astype(np.float32) * array.std() * 1.5
-                init.CopyFrom(numpy_helper.from_array(noisy, init.name))
-
     def negated_logits(model):  # a sign error in the last op: greedy picks the least likely token
         for node in model.graph.node:
             node.output[:] = ["logits_raw" if o == "logits" else o for o in node.output]
         model.graph.node.append(helper.make_node("Neg", ["logits_raw"], ["logits"], name="broken_neg"))
 
-    broken_copy("noisy-weights", noisy_weights)
+    # weights damaged in conversion (every attention/MLP matrix gets noise): the dashboard's own broken example
+    (root / "noisy-weights").mkdir()
+    damage_text_export(str(good), str(root / "noisy-weights"))
+    out["noisy-weights"] = root / "noisy-weights"
     broken_copy("negated-logits", negated_logits)
     return out
 

@@ -19,6 +19,28 @@ def _error(exc: Exception) -> str:
     return f"<span class='arena-badge arena-badge-error'>ERROR</span> The example could not be prepared: {exc}"
 
 
+def _wire(arena: Arena, tab, buttons: tuple[gr.Button, gr.Button], outputs: list, prepare, run) -> None:
+    """The two example buttons of a tab: ``prepare(broken, progress)`` builds the server's request (the broken
+    export made and cached the first time), ``run(request, http, cancel, progress)`` yields the tab's updates."""
+    def make(broken: bool):
+        def run_example(http: gr.Request, progress=gr.Progress()):
+            yield {tab.status: "Preparing the example (the first time, the broken export is made and cached)…",
+                   tab.share: "", tab.downloads: None}
+            try:
+                request = prepare(broken, progress=lambda f, d: progress(f, desc=d))
+            except (ArenaError, OSError) as exc:
+                yield {tab.status: _error(exc)}
+                return
+            with arena.stoppable(session_of(http)) as cancel:
+                yield from run(request, http, cancel, lambda f, d: progress(f, desc=d))
+
+        return run_example
+
+    for button, broken in zip(buttons, (True, False), strict=True):
+        button.click(make(broken), None, outputs, api_visibility="private", concurrency_limit=1,
+                     concurrency_id=RUN_CONCURRENCY_ID, show_progress_on=[tab.status])
+
+
 def wire_text_demos(arena: Arena, tab, broken_button: gr.Button, good_button: gr.Button) -> None:
     from ui.text_tab import render_run, run_and_keep
 
@@ -26,26 +48,13 @@ def wire_text_demos(arena: Arena, tab, broken_button: gr.Button, good_button: gr
     for panel in tab.backends:
         outputs += [panel.header, panel.answer, panel.metrics]
 
-    def make(broken: bool):
-        def run_example(http: gr.Request, progress=gr.Progress()):
-            yield {tab.status: "Preparing the example (the first time, the broken export is made and cached)…",
-                   tab.share: "", tab.downloads: None}
-            try:
-                run = arena.demos.text_request(broken, progress=lambda f, d: progress(f, desc=d))
-            except (ArenaError, OSError) as exc:
-                yield {tab.status: _error(exc)}
-                return
-            selected = {spec.backend for spec in run.backends}
-            yield render_run(tab, {"results": []}, selected)
-            with arena.stoppable(session_of(http)) as cancel:
-                yield from run_and_keep(arena, tab, arena.run_text(
-                    run, progress=lambda f, d: progress(f, desc=d), cancel=cancel), selected, http)
+    def run(request, http, cancel, progress):
+        selected = {spec.backend for spec in request.backends}
+        yield render_run(tab, {"results": []}, selected)
+        yield from run_and_keep(arena, tab, arena.run_text(request, progress=progress, cancel=cancel), selected,
+                                http)
 
-        return run_example
-
-    for button, broken in ((broken_button, True), (good_button, False)):
-        button.click(make(broken), None, outputs, api_visibility="private", concurrency_limit=1,
-                     concurrency_id=RUN_CONCURRENCY_ID, show_progress_on=[tab.status])
+    _wire(arena, tab, (broken_button, good_button), outputs, arena.demos.text_request, run)
 
 
 def wire_image_demos(arena: Arena, tab, broken_button: gr.Button, good_button: gr.Button) -> None:
@@ -55,25 +64,12 @@ def wire_image_demos(arena: Arena, tab, broken_button: gr.Button, good_button: g
     for panel in tab.panels:
         outputs += [panel.header, panel.image, panel.heatmap, panel.metrics]
 
-    def make(broken: bool):
-        def run_example(http: gr.Request, progress=gr.Progress()):
-            yield {tab.status: "Preparing the example (the first time, the broken export is made and cached)…",
-                   tab.share: "", tab.downloads: None}
-            try:
-                run = arena.demos.image_request(broken, progress=lambda f, d: progress(f, desc=d))
-            except (ArenaError, OSError) as exc:
-                yield {tab.status: _error(exc)}
-                return
-            selected = {spec.backend for spec in run.backends}
-            with arena.stoppable(session_of(http)) as cancel:
-                yield from run_image_and_keep(arena, tab, arena.run_image(
-                    run, progress=lambda f, d: progress(f, desc=d), cancel=cancel), selected, http)
+    def run(request, http, cancel, progress):
+        selected = {spec.backend for spec in request.backends}
+        yield from run_image_and_keep(arena, tab, arena.run_image(request, progress=progress, cancel=cancel),
+                                      selected, http)
 
-        return run_example
-
-    for button, broken in ((broken_button, True), (good_button, False)):
-        button.click(make(broken), None, outputs, api_visibility="private", concurrency_limit=1,
-                     concurrency_id=RUN_CONCURRENCY_ID, show_progress_on=[tab.status])
+    _wire(arena, tab, (broken_button, good_button), outputs, arena.demos.image_request, run)
 
 
 def make_example_text(arena: Arena):
