@@ -13,7 +13,8 @@ quantization, graph-optimization and thread option. Then:
 - agreement: teacher-forced top-1 agreement and KL(PyTorch fp32 || candidate) over every example prompt plus the
   reference's answer (each configuration loaded in this process, logits of one forward pass);
 - a bare script (benchmarks/bare_text.py: plain transformers / optimum `generate`, no arena) for PyTorch fp32,
-  ONNX Runtime fp32 and ONNX Runtime int8, its runs interleaved with the rounds and timed the same way.
+  ONNX Runtime fp32 and ONNX Runtime int8, each run beside the dashboard's run of the same configuration (ABBA)
+  and timed the same way.
 
 Each configuration gets its own worker process here (the dashboard shares one per backend and device, reloading
 when the precision changes): the same host code times it, without a reload per round. ``--markdown`` writes the
@@ -246,22 +247,33 @@ def main() -> None:
                 folder = warm.prepared.model_dir if kind == "torch" else load[spec].artifact_dir
                 bares[spec] = Bare(kind, folder, thread_count(), prompt_ids, args.max_new_tokens)
 
-    # 4. Interleaved timed rounds: every configuration, then every bare script, per round.
+    # 4. Interleaved timed rounds: every configuration once per round (one run each, as the dashboard runs its
+    # backends one after the other); a configuration with a bare script has it right beside its own run, before
+    # it in odd rounds and after it in even ones (ABBA), so both meet the same neighbours and drifts.
     samples: dict[BackendSpec, list] = {spec: [] for spec in configs}
     bare_samples: dict[BackendSpec, list] = {spec: [] for spec in bares}
     bare_ids: dict[BackendSpec, list] = {}
     dash_ids: dict[BackendSpec, tuple] = {}
+
+    def run_bare(spec: BackendSpec) -> None:
+        answer = bares[spec].run()
+        bare_samples[spec].append(answer)
+        bare_ids[spec] = answer["ids"]
+
     for round_index in range(args.rounds):
-        for r in arena.run_text_to_end(request(EXAMPLE_PROMPTS[0])).results:
-            if r.error:
-                errors[r.spec] = r.error.splitlines()[0]
-            else:
-                samples[r.spec].append(r.timings)
-                dash_ids[r.spec] = r.token_ids
-        for spec, bare in bares.items():
-            answer = bare.run()
-            bare_samples[spec].append(answer)
-            bare_ids[spec] = answer["ids"]
+        for spec in configs:
+            bare_first = spec in bares and round_index % 2 == 1
+            if bare_first:
+                run_bare(spec)
+            one = dataclasses.replace(request(EXAMPLE_PROMPTS[0]), backends=(spec,))
+            for r in arena.run_text_to_end(one).results:
+                if r.error:
+                    errors[r.spec] = r.error.splitlines()[0]
+                else:
+                    samples[r.spec].append(r.timings)
+                    dash_ids[r.spec] = r.token_ids
+            if spec in bares and not bare_first:
+                run_bare(spec)
         print(f"# round {round_index + 1}/{args.rounds} done ({time.time() - started:.0f} s)", file=sys.stderr,
               flush=True)
     for bare in bares.values():
@@ -405,7 +417,8 @@ exports, quantizations and compilation.
 ### Dashboard vs a bare script
 
 The same generation through `benchmarks/bare_text.py` (plain transformers / optimum `generate`, no arena, the same
-thread count), its runs interleaved with the rounds above:
+thread count), each bare run right beside the dashboard's run of the same configuration in every round, before it
+in odd rounds and after it in even ones:
 
 {chr(10).join(bare_rows)}
 
