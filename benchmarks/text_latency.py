@@ -376,8 +376,8 @@ def write_report(args, machine, configs, samples, load, errors, verdicts, equal,
         same = "yes" if list(bare_ids[spec]) == list(dash_ids.get(spec, ())) else "no"
         bare_rows.append(f"| {spec.label} | {dash:.1f} | {bare_m:.1f} | {dash / bare_m:.2f} | {same} |")
     if within:
-        lines.append(f"- Dashboard tokens/s within {TARGET_BARE:.0%} of a bare script: {mark(all(within))} (table "
-                     "below).")
+        lines.append(f"- Dashboard tokens/s within {TARGET_BARE:.0%} of a bare script: {mark(all(within))} ("
+                     "docs/BENCHMARKS.md, Dashboard vs a bare script).")
     summary = "\n".join(lines)
 
     ran = " ".join([".venv/bin/python", "benchmarks/text_latency.py",
@@ -434,6 +434,8 @@ in odd rounds and after it in even ones:
   the tied output projection is quantized at 8 bits by default (`embedding_bits`; 4 also quantizes the embedding
   lookup with GatherBlockQuantized, which ONNX Runtime only has for 4 bits). `int8-dynamic` is dynamic
   quantization (activations quantized at run time), per-channel with the output projection kept fp32.
+- llama.cpp runs the embedded model's own Q4_1 GGUF (PyTorch and ONNX Runtime run the fp32 weights dequantized
+  from that file) and is judged at Q4_1, that is with the 4-bit tolerance and the teacher-forced figures.
 - PyTorch `compile` compiles the decoding step with inductor on a static KV cache; the compile time is its own
   column and is not in the tokens/s.
 - Rows differing in one option from ONNX Runtime int8 show that option's effect (block size, asymmetric, accuracy
