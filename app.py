@@ -51,6 +51,7 @@ def stop_on_sigterm() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    stop_on_sigterm()  # first: the start-up preparation may already run workers
     from arena.core import Arena
     from arena.policy import Policy, PublicLimits, parse_limit_overrides
     from arena.warmup import WarmUp
@@ -61,7 +62,6 @@ def main(argv: list[str] | None = None) -> None:
     warm_up = WarmUp(arena).start() if (args.public if args.warm_up is None else args.warm_up) else None
     demo = build_ui(arena, warm_up)
     demo.queue(default_concurrency_limit=1, max_size=32)
-    stop_on_sigterm()
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, footer_links=["api", "settings"],
                 mcp_server=mcp_available() if args.mcp is None else args.mcp, **launch_options())
 

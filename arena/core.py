@@ -60,6 +60,7 @@ class Arena:
         self._env_lock = threading.Lock()
         self._run_lock = threading.Lock()
         self._workers: dict[str, Worker] = {}
+        self._closed = False  # set by `close`: a run still going gets no new worker
         self.backends = dict(BACKENDS) | dict(extra_backends or {})
         for name, target in (extra_backends or {}).items():
             register(name, target)
@@ -94,6 +95,8 @@ class Arena:
 
     # --- workers -------------------------------------------------------------------------------------
     def _worker(self, key: str, target: str, *init_args: Any) -> Worker:
+        if self._closed:
+            raise WorkerCrashed("The app is shutting down: no new worker starts.")
         worker = self._workers.get(key)
         if worker is None:
             worker = Worker(key, target, init_args=init_args, log_dir=self.log_dir)
@@ -316,10 +319,9 @@ class Arena:
             return result_cls(spec, error=problem)
         if deadline is not None and time.monotonic() >= deadline:
             return result_cls(spec, error=f"Not run: this run reached the server's time limit of {limit:g} s.")
-        worker = self._backend_worker(spec)
         try:
-            return worker.call(run_op, prepared, spec, request, progress=progress,
-                               timeout=self._left(deadline, self.run_timeout_s), cancel=cancel)
+            return self._backend_worker(spec).call(run_op, prepared, spec, request, progress=progress,
+                                                   timeout=self._left(deadline, self.run_timeout_s), cancel=cancel)
         except RunStopped as exc:
             return result_cls(spec, error="Stopped by you.", log_tail=exc.log_tail)
         except (WorkerCrashed, WorkerFailed) as exc:
@@ -337,7 +339,12 @@ class Arena:
         return final
 
     def close(self) -> None:
-        """Stop every worker (each unloads its model and exits)."""
-        for worker in list(self._workers.values()):
-            worker.stop()
+        """Stop every worker (each unloads its model and exits), all at once; a run still going gets no new
+        worker."""
+        self._closed = True
+        stopping = [threading.Thread(target=worker.stop, daemon=True) for worker in list(self._workers.values())]
+        for thread in stopping:
+            thread.start()
+        for thread in stopping:
+            thread.join(15)
         self._workers.clear()

@@ -45,8 +45,8 @@ def text_tolerance(precision: str) -> tuple[float, float]:
 
 # Teacher-forced quality a precision other than the reference's must keep (llama.cpp's perplexity figures): at
 # least this share of positions with the reference's top-1 token, and at most this mean KL(P_ref || P_cand) in
-# nats. Measured on SmolLM2-135M: 8-bit weight-only 96.5% / 0.003 (kept), 4-bit 72% / 0.35 and dynamic int8
-# 61% / 0.78 (lossy); bf16 and fp16 lose far less than the 8-bit weight-only export.
+# nats. Measured on SmolLM2-135M (docs/BENCHMARKS.md): 8-bit weight-only 96.9% / 0.005 (kept), 4-bit 69.9% / 0.33
+# and dynamic int8 60.2% / 0.66 (lossy); bf16 and fp16 lose far less than the 8-bit weight-only export.
 QUALITY_MIN_TOP1 = 0.90
 QUALITY_MAX_KL = 0.10
 # Image against the reference: minimum PSNR (dB) and SSIM by precision.

@@ -101,6 +101,7 @@ class Worker:
         self._conn = None
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        self._stopped = False  # set by `stop`: the worker never starts again (the app is shutting down)
         self.starts = 0
 
     @property
@@ -134,6 +135,8 @@ class Worker:
         if cancel is not None and cancel.is_set():
             raise RunStopped(f"The run was stopped before '{op}' started.")
         with self._lock:
+            if self._stopped:
+                raise WorkerCrashed(f"The {self.name} worker was stopped: the app is shutting down.")
             if not self.is_alive():
                 self._discard()
                 self._start()
@@ -196,7 +199,8 @@ class Worker:
     def stop(self, timeout: float = 10.0) -> None:
         """Ask the worker to exit (it unloads and frees its memory), kill it if it does not. A worker busy with a
         call (the app shutting down mid-run) is killed with what it started; that call's caller gets
-        `WorkerCrashed`."""
+        `WorkerCrashed`. A stopped worker refuses later calls instead of starting a new process."""
+        self._stopped = True
         if not self._lock.acquire(timeout=1.0):
             process = self._process
             if process is not None and process.is_alive():

@@ -209,8 +209,9 @@ class LlamaCppBackend(Backend):
         self._info = {"provider": f"llama.cpp (llama-cpp-python {llama_cpp.__version__}) on CPU, {quant} GGUF",
                       "artifact_dir": str(path.parent), "export_cached": None, "threads": threads,
                       "quantization": quant, "gguf_file": str(path), "vocab_agrees": self._vocab_agrees,
-                      # judged at the GGUF's own precision (a Q4_1 file is not held to fp32's tolerance)
-                      "precision": GGUF_PRECISIONS.get(quant, quant)}
+                      # judged at the GGUF's own precision (a Q4_1 file is not held to fp32's tolerance); a
+                      # type this table does not know is judged as fp32, the strictest
+                      "precision": GGUF_PRECISIONS.get(quant, quant) if quant in FILE_TYPES.values() else None}
 
     def _reference_tokenizer(self) -> Any:
         if self._hf_tokenizer is None:

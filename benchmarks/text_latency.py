@@ -248,8 +248,8 @@ def main() -> None:
                 bares[spec] = Bare(kind, folder, thread_count(), prompt_ids, args.max_new_tokens)
 
     # 4. Interleaved timed rounds: every configuration once per round (one run each, as the dashboard runs its
-    # backends one after the other); a configuration with a bare script has it right beside its own run, before
-    # it in odd rounds and after it in even ones (ABBA), so both meet the same neighbours and drifts.
+    # backends one after the other); a configuration with a bare script has it right beside its own run, after
+    # it in rounds 1, 3, 5... and before it in rounds 2, 4... (ABBA), so both meet the same neighbours and drifts.
     samples: dict[BackendSpec, list] = {spec: [] for spec in configs}
     bare_samples: dict[BackendSpec, list] = {spec: [] for spec in bares}
     bare_ids: dict[BackendSpec, list] = {}
@@ -417,8 +417,8 @@ exports, quantizations and compilation.
 ### Dashboard vs a bare script
 
 The same generation through `benchmarks/bare_text.py` (plain transformers / optimum `generate`, no arena, the same
-thread count), each bare run right beside the dashboard's run of the same configuration in every round, before it
-in odd rounds and after it in even ones:
+thread count), each bare run right beside the dashboard's run of the same configuration in every round, after it
+in rounds 1, 3, 5… and before it in rounds 2, 4…:
 
 {chr(10).join(bare_rows)}
 

@@ -94,9 +94,12 @@ def running_app(cache_dir: Path, log_dir: Path, preexec_fn=None, args: tuple[str
             process.wait(10)
         log.close()
         _, left = psutil.wait_procs(started, timeout=10)
+        named = []
         for child in left:
-            child.kill()
-        assert not left, f"the app left {[' '.join(c.cmdline()) for c in left]} running after SIGTERM"
+            with contextlib.suppress(psutil.Error):
+                named.append(" ".join(child.cmdline()) or child.name())
+                child.kill()
+        assert not named, f"the app left {named} running after SIGTERM"
 
 
 @pytest.fixture(scope="session")

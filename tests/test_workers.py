@@ -88,3 +88,40 @@ def test_stop_ends_the_call_and_everything_it_started_within_a_second(toy, tmp_p
     assert toy.call("pid") not in (first, os.getpid())  # the next call gets a fresh worker
     with pytest.raises(RunStopped):  # a run already stopped does not start its next call
         toy.call("pid", cancel=cancel)
+
+
+def test_stop_kills_a_busy_worker_and_it_never_starts_again(toy):
+    """The app shutting down mid-run: stop() does not wait for the call; the caller gets WorkerCrashed, and a
+    later call (the run moving on to its next step) does not start a new process that would outlive the app."""
+    import threading
+    import time
+
+    toy.call("pid")
+    failures = []
+
+    def busy():
+        try:
+            toy.call("sleep", 60)
+        except WorkerCrashed as exc:
+            failures.append(str(exc))
+
+    caller = threading.Thread(target=busy)
+    caller.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    toy.stop()
+    caller.join(10)
+    assert time.monotonic() - started < 5 and not caller.is_alive() and len(failures) == 1, failures
+    with pytest.raises(WorkerCrashed, match="stopped: the app is shutting down"):
+        toy.call("pid")
+    assert not toy.is_alive() and toy.starts == 1
+
+
+def test_a_closed_arena_starts_no_worker(tmp_path):
+    from arena.core import Arena
+    from arena.types import BackendSpec, TextRunRequest
+
+    arena = Arena(cache_dir=tmp_path, environment={"cpu_count": 1})
+    arena.close()
+    result = arena.run_text_to_end(TextRunRequest(model="any", prompt="hi", backends=(BackendSpec("pytorch"),)))
+    assert result.error == "The app is shutting down: no new worker starts." and arena._workers == {}
