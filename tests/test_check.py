@@ -21,10 +21,20 @@ ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "Why should one run machine learning models on-premises?"
 
 
+def edited_copy(good: Path, target: Path, edit) -> Path:
+    """``target``: the export at ``good`` with ``edit(model)`` applied to its graph."""
+    import onnx
+
+    shutil.copytree(good, target, ignore=shutil.ignore_patterns("*.onnx", "*.onnx_data", "manifest.json"))
+    model = onnx.load(str(good / "model.onnx"))
+    edit(model)
+    onnx.save(model, str(target / "model.onnx"))
+    return target
+
+
 @pytest.fixture(scope="module")
 def exports(arena, tmp_path_factory):
     """The embedded model's good export, and copies broken in two ways a conversion goes wrong."""
-    import onnx
     from onnx import helper
 
     from arena.demos import damage_text_export
@@ -36,12 +46,7 @@ def exports(arena, tmp_path_factory):
     root = tmp_path_factory.mktemp("broken-exports")
 
     def broken_copy(name, edit):
-        target = root / name
-        shutil.copytree(good, target, ignore=shutil.ignore_patterns("*.onnx", "*.onnx_data", "manifest.json"))
-        model = onnx.load(str(good / "model.onnx"))
-        edit(model)
-        onnx.save(model, str(target / "model.onnx"))
-        out[name] = target
+        out[name] = edited_copy(good, root / name, edit)
 
     def negated_logits(model):  # a sign error in the last op: greedy picks the least likely token
         for node in model.graph.node:
@@ -93,19 +98,12 @@ def test_api_check_flags_a_broken_export(app_server, exports):
 def precision_exports(exports, tmp_path_factory):
     """Two exports of the same model that both write fluent text: fp32 with one layer's MLP scaled by 0.7 (a math
     change), and a fair 8-bit weight-only quantization (int8 weights, one scale per column, DequantizeLinear)."""
-    import onnx
 
     from tests.export_edits import scale_one_mlp, weight_only_int8
 
-    root, good, out = tmp_path_factory.mktemp("precision-exports"), exports["good"], {}
-    for name, edit in (("scaled-mlp", scale_one_mlp), ("weight-only-int8", weight_only_int8)):
-        target = root / name
-        shutil.copytree(good, target, ignore=shutil.ignore_patterns("*.onnx", "*.onnx_data", "manifest.json"))
-        model = onnx.load(str(good / "model.onnx"))
-        edit(model)
-        onnx.save(model, str(target / "model.onnx"))
-        out[name] = target
-    return out
+    root, good = tmp_path_factory.mktemp("precision-exports"), exports["good"]
+    return {name: edited_copy(good, root / name, edit)
+            for name, edit in (("scaled-mlp", scale_one_mlp), ("weight-only-int8", weight_only_int8))}
 
 
 def test_check_flags_an_fp32_math_change_but_not_a_fair_8bit_export(precision_exports, session_cache):
