@@ -68,6 +68,11 @@ class Arena:
         self.history = RunHistory(None if self.policy.public else self.cache_dir / "history")
         self.demos = BrokenConversions(self)  # "See a broken conversion": exports broken on purpose, made on first use
         self.cache.clean_stale()
+        # atexit runs last-registered first: multiprocessing's exit handler (registered when multiprocessing.util is
+        # first imported, which may be later, at the first worker start) joins every worker; it must come after
+        # this close, or a busy worker keeps the exiting app waiting for its whole call.
+        import multiprocessing.util  # noqa: F401
+
         atexit.register(self.close)
 
     # --- environment ---------------------------------------------------------------------------------

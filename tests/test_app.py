@@ -99,3 +99,42 @@ def test_compare_image_api_draws_the_prompt_with_the_default_model(app_server):
     bad = client.predict(prompt="", backends="pytorch", negative_prompt="", steps=5, guidance_scale=4.0, seed=0,
                          height=0, width=0, api_name="/compare_image")
     assert bad[0] == [] and bad[1]["error"].startswith("The prompt is empty")
+
+
+def test_sigterm_mid_run_ends_the_workers_and_what_they_started(tmp_path):
+    """A Space restart or `docker stop` sends SIGTERM while a worker is busy (an export with its own child
+    process): app.py's handler ends the process like Ctrl-C, so the core's shutdown kills the worker and its
+    child; without it the worker would sleep on, orphaned, for its whole call."""
+    import os
+    import signal
+    import time
+
+    code = (
+        "import threading, time\n"
+        "import app\n"
+        "app.stop_on_sigterm()\n"
+        "from arena.core import Arena\n"
+        f"arena = Arena(cache_dir={str(tmp_path / 'cache')!r}, environment={{}})\n"
+        "worker = arena._worker('toy', 'tests.helpers:Toy')\n"
+        "print(worker.call('pid'), flush=True)\n"
+        f"threading.Thread(target=worker.call, args=('sleep_with_child', 120, {str(tmp_path / 'child')!r}),\n"
+        "                 daemon=True).start()\n"
+        "try:\n"
+        "    while True:\n"
+        "        time.sleep(0.1)  # like Gradio's block_thread\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', flush=True)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    worker_pid = int(process.stdout.readline())
+    child_file = tmp_path / "child"
+    deadline = time.monotonic() + 60
+    while not (child_file.is_file() and child_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    child_pid = int(child_file.read_text())
+    os.kill(process.pid, signal.SIGTERM)
+    out, _ = process.communicate(timeout=30)
+    assert process.returncode == 0 and "interrupted" in out
+    _, alive = psutil.wait_procs([psutil.Process(p) for p in (worker_pid, child_pid) if psutil.pid_exists(p)],
+                                 timeout=5)
+    assert not alive, alive
