@@ -49,6 +49,10 @@ def test_compare_both_backends_in_the_browser(app_server, page):
     # Before any click: the stored run of the defaults that ships with the repo.
     page.wait_for_function("document.querySelector('#run-status')?.innerText.includes('STORED RUN')")
     assert page.locator("#answer-pytorch textarea").input_value().strip()
+    # Every page-load event (stored run, link fill, start-up status) ends without an error badge on any component.
+    page.wait_for_timeout(3000)
+    assert page.locator("span.error").count() == 0, page.locator("span.error").first.evaluate(
+        "e => e.closest('.block')?.innerText")
     prompt = page.locator("#prompt textarea")
     prompt.fill("Why should one run machine learning models on-premises?")
     page.click("#run-text")

@@ -77,8 +77,8 @@ def wire_link_fill(demo: gr.Blocks, text, image, tabs, note: gr.Markdown) -> Non
             found = request_from_query(params)
         except ValueError as exc:
             return {note: f"<span class='arena-badge arena-badge-error'>LINK</span> {exc}"}
-        if found is None:
-            return {}
+        if found is None:  # no link: change nothing (an empty dict would be one output value, an error badge)
+            return {note: gr.update()}
         task, run = found
         return {note: f"<span class='arena-badge arena-badge-ok'>LINK</span> The {task} settings from your link "
                       "are filled in: press Run.", **fill_updates(text, image, tabs, task, run)}

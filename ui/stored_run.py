@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import gradio as gr
 import numpy as np
 
 STORED = Path(__file__).resolve().parent.parent / "assets" / "reference-run"
@@ -31,8 +32,8 @@ def stored_text_updates(tab) -> dict:
     from ui.text_tab import render_run
 
     record = load_stored("text")
-    if record is None:
-        return {}
+    if record is None:  # nothing stored: change nothing (an empty dict would be an error badge on every output)
+        return {tab.status: gr.update()}
     run = record["run"]
     updates = render_run(tab, run, {r["backend"] for r in run["results"]})
     updates[tab.status] = banner(record) + run_summary(run)
@@ -47,7 +48,7 @@ def stored_image_updates(tab) -> dict:
 
     record = load_stored("image")
     if record is None:
-        return {}
+        return {tab.status: gr.update()}
     run = record["run"]
     images = [np.asarray(Image.open(STORED / name).convert("RGB")) if name else None for name in record["images"]]
     updates = render_image_dict(tab, run, images, {r["backend"] for r in run["results"]})
