@@ -38,6 +38,7 @@ ProgressFn = Callable[[float | None, str], None]
 # Generous: a 7B export or first download takes many minutes; a hung worker is still stopped eventually.
 PREPARE_TIMEOUT_S = 3 * 3600
 RUN_TIMEOUT_S = 3 * 3600
+STOP_WAIT_S = 5.0  # how long Stop waits for the stopped run to end before it answers
 
 
 def _quiet(_fraction: float | None, _description: str) -> None:
@@ -55,7 +56,7 @@ class Arena:
         self.log_dir = self.cache_dir / "logs"
         self.policy = policy or Policy.local()
         self.run_timeout_s = run_timeout_s
-        self._cancels: dict[str, threading.Event] = {}
+        self._cancels: dict[str, tuple[threading.Event, threading.Event]] = {}  # owner: (stop, ended)
         self._environment = environment
         self._env_lock = threading.Lock()
         self._run_lock = threading.Lock()
@@ -152,20 +153,27 @@ class Arena:
     @contextlib.contextmanager
     def stoppable(self, owner: str) -> Iterator[threading.Event]:
         """The stop signal for what ``owner`` (a browser session, an API client) runs inside this block."""
-        event = threading.Event()
-        self._cancels[owner] = event
+        event, ended = threading.Event(), threading.Event()
+        self._cancels[owner] = (event, ended)
         try:
             yield event
         finally:
-            if self._cancels.get(owner) is event:
+            ended.set()
+            if self._cancels.get(owner, (None,))[0] is event:
                 del self._cancels[owner]
 
-    def stop(self, owner: str) -> bool:
-        """Stop ``owner``'s run: its current worker (and any export it started) is killed at once."""
-        event = self._cancels.get(owner)
-        if event is None or event.is_set():
+    def stop(self, owner: str, wait_s: float = STOP_WAIT_S) -> bool:
+        """Stop ``owner``'s run: its current worker (and any export it started) is killed at once.
+
+        Returns once the run has ended (its result says "Stopped by you."), or after ``wait_s``: a caller told
+        "stopped" can start the next run at once. (It also keeps /stop from answering within a millisecond, which
+        gradio_client 2.5 can lose: its SSE reader drops a completion that arrives before it registered the call.)"""
+        entry = self._cancels.get(owner)
+        if entry is None or entry[0].is_set():
             return False
+        event, ended = entry
         event.set()
+        ended.wait(wait_s)
         return True
 
     def _left(self, deadline: float | None, default: float) -> float:

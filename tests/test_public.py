@@ -79,7 +79,7 @@ def test_stop_ends_a_long_run_within_two_seconds_and_the_next_run_works(public_a
     assert not job.done(), "the long run ended on its own before the Stop"
     workers = workers_of(public_app["pid"])
     asked = time.monotonic()
-    assert "Stopping your run" in client.predict(api_name="/stop")
+    assert "Stopped your run" in client.predict(api_name="/stop")
     result = job.result(timeout=30)
     took = time.monotonic() - asked
     assert took < 2.0, f"the run ended {took:.1f} s after Stop"

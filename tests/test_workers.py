@@ -125,3 +125,31 @@ def test_a_closed_arena_starts_no_worker(tmp_path):
     arena.close()
     result = arena.run_text_to_end(TextRunRequest(model="any", prompt="hi", backends=(BackendSpec("pytorch"),)))
     assert result.error == "The app is shutting down: no new worker starts." and arena._workers == {}
+
+
+def test_stop_answers_once_the_stopped_run_has_ended(tmp_path):
+    import threading
+    import time
+
+    from arena.core import Arena
+
+    arena = Arena(cache_dir=tmp_path, environment={"cpu_count": 1})
+    ended_at = []
+
+    def run():  # a run as the UI and API hold it: the block ends a little after the stop signal
+        with arena.stoppable("visitor") as cancel:
+            cancel.wait(10)
+            time.sleep(0.3)
+        ended_at.append(time.monotonic())
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    while "visitor" not in arena._cancels:
+        time.sleep(0.01)
+    assert arena.stop("someone else") is False
+    assert arena.stop("visitor") is True
+    answered = time.monotonic()
+    thread.join(5)
+    assert ended_at and ended_at[0] <= answered, "Stop answered before the run had ended"
+    assert arena.stop("visitor") is False and "visitor" not in arena._cancels
+    arena.close()

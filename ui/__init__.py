@@ -50,7 +50,7 @@ def build_ui(arena: Arena, warm_up=None) -> gr.Blocks:
         # A visitor who closes the page does not leave their run holding the queue (nor, in public mode, their
         # kept runs in memory).
         def on_unload(request: gr.Request):
-            arena.stop(session_of(request))
+            arena.stop(session_of(request), wait_s=0)
             arena.history.forget(session_of(request))
 
         demo.unload(on_unload)
