@@ -3,13 +3,18 @@
     python -m arena text --prompt "My name is Arthur and I live in" \\
         --backend pytorch --backend onnxruntime:precision=int8,provider=CPUExecutionProvider
     python -m arena check --model /models/llama --candidate onnxruntime:onnx_dir=/exports/llama
+    python -m arena check --model /models/llama --candidate onnxruntime:onnx_dir=/exports/fp32 \\
+        --candidate onnxruntime:onnx_dir=/exports/int8
 
 ``image`` draws one prompt through each backend and prints each verdict. ``--report DIR`` (text and image) also
 writes the JSON, CSV and Markdown reports the dashboard offers for download. ``text`` prints a table (or
 ``--json``); its exit code is 1 when a backend failed or the token ids disagree with
 the first backend (unless ``--allow-drift``). ``check`` runs the candidate next to the reference (PyTorch fp32)
 on a few prompts and prints each verdict; exit code 0 when nothing is broken, 1 when a verdict says broken
-(GIBBERISH, EMPTY, DIFFERENT, BLANK, NOISE, NAN, ERROR), 2 when the check could not run (no such model).
+(GIBBERISH, EMPTY, DIFFERENT, BLANK, NOISE, NAN, ERROR, WRONG, LOSSY), 2 when the check could not run (no such
+model). ``--candidate`` is repeatable: several exports of one model are checked in one process (the model is
+prepared and the reference loaded once); ``--json`` then prints a list with one report per candidate, and the exit
+code is the worst of theirs.
 """
 
 from __future__ import annotations
@@ -105,13 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     image.add_argument("--report", metavar="DIR", help="also write the JSON, CSV and Markdown reports into DIR")
     check = sub.add_parser("check", help="is a candidate (e.g. an ONNX export) broken? verdicts + exit code")
     check.add_argument("--model", required=True, help="the reference model: catalog key, hub id or directory")
-    check.add_argument("--candidate", required=True, type=parse_backend,
-                       help="e.g. onnxruntime:onnx_dir=/path/to/export or onnxruntime:precision=int8")
+    check.add_argument("--candidate", required=True, type=parse_backend, action="append", dest="candidates",
+                       help="e.g. onnxruntime:onnx_dir=/path/to/export or onnxruntime:precision=int8; repeatable")
     check.add_argument("--reference", type=parse_backend, default=BackendSpec("pytorch"))
     check.add_argument("--task", choices=("auto", "text", "image"), default="auto")
     check.add_argument("--prompt", action="append", dest="prompts", default=[],
                        help="repeatable; default: three built-in prompts")
     check.add_argument("--max-new-tokens", type=int, default=48)
+    check.add_argument("--steps", type=int, default=None, help="image checks: denoising steps (default: the "
+                       "catalog entry's, else 20)")
     check.add_argument("--cache-dir", default=None)
     check.add_argument("--json", action="store_true", help="print the full report as JSON")
     args = parser.parse_args(argv)
@@ -182,13 +189,19 @@ def run_image(args, arena) -> int:
 def run_check(args, arena) -> int:
     from arena.check import check, summary_lines
 
+    reports = []
     try:
-        report = check(arena, args.model, args.candidate, task=args.task, prompts=tuple(args.prompts),
-                       reference=args.reference, max_new_tokens=args.max_new_tokens, progress=phase_printer())
+        for candidate in args.candidates:
+            reports.append(check(arena, args.model, candidate, task=args.task, prompts=tuple(args.prompts),
+                                 reference=args.reference, max_new_tokens=args.max_new_tokens, steps=args.steps,
+                                 progress=phase_printer()))
     finally:
         arena.close()
-    print(json.dumps(report, indent=2, default=str) if args.json else "\n".join(summary_lines(report)))
-    return 2 if report["error"] else 1 if report["broken"] else 0
+    if args.json:
+        print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2, default=str))
+    else:
+        print("\n\n".join("\n".join(summary_lines(report)) for report in reports))
+    return max(2 if report["error"] else 1 if report["broken"] else 0 for report in reports)
 
 
 def phase_printer():
