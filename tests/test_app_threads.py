@@ -49,11 +49,12 @@ def test_workers_size_torch_and_onnxruntime_from_the_budget(tmp_path, monkeypatc
 
 
 @pytest.mark.slow
-def test_app_pinned_to_one_cpu_gives_each_runtime_one_thread(tiny_llama, tmp_path, monkeypatch):
+def test_app_pinned_to_one_cpu_gives_each_runtime_one_thread(tiny_llama, session_cache, tmp_path, monkeypatch):
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CPU_CORES"):  # the budget must come from the affinity
         monkeypatch.delenv(name, raising=False)
     first_cpu = min(os.sched_getaffinity(0))
-    with running_app(tmp_path / "cache", tmp_path, preexec_fn=lambda: os.sched_setaffinity(0, {first_cpu}),
+    # The session's cache: the tiny Llama's export made here (or before) serves the later tests too.
+    with running_app(session_cache, tmp_path, preexec_fn=lambda: os.sched_setaffinity(0, {first_cpu}),
                      HF_HUB_OFFLINE="1") as server:
         with urllib.request.urlopen(server["url"] + "config", timeout=30) as response:
             config = json.load(response)

@@ -133,23 +133,20 @@ def test_image_report_has_the_heatmap(tmp_path):
     assert "| UNet loop |" in text
 
 
-def test_cli_writes_the_same_reports(tiny_llama, session_cache, tmp_path):
-    """``--report DIR`` on both CLI commands: the three files, holding that run's verdicts and its own command
-    (exit 0 is not asked: the random tiny Llama's answer may be judged broken)."""
+def test_cli_image_writes_the_same_reports(session_cache, tmp_path):
+    """``--report DIR`` on ``image``: the three files, holding that run's verdict and its own command (``text``'s
+    reports are checked in tests/test_cli.py, on the run it already makes)."""
     import os
     import subprocess
     import sys
 
     env = dict(os.environ, ARENA_CACHE_DIR=str(session_cache))
-    runs = {"text": ("--model", str(tiny_llama), "--prompt", "My name is", "--prompt-format", "plain",
-                     "--max-new-tokens", "4", "--warmup", "0", "--backend", "pytorch"),
-            "image": ("--prompt", "a red circle on a blue background", "--steps", "2", "--backend", "pytorch")}
-    for task, args in runs.items():
-        done = subprocess.run([sys.executable, "-m", "arena", task, *args, "--report", str(tmp_path / task)],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-        assert done.returncode in (0, 1) and (tmp_path / task).is_dir(), done.stdout + done.stderr[-2000:]
-        markdown = (tmp_path / task / "arena-report.md").read_text()
-        data = json.loads((tmp_path / task / "arena-report.json").read_text())
-        kind = data["run"]["results"][0]["verdict"]["kind"]  # the random tiny Llama may well be GIBBERISH
-        assert data["task"] == task and f"**{kind}**" in markdown and f"python -m arena {task}" in markdown
-        assert len(list(csv.DictReader(io.StringIO((tmp_path / task / "arena-report.csv").read_text())))) == 1
+    args = ("--prompt", "a red circle on a blue background", "--steps", "2", "--backend", "pytorch")
+    done = subprocess.run([sys.executable, "-m", "arena", "image", *args, "--report", str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode in (0, 1), done.stdout + done.stderr[-2000:]  # 2 steps may well be judged NOISE
+    markdown = (tmp_path / "arena-report.md").read_text()
+    data = json.loads((tmp_path / "arena-report.json").read_text())
+    kind = data["run"]["results"][0]["verdict"]["kind"]
+    assert data["task"] == "image" and f"**{kind}**" in markdown and "python -m arena image" in markdown
+    assert len(list(csv.DictReader(io.StringIO((tmp_path / "arena-report.csv").read_text())))) == 1
