@@ -12,9 +12,9 @@ writes the JSON, CSV and Markdown reports the dashboard offers for download. ``t
 the first backend (unless ``--allow-drift``). ``check`` runs the candidate next to the reference (PyTorch fp32)
 on a few prompts and prints each verdict; exit code 0 when nothing is broken, 1 when a verdict says broken
 (GIBBERISH, EMPTY, DIFFERENT, BLANK, NOISE, NAN, ERROR, WRONG, LOSSY), 2 when the check could not run (no such
-model). ``--candidate`` is repeatable: several exports of one model are checked in one process (the model is
-prepared and the reference loaded once); ``--json`` then prints a list with one report per candidate, and the exit
-code is the worst of theirs.
+model). ``--candidate`` is repeatable: several exports of one model are checked in one process with warm workers
+(the model is prepared once; the reference still runs beside each candidate); ``--json`` then prints a list with
+one report per candidate, and the exit code is the worst of theirs.
 """
 
 from __future__ import annotations
@@ -26,6 +26,13 @@ import sys
 
 from arena.catalog import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
 from arena.types import BackendSpec, TextRunRequest
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def parse_backend(text: str) -> BackendSpec:
@@ -117,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--prompt", action="append", dest="prompts", default=[],
                        help="repeatable; default: three built-in prompts")
     check.add_argument("--max-new-tokens", type=int, default=48)
-    check.add_argument("--steps", type=int, default=None, help="image checks: denoising steps (default: the "
-                       "catalog entry's, else 20)")
+    check.add_argument("--steps", type=positive_int, default=None, help="image checks only: denoising steps "
+                       "(default: the catalog entry's, else 20)")
     check.add_argument("--cache-dir", default=None)
     check.add_argument("--json", action="store_true", help="print the full report as JSON")
     args = parser.parse_args(argv)

@@ -162,19 +162,20 @@ class Arena:
             if self._cancels.get(owner, (None,))[0] is event:
                 del self._cancels[owner]
 
-    def stop(self, owner: str, wait_s: float = STOP_WAIT_S) -> bool:
+    def stop(self, owner: str, wait_s: float = STOP_WAIT_S) -> bool | None:
         """Stop ``owner``'s run: its current worker (and any export it started) is killed at once.
 
-        Returns once the run has ended (its result says "Stopped by you."), or after ``wait_s``: a caller told
-        "stopped" can start the next run at once. (It also keeps /stop from answering within a millisecond, which
-        gradio_client 2.5 can lose: its SSE reader drops a completion that arrives before it registered the call.)"""
+        None: ``owner`` has no run. Else waits up to ``wait_s`` for the stopped run's block to end and says whether
+        it did (True: the caller can start the next run at once; False: it is still unwinding, e.g. waiting for
+        the cores). A second stop of the same run waits likewise. (The wait also keeps /stop from answering within
+        a millisecond, which gradio_client 2.5 can lose: its SSE reader drops a completion that arrives before it
+        registered the call.)"""
         entry = self._cancels.get(owner)
-        if entry is None or entry[0].is_set():
-            return False
+        if entry is None:
+            return None
         event, ended = entry
         event.set()
-        ended.wait(wait_s)
-        return True
+        return ended.wait(wait_s)
 
     def _left(self, deadline: float | None, default: float) -> float:
         """Seconds a worker call may take: ``default``, or less when the run's time limit comes first."""

@@ -67,6 +67,7 @@ def cli_check(*exports: Path, cache: Path, model: str = DEFAULT_TEXT_MODEL, prom
     candidates = [arg for export in exports for arg in ("--candidate", f"onnxruntime:onnx_dir={export}")]
     done = subprocess.run([sys.executable, "-m", "arena", "check", "--model", model, *candidates, "--prompt", prompt,
                            "--json", *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode in (0, 1), done.stdout[-1500:] + done.stderr[-1500:]
     reports = json.loads(done.stdout)
     return done.returncode, reports if len(exports) > 1 else [reports], done.stderr[-1500:]
 

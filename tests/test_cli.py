@@ -32,6 +32,7 @@ def test_cli_json_agreement_and_exit_codes(tiny_llama, session_cache, tmp_path):
     assert report["task"] == "text" and [r["token_ids"] for r in report["run"]["results"]] == ids
     markdown = (tmp_path / "report" / "arena-report.md").read_text()
     assert "python -m arena text" in markdown and "--max-new-tokens 8" in markdown
+    assert all(f"**{r['verdict']['kind']}**" in markdown for r in result["results"])
     assert len(list(csv.DictReader(io.StringIO((tmp_path / "report" / "arena-report.csv").read_text())))) == 2
 
     broken = cli(*common, "--backend", "pytorch", "--backend", f"onnxruntime:onnx_dir={tmp_path}", cache=session_cache)

@@ -140,16 +140,41 @@ def test_stop_answers_once_the_stopped_run_has_ended(tmp_path):
         with arena.stoppable("visitor") as cancel:
             cancel.wait(10)
             time.sleep(0.3)
-        ended_at.append(time.monotonic())
+            ended_at.append(time.monotonic())
 
     thread = threading.Thread(target=run)
     thread.start()
     while "visitor" not in arena._cancels:
         time.sleep(0.01)
-    assert arena.stop("someone else") is False
+    assert arena.stop("someone else") is None
     assert arena.stop("visitor") is True
     answered = time.monotonic()
     thread.join(5)
     assert ended_at and ended_at[0] <= answered, "Stop answered before the run had ended"
-    assert arena.stop("visitor") is False and "visitor" not in arena._cancels
+    assert arena.stop("visitor") is None and "visitor" not in arena._cancels
+    arena.close()
+
+
+def test_a_stop_that_times_out_says_the_run_is_still_stopping(tmp_path):
+    import threading
+    import time
+
+    from arena.core import Arena
+
+    arena = Arena(cache_dir=tmp_path, environment={"cpu_count": 1})
+    release = threading.Event()
+
+    def run():  # a run that does not look at its stop signal yet (say, waiting for the cores)
+        with arena.stoppable("visitor"):
+            release.wait(10)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    while "visitor" not in arena._cancels:
+        time.sleep(0.01)
+    assert arena.stop("visitor", wait_s=0.2) is False
+    assert arena.stop("visitor", wait_s=0.2) is False  # a second stop of the same run: still stopping, not "no run"
+    release.set()
+    thread.join(5)
+    assert arena.stop("visitor") is None
     arena.close()

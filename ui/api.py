@@ -97,10 +97,13 @@ HEAVY_MODULES = ("torch", "transformers", "onnxruntime", "optimum", "tensorrt")
 def make_stop(arena: Arena):
     def stop(request: gr.Request = None) -> str:
         """Stop your own run (the one started from this browser tab or API client): its worker is ended at once,
-        and this answers once the run has ended (its result says "Stopped by you.")."""
-        if arena.stop(session_of(request)):
+        and this answers once the run has ended (a few seconds at most)."""
+        ended = arena.stop(session_of(request))
+        if ended is None:
+            return "You have no run in progress."
+        if ended:
             return "Stopped your run: its worker was ended; the next run starts a fresh one."
-        return "You have no run in progress."
+        return "Stopping your run: its worker was ended; the run is still finishing (it was waiting for its turn)."
 
     return stop
 

@@ -129,7 +129,7 @@ def wire_stop(arena, button: gr.Button, status: gr.Markdown) -> None:
     the run then shows what finished and "Stopped by you" where it was. Outside the run slot, so it never waits."""
     def stop_button(request: gr.Request):  # not "stop": that api_name is the public /stop endpoint's
         # No wait: the run's own handler writes the final status, this one must not land after it.
-        if arena.stop(session_of(request), wait_s=0):
+        if arena.stop(session_of(request), wait_s=0) is not None:
             return "Stopping…"
         return gr.update()
 
