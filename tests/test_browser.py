@@ -77,6 +77,31 @@ def test_compare_both_backends_in_the_browser(app_server, page):
     page.screenshot(path=str(SCREENSHOT), full_page=True)
 
 
+def test_the_stop_button_ends_a_long_run_and_the_page_says_so(app_server, page):
+    """A 512-token run (EOS ignored) filled from a link, Stop pressed a few seconds in: the PyTorch panel says
+    "Stopped by you." within seconds and the status line is the run's own, not a stale "Stopping…"."""
+    import json
+    import time
+    from urllib.parse import urlencode
+
+    settings = {"tab": "text", "prompt": "Write a long story about the sea.", "max_new_tokens": "512",
+                "ignore_eos": "true", "warmup": "0", "backends": json.dumps(["pytorch"])}
+    page.goto(app_server["url"] + "?" + urlencode(settings))
+    page.wait_for_function("document.querySelector('#link-note')?.innerText.includes('filled in')", timeout=60_000)
+    page.click("#run-text")
+    page.wait_for_function("!document.querySelector('#run-status')?.innerText.includes('STORED RUN')")
+    # Stop once tokens are coming (a cold cache first materializes and loads the model: minutes)
+    page.wait_for_function("/token \\d+\\/512/.test(document.body.innerText)", timeout=300_000)
+    pressed = time.monotonic()
+    page.click("#stop-text")
+    page.wait_for_function("document.querySelector('#panel-pytorch')?.innerText.includes('Stopped by you')",
+                           timeout=15_000)
+    assert time.monotonic() - pressed < 10
+    page.wait_for_timeout(1000)
+    status = page.locator("#run-status").inner_text()
+    assert "Stopping" not in status, status
+
+
 def test_options_that_cannot_run_here_are_disabled(app_server, page):
     page.goto(app_server["url"])
     page.wait_for_selector("#run-text")
