@@ -50,6 +50,11 @@ def stop_on_sigterm() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from arena.secrets import hide_initial_environment
+
+    # Before anything else: re-executes this command once without the secret variables (their values travel in
+    # a pipe), so that neither this process's /proc/<pid>/environ nor any worker's holds them.
+    hide_initial_environment(reexec=argv is None)
     args = parse_args(argv)
     stop_on_sigterm()  # first: the start-up preparation may already run workers
     from arena.core import Arena

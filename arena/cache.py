@@ -113,6 +113,12 @@ class ArtifactCache:
         return removed
 
 
+    def temporary(self) -> list[Path]:
+        """Every ``.tmp-*`` build folder, finished or not."""
+        if not self.root.is_dir():
+            return []
+        return [p for kind_dir in self.root.iterdir() if kind_dir.is_dir() for p in kind_dir.glob(".tmp-*")]
+
     def entries(self) -> list[tuple[float, int, Path]]:
         """(last used, bytes, folder) for every finished entry and every hub download, oldest use first."""
         found = []
@@ -134,7 +140,8 @@ class ArtifactCache:
         The ``keep_newest`` most recently used entries stay whatever their size (the run that just finished).
         """
         entries = self.entries()
-        total = sum(size for _, size, _ in entries)
+        # Half-built folders (a build still going, or one the clean-up could not remove) take disk too.
+        total = sum(size for _, size, _ in entries) + sum(_folder_bytes(p) for p in self.temporary())
         removed = []
         for _used, size, path in entries[:max(0, len(entries) - keep_newest)]:
             if total <= max_bytes:

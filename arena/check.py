@@ -41,6 +41,10 @@ def check(arena, model: str, candidate: BackendSpec, task: str = "auto", prompts
     prompts = tuple(prompts) or (IMAGE_EXAMPLE_PROMPTS[:3] if task == "image" else TEXT_PROMPTS)
     out: dict[str, Any] = {"task": task, "model": model, "candidate": candidate.to_dict(),
                            "reference": reference.to_dict(), "checks": [], "error": None}
+    problem = arena.policy.refuse_check(prompts)
+    if problem:
+        out.update(error=problem, broken=True)
+        return out
     for prompt in prompts:
         if task == "image":
             entry = find_image_catalog_model(model) or IMAGE_CATALOG[0]

@@ -12,7 +12,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from arena import secrets
 from arena.cache import ArtifactCache, default_cache_dir
+from arena.catalog import find_catalog_model, find_image_catalog_model
 from arena.demos import BrokenConversions
 from arena.environment import probe_environment
 from arena.errors import ArenaError
@@ -51,6 +53,9 @@ class Arena:
     def __init__(self, cache_dir: str | Path | None = None, environment: dict[str, Any] | None = None,
                  extra_backends: dict[str, str] | None = None, run_timeout_s: float = RUN_TIMEOUT_S,
                  policy: Policy | None = None):
+        # Secrets leave the environment before any worker starts: workers inherit it, and they open visitors'
+        # files (`arena.secrets`). A backend that needs a key gets it in memory.
+        secrets.take_from_environment()
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.cache = ArtifactCache(self.cache_dir)
         self.log_dir = self.cache_dir / "logs"
@@ -66,7 +71,10 @@ class Arena:
         for name, target in (extra_backends or {}).items():
             register(name, target)
         # Kept runs: files under the cache locally; in public mode memory only, per browser session.
-        self.history = RunHistory(None if self.policy.public else self.cache_dir / "history")
+        limits = self.policy.limits
+        self.history = (RunHistory(None, max_entry_bytes=int(limits.max_history_entry_kb * 1e3),
+                                   max_session_bytes=int(limits.max_history_session_mb * 1e6))
+                        if self.policy.public else RunHistory(self.cache_dir / "history"))
         self.demos = BrokenConversions(self)  # "See a broken conversion": exports broken on purpose, made on first use
         self.cache.clean_stale()
         # atexit runs last-registered first: multiprocessing's exit handler (registered when multiprocessing.util is
@@ -81,7 +89,7 @@ class Arena:
         """Facts about this machine from a child-process probe (cached for the arena's lifetime)."""
         with self._env_lock:
             if self._environment is None:
-                self._environment = probe_environment()
+                self._environment = secrets.scrub_data(probe_environment())  # its stderr tails are shown
             return self._environment
 
     def backend_options(self) -> dict[str, dict[str, Any]]:
@@ -111,17 +119,32 @@ class Arena:
 
     def _backend_worker(self, spec: BackendSpec) -> Worker:
         # One process per backend and device: switching precision reloads, two devices do not fight.
-        key = self._backend_cls(spec.backend).worker_key(spec.options)
-        return self._worker(key, "arena.host:BackendHost", self.backends[spec.backend], str(self.cache_dir))
+        cls = self._backend_cls(spec.backend)
+        key = cls.worker_key(spec.options)
+        # Only a backend with a "secret_env" option (a server's API key) gets secrets, in memory, never through
+        # its environment; the others never hold one.
+        wants = any(info.kind == "secret_env" for info in cls.Options.fields_info())
+        return self._worker(key, "arena.host:BackendHost", self.backends[spec.backend], str(self.cache_dir),
+                            secrets.known() if wants else {})
 
     def worker_pids(self) -> dict[str, int | None]:
         return {key: worker.pid for key, worker in self._workers.items()}
 
     def _prepare(self, op: str, request, progress: ProgressFn, deadline: float | None = None,
                  cancel: threading.Event | None = None):
-        worker = self._worker("prepare", "arena.prepare:Preparer", str(self.cache_dir), self.policy.public)
+        worker = self._worker("prepare", "arena.prepare:Preparer", str(self.cache_dir), self.policy.public,
+                              self.policy.limits)
         return worker.call(op, request, progress=progress, timeout=self._left(deadline, PREPARE_TIMEOUT_S),
-                           cancel=cancel)
+                           cancel=cancel, token=self.hub_token(request.model, op == "prepare_image"))
+
+    def hub_token(self, model: str, image: bool) -> str | bool | None:
+        """The token a hub download of ``model`` may use. Public mode: the operator's token only for a gated
+        catalog entry (the operator's own choice of model); a visitor's hub id, and every other catalog entry, is
+        fetched anonymously (False: not even a `hf auth login` file). Locally: the user's own token."""
+        if not self.policy.public:
+            return secrets.hf_token()
+        entry = find_image_catalog_model(model) if image else find_catalog_model(model)
+        return (secrets.hf_token() or False) if entry is not None and entry.gated else False
 
     def prepare_text(self, request: TextRunRequest, progress: ProgressFn = _quiet) -> PreparedText:
         """Resolve the model and tokenize the prompt once (in the preparation worker)."""
@@ -193,6 +216,18 @@ class Arena:
             return
         limit = self.policy.limits.run_time_limit_s if self.policy.public and refuse else None
         deadline = None if limit is None else time.monotonic() + limit
+        try:
+            yield from self._run_steps(request, prepare_op, run_op, run_cls, result_cls, progress, cancel, env,
+                                       deadline, limit)
+        finally:
+            # Public mode: the cache is brought under its cap after every run, finished, failed or stopped.
+            if self.policy.public:
+                self.cache.clean_stale()
+                self.cache.enforce_limit(self.policy.limits.max_cache_gb * 1e9)
+
+    def _run_steps(self, request, prepare_op: str, run_op: str, run_cls, result_cls, progress: ProgressFn,
+                   cancel: threading.Event | None, env: dict[str, Any], deadline: float | None,
+                   limit: float | None):
         progress(0.0, "Preparing the model and the shared input")
         try:
             # The lock is held per step, never across a yield: an abandoned generator cannot block later runs,
@@ -219,11 +254,11 @@ class Arena:
             yield run_cls(request, prepared, tuple(results), environment=env)
         progress(None, "Judging the outputs")
         with self._run_lock:
-            judged = (self._judge_text if prepared.task == "text" else self._judge_image)(
-                prepared, results, reference, progress, cancel)
+            if prepared.task == "text":
+                judged = self._judge_text(prepared, results, reference, progress, cancel, deadline)
+            else:
+                judged = self._judge_image(prepared, results, reference, progress, cancel)
         yield run_cls(request, prepared, tuple(judged), environment=env)
-        if self.policy.public:
-            self.cache.enforce_limit(self.policy.limits.max_cache_gb * 1e9)
 
     @staticmethod
     def _over_time(exc: Exception, deadline: float | None, limit: float | None) -> str:
@@ -232,7 +267,7 @@ class Arena:
         return str(exc)
 
     def _judge_text(self, prepared: PreparedText, results: list, reference: int, progress,
-                    cancel: threading.Event | None = None) -> list:
+                    cancel: threading.Event | None = None, deadline: float | None = None) -> list:
         """Verdicts for every text output: perplexity under the reference model (in the reference's worker,
         where that model already lives), first-step logits and tokens against the reference, and teacher-forced
         quality (`_quality`)."""
@@ -242,7 +277,7 @@ class Arena:
             try:
                 nll = self._backend_worker(ref.spec).call(
                     "score_nll", prepared, ref.spec, [list(r.token_ids) if r.ok else [] for r in results],
-                    progress=progress, timeout=self.run_timeout_s, cancel=cancel)
+                    progress=progress, timeout=self._left(deadline, self.run_timeout_s), cancel=cancel)
             except (WorkerCrashed, WorkerFailed):
                 pass  # judged without perplexity; the other detectors still run
         ref_precision = self._precision(ref)
@@ -251,7 +286,7 @@ class Arena:
         # A reference that failed (an error, or nothing but special tokens) is no yardstick: the others are NOT
         # COMPARED. A gibberish reference is still one (the same model's math); its own verdict says what it is.
         ref_failed = f"{ref_verdict.kind}: {ref_verdict.reason}" if ref_verdict.kind in ("ERROR", "EMPTY") else None
-        quality = self._quality(prepared, results, reference, progress, cancel) if ref.ok else {}
+        quality = self._quality(prepared, results, reference, progress, cancel, deadline) if ref.ok else {}
         judged = []
         for i, r in enumerate(results):
             verdict = ref_verdict if i == reference else judge_text(
@@ -272,7 +307,7 @@ class Arena:
         return detected or result.spec.get("precision", "fp32")
 
     def _quality(self, prepared: PreparedText, results: list, reference: int, progress,
-                 cancel: threading.Event | None = None) -> dict[int, dict]:
+                 cancel: threading.Event | None = None, deadline: float | None = None) -> dict[int, dict]:
         """Teacher-forced quality of every backend against the reference, on the same tokens: the prompt followed
         by the reference's own answer, and the fixed paragraph. The reference's log-probabilities (positions x
         vocab, float32: ~20 MB per 100 positions of a 49k vocabulary) cross the pipes once to each candidate's
@@ -287,7 +322,8 @@ class Arena:
         progress(None, "Teacher-forced quality against the reference")
         try:
             ref_lp = self._backend_worker(ref.spec).call("quality_reference", prepared, ref.spec, sequences,
-                                                         progress=progress, timeout=self.run_timeout_s,
+                                                         progress=progress,
+                                                         timeout=self._left(deadline, self.run_timeout_s),
                                                          cancel=cancel)
         except (WorkerCrashed, WorkerFailed) as exc:
             return {i: {"unavailable": f"the reference's distributions failed: {exc}"} for i in range(len(results))}
@@ -308,7 +344,8 @@ class Arena:
                 continue
             try:
                 out[i] = self._backend_worker(r.spec).call("quality_against", prepared, r.spec, sequences, ref_lp,
-                                                           progress=progress, timeout=self.run_timeout_s,
+                                                           progress=progress,
+                                                           timeout=self._left(deadline, self.run_timeout_s),
                                                            cancel=cancel)
             except (WorkerCrashed, WorkerFailed) as exc:
                 out[i] = {"unavailable": f"failed: {exc}"}

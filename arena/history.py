@@ -54,6 +54,27 @@ class HistoryEntry:
         return f"{row['time'][11:]} · {row['task']} · {row['model']} · {row['prompt'][:30]}"
 
 
+def fit(run: dict[str, Any], max_bytes: int | None) -> dict[str, Any]:
+    """``run`` with its longest strings cut until its JSON takes at most ``max_bytes`` (None: unchanged)."""
+    if max_bytes is None:
+        return run
+    cap = 1 << 16
+    while len(json.dumps(run)) > max_bytes and cap >= 16:
+        run = _cut_strings(run, cap)
+        cap //= 4
+    return run
+
+
+def _cut_strings(value: Any, cap: int) -> Any:
+    if isinstance(value, dict):
+        return {k: _cut_strings(v, cap) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cut_strings(v, cap) for v in value[:cap]]
+    if isinstance(value, str) and len(value) > cap:
+        return value[:cap] + f"… ({len(value):,} characters)"
+    return value
+
+
 def _kind(result: dict[str, Any]) -> str:
     return (result.get("verdict") or {}).get("kind") or ("ERROR" if result.get("error") else "–")
 
@@ -62,10 +83,14 @@ class RunHistory:
     """Kept runs, newest first. ``directory`` None: in memory per owner (public mode); else one JSON file per run
     (one local user: ``owner`` is ignored)."""
 
-    def __init__(self, directory: str | Path | None, limit: int = HISTORY_LIMIT, max_sessions: int = MAX_SESSIONS):
+    def __init__(self, directory: str | Path | None, limit: int = HISTORY_LIMIT, max_sessions: int = MAX_SESSIONS,
+                 max_entry_bytes: int | None = None, max_session_bytes: int | None = None):
         self.directory = Path(directory) if directory else None
         self.limit = limit
         self.max_sessions = max_sessions
+        # Public mode: memory is bounded by entries x size, not by what visitors send (a 20 MB prompt).
+        self.max_entry_bytes = max_entry_bytes
+        self.max_session_bytes = max_session_bytes
         self._memory: OrderedDict[str, list[HistoryEntry]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -76,12 +101,18 @@ class RunHistory:
         entry = HistoryEntry(id=time.strftime("%Y%m%d-%H%M%S", time.localtime(stamp))
                              + f"{int(stamp * 1e6) % 1_000_000:06d}-{uuid.uuid4().hex[:6]}",
                              created=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)), task=task,
-                             run=json.loads(json.dumps(run, default=str)))
+                             run=fit(json.loads(json.dumps(run, default=str)), self.max_entry_bytes))
         with self._lock:
             if self.directory is None:
                 runs = self._memory.pop(owner, [])
                 runs.insert(0, entry)
-                self._memory[owner] = runs[:self.limit]
+                runs = runs[:self.limit]
+                if self.max_session_bytes is not None:
+                    sizes = [len(json.dumps(e.run)) for e in runs]
+                    while len(runs) > 1 and sum(sizes) > self.max_session_bytes:
+                        runs.pop()
+                        sizes.pop()
+                self._memory[owner] = runs
                 while len(self._memory) > self.max_sessions:
                     self._memory.popitem(last=False)
             else:

@@ -28,14 +28,14 @@ from arena.workers import run_isolated
 from backends.base import GenerationSettings, ImageSettings, LoadContext
 
 
-def load_context(cache: ArtifactCache, progress) -> LoadContext:
+def load_context(cache: ArtifactCache, progress, secrets: dict[str, str] | None = None) -> LoadContext:
     """What a backend loads with: the artifact cache, progress, and conversions in isolated processes (their
     output goes to this worker's log)."""
     def isolated(target: str, *args: Any, description: str, progress=progress) -> Any:
         return run_isolated(target, *args, description=description, progress=progress,
                             log_path=os.environ.get("ARENA_WORKER_LOG"))
 
-    return LoadContext(cache=cache, progress=progress, isolated=isolated)
+    return LoadContext(cache=cache, progress=progress, isolated=isolated, secrets=dict(secrets or {}))
 
 
 def summarize_generation(start: float, stamps: list[float], end: float) -> dict[str, Any]:
@@ -72,8 +72,9 @@ def combine_repeats(runs: list[dict[str, Any]]) -> TextTimings:
 class BackendHost:
     """Lives in a worker process; ``run_text`` is what the core calls through the pipe."""
 
-    def __init__(self, backend: str, cache_dir: str):
+    def __init__(self, backend: str, cache_dir: str, secrets: dict[str, str] | None = None):
         cls = backend_class(backend)
+        self._secrets = dict(secrets or {})  # in memory only: this process's environment holds none
         if ":" in backend:  # an extra backend ("module:Class"): its specs must find it in this process too
             register(cls.name, backend)
         self.backend = cls()
@@ -95,7 +96,7 @@ class BackendHost:
         if self.loaded_key is not None:
             self.backend.unload()
             self.loaded_key, self.load_info = None, None
-        ctx = load_context(self.cache, progress)
+        ctx = load_context(self.cache, progress, self._secrets)
         self.backend.load(prepared, spec, ctx)
         info = self.backend.runtime_info()
         self.load_info = LoadInfo(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,11 @@ class PublicLimits:
     max_image_side: int = 768
     max_parameters: float = 1.5e9  # fp32 weights + an ONNX export of them must fit a 16 GB CPU Space
     max_cache_gb: float = 30.0  # exports, materialized models and hub downloads together; least recently used go
-    run_time_limit_s: float = 300.0  # the whole run, every backend included
+    run_time_limit_s: float = 300.0  # the whole run: preparation, every backend, judging, reloads and compiles
+    max_extra_mb: float = 64.0  # a hub repository's files besides its weights (configs, tokenizers, texts)
+    max_check_prompts: int = 5  # prompts one /check may take
+    max_history_entry_kb: float = 256.0  # one kept run, as JSON (longer strings are cut to fit)
+    max_history_session_mb: float = 4.0  # one visitor's kept runs together (the oldest go first)
 
     @classmethod
     def from_settings(cls, environ: Mapping[str, str] | None = None,
@@ -93,25 +98,23 @@ def human_count(value: float) -> str:
 
 def hub_token_available() -> bool:
     """A Hugging Face token is configured (HF_TOKEN, or a `hf auth login` token file). Never returns the token."""
-    if os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN"):
-        return True
-    try:
-        from huggingface_hub import get_token
+    from arena import secrets
 
-        return get_token() is not None
-    except Exception:  # noqa: BLE001 - no library, no token
-        return False
+    return secrets.hf_token() is not None
 
 
-def hub_model_facts(model_id: str) -> dict[str, Any]:
-    """Parameter count and gating of a hub model from its metadata, before any download.
+def hub_model_facts(model_id: str, token: str | bool | None = False) -> dict[str, Any]:
+    """Parameter count and gating of a hub model from its metadata, before any download: a quick first look in
+    the UI process. It trusts what the Hub says (headers a repository wrote), so the preparation worker checks
+    again from the architecture itself (`arena.hub`) before any weight is fetched.
 
     The count is the safetensors header total when the Hub has it; otherwise it is estimated from the weight
     files' sizes at 2 bytes a parameter (an over-estimate for fp32 weights: the cap errs on the safe side).
+    ``token``: False (anonymous) for a visitor's id; the operator's only for their own catalog entries.
     """
     from huggingface_hub import HfApi
 
-    info = HfApi().model_info(model_id, files_metadata=True)
+    info = HfApi().model_info(model_id, files_metadata=True, token=token)
     parameters, how = None, ""
     if getattr(info, "safetensors", None) is not None and getattr(info.safetensors, "total", None):
         parameters, how = float(info.safetensors.total), "from its safetensors metadata"
@@ -123,6 +126,8 @@ def hub_model_facts(model_id: str) -> dict[str, Any]:
     return {"parameters": parameters, "how": how, "gated": bool(getattr(info, "gated", False))}
 
 
+FACTS_TTL_S = 60.0
+MAX_SHOWN_CHARS = 20_000
 ENDPOINTS_VARIABLE = "ARENA_ENDPOINTS"  # "name=http://host:port/v1,...": the servers the operator offers
 
 
@@ -149,7 +154,7 @@ class Policy:
         self.limits = limits or PublicLimits()
         self._hub_facts = hub_facts
         self._token_available = token_available
-        self._facts_cache: dict[str, dict[str, Any]] = {}
+        self._facts_cache: dict[str, tuple[float, dict[str, Any]]] = {}
         self._trusted_paths: set[str] = set()
 
     @classmethod
@@ -168,6 +173,19 @@ class Policy:
                 if value > cap:
                     return f"{what} is capped at {cap:g} on this public server (asked: {value:g})."
         return self._refuse_common(request, "text")
+
+    def refuse_check(self, prompts) -> str | None:
+        """A /check's prompts: how many (each is a whole run) and how long, before any of them runs."""
+        if not self.public:
+            return None
+        if len(prompts) > self.limits.max_check_prompts:
+            return (f"A check takes up to {self.limits.max_check_prompts} prompts on this public server "
+                    f"(asked: {len(prompts)}).")
+        longest = max((len(str(p)) for p in prompts), default=0)
+        if longest > self.limits.max_prompt_chars:
+            return (f"The prompt's length is capped at {self.limits.max_prompt_chars} characters on this public "
+                    f"server (asked: {longest}).")
+        return None
 
     def refuse_image(self, request) -> str | None:
         if self.public:
@@ -199,6 +217,9 @@ class Policy:
             except Exception as exc:  # noqa: BLE001 - unknown size: a public server does not gamble its memory
                 return (f"The size of '{name}' cannot be read from the Hugging Face Hub ({type(exc).__name__}), "
                         "so this public server does not load it.")
+        if facts["gated"] and self.public and entry is None:
+            return (f"'{name}' is a gated model: this public server fetches visitors' models without any token, "
+                    "so it cannot load gated ones (run it locally with `make run` after accepting its license).")
         if facts["gated"] and not self._token_available():
             return (f"'{name}' is a gated model: this server has no Hugging Face token (set HF_TOKEN, a Space "
                     "secret, after accepting the model's license on its Hub page).")
@@ -213,9 +234,15 @@ class Policy:
         return None
 
     def _cached_facts(self, model_id: str) -> dict[str, Any]:
-        if model_id not in self._facts_cache:
-            self._facts_cache[model_id] = self._hub_facts(model_id)
-        return self._facts_cache[model_id]
+        """The Hub's facts for a minute at most: a repository can change; the worker pins and re-checks anyway."""
+        now = time.monotonic()
+        stamp, facts = self._facts_cache.get(model_id, (0.0, None))
+        if facts is None or now - stamp > FACTS_TTL_S:
+            facts = self._hub_facts(model_id)
+            self._facts_cache[model_id] = (now, facts)
+            while len(self._facts_cache) > 1024:
+                self._facts_cache.pop(next(iter(self._facts_cache)))
+        return facts
 
     def _refuse_common(self, request, task: str) -> str | None:
         if self.public:
@@ -274,8 +301,12 @@ class Policy:
                 f"({', '.join(endpoints)}), never an address or a name a visitor makes up.")
 
     def redact(self, data: Any, roots: tuple[str, ...] = ()) -> Any:
-        """What a visitor gets back in public mode: no server paths (model and artifact folders, paths inside
-        messages) and no log tails; unchanged off public mode. ``roots``: folders to hide (the cache, the repo)."""
+        """What anyone gets back: no secret (every mode: `arena.secrets.scrub_data`); in public mode also no server
+        paths (model and artifact folders, paths inside messages), no log tails and no string longer than
+        `MAX_SHOWN_CHARS` (a visitor's 20 MB prompt is not echoed back). ``roots``: folders to hide."""
+        from arena.secrets import scrub_data
+
+        data = scrub_data(data)
         if not self.public:
             return data
         hidden = sorted({r for r in (*roots, str(Path.home())) if r and len(r) > 1}, key=len, reverse=True)
@@ -290,6 +321,8 @@ class Policy:
             if isinstance(value, list | tuple):  # tuples too: LoadInfo.notes ("user export <folder>")
                 return [clean(v) for v in value]
             if isinstance(value, str):
+                if len(value) > MAX_SHOWN_CHARS:
+                    value = value[:MAX_SHOWN_CHARS] + f"… ({len(value):,} characters)"
                 for root in hidden:
                     value = value.replace(root, "…")
             return value

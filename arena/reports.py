@@ -13,8 +13,6 @@ import csv
 import importlib.metadata
 import io
 import json
-import os
-import re
 import shlex
 import statistics
 import time
@@ -22,37 +20,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from arena.secrets import REDACTED, SECRET_NAME, SECRET_SHAPES, scrub, scrub_data  # noqa: F401 - re-exported
+
 REPORT_FORMAT = "backend-arena-report/1"
 # The versions a runtime's issue tracker asks for, in this order.
 REPORT_PACKAGES = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "onnxruntime-gpu",
                    "tensorrt", "diffusers", "accelerate", "gradio")
-SECRET_NAME = re.compile(r"(TOKEN|API_KEY|APIKEY|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH)", re.IGNORECASE)
-# Token shapes of the services this project talks to (Hugging Face, OpenAI-compatible servers, GitHub).
-SECRET_SHAPES = re.compile(r"\b(hf_[A-Za-z0-9]{16,}|sk-[A-Za-z0-9_-]{16,}|gh[pousr]_[A-Za-z0-9]{20,})\b")
-REDACTED = "<redacted>"
-
-
-# --- secrets -----------------------------------------------------------------------------------------------
-def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
-    """The values of this process's secret-looking environment variables (long enough to be worth hiding)."""
-    environ = os.environ if environ is None else environ
-    return sorted({v for k, v in environ.items() if SECRET_NAME.search(k) and len(v) >= 6}, key=len, reverse=True)
-
-
-def scrub(text: str, environ: Mapping[str, str] | None = None) -> str:
-    """``text`` with every secret value and token-shaped string replaced by ``<redacted>``."""
-    for value in secret_values(environ):
-        text = text.replace(value, REDACTED)
-    return SECRET_SHAPES.sub(REDACTED, text)
-
-
-def scrub_data(data: Any, environ: Mapping[str, str] | None = None) -> Any:
-    """`scrub` applied to every string inside a JSON-like value."""
-    if isinstance(data, dict):
-        return {k: scrub_data(v, environ) for k, v in data.items()}
-    if isinstance(data, list | tuple):
-        return [scrub_data(v, environ) for v in data]
-    return scrub(data, environ) if isinstance(data, str) else data
 
 
 # --- statistics ----------------------------------------------------------------------------------------------

@@ -192,6 +192,9 @@ class LoadContext:
     # Runs "module:function" in a short-lived process (a crash there is reported, not inherited); wired by the
     # host to arena.workers.run_isolated, so backends and conversions never import the worker machinery.
     isolated: Callable[..., Any] | None = None
+    # The server's secrets by variable name, for a backend with a "secret_env" option (an API key); empty for the
+    # others. Secrets never sit in a worker's environment (`arena.secrets`): read them here, not from os.environ.
+    secrets: Mapping[str, str] = field(default_factory=dict)
 
     def run_isolated(self, target: str, *args: Any, description: str) -> Any:
         """Run ``target(*args)`` ("module:function") in a separate process and return its result."""

@@ -184,7 +184,7 @@ class OpenAIBackend(Backend):
             raise ServerError("An OpenAI-compatible server backend runs text models only.")
         self.shown_url, base_url = resolve_endpoint(spec.base_url)
         key_env = self._key_env = spec.api_key_env or DEFAULT_KEY_ENV
-        self._key = os.environ.get(key_env, "")
+        self._key = ctx.secrets.get(key_env) or os.environ.get(key_env, "")
         headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
         self.client = httpx.Client(base_url=base_url, headers=headers, follow_redirects=False,
                                    timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S))

@@ -173,4 +173,4 @@ def test_public_results_name_no_server_folder():
     assert shown["model"] == {"name": "m", "dir": None}
     assert shown["results"][0]["load"] == {"artifact_dir": None, "provider": "CPU"}
     assert shown["results"][0]["log_tail"] == "" and "/srv" not in shown["results"][0]["error"]
-    assert Policy.local().redact(run, ("/srv/cache",)) is run  # a local user sees everything
+    assert Policy.local().redact(run, ("/srv/cache",)) == run  # a local user sees everything (but secrets)

@@ -12,7 +12,7 @@ import gradio as gr
 from arena.catalog import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, IMAGE_CATALOG
 from arena.core import Arena
 from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
-from ui.controls import RUN_CONCURRENCY_ID, session_of
+from ui.controls import RUN_CONCURRENCY_ID, is_mcp, session_of
 from ui.demos import register_example_api
 from ui.image_tab import image_run_dict
 
@@ -55,9 +55,11 @@ def make_compare_text(arena: Arena):
                                  reference=str(reference or "auto"))
         except (ValueError, TypeError) as exc:
             return {"error": str(exc), "results": []}
-        with arena.stoppable(session_of(request)) as cancel:
+        owner = session_of(request)
+        with arena.stoppable(owner) as cancel:
             result = arena.public_view(arena.run_text_to_end(run, cancel=cancel).to_dict())
-        arena.history.add(session_of(request), "text", result)  # API runs are kept too (the client's session)
+        if not is_mcp(request):  # API runs are kept too (the client's session); an MCP call has no session
+            arena.history.add(owner, "text", result)
         return result
 
     return compare_text
@@ -97,7 +99,11 @@ HEAVY_MODULES = ("torch", "transformers", "onnxruntime", "optimum", "tensorrt")
 def make_stop(arena: Arena):
     def stop(request: gr.Request = None) -> str:
         """Stop your own run (the one started from this browser tab or API client): its worker is ended at once,
-        and this answers once the run has ended (a few seconds at most)."""
+        and this answers once the run has ended (a few seconds at most). Not through MCP: MCP calls share one
+        relay session, so a stop there could end another client's run."""
+        if is_mcp(request):
+            return ("Stop is not available through MCP: every MCP call is its own run, and MCP clients share one "
+                    "relay session (use the web page or gradio_client to stop a run).")
         ended = arena.stop(session_of(request))
         if ended is None:
             return "You have no run in progress."
@@ -137,11 +143,13 @@ def make_compare_image(arena: Arena):
                                   reference=str(reference or "auto"))
         except (ValueError, TypeError) as exc:
             return [], {"error": str(exc), "results": []}
-        with arena.stoppable(session_of(request)) as cancel:
+        owner = session_of(request)
+        with arena.stoppable(owner) as cancel:
             result = arena.run_image_to_end(run, cancel=cancel)
         gallery = [(r.image, r.spec.label) for r in result.results if r.image is not None]
         view = arena.public_view(image_run_dict(result))
-        arena.history.add(session_of(request), "image", view)
+        if not is_mcp(request):
+            arena.history.add(owner, "image", view)
         return gallery, view
 
     return compare_image

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,8 +120,21 @@ def specs_from_form(backends: dict[str, dict[str, Any]]) -> tuple[BackendSpec, .
                  for name, fields in backends.items() if fields["enabled"])
 
 
+def is_mcp(request: gr.Request | None) -> bool:
+    """A call from Gradio's MCP server: it relays every MCP client's call through ONE gradio_client of its own
+    (marked ``x-gradio-user: mcp``), so their session is shared and says nothing about who called."""
+    headers = getattr(request, "headers", None) or {}
+    try:
+        return (headers.get("x-gradio-user") or "").lower() == "mcp"
+    except AttributeError:
+        return False
+
+
 def session_of(request: gr.Request | None) -> str:
-    """Whose run this is: the browser tab's or API client's session (each gradio_client Client has one)."""
+    """Whose run this is: the browser tab's or API client's session (each gradio_client Client has one). Each MCP
+    call is its own owner: one MCP client can neither stop another's run nor see its history."""
+    if is_mcp(request):
+        return f"mcp-{uuid.uuid4().hex}"
     return getattr(request, "session_hash", None) or "local"
 
 

@@ -3,9 +3,13 @@ link that opens the dashboard with the same settings."""
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -23,10 +27,26 @@ class KeptRun:
     link: str  # Markdown: the link to these settings
 
 
+REPORT_FOLDERS_KEPT = 64  # Gradio copies each download into its own cache when served: older folders can go
+
+
+def _reports_root() -> Path:
+    root = Path(tempfile.gettempdir()) / f"arena-reports-{os.getpid()}"
+    if not root.is_dir():
+        root.mkdir(parents=True, exist_ok=True)
+        atexit.register(shutil.rmtree, root, True)
+    return root
+
+
 def report_files(run: dict[str, Any], task: str, images: list | None = None, entry_id: str | None = None) -> list[str]:
-    """The run's reports in a fresh temporary folder (Gradio copies them to its own cache to serve them)."""
+    """The run's reports in a fresh temporary folder (Gradio copies them to its own cache to serve them). Only
+    the newest `REPORT_FOLDERS_KEPT` folders stay, and the rest go when the app exits."""
     stem = f"arena-{task}-{entry_id or time.strftime('%Y%m%d-%H%M%S')}"
-    directory = tempfile.mkdtemp(prefix="arena-report-")
+    root = _reports_root()
+    directory = tempfile.mkdtemp(prefix="arena-report-", dir=root)
+    folders = sorted(root.iterdir(), key=lambda p: p.stat().st_mtime)
+    for old in folders[:max(0, len(folders) - REPORT_FOLDERS_KEPT)]:
+        shutil.rmtree(old, ignore_errors=True)
     return [str(p) for p in write_reports(run, task, directory, stem=stem, images=images)]
 
 

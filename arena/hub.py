@@ -1,0 +1,340 @@
+"""The border between a Hub repository and the loaders: a visitor's files are data, never paths or code.
+
+Everything a repository says is checked before a loader sees it, in the preparation worker:
+
+1. **Pinned.** The repository's commit is read once; every later read (configs, safetensors headers, the
+   download) names that commit, so a repository changed between the check and the download cannot slip through.
+2. **Planned.** Only top-level files are taken (a pipeline's: its component folders, one level down); never code
+   (``*.py``); in public mode never pickles (``.bin``), every file's size must be known from the Hub's metadata,
+   non-weight files are capped (``max_extra_mb``) and weights too (at 4 bytes a parameter of the size cap).
+3. **Sized from the architecture** (public mode). The configs are fetched first; the model is built on the meta
+   device (no memory) and its parameters counted; the safetensors headers (read by HTTP range, nothing else) must
+   cover that count, or ``from_pretrained`` would allocate and randomly initialise what is missing.
+4. **References stay inside.** After the download every JSON file is read: a value that names a file (``*_file``,
+   ``*_path``, ``vocab``, ...) must name one of the snapshot's own files, and no string may be an absolute path,
+   a home path or climb out with ``..`` (transformers keeps a tokenizer config's ``vocab_file`` even when it points
+   at ``/proc/self/environ``). Public mode also refuses custom code (``auto_map``) and takes fast tokenizers only
+   (``tokenizer.json``, read by the Rust library, which opens no other file).
+
+Each refusal is one `ArenaError` sentence. Heavy imports happen inside the functions (worker side only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from arena.errors import ArenaError
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".msgpack", ".h5", ".onnx")
+DATA_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".jinja", ".safetensors", ".bin")
+PIPELINE_COMPONENT_DATA = (".json", ".txt", ".model", ".jinja", ".safetensors", ".bin")
+# JSON keys whose string value is a file a loader opens: it must be one of the snapshot's own files.
+FILE_KEY = re.compile(r"(^|_)(file|files|path|paths|dir|directory|folder|spm|vocab|merges)$", re.IGNORECASE)
+# Keys transformers and diffusers overwrite or never open: a stale absolute path there is common and harmless.
+IGNORED_KEYS = frozenset({"_name_or_path", "name_or_path", "special_tokens_map_file", "_commit_hash"})
+# Free text (special tokens, templates): no path is opened from these.
+TEXT_KEYS = re.compile(r"(_token|^content|^chat_template|^additional_special_tokens|^added_tokens.*|^normalizer"
+                       r"|^pre_tokenizer|^decoder|^post_processor|^template)$", re.IGNORECASE)
+LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "layers_per_block")
+MAX_LAYERS = 512  # a config asking for more is refused before anything is built (building it is the attack)
+MAX_JSON_BYTES = 64 << 20
+COVERAGE = 0.98  # the checkpoint must hold at least this share of the architecture's parameters
+
+
+@dataclass(frozen=True)
+class HubPlan:
+    """What will be downloaded from one pinned commit, and why it may be."""
+
+    model_id: str
+    commit: str
+    files: tuple[str, ...]
+    sizes: dict[str, int]
+    weight_files: tuple[str, ...]
+    gated: bool
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.sizes.get(f) or 0 for f in self.files)
+
+
+def _mb(size: float) -> str:
+    return f"{size / 1e6:,.0f} MB" if size >= 1e6 else f"{size / 1e3:,.0f} kB"
+
+
+def choose_files(siblings: dict[str, int | None], pipeline: bool, public: bool) -> tuple[list[str], list[str]]:
+    """(files, weight files) to take from a repository listing ``{path: size}``. Top level only (a pipeline: its
+    component folders one level down), never code; safetensors where the repository has them."""
+    def depth_ok(name: str) -> bool:
+        return name.count("/") == (1 if pipeline and "/" in name else 0)
+
+    candidates = [f for f in siblings if depth_ok(f) and not f.startswith(".")
+                  and f.endswith(PIPELINE_COMPONENT_DATA if pipeline else DATA_SUFFIXES)]
+    if pipeline:
+        # Each component's plain weights: no fp16/ema/non_ema variants (one "." in the name), safetensors first.
+        plain = [f for f in candidates if "/" in f and f.endswith(".safetensors") and f.count(".") == 1]
+        weights = plain or ([] if public else [f for f in candidates if "/" in f and f.endswith(".bin")
+                                               and f.count(".") == 1])
+    else:
+        safetensors = [f for f in candidates if f.endswith(".safetensors")]
+        weights = safetensors or ([] if public else [f for f in candidates if f.endswith(".bin")])
+    data = [f for f in candidates if not f.endswith((".safetensors", ".bin"))]
+    return sorted(set(data + weights)), sorted(weights)
+
+
+def plan_download(api, model_id: str, token: str | bool | None, pipeline: bool,
+                  limits: Any | None) -> HubPlan:
+    """Read the repository's listing at its current commit and decide what to fetch (``limits``: public mode's
+    `PublicLimits`, or None for a local user's own hub id)."""
+    info = api.model_info(model_id, files_metadata=True, token=token)
+    commit = info.sha
+    if not commit or not re.fullmatch(r"[0-9a-f]{40}", commit):
+        raise ArenaError(f"The Hugging Face Hub gave no commit for '{model_id}', so this server cannot pin it.")
+    siblings = {s.rfilename: s.size for s in info.siblings or []}
+    if pipeline and "model_index.json" not in siblings:
+        raise ArenaError(f"'{model_id}' has no model_index.json: give a diffusers pipeline repository.")
+    if not pipeline and "config.json" not in siblings:
+        raise ArenaError(f"'{model_id}' has no config.json at its top level: give a transformers model repository.")
+    files, weights = choose_files(siblings, pipeline, public=limits is not None)
+    if not weights:
+        raise ArenaError(f"'{model_id}' has no " + ("safetensors weights: this public server loads no pickled "
+                                                      "(.bin) checkpoints." if limits is not None else
+                                                      "weight files at its top level (safetensors or .bin)."))
+    sizes = {f: siblings[f] for f in files}
+    if limits is not None:
+        unknown = [f for f in files if sizes[f] is None]
+        if unknown:
+            raise ArenaError(f"The Hub gives no size for {unknown[0]} in '{model_id}', so this public server does "
+                             "not download it.")
+        extra = sum(sizes[f] for f in files if f not in weights)
+        cap = limits.max_extra_mb * 1e6
+        if extra > cap:
+            biggest = max((f for f in files if f not in weights), key=lambda f: sizes[f])
+            raise ArenaError(f"'{model_id}' has {_mb(extra)} of files besides its weights ({biggest}: "
+                             f"{_mb(sizes[biggest])}); this public server takes up to {_mb(cap)}.")
+        weight_bytes = sum(sizes[f] for f in weights)
+        weight_cap = limits.max_parameters * 4 * 1.02 + 1e6  # fp32 at the parameter cap
+        if weight_bytes > weight_cap:
+            raise ArenaError(f"'{model_id}' has {_mb(weight_bytes)} of weights; this public server downloads up "
+                             f"to {_mb(weight_cap)} (fp32 at {limits.max_parameters / 1e9:g}B parameters).")
+    return HubPlan(model_id=model_id, commit=commit, files=tuple(files), sizes=sizes, weight_files=tuple(weights),
+                   gated=bool(getattr(info, "gated", False)))
+
+
+# --- references inside the snapshot ---------------------------------------------------------------------------
+def _outside(value: str) -> bool:
+    """A string that would lead a loader out of the snapshot: absolute, home-relative, a drive, or climbing."""
+    text = value.strip()
+    if "\x00" in text or text.startswith(("/", "~", "\\")) or re.match(r"^[A-Za-z]:[\\/]", text):
+        return True
+    return ".." in re.split(r"[\\/]", text) and ("/" in text or "\\" in text or text == "..")
+
+
+def _names_inside(value: str, files: set[str], base: str) -> bool:
+    """``value`` names one of the snapshot's files, relative to the snapshot or to the JSON file's folder."""
+    name = PurePosixPath(value.strip().replace("\\", "/"))
+    if not value.strip() or _outside(value) or name.is_absolute():
+        return False
+    return str(name) in files or str(PurePosixPath(base) / name) in files
+
+
+def reference_problems(data: Any, files: set[str], base: str = "", key: str = "", where: str = "") -> list[str]:
+    """Each place in a parsed JSON value that names a file outside the snapshot (``files``: its relative paths;
+    ``base``: the JSON file's folder). Pure: unit-tested without a hub."""
+    problems: list[str] = []
+    if isinstance(data, dict):
+        for k, v in data.items():
+            if not isinstance(k, str) or k in IGNORED_KEYS:
+                continue
+            problems += reference_problems(v, files, base, k, f"{where}.{k}" if where else k)
+    elif isinstance(data, list):
+        for i, v in enumerate(data[:10_000]):
+            problems += reference_problems(v, files, base, key, f"{where}[{i}]")
+    elif isinstance(data, str):
+        if key and TEXT_KEYS.search(key) and not FILE_KEY.search(key):
+            return problems
+        if key and FILE_KEY.search(key):
+            if data.strip() and not _names_inside(data, files, base):
+                problems.append(f"{where} names '{data[:80]}', which is not a file of this repository")
+        elif _outside(data):
+            problems.append(f"{where} is the path '{data[:80]}'")
+    return problems
+
+
+def snapshot_files(root: Path) -> set[str]:
+    """The snapshot's files as relative paths (symlinks into the Hub cache's blobs count as files)."""
+    out = set()
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            out.add(str(Path(dirpath, name).relative_to(root)).replace(os.sep, "/"))
+    return out
+
+
+def check_references(root: Path, model_id: str, public: bool) -> None:
+    """Refuse a snapshot whose JSON files name a file outside it (and, in public mode, custom code or a tokenizer
+    that is not a fast one). ``tokenizer.json`` is data for the Rust tokenizers library and is only parsed."""
+    root = Path(root)
+    files = snapshot_files(root)
+    for rel in sorted(f for f in files if f.endswith(".json")):
+        path = root / rel
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise ArenaError(f"'{model_id}': {rel} is larger than {_mb(MAX_JSON_BYTES)}, which no config needs.")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ArenaError(f"'{model_id}': {rel} is not valid JSON ({type(exc).__name__}).") from exc
+        if PurePosixPath(rel).name == "tokenizer.json":
+            continue
+        base = str(PurePosixPath(rel).parent) if "/" in rel else ""
+        problems = reference_problems(data, files, base)
+        if problems:
+            raise ArenaError(f"'{model_id}' is refused: in {rel}, {problems[0]}. A repository's files may only "
+                             "name files of the same repository.")
+        if public and isinstance(data, dict) and "auto_map" in data:
+            raise ArenaError(f"'{model_id}' needs its own code ({rel} has auto_map): this public server runs no "
+                             "code from a repository.")
+
+
+def check_tokenizer_kind(root: Path, model_id: str) -> None:
+    """Public mode: tokenizer classes with a fast variant only (``tokenizer_class`` absent, or one whose fast class
+    exists). A slow-only class (ProphetNet, XLM...) is the kind that reads vocabulary files by the paths its
+    config gives; the reference check already keeps those inside the snapshot, this keeps the kinds known."""
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    for config_path in [Path(root) / "tokenizer_config.json", *Path(root).glob("*/tokenizer_config.json")]:
+        if not config_path.is_file():
+            continue
+        data = json.loads(config_path.read_text())
+        name = data.get("tokenizer_class") if isinstance(data, dict) else None
+        if not name:
+            continue
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_]{1,80}", name):
+            raise ArenaError(f"'{model_id}' names a tokenizer class that is not a class name.")
+        fast = name if name.endswith("Fast") else f"{name}Fast"
+        if tokenizer_class_from_name(fast) is None:
+            raise ArenaError(f"'{model_id}' asks for the tokenizer class {name}, which has no fast variant: this "
+                             "public server loads tokenizers with a fast (tokenizer.json) variant only.")
+
+
+# --- size from the architecture ---------------------------------------------------------------------------------
+def _layer_bomb(config: dict[str, Any], where: str, model_id: str) -> None:
+    for key in LAYER_KEYS:
+        value = config.get(key)
+        if isinstance(value, int) and value > MAX_LAYERS:
+            raise ArenaError(f"'{model_id}': {where} asks for {key}={value}; this public server builds models of up "
+                             f"to {MAX_LAYERS} layers.")
+    for value in config.values():
+        if isinstance(value, dict):
+            _layer_bomb(value, where, model_id)
+
+
+def _count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def architecture_parameters(root: Path, model_id: str, pipeline: bool) -> int:
+    """Parameters the configs describe, counted on models built on the meta device (nothing is allocated)."""
+    import torch
+    from accelerate import init_empty_weights
+
+    root = Path(root)
+    if not pipeline:
+        config = json.loads((root / "config.json").read_text())
+        _layer_bomb(config, "config.json", model_id)
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        try:
+            with torch.device("meta"):
+                return _count(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(root)))
+        except Exception as exc:  # noqa: BLE001 - an unknown or broken architecture is one sentence
+            raise ArenaError(f"'{model_id}': its config.json does not describe a causal language model this "
+                             f"server knows ({type(exc).__name__}: {str(exc)[:120]}).") from exc
+    index = json.loads((root / "model_index.json").read_text())
+    total = 0
+    for component, spec in index.items():
+        if component.startswith("_") or not isinstance(spec, list) or len(spec) != 2 or spec[0] is None:
+            continue
+        library, class_name = spec
+        folder = root / component
+        if library not in ("diffusers", "transformers") or not (folder / "config.json").is_file():
+            continue
+        config = json.loads((folder / "config.json").read_text())
+        _layer_bomb(config, f"{component}/config.json", model_id)
+        module = __import__(library)
+        cls = getattr(module, str(class_name), None)
+        base = module.ModelMixin if library == "diffusers" else module.PreTrainedModel
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise ArenaError(f"'{model_id}': {component} names the class {str(class_name)[:60]}, which is not a "
+                             f"{library} model.")
+        try:
+            with init_empty_weights():
+                if library == "diffusers":
+                    model = cls.from_config(cls.load_config(folder))
+                else:
+                    from transformers import AutoConfig
+
+                    model = cls._from_config(AutoConfig.from_pretrained(folder))
+        except Exception as exc:  # noqa: BLE001
+            raise ArenaError(f"'{model_id}': {component}/config.json does not build a {class_name} "
+                             f"({type(exc).__name__}: {str(exc)[:120]}).") from exc
+        total += _count(model)
+    return total
+
+
+def checkpoint_parameters(api, plan: HubPlan, token: str | bool | None) -> int:
+    """Parameters the safetensors files hold, from their headers (HTTP range reads of the pinned commit)."""
+    total = 0
+    for name in plan.weight_files:
+        if not name.endswith(".safetensors"):
+            continue
+        meta = api.parse_safetensors_file_metadata(plan.model_id, name, revision=plan.commit, token=token)
+        total += sum(meta.parameter_count.values())
+    return total
+
+
+def human(value: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if value >= size:
+            return f"{value / size:.2f}{unit}".replace(".00", "")
+    return f"{value:.0f}"
+
+
+def fetch(model_id: str, *, pipeline: bool, cache_dir: str | None, token: str | bool | None, limits: Any | None,
+          progress: Callable, tqdm_class=None, api=None) -> tuple[Path, HubPlan]:
+    """Plan, check and download ``model_id`` at one pinned commit; returns the snapshot folder. ``limits``: public
+    mode's caps (sizes, architecture); None for a local user's own hub id (still pinned, still reference-checked)."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    api = api or HfApi()
+    plan = plan_download(api, model_id, token, pipeline, limits)
+    if limits is not None:
+        configs = [f for f in plan.files if f.endswith(".json")]
+        progress(None, f"Checking {model_id}'s configuration (commit {plan.commit[:8]})", force=True)
+        root = Path(snapshot_download(model_id, revision=plan.commit, allow_patterns=configs, cache_dir=cache_dir,
+                                      token=token))
+        check_references(root, model_id, public=True)
+        architecture = architecture_parameters(root, model_id, pipeline)
+        if architecture > limits.max_parameters:
+            raise ArenaError(f"'{model_id}' has {human(architecture)} parameters (counted from its configuration); "
+                             f"this public server takes models up to {human(limits.max_parameters)}.")
+        held = checkpoint_parameters(api, plan, token)
+        if held < COVERAGE * architecture:
+            raise ArenaError(f"'{model_id}' is refused: its weights hold {human(held)} parameters but its "
+                             f"configuration describes {human(architecture)}; the rest would be random.")
+    progress(0.0, f"Downloading {model_id} ({_mb(plan.total_bytes)}, commit {plan.commit[:8]})", force=True)
+    root = Path(snapshot_download(model_id, revision=plan.commit, allow_patterns=list(plan.files),
+                                  cache_dir=cache_dir, token=token, tqdm_class=tqdm_class))
+    got = snapshot_files(root)
+    extra = got - set(plan.files)
+    if limits is not None and extra:
+        raise ArenaError(f"'{model_id}': the download brought files that were not planned ({sorted(extra)[0]}).")
+    check_references(root, model_id, public=limits is not None)
+    if limits is not None:
+        check_tokenizer_kind(root, model_id)
+    return root, plan
+
