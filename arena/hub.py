@@ -30,6 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from arena.errors import ArenaError
+from arena.policy import human_count
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".msgpack", ".h5", ".onnx")
 DATA_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".jinja", ".safetensors", ".bin")
@@ -297,13 +298,6 @@ def checkpoint_parameters(api, plan: HubPlan, token: str | bool | None) -> int:
     return total
 
 
-def human(value: float) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if value >= size:
-            return f"{value / size:.2f}{unit}".replace(".00", "")
-    return f"{value:.0f}"
-
-
 def fetch(model_id: str, *, pipeline: bool, cache_dir: str | None, token: str | bool | None, limits: Any | None,
           progress: Callable, tqdm_class=None, api=None) -> tuple[Path, HubPlan]:
     """Plan, check and download ``model_id`` at one pinned commit; returns the snapshot folder. ``limits``: public
@@ -320,12 +314,13 @@ def fetch(model_id: str, *, pipeline: bool, cache_dir: str | None, token: str | 
         check_references(root, model_id, public=True)
         architecture = architecture_parameters(root, model_id, pipeline)
         if architecture > limits.max_parameters:
-            raise ArenaError(f"'{model_id}' has {human(architecture)} parameters (counted from its configuration); "
-                             f"this public server takes models up to {human(limits.max_parameters)}.")
+            cap = human_count(limits.max_parameters)
+            raise ArenaError(f"'{model_id}' has {human_count(architecture)} parameters (counted from its "
+                             f"configuration); this public server takes models up to {cap}.")
         held = checkpoint_parameters(api, plan, token)
         if held < COVERAGE * architecture:
-            raise ArenaError(f"'{model_id}' is refused: its weights hold {human(held)} parameters but its "
-                             f"configuration describes {human(architecture)}; the rest would be random.")
+            raise ArenaError(f"'{model_id}' is refused: its weights hold {human_count(held)} parameters but its "
+                             f"configuration describes {human_count(architecture)}; the rest would be random.")
     progress(0.0, f"Downloading {model_id} ({_mb(plan.total_bytes)}, commit {plan.commit[:8]})", force=True)
     root = Path(snapshot_download(model_id, revision=plan.commit, allow_patterns=list(plan.files),
                                   cache_dir=cache_dir, token=token, tqdm_class=tqdm_class))

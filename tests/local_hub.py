@@ -18,7 +18,7 @@ import json
 import re
 import struct
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -136,6 +136,7 @@ class LocalHub:
         self._lock = threading.RLock()
         self._seen: list[Seen] = []
         self._served: list[Served] = []
+        self._hooks: list[Callable[[Served], None]] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         port = self._server.server_address[1]
@@ -334,12 +335,21 @@ class LocalHub:
                                         "pointerSize": len(pointer)}
         return list(entries.values())
 
+    def when_served(self, callback: Callable[[Served], None]) -> None:
+        """Call ``callback(served)`` each time file bytes are about to leave the server (before the client has
+        them): a test changes a repository at an exact moment, e.g. right after a config was fetched."""
+        with self._lock:
+            self._hooks.append(callback)
+
     def _log(self, seen: Seen | None = None, served: Served | None = None) -> None:
         with self._lock:
             if seen:
                 self._seen.append(seen)
             if served:
                 self._served.append(served)
+            hooks = list(self._hooks) if served else []
+        for hook in hooks:
+            hook(served)
 
 
 def _handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
