@@ -64,6 +64,8 @@ def check(arena, model: str, candidate: BackendSpec, task: str = "auto", prompts
             "prompt": prompt,
             "verdict": cand.verdict.to_dict(),
             "reference_verdict": ref.verdict.to_dict(),
+            # Where a sequence-dependent difference starts (teacher-forced positions), or None.
+            "onset_position": (cand.verdict.metrics.get("onset") or {}).get("position") if task == "text" else None,
             "output": cand.text if task == "text" else None,
             "reference_output": ref.text if task == "text" else None,
         })

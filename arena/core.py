@@ -336,6 +336,7 @@ class Arena:
         ref_all = np.concatenate([r[1] for r in ref_lp])
         out: dict[int, dict] = {reference: teacher_forced_quality(ref_all, ref_all,
                                                                   np.concatenate([r[2] for r in ref_lp]))}
+        out[reference].pop("kl_positions")
         del ref_all
         # Newest first: each worker still holds the model it ran last, so fewer reloads.
         for i in reversed(range(len(results))):

@@ -224,6 +224,7 @@ class BackendHost:
         pooled = teacher_forced_quality(np.concatenate([r[1] for r in reference]),
                                         np.concatenate([m[1] for m in mine]),
                                         np.concatenate([m[2] for m in mine]))
+        pooled.pop("kl_positions")  # positions of concatenated sequences mean nothing; each sequence keeps its own
         return pooled | {"sequences": per, "seconds": round(time.perf_counter() - start, 3)}
 
     def run_image(self, prepared: PreparedImage, spec: BackendSpec, request: ImageRunRequest,

@@ -38,7 +38,7 @@ MAX_STEPS = 200
 MAX_IMAGE_SIDE = 2048
 MAX_NEW_TOKENS_LIMIT = 4096
 QUALITY_PARAGRAPH = REPO_ROOT / "assets" / "quality-paragraph.txt"  # every backend is teacher-forced on it
-QUALITY_PARAGRAPH_TOKENS = 160
+QUALITY_PARAGRAPH_TOKENS = 512  # past the usual small windows and caches: late-onset bugs show here
 
 
 def embedded_gguf_path(entry: CatalogModel) -> Path | None:

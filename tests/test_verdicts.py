@@ -200,7 +200,40 @@ def image_corpus_rows():
     return rows
 
 
-def test_corpus_precision_and_recall(text_corpus_rows, image_corpus_rows):
+@pytest.fixture(scope="module")
+def sequence_corpus_rows():
+    """Teacher-forced per-position KL of real exports (tests/corpus/sequences.json): bugs that start late in the
+    sequence, a math change from the first token, and fair conversions. Judged as the core judges a candidate whose
+    short answer matched the reference token for token (a late bug does not reach a short answer)."""
+    data = json.loads((CORPUS / "sequences.json").read_text())
+    rows = []
+    for sample in data["samples"]:
+        figures = sample["quality"]
+        quality = {k: v for k, v in figures.items() if k != "kl_positions"} | {"sequences": {"paragraph": figures}}
+        verdict = judge_text("A fluent answer.", [5, 6, 7], sample["precision"], reference_ids=[5, 6, 7],
+                             quality=quality, reference_precision="fp32")
+        rows.append((sample, verdict))
+    return rows
+
+
+def test_the_sequence_corpus_finds_late_bugs_and_where_they_start(sequence_corpus_rows):
+    found = {sample["source"]: verdict for sample, verdict in sequence_corpus_rows}
+    for sample, verdict in sequence_corpus_rows:
+        assert verdict.broken == (sample["label"] == "broken"), (sample["source"], verdict.kind, verdict.reason)
+    assert found["clamped-positions-100"].metrics["onset"]["position"] == 101
+    assert found["wrapped-positions-128"].metrics["onset"]["position"] == 128
+    assert 128 <= found["logn-attention-128"].metrics["onset"]["position"] <= 300
+    for name in ("clamped-positions-100", "wrapped-positions-128", "logn-attention-128"):
+        assert found[name].kind == "WRONG" and found[name].metrics["onset"]["kind"] == "late", found[name].reason
+        assert "positions of the paragraph, then KL" in found[name].reason
+    assert "identical for the first 101 positions" in found["clamped-positions-100"].reason
+    assert found["scaled-mlp"].kind == "WRONG" and "late" not in found["scaled-mlp"].metrics.get("onset", {}).get(
+        "kind", "")
+    assert found["good-fp32"].kind == "MATCH" and "onset" not in found["good-fp32"].metrics
+    assert found["fp16-rounded"].kind == "MATCH" and found["weight-only-int8"].kind == "MATCH"
+
+
+def test_corpus_precision_and_recall(text_corpus_rows, image_corpus_rows, sequence_corpus_rows):
     text_rows, verdicts = text_corpus_rows
     text, image = rates(text_rows), rates(image_corpus_rows)
     lines = ["# Verdict detectors on the labelled corpus", "",
@@ -217,6 +250,16 @@ def test_corpus_precision_and_recall(text_corpus_rows, image_corpus_rows):
         labels = {source: label for label, source, _ in rows}
         for source, (flagged, total) in r["by_source"].items():
             lines.append(f"| {name}: {source} | {labels[source]} | {flagged}/{total} |")
+    lines += ["", "## Sequence-dependent bugs (teacher-forced)", "",
+              "Exports of the embedded model whose short answers are the reference's, token for token, judged on "
+              "the 512 teacher-forced positions of the fixed paragraph against PyTorch fp32 "
+              "(`tests/corpus/sequences.json`, built by `scripts/build_sequence_corpus.py`).", "",
+              "| Export | Label | Precision | Top-1 | KL (nats) | Verdict | Onset |", "|---|---|---|---|---|---|---|"]
+    for sample, verdict in sequence_corpus_rows:
+        q, onset = sample["quality"], verdict.metrics.get("onset")
+        where = f"{onset['position']} ({onset['kind']})" if onset else "–"
+        lines.append(f"| {sample['source']} | {sample['label']} | {sample['precision']} | {q['top1']:.1%} | "
+                     f"{q['kl']:.4f} | {verdict.kind} | {where} |")
     REPORT.write_text("\n".join(lines) + "\n")
     missed = [(s["source"], s["text"][:60], v.kind, v.reason) for s, v in verdicts
               if v.broken != (s["label"] == "broken")]

@@ -58,7 +58,7 @@ def build_ui(arena: Arena, warm_up=None) -> gr.Blocks:
 
 
 def _text_outputs(tab) -> list:
-    return [tab.status, tab.chart, tab.quality_chart, tab.result_json] + [
+    return [tab.status, tab.chart, tab.quality_chart, tab.position_chart, tab.result_json] + [
         c for p in tab.backends for c in (p.header, p.answer, p.metrics)]
 
 

@@ -97,6 +97,41 @@ def speed_quality_figure(run: dict[str, Any]) -> go.Figure:
     return fig
 
 
+def position_kl_figure(run: dict[str, Any], sequence: str = "paragraph") -> go.Figure:
+    """KL(reference || candidate) at each teacher-forced position of the fixed paragraph, one line per candidate,
+    with the floor of its precision dashed and the onset (where a sequence-dependent bug starts) marked."""
+    fig = go.Figure()
+    drawn = 0
+    for i, result in enumerate(run.get("results", [])):
+        metrics = (result.get("verdict") or {}).get("metrics") or {}
+        figures = ((metrics.get("quality") or {}).get("sequences") or {}).get(sequence) or {}
+        kl = figures.get("kl_positions")
+        if i == run.get("reference_index") or not kl:
+            continue
+        drawn += 1
+        color = _color(result, i)
+        fig.add_trace(go.Scatter(x=list(range(1, len(kl) + 1)), y=[max(v, 1e-6) for v in kl], mode="lines",
+                                 name=f"{result['label']} ({verdict_kind(result)})", line={"color": color},
+                                 hovertemplate="position %{x}<br>KL %{y:.3g} nats<extra></extra>"))
+        onset = metrics.get("onset")
+        if onset and onset.get("sequence") == sequence:
+            fig.add_hline(y=onset["threshold"], line_dash="dot", line_color="#888",
+                          annotation_text=f"floor {onset['threshold']:g}", annotation_position="bottom right")
+            if onset["kind"] != "scattered":
+                fig.add_vline(x=onset["position"] + 1, line_dash="dash", line_color=color,
+                              annotation_text=f"onset: position {onset['position']}",
+                              annotation_position="top left")
+    fig.update_layout(height=320, margin={"l": 50, "r": 20, "t": 50, "b": 40}, template="plotly_white",
+                      title="Where in the sequence: KL per teacher-forced position of the fixed paragraph",
+                      legend={"orientation": "h", "y": -0.3})
+    fig.update_xaxes(title_text="position (token) in the paragraph")
+    fig.update_yaxes(title_text="KL vs the reference (nats, log)", type="log")
+    if not drawn:
+        fig.add_annotation(text="Run a comparison to see where in the sequence candidates differ", showarrow=False,
+                           x=0.5, y=0.5, xref="paper", yref="paper", font={"size": 16, "color": "#888"})
+    return fig
+
+
 def verdict_kind(result: dict[str, Any]) -> str:
     return (result.get("verdict") or {}).get("kind", "")
 

@@ -44,7 +44,8 @@ def _wire(arena: Arena, tab, buttons: tuple[gr.Button, gr.Button], outputs: list
 def wire_text_demos(arena: Arena, tab, broken_button: gr.Button, good_button: gr.Button) -> None:
     from ui.text_tab import render_run, run_and_keep
 
-    outputs = [tab.status, tab.chart, tab.quality_chart, tab.result_json, tab.share, tab.downloads]
+    outputs = [tab.status, tab.chart, tab.quality_chart, tab.position_chart, tab.result_json, tab.share,
+               tab.downloads]
     for panel in tab.backends:
         outputs += [panel.header, panel.answer, panel.metrics]
 

@@ -11,7 +11,7 @@ import gradio as gr
 from arena.catalog import CATALOG, DEFAULT_TEXT_MODEL, EXAMPLE_PROMPTS, PROMPT_FORMATS, find_catalog_model
 from arena.core import Arena
 from arena.types import TextRunRequest
-from ui.charts import speed_quality_figure, text_latency_figure
+from ui.charts import position_kl_figure, speed_quality_figure, text_latency_figure
 from ui.controls import (
     RUN_CONCURRENCY_ID,
     BackendOptionControls,
@@ -57,6 +57,7 @@ class TextTab:
     result_json: gr.JSON
     share: gr.Markdown | None = None  # after a run: the link to its settings
     downloads: gr.File | None = None  # after a run: its reports
+    position_chart: gr.Plot | None = None  # teacher-forced KL per position: where in the sequence it breaks
 
 
 def model_notes(model: str) -> str:
@@ -134,12 +135,15 @@ def build_text_tab(arena: Arena) -> TextTab:
             chart = gr.Plot(text_latency_figure({}), label="Latency", elem_id="latency-chart")
             quality_chart = gr.Plot(speed_quality_figure({}), label="Speed against quality",
                                     elem_id="speed-quality-chart")
+            position_chart = gr.Plot(position_kl_figure({}), label="Where in the sequence",
+                                     elem_id="position-kl-chart")
             downloads = gr.File(label="Reports of this run (Markdown for an issue, JSON, CSV)", file_count="multiple",
                                 interactive=False, elem_id="downloads-text")
             with gr.Accordion("Structured result (JSON, same as the /compare_text API)", open=False):
                 result_json = gr.JSON(label="Result")
     tab = TextTab(model, notes, prompt_format, prompt, max_new_tokens, ignore_eos, warmup, repeats, reference, run,
-                  stop, status, panels, chart, quality_chart, result_json, share=share, downloads=downloads)
+                  stop, status, panels, chart, quality_chart, result_json, share=share, downloads=downloads,
+                  position_chart=position_chart)
     _wire(arena, tab)
     wire_text_demos(arena, tab, demo_broken, demo_good)
     return tab
@@ -152,7 +156,8 @@ def _wire(arena: Arena, tab: TextTab) -> None:
     for panel in tab.backends:
         inputs.add(panel.controls.enabled)
         inputs.update(panel.controls.widgets.values())
-    outputs = [tab.status, tab.chart, tab.quality_chart, tab.result_json, tab.share, tab.downloads]
+    outputs = [tab.status, tab.chart, tab.quality_chart, tab.position_chart, tab.result_json, tab.share,
+               tab.downloads]
     for panel in tab.backends:
         outputs += [panel.header, panel.answer, panel.metrics]
 
@@ -203,6 +208,7 @@ def render_run(tab: TextTab, run: dict[str, Any], selected: set[str]) -> dict:
     reference_text = reference["text"] if reference and not reference.get("error") else None
     updates: dict = {tab.status: run_summary(run) if run["results"] or run.get("error") else "Running…",
                      tab.chart: text_latency_figure(run), tab.quality_chart: speed_quality_figure(run),
+                     tab.position_chart: position_kl_figure(run),
                      tab.result_json: json.loads(json.dumps(run, default=str))}
     for panel in tab.backends:
         result = by_backend.get(panel.name)
