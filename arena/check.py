@@ -6,6 +6,7 @@ The candidate runs next to the reference (PyTorch fp32 by default) on a few prom
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,13 @@ def check(arena, model: str, candidate: BackendSpec, task: str = "auto", prompts
     if problem:
         out.update(error=problem, broken=True)
         return out
+    # Public mode: one clock for the whole check too, not a full time limit per prompt.
+    deadline = time.monotonic() + arena.policy.limits.run_time_limit_s if arena.policy.public else None
     for prompt in prompts:
+        if deadline is not None and time.monotonic() > deadline:
+            out["error"] = (f"This check reached the server's time limit of "
+                            f"{arena.policy.limits.run_time_limit_s:g} s after {len(out['checks'])} prompt(s).")
+            break
         if task == "image":
             entry = find_image_catalog_model(model) or IMAGE_CATALOG[0]
             request = ImageRunRequest(model=model, prompt=prompt, backends=(reference, candidate),

@@ -56,7 +56,8 @@ class Arena:
         # Secrets leave the environment before any worker starts: workers inherit it, and they open visitors'
         # files (`arena.secrets`). A backend that needs a key gets it in memory.
         secrets.take_from_environment()
-        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        # Absolute: workers may run in another folder (public mode).
+        self.cache_dir = (Path(cache_dir) if cache_dir else default_cache_dir()).expanduser().absolute()
         self.cache = ArtifactCache(self.cache_dir)
         self.log_dir = self.cache_dir / "logs"
         self.policy = policy or Policy.local()
@@ -67,6 +68,7 @@ class Arena:
         self._run_lock = threading.Lock()
         self._workers: dict[str, Worker] = {}
         self._closed = False  # set by `close`: a run still going gets no new worker
+        self._empty_dir: str | None = None  # public mode: the workers' working directory (`_workdir`)
         self.backends = dict(BACKENDS) | dict(extra_backends or {})
         for name, target in (extra_backends or {}).items():
             register(name, target)
@@ -113,9 +115,20 @@ class Arena:
             raise WorkerCrashed("The app is shutting down: no new worker starts.")
         worker = self._workers.get(key)
         if worker is None:
-            worker = Worker(key, target, init_args=init_args, log_dir=self.log_dir)
+            worker = Worker(key, target, init_args=init_args, log_dir=self.log_dir, workdir=self._workdir())
             self._workers[key] = worker
         return worker
+
+    def _workdir(self) -> str | None:
+        """Public mode: an empty folder the workers run in (a relative name in a visitor's config opens nothing
+        of the server's, such as the app's own files in its working directory)."""
+        if not self.policy.public:
+            return None
+        if self._empty_dir is None:
+            import tempfile
+
+            self._empty_dir = tempfile.mkdtemp(prefix="arena-worker-cwd-")
+        return self._empty_dir
 
     def _backend_worker(self, spec: BackendSpec) -> Worker:
         # One process per backend and device: switching precision reloads, two devices do not fight.

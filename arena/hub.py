@@ -46,6 +46,7 @@ LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "layers_
 MAX_LAYERS = 512  # a config asking for more is refused before anything is built (building it is the attack)
 MAX_JSON_BYTES = 64 << 20
 COVERAGE = 0.98  # the checkpoint must hold at least this share of the architecture's parameters
+MAX_FILES = 200  # files taken from one repository in public mode (SD 2.1 needs ~20, sharded 7B LLMs ~10)
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,8 @@ def plan_download(api, model_id: str, token: str | bool | None, pipeline: bool,
                                                       "(.bin) checkpoints." if limits is not None else
                                                       "weight files at its top level (safetensors or .bin)."))
     sizes = {f: siblings[f] for f in files}
+    if limits is not None and len(files) > MAX_FILES:
+        raise ArenaError(f"'{model_id}' has {len(files)} files to fetch; this public server takes up to {MAX_FILES}.")
     if limits is not None:
         unknown = [f for f in files if sizes[f] is None]
         if unknown:
@@ -235,7 +238,10 @@ def _layer_bomb(config: dict[str, Any], where: str, model_id: str) -> None:
 
 
 def _count(module) -> int:
-    return sum(p.numel() for p in module.parameters())
+    """Parameters plus buffers in fp32-parameter equivalents (4 bytes): buffers are memory a load allocates too
+    (GPT-2 keeps an n_positions x n_positions mask per layer, ~1 MB of weights can ask for 275 GB of it)."""
+    buffers = sum(b.numel() * b.element_size() for b in module.buffers())
+    return sum(p.numel() for p in module.parameters()) + -(-buffers // 4)
 
 
 def architecture_parameters(root: Path, model_id: str, pipeline: bool) -> int:
@@ -256,13 +262,14 @@ def architecture_parameters(root: Path, model_id: str, pipeline: bool) -> int:
             raise ArenaError(f"'{model_id}': its config.json does not describe a causal language model this "
                              f"server knows ({type(exc).__name__}: {str(exc)[:120]}).") from exc
     index = json.loads((root / "model_index.json").read_text())
+    check_pipeline_index(index, model_id)
     total = 0
     for component, spec in index.items():
         if component.startswith("_") or not isinstance(spec, list) or len(spec) != 2 or spec[0] is None:
             continue
         library, class_name = spec
         folder = root / component
-        if library not in ("diffusers", "transformers") or not (folder / "config.json").is_file():
+        if not (folder / "config.json").is_file():
             continue
         config = json.loads((folder / "config.json").read_text())
         _layer_bomb(config, f"{component}/config.json", model_id)
@@ -285,6 +292,57 @@ def architecture_parameters(root: Path, model_id: str, pipeline: bool) -> int:
                              f"({type(exc).__name__}: {str(exc)[:120]}).") from exc
         total += _count(model)
     return total
+
+
+PIPELINE_LIBRARIES = ("diffusers", "transformers")
+MAX_TRAIN_TIMESTEPS = 10_000
+
+
+def check_pipeline_index(index: Any, model_id: str) -> None:
+    """A pipeline's model_index.json names libraries and classes that diffusers imports by name: only diffusers and
+    transformers, classes that exist there, a ``_class_name`` that is a diffusers pipeline. Anything else would be
+    an import of any installed module, chosen by the repository."""
+    import diffusers
+    import transformers
+
+    if not isinstance(index, dict):
+        raise ArenaError(f"'{model_id}': model_index.json is not an object.")
+    pipeline = getattr(diffusers, str(index.get("_class_name", "")), None)
+    if not (isinstance(pipeline, type) and issubclass(pipeline, diffusers.DiffusionPipeline)):
+        raise ArenaError(f"'{model_id}': model_index.json names the pipeline class "
+                         f"{str(index.get('_class_name'))[:60]!r}, which is not a diffusers pipeline.")
+    for component, spec in index.items():
+        if component.startswith("_") or not isinstance(spec, list):
+            continue
+        if len(spec) != 2 or spec == [None, None]:
+            if spec != [None, None]:
+                raise ArenaError(f"'{model_id}': model_index.json's {component[:40]} entry is not [library, class].")
+            continue
+        library, class_name = spec
+        module = {"diffusers": diffusers, "transformers": transformers}.get(library)
+        if module is None or not isinstance(class_name, str) or not isinstance(getattr(module, class_name, None),
+                                                                               type):
+            raise ArenaError(f"'{model_id}': model_index.json's {component[:40]} names {str(library)[:40]}."
+                             f"{str(class_name)[:60]}; a pipeline's components come from "
+                             f"{' or '.join(PIPELINE_LIBRARIES)} only.")
+
+
+def check_scheduler(config: Any, model_id: str) -> None:
+    """A scheduler config is turned into an object by the class name it holds: a diffusers scheduler only, with a
+    sane number of training timesteps (its arrays are that long)."""
+    import diffusers
+
+    if not isinstance(config, dict):
+        raise ArenaError(f"'{model_id}': scheduler_config.json is not an object.")
+    cls = getattr(diffusers, str(config.get("_class_name", "")), None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+        raise ArenaError(f"'{model_id}': scheduler_config.json names {str(config.get('_class_name'))[:60]!r}, "
+                         "which is not a diffusers scheduler.")
+    steps = config.get("num_train_timesteps", 1000)
+    betas = config.get("trained_betas") or []
+    if not isinstance(steps, int) or not 1 <= steps <= MAX_TRAIN_TIMESTEPS or len(betas) > MAX_TRAIN_TIMESTEPS:
+        raise ArenaError(f"'{model_id}': its scheduler asks for {steps} training timesteps; this server takes up "
+                         f"to {MAX_TRAIN_TIMESTEPS:,}.")
 
 
 def checkpoint_parameters(api, plan: HubPlan, token: str | bool | None) -> int:
@@ -329,6 +387,10 @@ def fetch(model_id: str, *, pipeline: bool, cache_dir: str | None, token: str | 
     if limits is not None and extra:
         raise ArenaError(f"'{model_id}': the download brought files that were not planned ({sorted(extra)[0]}).")
     check_references(root, model_id, public=limits is not None)
+    if pipeline:  # diffusers imports what these name: in every mode
+        check_pipeline_index(json.loads((root / "model_index.json").read_text()), model_id)
+        if (root / "scheduler" / "scheduler_config.json").is_file():
+            check_scheduler(json.loads((root / "scheduler" / "scheduler_config.json").read_text()), model_id)
     if limits is not None:
         check_tokenizer_kind(root, model_id)
     return root, plan

@@ -90,8 +90,11 @@ class Worker:
     """
 
     def __init__(self, name: str, target: str, init_args: tuple = (), log_dir: Path | None = None,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, workdir: str | None = None):
         self.name = name
+        # The folder the process runs in (None: the parent's). Public mode gives workers an empty one: a loader
+        # that opens a relative name from a repository's config must find nothing of the server's there.
+        self.workdir = workdir
         self.target = target
         self.init_args = init_args
         self.log_dir = Path(log_dir) if log_dir else Path.cwd()
@@ -116,7 +119,7 @@ class Worker:
         parent_conn, child_conn = _SPAWN.Pipe(duplex=True)
         process = _SPAWN.Process(
             target=_worker_main,
-            args=(child_conn, self.target, self.init_args, str(self.log_path), self.env),
+            args=(child_conn, self.target, self.init_args, str(self.log_path), self.env, self.workdir),
             name=f"arena-{self.name}",
             daemon=False,  # workers start their own children (isolated exports); daemons may not
         )
@@ -261,7 +264,8 @@ def _resolve(target: str) -> Any:
     return getattr(importlib.import_module(module_name), attr)
 
 
-def _worker_main(conn, target: str, init_args: tuple, log_path: str, env: dict[str, str]) -> None:
+def _worker_main(conn, target: str, init_args: tuple, log_path: str, env: dict[str, str],
+                 workdir: str | None = None) -> None:
     # Native libraries print to file descriptors 1 and 2; send both to the log so a crash leaves its last words.
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log_fd, 1)
@@ -270,6 +274,10 @@ def _worker_main(conn, target: str, init_args: tuple, log_path: str, env: dict[s
     sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
     os.environ.update(env)
     os.environ["ARENA_WORKER_LOG"] = log_path
+    if workdir:
+        here = os.getcwd()
+        sys.path[:] = [os.path.join(here, p) if not os.path.isabs(p) else p for p in sys.path]  # '' meant here
+        os.chdir(workdir)
     apply_thread_env()  # OMP/MKL threads from the CPU budget, before the target imports torch
     print(f"--- worker {target}{init_args} pid {os.getpid()} started {time.strftime('%Y-%m-%d %H:%M:%S')}",
           flush=True)

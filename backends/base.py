@@ -400,8 +400,11 @@ def hf_generate(model: Any, prompt_ids: list[int], settings: GenerationSettings,
     input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     attention_mask = torch.ones_like(input_ids)
     with torch.inference_mode():
+        # use_model_defaults=False: transformers would otherwise copy the folder's generation_config.json over
+        # every field left at its default here (do_sample=False is one), so a repository could make the reference
+        # sample while the other backends decode greedily.
         output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
-                                streamer=_TokenStreamer())
+                                streamer=_TokenStreamer(), use_model_defaults=False)
     return [int(t) for t in output[0, len(prompt_ids):].tolist()]
 
 

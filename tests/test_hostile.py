@@ -15,7 +15,7 @@ import psutil
 import pytest
 from gradio_client import Client
 
-from tests.conftest import running_app
+from tests.conftest import ROOT, running_app
 from tests.local_hub import LocalHub
 from tests.test_hub_border import repo_files, tokenizer_config
 from tests.test_mcp import mcp_client
@@ -183,6 +183,11 @@ def test_zz_no_canary_anywhere_and_the_cache_under_its_cap(hostile):
     for name, text in places.items():
         assert CANARY not in text and KEY_CANARY not in text, f"a canary in {name}"
     assert len(pids) > 2  # the workers were there to be looked at
+    # Workers run in an empty folder: a relative name in a visitor's config (transformers opens a tokenizer
+    # config's vocab_file relative to the working directory) finds none of the app's files.
+    for pid in pids[1:]:
+        folder = os.readlink(f"/proc/{pid}/cwd")
+        assert folder != str(ROOT) and not [p for p in Path(folder).iterdir() if p.is_file()], folder
     size = sum(f.stat().st_size for f in hostile["cache"].rglob("*") if f.is_file() and not f.is_symlink())
     assert size < CACHE_CAP_GB * 1e9, size
     assert not [f for f in hostile["cache"].rglob("notes.txt")]

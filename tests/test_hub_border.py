@@ -223,3 +223,68 @@ def test_a_gated_catalog_entry_uses_the_operators_token_and_nothing_else_does(lo
     assert all(r.authorization == f"Bearer {operator}" for r in local_hub.requests if "/_cdn/" not in r.path)
     with pytest.raises(ArenaError, match="no model 'someone/missing' on the Hugging Face Hub"):
         preparer.download_from_hub("someone/missing", quiet, token=False)
+
+
+def test_buffers_count_against_the_cap_like_parameters(local_hub, tiny_llama, tmp_path):
+    """GPT-2 allocates an n_positions x n_positions mask per layer at load: ~1 MB of weights could ask for 275 GB."""
+    import torch
+    from safetensors.torch import save
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=400, n_positions=65536, n_embd=8, n_layer=64, n_head=2)
+    with torch.device("meta"):
+        state = GPT2LMHeadModel(config).state_dict()
+    weights = save({k: torch.zeros(v.shape) for k, v in state.items() if ".attn.bias" not in k
+                    and "masked_bias" not in k and k != "lm_head.weight"})
+    files = {k: v for k, v in repo_files(tiny_llama).items() if k != "model.safetensors"}
+    local_hub.add_repo("evil/gpt2-mask", files | {"config.json": config.to_json_string(),
+                                                  "model.safetensors": weights})
+    with pytest.raises(ArenaError, match=r"'evil/gpt2-mask' has 68\.7B parameters \(counted from its configuration"):
+        fetch("evil/gpt2-mask", tmp_path, limits=PublicLimits())
+
+
+@pytest.mark.parametrize("edit, words", [
+    (("model_index.json", {"feature_extractor": ["this", "CLIPImageProcessor"]}), "from diffusers or transformers"),
+    (("model_index.json", {"_class_name": "os"}), "not a diffusers pipeline"),
+    (("scheduler/scheduler_config.json", {"_class_name": "AutoencoderKL", "block_out_channels": [768] * 4}),
+     "which is not a diffusers scheduler"),
+    (("scheduler/scheduler_config.json", {"num_train_timesteps": 30_000_000}), "30000000 training timesteps"),
+])
+def test_a_pipeline_names_only_diffusers_and_transformers_classes(local_hub, tiny_sd, tmp_path, edit, words):
+    """diffusers imports the library a model_index.json names (any installed module, with its side effects) and
+    builds the scheduler class its config names: refused in every mode."""
+    name, change = edit
+    files = {str(p.relative_to(tiny_sd)): p for p in tiny_sd.rglob("*") if p.is_file()}
+    files[name] = json.dumps(json.loads((tiny_sd / name).read_text()) | change)
+    repo = f"evil/sd-{abs(hash(json.dumps(change))) % 10**6}"
+    local_hub.add_repo(repo, files)
+    for limits in (LIMITS, None):
+        with pytest.raises(ArenaError, match=words):
+            fetch(repo, tmp_path, limits=limits, pipeline=True)
+
+
+def test_a_repositorys_generation_config_cannot_make_the_reference_sample(tiny_llama, tmp_path):
+    """transformers copies a folder's generation_config.json over every default left in the one passed to
+    generate(); the arena's greedy settings must win (else the reference samples and good exports look broken)."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from backends.base import GenerationSettings, hf_generate
+
+    folder = tmp_path / "sampling"
+    shutil.copytree(tiny_llama, folder)
+    config = json.loads((folder / "generation_config.json").read_text())
+    (folder / "generation_config.json").write_text(json.dumps(config | {
+        "do_sample": True, "temperature": 30.0, "top_k": 0, "repetition_penalty": 50.0}))
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    settings = GenerationSettings(max_new_tokens=12, eos_token_ids=(), pad_token_id=0, ignore_eos=True)
+    prompt = [1, 5, 9, 13]
+    first, second = (hf_generate(model, prompt, settings, lambda _token: None) for _ in range(2))
+    ids, greedy = list(prompt), []
+    with torch.inference_mode():
+        for _ in range(12):
+            greedy.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+            ids.append(greedy[-1])
+    assert first == second == greedy
