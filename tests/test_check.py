@@ -92,12 +92,11 @@ def test_api_check_flags_a_broken_export(app_server, exports):
 def precision_exports(exports, tmp_path_factory):
     """Exports of the same model that all write fluent text on a short answer: fp32 with one layer's MLP scaled by
     0.7 (a math change from the first token), three bugs that start late in the sequence (positions clamped at 100,
-    positions wrapping every 128, logn attention past 128), and two fair conversions (8-bit weight-only; fp32 with
-    weights rounded through fp16)."""
+    positions wrapping every 128, logn attention past 128), and a fair 8-bit weight-only conversion (weights rounded
+    through fp16 are judged in test_verdicts, from their measured curve)."""
 
     from tests.export_edits import (
         clamp_positions,
-        fp16_rounded,
         logn_attention,
         scale_one_mlp,
         weight_only_int8,
@@ -108,7 +107,7 @@ def precision_exports(exports, tmp_path_factory):
     return {name: edited_copy(good, root / name, edit)
             for name, edit in (("scaled-mlp", scale_one_mlp), ("weight-only-int8", weight_only_int8),
                                ("clamped-positions", clamp_positions), ("wrapped-positions", wrap_positions),
-                               ("logn-attention", logn_attention), ("fp16-rounded", fp16_rounded))}
+                               ("logn-attention", logn_attention))}
 
 
 def test_cli_flags_broken_exports_but_not_a_fair_8bit_one(exports, precision_exports, session_cache):
@@ -117,10 +116,10 @@ def test_cli_flags_broken_exports_but_not_a_fair_8bit_one(exports, precision_exp
     code is the worst of the three; the good export passes through the API below, the same check function)."""
     late = ("clamped-positions", "wrapped-positions", "logn-attention")
     code, reports, stderr = cli_check(exports["noisy-weights"], precision_exports["scaled-mlp"],
-                                      precision_exports["weight-only-int8"], precision_exports["fp16-rounded"],
+                                      precision_exports["weight-only-int8"],
                                       *(precision_exports[name] for name in late), cache=session_cache)
-    noisy, wrong, fair, rounded, clamped, wrapped, logn = reports
-    assert code == 1 and [r["broken"] for r in reports] == [True, True, False, False, True, True, True], stderr
+    noisy, wrong, fair, clamped, wrapped, logn = reports
+    assert code == 1 and [r["broken"] for r in reports] == [True, True, False, True, True, True], stderr
     verdict = noisy["checks"][0]["verdict"]
     assert verdict["kind"] == "GIBBERISH", verdict
     assert noisy["checks"][0]["reference_verdict"]["kind"] == "MATCH"
@@ -132,8 +131,6 @@ def test_cli_flags_broken_exports_but_not_a_fair_8bit_one(exports, precision_exp
     assert verdict["kind"] in ("MATCH", "DRIFT"), verdict
     quality = verdict["metrics"]["quality"]
     assert verdict["metrics"]["precision"] == "int8" and quality["top1"] >= 0.9 and quality["kl"] <= 0.1, quality
-    verdict = rounded["checks"][0]["verdict"]  # rounded through fp16, judged at fp32: inside the fp32 floor
-    assert verdict["kind"] in ("MATCH", "DRIFT") and verdict["metrics"]["precision"] == "fp32", verdict
     # Late bugs: the short answer is the reference's, token for token; 512 teacher-forced positions of the fixed
     # paragraph show where the math changes.
     for report, first, last in ((clamped, 101, 101), (wrapped, 128, 128), (logn, 128, 300)):
