@@ -210,7 +210,7 @@ class BackendHost:
         mean KL, top-1 agreement and perplexity ratio over all positions, and per sequence."""
         import numpy as np
 
-        from arena.verdicts import teacher_forced_quality
+        from arena.verdicts import per_position, summarize_positions
 
         self._ensure_loaded(prepared, spec, progress)
         progress(None, f"{spec.label}: teacher-forced quality", force=True)
@@ -219,11 +219,10 @@ class BackendHost:
             mine = self._next_token_log_probs(sequences)
         except NotImplementedError:
             return {"unavailable": "no logits"}
-        per = {name: teacher_forced_quality(ref_lp, lp, targets)
-               for (name, lp, targets), (_, ref_lp, _) in zip(mine, reference, strict=True)}
-        pooled = teacher_forced_quality(np.concatenate([r[1] for r in reference]),
-                                        np.concatenate([m[1] for m in mine]),
-                                        np.concatenate([m[2] for m in mine]))
+        figures = [per_position(ref_lp, lp, targets)
+                   for (_, lp, targets), (_, ref_lp, _) in zip(mine, reference, strict=True)]
+        per = {name: summarize_positions(f) for (name, _, _), f in zip(mine, figures, strict=True)}
+        pooled = summarize_positions({key: np.concatenate([f[key] for f in figures]) for key in figures[0]})
         pooled.pop("kl_positions")  # positions of concatenated sequences mean nothing; each sequence keeps its own
         return pooled | {"sequences": per, "seconds": round(time.perf_counter() - start, 3)}
 

@@ -19,8 +19,13 @@ LIMITS = PublicLimits(max_parameters=5e6, max_extra_mb=2.0)
 
 
 @pytest.fixture(scope="module")
-def local_hub():
-    with LocalHub() as hub, hub.patch_huggingface_hub():
+def local_hub(tmp_path_factory):
+    """The stand-in Hub; downloads that name no cache folder (a local user's) land in a fresh one, never in this
+    machine's own Hugging Face cache (a file left there by an earlier run would not be downloaded again)."""
+    from huggingface_hub import constants
+
+    with LocalHub() as hub, hub.patch_huggingface_hub(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(constants, "HF_HUB_CACHE", str(tmp_path_factory.mktemp("hf-cache")))
         yield hub
 
 

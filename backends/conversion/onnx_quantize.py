@@ -140,10 +140,26 @@ def weight_only_quantize(fp32_dir: str, output_dir: str, settings: dict[str, Any
             "MatMul left": counts.get("MatMul", 0)})
 
 
-def dynamic_int8_quantize(fp32_dir: str, output_dir: str) -> dict[str, Any]:
+def needs_reduced_range() -> bool:
+    """True on an x86 CPU without VNNI (AVX2 only: many AMD EPYC and cloud VMs). There ONNX Runtime's u8 x s8
+    integer kernels add pairs of products in 16 bits (vpmaddubsw), which saturates with full-range 8-bit weights:
+    measured here on an AVX2-only EPYC, SmolLM2's dynamic int8 export answered gibberish (top-1 0%, KL 14.7).
+    Weights in 7 bits (``reduce_range``), as ONNX Runtime's documentation advises for non-VNNI machines, fit."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False  # not Linux: no way to tell here; full range, as before
+    return not any(flag in flags for flag in (" avx512_vnni", " avx_vnni", " amx_int8"))
+
+
+def dynamic_int8_quantize(fp32_dir: str, output_dir: str, reduce_range: bool = False) -> dict[str, Any]:
     """Dynamic int8 (weights int8, activations quantized at run time) with what ONNX Runtime's documentation
     recommends for transformers: per-channel weights, and the output projection left in fp32 (its quantization
-    error lands straight on the logits)."""
+    error lands straight on the logits); 7-bit weights on CPUs without VNNI (`needs_reduced_range`)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -153,9 +169,9 @@ def dynamic_int8_quantize(fp32_dir: str, output_dir: str) -> dict[str, Any]:
     excluded = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and "lm_head" in n.name]
     large = any(p.suffix == ".onnx_data" or p.name.endswith(".onnx.data") for p in source.iterdir())
     quantize_dynamic(source / "model.onnx", target / "model.onnx", weight_type=QuantType.QInt8, per_channel=True,
-                     nodes_to_exclude=excluded, op_types_to_quantize=["MatMul", "Gemm"],
+                     reduce_range=reduce_range, nodes_to_exclude=excluded, op_types_to_quantize=["MatMul", "Gemm"],
                      use_external_data_format=large)
-    return _report(target, {"per_channel": True, "excluded": excluded})
+    return _report(target, {"per_channel": True, "reduce_range": reduce_range, "excluded": excluded})
 
 
 def quantization_versions() -> dict[str, str | None]:
@@ -185,11 +201,15 @@ def cached_weight_only(onnx_dir: Path, settings: WeightOnlySettings, ctx: LoadCo
 
 def cached_dynamic_int8(onnx_dir: Path, ctx: LoadContext) -> tuple[Path, bool]:
     """Dynamic int8 of a cached fp32 export (per-channel, output projection excluded), built once, then cached."""
+    reduce_range = needs_reduced_range()
     fields = {"source": str(onnx_dir.name if onnx_dir.parent.name == "onnx" else onnx_dir), "per_channel": True,
-              "exclude": "lm_head", "versions": quantization_versions()}
+              "exclude": "lm_head", "reduce_range": reduce_range, "versions": quantization_versions()}
+    if reduce_range:
+        ctx.notes.append("7-bit weights (reduce_range): this CPU has no VNNI, and full-range int8 weights saturate "
+                         "ONNX Runtime's AVX2 integer kernels")
     with ctx.stage("export", "ONNX Runtime: dynamic int8 quantization (once, then cached)"):
         return ctx.cache.get_or_build(
             "onnx-int8-dynamic", fields,
-            lambda tmp: ctx.run_isolated(f"{__name__}:dynamic_int8_quantize", str(onnx_dir), str(tmp),
+            lambda tmp: ctx.run_isolated(f"{__name__}:dynamic_int8_quantize", str(onnx_dir), str(tmp), reduce_range,
                                          description="dynamic int8 quantization")
             or {"source": str(onnx_dir), "quantized": _read_report(tmp)})
