@@ -51,7 +51,7 @@ QUALITY_MIN_TOP1 = 0.90
 QUALITY_MAX_KL = 0.10
 # At the reference's own precision the same figures have a noise floor: (min top-1, max mean KL). Good fp32
 # exports of SmolLM2-135M measure top-1 100% and KL 0.0000 against PyTorch fp32, an fp32 graph with its weights
-# rounded to fp16 values top-1 99.6% / KL 0.0004 (docs/verdict-corpus.md); the floors keep a wide margin over
+# rounded to fp16 values 99.8% / 0.0000 over 512 positions (docs/verdict-corpus.md); the floors keep a wide margin over
 # those. A candidate outside its floor computes something else than the model: WRONG, wherever that starts.
 SAME_PRECISION_FLOOR = {"fp32": (0.97, 0.02), "fp16": (0.95, 0.05), "bf16": (0.93, 0.08)}
 # A position whose KL exceeds this (nats) is "out" of the floor; the first out position from which at least
