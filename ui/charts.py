@@ -91,10 +91,7 @@ def speed_quality_figure(run: dict[str, Any]) -> go.Figure:
                       legend={"orientation": "h", "y": -0.25})
     fig.update_xaxes(title_text="top-1 agreement with the reference (%)")
     fig.update_yaxes(title_text="tokens per second", rangemode="tozero")
-    if not points:
-        fig.add_annotation(text="Run a comparison to see speed against quality here", showarrow=False, x=0.5,
-                           y=0.5, xref="paper", yref="paper", font={"size": 16, "color": "#888"})
-    return fig
+    return fig if points else _empty_note(fig, "Run a comparison to see speed against quality here")
 
 
 def position_kl_figure(run: dict[str, Any], sequence: str = "paragraph") -> go.Figure:
@@ -126,10 +123,7 @@ def position_kl_figure(run: dict[str, Any], sequence: str = "paragraph") -> go.F
                       legend={"orientation": "h", "y": -0.3})
     fig.update_xaxes(title_text="position (token) in the paragraph")
     fig.update_yaxes(title_text="KL vs the reference (nats, log)", type="log")
-    if not drawn:
-        fig.add_annotation(text="Run a comparison to see where in the sequence candidates differ", showarrow=False,
-                           x=0.5, y=0.5, xref="paper", yref="paper", font={"size": 16, "color": "#888"})
-    return fig
+    return fig if drawn else _empty_note(fig, "Run a comparison to see where in the sequence candidates differ")
 
 
 def verdict_kind(result: dict[str, Any]) -> str:
@@ -161,6 +155,11 @@ def _placeholder(fig: go.Figure) -> go.Figure:
     """An empty figure that says what will appear (before the first run)."""
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
-    fig.add_annotation(text="Run a comparison to see latency here", showarrow=False, x=0.5, y=0.5,
-                       xref="paper", yref="paper", font={"size": 16, "color": "#888"})
+    return _empty_note(fig, "Run a comparison to see latency here")
+
+
+def _empty_note(fig: go.Figure, text: str) -> go.Figure:
+    """``fig`` with a grey note in its middle saying what will appear there."""
+    fig.add_annotation(text=text, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper",
+                       font={"size": 16, "color": "#888"})
     return fig
