@@ -50,7 +50,7 @@ def stop_on_sigterm() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from arena.secrets import hide_initial_environment
+    from arena.public.secrets import hide_initial_environment
 
     # Before anything else: re-executes this command once without the secret variables (their values travel in
     # a pipe), so that neither this process's /proc/<pid>/environ nor any worker's holds them.
@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     stop_on_sigterm()  # first: the start-up preparation may already run workers
     from arena.core import Arena
-    from arena.policy import Policy, PublicLimits, parse_limit_overrides
-    from arena.warmup import WarmUp
+    from arena.public.policy import Policy, PublicLimits, parse_limit_overrides
+    from arena.running.warmup import WarmUp
     from ui import build_ui, launch_options
 
     limits = PublicLimits.from_settings(overrides=parse_limit_overrides(args.limit))

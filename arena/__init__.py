@@ -1,4 +1,15 @@
-"""Backend Arena core: model catalog, requests and results, worker processes, cache, timing, reports.
+"""Backend Arena core. The folders are its jobs:
+
+- ``core.py`` (the `Arena` every front end calls), ``types.py`` (requests and results), ``registry.py`` (the
+  line per backend), ``errors.py``;
+- ``running/``: worker processes, the backend host inside them, CPU and memory budgets, the machine's facts,
+  start-up warm-up;
+- ``preparing/``: the model catalog, model resolution and shared inputs, the artifact cache, the embedded image
+  model's scenes, the server-made broken exports;
+- ``judging/``: verdicts, image similarity, the headless check;
+- ``public/``: the public border (the request gate and its limits, the server's secrets, Hub repositories read as
+  data);
+- ``sharing/``: run history, reports and settings links.
 
 Importing this package never imports torch, transformers or onnxruntime: those live in worker processes.
 """

@@ -24,7 +24,7 @@ import json
 import re
 import sys
 
-from arena.catalog import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
+from arena.preparing.catalog import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
 from arena.types import BackendSpec, TextRunRequest
 
 
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 def write_report(directory: str | None, result: dict, task: str, images: list | None = None) -> None:
     """``--report DIR``: the same JSON, CSV and Markdown files the dashboard offers for download."""
     if directory:
-        from arena.reports import write_reports
+        from arena.sharing.reports import write_reports
 
         for path in write_reports(result, task, directory, images=images):
             print(f"... wrote {path}", file=sys.stderr)
@@ -194,7 +194,7 @@ def run_image(args, arena) -> int:
 
 
 def run_check(args, arena) -> int:
-    from arena.check import check, summary_lines
+    from arena.judging.check import check, summary_lines
 
     reports = []
     try:

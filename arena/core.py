@@ -12,14 +12,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from arena import secrets
-from arena.cache import ArtifactCache, default_cache_dir
-from arena.catalog import find_catalog_model, find_image_catalog_model
-from arena.demos import BrokenConversions
-from arena.environment import probe_environment
+from arena.public import secrets
+from arena.preparing.cache import ArtifactCache, default_cache_dir
+from arena.preparing.catalog import find_catalog_model, find_image_catalog_model
+from arena.preparing.demos import BrokenConversions
+from arena.running.environment import probe_environment
 from arena.errors import ArenaError
-from arena.history import RunHistory
-from arena.policy import Policy
+from arena.sharing.history import RunHistory
+from arena.public.policy import Policy
 from arena.registry import BACKENDS, backend_class, register
 from arena.types import (
     BackendImageResult,
@@ -32,8 +32,8 @@ from arena.types import (
     TextRunRequest,
     TextRunResult,
 )
-from arena.verdicts import judge_image, judge_text, logits_error, reference_index
-from arena.workers import RunStopped, Worker, WorkerCrashed, WorkerFailed
+from arena.judging.verdicts import judge_image, judge_text, logits_error, reference_index
+from arena.running.workers import RunStopped, Worker, WorkerCrashed, WorkerFailed
 
 ProgressFn = Callable[[float | None, str], None]
 
@@ -54,7 +54,7 @@ class Arena:
                  extra_backends: dict[str, str] | None = None, run_timeout_s: float = RUN_TIMEOUT_S,
                  policy: Policy | None = None):
         # Secrets leave the environment before any worker starts: workers inherit it, and they open visitors'
-        # files (`arena.secrets`). A backend that needs a key gets it in memory.
+        # files (`arena.public.secrets`). A backend that needs a key gets it in memory.
         secrets.take_from_environment()
         # Absolute: workers may run in another folder (public mode).
         self.cache_dir = (Path(cache_dir) if cache_dir else default_cache_dir()).expanduser().absolute()
@@ -137,7 +137,7 @@ class Arena:
         # Only a backend with a "secret_env" option (a server's API key) gets secrets, in memory, never through
         # its environment; the others never hold one.
         wants = any(info.kind == "secret_env" for info in cls.Options.fields_info())
-        return self._worker(key, "arena.host:BackendHost", self.backends[spec.backend], str(self.cache_dir),
+        return self._worker(key, "arena.running.host:BackendHost", self.backends[spec.backend], str(self.cache_dir),
                             secrets.known() if wants else {})
 
     def worker_pids(self) -> dict[str, int | None]:
@@ -145,7 +145,7 @@ class Arena:
 
     def _prepare(self, op: str, request, progress: ProgressFn, deadline: float | None = None,
                  cancel: threading.Event | None = None):
-        worker = self._worker("prepare", "arena.prepare:Preparer", str(self.cache_dir), self.policy.public,
+        worker = self._worker("prepare", "arena.preparing.prepare:Preparer", str(self.cache_dir), self.policy.public,
                               self.policy.limits)
         return worker.call(op, request, progress=progress, timeout=self._left(deadline, PREPARE_TIMEOUT_S),
                            cancel=cancel, token=self.hub_token(request.model, op == "prepare_image"))
@@ -344,7 +344,7 @@ class Arena:
             return {i: {"unavailable": f"the reference has {ref_lp['unavailable']}"} for i in range(len(results))}
         import numpy as np
 
-        from arena.verdicts import teacher_forced_quality
+        from arena.judging.verdicts import teacher_forced_quality
 
         ref_all = np.concatenate([r[1] for r in ref_lp])
         out: dict[int, dict] = {reference: teacher_forced_quality(ref_all, ref_all,

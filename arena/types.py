@@ -194,7 +194,7 @@ class BackendTextResult:
     load: LoadInfo | None = None
     error: str | None = None
     log_tail: str = ""
-    verdict: Any = None  # arena.verdicts.Verdict, set by the core once every backend has run
+    verdict: Any = None  # arena.judging.verdicts.Verdict, set by the core once every backend has run
     first_logits: Any = field(default=None, compare=False, repr=False)  # numpy (vocab,); dropped after judging
 
     @property
@@ -235,7 +235,7 @@ class TextRunResult:
 
 
 def _reference_of(request: Any) -> int | None:
-    from arena.verdicts import reference_index
+    from arena.judging.verdicts import reference_index
 
     try:
         return reference_index(request.reference, request.backends)
@@ -300,7 +300,7 @@ class BackendImageResult:
     load: LoadInfo | None = None
     error: str | None = None
     log_tail: str = ""
-    verdict: Any = None  # arena.verdicts.Verdict, set by the core once every backend has run
+    verdict: Any = None  # arena.judging.verdicts.Verdict, set by the core once every backend has run
 
     @property
     def ok(self) -> bool:

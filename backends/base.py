@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:
-    from arena.cache import ArtifactCache
+    from arena.preparing.cache import ArtifactCache
     from arena.types import BackendSpec, PreparedImage, PreparedText
 
 
@@ -58,7 +58,7 @@ class OptionChoice:
 
 OptionKind = Literal["choice", "path", "text", "url", "bool", "secret_env"]
 # Kinds whose value reaches outside the server's own work (a file on its disk, a host to call, an environment
-# variable to read): a public server refuses them from visitors (arena.policy) and its UI leaves them out.
+# variable to read): a public server refuses them from visitors (arena.public.policy) and its UI leaves them out.
 SERVER_SIDE_KINDS = ("path", "url", "secret_env")
 TRUE_WORDS = ("true", "1", "yes", "on")
 FALSE_WORDS = ("false", "0", "no", "off", "")
@@ -190,16 +190,16 @@ class LoadContext:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     # Runs "module:function" in a short-lived process (a crash there is reported, not inherited); wired by the
-    # host to arena.workers.run_isolated, so backends and conversions never import the worker machinery.
+    # host to arena.running.workers.run_isolated, so backends and conversions never import the worker machinery.
     isolated: Callable[..., Any] | None = None
     # The server's secrets by variable name, for a backend with a "secret_env" option (an API key); empty for the
-    # others. Secrets never sit in a worker's environment (`arena.secrets`): read them here, not from os.environ.
+    # others. Secrets never sit in a worker's environment (`arena.public.secrets`): read them here, not from os.environ.
     secrets: Mapping[str, str] = field(default_factory=dict)
 
     def run_isolated(self, target: str, *args: Any, description: str) -> Any:
         """Run ``target(*args)`` ("module:function") in a separate process and return its result."""
         if self.isolated is None:
-            raise RuntimeError("This LoadContext has no isolated-process runner (see arena.host.load_context).")
+            raise RuntimeError("This LoadContext has no isolated-process runner (see arena.running.host.load_context).")
         return self.isolated(target, *args, description=description, progress=self.progress)
 
     @contextmanager
@@ -338,10 +338,10 @@ def torch_facts() -> dict[str, Any]:
 
 
 def torch_threads() -> int:
-    """Give torch's intra-op pool the CPU budget (`arena.resources.thread_count`) and return what it now uses."""
+    """Give torch's intra-op pool the CPU budget (`arena.running.resources.thread_count`) and return what it now uses."""
     import torch
 
-    from arena.resources import thread_count
+    from arena.running.resources import thread_count
 
     wanted = thread_count()
     if torch.get_num_threads() != wanted:
@@ -352,7 +352,7 @@ def torch_threads() -> int:
 def ort_session_options(onnxruntime: Any) -> Any:
     """ONNX Runtime `SessionOptions` sized to the CPU budget: ``intra_op_num_threads`` threads for one operator,
     one inter-op thread (the graphs here run sequentially). Every session a backend creates starts from these."""
-    from arena.resources import thread_count
+    from arena.running.resources import thread_count
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = thread_count()

@@ -13,7 +13,7 @@ from the Hugging Face Hub), greedy from the same prompt token ids as every other
   embedded model's own GGUF still runs). There is no precision choice: the precision is the GGUF's own
   quantization, shown in the label ("llama.cpp · Q4_1", read from the file name) and, as llama.cpp reads it from the
   file, in the notes and the provider line.
-- Threads: the CPU budget (`arena.resources.thread_count`), for the prompt and for decoding.
+- Threads: the CPU budget (`arena.running.resources.thread_count`), for the prompt and for decoding.
 - llama-cpp-python compiles llama.cpp at install time; build it portable (``GGML_NATIVE=OFF``): a natively tuned
   build crashed with an illegal instruction on its first completion on this project's machines.
 """
@@ -32,7 +32,7 @@ from backends.base import AVAILABLE, Availability, Backend, BackendOptions, Load
 
 LLAMA_CPP_VERSION = "0.3.36"
 LLAMACPP_INSTALL = f'CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install "llama-cpp-python[server]=={LLAMA_CPP_VERSION}"'
-EMBEDDED_GGUF_TYPE = "Q4_1"  # the quantization of the embedded model's own GGUF (arena.catalog)
+EMBEDDED_GGUF_TYPE = "Q4_1"  # the quantization of the embedded model's own GGUF (arena.preparing.catalog)
 MAX_CONTEXT = 4096  # KV cache size when the GGUF allows more: prompt + new tokens must fit
 # llama.cpp's `enum llama_ftype` (general.file_type in the GGUF), for the precision shown in the panel.
 FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
@@ -136,8 +136,8 @@ class LlamaCppBackend(Backend):
 
     # --- worker-process side ----------------------------------------------------------------
     def _embedded_gguf(self, model: Any, ctx: LoadContext) -> Path:
-        from arena.catalog import CATALOG
-        from arena.prepare import TextPreparer, embedded_gguf_path
+        from arena.preparing.catalog import CATALOG
+        from arena.preparing.prepare import TextPreparer, embedded_gguf_path
 
         entry = next((e for e in CATALOG if e.embedded_package and model.model_name.startswith(e.title.split(" (")[0])),
                      None)
@@ -152,7 +152,7 @@ class LlamaCppBackend(Backend):
         """Download one GGUF from a Hugging Face repository (not verified here: no hub on these machines)."""
         from huggingface_hub import hf_hub_download
 
-        from arena.prepare import hub_error_sentence
+        from arena.preparing.prepare import hub_error_sentence
 
         ctx.progress(None, f"llama.cpp: downloading {filename} from {repo}", force=True)
         try:
@@ -189,7 +189,7 @@ class LlamaCppBackend(Backend):
             raise ArenaError(NO_IMAGES)
         import llama_cpp
 
-        from arena.resources import thread_count
+        from arena.running.resources import thread_count
 
         path, origin = self.resolve_gguf(model, spec, ctx)
         threads = thread_count()  # the CPU budget, not os.cpu_count() (a container's quota is often smaller)
@@ -287,7 +287,7 @@ class LlamaCppBackend(Backend):
         import llama_cpp
         import numpy as np
 
-        from arena.resources import thread_count
+        from arena.running.resources import thread_count
 
         needed = len(token_ids)
         if needed > self._n_ctx:

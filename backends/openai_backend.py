@@ -23,7 +23,7 @@ shown request ("Authorization: Bearer ***"). Every failure (connection refused, 
 the server dying mid-stream) is one sentence. No logits come from a server: the first-step logits comparison is
 skipped for this backend, token agreement and the reference's perplexity still apply.
 
-Options (``OpenAIOptions``): ``base_url`` (kind "url": in public mode, arena/policy.py takes only the name of an
+Options (``OpenAIOptions``): ``base_url`` (kind "url": in public mode, arena/public/policy.py takes only the name of an
 endpoint the operator lists in ``ARENA_ENDPOINTS="name=http://host:port/v1,..."``, resolved here in the worker: a
 visitor never makes this server call a URL), ``model`` (the served model's name; empty: the only one it lists) and
 ``api_key_env`` (kind "secret_env": the NAME of the variable holding the key). The prompt's text comes with every
@@ -44,7 +44,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from arena.errors import ArenaError
-from arena.policy import configured_endpoints
+from arena.public.policy import configured_endpoints
 from backends.base import AVAILABLE, Availability, Backend, BackendOptions, GenerationSettings, LoadContext, option
 
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"

@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from arena.catalog import DEFAULT_TEXT_MODEL, EXAMPLE_PROMPTS  # noqa: E402
+from arena.preparing.catalog import DEFAULT_TEXT_MODEL, EXAMPLE_PROMPTS  # noqa: E402
 from arena.core import Arena  # noqa: E402
 from arena.types import BackendSpec, TextRunRequest  # noqa: E402
 
@@ -91,7 +91,7 @@ TARGET_SPEEDUP, TARGET_TOP1, TARGET_ORT_SPEEDUP, TARGET_BARE = 2.5, 0.95, 1.5, 0
 def own_workers(arena: Arena) -> None:
     """One worker process per configuration (not per backend and device): no reload between interleaved runs."""
     def backend_worker(spec: BackendSpec):
-        return arena._worker(f"bench-{spec.label}", "arena.host:BackendHost", arena.backends[spec.backend],
+        return arena._worker(f"bench-{spec.label}", "arena.running.host:BackendHost", arena.backends[spec.backend],
                              str(arena.cache_dir))
     arena._backend_worker = backend_worker
 
@@ -112,7 +112,7 @@ def machine_facts(env: dict) -> dict:
                   if line.startswith("flags")), set()) if Path("/proc/cpuinfo").exists() else set()
     mem = next((int(line.split()[1]) / 2**20 for line in Path("/proc/meminfo").read_text().splitlines()
                 if line.startswith("MemTotal")), 0.0) if Path("/proc/meminfo").exists() else 0.0
-    from arena.resources import thread_count
+    from arena.running.resources import thread_count
 
     return {"cpu": model, "cores": env.get("cpu_count"), "threads": thread_count(), "memory_gb": mem,
             "isa": ", ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
@@ -147,7 +147,7 @@ def teacher_forced(arena: Arena, configs, prepared_by_prompt: dict, reference_id
     reference's answer; each configuration is loaded in this process (one at a time) for one forward pass."""
     import numpy as np
 
-    from arena.host import BackendHost
+    from arena.running.host import BackendHost
 
     def log_softmax(x):
         x = x - x.max(axis=1, keepdims=True)
@@ -203,7 +203,7 @@ def main() -> None:
 
     arena = Arena()
     own_workers(arena)
-    env = arena.environment()
+    env = arena.running.environment()
     machine = machine_facts(env)
     print(f"# {args.model}, {args.max_new_tokens} new tokens (EOS ignored), {args.rounds} interleaved rounds; "
           f"{machine['cpu']}, {machine['cores']} cores", flush=True)
@@ -239,7 +239,7 @@ def main() -> None:
     # 3. Bare scripts, loaded before the rounds start.
     bares: dict[BackendSpec, Bare] = {}
     if not args.no_bare:
-        from arena.resources import thread_count
+        from arena.running.resources import thread_count
 
         prompt_ids = list(warm.prepared.prompt_token_ids)
         for spec, kind in BARE.items():

@@ -36,8 +36,8 @@ import sys
 sys.path.insert(0, ".")
 from transformers import AutoConfig, AutoTokenizer
 
-from arena.catalog import CATALOG
-from arena.prepare import embedded_gguf_path
+from arena.preparing.catalog import CATALOG
+from arena.preparing.prepare import embedded_gguf_path
 
 gguf = embedded_gguf_path(CATALOG[0])
 if gguf is None:

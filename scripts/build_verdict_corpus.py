@@ -61,7 +61,7 @@ READ_AS_BROKEN = {("sampled-t0.7", "Explain what ONNX is in two sentences.")}
 
 
 def materialized_smollm2() -> Path:
-    from arena.prepare import TextPreparer
+    from arena.preparing.prepare import TextPreparer
     from arena.types import BackendSpec, TextRunRequest
 
     cache = Path.home() / ".cache" / "backend-arena"

@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from arena.environment import probe_environment, provider_summary  # noqa: E402
+from arena.running.environment import probe_environment, provider_summary  # noqa: E402
 
 # What the bundle must provide, as import name -> distribution name (checked to come from the private folder).
 BUNDLED = {"transformers": "transformers", "tokenizers": "tokenizers", "huggingface_hub": "huggingface-hub",
@@ -147,7 +147,7 @@ def memory_probe(model_dir: str, max_new_tokens: int) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from arena.catalog import EXAMPLE_PROMPTS
+    from arena.preparing.catalog import EXAMPLE_PROMPTS
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     ids = tokenizer.apply_chat_template([{"role": "user", "content": EXAMPLE_PROMPTS[0]}], add_generation_prompt=True,
@@ -347,7 +347,7 @@ def main() -> None:
                       "its tokenizer and chat template. With random weights the outputs are noise, so the verdicts "
                       "and the tokens-equal column say nothing about correctness here (the tests above do).")
     elif model is None:
-        from arena.catalog import DEFAULT_TEXT_MODEL
+        from arena.preparing.catalog import DEFAULT_TEXT_MODEL
 
         model = DEFAULT_TEXT_MODEL
     table, bench_notes = run_benchmark(args.rounds, args.max_new_tokens, args.out.with_suffix(".table.md"), model)

@@ -3,7 +3,7 @@
     .venv/bin/python scripts/score_image_model.py --model assets/image-model [--count 200] [--grid docs/x.png]
 
 For each held-out (color, shape, background) combination drawn with a random size and position, the prompt is
-rendered by the PyTorch pipeline (seeded) and judged by `arena.scenes.score_image`: the median color inside the
+rendered by the PyTorch pipeline (seeded) and judged by `arena.preparing.scenes.score_image`: the median color inside the
 shape's core must be the named color and the median color away from the shape the background color.
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from arena.scenes import random_scene, score_image  # noqa: E402
+from arena.preparing.scenes import random_scene, score_image  # noqa: E402
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/train_image_model.py --out assets/image-model [--vae-minutes 12] [--unet-minutes 40]
 
-Everything is seeded and local: scenes come from `arena.scenes` (one shape, one color, a size, a position, a
+Everything is seeded and local: scenes come from `arena.preparing.scenes` (one shape, one color, a size, a position, a
 background), the tokenizer is trained on the scene vocabulary, and the three networks are trained from scratch
 (about 53 minutes on 2 cores with the defaults; the budgets are wall-clock, so a busy machine trains fewer steps):
 1. AutoencoderKL (64x64 RGB <-> 16x16x4 latents) on reconstruction, then its latent scaling factor is measured
@@ -11,7 +11,7 @@ background), the tokenizer is trained on the scene vocabulary, and the three net
    embedding) jointly on v-prediction with a zero-terminal-SNR schedule, the prompt dropped 10% of the time for
    classifier-free guidance; EMA weights are saved. The log shows a conditioning probe (own vs shuffled prompts)
    and, every 8 minutes, a quick score. docs/image-model.md has the figures of the shipped run.
-Held-out (color, shape, background) combinations never appear in training (`arena.scenes.is_held_out`).
+Held-out (color, shape, background) combinations never appear in training (`arena.preparing.scenes.is_held_out`).
 The result is a standard diffusers folder (model_index.json, tokenizer/, text_encoder/, unet/, vae/, scheduler/).
 """
 
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from arena.scenes import build_word_tokenizer, random_scene, render, scene_words, score_image  # noqa: E402
+from arena.preparing.scenes import build_word_tokenizer, random_scene, render, scene_words, score_image  # noqa: E402
 
 SIDE = 64
 MAX_TOKENS = 16

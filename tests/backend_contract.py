@@ -24,9 +24,9 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-from arena.cache import ArtifactCache, directory_fingerprint
-from arena.environment import probe_environment
-from arena.host import load_context
+from arena.preparing.cache import ArtifactCache, directory_fingerprint
+from arena.running.environment import probe_environment
+from arena.running.host import load_context
 from arena.registry import backend_class
 from arena.types import BackendSpec, PreparedImage, PreparedText
 from backends.base import SERVER_SIDE_KINDS, GenerationSettings, ImageSettings, OptionChoice
@@ -190,7 +190,7 @@ class BackendContract:
                 assert BackendSpec.from_any({"backend": self.backend, info.name: "true"}).get(info.name) is True
 
     def test_server_side_options_are_refused_in_public_mode(self, monkeypatch):
-        from arena.policy import ENDPOINTS_VARIABLE, Policy
+        from arena.public.policy import ENDPOINTS_VARIABLE, Policy
 
         public = Policy(public=True)
         monkeypatch.setenv(ENDPOINTS_VARIABLE, "first=http://10.0.0.5:8000/v1,second=http://10.0.0.6:8000/v1")

@@ -75,9 +75,9 @@ def test_compare_image_api_draws_the_prompt_with_the_default_model(app_server):
     import numpy as np
     from PIL import Image
 
-    from arena.catalog import IMAGE_CATALOG
-    from arena.image_metrics import psnr
-    from arena.scenes import Scene, score_image
+    from arena.preparing.catalog import IMAGE_CATALOG
+    from arena.judging.image_metrics import psnr
+    from arena.preparing.scenes import Scene, score_image
 
     entry = IMAGE_CATALOG[0]
     client = Client(app_server["url"], verbose=False)

@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 from gradio_client import Client
 
-from arena.workers import Worker, run_isolated
+from arena.running.workers import Worker, run_isolated
 from tests.conftest import running_app
 from ui.environment_tab import cpu_line, environment_markdown
 

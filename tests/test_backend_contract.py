@@ -77,8 +77,8 @@ def test_no_backend_imports_another_backend_or_the_worker_machinery():
     for path in sorted((ROOT / "backends").rglob("*.py")):
         module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
         imports = imported_modules(path)
-        if "arena.workers" in imports:
-            problems.append(f"{module} imports arena.workers (use ctx.run_isolated)")
+        if "arena.running.workers" in imports:
+            problems.append(f"{module} imports arena.running.workers (use ctx.run_isolated)")
         others = sorted((imports & backend_modules) - {module})
         if others:
             problems.append(f"{module} imports the backend module(s) {others} (shared code belongs in "

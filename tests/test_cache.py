@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from arena.cache import ArtifactCache, cache_key, directory_fingerprint
+from arena.preparing.cache import ArtifactCache, cache_key, directory_fingerprint
 
 
 def test_build_once_then_reuse(tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from arena.catalog import DEFAULT_TEXT_MODEL
+from arena.preparing.catalog import DEFAULT_TEXT_MODEL
 from arena.types import BackendSpec, TextRunRequest
 
 pytestmark = pytest.mark.slow
@@ -37,7 +37,7 @@ def exports(arena, tmp_path_factory):
     """The embedded model's good export, and copies broken in two ways a conversion goes wrong."""
     from onnx import helper
 
-    from arena.demos import damage_text_export
+    from arena.preparing.demos import damage_text_export
 
     result = arena.run_text_to_end(TextRunRequest(model=DEFAULT_TEXT_MODEL, prompt="hi", max_new_tokens=2,
                                                   backends=(BackendSpec("onnxruntime"),)))

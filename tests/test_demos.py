@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from arena.policy import Policy
+from arena.public.policy import Policy
 from arena.types import BackendSpec
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from arena.catalog import DEFAULT_TEXT_MODEL
+from arena.preparing.catalog import DEFAULT_TEXT_MODEL
 from arena.types import BackendSpec, TextRunRequest
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ import shutil
 import numpy as np
 import pytest
 
-from arena.catalog import IMAGE_CATALOG
+from arena.preparing.catalog import IMAGE_CATALOG
 from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
 
 pytestmark = pytest.mark.gpu
@@ -29,7 +29,7 @@ PROMPT = "a red circle on a blue background"
 
 
 def skip_without_cuda(arena, spec: BackendSpec) -> None:
-    problem = arena._backend_cls(spec.backend).check_spec(spec, arena.environment())
+    problem = arena._backend_cls(spec.backend).check_spec(spec, arena.running.environment())
     if problem:
         pytest.skip(f"needs CUDA: {problem}")
 
@@ -63,7 +63,7 @@ def test_pytorch_cuda_text_matches_the_cpu_reference(arena, tiny_llama, precisio
     record_property("tokens_per_s", f"{cuda.timings.decode_tokens_per_s:.0f}")
     record_load(record_property, cuda)
     assert "cuda" in cuda.load.provider
-    from arena.verdicts import TEXT_TOLERANCES
+    from arena.judging.verdicts import TEXT_TOLERANCES
 
     abs_tol, rel_tol = TEXT_TOLERANCES[precision]
     assert logits["max_abs"] <= abs_tol or logits["max_rel"] <= rel_tol, logits
@@ -84,7 +84,7 @@ GPU_IMAGE_SPECS = [
 @pytest.mark.parametrize("spec", GPU_IMAGE_SPECS, ids=[s.label.split(" · ", 1)[1].replace(" · ", "-")
                                                        .replace(" ", "_") for s in GPU_IMAGE_SPECS])
 def test_embedded_image_model_on_cuda_matches_the_cpu_image(arena, spec, record_property):
-    from arena.scenes import Scene, score_image
+    from arena.preparing.scenes import Scene, score_image
 
     skip_without_cuda(arena, spec)
     scene = Scene("circle", "red", "blue")
@@ -108,7 +108,7 @@ def overheated_copy(tmp_path, component: str, prefix: str, factor: float):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from arena.prepare import REPO_ROOT
+    from arena.preparing.prepare import REPO_ROOT
 
     folder = tmp_path / f"{component}-overflows"
     shutil.copytree(REPO_ROOT / SCENES.embedded_dir, folder)

@@ -8,8 +8,8 @@ from urllib.parse import parse_qsl, urlparse
 
 import pytest
 
-from arena.history import RunHistory
-from arena.links import request_from_query, share_link
+from arena.sharing.history import RunHistory
+from arena.sharing.links import request_from_query, share_link
 from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
 from tests.conftest import ROOT
 

@@ -1,4 +1,4 @@
-"""The border between a Hub repository and the loaders (`arena.hub`), through huggingface_hub itself against the
+"""The border between a Hub repository and the loaders (`arena.public.hub`), through huggingface_hub itself against the
 local stand-in Hub: references that leave the snapshot, architectures larger than their weights, files over the
 caps, code, and a repository changed between the check and the download."""
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from arena import hub as border
+from arena.public import hub as border
 from arena.errors import ArenaError
-from arena.policy import PublicLimits
+from arena.public.policy import PublicLimits
 from tests.local_hub import LocalHub
 
 LIMITS = PublicLimits(max_parameters=5e6, max_extra_mb=2.0)
@@ -179,7 +179,7 @@ def test_reference_rules_leave_ordinary_configs_alone():
 def test_the_sd21_mirror_layout_takes_each_components_plain_weights(local_hub, tiny_sd, tmp_path):
     """The catalog's Stable Diffusion 2.1 entry through the preparation worker's own code, on a repository laid out
     like the sd2-community mirror (variants, .bin copies, the 5 GB single-file checkpoints at the top level)."""
-    from arena.prepare import Preparer
+    from arena.preparing.prepare import Preparer
     from arena.types import BackendSpec, ImageRunRequest
 
     files = {str(p.relative_to(tiny_sd)): p for p in tiny_sd.rglob("*") if p.is_file()}
@@ -203,10 +203,10 @@ def test_the_sd21_mirror_layout_takes_each_components_plain_weights(local_hub, t
 
 def test_a_gated_catalog_entry_uses_the_operators_token_and_nothing_else_does(local_hub, tiny_llama, tmp_path,
                                                                               monkeypatch):
-    from arena import secrets
+    from arena.public import secrets
     from arena.core import Arena
-    from arena.policy import Policy
-    from arena.prepare import Preparer
+    from arena.public.policy import Policy
+    from arena.preparing.prepare import Preparer
 
     operator = "hf_operator0123456789abcdefgh"
     local_hub.allow_token(operator, ["meta-llama/Llama-2-7b-chat-hf"])

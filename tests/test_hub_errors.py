@@ -9,7 +9,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
 )
 
-from arena.prepare import hub_error_sentence
+from arena.preparing.prepare import hub_error_sentence
 
 ID = "meta-llama/Llama-2-7b-chat-hf"
 

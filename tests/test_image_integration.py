@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from arena.core import Arena
-from arena.image_metrics import psnr
+from arena.judging.image_metrics import psnr
 from arena.types import BackendSpec, ImageRunRequest
 
 BOTH = (BackendSpec("pytorch"), BackendSpec("onnxruntime"))
@@ -78,8 +78,8 @@ def test_a_folder_that_is_not_a_pipeline_is_explained(arena, tiny_llama):
 @pytest.mark.slow
 def test_the_shipped_model_draws_what_it_is_told_in_both_backends(arena):
     """The embedded Scenes 64px model: the named colors where they belong, PyTorch and ONNX Runtime alike."""
-    from arena.catalog import IMAGE_CATALOG
-    from arena.scenes import Scene, score_image
+    from arena.preparing.catalog import IMAGE_CATALOG
+    from arena.preparing.scenes import Scene, score_image
 
     entry = IMAGE_CATALOG[0]
     scenes = [Scene("circle", "red", "blue"), Scene("square", "yellow", "black", "small", "in the top left"),
@@ -111,7 +111,7 @@ GPU_IMAGE_SPECS = [
 @pytest.mark.parametrize(("spec", "min_psnr"), GPU_IMAGE_SPECS,
                          ids=[s.label.replace(" · ", "-").replace(" ", "_") for s, _ in GPU_IMAGE_SPECS])
 def test_gpu_image_paths_match_the_cpu_reference(arena, tiny_sd, spec, min_psnr):
-    problem = arena._backend_cls(spec.backend).check_spec(spec, arena.environment())
+    problem = arena._backend_cls(spec.backend).check_spec(spec, arena.running.environment())
     if problem:
         pytest.skip(f"needs the GPU stack: {problem}")
     reference, result = run(arena, tiny_sd, backends=(BackendSpec("pytorch"), spec)).results

@@ -17,9 +17,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from arena.cache import ArtifactCache
-from arena.catalog import DEFAULT_TEXT_MODEL
-from arena.policy import Policy
+from arena.preparing.cache import ArtifactCache
+from arena.preparing.catalog import DEFAULT_TEXT_MODEL
+from arena.public.policy import Policy
 from arena.types import BackendSpec, PreparedText, TextRunRequest
 from backends.base import GenerationSettings, LoadContext
 from backends.llamacpp_backend import LLAMACPP_INSTALL, LlamaCppBackend, gguf_type_name, parse_hub_gguf

@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 
-from arena.image_metrics import psnr
+from arena.judging.image_metrics import psnr
 from arena.types import PreparedImage
 from backends.base import GenerationSettings, ImageSettings, diffusers_generate, hf_generate
 from backends.conversion.onnx_export import export_pipeline, export_text_model

@@ -2,7 +2,7 @@
 
 This is the "silently slower" trap: a laptop or CPU Space that ran the GPU set-up, or a GPU box whose CUDA
 libraries do not match the build. ``get_available_providers()`` still lists CUDA and TensorRT, and a session
-asked for them quietly runs on the CPU. The arena starts each listed GPU provider once (arena.environment) and
+asked for them quietly runs on the CPU. The arena starts each listed GPU provider once (arena.running.environment) and
 must say which cannot start and why, in ONNX Runtime's own words, refuse them by name, and run "auto" on the CPU.
 
 The wheel (255 MB, cached under .cache/) is put first on the path of the probe and of the workers, so
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from arena.core import Arena
-from arena.environment import probe_environment, provider_summary
+from arena.running.environment import probe_environment, provider_summary
 from arena.types import BackendSpec, TextRunRequest
 from backends.onnxruntime_backend import OnnxRuntimeBackend, usable_providers
 from tests.helpers import wheel_from_pypi

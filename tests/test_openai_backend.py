@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from arena.cache import ArtifactCache
-from arena.policy import ENDPOINTS_VARIABLE
+from arena.preparing.cache import ArtifactCache
+from arena.public.policy import ENDPOINTS_VARIABLE
 from arena.types import BackendSpec, PreparedText
 from backends.base import GenerationSettings, LoadContext
 from backends.openai_backend import OpenAIBackend, ServerError
@@ -262,8 +262,8 @@ RUN = {"prompt": PROMPT, "model": DEFAULT, "max_new_tokens": 8, "warmup": 0, "ap
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
     """llama.cpp's server (llama-cpp-python) on the embedded GGUF, once for this module: (url, process)."""
-    from arena.catalog import CATALOG
-    from arena.prepare import embedded_gguf_path
+    from arena.preparing.catalog import CATALOG
+    from arena.preparing.prepare import embedded_gguf_path
 
     missing = llama_cpp_server_missing()
     if missing:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from arena.policy import HUB_ID, Policy, PublicLimits, parse_limit_overrides
+from arena.public.policy import HUB_ID, Policy, PublicLimits, parse_limit_overrides
 from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
 
 
@@ -137,7 +137,7 @@ def test_hub_facts_are_read_from_the_hubs_own_model_info(monkeypatch):
     from huggingface_hub import HfApi
     from huggingface_hub.hf_api import ModelInfo
 
-    from arena.policy import hub_model_facts
+    from arena.public.policy import hub_model_facts
 
     answers = {
         "with/safetensors": ModelInfo(id="with/safetensors", safetensors={"parameters": {"BF16": 7e9}, "total": 7e9},

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from arena.catalog import DEFAULT_TEXT_MODEL
+from arena.preparing.catalog import DEFAULT_TEXT_MODEL
 from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
 from backends.onnxruntime_backend import IMAGE_QUANTIZATION_REFUSAL
 

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from arena.__main__ import parse_backend
-from arena.reports import report_csv, report_data, report_markdown, reproduce_command, scrub, write_reports
+from arena.sharing.reports import report_csv, report_data, report_markdown, reproduce_command, scrub, write_reports
 from tests.conftest import ROOT
 
 STORED = ROOT / "assets" / "reference-run"

@@ -1,4 +1,4 @@
-"""The CPU budget and memory limit from sample cgroup v1 and v2 trees (arena/resources.py)."""
+"""The CPU budget and memory limit from sample cgroup v1 and v2 trees (arena/running/resources.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from arena.resources import (
+from arena.running.resources import (
     apply_thread_env,
     cgroup_cpu_quota,
     cpu_budget,

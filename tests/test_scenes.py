@@ -5,7 +5,7 @@ import random
 
 import numpy as np
 
-from arena.scenes import COLORS, SHAPES, Scene, all_scenes, is_held_out, random_scene, render, score_image
+from arena.preparing.scenes import COLORS, SHAPES, Scene, all_scenes, is_held_out, random_scene, render, score_image
 
 
 def test_a_rendered_scene_passes_its_own_check_and_fails_anothers():

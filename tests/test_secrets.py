@@ -10,9 +10,9 @@ import subprocess
 import sys
 import textwrap
 
-from arena import secrets
-from arena.history import RunHistory, fit
-from arena.policy import Policy, PublicLimits
+from arena.public import secrets
+from arena.sharing.history import RunHistory, fit
+from arena.public.policy import Policy, PublicLimits
 from tests.conftest import ROOT
 
 CANARY = "hf_canary0123456789abcdefghij"
@@ -47,7 +47,7 @@ def test_the_app_process_is_reexecuted_without_its_secrets():
         import os, subprocess, sys
         sys.path.insert(0, {str(ROOT)!r})
         print("pid", os.getpid(), flush=True)
-        from arena import secrets
+        from arena.public import secrets
         secrets.hide_initial_environment()
         environ = open("/proc/self/environ", "rb").read()
         child = subprocess.run([sys.executable, "-c", "print(open('/proc/self/environ','rb').read())"],

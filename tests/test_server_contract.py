@@ -9,10 +9,10 @@ from __future__ import annotations
 import gradio as gr
 import pytest
 
-from arena.policy import ENDPOINTS_VARIABLE, Policy, configured_endpoints
+from arena.public.policy import ENDPOINTS_VARIABLE, Policy, configured_endpoints
 from arena.registry import register
 from arena.types import BackendSpec, PreparedText, TextRunRequest
-from arena.verdicts import judge_text
+from arena.judging.verdicts import judge_text
 from tests.backend_contract import BackendContract
 from tests.helpers import EchoServerBackend
 
@@ -37,7 +37,7 @@ class Decoder:
 
 
 def test_the_host_hands_over_the_prompt_text_and_appends_the_run_notes(tmp_path):
-    from arena.host import BackendHost
+    from arena.running.host import BackendHost
 
     host = BackendHost("tests.helpers:EchoServerBackend", str(tmp_path))
     host._tokenizers["/model"] = Decoder()

@@ -143,7 +143,7 @@ def test_position_chart_draws_each_candidates_kl_and_marks_a_late_onset():
     import json
     from pathlib import Path
 
-    from arena.verdicts import judge_text
+    from arena.judging.verdicts import judge_text
     from ui.charts import position_kl_figure
 
     samples = json.loads((Path(__file__).parent / "corpus" / "sequences.json").read_text())["samples"]

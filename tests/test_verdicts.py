@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from arena.types import BackendSpec
-from arena.verdicts import (
+from arena.judging.verdicts import (
     TEXT_TOLERANCES,
     difference_heatmap,
     judge_image,

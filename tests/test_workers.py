@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from arena.workers import RunStopped, Worker, WorkerCrashed, WorkerFailed, run_isolated
+from arena.running.workers import RunStopped, Worker, WorkerCrashed, WorkerFailed, run_isolated
 
 
 @pytest.fixture

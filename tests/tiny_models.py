@@ -59,7 +59,7 @@ def build_tiny_sd(path: str | Path, seed: int = 0) -> Path:
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from arena.scenes import build_word_tokenizer, scene_words
+    from arena.preparing.scenes import build_word_tokenizer, scene_words
 
     path = Path(path)
     tokenizer = build_word_tokenizer(scene_words(), path.parent / (path.name + "-tokenizer-work"))

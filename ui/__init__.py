@@ -20,13 +20,13 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
 def build_ui(arena: Arena, warm_up=None) -> gr.Blocks:
-    """Lay out the whole dashboard around one arena core (``warm_up``: an `arena.warmup.WarmUp` to report on)."""
+    """Lay out the whole dashboard around one arena core (``warm_up``: an `arena.running.warmup.WarmUp` to report on)."""
     with gr.Blocks(title="Backend Arena") as demo:
         gr.Markdown("# Backend Arena\nThe same prompt through PyTorch, ONNX Runtime and TensorRT, side by side: "
                     "do the conversions still talk sense, draw the picture, and are they faster? Each backend "
                     "gets a verdict against the reference.")
-        if arena.policy.public:
-            gr.Markdown(arena.policy.describe(), elem_id="public-limits", elem_classes=["arena-notes"])
+        if arena.public.policy.public:
+            gr.Markdown(arena.public.policy.describe(), elem_id="public-limits", elem_classes=["arena-notes"])
         if warm_up is not None:
             _warm_up_line(warm_up)
         link_note = gr.Markdown("", elem_id="link-note")
@@ -51,7 +51,7 @@ def build_ui(arena: Arena, warm_up=None) -> gr.Blocks:
         # kept runs in memory).
         def on_unload(request: gr.Request):
             arena.stop(session_of(request), wait_s=0)
-            arena.history.forget(session_of(request))
+            arena.sharing.history.forget(session_of(request))
 
         demo.unload(on_unload)
     return demo

@@ -9,7 +9,7 @@ from typing import Any
 
 import gradio as gr
 
-from arena.catalog import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, IMAGE_CATALOG
+from arena.preparing.catalog import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, IMAGE_CATALOG
 from arena.core import Arena
 from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
 from ui.controls import RUN_CONCURRENCY_ID, is_mcp, session_of
@@ -59,7 +59,7 @@ def make_compare_text(arena: Arena):
         with arena.stoppable(owner) as cancel:
             result = arena.public_view(arena.run_text_to_end(run, cancel=cancel).to_dict())
         if not is_mcp(request):  # API runs are kept too (the client's session); an MCP call has no session
-            arena.history.add(owner, "text", result)
+            arena.sharing.history.add(owner, "text", result)
         return result
 
     return compare_text
@@ -80,7 +80,7 @@ def make_check(arena: Arena):
         Returns {"broken": bool, "error": str | None, "checks": [{"prompt", "verdict": {"kind", "reason",
         "broken", "metrics"}, "reference_verdict", ...}], ...}.
         """
-        from arena.check import check as run_check
+        from arena.judging.check import check as run_check
 
         try:
             spec, ref = BackendSpec.from_any(candidate), BackendSpec.from_any(reference or "pytorch")
@@ -149,7 +149,7 @@ def make_compare_image(arena: Arena):
         gallery = [(r.image, r.spec.label) for r in result.results if r.image is not None]
         view = arena.public_view(image_run_dict(result))
         if not is_mcp(request):
-            arena.history.add(owner, "image", view)
+            arena.sharing.history.add(owner, "image", view)
         return gallery, view
 
     return compare_image
@@ -176,5 +176,5 @@ def register_api(arena: Arena) -> None:
     register_example_api(arena)
     # Outside the run slot: a stop must not wait behind the run it stops.
     gr.api(make_stop(arena), api_name="stop", concurrency_limit=None)
-    if not arena.policy.public:  # pids and server paths are nobody's business on a public server
+    if not arena.public.policy.public:  # pids and server paths are nobody's business on a public server
         gr.api(make_diagnostics(arena), api_name="diagnostics", api_visibility="undocumented")

@@ -40,7 +40,7 @@ def build_backend_controls(backend_options: dict[str, dict[str, Any]], prefix: s
     operator configured, by name (left out when there are none). A backend that is not ``enabled_by_default`` (it
     needs a server the user runs) starts unticked.
     """
-    from arena.policy import configured_endpoints
+    from arena.public.policy import configured_endpoints
 
     endpoints = list(configured_endpoints())
     controls = []
@@ -95,7 +95,7 @@ def option_widget(field: OptionInfo, choices: list[OptionChoice] | None, task: s
 
 
 def endpoint_dropdown(field: OptionInfo, endpoints: list[str], elem_id: str) -> gr.Dropdown | None:
-    """A "url" option on a public server: the operator's endpoints by name (`arena.policy.configured_endpoints`),
+    """A "url" option on a public server: the operator's endpoints by name (`arena.public.policy.configured_endpoints`),
     never a URL; None when the operator configured none."""
     if not endpoints:
         return None

@@ -1,5 +1,5 @@
 """"See a broken conversion" in both tabs and the API: the server builds the request itself (its own broken
-export of the default model, `arena.demos`), so a visitor never passes a path."""
+export of the default model, `arena.preparing.demos`), so a visitor never passes a path."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def wire_text_demos(arena: Arena, tab, broken_button: gr.Button, good_button: gr
         yield from run_and_keep(arena, tab, arena.run_text(request, progress=progress, cancel=cancel), selected,
                                 http)
 
-    _wire(arena, tab, (broken_button, good_button), outputs, arena.demos.text_request, run)
+    _wire(arena, tab, (broken_button, good_button), outputs, arena.preparing.demos.text_request, run)
 
 
 def wire_image_demos(arena: Arena, tab, broken_button: gr.Button, good_button: gr.Button) -> None:
@@ -70,7 +70,7 @@ def wire_image_demos(arena: Arena, tab, broken_button: gr.Button, good_button: g
         yield from run_image_and_keep(arena, tab, arena.run_image(request, progress=progress, cancel=cancel),
                                       selected, http)
 
-    _wire(arena, tab, (broken_button, good_button), outputs, arena.demos.image_request, run)
+    _wire(arena, tab, (broken_button, good_button), outputs, arena.preparing.demos.image_request, run)
 
 
 def make_example_text(arena: Arena):
@@ -82,7 +82,7 @@ def make_example_text(arena: Arena):
             broken: True: the broken export; False: the good export (both MATCH).
         """
         try:
-            run = arena.demos.text_request(bool(broken))
+            run = arena.preparing.demos.text_request(bool(broken))
         except (ArenaError, OSError) as exc:
             return {"error": f"The example could not be prepared: {exc}", "results": []}
         with arena.stoppable(session_of(request)) as cancel:
@@ -102,7 +102,7 @@ def make_example_image(arena: Arena):
         from ui.image_tab import image_run_dict
 
         try:
-            run = arena.demos.image_request(bool(broken))
+            run = arena.preparing.demos.image_request(bool(broken))
         except (ArenaError, OSError) as exc:
             return {"error": f"The example could not be prepared: {exc}", "results": []}
         with arena.stoppable(session_of(request)) as cancel:

@@ -14,9 +14,9 @@ from typing import Any
 
 import gradio as gr
 
-from arena.history import HistoryEntry
-from arena.links import share_link
-from arena.reports import write_reports
+from arena.sharing.history import HistoryEntry
+from arena.sharing.links import share_link
+from arena.sharing.reports import write_reports
 from ui.controls import session_of
 
 
@@ -68,5 +68,5 @@ def link_markdown(task: str, run: dict[str, Any], request: gr.Request | None) ->
 
 def keep_run(arena, task: str, run: dict[str, Any], request: gr.Request | None, images: list | None = None) -> KeptRun:
     """Keep a finished run (``run``: the visitor's view of it) in the history, write its reports, make its link."""
-    entry = arena.history.add(session_of(request), task, run)
+    entry = arena.sharing.history.add(session_of(request), task, run)
     return KeptRun(entry, report_files(run, task, images, entry.id), link_markdown(task, run, request))

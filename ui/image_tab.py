@@ -10,11 +10,11 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
-from arena.catalog import DEFAULT_IMAGE_MODEL, IMAGE_CATALOG, IMAGE_EXAMPLE_PROMPTS, find_image_catalog_model
+from arena.preparing.catalog import DEFAULT_IMAGE_MODEL, IMAGE_CATALOG, IMAGE_EXAMPLE_PROMPTS, find_image_catalog_model
 from arena.core import Arena
-from arena.image_metrics import psnr
+from arena.judging.image_metrics import psnr
 from arena.types import ImageRunRequest, ImageRunResult
-from arena.verdicts import difference_heatmap
+from arena.judging.verdicts import difference_heatmap
 from ui.charts import image_latency_figure
 from ui.controls import (
     RUN_CONCURRENCY_ID,
@@ -97,7 +97,7 @@ def build_image_tab(arena: Arena) -> ImageTab:
     """Lay out the tab and wire its events to the arena."""
     backend_options = arena.backend_options()
     default = IMAGE_CATALOG[0]
-    public, limits = arena.policy.public, arena.policy.limits
+    public, limits = arena.public.policy.public, arena.public.policy.limits
     side = limits.max_image_side if public else 2048
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=320):

@@ -6,7 +6,7 @@ from typing import Any
 
 import gradio as gr
 
-from arena.links import request_from_query
+from arena.sharing.links import request_from_query
 from arena.types import ImageRunRequest, TextRunRequest
 
 # After the form is filled, press that tab's Run button (the visible one) in the browser.

@@ -8,7 +8,7 @@ from typing import Any
 
 import gradio as gr
 
-from arena.catalog import CATALOG, DEFAULT_TEXT_MODEL, EXAMPLE_PROMPTS, PROMPT_FORMATS, find_catalog_model
+from arena.preparing.catalog import CATALOG, DEFAULT_TEXT_MODEL, EXAMPLE_PROMPTS, PROMPT_FORMATS, find_catalog_model
 from arena.core import Arena
 from arena.types import TextRunRequest
 from ui.charts import position_kl_figure, speed_quality_figure, text_latency_figure
@@ -88,7 +88,7 @@ def request_from_form(values: dict[str, Any]) -> TextRunRequest:
 def build_text_tab(arena: Arena) -> TextTab:
     """Lay out the tab and wire its events to the arena."""
     backend_options = arena.backend_options()
-    public, limits = arena.policy.public, arena.policy.limits
+    public, limits = arena.public.policy.public, arena.public.policy.limits
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=320):
             model = gr.Dropdown(

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from arena.errors import ArenaError
-from arena.resources import apply_thread_env
+from arena.running.resources import apply_thread_env
 
 ProgressCallback = Callable[[float | None, str], None]
 

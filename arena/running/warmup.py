@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 
-from arena.catalog import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, EXAMPLE_PROMPTS, IMAGE_EXAMPLE_PROMPTS
+from arena.preparing.catalog import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, EXAMPLE_PROMPTS, IMAGE_EXAMPLE_PROMPTS
 from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
 
 BACKENDS = (BackendSpec("pytorch"), BackendSpec("onnxruntime"))
@@ -71,7 +71,7 @@ class WarmUp:
                 self._line = f"⏳ Preparing the broken {task} example: {description}"
 
             try:
-                self.arena.demos.broken_export(task, example_progress)
+                self.arena.preparing.demos.broken_export(task, example_progress)
             except Exception as exc:  # noqa: BLE001 - the example is made again on first use; say what happened
                 problems.append(f"broken {task} example: {exc}")
         took = time.monotonic() - start

@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from arena.errors import ArenaError
-from arena.policy import human_count
+from arena.public.policy import human_count
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".msgpack", ".h5", ".onnx")
 DATA_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".jinja", ".safetensors", ".bin")

@@ -19,8 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from arena.cache import HUB_KIND, ArtifactCache, directory_fingerprint, mark_used
-from arena.catalog import (
+from arena.preparing.cache import HUB_KIND, ArtifactCache, directory_fingerprint, mark_used
+from arena.preparing.catalog import (
     PROMPT_FORMATS,
     CatalogModel,
     ImageCatalogModel,
@@ -29,11 +29,11 @@ from arena.catalog import (
     render_prompt_template,
 )
 from arena.errors import ArenaError
-from arena.policy import PublicLimits
+from arena.public.policy import PublicLimits
 from arena.types import ImageRunRequest, PreparedImage, PreparedText, TextRunRequest
 
 WEIGHT_PATTERNS = ("*.json", "*.safetensors", "*.bin", "*.model", "*.txt", "*.tiktoken")  # the fingerprint's
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 MAX_STEPS = 200
 MAX_IMAGE_SIDE = 2048
 MAX_NEW_TOKENS_LIMIT = 4096
@@ -198,7 +198,7 @@ class TextPreparer:
 
     def download_from_hub(self, model_id: str, progress, pipeline: bool = False,
                           token: str | bool | None = None) -> Path:
-        """The files a model needs, from one pinned commit, checked at the border (`arena.hub.fetch`): top-level
+        """The files a model needs, from one pinned commit, checked at the border (`arena.public.hub.fetch`): top-level
         files only, never code; in public mode sized from the architecture and capped before any weight comes.
 
         ``token``: the operator's token for their own catalog entries (and a local user's own ids); False for a
@@ -206,7 +206,7 @@ class TextPreparer:
         """
         from huggingface_hub import snapshot_download
 
-        from arena import hub
+        from arena.public import hub
 
         hub_tqdm = progress_tqdm(progress, lambda bar: f"Downloading {model_id}")
         try:

@@ -1,6 +1,6 @@
 """What this machine can run, found out in a child process so the UI process never imports torch or onnxruntime.
 
-`probe_environment()` runs ``python -m arena.environment`` and reads the JSON it prints.
+`probe_environment()` runs ``python -m arena.running.environment`` and reads the JSON it prints.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import subprocess
 import sys
 from typing import Any
 
-from arena.resources import cpu_budget, memory_limit_bytes
+from arena.running.resources import cpu_budget, memory_limit_bytes
 
 PROBE_TIMEOUT_S = 180
 
@@ -102,8 +102,8 @@ def provider_summary(ort_facts: dict[str, Any]) -> str:
 
 def probe_environment(python: str | None = None) -> dict[str, Any]:
     """Run `collect` in a fresh interpreter and return its facts (or an error fact if it failed)."""
-    cmd = [python or sys.executable, "-m", "arena.environment"]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [python or sys.executable, "-m", "arena.running.environment"]
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     try:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
 
-from arena.catalog import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
+from arena.preparing.catalog import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
 from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
 
 TEXT_FIELDS = ("max_new_tokens", "prompt_format", "ignore_eos", "warmup", "repeats", "reference")

@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any
 
-from arena.cache import ArtifactCache
+from arena.preparing.cache import ArtifactCache
 from arena.registry import backend_class, register
 from arena.types import (
     BackendImageResult,
@@ -24,7 +24,7 @@ from arena.types import (
     TextRunRequest,
     TextTimings,
 )
-from arena.workers import run_isolated
+from arena.running.workers import run_isolated
 from backends.base import GenerationSettings, ImageSettings, LoadContext
 
 
@@ -186,7 +186,7 @@ class BackendHost:
         positions x vocab) and those target tokens; one untimed forward pass each."""
         import numpy as np
 
-        from arena.verdicts import log_softmax
+        from arena.judging.verdicts import log_softmax
 
         out = []
         for name, ids, start in sequences:
@@ -210,7 +210,7 @@ class BackendHost:
         mean KL, top-1 agreement and perplexity ratio over all positions, and per sequence."""
         import numpy as np
 
-        from arena.verdicts import per_position, summarize_positions
+        from arena.judging.verdicts import per_position, summarize_positions
 
         self._ensure_loaded(prepared, spec, progress)
         progress(None, f"{spec.label}: teacher-forced quality", force=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from arena.image_metrics import psnr
+from arena.judging.image_metrics import psnr
 
 TEXT_BROKEN = {"GIBBERISH", "EMPTY", "ERROR", "WRONG", "LOSSY"}
 IMAGE_BROKEN = {"DIFFERENT", "BLANK", "NOISE", "NAN", "ERROR"}

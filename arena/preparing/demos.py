@@ -18,7 +18,7 @@ import shutil
 import threading
 from pathlib import Path
 
-from arena.catalog import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, EXAMPLE_PROMPTS, IMAGE_CATALOG, IMAGE_EXAMPLE_PROMPTS
+from arena.preparing.catalog import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, EXAMPLE_PROMPTS, IMAGE_CATALOG, IMAGE_EXAMPLE_PROMPTS
 from arena.errors import ArenaError
 from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
 
@@ -95,10 +95,10 @@ class BrokenConversions:
 
     def broken_export(self, task: str, progress=lambda *_: None) -> Path:
         """The broken export's folder (built on first use, cached after), trusted by the policy."""
-        from arena.workers import run_isolated
+        from arena.running.workers import run_isolated
 
-        kind, target = ((DEMO_TEXT_KIND, "arena.demos:damage_text_export") if task == "text"
-                        else (DEMO_IMAGE_KIND, "arena.demos:damage_image_export"))
+        kind, target = ((DEMO_TEXT_KIND, "arena.preparing.demos:damage_text_export") if task == "text"
+                        else (DEMO_IMAGE_KIND, "arena.preparing.demos:damage_image_export"))
         with self._lock:
             good = self._good_export(task, progress)
 
@@ -108,8 +108,8 @@ class BrokenConversions:
                 return {"damage": TEXT_DAMAGE if task == "text" else IMAGE_DAMAGE}
 
             (self.arena.log_dir).mkdir(parents=True, exist_ok=True)
-            path, _built = self.arena.cache.get_or_build(kind, {"version": DEMO_VERSION, "good": good.name}, build)
-            self.arena.policy.trust_path(str(path))
+            path, _built = self.arena.preparing.cache.get_or_build(kind, {"version": DEMO_VERSION, "good": good.name}, build)
+            self.arena.public.policy.trust_path(str(path))
             return path
 
     def text_request(self, broken: bool = True, progress=lambda *_: None) -> TextRunRequest:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from arena.catalog import find_catalog_model, find_image_catalog_model
+from arena.preparing.catalog import find_catalog_model, find_image_catalog_model
 from backends.base import SERVER_SIDE_KINDS
 
 # A hub id: "name" or "owner/name" of letters, digits, '-', '_', '.'; never a path ("..", leading "/", "~", ".").
@@ -98,7 +98,7 @@ def human_count(value: float) -> str:
 
 def hub_token_available() -> bool:
     """A Hugging Face token is configured (HF_TOKEN, or a `hf auth login` token file). Never returns the token."""
-    from arena import secrets
+    from arena.public import secrets
 
     return secrets.hf_token() is not None
 
@@ -106,7 +106,7 @@ def hub_token_available() -> bool:
 def hub_model_facts(model_id: str, token: str | bool | None = False) -> dict[str, Any]:
     """Parameter count and gating of a hub model from its metadata, before any download: a quick first look in
     the UI process. It trusts what the Hub says (headers a repository wrote), so the preparation worker checks
-    again from the architecture itself (`arena.hub`) before any weight is fetched.
+    again from the architecture itself (`arena.public.hub`) before any weight is fetched.
 
     The count is the safetensors header total when the Hub has it; otherwise it is estimated from the weight
     files' sizes at 2 bytes a parameter (an over-estimate for fp32 weights: the cap errs on the safe side).
@@ -301,10 +301,10 @@ class Policy:
                 f"({', '.join(endpoints)}), never an address or a name a visitor makes up.")
 
     def redact(self, data: Any, roots: tuple[str, ...] = ()) -> Any:
-        """What anyone gets back: no secret (every mode: `arena.secrets.scrub_data`); in public mode also no server
+        """What anyone gets back: no secret (every mode: `arena.public.secrets.scrub_data`); in public mode also no server
         paths (model and artifact folders, paths inside messages), no log tails and no string longer than
         `MAX_SHOWN_CHARS` (a visitor's 20 MB prompt is not echoed back). ``roots``: folders to hide."""
-        from arena.secrets import scrub_data
+        from arena.public.secrets import scrub_data
 
         data = scrub_data(data)
         if not self.public:

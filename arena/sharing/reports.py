@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from arena.secrets import REDACTED, SECRET_NAME, SECRET_SHAPES, scrub, scrub_data  # noqa: F401 - re-exported
+from arena.public.secrets import REDACTED, SECRET_NAME, SECRET_SHAPES, scrub, scrub_data  # noqa: F401 - re-exported
 
 REPORT_FORMAT = "backend-arena-report/1"
 # The versions a runtime's issue tracker asks for, in this order.
@@ -307,7 +307,7 @@ def write_reports(run: dict[str, Any], task: str, directory: str | Path, stem: s
     if task == "image" and images and index is not None and index < len(images) and images[index] is not None:
         from PIL import Image
 
-        from arena.verdicts import difference_heatmap
+        from arena.judging.verdicts import difference_heatmap
 
         for i, image in enumerate(images):
             if i != index and image is not None and image.shape == images[index].shape:

@@ -1,7 +1,7 @@
 """Headless judgement: is a candidate (for example a user's ONNX export) broken? Used by the CLI and the API.
 
 The candidate runs next to the reference (PyTorch fp32 by default) on a few prompts; every run is judged
-(`arena.verdicts`) and the candidate is broken when any of its verdicts says so.
+(`arena.judging.verdicts`) and the candidate is broken when any of its verdicts says so.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from arena.catalog import IMAGE_CATALOG, IMAGE_EXAMPLE_PROMPTS, find_image_catalog_model
+from arena.preparing.catalog import IMAGE_CATALOG, IMAGE_EXAMPLE_PROMPTS, find_image_catalog_model
 from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
 
 TEXT_PROMPTS = (
@@ -37,21 +37,21 @@ def check(arena, model: str, candidate: BackendSpec, task: str = "auto", prompts
     Returns {"broken": bool, "error": str | None, "task", "model", "candidate", "reference", "checks": [{prompt,
     candidate verdict, reference verdict, ...}]}. ``error`` is a problem before any verdict (no such model).
     """
-    task = guess_task(model, look_on_disk=not arena.policy.public) if task == "auto" else task
+    task = guess_task(model, look_on_disk=not arena.public.policy.public) if task == "auto" else task
     reference = reference or BackendSpec("pytorch")
     prompts = tuple(prompts) or (IMAGE_EXAMPLE_PROMPTS[:3] if task == "image" else TEXT_PROMPTS)
     out: dict[str, Any] = {"task": task, "model": model, "candidate": candidate.to_dict(),
                            "reference": reference.to_dict(), "checks": [], "error": None}
-    problem = arena.policy.refuse_check(prompts)
+    problem = arena.public.policy.refuse_check(prompts)
     if problem:
         out.update(error=problem, broken=True)
         return out
     # Public mode: one clock for the whole check too, not a full time limit per prompt.
-    deadline = time.monotonic() + arena.policy.limits.run_time_limit_s if arena.policy.public else None
+    deadline = time.monotonic() + arena.public.policy.limits.run_time_limit_s if arena.public.policy.public else None
     for prompt in prompts:
         if deadline is not None and time.monotonic() > deadline:
             out["error"] = (f"This check reached the server's time limit of "
-                            f"{arena.policy.limits.run_time_limit_s:g} s after {len(out['checks'])} prompt(s).")
+                            f"{arena.public.policy.limits.run_time_limit_s:g} s after {len(out['checks'])} prompt(s).")
             break
         if task == "image":
             entry = find_image_catalog_model(model) or IMAGE_CATALOG[0]

@@ -1,0 +1,1 @@
+"""Judging: verdicts, image similarity and the headless check."""

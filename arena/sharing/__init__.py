@@ -1,0 +1,1 @@
+"""Keeping and sharing results: run history, reports (JSON, CSV, Markdown) and settings links."""
