@@ -20,6 +20,10 @@ BACKENDS: dict[str, str] = {
     "llamacpp": "backends.llamacpp_backend:LlamaCppBackend",
 }
 
+# What a run compares when it names no backends (the form's ticked boxes, the API's, the CLI's and a link's
+# default): the reference and the export most people check against it.
+DEFAULT_BACKENDS: tuple[str, ...] = ("pytorch", "onnxruntime")
+
 # Backends added at run time by `register` (a test's deliberately broken backend, a plugin); kept apart from
 # BACKENDS so the UI and the contract meta-test see only the project's own.
 _EXTRA: dict[str, str] = {}
