@@ -24,8 +24,9 @@ import json
 import re
 import sys
 
-from arena.preparing.catalog import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
-from arena.types import BackendSpec, TextRunRequest
+from arena.fields import add_arguments, cli_values
+from arena.registry import DEFAULT_BACKENDS
+from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
 
 
 def positive_int(text: str) -> int:
@@ -85,33 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     text = sub.add_parser("text", help="compare text generation across backends", epilog=backend_help(),
                           formatter_class=argparse.RawDescriptionHelpFormatter)
-    text.add_argument("--model", default=DEFAULT_TEXT_MODEL, help="catalog key, hub id or local directory")
-    text.add_argument("--prompt", required=True)
+    add_arguments(text, TextRunRequest)
     text.add_argument("--backend", action="append", type=parse_backend, dest="backends",
-                      help="repeatable; default: pytorch and onnxruntime")
-    text.add_argument("--max-new-tokens", type=int, default=64)
-    text.add_argument("--prompt-format", default="auto")
-    text.add_argument("--ignore-eos", action="store_true")
-    text.add_argument("--warmup", type=int, default=1)
-    text.add_argument("--repeats", type=int, default=1)
+                      help="repeatable; default: " + " and ".join(DEFAULT_BACKENDS))
     text.add_argument("--cache-dir", default=None)
     text.add_argument("--json", action="store_true", help="print the structured result instead of a table")
     text.add_argument("--allow-drift", action="store_true", help="exit 0 even when token ids differ")
-    text.add_argument("--reference", default="auto", help="the backend verdicts compare with (name or index)")
     text.add_argument("--report", metavar="DIR", help="also write the JSON, CSV and Markdown reports into DIR")
     image = sub.add_parser("image", help="compare image generation across backends", epilog=backend_help(),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    image.add_argument("--model", default=DEFAULT_IMAGE_MODEL, help="catalog key, hub id or pipeline folder")
-    image.add_argument("--prompt", required=True)
-    image.add_argument("--negative-prompt", default="")
+    add_arguments(image, ImageRunRequest)
     image.add_argument("--backend", action="append", type=parse_backend, dest="backends",
-                       help="repeatable; default: pytorch and onnxruntime")
-    image.add_argument("--steps", type=int, default=20)
-    image.add_argument("--guidance-scale", type=float, default=4.0)
-    image.add_argument("--seed", type=int, default=0)
-    image.add_argument("--height", type=int, default=None)
-    image.add_argument("--width", type=int, default=None)
-    image.add_argument("--reference", default="auto")
+                       help="repeatable; default: " + " and ".join(DEFAULT_BACKENDS))
     image.add_argument("--cache-dir", default=None)
     image.add_argument("--json", action="store_true", help="print the structured result instead of a summary")
     image.add_argument("--report", metavar="DIR", help="also write the JSON, CSV and Markdown reports into DIR")
@@ -137,11 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "image":
         return run_image(args, Arena(cache_dir=args.cache_dir))
 
-    backends = tuple(args.backends or (BackendSpec("pytorch"), BackendSpec("onnxruntime")))
-    request = TextRunRequest(model=args.model, prompt=args.prompt, backends=backends,
-                             max_new_tokens=args.max_new_tokens, prompt_format=args.prompt_format,
-                             ignore_eos=args.ignore_eos, warmup=args.warmup, repeats=args.repeats,
-                             reference=args.reference)
+    request = TextRunRequest.from_values(cli_values(args, TextRunRequest))
     arena = Arena(cache_dir=args.cache_dir)
     try:
         result = arena.run_text_to_end(request, phase_printer()).to_dict()
@@ -168,12 +150,7 @@ def write_report(directory: str | None, result: dict, task: str, images: list | 
 
 def run_image(args, arena) -> int:
     """``image``: one line per backend (verdict, total time); exit 1 when a backend failed or is broken."""
-    from arena.types import ImageRunRequest
-
-    request = ImageRunRequest(model=args.model, prompt=args.prompt, negative_prompt=args.negative_prompt,
-                              backends=tuple(args.backends or (BackendSpec("pytorch"), BackendSpec("onnxruntime"))),
-                              steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed,
-                              height=args.height, width=args.width, reference=args.reference)
+    request = ImageRunRequest.from_values(cli_values(args, ImageRunRequest))
     try:
         final = arena.run_image_to_end(request, phase_printer())
     finally:

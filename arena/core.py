@@ -12,15 +12,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from arena.public import secrets
+from arena.errors import ArenaError
+from arena.judging.verdicts import judge_image, judge_text, logits_error, reference_index
 from arena.preparing.cache import ArtifactCache, default_cache_dir
 from arena.preparing.catalog import find_catalog_model, find_image_catalog_model
 from arena.preparing.demos import BrokenConversions
-from arena.running.environment import probe_environment
-from arena.errors import ArenaError
-from arena.sharing.history import RunHistory
+from arena.public import secrets
 from arena.public.policy import Policy
 from arena.registry import BACKENDS, backend_class, register
+from arena.running.environment import probe_environment
+from arena.running.workers import RunStopped, Worker, WorkerCrashed, WorkerFailed
+from arena.sharing.history import RunHistory
 from arena.types import (
     BackendImageResult,
     BackendSpec,
@@ -32,8 +34,6 @@ from arena.types import (
     TextRunRequest,
     TextRunResult,
 )
-from arena.judging.verdicts import judge_image, judge_text, logits_error, reference_index
-from arena.running.workers import RunStopped, Worker, WorkerCrashed, WorkerFailed
 
 ProgressFn = Callable[[float | None, str], None]
 
@@ -223,7 +223,8 @@ class Arena:
         if not request.backends:
             yield run_cls(request, None, error="Pick at least one backend to run.", environment=env)
             return
-        problem = refuse(request) if refuse else None  # the public-mode gate: before any worker or file is touched
+        # The fields' own bounds (`arena.fields`), then the public-mode gate: before any worker or file is touched.
+        problem = request.refuse_bounds() or (refuse(request) if refuse else None)
         if problem:
             yield run_cls(request, None, error=problem, environment=env)
             return

@@ -9,9 +9,15 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
+from arena.fields import RequestFields, parse_backends, request_field
+from arena.preparing.catalog import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, IMAGE_CATALOG
 from arena.registry import backend_choices, backend_class, resolve_alias
+
+IMAGE_DEFAULTS = IMAGE_CATALOG[0]  # the default pipeline's suggested steps and guidance are the form's defaults
+PROMPT_CAP = "The prompt's length is capped at {cap} characters on this public server (asked: {asked})."
+SIDE_CAP = "Image sides are capped at {cap} px on this public server (asked: {asked} px)."
 
 
 @dataclass(frozen=True, init=False, repr=False)
@@ -83,8 +89,9 @@ class BackendSpec:
         raise ValueError(f"Cannot read a backend from {value!r}.")
 
 
-class _Request:
-    """What text and image requests share: JSON with each backend spec as a dict."""
+class _Request(RequestFields):
+    """What text and image requests share: declared fields (`arena.fields`), JSON with each backend spec as a
+    dict."""
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -94,17 +101,36 @@ class _Request:
 
 @dataclass(frozen=True)
 class TextRunRequest(_Request):
-    """One text comparison: the same prompt, greedy, through every selected backend."""
+    """One text comparison: the same prompt, greedy, through every selected backend. Each field is declared once
+    (`arena.fields.request_field`): the form, the API, the CLI, links and the public gate read it from here."""
 
-    model: str  # catalog key, hub id or local directory
-    prompt: str
-    backends: tuple[BackendSpec, ...]
-    max_new_tokens: int = 64
-    prompt_format: str = "auto"  # "auto" | "chat" | "plain" | a catalog format name
-    ignore_eos: bool = False  # True: every backend generates exactly max_new_tokens (benchmarking)
-    warmup: int = 1  # untimed short generations before timing
-    repeats: int = 1  # timed generations; the median is reported
-    reference: str = "auto"  # the backend the others are judged against: "auto" (PyTorch fp32), a name or index
+    task: ClassVar[str] = "text"
+
+    model: str = request_field(DEFAULT_TEXT_MODEL, kind="text", label="Model", blank_is_default=True,
+                               help="a catalog key, a Hugging Face hub id, or a local directory")
+    prompt: str = request_field("", kind="text", label="Prompt", public_cap="max_prompt_chars",
+                                cap_text=PROMPT_CAP, help="the user's prompt (rendered with the model's prompt format)")
+    backends: tuple[BackendSpec, ...] = request_field(
+        kind="backends", label="Backends", default_factory=parse_backends,
+        help='names ("pytorch", "onnxruntime") or dicts of options, e.g. {"backend": "onnxruntime", '
+             '"provider": "CPUExecutionProvider", "precision": "int8"}; default: PyTorch and ONNX Runtime')
+    max_new_tokens: int = request_field(64, kind="int", label="Max new tokens", minimum=1, maximum=4096,
+                                        form_maximum=512, step=1,
+                                        public_cap="max_new_tokens", help="how many tokens each backend may generate")
+    prompt_format: str = request_field("auto", kind="text", label="Prompt format", blank_is_default=True,
+                                       help='"auto", "chat", "plain", "llama-2-chat" or "dolly"')
+    ignore_eos: bool = request_field(False, kind="bool", label="Ignore EOS (always generate max new tokens)",
+                                     group="timing", help="for benchmarking: every backend generates exactly "
+                                                          "max_new_tokens")
+    warmup: int = request_field(1, kind="int", label="Warm-up generations", minimum=0, form_maximum=10,
+                                public_cap="max_warmup", group="timing",
+                                help="untimed warm-up generations per backend")
+    repeats: int = request_field(1, kind="int", label="Timed repeats", minimum=1, form_maximum=20,
+                                 public_cap="max_repeats",
+                                 group="timing", help="timed generations per backend; medians are reported")
+    reference: str = request_field("auto", kind="text", label="Reference", blank_is_default=True,
+                                   help='the backend the verdicts compare with: "auto" (PyTorch fp32), a name or an '
+                                        "index")
 
 
 @dataclass(frozen=True)
@@ -227,7 +253,7 @@ class TextRunResult:
             },
             "rendered_prompt": prepared.rendered_prompt if prepared else None,
             "prompt_token_ids": list(prepared.prompt_token_ids) if prepared else [],
-            "results": [r.to_dict() for r in self.results],
+            "results": _with_reference_flags([r.to_dict() for r in self.results], _reference_of(self.request)),
             "reference_index": _reference_of(self.request),
             "error": self.error,
             "environment": self.environment,
@@ -245,18 +271,38 @@ def _reference_of(request: Any) -> int | None:
 
 @dataclass(frozen=True)
 class ImageRunRequest(_Request):
-    """One image comparison: the same prompt, seed, latents, scheduler and steps through every backend."""
+    """One image comparison: the same prompt, seed, latents, scheduler and steps through every backend. Each
+    field is declared once (`arena.fields.request_field`), like the text request's."""
 
-    model: str
-    prompt: str
-    backends: tuple[BackendSpec, ...]
-    negative_prompt: str = ""
-    steps: int = 20
-    guidance_scale: float = 4.0
-    seed: int = 0
-    height: int | None = None  # None: the model's native size
-    width: int | None = None
-    reference: str = "auto"  # the backend the others are judged against: "auto" (PyTorch fp32), a name or index
+    task: ClassVar[str] = "image"
+
+    model: str = request_field(DEFAULT_IMAGE_MODEL, kind="text", label="Pipeline", blank_is_default=True,
+                               help="a catalog key, a diffusers hub id, or a local pipeline folder")
+    prompt: str = request_field("", kind="text", label="Prompt", public_cap="max_prompt_chars", cap_text=PROMPT_CAP,
+                                help="what to draw")
+    backends: tuple[BackendSpec, ...] = request_field(
+        kind="backends", label="Backends", default_factory=parse_backends,
+        help='names ("pytorch,onnxruntime"), or a JSON list of names or option dicts; default: PyTorch and '
+             "ONNX Runtime")
+    negative_prompt: str = request_field("", kind="text", label="Negative prompt", public_cap="max_prompt_chars",
+                                         cap_text=PROMPT_CAP, help="what not to draw")
+    steps: int = request_field(IMAGE_DEFAULTS.steps, kind="int", label="Steps", minimum=1, maximum=200,
+                               form_maximum=100, step=1,
+                               public_cap="max_steps", help="denoising steps",
+                               cap_text="Steps are capped at {cap} on this public server (asked: {asked}).")
+    guidance_scale: float = request_field(IMAGE_DEFAULTS.guidance_scale, kind="float", label="Guidance scale",
+                                          minimum=0.0, maximum=100.0, form_maximum=15.0, step=0.5,
+                                          help="classifier-free guidance")
+    seed: int = request_field(0, kind="int", label="Seed", minimum=0, help="the seed of the initial latents")
+    height: int | None = request_field(None, kind="size", label="Height (0: native)", minimum=8, maximum=2048,
+                                       public_cap="max_image_side", cap_text=SIDE_CAP,
+                                       help="pixels; 0 or empty: the model's native size")
+    width: int | None = request_field(None, kind="size", label="Width (0: native)", minimum=8, maximum=2048,
+                                      public_cap="max_image_side", cap_text=SIDE_CAP,
+                                      help="pixels; 0 or empty: the model's native size")
+    reference: str = request_field("auto", kind="text", label="Reference", blank_is_default=True,
+                                   help='the backend the verdicts compare with: "auto" (PyTorch fp32), a name or an '
+                                        "index")
 
 
 @dataclass(frozen=True)
@@ -326,8 +372,39 @@ class ImageRunResult:
                 "name": prepared.model_name, "source": prepared.source, "dir": prepared.model_dir,
                 "height": prepared.height, "width": prepared.width, "scheduler": json.loads(prepared.scheduler),
                 "notes": list(prepared.notes)},
-            "results": [r.to_dict() for r in self.results],
+            "results": _image_results(self.results, _reference_of(self.request)),
             "reference_index": _reference_of(self.request),
             "error": self.error,
             "environment": self.environment,
         }
+
+
+def _with_reference_flags(results: list[dict[str, Any]], reference: int | None) -> list[dict[str, Any]]:
+    """Each backend's dict says whether it is the run's reference (the one the verdicts compare with)."""
+    for index, entry in enumerate(results):
+        entry["is_reference"] = index == reference
+    return results
+
+
+def _image_results(results: tuple[BackendImageResult, ...], reference: int | None) -> list[dict[str, Any]]:
+    """Each backend's dict with its PSNR against the reference image (computed here once, for the UI, the API,
+    the reports and the scripts). Identical images have infinite PSNR; JSON has no infinity, so they report
+    99.0 dB with ``identical_to_reference: true``."""
+    from arena.judging.image_metrics import psnr
+
+    images = [r.image for r in results]
+    if reference is not None and (reference >= len(images) or images[reference] is None):
+        reference = None
+    data = _with_reference_flags([r.to_dict() for r in results], reference)
+    for index, (entry, image) in enumerate(zip(data, images, strict=True)):
+        entry["psnr_vs_reference_db"], entry["identical_to_reference"] = None, None
+        if reference is None or image is None or index == reference or images[reference].shape != image.shape:
+            continue
+        value = psnr(images[reference], image)
+        entry["psnr_vs_reference_db"] = 99.0 if value == float("inf") else round(value, 2)
+        entry["identical_to_reference"] = value == float("inf")
+    return data
+
+
+# The request type of each task ("text", "image"): links, history and the CLI find a task's fields here.
+REQUESTS: dict[str, type[TextRunRequest] | type[ImageRunRequest]] = {"text": TextRunRequest, "image": ImageRunRequest}

@@ -338,7 +338,7 @@ def torch_facts() -> dict[str, Any]:
 
 
 def torch_threads() -> int:
-    """Give torch's intra-op pool the CPU budget (`arena.running.resources.thread_count`) and return what it now uses."""
+    """Give torch's intra-op pool the CPU budget (`arena.running.resources.thread_count`); return what it uses."""
     import torch
 
     from arena.running.resources import thread_count

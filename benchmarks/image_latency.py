@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from arena.preparing.catalog import DEFAULT_IMAGE_MODEL, IMAGE_EXAMPLE_PROMPTS  # noqa: E402
 from arena.core import Arena  # noqa: E402
+from arena.preparing.catalog import DEFAULT_IMAGE_MODEL, IMAGE_EXAMPLE_PROMPTS  # noqa: E402
 from arena.types import BackendSpec, ImageRunRequest  # noqa: E402
 
 CONFIGS = (

@@ -39,8 +39,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from arena.preparing.catalog import DEFAULT_TEXT_MODEL, EXAMPLE_PROMPTS  # noqa: E402
 from arena.core import Arena  # noqa: E402
+from arena.preparing.catalog import DEFAULT_TEXT_MODEL, EXAMPLE_PROMPTS  # noqa: E402
 from arena.types import BackendSpec, TextRunRequest  # noqa: E402
 
 CPU = "CPUExecutionProvider"
@@ -203,7 +203,7 @@ def main() -> None:
 
     arena = Arena()
     own_workers(arena)
-    env = arena.running.environment()
+    env = arena.environment()
     machine = machine_facts(env)
     print(f"# {args.model}, {args.max_new_tokens} new tokens (EOS ignored), {args.rounds} interleaved rounds; "
           f"{machine['cpu']}, {machine['cores']} cores", flush=True)

@@ -24,11 +24,11 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from arena.preparing.catalog import DEFAULT_TEXT_MODEL
     from arena.core import Arena
+    from arena.judging.verdicts import log_softmax, teacher_forced_quality
+    from arena.preparing.catalog import DEFAULT_TEXT_MODEL
     from arena.preparing.prepare import QUALITY_PARAGRAPH, QUALITY_PARAGRAPH_TOKENS
     from arena.types import BackendSpec, TextRunRequest
-    from arena.judging.verdicts import log_softmax, teacher_forced_quality
     from tests.export_edits import (
         clamp_positions,
         fp16_rounded,

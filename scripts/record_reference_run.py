@@ -17,8 +17,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from arena.preparing.catalog import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, EXAMPLE_PROMPTS, IMAGE_EXAMPLE_PROMPTS  # noqa: E402
 from arena.core import Arena  # noqa: E402
+from arena.preparing.catalog import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, EXAMPLE_PROMPTS, IMAGE_EXAMPLE_PROMPTS  # noqa: E402
 from arena.types import BackendSpec, ImageRunRequest, TextRunRequest  # noqa: E402
 from ui.image_tab import image_run_dict  # noqa: E402
 
@@ -49,7 +49,7 @@ def scrub(run: dict) -> dict:
 
 def main() -> None:
     arena = Arena()
-    env = arena.running.environment()
+    env = arena.environment()
     versions = env.get("versions", {})
     machine = {"cpu": cpu_name(), "cores": env.get("cpu_count"), "memory_gb": env.get("memory_gb"),
                "python": env.get("python"), "versions": {k: v for k, v in versions.items() if v}}

@@ -3,8 +3,8 @@
     .venv/bin/python scripts/score_image_model.py --model assets/image-model [--count 200] [--grid docs/x.png]
 
 For each held-out (color, shape, background) combination drawn with a random size and position, the prompt is
-rendered by the PyTorch pipeline (seeded) and judged by `arena.preparing.scenes.score_image`: the median color inside the
-shape's core must be the named color and the median color away from the shape the background color.
+rendered by the PyTorch pipeline (seeded) and judged by `arena.preparing.scenes.score_image`: the median color
+inside the shape's core must be the named color and the median color away from the shape the background color.
 """
 
 from __future__ import annotations

@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 
 from arena.preparing.cache import ArtifactCache, directory_fingerprint
+from arena.registry import backend_class
 from arena.running.environment import probe_environment
 from arena.running.host import load_context
-from arena.registry import backend_class
 from arena.types import BackendSpec, PreparedImage, PreparedText
 from backends.base import SERVER_SIDE_KINDS, GenerationSettings, ImageSettings, OptionChoice
 

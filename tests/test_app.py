@@ -75,8 +75,8 @@ def test_compare_image_api_draws_the_prompt_with_the_default_model(app_server):
     import numpy as np
     from PIL import Image
 
-    from arena.preparing.catalog import IMAGE_CATALOG
     from arena.judging.image_metrics import psnr
+    from arena.preparing.catalog import IMAGE_CATALOG
     from arena.preparing.scenes import Scene, score_image
 
     entry = IMAGE_CATALOG[0]

@@ -29,7 +29,7 @@ PROMPT = "a red circle on a blue background"
 
 
 def skip_without_cuda(arena, spec: BackendSpec) -> None:
-    problem = arena._backend_cls(spec.backend).check_spec(spec, arena.running.environment())
+    problem = arena._backend_cls(spec.backend).check_spec(spec, arena.environment())
     if problem:
         pytest.skip(f"needs CUDA: {problem}")
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from arena.public import hub as border
 from arena.errors import ArenaError
+from arena.public import hub as border
 from arena.public.policy import PublicLimits
 from tests.local_hub import LocalHub
 
@@ -203,10 +203,10 @@ def test_the_sd21_mirror_layout_takes_each_components_plain_weights(local_hub, t
 
 def test_a_gated_catalog_entry_uses_the_operators_token_and_nothing_else_does(local_hub, tiny_llama, tmp_path,
                                                                               monkeypatch):
-    from arena.public import secrets
     from arena.core import Arena
-    from arena.public.policy import Policy
     from arena.preparing.prepare import Preparer
+    from arena.public import secrets
+    from arena.public.policy import Policy
 
     operator = "hf_operator0123456789abcdefgh"
     local_hub.allow_token(operator, ["meta-llama/Llama-2-7b-chat-hf"])

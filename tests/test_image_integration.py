@@ -111,7 +111,7 @@ GPU_IMAGE_SPECS = [
 @pytest.mark.parametrize(("spec", "min_psnr"), GPU_IMAGE_SPECS,
                          ids=[s.label.replace(" · ", "-").replace(" ", "_") for s, _ in GPU_IMAGE_SPECS])
 def test_gpu_image_paths_match_the_cpu_reference(arena, tiny_sd, spec, min_psnr):
-    problem = arena._backend_cls(spec.backend).check_spec(spec, arena.running.environment())
+    problem = arena._backend_cls(spec.backend).check_spec(spec, arena.environment())
     if problem:
         pytest.skip(f"needs the GPU stack: {problem}")
     reference, result = run(arena, tiny_sd, backends=(BackendSpec("pytorch"), spec)).results

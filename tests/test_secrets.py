@@ -11,8 +11,8 @@ import sys
 import textwrap
 
 from arena.public import secrets
-from arena.sharing.history import RunHistory, fit
 from arena.public.policy import Policy, PublicLimits
+from arena.sharing.history import RunHistory, fit
 from tests.conftest import ROOT
 
 CANARY = "hf_canary0123456789abcdefghij"

@@ -9,10 +9,10 @@ from __future__ import annotations
 import gradio as gr
 import pytest
 
+from arena.judging.verdicts import judge_text
 from arena.public.policy import ENDPOINTS_VARIABLE, Policy, configured_endpoints
 from arena.registry import register
 from arena.types import BackendSpec, PreparedText, TextRunRequest
-from arena.judging.verdicts import judge_text
 from tests.backend_contract import BackendContract
 from tests.helpers import EchoServerBackend
 

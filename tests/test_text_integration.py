@@ -100,7 +100,7 @@ def test_a_local_folder_without_config_is_explained(arena, tmp_path):
 
 
 def test_gpu_options_on_a_cpu_machine_fail_with_the_install_command(arena, tiny_llama):
-    env = arena.running.environment()
+    env = arena.environment()
     if env["torch"].get("cuda_available"):
         pytest.skip("this machine has CUDA: the CPU-only message cannot be shown here")
     result = run(arena, tiny_llama, backends=(BackendSpec("pytorch", device="cuda"), BackendSpec("pytorch")))
@@ -132,7 +132,7 @@ def test_a_run_abandoned_half_way_does_not_block_the_next(arena, tiny_llama):
 
 def test_a_backend_this_machine_lacks_is_an_error_with_the_fix(arena, tiny_llama):
     """TensorRT (or any GPU option) on a machine without it: the reason and the install command, per panel."""
-    trt = arena._backend_cls("tensorrt").availability(arena.running.environment())
+    trt = arena._backend_cls("tensorrt").availability(arena.environment())
     if trt.ok:
         pytest.skip("TensorRT is available here")
     result = run(arena, tiny_llama, backends=(BackendSpec("tensorrt"), BackendSpec("pytorch")))

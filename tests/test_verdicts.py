@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from arena.types import BackendSpec
 from arena.judging.verdicts import (
     TEXT_TOLERANCES,
     difference_heatmap,
@@ -28,6 +27,7 @@ from arena.judging.verdicts import (
     teacher_forced_quality,
     text_tolerance,
 )
+from arena.types import BackendSpec
 
 CORPUS = Path(__file__).parent / "corpus"
 REPORT = Path(__file__).resolve().parent.parent / "docs" / "verdict-corpus.md"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from arena.types import BackendSpec, TextRunRequest
 from arena.running.warmup import WarmUp, default_requests
+from arena.types import BackendSpec, TextRunRequest
 
 
 def test_warm_up_prepares_in_the_background_and_says_when_ready(arena, tiny_llama):

@@ -20,13 +20,14 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
 def build_ui(arena: Arena, warm_up=None) -> gr.Blocks:
-    """Lay out the whole dashboard around one arena core (``warm_up``: an `arena.running.warmup.WarmUp` to report on)."""
+    """Lay out the whole dashboard around one arena core (``warm_up``: an `arena.running.warmup.WarmUp` to report
+    on)."""
     with gr.Blocks(title="Backend Arena") as demo:
         gr.Markdown("# Backend Arena\nThe same prompt through PyTorch, ONNX Runtime and TensorRT, side by side: "
                     "do the conversions still talk sense, draw the picture, and are they faster? Each backend "
                     "gets a verdict against the reference.")
-        if arena.public.policy.public:
-            gr.Markdown(arena.public.policy.describe(), elem_id="public-limits", elem_classes=["arena-notes"])
+        if arena.policy.public:
+            gr.Markdown(arena.policy.describe(), elem_id="public-limits", elem_classes=["arena-notes"])
         if warm_up is not None:
             _warm_up_line(warm_up)
         link_note = gr.Markdown("", elem_id="link-note")
@@ -43,28 +44,18 @@ def build_ui(arena: Arena, warm_up=None) -> gr.Blocks:
         wire_link_fill(demo, text, image, tabs, link_note)
         register_api(arena)
         # Until the visitor runs their own, the panels show a real run of the defaults that ships with the repo.
-        demo.load(lambda: stored_text_updates(text), None, _text_outputs(text), api_visibility="private")
-        demo.load(lambda: stored_image_updates(image), None, _image_outputs(image), api_visibility="private")
+        demo.load(lambda: stored_text_updates(text), None, text.outputs(), api_visibility="private")
+        demo.load(lambda: stored_image_updates(image), None, image.outputs(), api_visibility="private")
         # Client-side only: disable the radio choices the server labelled unavailable.
         demo.load(None, js=(ASSETS / "arena.js").read_text(), api_visibility="private")
         # A visitor who closes the page does not leave their run holding the queue (nor, in public mode, their
         # kept runs in memory).
         def on_unload(request: gr.Request):
             arena.stop(session_of(request), wait_s=0)
-            arena.sharing.history.forget(session_of(request))
+            arena.history.forget(session_of(request))
 
         demo.unload(on_unload)
     return demo
-
-
-def _text_outputs(tab) -> list:
-    return [tab.status, tab.chart, tab.quality_chart, tab.position_chart, tab.result_json] + [
-        c for p in tab.backends for c in (p.header, p.answer, p.metrics)]
-
-
-def _image_outputs(tab) -> list:
-    return [tab.status, tab.slider, tab.chart, tab.result_json] + [c for p in tab.panels for c in (
-        p.header, p.image, p.heatmap, p.metrics)]
 
 
 def _warm_up_line(warm_up) -> None:

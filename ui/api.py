@@ -2,67 +2,64 @@
 
 from __future__ import annotations
 
-import json
+import inspect
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
 
-from arena.preparing.catalog import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, IMAGE_CATALOG
 from arena.core import Arena
+from arena.fields import API_TYPES, FieldInfo, api_docstring, api_parameters
+from arena.registry import DEFAULT_BACKENDS
 from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
 from ui.controls import RUN_CONCURRENCY_ID, is_mcp, session_of
 from ui.demos import register_example_api
-from ui.image_tab import image_run_dict
+
+
+def request_function(request_cls, name: str, summary: str, returns: str, run: Callable[[dict, Any], Any],
+                     return_annotation: Any = dict):
+    """An API function whose parameters are the request's declared fields (`arena.fields`), in the API's order
+    (prompt first), with their defaults, types and help (Gradio reads the signature for the client and the
+    docstring for the API page and MCP tools); plus ``request`` (Gradio's, for the caller's session)."""
+    parameters = [inspect.Parameter(info.name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                    default=inspect.Parameter.empty if info.name == "prompt" else
+                                    None if info.kind == "backends" else info.default,
+                                    annotation=API_TYPES[info.kind]) for info in api_parameters(request_cls)]
+    parameters.append(inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                                        annotation=gr.Request))
+    signature = inspect.Signature(parameters, return_annotation=return_annotation)
+
+    def call(*args, **kwargs):
+        values = dict(signature.bind(*args, **kwargs).arguments)
+        return run(values, values.pop("request", None))
+
+    call.__name__ = call.__qualname__ = name
+    call.__signature__ = signature
+    call.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": return_annotation}
+    call.__doc__ = api_docstring(summary, request_cls, returns)
+    return call
 
 
 def make_compare_text(arena: Arena):
     """Build the /compare_text function bound to this arena."""
 
-    def compare_text(
-        prompt: str,
-        model: str = DEFAULT_TEXT_MODEL,
-        backends: list[Any] | None = None,
-        max_new_tokens: int = 64,
-        prompt_format: str = "auto",
-        ignore_eos: bool = False,
-        warmup: int = 1,
-        repeats: int = 1,
-        reference: str = "auto",
-        request: gr.Request = None,
-    ) -> dict:
-        """Run one prompt greedily through several backends and return every answer, token ids and timings.
-
-        Args:
-            prompt: the user's prompt (rendered with the model's prompt format).
-            model: a catalog key, a Hugging Face hub id, or a local directory.
-            backends: names ("pytorch", "onnxruntime") or dicts of options, e.g.
-                {"backend": "onnxruntime", "provider": "CPUExecutionProvider", "precision": "int8",
-                 "onnx_dir": "/path/to/export"}. Default: PyTorch and ONNX Runtime.
-            max_new_tokens: how many tokens each backend may generate.
-            prompt_format: "auto", "chat", "plain", "llama-2-chat" or "dolly".
-            ignore_eos: generate exactly max_new_tokens (benchmarking).
-            warmup: untimed warm-up generations per backend.
-            repeats: timed generations per backend; medians are reported.
-            reference: the backend the verdicts compare with: "auto" (PyTorch fp32), a name or an index.
-        """
+    def compare_text(values: dict, request: gr.Request | None) -> dict:
         try:
-            specs = tuple(BackendSpec.from_any(b) for b in (backends or ["pytorch", "onnxruntime"]))
-            run = TextRunRequest(model=model or DEFAULT_TEXT_MODEL, prompt=prompt, backends=specs,
-                                 max_new_tokens=int(max_new_tokens), prompt_format=prompt_format,
-                                 ignore_eos=bool(ignore_eos), warmup=int(warmup), repeats=int(repeats),
-                                 reference=str(reference or "auto"))
+            run = TextRunRequest.from_values(values)
         except (ValueError, TypeError) as exc:
             return {"error": str(exc), "results": []}
         owner = session_of(request)
         with arena.stoppable(owner) as cancel:
             result = arena.public_view(arena.run_text_to_end(run, cancel=cancel).to_dict())
         if not is_mcp(request):  # API runs are kept too (the client's session); an MCP call has no session
-            arena.sharing.history.add(owner, "text", result)
+            arena.history.add(owner, "text", result)
         return result
 
-    return compare_text
+    return request_function(TextRunRequest, "compare_text", "Run one prompt greedily through several backends and "
+                            "return every answer, token ids, timings and verdicts.",
+                            "the run as JSON (the dashboard's structured result).", compare_text)
 
 
 def make_check(arena: Arena):
@@ -124,35 +121,35 @@ def make_diagnostics(arena: Arena):
     return diagnostics
 
 
-def parse_backends(text: str) -> tuple[BackendSpec, ...]:
-    """Backends as a JSON list (names or option dicts) or comma-separated names; empty: PyTorch and ONNX Runtime."""
-    text = (text or "").strip()
-    items: list[Any] = json.loads(text) if text.startswith("[") else [t for t in text.split(",") if t.strip()]
-    return tuple(BackendSpec.from_any(b) for b in (items or ["pytorch", "onnxruntime"]))
-
-
 def make_compare_image(arena: Arena):
-    def compare_image(prompt, model, backends, negative_prompt, steps, guidance_scale, seed, height, width,
-                      reference="auto", request: gr.Request = None):
-        """Draw one prompt from the same seed through several backends; return the images and the result."""
+    def compare_image(values: dict, request: gr.Request | None) -> tuple[list, dict]:
         try:
-            run = ImageRunRequest(model=model or DEFAULT_IMAGE_MODEL, prompt=prompt or "",
-                                  backends=parse_backends(backends), negative_prompt=negative_prompt or "",
-                                  steps=int(steps), guidance_scale=float(guidance_scale), seed=int(seed),
-                                  height=int(height or 0) or None, width=int(width or 0) or None,
-                                  reference=str(reference or "auto"))
+            run = ImageRunRequest.from_values(values)
         except (ValueError, TypeError) as exc:
             return [], {"error": str(exc), "results": []}
         owner = session_of(request)
         with arena.stoppable(owner) as cancel:
             result = arena.run_image_to_end(run, cancel=cancel)
         gallery = [(r.image, r.spec.label) for r in result.results if r.image is not None]
-        view = arena.public_view(image_run_dict(result))
+        view = arena.public_view(result.to_dict())
         if not is_mcp(request):
-            arena.sharing.history.add(owner, "image", view)
+            arena.history.add(owner, "image", view)
         return gallery, view
 
-    return compare_image
+    return request_function(ImageRunRequest, "compare_image", "Draw one prompt from the same seed and latents "
+                            "through several backends; return the images and the run as JSON.",
+                            "the images (a gallery) and the run as JSON.", compare_image, tuple)
+
+
+def api_component(info: FieldInfo) -> gr.components.Component:
+    """A hidden input of the /compare_image endpoint for one declared field."""
+    if info.kind == "backends":
+        return gr.Textbox(",".join(DEFAULT_BACKENDS), label=info.name)
+    if info.kind in ("int", "size"):
+        return gr.Number(info.default or 0, precision=0, label=info.name)
+    if info.kind == "float":
+        return gr.Number(info.default, label=info.name)
+    return gr.Textbox(info.default, label=info.name)
 
 
 def register_api(arena: Arena) -> None:
@@ -161,13 +158,7 @@ def register_api(arena: Arena) -> None:
            concurrency_id=RUN_CONCURRENCY_ID)
     # Images need real components (a gallery the client downloads), so this endpoint has hidden widgets.
     with gr.Group(visible=False):
-        entry = IMAGE_CATALOG[0]
-        inputs = [gr.Textbox(label="prompt"), gr.Textbox(DEFAULT_IMAGE_MODEL, label="model"),
-                  gr.Textbox("pytorch,onnxruntime", label="backends"), gr.Textbox("", label="negative_prompt"),
-                  gr.Number(entry.steps, precision=0, label="steps"),
-                  gr.Number(entry.guidance_scale, label="guidance_scale"), gr.Number(0, precision=0, label="seed"),
-                  gr.Number(0, precision=0, label="height"), gr.Number(0, precision=0, label="width"),
-                  gr.Textbox("auto", label="reference")]
+        inputs = [api_component(info) for info in api_parameters(ImageRunRequest)]
         outputs = [gr.Gallery(label="images", format="png"), gr.JSON(label="result")]
         trigger = gr.Button("compare_image")
     trigger.click(make_compare_image(arena), inputs, outputs, api_name="compare_image", concurrency_limit=1,
@@ -176,5 +167,5 @@ def register_api(arena: Arena) -> None:
     register_example_api(arena)
     # Outside the run slot: a stop must not wait behind the run it stops.
     gr.api(make_stop(arena), api_name="stop", concurrency_limit=None)
-    if not arena.public.policy.public:  # pids and server paths are nobody's business on a public server
+    if not arena.policy.public:  # pids and server paths are nobody's business on a public server
         gr.api(make_diagnostics(arena), api_name="diagnostics", api_visibility="undocumented")

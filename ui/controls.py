@@ -8,6 +8,7 @@ from typing import Any
 
 import gradio as gr
 
+from arena.fields import FieldInfo
 from arena.types import BackendSpec
 from backends.base import SERVER_SIDE_KINDS, OptionChoice, OptionInfo
 from ui.format import choice_labels, unavailable_note
@@ -112,6 +113,38 @@ def reference_dropdown(backend_options: dict[str, dict[str, Any]], elem_id: str,
                                                            if task is None or task in info.get("tasks", (task,))],
                        value="auto", label="Reference", elem_id=elem_id,
                        info="Verdicts compare every backend with this one (it must be selected).")
+
+
+def field_widget(info: FieldInfo, policy, **kwargs: Any) -> gr.components.Component:
+    """The widget of one request field (`arena.fields`): its label, help, default and bounds, the upper bound
+    lowered to the field's public cap on a public server. A number with a step is a slider; a size's 0 means
+    the model's native size."""
+    maximum = info.form_maximum or info.maximum
+    if policy.public and info.public_cap and info.kind != "text":
+        cap = getattr(policy.limits, info.public_cap)
+        maximum = cap if maximum is None else min(maximum, cap)
+    common = {"label": info.label, "info": info.help[:1].upper() + info.help[1:] + "." if info.help else None}
+    if info.kind == "bool":
+        return gr.Checkbox(bool(info.default), **common, **kwargs)
+    if info.kind in ("int", "float") and info.step is not None:
+        return gr.Slider(info.minimum, maximum, value=info.default, step=info.step, **common, **kwargs)
+    if info.kind in ("int", "float", "size"):
+        return gr.Number(info.default or 0 if info.kind == "size" else info.default,
+                         precision=None if info.kind == "float" else 0,
+                         minimum=0 if info.kind == "size" else info.minimum, maximum=maximum, **common, **kwargs)
+    return gr.Textbox(info.default, **common, **kwargs)
+
+
+def form_request(request_cls, fields: dict[str, gr.components.Component], data: dict, backends: dict[str, dict]):
+    """The request from a form: each field widget's value read by its declaration, the ticked backends' specs."""
+    return request_cls.from_values({name: data[widget] for name, widget in fields.items()}
+                                   | {"backends": specs_from_form(backends)})
+
+
+def form_updates(fields: dict[str, gr.components.Component], request) -> dict:
+    """Each field widget set to the request's value (a size's None, "native", is the widget's 0)."""
+    return {widget: 0 if getattr(request, name) is None and isinstance(widget, gr.Number) else getattr(request, name)
+            for name, widget in fields.items()}
 
 
 def specs_from_form(backends: dict[str, dict[str, Any]]) -> tuple[BackendSpec, ...]:

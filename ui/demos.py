@@ -19,9 +19,9 @@ def _error(exc: Exception) -> str:
     return f"<span class='arena-badge arena-badge-error'>ERROR</span> The example could not be prepared: {exc}"
 
 
-def _wire(arena: Arena, tab, buttons: tuple[gr.Button, gr.Button], outputs: list, prepare, run) -> None:
-    """The two example buttons of a tab: ``prepare(broken, progress)`` builds the server's request (the broken
-    export made and cached the first time), ``run(request, http, cancel, progress)`` yields the tab's updates."""
+def wire_demos(arena: Arena, tab, buttons: tuple[gr.Button, gr.Button], prepare, run) -> None:
+    """A tab's two example buttons: ``prepare(broken, progress)`` builds the server's request (the broken export
+    made and cached the first time), ``run(request, http, cancel, progress)`` (the tab's) yields its updates."""
     def make(broken: bool):
         def run_example(http: gr.Request, progress=gr.Progress()):
             yield {tab.status: "Preparing the example (the first time, the broken export is made and cached)…",
@@ -37,40 +37,8 @@ def _wire(arena: Arena, tab, buttons: tuple[gr.Button, gr.Button], outputs: list
         return run_example
 
     for button, broken in zip(buttons, (True, False), strict=True):
-        button.click(make(broken), None, outputs, api_visibility="private", concurrency_limit=1,
+        button.click(make(broken), None, tab.outputs(), api_visibility="private", concurrency_limit=1,
                      concurrency_id=RUN_CONCURRENCY_ID, show_progress_on=[tab.status])
-
-
-def wire_text_demos(arena: Arena, tab, broken_button: gr.Button, good_button: gr.Button) -> None:
-    from ui.text_tab import render_run, run_and_keep
-
-    outputs = [tab.status, tab.chart, tab.quality_chart, tab.position_chart, tab.result_json, tab.share,
-               tab.downloads]
-    for panel in tab.backends:
-        outputs += [panel.header, panel.answer, panel.metrics]
-
-    def run(request, http, cancel, progress):
-        selected = {spec.backend for spec in request.backends}
-        yield render_run(tab, {"results": []}, selected)
-        yield from run_and_keep(arena, tab, arena.run_text(request, progress=progress, cancel=cancel), selected,
-                                http)
-
-    _wire(arena, tab, (broken_button, good_button), outputs, arena.preparing.demos.text_request, run)
-
-
-def wire_image_demos(arena: Arena, tab, broken_button: gr.Button, good_button: gr.Button) -> None:
-    from ui.image_tab import run_image_and_keep
-
-    outputs = [tab.status, tab.slider, tab.chart, tab.result_json, tab.share, tab.downloads]
-    for panel in tab.panels:
-        outputs += [panel.header, panel.image, panel.heatmap, panel.metrics]
-
-    def run(request, http, cancel, progress):
-        selected = {spec.backend for spec in request.backends}
-        yield from run_image_and_keep(arena, tab, arena.run_image(request, progress=progress, cancel=cancel),
-                                      selected, http)
-
-    _wire(arena, tab, (broken_button, good_button), outputs, arena.preparing.demos.image_request, run)
 
 
 def make_example_text(arena: Arena):
@@ -82,7 +50,7 @@ def make_example_text(arena: Arena):
             broken: True: the broken export; False: the good export (both MATCH).
         """
         try:
-            run = arena.preparing.demos.text_request(bool(broken))
+            run = arena.demos.text_request(bool(broken))
         except (ArenaError, OSError) as exc:
             return {"error": f"The example could not be prepared: {exc}", "results": []}
         with arena.stoppable(session_of(request)) as cancel:
@@ -99,14 +67,13 @@ def make_example_image(arena: Arena):
         Args:
             broken: True: the broken export; False: the good export (both MATCH).
         """
-        from ui.image_tab import image_run_dict
 
         try:
-            run = arena.preparing.demos.image_request(bool(broken))
+            run = arena.demos.image_request(bool(broken))
         except (ArenaError, OSError) as exc:
             return {"error": f"The example could not be prepared: {exc}", "results": []}
         with arena.stoppable(session_of(request)) as cancel:
-            return arena.public_view(image_run_dict(arena.run_image_to_end(run, cancel=cancel)))
+            return arena.public_view(arena.run_image_to_end(run, cancel=cancel).to_dict())
 
     return example_image
 

@@ -68,5 +68,5 @@ def link_markdown(task: str, run: dict[str, Any], request: gr.Request | None) ->
 
 def keep_run(arena, task: str, run: dict[str, Any], request: gr.Request | None, images: list | None = None) -> KeptRun:
     """Keep a finished run (``run``: the visitor's view of it) in the history, write its reports, make its link."""
-    entry = arena.sharing.history.add(session_of(request), task, run)
+    entry = arena.history.add(session_of(request), task, run)
     return KeptRun(entry, report_files(run, task, images, entry.id), link_markdown(task, run, request))

@@ -63,5 +63,5 @@ def environment_markdown(env: dict[str, Any], backend_options: dict[str, dict[st
 
 
 def build_environment_tab(arena: Arena) -> gr.Markdown:
-    return gr.Markdown(environment_markdown(arena.running.environment(), arena.backend_options()),
+    return gr.Markdown(environment_markdown(arena.environment(), arena.backend_options()),
                        elem_id="environment")

@@ -9,7 +9,7 @@ import gradio as gr
 
 from arena.core import Arena
 from arena.sharing.history import HistoryEntry
-from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
+from arena.types import REQUESTS, ImageRunRequest, TextRunRequest
 from ui.controls import session_of
 from ui.downloads import report_files
 from ui.share import PRESS_RUN_JS, fill_updates, form_outputs
@@ -64,9 +64,8 @@ def comparison_markdown(a: HistoryEntry | None, b: HistoryEntry | None) -> str:
              "| Time | " + " | ".join(e.created if e else "–" for e in runs) + " |",
              "| Task | " + " | ".join(e.task if e else "–" for e in runs) + " |"]
     task = (a or b).task
-    keys = ("model", "prompt", "max_new_tokens", "ignore_eos", "repeats") if task == "text" else \
-        ("model", "prompt", "steps", "guidance_scale", "seed")
-    lines += [f"| {key} | {setting(a, key)} | {setting(b, key)} |" for key in keys]
+    fields = [info for info in REQUESTS[task].fields() if info.kind != "backends"]
+    lines += [f"| {info.label} | {setting(a, info.name)} | {setting(b, info.name)} |" for info in fields]
     labels: list[str] = []
     for entry in runs:
         for r in (entry.run.get("results") or []) if entry else []:
@@ -85,8 +84,8 @@ def comparison_markdown(a: HistoryEntry | None, b: HistoryEntry | None) -> str:
 
 def build_history_tab(arena: Arena) -> HistoryTab:
     gr.Markdown("Every run you make is kept here" + (" for this browser session only (this is a public server: "
-                                                     "nobody else sees your runs)." if arena.public.policy.public else
-                                                     f" (the last {arena.sharing.history.limit}, in the cache folder).")
+                                                     "nobody else sees your runs)." if arena.policy.public else
+                                                     f" (the last {arena.history.limit}, in the cache folder).")
                 + " Pick two to compare them, download the first one's reports, or run it again.",
                 elem_classes=["arena-notes"])
     refresh = gr.Button("Refresh", size="sm", elem_id="history-refresh")
@@ -107,8 +106,8 @@ def build_history_tab(arena: Arena) -> HistoryTab:
 def _wire(arena: Arena, tab: HistoryTab) -> None:
     def compare(first: str | None, second: str | None, http: gr.Request):
         owner = session_of(http)
-        a = arena.sharing.history.get(owner, first) if first else None
-        b = arena.sharing.history.get(owner, second) if second else None
+        a = arena.history.get(owner, first) if first else None
+        b = arena.history.get(owner, second) if second else None
         files = report_files(a.run, a.task, entry_id=a.id) if a else None
         return {tab.comparison: comparison_markdown(a, b), tab.downloads: files}
 
@@ -117,17 +116,16 @@ def _wire(arena: Arena, tab: HistoryTab) -> None:
 
 
 def request_of(entry: HistoryEntry) -> TextRunRequest | ImageRunRequest:
-    """The request a kept run was made from (its backends read back through their own options)."""
-    data = dict(entry.run["request"])
-    data["backends"] = tuple(BackendSpec.from_any(b) for b in data["backends"])
-    return (TextRunRequest if entry.task == "text" else ImageRunRequest)(**data)
+    """The request a kept run was made from, read back through the request's declared fields (its backends
+    through their own options)."""
+    return REQUESTS[entry.task].from_values(dict(entry.run["request"]))
 
 
 def wire_history(arena: Arena, tab: HistoryTab, history_page: gr.Tab, text, image, tabs) -> None:
     """Listing when the tab opens; "Run A again" fills A's tab and presses its Run button."""
 
     def refresh(http: gr.Request):
-        entries = arena.sharing.history.entries(session_of(http))
+        entries = arena.history.entries(session_of(http))
         choices = [(e.title(), e.id) for e in entries]
         return {tab.table: [[e.summary()[c] for c in COLUMNS] for e in entries],
                 tab.first: gr.Dropdown(choices=choices, value=entries[0].id if entries else None),
@@ -137,7 +135,7 @@ def wire_history(arena: Arena, tab: HistoryTab, history_page: gr.Tab, text, imag
         event(refresh, None, [tab.table, tab.first, tab.second], api_visibility="private", queue=False)
 
     def again(first: str | None, http: gr.Request):
-        entry = arena.sharing.history.get(session_of(http), first) if first else None
+        entry = arena.history.get(session_of(http), first) if first else None
         if entry is None:
             return {tab.comparison: "Pick a run A first."}
         try:

@@ -8,24 +8,23 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import numpy as np
 
-from arena.preparing.catalog import DEFAULT_IMAGE_MODEL, IMAGE_CATALOG, IMAGE_EXAMPLE_PROMPTS, find_image_catalog_model
 from arena.core import Arena
-from arena.judging.image_metrics import psnr
-from arena.types import ImageRunRequest, ImageRunResult
 from arena.judging.verdicts import difference_heatmap
+from arena.preparing.catalog import IMAGE_CATALOG, IMAGE_EXAMPLE_PROMPTS, find_image_catalog_model
+from arena.types import ImageRunRequest, ImageRunResult
 from ui.charts import image_latency_figure
 from ui.controls import (
     RUN_CONCURRENCY_ID,
     BackendOptionControls,
     build_backend_controls,
+    field_widget,
+    form_request,
     reference_dropdown,
     session_of,
-    specs_from_form,
     wire_stop,
 )
-from ui.demos import BROKEN_IMAGE, GOOD_IMAGE, wire_image_demos
+from ui.demos import BROKEN_IMAGE, GOOD_IMAGE, wire_demos
 from ui.format import idle_panel, image_metrics, image_summary, panel_header
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,16 +43,8 @@ class ImagePanel:
 
 @dataclass
 class ImageTab:
-    model: gr.Dropdown
+    fields: dict[str, gr.components.Component]  # one widget per request field (`ImageRunRequest.fields()`)
     model_notes: gr.Markdown
-    prompt: gr.Textbox
-    negative_prompt: gr.Textbox
-    steps: gr.Slider
-    guidance: gr.Slider
-    seed: gr.Number
-    height: gr.Number
-    width: gr.Number
-    reference: gr.Dropdown
     run: gr.Button
     stop: gr.Button
     status: gr.Markdown
@@ -63,6 +54,15 @@ class ImageTab:
     result_json: gr.JSON
     share: gr.Markdown | None = None  # after a run: the link to its settings
     downloads: gr.File | None = None  # after a run: its reports (and difference heatmaps)
+
+    @property
+    def model(self) -> gr.components.Component:
+        return self.fields["model"]
+
+    def outputs(self) -> list:
+        """Every component a run updates (its status, slider, chart, result, link, reports and each panel)."""
+        return [self.status, self.slider, self.chart, self.result_json, self.share, self.downloads,
+                *(c for p in self.panels for c in (p.header, p.image, p.heatmap, p.metrics))]
 
 
 def image_model_notes(model: str) -> str:
@@ -77,51 +77,33 @@ def image_model_notes(model: str) -> str:
             "tokenizer/, unet/, vae/, scheduler/).") if model else ""
 
 
-def request_from_image_form(values: dict[str, Any]) -> ImageRunRequest:
-    """Gather the widgets into one immutable image request."""
-    return ImageRunRequest(
-        model=(values["model"] or DEFAULT_IMAGE_MODEL).strip(),
-        prompt=values["prompt"] or "",
-        negative_prompt=values["negative_prompt"] or "",
-        backends=specs_from_form(values["backends"]),
-        steps=int(values["steps"]),
-        guidance_scale=float(values["guidance"]),
-        seed=int(values["seed"] or 0),
-        height=int(values["height"]) or None,
-        width=int(values["width"]) or None,
-        reference=values.get("reference") or "auto",
-    )
-
-
 def build_image_tab(arena: Arena) -> ImageTab:
     """Lay out the tab and wire its events to the arena."""
     backend_options = arena.backend_options()
-    default = IMAGE_CATALOG[0]
-    public, limits = arena.public.policy.public, arena.public.policy.limits
-    side = limits.max_image_side if public else 2048
+    public, field = arena.policy.public, ImageRunRequest.field
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=320):
-            model = gr.Dropdown(choices=[(e.title, e.key) for e in IMAGE_CATALOG], value=DEFAULT_IMAGE_MODEL,
-                                allow_custom_value=True, label="Pipeline", elem_id="image-model",
+            model = gr.Dropdown(choices=[(e.title, e.key) for e in IMAGE_CATALOG], value=field("model").default,
+                                allow_custom_value=True, label=field("model").label, elem_id="image-model",
                                 info="Pick one, or type a diffusers hub id" + ("." if public else
                                                                                 " or local pipeline folder."))
-            notes = gr.Markdown(image_model_notes(DEFAULT_IMAGE_MODEL), elem_classes=["arena-notes"])
+            notes = gr.Markdown(image_model_notes(field("model").default), elem_classes=["arena-notes"])
             controls = build_backend_controls(backend_options, "image-", "image", allow_paths=not public)
-            reference = reference_dropdown(backend_options, "image-reference", "image")
+            widgets = {"model": model,
+                       "reference": reference_dropdown(backend_options, "image-reference", "image")}
         with gr.Column(scale=3):
-            prompt = gr.Textbox(IMAGE_EXAMPLE_PROMPTS[0], lines=2, label="Prompt", elem_id="image-prompt")
-            negative = gr.Textbox("", label="Negative prompt", elem_id="image-negative")
-            gr.Examples([[p] for p in IMAGE_EXAMPLE_PROMPTS], inputs=[prompt], label="Example prompts")
+            widgets["prompt"] = gr.Textbox(IMAGE_EXAMPLE_PROMPTS[0], lines=2, label=field("prompt").label,
+                                           elem_id="image-prompt")
+            widgets["negative_prompt"] = gr.Textbox("", label=field("negative_prompt").label,
+                                                    elem_id="image-negative")
+            gr.Examples([[p] for p in IMAGE_EXAMPLE_PROMPTS], inputs=[widgets["prompt"]], label="Example prompts")
             with gr.Row(elem_id="image-demos"):
                 demo_broken = gr.Button(BROKEN_IMAGE, size="sm", elem_id="demo-broken-image")
                 demo_good = gr.Button(GOOD_IMAGE, size="sm", elem_id="demo-good-image")
             with gr.Row():
-                steps = gr.Slider(1, limits.max_steps if public else 100, value=default.steps, step=1,
-                                  label="Steps")
-                guidance = gr.Slider(1.0, 15.0, value=default.guidance_scale, step=0.5, label="Guidance scale")
-                seed = gr.Number(0, precision=0, label="Seed", elem_id="image-seed")
-                height = gr.Number(0, precision=0, minimum=0, maximum=side, label="Height (0: native)")
-                width = gr.Number(0, precision=0, minimum=0, maximum=side, label="Width (0: native)")
+                for info in ImageRunRequest.fields():
+                    if info.name not in widgets and info.kind != "backends":
+                        widgets[info.name] = field_widget(info, arena.policy, elem_id=f"image-{info.name}")
             with gr.Row():
                 run = gr.Button("Run", variant="primary", elem_id="run-image", scale=4)
                 stop = gr.Button("Stop", variant="stop", elem_id="stop-image", scale=1)
@@ -147,31 +129,29 @@ def build_image_tab(arena: Arena) -> ImageTab:
                                 file_count="multiple", interactive=False, elem_id="downloads-image")
             with gr.Accordion("Structured result (JSON, same as the /compare_image API)", open=False):
                 result_json = gr.JSON(label="Result")
-    tab = ImageTab(model, notes, prompt, negative, steps, guidance, seed, height, width, reference, run, stop,
-                   status, panels, slider, chart, result_json, share=share, downloads=downloads)
+    tab = ImageTab(widgets, notes, run, stop, status, panels, slider, chart, result_json, share=share,
+                   downloads=downloads)
     _wire(arena, tab)
-    wire_image_demos(arena, tab, demo_broken, demo_good)
+
+    def run_demo(request, http, cancel, progress):
+        selected = {spec.backend for spec in request.backends}
+        yield from run_image_and_keep(arena, tab, arena.run_image(request, progress=progress, cancel=cancel),
+                                      selected, http)
+
+    wire_demos(arena, tab, (demo_broken, demo_good), arena.demos.image_request, run_demo)
     return tab
 
 
 def _wire(arena: Arena, tab: ImageTab) -> None:
     tab.model.change(image_model_notes, tab.model, tab.model_notes, api_visibility="private")
-    inputs = {tab.model, tab.prompt, tab.negative_prompt, tab.steps, tab.guidance, tab.seed, tab.height, tab.width,
-              tab.reference}
+    inputs = set(tab.fields.values())
     for panel in tab.panels:
         inputs.add(panel.controls.enabled)
         inputs.update(panel.controls.widgets.values())
-    outputs = [tab.status, tab.slider, tab.chart, tab.result_json, tab.share, tab.downloads]
-    for panel in tab.panels:
-        outputs += [panel.header, panel.image, panel.heatmap, panel.metrics]
 
     def run_from_ui(data: dict, http: gr.Request, progress=gr.Progress()):
-        values = {"model": data[tab.model], "prompt": data[tab.prompt], "negative_prompt": data[tab.negative_prompt],
-                  "steps": data[tab.steps], "guidance": data[tab.guidance], "seed": data[tab.seed],
-                  "height": data[tab.height], "width": data[tab.width], "reference": data[tab.reference],
-                  "backends": {p.name: p.controls.values(data) for p in tab.panels}}
         try:
-            run = request_from_image_form(values)
+            run = form_request(ImageRunRequest, tab.fields, data, {p.name: p.controls.values(data) for p in tab.panels})
         except ValueError as exc:
             yield {tab.status: f"<span class='arena-badge arena-badge-error'>ERROR</span> {exc}"}
             return
@@ -185,7 +165,7 @@ def _wire(arena: Arena, tab: ImageTab) -> None:
             yield from run_image_and_keep(arena, tab, arena.run_image(
                 run, progress=lambda f, d: progress(f, desc=d), cancel=cancel), selected, http)
 
-    tab.run.click(run_from_ui, inputs, outputs, api_visibility="private", concurrency_limit=1,
+    tab.run.click(run_from_ui, inputs, tab.outputs(), api_visibility="private", concurrency_limit=1,
                   concurrency_id=RUN_CONCURRENCY_ID, show_progress_on=[tab.status])
     wire_stop(arena, tab.stop, tab.status)
 
@@ -198,37 +178,14 @@ def run_image_and_keep(arena: Arena, tab: ImageTab, results, selected: set[str],
     for final in results:
         yield render_image_run(tab, final, selected, arena.public_view)
     if final is not None:
-        kept = keep_run(arena, "image", arena.public_view(image_run_dict(final)), http,
+        kept = keep_run(arena, "image", arena.public_view(final.to_dict()), http,
                         images=[r.image for r in final.results])
         yield {tab.share: kept.link, tab.downloads: kept.files}
 
 
-def image_run_dict(result: ImageRunResult) -> dict[str, Any]:
-    """The JSON result plus each backend's PSNR against the run's reference image.
-
-    Identical images have infinite PSNR; JSON has no infinity, so they report 99.0 dB with ``identical: true``.
-    """
-    data = result.to_dict()
-    images = [r.image for r in result.results]
-    reference_index = data.get("reference_index")
-    if reference_index is None or reference_index >= len(images) or images[reference_index] is None:
-        reference_index = None
-    for index, (entry, image) in enumerate(zip(data["results"], images, strict=True)):
-        entry["is_reference"] = index == reference_index
-        entry["psnr_vs_reference_db"], entry["identical_to_reference"] = None, None
-        if reference_index is None or image is None or index == reference_index:
-            continue
-        reference = images[reference_index]
-        if reference.shape == image.shape:
-            value = psnr(reference, image)
-            entry["psnr_vs_reference_db"] = 99.0 if np.isinf(value) else round(value, 2)
-            entry["identical_to_reference"] = bool(np.isinf(value))
-    return data
-
-
 def render_image_run(tab: ImageTab, result: ImageRunResult, selected: set[str], view=lambda data: data) -> dict:
     """``view``: what a visitor may see of the result dict (`Arena.public_view`)."""
-    return render_image_dict(tab, view(image_run_dict(result)), [r.image for r in result.results], selected)
+    return render_image_dict(tab, view(result.to_dict()), [r.image for r in result.results], selected)
 
 
 def render_image_dict(tab: ImageTab, run: dict[str, Any], images: list, selected: set[str]) -> dict:

@@ -8,6 +8,7 @@ import gradio as gr
 
 from arena.sharing.links import request_from_query
 from arena.types import ImageRunRequest, TextRunRequest
+from ui.controls import form_updates
 
 # After the form is filled, press that tab's Run button (the visible one) in the browser.
 PRESS_RUN_JS = """() => { setTimeout(() => {
@@ -37,34 +38,19 @@ def backend_updates(panels: list, backends) -> dict:
     return updates
 
 
-def text_form_updates(tab, request: TextRunRequest) -> dict:
-    return {tab.model: request.model, tab.prompt: request.prompt, tab.max_new_tokens: request.max_new_tokens,
-            tab.prompt_format: request.prompt_format, tab.ignore_eos: request.ignore_eos, tab.warmup: request.warmup,
-            tab.repeats: request.repeats, tab.reference: request.reference,
-            **backend_updates(tab.backends, request.backends)}
-
-
-def image_form_updates(tab, request: ImageRunRequest) -> dict:
-    return {tab.model: request.model, tab.prompt: request.prompt, tab.negative_prompt: request.negative_prompt,
-            tab.steps: request.steps, tab.guidance: request.guidance_scale, tab.seed: request.seed,
-            tab.height: request.height or 0, tab.width: request.width or 0, tab.reference: request.reference,
-            **backend_updates(tab.panels, request.backends)}
-
-
 def form_outputs(text, image, tabs) -> list:
-    """Every component a fill may change."""
-    out = [text.model, text.prompt, text.max_new_tokens, text.prompt_format, text.ignore_eos, text.warmup,
-           text.repeats, text.reference, image.model, image.prompt, image.negative_prompt, image.steps, image.guidance,
-           image.seed, image.height, image.width, image.reference, tabs]
+    """Every component a fill may change: each tab's field widgets and backend controls, and the tab switch."""
+    out = [*text.fields.values(), *image.fields.values(), tabs]
     for panel in [*text.backends, *image.panels]:
         out += [panel.controls.enabled, *panel.controls.widgets.values()]
     return out
 
 
-def fill_updates(text, image, tabs, task: str, request) -> dict:
-    updates = text_form_updates(text, request) if task == "text" else image_form_updates(image, request)
-    updates[tabs] = gr.Tabs(selected=task)
-    return updates
+def fill_updates(text, image, tabs, task: str, request: TextRunRequest | ImageRunRequest) -> dict:
+    """A request's fields and backends into its tab's form (`form_updates`), and that tab selected."""
+    tab, panels = (text, text.backends) if task == "text" else (image, image.panels)
+    return (form_updates(tab.fields, request) | backend_updates(panels, request.backends)
+            | {tabs: gr.Tabs(selected=task)})
 
 
 def wire_link_fill(demo: gr.Blocks, text, image, tabs, note: gr.Markdown) -> None:

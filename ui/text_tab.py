@@ -8,20 +8,21 @@ from typing import Any
 
 import gradio as gr
 
-from arena.preparing.catalog import CATALOG, DEFAULT_TEXT_MODEL, EXAMPLE_PROMPTS, PROMPT_FORMATS, find_catalog_model
 from arena.core import Arena
+from arena.preparing.catalog import CATALOG, EXAMPLE_PROMPTS, PROMPT_FORMATS, find_catalog_model
 from arena.types import TextRunRequest
 from ui.charts import position_kl_figure, speed_quality_figure, text_latency_figure
 from ui.controls import (
     RUN_CONCURRENCY_ID,
     BackendOptionControls,
     build_backend_controls,
+    field_widget,
+    form_request,
     reference_dropdown,
     session_of,
-    specs_from_form,
     wire_stop,
 )
-from ui.demos import BROKEN_TEXT, GOOD_TEXT, wire_text_demos
+from ui.demos import BROKEN_TEXT, GOOD_TEXT, wire_demos
 from ui.format import idle_panel, panel_header, panel_metrics, run_summary
 
 
@@ -39,15 +40,8 @@ class BackendControls:
 
 @dataclass
 class TextTab:
-    model: gr.Dropdown
+    fields: dict[str, gr.components.Component]  # one widget per request field (`TextRunRequest.fields()`)
     model_notes: gr.Markdown
-    prompt_format: gr.Dropdown
-    prompt: gr.Textbox
-    max_new_tokens: gr.Slider
-    ignore_eos: gr.Checkbox
-    warmup: gr.Number
-    repeats: gr.Number
-    reference: gr.Dropdown
     run: gr.Button
     stop: gr.Button
     status: gr.Markdown
@@ -58,6 +52,15 @@ class TextTab:
     share: gr.Markdown | None = None  # after a run: the link to its settings
     downloads: gr.File | None = None  # after a run: its reports
     position_chart: gr.Plot | None = None  # teacher-forced KL per position: where in the sequence it breaks
+
+    @property
+    def model(self) -> gr.components.Component:
+        return self.fields["model"]
+
+    def outputs(self) -> list:
+        """Every component a run updates (its status, charts, result, link, reports and each backend's panel)."""
+        return [self.status, self.chart, self.quality_chart, self.position_chart, self.result_json, self.share,
+                self.downloads, *(c for p in self.backends for c in (p.header, p.answer, p.metrics))]
 
 
 def model_notes(model: str) -> str:
@@ -70,48 +73,34 @@ def model_notes(model: str) -> str:
             "(folders written by `save_pretrained`).")
 
 
-def request_from_form(values: dict[str, Any]) -> TextRunRequest:
-    """Gather the widgets into one immutable request. No model code here."""
-    return TextRunRequest(
-        model=(values["model"] or DEFAULT_TEXT_MODEL).strip(),
-        prompt=values["prompt"] or "",
-        backends=specs_from_form(values["backends"]),
-        max_new_tokens=int(values["max_new_tokens"]),
-        prompt_format=values["prompt_format"],
-        ignore_eos=bool(values["ignore_eos"]),
-        warmup=max(0, int(values["warmup"] or 0)),
-        repeats=max(1, int(values["repeats"] or 1)),
-        reference=values.get("reference") or "auto",
-    )
-
-
 def build_text_tab(arena: Arena) -> TextTab:
     """Lay out the tab and wire its events to the arena."""
     backend_options = arena.backend_options()
-    public, limits = arena.public.policy.public, arena.public.policy.limits
+    public, field = arena.policy.public, TextRunRequest.field
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=320):
             model = gr.Dropdown(
-                choices=[(entry.title, entry.key) for entry in CATALOG], value=DEFAULT_TEXT_MODEL,
-                allow_custom_value=True, label="Model",
+                choices=[(entry.title, entry.key) for entry in CATALOG], value=field("model").default,
+                allow_custom_value=True, label=field("model").label,
                 info="Pick one, or type any Hugging Face hub id" + ("." if public else
                                                                       " or local directory of a causal LM."))
-            notes = gr.Markdown(model_notes(DEFAULT_TEXT_MODEL), elem_classes=["arena-notes"])
+            notes = gr.Markdown(model_notes(field("model").default), elem_classes=["arena-notes"])
             prompt_format = gr.Dropdown(choices=[(f.label, f.name) for f in PROMPT_FORMATS.values()],
-                                        value="auto", label="Prompt format")
+                                        value=field("prompt_format").default, label=field("prompt_format").label)
             controls = build_backend_controls(backend_options, "", "text", allow_paths=not public)
-            max_new_tokens = gr.Slider(1, min(512, limits.max_new_tokens) if public else 512, value=64, step=1,
-                                       label="Max new tokens")
-            reference = reference_dropdown(backend_options, "text-reference", "text")
+            widgets = {"model": model, "prompt_format": prompt_format}
+            for info in TextRunRequest.fields():
+                if info.name not in widgets and info.kind != "backends" and info.name not in ("prompt", "reference") \
+                        and info.group != "timing":
+                    widgets[info.name] = field_widget(info, arena.policy, elem_id=f"text-{info.name}")
+            widgets["reference"] = reference_dropdown(backend_options, "text-reference", "text")
             with gr.Accordion("Timing protocol", open=False):
-                ignore_eos = gr.Checkbox(False, label="Ignore EOS (always generate max new tokens)",
-                                         info="For benchmarking: every backend produces the same number of tokens.")
-                warmup = gr.Number(1, precision=0, minimum=0, maximum=limits.max_warmup if public else 10,
-                                   label="Warm-up generations (untimed)")
-                repeats = gr.Number(1, precision=0, minimum=1, maximum=limits.max_repeats if public else 20,
-                                    label="Timed repeats (median reported)")
+                for info in TextRunRequest.fields():
+                    if info.group == "timing":
+                        widgets[info.name] = field_widget(info, arena.policy, elem_id=f"text-{info.name}")
         with gr.Column(scale=3):
-            prompt = gr.Textbox(EXAMPLE_PROMPTS[0], lines=3, label="Prompt", elem_id="prompt")
+            prompt = gr.Textbox(EXAMPLE_PROMPTS[0], lines=3, label=field("prompt").label, elem_id="prompt")
+            widgets["prompt"] = prompt
             gr.Examples([[p] for p in EXAMPLE_PROMPTS], inputs=[prompt], label="Example prompts")
             with gr.Row(elem_id="text-demos"):
                 demo_broken = gr.Button(BROKEN_TEXT, size="sm", elem_id="demo-broken-text")
@@ -141,35 +130,30 @@ def build_text_tab(arena: Arena) -> TextTab:
                                 interactive=False, elem_id="downloads-text")
             with gr.Accordion("Structured result (JSON, same as the /compare_text API)", open=False):
                 result_json = gr.JSON(label="Result")
-    tab = TextTab(model, notes, prompt_format, prompt, max_new_tokens, ignore_eos, warmup, repeats, reference, run,
-                  stop, status, panels, chart, quality_chart, result_json, share=share, downloads=downloads,
-                  position_chart=position_chart)
+    tab = TextTab(widgets, notes, run, stop, status, panels, chart, quality_chart, result_json, share=share,
+                  downloads=downloads, position_chart=position_chart)
     _wire(arena, tab)
-    wire_text_demos(arena, tab, demo_broken, demo_good)
+
+    def run_demo(request, http, cancel, progress):
+        selected = {spec.backend for spec in request.backends}
+        yield render_run(tab, {"results": []}, selected)
+        yield from run_and_keep(arena, tab, arena.run_text(request, progress=progress, cancel=cancel), selected, http)
+
+    wire_demos(arena, tab, (demo_broken, demo_good), arena.demos.text_request, run_demo)
     return tab
 
 
 def _wire(arena: Arena, tab: TextTab) -> None:
     tab.model.change(model_notes, tab.model, tab.model_notes, api_visibility="private")
-    inputs = {tab.model, tab.prompt_format, tab.prompt, tab.max_new_tokens, tab.ignore_eos, tab.warmup,
-              tab.repeats, tab.reference}
+    inputs = set(tab.fields.values())
     for panel in tab.backends:
         inputs.add(panel.controls.enabled)
         inputs.update(panel.controls.widgets.values())
-    outputs = [tab.status, tab.chart, tab.quality_chart, tab.position_chart, tab.result_json, tab.share,
-               tab.downloads]
-    for panel in tab.backends:
-        outputs += [panel.header, panel.answer, panel.metrics]
 
     def run_from_ui(data: dict, http: gr.Request, progress=gr.Progress()):
-        values = {
-            "model": data[tab.model], "prompt_format": data[tab.prompt_format], "prompt": data[tab.prompt],
-            "max_new_tokens": data[tab.max_new_tokens], "ignore_eos": data[tab.ignore_eos],
-            "warmup": data[tab.warmup], "repeats": data[tab.repeats], "reference": data[tab.reference],
-            "backends": {p.name: p.controls.values(data) for p in tab.backends},
-        }
         try:
-            run = request_from_form(values)
+            run = form_request(TextRunRequest, tab.fields, data,
+                               {p.name: p.controls.values(data) for p in tab.backends})
         except ValueError as exc:
             yield {tab.status: f"<span class='arena-badge arena-badge-error'>ERROR</span> {exc}"}
             return
@@ -182,7 +166,7 @@ def _wire(arena: Arena, tab: TextTab) -> None:
 
     # Progress shows on the status line only: a loading overlay on every output keeps the browser repainting,
     # which on a small machine steals cores from the workers being timed.
-    tab.run.click(run_from_ui, inputs, outputs, api_visibility="private", concurrency_limit=1,
+    tab.run.click(run_from_ui, inputs, tab.outputs(), api_visibility="private", concurrency_limit=1,
                   concurrency_id=RUN_CONCURRENCY_ID, show_progress_on=[tab.status])
     wire_stop(arena, tab.stop, tab.status)
 

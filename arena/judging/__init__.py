@@ -1,1 +1,2 @@
-"""Judging: verdicts, image similarity and the headless check."""
+"""Judging: verdicts, image similarity and the headless check.
+"""

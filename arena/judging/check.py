@@ -37,21 +37,21 @@ def check(arena, model: str, candidate: BackendSpec, task: str = "auto", prompts
     Returns {"broken": bool, "error": str | None, "task", "model", "candidate", "reference", "checks": [{prompt,
     candidate verdict, reference verdict, ...}]}. ``error`` is a problem before any verdict (no such model).
     """
-    task = guess_task(model, look_on_disk=not arena.public.policy.public) if task == "auto" else task
+    task = guess_task(model, look_on_disk=not arena.policy.public) if task == "auto" else task
     reference = reference or BackendSpec("pytorch")
     prompts = tuple(prompts) or (IMAGE_EXAMPLE_PROMPTS[:3] if task == "image" else TEXT_PROMPTS)
     out: dict[str, Any] = {"task": task, "model": model, "candidate": candidate.to_dict(),
                            "reference": reference.to_dict(), "checks": [], "error": None}
-    problem = arena.public.policy.refuse_check(prompts)
+    problem = arena.policy.refuse_check(prompts)
     if problem:
         out.update(error=problem, broken=True)
         return out
     # Public mode: one clock for the whole check too, not a full time limit per prompt.
-    deadline = time.monotonic() + arena.public.policy.limits.run_time_limit_s if arena.public.policy.public else None
+    deadline = time.monotonic() + arena.policy.limits.run_time_limit_s if arena.policy.public else None
     for prompt in prompts:
         if deadline is not None and time.monotonic() > deadline:
             out["error"] = (f"This check reached the server's time limit of "
-                            f"{arena.public.policy.limits.run_time_limit_s:g} s after {len(out['checks'])} prompt(s).")
+                            f"{arena.policy.limits.run_time_limit_s:g} s after {len(out['checks'])} prompt(s).")
             break
         if task == "image":
             entry = find_image_catalog_model(model) or IMAGE_CATALOG[0]

@@ -18,8 +18,14 @@ import shutil
 import threading
 from pathlib import Path
 
-from arena.preparing.catalog import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, EXAMPLE_PROMPTS, IMAGE_CATALOG, IMAGE_EXAMPLE_PROMPTS
 from arena.errors import ArenaError
+from arena.preparing.catalog import (
+    DEFAULT_IMAGE_MODEL,
+    DEFAULT_TEXT_MODEL,
+    EXAMPLE_PROMPTS,
+    IMAGE_CATALOG,
+    IMAGE_EXAMPLE_PROMPTS,
+)
 from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
 
 DEMO_TEXT_KIND = "demo-broken-text"
@@ -108,8 +114,8 @@ class BrokenConversions:
                 return {"damage": TEXT_DAMAGE if task == "text" else IMAGE_DAMAGE}
 
             (self.arena.log_dir).mkdir(parents=True, exist_ok=True)
-            path, _built = self.arena.preparing.cache.get_or_build(kind, {"version": DEMO_VERSION, "good": good.name}, build)
-            self.arena.public.policy.trust_path(str(path))
+            path, _built = self.arena.cache.get_or_build(kind, {"version": DEMO_VERSION, "good": good.name}, build)
+            self.arena.policy.trust_path(str(path))
             return path
 
     def text_request(self, broken: bool = True, progress=lambda *_: None) -> TextRunRequest:

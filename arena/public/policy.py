@@ -164,14 +164,6 @@ class Policy:
     # --- the whole request ------------------------------------------------------------------------------
     def refuse_text(self, request) -> str | None:
         """One sentence saying why this text request may not run, or None."""
-        if self.public:
-            limits = self.limits
-            for value, cap, what in ((request.max_new_tokens, limits.max_new_tokens, "Max new tokens"),
-                                     (request.repeats, limits.max_repeats, "Timed repeats"),
-                                     (request.warmup, limits.max_warmup, "Warm-up generations"),
-                                     (len(request.prompt), limits.max_prompt_chars, "The prompt's length")):
-                if value > cap:
-                    return f"{what} is capped at {cap:g} on this public server (asked: {value:g})."
         return self._refuse_common(request, "text")
 
     def refuse_check(self, prompts) -> str | None:
@@ -188,16 +180,7 @@ class Policy:
         return None
 
     def refuse_image(self, request) -> str | None:
-        if self.public:
-            limits = self.limits
-            side = max(request.height or 0, request.width or 0)
-            if request.steps > limits.max_steps:
-                return f"Steps are capped at {limits.max_steps} on this public server (asked: {request.steps})."
-            if side > limits.max_image_side:
-                return (f"Image sides are capped at {limits.max_image_side} px on this public server "
-                        f"(asked: {request.width}x{request.height}).")
-            if len(request.prompt) + len(request.negative_prompt) > limits.max_prompt_chars:
-                return f"The prompt's length is capped at {limits.max_prompt_chars} characters on this public server."
+        """One sentence saying why this image request may not run, or None."""
         return self._refuse_common(request, "image")
 
     def refuse_model(self, model: str, task: str) -> str | None:
@@ -245,7 +228,12 @@ class Policy:
         return facts
 
     def _refuse_common(self, request, task: str) -> str | None:
+        """The request's own caps (each field declares its `PublicLimits` cap: `arena.fields`), its backends, its
+        model."""
         if self.public:
+            problem = request.refuse_public(self.limits)
+            if problem:
+                return problem
             if len(request.backends) > self.limits.max_backends:
                 return (f"A run takes up to {self.limits.max_backends} backends on this public server "
                         f"(asked: {len(request.backends)}).")
@@ -301,8 +289,8 @@ class Policy:
                 f"({', '.join(endpoints)}), never an address or a name a visitor makes up.")
 
     def redact(self, data: Any, roots: tuple[str, ...] = ()) -> Any:
-        """What anyone gets back: no secret (every mode: `arena.public.secrets.scrub_data`); in public mode also no server
-        paths (model and artifact folders, paths inside messages), no log tails and no string longer than
+        """What anyone gets back: no secret (every mode: `arena.public.secrets.scrub_data`); in public mode also no
+        server paths (model and artifact folders, paths inside messages), no log tails and no string longer than
         `MAX_SHOWN_CHARS` (a visitor's 20 MB prompt is not echoed back). ``roots``: folders to hide."""
         from arena.public.secrets import scrub_data
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from arena.preparing.cache import ArtifactCache
 from arena.registry import backend_class, register
+from arena.running.workers import run_isolated
 from arena.types import (
     BackendImageResult,
     BackendSpec,
@@ -24,7 +25,6 @@ from arena.types import (
     TextRunRequest,
     TextTimings,
 )
-from arena.running.workers import run_isolated
 from backends.base import GenerationSettings, ImageSettings, LoadContext
 
 

@@ -71,7 +71,7 @@ class WarmUp:
                 self._line = f"⏳ Preparing the broken {task} example: {description}"
 
             try:
-                self.arena.preparing.demos.broken_export(task, example_progress)
+                self.arena.demos.broken_export(task, example_progress)
             except Exception as exc:  # noqa: BLE001 - the example is made again on first use; say what happened
                 problems.append(f"broken {task} example: {exc}")
         took = time.monotonic() - start

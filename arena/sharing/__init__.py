@@ -1,1 +1,2 @@
-"""Keeping and sharing results: run history, reports (JSON, CSV, Markdown) and settings links."""
+"""Keeping and sharing results: run history, reports (JSON, CSV, Markdown) and settings links.
+"""

@@ -20,7 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from arena.fields import cli_arguments
 from arena.public.secrets import REDACTED, SECRET_NAME, SECRET_SHAPES, scrub, scrub_data  # noqa: F401 - re-exported
+from arena.types import REQUESTS
 
 REPORT_FORMAT = "backend-arena-report/1"
 # The versions a runtime's issue tracker asks for, in this order.
@@ -80,26 +82,9 @@ def _cli_value(value: Any) -> str:
 def reproduce_command(run: dict[str, Any], task: str) -> str:
     """The shell command that runs this comparison again with the CLI (``python -m arena text|image``)."""
     request = run.get("request") or {}
-    parts = ["python", "-m", "arena", task, "--model", str(request.get("model", "")),
-             "--prompt", str(request.get("prompt", ""))]
+    parts = ["python", "-m", "arena", task, *cli_arguments(REQUESTS[task], request)]
     for backend in request.get("backends") or []:
         parts += ["--backend", backend_argument(backend)]
-    if task == "image":
-        if request.get("negative_prompt"):
-            parts += ["--negative-prompt", request["negative_prompt"]]
-        parts += ["--steps", str(request.get("steps")), "--guidance-scale", f"{request.get('guidance_scale'):g}",
-                  "--seed", str(request.get("seed"))]
-        for name in ("height", "width"):
-            if request.get(name):
-                parts += [f"--{name}", str(request[name])]
-    else:
-        parts += ["--max-new-tokens", str(request.get("max_new_tokens")),
-                  "--prompt-format", str(request.get("prompt_format", "auto")),
-                  "--warmup", str(request.get("warmup")), "--repeats", str(request.get("repeats"))]
-        if request.get("ignore_eos"):
-            parts.append("--ignore-eos")
-    if request.get("reference") not in (None, "", "auto"):
-        parts += ["--reference", str(request["reference"])]
     return scrub(" ".join(shlex.quote(p) for p in parts))
 
 
