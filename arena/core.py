@@ -17,11 +17,13 @@ from arena.judging.verdicts import judge_image, judge_text, logits_error, refere
 from arena.preparing.cache import ArtifactCache, default_cache_dir
 from arena.preparing.catalog import find_catalog_model, find_image_catalog_model
 from arena.preparing.demos import BrokenConversions
+from arena.preparing.prepare import Preparer
 from arena.public import secrets
 from arena.public.policy import Policy
 from arena.registry import BACKENDS, backend_class, register
 from arena.running.environment import probe_environment
-from arena.running.workers import RunStopped, Worker, WorkerCrashed, WorkerFailed
+from arena.running.host import BackendHost
+from arena.running.workers import Hosted, RunStopped, Worker, WorkerCrashed, WorkerFailed
 from arena.sharing.history import RunHistory
 from arena.types import (
     BackendImageResult,
@@ -130,25 +132,29 @@ class Arena:
             self._empty_dir = tempfile.mkdtemp(prefix="arena-worker-cwd-")
         return self._empty_dir
 
-    def _backend_worker(self, spec: BackendSpec) -> Worker:
+    def _backend_worker(self, spec: BackendSpec) -> BackendHost:
+        """The backend's worker, called like its `BackendHost` (`Hosted`: checked before anything is sent)."""
         # One process per backend and device: switching precision reloads, two devices do not fight.
         cls = self._backend_cls(spec.backend)
         key = cls.worker_key(spec.options)
         # Only a backend with a "secret_env" option (a server's API key) gets secrets, in memory, never through
         # its environment; the others never hold one.
         wants = any(info.kind == "secret_env" for info in cls.Options.fields_info())
-        return self._worker(key, "arena.running.host:BackendHost", self.backends[spec.backend], str(self.cache_dir),
-                            secrets.known() if wants else {})
+        worker = self._worker(key, "arena.running.host:BackendHost", self.backends[spec.backend],
+                              str(self.cache_dir), secrets.known() if wants else {})
+        return Hosted(worker, BackendHost)
 
     def worker_pids(self) -> dict[str, int | None]:
         return {key: worker.pid for key, worker in self._workers.items()}
 
-    def _prepare(self, op: str, request, progress: ProgressFn, deadline: float | None = None,
+    def _prepare(self, request, progress: ProgressFn, deadline: float | None = None,
                  cancel: threading.Event | None = None):
-        worker = self._worker("prepare", "arena.preparing.prepare:Preparer", str(self.cache_dir), self.policy.public,
-                              self.policy.limits)
-        return worker.call(op, request, progress=progress, timeout=self._left(deadline, PREPARE_TIMEOUT_S),
-                           cancel=cancel, token=self.hub_token(request.model, op == "prepare_image"))
+        """The shared input of ``request`` (text or image, by its task), made in the preparation worker."""
+        preparer: Preparer = Hosted(self._worker("prepare", "arena.preparing.prepare:Preparer", str(self.cache_dir),
+                                                 self.policy.public, self.policy.limits), Preparer)
+        prepare = preparer.prepare_image if request.task == "image" else preparer.prepare_text
+        return prepare(request, progress=progress, timeout=self._left(deadline, PREPARE_TIMEOUT_S), cancel=cancel,
+                       token=self.hub_token(request.model, request.task == "image"))
 
     def hub_token(self, model: str, image: bool) -> str | bool | None:
         """The token a hub download of ``model`` may use. Public mode: the operator's token only for a gated
@@ -161,11 +167,11 @@ class Arena:
 
     def prepare_text(self, request: TextRunRequest, progress: ProgressFn = _quiet) -> PreparedText:
         """Resolve the model and tokenize the prompt once (in the preparation worker)."""
-        return self._prepare("prepare_text", request, progress)
+        return self._prepare(request, progress)
 
     def prepare_image(self, request: ImageRunRequest, progress: ProgressFn = _quiet) -> PreparedImage:
         """Resolve the pipeline and draw the initial latents once (in the preparation worker)."""
-        return self._prepare("prepare_image", request, progress)
+        return self._prepare(request, progress)
 
     # --- runs ----------------------------------------------------------------------------------------
     def run_text(self, request: TextRunRequest, progress: ProgressFn = _quiet,
@@ -173,13 +179,13 @@ class Arena:
         """Yield the result after preparation and after each backend finishes (in request order).
 
         ``operator``: the server's own run (the start-up preparation): not gated, no time limit."""
-        yield from self._run(request, "prepare_text", "run_text", TextRunResult, BackendTextResult, progress,
+        yield from self._run(request, TextRunResult, BackendTextResult, progress,
                              cancel, None if operator else self.policy.refuse_text)
 
     def run_image(self, request: ImageRunRequest, progress: ProgressFn = _quiet,
                   cancel: threading.Event | None = None, operator: bool = False) -> Iterator[ImageRunResult]:
         """Yield the image result after preparation and after each backend finishes (in request order)."""
-        yield from self._run(request, "prepare_image", "run_image", ImageRunResult, BackendImageResult, progress,
+        yield from self._run(request, ImageRunResult, BackendImageResult, progress,
                              cancel, None if operator else self.policy.refuse_image)
 
     def public_view(self, data: Any) -> Any:
@@ -217,7 +223,7 @@ class Arena:
         """Seconds a worker call may take: ``default``, or less when the run's time limit comes first."""
         return default if deadline is None else min(default, max(0.0, deadline - time.monotonic()))
 
-    def _run(self, request, prepare_op: str, run_op: str, run_cls, result_cls, progress: ProgressFn,
+    def _run(self, request, run_cls, result_cls, progress: ProgressFn,
              cancel: threading.Event | None, refuse):
         env = self.environment()
         if not request.backends:
@@ -231,7 +237,7 @@ class Arena:
         limit = self.policy.limits.run_time_limit_s if self.policy.public and refuse else None
         deadline = None if limit is None else time.monotonic() + limit
         try:
-            yield from self._run_steps(request, prepare_op, run_op, run_cls, result_cls, progress, cancel, env,
+            yield from self._run_steps(request, run_cls, result_cls, progress, cancel, env,
                                        deadline, limit)
         finally:
             # Public mode: the cache is brought under its cap after every run, finished, failed or stopped.
@@ -239,7 +245,7 @@ class Arena:
                 self.cache.clean_stale()
                 self.cache.enforce_limit(self.policy.limits.max_cache_gb * 1e9)
 
-    def _run_steps(self, request, prepare_op: str, run_op: str, run_cls, result_cls, progress: ProgressFn,
+    def _run_steps(self, request, run_cls, result_cls, progress: ProgressFn,
                    cancel: threading.Event | None, env: dict[str, Any], deadline: float | None,
                    limit: float | None):
         progress(0.0, "Preparing the model and the shared input")
@@ -247,7 +253,7 @@ class Arena:
             # The lock is held per step, never across a yield: an abandoned generator cannot block later runs,
             # and still no two timed runs ever share the cores.
             with self._run_lock:
-                prepared = self._prepare(prepare_op, request, progress, deadline, cancel)
+                prepared = self._prepare(request, progress, deadline, cancel)
         except RunStopped:
             yield run_cls(request, None, error="Stopped by you while preparing the model.", environment=env)
             return
@@ -263,8 +269,8 @@ class Arena:
         yield run_cls(request, prepared, tuple(results), environment=env)
         for spec in request.backends:
             with self._run_lock:
-                results.append(self._run_one(spec, prepared, request, env, progress, run_op, result_cls, deadline,
-                                             limit, cancel))
+                results.append(self._run_one(spec, prepared, request, env, progress, result_cls, deadline, limit,
+                                             cancel))
             yield run_cls(request, prepared, tuple(results), environment=env)
         progress(None, "Judging the outputs")
         with self._run_lock:
@@ -289,8 +295,8 @@ class Arena:
         nll: list = [None] * len(results)
         if ref.ok and not (cancel is not None and cancel.is_set()):
             try:
-                nll = self._backend_worker(ref.spec).call(
-                    "score_nll", prepared, ref.spec, [list(r.token_ids) if r.ok else [] for r in results],
+                nll = self._backend_worker(ref.spec).score_nll(
+                    prepared, ref.spec, [list(r.token_ids) if r.ok else [] for r in results],
                     progress=progress, timeout=self._left(deadline, self.run_timeout_s), cancel=cancel)
             except (WorkerCrashed, WorkerFailed):
                 pass  # judged without perplexity; the other detectors still run
@@ -335,10 +341,9 @@ class Arena:
             return {}
         progress(None, "Teacher-forced quality against the reference")
         try:
-            ref_lp = self._backend_worker(ref.spec).call("quality_reference", prepared, ref.spec, sequences,
-                                                         progress=progress,
-                                                         timeout=self._left(deadline, self.run_timeout_s),
-                                                         cancel=cancel)
+            ref_lp = self._backend_worker(ref.spec).quality_reference(
+                prepared, ref.spec, sequences, progress=progress, timeout=self._left(deadline, self.run_timeout_s),
+                cancel=cancel)
         except (WorkerCrashed, WorkerFailed) as exc:
             return {i: {"unavailable": f"the reference's distributions failed: {exc}"} for i in range(len(results))}
         if isinstance(ref_lp, dict):  # the reference has no logits (a server)
@@ -358,10 +363,9 @@ class Arena:
             if i == reference or not r.ok or (cancel is not None and cancel.is_set()):
                 continue
             try:
-                out[i] = self._backend_worker(r.spec).call("quality_against", prepared, r.spec, sequences, ref_lp,
-                                                           progress=progress,
-                                                           timeout=self._left(deadline, self.run_timeout_s),
-                                                           cancel=cancel)
+                out[i] = self._backend_worker(r.spec).quality_against(
+                    prepared, r.spec, sequences, ref_lp, progress=progress,
+                    timeout=self._left(deadline, self.run_timeout_s), cancel=cancel)
             except (WorkerCrashed, WorkerFailed) as exc:
                 out[i] = {"unavailable": f"failed: {exc}"}
         return out
@@ -374,7 +378,7 @@ class Arena:
             reference=ref.image if ref.ok else None)) for i, r in enumerate(results)]
 
     def _run_one(self, spec: BackendSpec, prepared, request, env: dict[str, Any], progress: ProgressFn,
-                 run_op: str, result_cls, deadline: float | None = None, limit: float | None = None,
+                 result_cls, deadline: float | None = None, limit: float | None = None,
                  cancel: threading.Event | None = None):
         if cancel is not None and cancel.is_set():
             return result_cls(spec, error="Not run: you stopped the run.")
@@ -386,8 +390,10 @@ class Arena:
         if deadline is not None and time.monotonic() >= deadline:
             return result_cls(spec, error=f"Not run: this run reached the server's time limit of {limit:g} s.")
         try:
-            return self._backend_worker(spec).call(run_op, prepared, spec, request, progress=progress,
-                                                   timeout=self._left(deadline, self.run_timeout_s), cancel=cancel)
+            host = self._backend_worker(spec)
+            run = host.run_image if request.task == "image" else host.run_text
+            return run(prepared, spec, request, progress=progress, timeout=self._left(deadline, self.run_timeout_s),
+                       cancel=cancel)
         except RunStopped as exc:
             return result_cls(spec, error="Stopped by you.", log_tail=exc.log_tail)
         except (WorkerCrashed, WorkerFailed) as exc:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from arena.running.workers import RunStopped, Worker, WorkerCrashed, WorkerFailed, run_isolated
+from arena.running.workers import Hosted, RunStopped, Worker, WorkerCrashed, WorkerFailed, run_isolated
 
 
 @pytest.fixture
@@ -19,6 +19,20 @@ def test_call_returns_value_and_forwards_progress(toy):
     assert toy.call("add", 1, 2, progress=lambda f, d: events.append((f, d))) == 103
     assert events == [(1 / 3, "step 1"), (2 / 3, "step 2"), (1.0, "step 3")]
     assert toy.call("count") == 1  # the same long-lived process kept its state
+
+
+def test_a_hosted_object_is_called_like_itself_and_a_wrong_call_never_crosses_the_pipe(toy):
+    from tests.helpers import Toy
+
+    hosted = Hosted(toy, Toy)
+    assert hosted.add(1, 2) == 103 and toy.starts == 1
+    with pytest.raises(AttributeError, match="no method 'ad'"):
+        hosted.ad(1, 2)
+    with pytest.raises(AttributeError, match="no method '_secret'"):
+        hosted._secret()
+    with pytest.raises(TypeError):
+        hosted.add(1)  # checked against Toy.add's signature here, not in the worker
+    assert hosted.count() == 1  # the wrong calls never reached the worker
 
 
 def test_exception_is_a_value_and_the_worker_survives(toy):

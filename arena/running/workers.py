@@ -14,6 +14,7 @@ signal and the last lines of its log; the next call starts a fresh process.
 from __future__ import annotations
 
 import importlib
+import inspect
 import itertools
 import multiprocessing
 import os
@@ -24,10 +25,12 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from arena.errors import ArenaError
 from arena.running.resources import apply_thread_env
+
+T = TypeVar("T")
 
 ProgressCallback = Callable[[float | None, str], None]
 
@@ -221,6 +224,31 @@ class Worker:
             self._kill()
         finally:
             self._lock.release()
+
+
+class Hosted(Generic[T]):
+    """A worker's hosted object, called like the object itself: ``Hosted(worker, BackendHost).run_text(prepared,
+    spec, request, progress=..., timeout=..., cancel=...)``. The method must be a public method of the hosted
+    class and its arguments must fit its signature, checked here before anything crosses the pipe (a typo is an
+    AttributeError or TypeError in the caller, not a remote failure). ``progress``, ``timeout`` and ``cancel``
+    are `Worker.call`'s own (the hosted method gets the worker's progress reporter as ``progress``)."""
+
+    def __init__(self, worker: Worker, hosted: type[T]):
+        self.worker, self.hosted = worker, hosted
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self.hosted, name, None) if not name.startswith("_") else None
+        if not callable(method):
+            raise AttributeError(f"{self.hosted.__name__} has no method {name!r} a worker can call.")
+        signature = inspect.signature(method)
+
+        def call(*args: Any, progress: ProgressCallback | None = None, timeout: float | None = None,
+                 cancel: threading.Event | None = None, **kwargs: Any) -> Any:
+            signature.bind(None, *args, progress=None, **kwargs)  # self, the arguments, the worker's progress
+            return self.worker.call(name, *args, progress=progress, timeout=timeout, cancel=cancel, **kwargs)
+
+        call.__name__ = name
+        return call
 
 
 def descendants(pid: int) -> list:
