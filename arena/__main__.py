@@ -26,7 +26,7 @@ import sys
 
 from arena.fields import add_arguments, cli_values
 from arena.registry import DEFAULT_BACKENDS
-from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
+from arena.types import REQUESTS, BackendSpec, ImageRunRequest, TextRunRequest
 
 
 def positive_int(text: str) -> int:
@@ -84,23 +84,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m arena", description=__doc__, epilog=backend_help(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    text = sub.add_parser("text", help="compare text generation across backends", epilog=backend_help(),
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(text, TextRunRequest)
-    text.add_argument("--backend", action="append", type=parse_backend, dest="backends",
-                      help="repeatable; default: " + " and ".join(DEFAULT_BACKENDS))
-    text.add_argument("--cache-dir", default=None)
-    text.add_argument("--json", action="store_true", help="print the structured result instead of a table")
-    text.add_argument("--allow-drift", action="store_true", help="exit 0 even when token ids differ")
-    text.add_argument("--report", metavar="DIR", help="also write the JSON, CSV and Markdown reports into DIR")
-    image = sub.add_parser("image", help="compare image generation across backends", epilog=backend_help(),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(image, ImageRunRequest)
-    image.add_argument("--backend", action="append", type=parse_backend, dest="backends",
-                       help="repeatable; default: " + " and ".join(DEFAULT_BACKENDS))
-    image.add_argument("--cache-dir", default=None)
-    image.add_argument("--json", action="store_true", help="print the structured result instead of a summary")
-    image.add_argument("--report", metavar="DIR", help="also write the JSON, CSV and Markdown reports into DIR")
+    for task, request_cls in REQUESTS.items():
+        command = sub.add_parser(task, help=f"compare {task} generation across backends", epilog=backend_help(),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_arguments(command, request_cls)
+        command.add_argument("--backend", action="append", type=parse_backend, dest="backends",
+                             help="repeatable; default: " + " and ".join(DEFAULT_BACKENDS))
+        command.add_argument("--cache-dir", default=None)
+        command.add_argument("--json", action="store_true", help="print the structured result instead of a "
+                             + ("table" if task == "text" else "summary"))
+        command.add_argument("--report", metavar="DIR", help="also write the JSON, CSV and Markdown reports into DIR")
+        if task == "text":
+            command.add_argument("--allow-drift", action="store_true", help="exit 0 even when token ids differ")
     check = sub.add_parser("check", help="is a candidate (e.g. an ONNX export) broken? verdicts + exit code")
     check.add_argument("--model", required=True, help="the reference model: catalog key, hub id or directory")
     check.add_argument("--candidate", required=True, type=parse_backend, action="append", dest="candidates",

@@ -233,31 +233,46 @@ class BackendTextResult:
 
 
 @dataclass(frozen=True)
-class TextRunResult:
-    """The whole comparison: request, shared input and one result per backend, in request order."""
+class _RunResult:
+    """The whole comparison: request, shared input and one result per backend, in request order. Its JSON is
+    complete here (verdicts, the reference's index and flags, image PSNR): the UI, the API, the reports and the
+    scripts show it and never recompute it."""
 
-    request: TextRunRequest
-    prepared: PreparedText | None
-    results: tuple[BackendTextResult, ...] = ()
+    request: Any  # TextRunRequest | ImageRunRequest
+    prepared: Any  # PreparedText | PreparedImage | None (None: the run stopped before its input was made)
+    results: tuple = ()  # BackendTextResult | BackendImageResult, in request order
     error: str | None = None  # a problem before any backend ran (bad model id, prompt too long)
     environment: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        prepared = self.prepared
-        return {
-            "request": self.request.to_dict(),
-            "model": None if prepared is None else {
-                "name": prepared.model_name, "source": prepared.source, "dir": prepared.model_dir,
-                "context_length": prepared.context_length, "materialize_s": prepared.materialize_s,
-                "parameters": prepared.parameters,
-            },
-            "rendered_prompt": prepared.rendered_prompt if prepared else None,
-            "prompt_token_ids": list(prepared.prompt_token_ids) if prepared else [],
-            "results": _with_reference_flags([r.to_dict() for r in self.results], _reference_of(self.request)),
-            "reference_index": _reference_of(self.request),
-            "error": self.error,
-            "environment": self.environment,
-        }
+        reference = _reference_of(self.request)
+        return {"request": self.request.to_dict(),
+                "model": None if self.prepared is None else self._model_dict(self.prepared),
+                **self._input_dict(self.prepared), "results": self._results_dicts(reference),
+                "reference_index": reference, "error": self.error, "environment": self.environment}
+
+    def _model_dict(self, prepared) -> dict[str, Any]:
+        return {"name": prepared.model_name, "source": prepared.source, "dir": prepared.model_dir}
+
+    def _input_dict(self, prepared) -> dict[str, Any]:
+        return {}
+
+    def _results_dicts(self, reference: int | None) -> list[dict[str, Any]]:
+        return _with_reference_flags([r.to_dict() for r in self.results], reference)
+
+
+@dataclass(frozen=True)
+class TextRunResult(_RunResult):
+    """A text comparison (`TextRunRequest`, `PreparedText`, `BackendTextResult`s)."""
+
+    def _model_dict(self, prepared: PreparedText) -> dict[str, Any]:
+        return super()._model_dict(prepared) | {"context_length": prepared.context_length,
+                                                "materialize_s": prepared.materialize_s,
+                                                "parameters": prepared.parameters}
+
+    def _input_dict(self, prepared: PreparedText | None) -> dict[str, Any]:
+        return {"rendered_prompt": prepared.rendered_prompt if prepared else None,
+                "prompt_token_ids": list(prepared.prompt_token_ids) if prepared else []}
 
 
 def _reference_of(request: Any) -> int | None:
@@ -357,26 +372,16 @@ class BackendImageResult:
 
 
 @dataclass(frozen=True)
-class ImageRunResult:
-    request: ImageRunRequest
-    prepared: PreparedImage | None
-    results: tuple[BackendImageResult, ...] = ()
-    error: str | None = None
-    environment: dict[str, Any] = field(default_factory=dict)
+class ImageRunResult(_RunResult):
+    """An image comparison (`ImageRunRequest`, `PreparedImage`, `BackendImageResult`s)."""
 
-    def to_dict(self) -> dict[str, Any]:
-        prepared = self.prepared
-        return {
-            "request": self.request.to_dict(),
-            "model": None if prepared is None else {
-                "name": prepared.model_name, "source": prepared.source, "dir": prepared.model_dir,
-                "height": prepared.height, "width": prepared.width, "scheduler": json.loads(prepared.scheduler),
-                "notes": list(prepared.notes)},
-            "results": _image_results(self.results, _reference_of(self.request)),
-            "reference_index": _reference_of(self.request),
-            "error": self.error,
-            "environment": self.environment,
-        }
+    def _model_dict(self, prepared: PreparedImage) -> dict[str, Any]:
+        return super()._model_dict(prepared) | {"height": prepared.height, "width": prepared.width,
+                                                "scheduler": json.loads(prepared.scheduler),
+                                                "notes": list(prepared.notes)}
+
+    def _results_dicts(self, reference: int | None) -> list[dict[str, Any]]:
+        return _image_results(self.results, reference)
 
 
 def _with_reference_flags(results: list[dict[str, Any]], reference: int | None) -> list[dict[str, Any]]:

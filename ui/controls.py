@@ -8,6 +8,7 @@ from typing import Any
 
 import gradio as gr
 
+from arena.errors import ArenaError
 from arena.fields import FieldInfo
 from arena.types import BackendSpec
 from backends.base import SERVER_SIDE_KINDS, OptionChoice, OptionInfo
@@ -135,8 +136,19 @@ def field_widget(info: FieldInfo, policy, **kwargs: Any) -> gr.components.Compon
     return gr.Textbox(info.default, **common, **kwargs)
 
 
-def form_request(request_cls, fields: dict[str, gr.components.Component], data: dict, backends: dict[str, dict]):
+def run_row(task: str, status_id: str) -> tuple[gr.Button, gr.Button, gr.Markdown, gr.Markdown]:
+    """A tab's Run and Stop buttons, its status line and the line that gets the run's link."""
+    with gr.Row():
+        run = gr.Button("Run", variant="primary", elem_id=f"run-{task}", scale=4)
+        stop = gr.Button("Stop", variant="stop", elem_id=f"stop-{task}", scale=1)
+    status = gr.Markdown("", elem_id=status_id, min_height=60)
+    share = gr.Markdown("", elem_id=f"share-{task}", elem_classes=["arena-notes"])
+    return run, stop, status, share
+
+
+def form_request(request_cls, fields: dict[str, gr.components.Component], data: dict, panels: list):
     """The request from a form: each field widget's value read by its declaration, the ticked backends' specs."""
+    backends = {panel.name: panel.controls.values(data) for panel in panels}
     return request_cls.from_values({name: data[widget] for name, widget in fields.items()}
                                    | {"backends": specs_from_form(backends)})
 
@@ -145,6 +157,53 @@ def form_updates(fields: dict[str, gr.components.Component], request) -> dict:
     """Each field widget set to the request's value (a size's None, "native", is the widget's 0)."""
     return {widget: 0 if getattr(request, name) is None and isinstance(widget, gr.Number) else getattr(request, name)
             for name, widget in fields.items()}
+
+
+def wire_run(arena, tab, request_cls, panels: list, execute, notes, examples: tuple) -> None:
+    """A tab's events. Run reads the form into a request by its declared fields (a bad value is one sentence on
+    the status line), then ``execute(request, http, cancel, progress)`` (the tab's) yields the tab's updates;
+    Stop ends it; the model's notes follow the model box (``notes(model)``). ``examples``: the (broken, good)
+    example buttons and ``prepare(broken, progress)``, which builds the server's own request (its broken export
+    made and cached the first time); they run through the same ``execute``."""
+    inputs = set(tab.fields.values())
+    for panel in panels:
+        inputs.add(panel.controls.enabled)
+        inputs.update(panel.controls.widgets.values())
+
+    def run_from_ui(data: dict, http: gr.Request, progress=gr.Progress()):
+        try:
+            run = form_request(request_cls, tab.fields, data, panels)
+        except ValueError as exc:
+            yield {tab.status: f"<span class='arena-badge arena-badge-error'>ERROR</span> {exc}"}
+            return
+        with arena.stoppable(session_of(http)) as cancel:
+            yield from execute(run, http, cancel, lambda f, d: progress(f, desc=d))
+
+    def example(broken: bool):
+        def run_example(http: gr.Request, progress=gr.Progress()):
+            yield {tab.status: "Preparing the example (the first time, the broken export is made and cached)…",
+                   tab.share: "", tab.downloads: None}
+            try:
+                request = prepare(broken, progress=lambda f, d: progress(f, desc=d))
+            except (ArenaError, OSError) as exc:
+                yield {tab.status: "<span class='arena-badge arena-badge-error'>ERROR</span> The example could "
+                                   f"not be prepared: {exc}"}
+                return
+            with arena.stoppable(session_of(http)) as cancel:
+                yield from execute(request, http, cancel, lambda f, d: progress(f, desc=d))
+
+        return run_example
+
+    tab.model.change(notes, tab.model, tab.model_notes, api_visibility="private")
+    # Progress shows on the status line only: a loading overlay on every output keeps the browser repainting,
+    # which on a small machine steals cores from the workers being timed.
+    slot = {"api_visibility": "private", "concurrency_limit": 1, "concurrency_id": RUN_CONCURRENCY_ID,
+            "show_progress_on": [tab.status]}
+    tab.run.click(run_from_ui, inputs, tab.outputs(), **slot)
+    buttons, prepare = examples
+    for button, broken in zip(buttons, (True, False), strict=True):
+        button.click(example(broken), None, tab.outputs(), **slot)
+    wire_stop(arena, tab.stop, tab.status)
 
 
 def specs_from_form(backends: dict[str, dict[str, Any]]) -> tuple[BackendSpec, ...]:

@@ -70,3 +70,15 @@ def keep_run(arena, task: str, run: dict[str, Any], request: gr.Request | None, 
     """Keep a finished run (``run``: the visitor's view of it) in the history, write its reports, make its link."""
     entry = arena.history.add(session_of(request), task, run)
     return KeptRun(entry, report_files(run, task, images, entry.id), link_markdown(task, run, request))
+
+
+def show_and_keep(arena, tab, task: str, results, render, http: gr.Request | None):
+    """A run's updates: ``render(result)`` for each partial result; once finished, keep the run (History) and
+    offer its reports and its link."""
+    final = None
+    for final in results:
+        yield render(final)
+    if final is not None:
+        images = [r.image for r in final.results] if task == "image" else None
+        kept = keep_run(arena, task, arena.public_view(final.to_dict()), http, images=images)
+        yield {tab.share: kept.link, tab.downloads: kept.files}

@@ -15,16 +15,15 @@ from arena.preparing.catalog import IMAGE_CATALOG, IMAGE_EXAMPLE_PROMPTS, find_i
 from arena.types import ImageRunRequest, ImageRunResult
 from ui.charts import image_latency_figure
 from ui.controls import (
-    RUN_CONCURRENCY_ID,
     BackendOptionControls,
     build_backend_controls,
     field_widget,
-    form_request,
     reference_dropdown,
-    session_of,
-    wire_stop,
+    run_row,
+    wire_run,
 )
-from ui.demos import BROKEN_IMAGE, GOOD_IMAGE, wire_demos
+from ui.demos import BROKEN_IMAGE, GOOD_IMAGE
+from ui.downloads import show_and_keep
 from ui.format import idle_panel, image_metrics, image_summary, panel_header
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,11 +103,7 @@ def build_image_tab(arena: Arena) -> ImageTab:
                 for info in ImageRunRequest.fields():
                     if info.name not in widgets and info.kind != "backends":
                         widgets[info.name] = field_widget(info, arena.policy, elem_id=f"image-{info.name}")
-            with gr.Row():
-                run = gr.Button("Run", variant="primary", elem_id="run-image", scale=4)
-                stop = gr.Button("Stop", variant="stop", elem_id="stop-image", scale=1)
-            status = gr.Markdown("", elem_id="image-status", min_height=60)
-            share = gr.Markdown("", elem_id="share-image", elem_classes=["arena-notes"])
+            run, stop, status, share = run_row("image", "image-status")
             panels = []
             with gr.Row(equal_height=True):
                 for control in controls:
@@ -131,56 +126,19 @@ def build_image_tab(arena: Arena) -> ImageTab:
                 result_json = gr.JSON(label="Result")
     tab = ImageTab(widgets, notes, run, stop, status, panels, slider, chart, result_json, share=share,
                    downloads=downloads)
-    _wire(arena, tab)
-
-    def run_demo(request, http, cancel, progress):
+    def execute(request: ImageRunRequest, http: gr.Request, cancel, progress):
         selected = {spec.backend for spec in request.backends}
-        yield from run_image_and_keep(arena, tab, arena.run_image(request, progress=progress, cancel=cancel),
-                                      selected, http)
-
-    wire_demos(arena, tab, (demo_broken, demo_good), arena.demos.image_request, run_demo)
-    return tab
-
-
-def _wire(arena: Arena, tab: ImageTab) -> None:
-    tab.model.change(image_model_notes, tab.model, tab.model_notes, api_visibility="private")
-    inputs = set(tab.fields.values())
-    for panel in tab.panels:
-        inputs.add(panel.controls.enabled)
-        inputs.update(panel.controls.widgets.values())
-
-    def run_from_ui(data: dict, http: gr.Request, progress=gr.Progress()):
-        try:
-            run = form_request(ImageRunRequest, tab.fields, data, {p.name: p.controls.values(data) for p in tab.panels})
-        except ValueError as exc:
-            yield {tab.status: f"<span class='arena-badge arena-badge-error'>ERROR</span> {exc}"}
-            return
-        selected = {spec.backend for spec in run.backends}
         yield {tab.status: "Running…", tab.slider: None, tab.share: "", tab.downloads: None, **{
             c: v for p in tab.panels for c, v in (
                 (p.header, panel_header(p.title, None, idle_panel(p.name, selected, p.controls.unavailable)[0])),
                 (p.image, None), (p.heatmap, None),
                 (p.metrics, idle_panel(p.name, selected, p.controls.unavailable)[1]))}}
-        with arena.stoppable(session_of(http)) as cancel:
-            yield from run_image_and_keep(arena, tab, arena.run_image(
-                run, progress=lambda f, d: progress(f, desc=d), cancel=cancel), selected, http)
+        yield from show_and_keep(arena, tab, "image", arena.run_image(request, progress=progress, cancel=cancel),
+                                 lambda result: render_image_run(tab, result, selected, arena.public_view), http)
 
-    tab.run.click(run_from_ui, inputs, tab.outputs(), api_visibility="private", concurrency_limit=1,
-                  concurrency_id=RUN_CONCURRENCY_ID, show_progress_on=[tab.status])
-    wire_stop(arena, tab.stop, tab.status)
-
-
-def run_image_and_keep(arena: Arena, tab: ImageTab, results, selected: set[str], http: gr.Request | None):
-    """Render each partial result; once finished, keep the run (History), offer its reports and its link."""
-    from ui.downloads import keep_run
-
-    final = None
-    for final in results:
-        yield render_image_run(tab, final, selected, arena.public_view)
-    if final is not None:
-        kept = keep_run(arena, "image", arena.public_view(final.to_dict()), http,
-                        images=[r.image for r in final.results])
-        yield {tab.share: kept.link, tab.downloads: kept.files}
+    wire_run(arena, tab, ImageRunRequest, tab.panels, execute, image_model_notes,
+             ((demo_broken, demo_good), arena.demos.image_request))
+    return tab
 
 
 def render_image_run(tab: ImageTab, result: ImageRunResult, selected: set[str], view=lambda data: data) -> dict:

@@ -13,16 +13,15 @@ from arena.preparing.catalog import CATALOG, EXAMPLE_PROMPTS, PROMPT_FORMATS, fi
 from arena.types import TextRunRequest
 from ui.charts import position_kl_figure, speed_quality_figure, text_latency_figure
 from ui.controls import (
-    RUN_CONCURRENCY_ID,
     BackendOptionControls,
     build_backend_controls,
     field_widget,
-    form_request,
     reference_dropdown,
-    session_of,
-    wire_stop,
+    run_row,
+    wire_run,
 )
-from ui.demos import BROKEN_TEXT, GOOD_TEXT, wire_demos
+from ui.demos import BROKEN_TEXT, GOOD_TEXT
+from ui.downloads import show_and_keep
 from ui.format import idle_panel, panel_header, panel_metrics, run_summary
 
 
@@ -105,11 +104,7 @@ def build_text_tab(arena: Arena) -> TextTab:
             with gr.Row(elem_id="text-demos"):
                 demo_broken = gr.Button(BROKEN_TEXT, size="sm", elem_id="demo-broken-text")
                 demo_good = gr.Button(GOOD_TEXT, size="sm", elem_id="demo-good-text")
-            with gr.Row():
-                run = gr.Button("Run", variant="primary", elem_id="run-text", scale=4)
-                stop = gr.Button("Stop", variant="stop", elem_id="stop-text", scale=1)
-            status = gr.Markdown("", elem_id="run-status", min_height=60)
-            share = gr.Markdown("", elem_id="share-text", elem_classes=["arena-notes"])
+            run, stop, status, share = run_row("text", "run-status")
             panels = []
             with gr.Row(equal_height=True):
                 for control in controls:
@@ -132,56 +127,17 @@ def build_text_tab(arena: Arena) -> TextTab:
                 result_json = gr.JSON(label="Result")
     tab = TextTab(widgets, notes, run, stop, status, panels, chart, quality_chart, result_json, share=share,
                   downloads=downloads, position_chart=position_chart)
-    _wire(arena, tab)
 
-    def run_demo(request, http, cancel, progress):
+    def execute(request: TextRunRequest, http: gr.Request, cancel, progress):
         selected = {spec.backend for spec in request.backends}
-        yield render_run(tab, {"results": []}, selected)
-        yield from run_and_keep(arena, tab, arena.run_text(request, progress=progress, cancel=cancel), selected, http)
-
-    wire_demos(arena, tab, (demo_broken, demo_good), arena.demos.text_request, run_demo)
-    return tab
-
-
-def _wire(arena: Arena, tab: TextTab) -> None:
-    tab.model.change(model_notes, tab.model, tab.model_notes, api_visibility="private")
-    inputs = set(tab.fields.values())
-    for panel in tab.backends:
-        inputs.add(panel.controls.enabled)
-        inputs.update(panel.controls.widgets.values())
-
-    def run_from_ui(data: dict, http: gr.Request, progress=gr.Progress()):
-        try:
-            run = form_request(TextRunRequest, tab.fields, data,
-                               {p.name: p.controls.values(data) for p in tab.backends})
-        except ValueError as exc:
-            yield {tab.status: f"<span class='arena-badge arena-badge-error'>ERROR</span> {exc}"}
-            return
-        selected = {spec.backend for spec in run.backends}
         yield {tab.status: "Running…", tab.share: "", tab.downloads: None,
                **render_run(tab, {"results": []}, selected)}
-        with arena.stoppable(session_of(http)) as cancel:
-            yield from run_and_keep(arena, tab, arena.run_text(run, progress=lambda f, d: progress(f, desc=d),
-                                                               cancel=cancel), selected, http)
+        yield from show_and_keep(arena, tab, "text", arena.run_text(request, progress=progress, cancel=cancel),
+                                 lambda result: render_run(tab, arena.public_view(result.to_dict()), selected), http)
 
-    # Progress shows on the status line only: a loading overlay on every output keeps the browser repainting,
-    # which on a small machine steals cores from the workers being timed.
-    tab.run.click(run_from_ui, inputs, tab.outputs(), api_visibility="private", concurrency_limit=1,
-                  concurrency_id=RUN_CONCURRENCY_ID, show_progress_on=[tab.status])
-    wire_stop(arena, tab.stop, tab.status)
-
-
-def run_and_keep(arena: Arena, tab: TextTab, results, selected: set[str], http: gr.Request | None):
-    """Render each partial result; once finished, keep the run (History), offer its reports and its link."""
-    from ui.downloads import keep_run
-
-    final = None
-    for result in results:
-        final = arena.public_view(result.to_dict())
-        yield render_run(tab, final, selected)
-    if final is not None:
-        kept = keep_run(arena, "text", final, http)
-        yield {tab.share: kept.link, tab.downloads: kept.files}
+    wire_run(arena, tab, TextRunRequest, tab.backends, execute, model_notes,
+             ((demo_broken, demo_good), arena.demos.text_request))
+    return tab
 
 
 def render_run(tab: TextTab, run: dict[str, Any], selected: set[str]) -> dict:
