@@ -7,6 +7,7 @@ from pathlib import Path
 import gradio as gr
 
 from arena.core import Arena
+from arena.sharing.links import carries_settings
 from ui.api import register_api
 from ui.controls import session_of
 from ui.environment_tab import build_environment_tab
@@ -44,8 +45,9 @@ def build_ui(arena: Arena, warm_up=None) -> gr.Blocks:
         wire_link_fill(demo, text, image, tabs, link_note)
         register_api(arena)
         # Until the visitor runs their own, the panels show a real run of the defaults that ships with the repo.
-        demo.load(lambda: stored_text_updates(text), None, text.outputs(), api_visibility="private")
-        demo.load(lambda: stored_image_updates(image), None, image.outputs(), api_visibility="private")
+        # A settings link shows its own settings instead (`ui.share.wire_link_fill`).
+        for tab, stored in ((text, stored_text_updates), (image, stored_image_updates)):
+            demo.load(unless_link(stored, tab), None, tab.outputs(), api_visibility="private")
         # Client-side only: disable the radio choices the server labelled unavailable.
         demo.load(None, js=(ASSETS / "arena.js").read_text(), api_visibility="private")
         # A visitor who closes the page does not leave their run holding the queue (nor, in public mode, their
@@ -56,6 +58,16 @@ def build_ui(arena: Arena, warm_up=None) -> gr.Blocks:
 
         demo.unload(on_unload)
     return demo
+
+
+def unless_link(stored, tab):
+    """On page load: the stored run's updates for ``tab``, unless the page was opened from a settings link."""
+    def load(request: gr.Request) -> dict:
+        if carries_settings(dict(getattr(request, "query_params", None) or {})):
+            return {tab.status: gr.update()}
+        return stored(tab)
+
+    return load
 
 
 def _warm_up_line(warm_up) -> None:

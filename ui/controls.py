@@ -159,12 +159,38 @@ def form_updates(fields: dict[str, gr.components.Component], request) -> dict:
             for name, widget in fields.items()}
 
 
+def backend_updates(panels: list, backends) -> dict:
+    """Each backend panel's "run" checkbox and option widgets from the request's specs (the first spec of a
+    backend, when a request names one twice: a form holds one configuration per backend)."""
+    first: dict[str, Any] = {}
+    for spec in backends:
+        first.setdefault(spec.backend, spec)
+    updates: dict = {}
+    for panel in panels:
+        spec = first.get(panel.name)
+        if panel.controls.unavailable:
+            continue
+        updates[panel.controls.enabled] = spec is not None
+        if spec is None:
+            continue
+        for key, widget in panel.controls.widgets.items():
+            value = spec.get(key)
+            updates[widget] = "" if value is None and isinstance(widget, gr.Textbox) else value
+    return updates
+
+
+def form_components(tab, panels: list) -> list:
+    """A tab's form: its field widgets and each backend's "run" box and option widgets."""
+    return [*tab.fields.values(), *(c for p in panels for c in (p.controls.enabled, *p.controls.widgets.values()))]
+
+
 def wire_run(arena, tab, request_cls, panels: list, execute, notes, examples: tuple) -> None:
     """A tab's events. Run reads the form into a request by its declared fields (a bad value is one sentence on
     the status line), then ``execute(request, http, cancel, progress)`` (the tab's) yields the tab's updates;
     Stop ends it; the model's notes follow the model box (``notes(model)``). ``examples``: the (broken, good)
     example buttons and ``prepare(broken, progress)``, which builds the server's own request (its broken export
-    made and cached the first time); they run through the same ``execute``."""
+    made and cached the first time); they set the form to that request (so Run runs the same settings again;
+    a server path the form does not show is said on the status line) and run through the same ``execute``."""
     inputs = set(tab.fields.values())
     for panel in panels:
         inputs.add(panel.controls.enabled)
@@ -189,6 +215,7 @@ def wire_run(arena, tab, request_cls, panels: list, execute, notes, examples: tu
                 yield {tab.status: "<span class='arena-badge arena-badge-error'>ERROR</span> The example could "
                                    f"not be prepared: {exc}"}
                 return
+            yield form_updates(tab.fields, request) | backend_updates(panels, request.backends)
             with arena.stoppable(session_of(http)) as cancel:
                 yield from execute(request, http, cancel, lambda f, d: progress(f, desc=d))
 
@@ -202,7 +229,7 @@ def wire_run(arena, tab, request_cls, panels: list, execute, notes, examples: tu
     tab.run.click(run_from_ui, inputs, tab.outputs(), **slot)
     buttons, prepare = examples
     for button, broken in zip(buttons, (True, False), strict=True):
-        button.click(example(broken), None, tab.outputs(), **slot)
+        button.click(example(broken), None, tab.outputs() + form_components(tab, panels), **slot)
     wire_stop(arena, tab.stop, tab.status)
 
 

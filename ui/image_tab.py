@@ -58,6 +58,18 @@ class ImageTab:
     def model(self) -> gr.components.Component:
         return self.fields["model"]
 
+    def idle_updates(self, selected: set[str]) -> dict:
+        """Every panel emptied before a run of ``selected`` (or when a link's settings replace what the page
+        showed): waiting, not selected, or unavailable here."""
+        updates = {self.status: "Running…", self.slider: None, self.share: "", self.downloads: None,
+                   self.chart: image_latency_figure({}), self.result_json: None}
+        for p in self.panels:
+            state, metrics = idle_panel(p.name, selected, p.controls.unavailable)
+            updates |= {p.header: panel_header(p.title, None, state), p.metrics: metrics,
+                        p.image: gr.update(value=None, visible=state == "waiting"),
+                        p.heatmap: gr.update(value=None, visible=state == "waiting")}
+        return updates
+
     def outputs(self) -> list:
         """Every component a run updates (its status, slider, chart, result, link, reports and each panel)."""
         return [self.status, self.slider, self.chart, self.result_json, self.share, self.downloads,
@@ -80,7 +92,7 @@ def build_image_tab(arena: Arena) -> ImageTab:
     """Lay out the tab and wire its events to the arena."""
     backend_options = arena.backend_options()
     public, field = arena.policy.public, ImageRunRequest.field
-    with gr.Row(equal_height=False):
+    with gr.Row(equal_height=False, elem_classes=["arena-layout"]):
         with gr.Column(scale=1, min_width=320):
             model = gr.Dropdown(choices=[(e.title, e.key) for e in IMAGE_CATALOG], value=field("model").default,
                                 allow_custom_value=True, label=field("model").label, elem_id="image-model",
@@ -128,11 +140,7 @@ def build_image_tab(arena: Arena) -> ImageTab:
                    downloads=downloads)
     def execute(request: ImageRunRequest, http: gr.Request, cancel, progress):
         selected = {spec.backend for spec in request.backends}
-        yield {tab.status: "Running…", tab.slider: None, tab.share: "", tab.downloads: None, **{
-            c: v for p in tab.panels for c, v in (
-                (p.header, panel_header(p.title, None, idle_panel(p.name, selected, p.controls.unavailable)[0])),
-                (p.image, None), (p.heatmap, None),
-                (p.metrics, idle_panel(p.name, selected, p.controls.unavailable)[1]))}}
+        yield tab.idle_updates(selected)
         yield from show_and_keep(arena, tab, "image", arena.run_image(request, progress=progress, cancel=cancel),
                                  lambda result: render_image_run(tab, result, selected, arena.public_view), http)
 
@@ -160,9 +168,11 @@ def render_image_dict(tab: ImageTab, run: dict[str, Any], images: list, selected
         state, idle = idle_panel(panel.name, selected, panel.controls.unavailable, bool(run.get("error")))
         updates[panel.header] = panel_header(panel.title, found[1] if found else None, state)
         image = found[0] if found else None
-        updates[panel.image] = image
+        shown = found is not None or state == "waiting"  # out of this run: its one-line header only
+        updates[panel.image] = gr.update(value=image, visible=shown)
         comparable = image is not None and reference is not None and image is not reference \
             and image.shape == reference.shape
-        updates[panel.heatmap] = difference_heatmap(reference, image) if comparable else None
+        updates[panel.heatmap] = gr.update(value=difference_heatmap(reference, image) if comparable else None,
+                                           visible=shown)
         updates[panel.metrics] = image_metrics(found[1]) if found else idle
     return updates

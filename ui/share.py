@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import gradio as gr
 
 from arena.sharing.links import request_from_query
 from arena.types import ImageRunRequest, TextRunRequest
-from ui.controls import form_updates
+from ui.controls import backend_updates, form_updates
 
 # After the form is filled, press that tab's Run button (the visible one) in the browser.
 PRESS_RUN_JS = """() => { setTimeout(() => {
@@ -16,26 +14,6 @@ PRESS_RUN_JS = """() => { setTimeout(() => {
     .find((b) => b && b.offsetParent !== null);
   if (button) button.click();
 }, 300); }"""
-
-
-def backend_updates(panels: list, backends) -> dict:
-    """Each backend panel's "run" checkbox and option widgets from the request's specs (the first spec of a
-    backend, when a request names one twice: a form holds one configuration per backend)."""
-    first: dict[str, Any] = {}
-    for spec in backends:
-        first.setdefault(spec.backend, spec)
-    updates: dict = {}
-    for panel in panels:
-        spec = first.get(panel.name)
-        if panel.controls.unavailable:
-            continue
-        updates[panel.controls.enabled] = spec is not None
-        if spec is None:
-            continue
-        for key, widget in panel.controls.widgets.items():
-            value = spec.get(key)
-            updates[widget] = "" if value is None and isinstance(widget, gr.Textbox) else value
-    return updates
 
 
 def form_outputs(text, image, tabs) -> list:
@@ -66,7 +44,11 @@ def wire_link_fill(demo: gr.Blocks, text, image, tabs, note: gr.Markdown) -> Non
         if found is None:  # no link: change nothing (an empty dict would be one output value, an error badge)
             return {note: gr.update()}
         task, run = found
+        tab = text if task == "text" else image
+        # The panels show no earlier run (not the stored one): what they will show is this link's, once run.
+        idle = tab.idle_updates({spec.backend for spec in run.backends}) | {tab.status: ""}
         return {note: f"<span class='arena-badge arena-badge-ok'>LINK</span> The {task} settings from your link "
-                      "are filled in: press Run.", **fill_updates(text, image, tabs, task, run)}
+                      "are filled in: press Run.", **fill_updates(text, image, tabs, task, run), **idle}
 
-    demo.load(fill, None, [note, *form_outputs(text, image, tabs)], api_visibility="private")
+    demo.load(fill, None, [note, *form_outputs(text, image, tabs), *text.outputs(), *image.outputs()],
+              api_visibility="private")

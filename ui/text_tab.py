@@ -56,6 +56,12 @@ class TextTab:
     def model(self) -> gr.components.Component:
         return self.fields["model"]
 
+    def idle_updates(self, selected: set[str]) -> dict:
+        """Every panel and chart emptied before a run of ``selected`` (or when a link's settings replace what
+        the page showed): waiting, not selected, or unavailable here."""
+        return {self.status: "Running…", self.share: "", self.downloads: None,
+                **render_run(self, {"results": []}, selected)}
+
     def outputs(self) -> list:
         """Every component a run updates (its status, charts, result, link, reports and each backend's panel)."""
         return [self.status, self.chart, self.quality_chart, self.position_chart, self.result_json, self.share,
@@ -76,7 +82,7 @@ def build_text_tab(arena: Arena) -> TextTab:
     """Lay out the tab and wire its events to the arena."""
     backend_options = arena.backend_options()
     public, field = arena.policy.public, TextRunRequest.field
-    with gr.Row(equal_height=False):
+    with gr.Row(equal_height=False, elem_classes=["arena-layout"]):
         with gr.Column(scale=1, min_width=320):
             model = gr.Dropdown(
                 choices=[(entry.title, entry.key) for entry in CATALOG], value=field("model").default,
@@ -130,8 +136,7 @@ def build_text_tab(arena: Arena) -> TextTab:
 
     def execute(request: TextRunRequest, http: gr.Request, cancel, progress):
         selected = {spec.backend for spec in request.backends}
-        yield {tab.status: "Running…", tab.share: "", tab.downloads: None,
-               **render_run(tab, {"results": []}, selected)}
+        yield tab.idle_updates(selected)
         yield from show_and_keep(arena, tab, "text", arena.run_text(request, progress=progress, cancel=cancel),
                                  lambda result: render_run(tab, arena.public_view(result.to_dict()), selected), http)
 
@@ -154,7 +159,10 @@ def render_run(tab: TextTab, run: dict[str, Any], selected: set[str]) -> dict:
         result = by_backend.get(panel.name)
         state, idle = idle_panel(panel.name, selected, panel.controls.unavailable, bool(run.get("error")))
         updates[panel.header] = panel_header(panel.title, result, state)
-        updates[panel.answer] = result["text"] if result else ""
+        # A backend that is not in this run (not selected, or unavailable here) is its one-line header (and why
+        # it cannot run): no empty answer box.
+        updates[panel.answer] = gr.update(value=result["text"] if result else "",
+                                          visible=result is not None or state == "waiting")
         updates[panel.metrics] = panel_metrics(result, None if result is reference else reference_text) \
             if result else idle
     return updates

@@ -43,12 +43,17 @@ def share_link(base_url: str, task: str, request: Mapping[str, Any]) -> str:
     return base_url.split("?")[0].split("#")[0] + "?" + urlencode(share_query(task, request))
 
 
+def carries_settings(params: Mapping[str, str]) -> bool:
+    """Whether a page's query parameters are a settings link (not, say, only a theme)."""
+    return any(k in params for k in ("model", "prompt", "backends"))
+
+
 def request_from_query(params: Mapping[str, str]) -> tuple[str, TextRunRequest | ImageRunRequest] | None:
     """(task, request) from a link's query parameters; None when the link carries no settings. Each parameter is
     read by its declared field (`arena.fields`); parameters that are not fields (a theme) are ignored.
 
     A malformed value is a ValueError whose message names it (shown to the visitor instead of filling)."""
-    if not any(k in params for k in ("model", "prompt", "backends")):
+    if not carries_settings(params):
         return None
     task = params.get("tab", "text")
     if task not in REQUESTS:

@@ -1,0 +1,86 @@
+"""The dashboard as a newcomer reads it (issue 20), in Debian's chromium: what ran is what the form shows, a link
+shows its own settings, backends out of the run take one line, and a phone gets the prompt and Run first."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import urlencode
+
+import pytest
+
+from tests.test_browser import CHROMIUM_FLAGS, ROOT, chromium_path
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+def visible(page, selector: str) -> bool:
+    return page.locator(selector).first.is_visible()
+
+
+def test_the_broken_example_sets_the_form_to_what_it_runs_and_unused_backends_take_one_line(app_server, browser):
+    from arena.preparing.demos import TEXT_DEMO_TOKENS
+
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.goto(app_server["url"])
+    page.wait_for_selector("#demo-broken-text")
+    # The form differs from the example's request before the click: 64 tokens.
+    tokens = page.locator("#text-max_new_tokens input[type=number]")
+    assert tokens.input_value() == "64"
+    page.click("#demo-broken-text")
+    # As soon as the example is prepared, the form holds its settings: Run would run them again.
+    page.wait_for_function(
+        f"document.querySelector('#text-max_new_tokens input[type=number]')?.value === '{TEXT_DEMO_TOKENS}'",
+        timeout=600_000)
+    onnx_dir = page.locator("#onnxruntime-onnx_dir textarea, #onnxruntime-onnx_dir input").first
+    assert "demo" in onnx_dir.input_value(), onnx_dir.input_value()
+    assert page.locator("#enable-pytorch input").is_checked() and page.locator("#enable-onnxruntime input").is_checked()
+    assert not page.locator("#enable-llamacpp input").is_checked()
+    page.wait_for_function("document.querySelector('#run-status')?.innerText.includes('Verdicts')", timeout=600_000)
+    assert "GIBBERISH" in page.locator("#panel-onnxruntime").inner_text()
+    # Backends outside the run are their header line (and why they cannot run): no empty answer box.
+    assert visible(page, "#answer-pytorch") and visible(page, "#answer-onnxruntime")
+    for name in ("llamacpp", "openai", "tensorrt"):
+        assert not visible(page, f"#answer-{name}"), name
+        assert page.locator(f"#panel-{name}").bounding_box()["height"] < 200, name
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(SCREENSHOTS / "broken-text.png"), full_page=True)
+    page.close()
+
+
+def test_a_link_shows_its_own_settings_not_the_stored_run(app_server, browser):
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    settings = {"tab": "text", "prompt": "Name three rivers.", "max_new_tokens": "12",
+                "backends": json.dumps(["pytorch"])}
+    page.goto(app_server["url"] + "?" + urlencode(settings))
+    page.wait_for_function("document.querySelector('#link-note')?.innerText.includes('filled in')", timeout=60_000)
+    page.wait_for_timeout(2000)  # every page-load event has landed
+    assert "STORED RUN" not in page.locator("#run-status").inner_text()
+    assert page.locator("#answer-pytorch textarea").input_value() == ""
+    assert page.locator("#prompt textarea").input_value() == "Name three rivers."
+    assert page.locator("#text-max_new_tokens input[type=number]").input_value() == "12"
+    assert not visible(page, "#answer-onnxruntime")  # not in the link's run
+    page.close()
+
+
+def test_a_phone_gets_the_prompt_and_run_before_the_settings(app_server, browser):
+    page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, device_scale_factor=2)
+    page.goto(app_server["url"])
+    page.wait_for_selector("#run-text")
+    run, settings = page.locator("#run-text").bounding_box(), page.locator("#enable-pytorch").bounding_box()
+    prompt = page.locator("#prompt").bounding_box()
+    assert prompt["y"] < settings["y"] and run["y"] < settings["y"], (prompt, run, settings)
+    assert run["y"] < 1500, run  # within the first screens, not ~3,800 px down
+    page.screenshot(path=str(SCREENSHOTS / "phone.png"))
+    page.close()
