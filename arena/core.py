@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -268,17 +269,56 @@ class Arena:
         results: list = []
         yield run_cls(request, prepared, tuple(results), environment=env)
         for spec in request.backends:
-            with self._run_lock:
-                results.append(self._run_one(spec, prepared, request, env, progress, result_cls, deadline, limit,
-                                             cancel))
+            for partial in self._run_streaming(spec, prepared, request, env, progress, result_cls, deadline, limit,
+                                               cancel, results):
+                yield run_cls(request, prepared, tuple(results), environment=env, streaming=partial)
             yield run_cls(request, prepared, tuple(results), environment=env)
         progress(None, "Judging the outputs")
+        yield run_cls(request, prepared, tuple(results), environment=env, phase="judging")
         with self._run_lock:
             if prepared.task == "text":
                 judged = self._judge_text(prepared, results, reference, progress, cancel, deadline)
             else:
                 judged = self._judge_image(prepared, results, reference, progress, cancel)
         yield run_cls(request, prepared, tuple(judged), environment=env)
+
+    def _run_streaming(self, spec: BackendSpec, prepared, request, env: dict[str, Any], progress: ProgressFn,
+                       result_cls, deadline: float | None, limit: float | None, cancel: threading.Event | None,
+                       results: list) -> Iterator[dict[str, Any]]:
+        """Run one backend (appending its result to ``results``) and yield its answer so far while it generates.
+
+        The backend runs in a thread that holds the run lock; this generator never holds it across a yield, so a
+        page that goes away mid-stream leaves nothing locked (the thread finishes or is stopped as usual)."""
+        partials: queue.Queue = queue.Queue()
+
+        def relay(fraction: float | None, description: str, partial: Any = None) -> None:
+            progress(fraction, description)
+            if isinstance(partial, dict):
+                partials.put(partial)
+
+        failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                with self._run_lock:
+                    results.append(self._run_one(spec, prepared, request, env, relay, result_cls, deadline, limit,
+                                                 cancel))
+            except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread below
+                failure.append(exc)
+            finally:
+                partials.put(None)
+
+        thread = threading.Thread(target=work, name=f"arena-run-{spec.backend}", daemon=True)
+        thread.start()
+        while (partial := partials.get()) is not None:
+            while not partials.empty() and partial is not None:  # a slow page gets the newest text, not a backlog
+                partial = partials.get()
+            if partial is None:
+                break
+            yield {"backend": spec.backend, "label": spec.label, **partial}
+        thread.join()
+        if failure:
+            raise failure[0]
 
     @staticmethod
     def _over_time(exc: Exception, deadline: float | None, limit: float | None) -> str:

@@ -243,13 +243,18 @@ class _RunResult:
     results: tuple = ()  # BackendTextResult | BackendImageResult, in request order
     error: str | None = None  # a problem before any backend ran (bad model id, prompt too long)
     environment: dict[str, Any] = field(default_factory=dict)
+    # While a run is under way: the next backend's answer so far ({"backend", "label", "text", "tokens", "of"}),
+    # and the phase after every backend has run ("judging"). Both empty in a finished run.
+    streaming: dict[str, Any] | None = None
+    phase: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         reference = _reference_of(self.request)
         return {"request": self.request.to_dict(),
                 "model": None if self.prepared is None else self._model_dict(self.prepared),
                 **self._input_dict(self.prepared), "results": self._results_dicts(reference),
-                "reference_index": reference, "error": self.error, "environment": self.environment}
+                "reference_index": reference, "error": self.error, "environment": self.environment,
+                "streaming": self.streaming, "phase": self.phase}
 
     def _model_dict(self, prepared) -> dict[str, Any]:
         return {"name": prepared.model_name, "source": prepared.source, "dir": prepared.model_dir}

@@ -84,3 +84,34 @@ def test_a_phone_gets_the_prompt_and_run_before_the_settings(app_server, browser
     assert run["y"] < 1500, run  # within the first screens, not ~3,800 px down
     page.screenshot(path=str(SCREENSHOTS / "phone.png"))
     page.close()
+
+
+def test_answers_stream_into_their_panels_and_judging_says_so(app_server, browser):
+    """A default run: each backend's answer appears token by token (a "generating n/N" badge), and the pause
+    before the verdicts has its own line. The time from the click to the first streamed token is printed (the
+    test log of a cold run holds it), not asserted."""
+    import time
+
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    settings = {"tab": "text", "prompt": "Write a short poem about rivers.", "max_new_tokens": "64",
+                "ignore_eos": "true", "warmup": "0", "backends": json.dumps(["pytorch", "onnxruntime"])}
+    page.goto(app_server["url"] + "?" + urlencode(settings))
+    page.wait_for_function("document.querySelector('#link-note')?.innerText.includes('filled in')", timeout=60_000)
+    clicked = time.monotonic()
+    page.click("#run-text")
+    page.wait_for_function("document.querySelector('#panel-pytorch')?.innerText.includes('generating')",
+                           timeout=600_000)
+    first_stream = time.monotonic()
+    partial = page.locator("#answer-pytorch textarea").input_value()
+    assert partial.strip(), "the answer so far is shown while the backend generates"
+    page.wait_for_function("document.querySelector('#panel-onnxruntime')?.innerText.includes('generating')",
+                           timeout=600_000)
+    page.wait_for_function("document.querySelector('#run-status')?.innerText.includes('JUDGING')", timeout=600_000)
+    page.wait_for_function("document.querySelector('#run-status')?.innerText.includes('Verdicts')", timeout=600_000)
+    done = time.monotonic()
+    final = page.locator("#answer-pytorch textarea").input_value()
+    assert final.startswith(partial.strip()[:10]), (partial, final)
+    assert "generating" not in page.locator("#panel-pytorch").inner_text()
+    print(f"\nstreaming: first PyTorch token shown {first_stream - clicked:.1f} s after the click "
+          f"(model preparation and load included); verdicts {done - clicked:.1f} s after it")
+    page.close()

@@ -13,9 +13,11 @@ def seconds(value: float | None) -> str:
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
 
 
-def panel_header(title: str, result: dict[str, Any] | None, state: str) -> str:
-    """The panel's title line with a status badge: waiting, running, done or error."""
+def panel_header(title: str, result: dict[str, Any] | None, state: str, detail: str = "") -> str:
+    """The panel's title line with a status badge: waiting, generating (``detail``: tokens so far), done or
+    error, then the verdict."""
     kind, text = {"idle": ("idle", "not run"), "waiting": ("waiting", "waiting"),
+                  "generating": ("waiting", f"generating {detail}".strip()),
                   "skipped": ("idle", "not selected"),
                   "unavailable": ("idle", "unavailable here")}.get(state, ("idle", ""))
     if result is not None:
@@ -124,6 +126,11 @@ def run_summary(run: dict[str, Any]) -> str:
     results = [r for r in run.get("results", []) if not r.get("error")]
     prompt_tokens = len(run.get("prompt_token_ids") or [])
     head = f"Prompt: {prompt_tokens} tokens, same ids for every backend." + verdict_summary(run)
+    if run.get("phase") == "judging":
+        head += (" <span class='arena-badge arena-badge-waiting'>JUDGING</span> Every backend has answered; "
+                 "now the verdicts: perplexity under the reference, first-step logits and teacher-forced "
+                 "agreement and KL of each backend against the reference (a forward pass over the fixed "
+                 "paragraph each)…")
     if len(results) >= 2:
         first = results[0]["token_ids"]
         same = [r["label"] for r in results[1:] if r["token_ids"] == first]

@@ -146,7 +146,16 @@ def build_text_tab(arena: Arena) -> TextTab:
 
 
 def render_run(tab: TextTab, run: dict[str, Any], selected: set[str]) -> dict:
-    """Updates for every output from the run's current (possibly partial) result."""
+    """Updates for every output from the run's current (possibly partial) result. While a backend generates,
+    only its panel changes: its answer so far (the charts and the JSON wait for results)."""
+    streaming = run.get("streaming")
+    if streaming:
+        panel = next((p for p in tab.backends if p.name == streaming["backend"]), None)
+        if panel is None:
+            return {}
+        return {panel.header: panel_header(panel.title, None, "generating",
+                                           f"{streaming['tokens']}/{streaming['of']}"),
+                panel.answer: gr.update(value=streaming["text"], visible=True)}
     by_backend = {r["backend"]: r for r in run["results"]}
     index = run.get("reference_index")
     reference = run["results"][index] if index is not None and index < len(run["results"]) else None

@@ -181,7 +181,7 @@ class Worker:
                     continue  # a stale reply from a call whose caller gave up
                 if kind == "progress":
                     if progress is not None:
-                        progress(message[2], message[3])
+                        progress(message[2], message[3], *message[4:])  # a partial answer, when one came
                 elif kind == "result":
                     return message[2]
                 elif kind == "error":
@@ -279,12 +279,15 @@ class WorkerProgress:
         self._conn, self._call_id, self._min_interval = conn, call_id, min_interval_s
         self._last = 0.0
 
-    def __call__(self, fraction: float | None, description: str, force: bool = False) -> None:
+    def __call__(self, fraction: float | None, description: str, force: bool = False, partial: Any = None) -> None:
+        """``partial``: a piece of the answer so far (a text's tokens, decoded), passed to the caller's progress
+        callback as a third argument."""
         now = time.monotonic()
         if not force and fraction not in (0.0, 1.0, None) and now - self._last < self._min_interval:
             return
         self._last = now
-        self._conn.send(("progress", self._call_id, fraction, description))
+        self._conn.send(("progress", self._call_id, fraction, description)
+                        + (() if partial is None else (partial,)))
 
 
 def _resolve(target: str) -> Any:
