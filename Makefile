@@ -18,7 +18,7 @@ lint: setup-dev
 	.venv/bin/ruff check .
 
 bench: setup
-	.venv/bin/python benchmarks/text_latency.py --readme
+	.venv/bin/python benchmarks/text_latency.py
 	.venv/bin/python benchmarks/image_latency.py --markdown docs/BENCHMARKS.md
 
 # Replays a Hugging Face Space's build of requirements.txt in a fresh venv and calls the app (docs/space-build.md).

@@ -1,7 +1,7 @@
 """Text latency benchmark: the embedded model through every configuration, interleaved rounds, medians and spread.
 
     .venv/bin/python benchmarks/text_latency.py [--device cpu|gpu] [--rounds 5] [--max-new-tokens 64]
-                                                [--model KEY] [--markdown FILE] [--no-bare] [--readme]
+                                                [--model KEY] [--markdown FILE] [--no-bare]
 
 On the CPU (the default) it runs every option a user can pick: PyTorch fp32 / bf16 / weight-only int8 (torchao) /
 torch.compile, ONNX Runtime fp32, dynamic int8, weight-only int8 and int4 (MatMulNBits) and one variant of each
@@ -18,7 +18,7 @@ quantization, graph-optimization and thread option. Then:
 
 Each configuration gets its own worker process here (the dashboard shares one per backend and device, reloading
 when the precision changes): the same host code times it, without a reload per round. ``--markdown`` writes the
-report (docs/BENCHMARKS.md by default on the CPU); ``--readme`` also puts its main table into README.md.
+report (docs/BENCHMARKS.md by default on the CPU; README links it).
 ``--device gpu`` compares PyTorch CUDA fp32/fp16/bf16, ONNX Runtime CUDA and TensorRT providers and the native
 TensorRT backend; configurations this machine cannot run are listed as "not run" with the reason.
 """
@@ -190,7 +190,6 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, default=None,
                         help="write the report here (default on the CPU: docs/BENCHMARKS.md)")
     parser.add_argument("--no-bare", action="store_true", help="skip the bare-script comparison")
-    parser.add_argument("--readme", action="store_true", help="also put the main table into README.md")
     parser.add_argument("--exclude", action="append", default=[],
                         help="leave out configurations whose label contains this (repeatable), e.g. compiled")
     args = parser.parse_args()
@@ -292,8 +291,6 @@ def main() -> None:
     markdown.parent.mkdir(parents=True, exist_ok=True)
     markdown.write_text(report["doc"])
     print(report["doc"])
-    if args.readme:
-        update_readme(report["table"], report["summary"])
 
 
 def write_report(args, machine, configs, samples, load, errors, verdicts, equal, agreement, bare_samples, bare_ids,
@@ -388,7 +385,7 @@ Written by `benchmarks/text_latency.py` ({time.strftime('%Y-%m-%d %H:%M UTC', ti
 
     {ran}
 
-Every option (the full table, compilation included): `make bench` (`benchmarks/text_latency.py --readme`, then
+Every option (the full table, compilation included): `make bench` (`benchmarks/text_latency.py`, then
 `benchmarks/image_latency.py --markdown docs/BENCHMARKS.md`).
 
 ## Machine
@@ -443,17 +440,6 @@ in rounds 1, 3, 5… and before it in rounds 2, 4…:
 """
     return {"doc": doc, "table": table, "summary": summary}
 
-
-def update_readme(table: str, summary: str) -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    start, end = "<!-- bench:text:start -->", "<!-- bench:text:end -->"
-    if start not in text:
-        print("# README.md has no bench:text markers; not updated", file=sys.stderr)
-        return
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{start}\n{table}\n\n{summary}\n{end}{tail}")
 
 
 def gpu_main(args) -> None:
