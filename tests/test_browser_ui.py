@@ -115,3 +115,34 @@ def test_answers_stream_into_their_panels_and_judging_says_so(app_server, browse
     print(f"\nstreaming: first PyTorch token shown {first_stream - clicked:.1f} s after the click "
           f"(model preparation and load included); verdicts {done - clicked:.1f} s after it")
     page.close()
+
+
+def test_image_example_prompts_are_readable_buttons_that_fill_the_prompt(app_server, browser):
+    from arena.preparing.catalog import IMAGE_EXAMPLE_PROMPTS
+
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.goto(app_server["url"])
+    page.get_by_role("tab", name="Image").click()
+    buttons = page.locator("#image-examples button")
+    buttons.first.wait_for()
+    assert [b.inner_text().strip() for b in buttons.all()] == list(IMAGE_EXAMPLE_PROMPTS)
+    buttons.nth(1).click()
+    page.wait_for_function(f"document.querySelector('#image-prompt textarea')?.value === "
+                           f"{json.dumps(IMAGE_EXAMPLE_PROMPTS[1])}")
+    page.close()
+
+
+def test_a_refused_run_says_why_and_offers_no_link(app_server, browser):
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.goto(app_server["url"])
+    page.wait_for_selector("#run-text")
+    for name in ("pytorch", "onnxruntime", "llamacpp", "openai"):
+        box = page.locator(f"#enable-{name} input[type=checkbox]")
+        if box.count() and box.is_enabled() and box.is_checked():
+            box.uncheck()
+    page.click("#run-text")
+    page.wait_for_function("document.querySelector('#run-status')?.innerText.includes('Pick at least one backend')",
+                           timeout=60_000)
+    page.wait_for_timeout(1000)
+    assert "Link to these settings" not in page.locator("#share-text").inner_text()
+    page.close()

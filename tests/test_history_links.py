@@ -74,3 +74,13 @@ def test_a_bad_link_is_one_sentence_and_no_link_is_nothing():
                           ({"prompt": "x", "backends": '[{"backend": "onnxruntime", "colour": "red"}]'}, "colour")):
         with pytest.raises(ValueError, match=words):
             request_from_query(params)
+
+
+def test_a_kept_runs_title_tells_two_runs_of_one_prompt_apart_and_speeds_have_units(tmp_path, text_run):
+    history = RunHistory(tmp_path / "history")
+    good = history.add("me", "text", text_run)
+    broken = json.loads(json.dumps(text_run))
+    broken["results"][1]["verdict"] = {"kind": "GIBBERISH", "reason": "x", "broken": True, "metrics": {}}
+    bad = history.add("me", "text", broken)
+    assert good.title().endswith("2 MATCH") and bad.title().endswith("1 MATCH, 1 GIBBERISH")
+    assert "tok/s" in good.summary()["speed"]

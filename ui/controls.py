@@ -136,6 +136,19 @@ def field_widget(info: FieldInfo, policy, **kwargs: Any) -> gr.components.Compon
     return gr.Textbox(info.default, **common, **kwargs)
 
 
+def example_prompts(prompt: gr.Textbox, prompts, elem_id: str) -> None:
+    """The example prompts as small buttons that fill the prompt box (``gr.Examples`` draws empty "· · ·"
+    buttons in a tab that starts hidden, such as the Image tab)."""
+    def fill(text: str):
+        return lambda: text
+
+    gr.Markdown("Example prompts:", elem_classes=["arena-notes"])
+    with gr.Row(elem_id=elem_id):
+        for text in prompts:
+            gr.Button(text, size="sm", variant="secondary", min_width=80).click(
+                fill(text), None, prompt, api_visibility="private", queue=False)
+
+
 def run_row(task: str, status_id: str) -> tuple[gr.Button, gr.Button, gr.Markdown, gr.Markdown]:
     """A tab's Run and Stop buttons, its status line and the line that gets the run's link."""
     with gr.Row():

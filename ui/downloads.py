@@ -74,10 +74,12 @@ def keep_run(arena, task: str, run: dict[str, Any], request: gr.Request | None, 
 
 def show_and_keep(arena, tab, task: str, results, render, http: gr.Request | None):
     """A run's updates: ``render(result)`` for each partial result; once finished, keep the run (History) and
-    offer its reports and its link."""
+    offer its reports and its link (not for a run refused before any backend ran)."""
     final = None
     for final in results:
         yield render(final)
+    if final is not None and final.error and not final.results:
+        return  # refused or failed before any backend ran: nothing to keep, no link to settings that cannot run
     if final is not None:
         images = [r.image for r in final.results] if task == "image" else None
         kept = keep_run(arena, task, arena.public_view(final.to_dict()), http, images=images)

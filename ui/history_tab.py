@@ -90,7 +90,7 @@ def build_history_tab(arena: Arena) -> HistoryTab:
                 elem_classes=["arena-notes"])
     refresh = gr.Button("Refresh", size="sm", elem_id="history-refresh")
     table = gr.Dataframe(headers=COLUMNS, value=[], interactive=False, wrap=True, elem_id="history-table",
-                         label="Kept runs (newest first)")
+                         label="Kept runs (newest first)", column_widths=["9%", "6%", "15%", "22%", "33%", "15%"])
     with gr.Row():
         first = gr.Dropdown([], label="Run A", elem_id="history-a")
         second = gr.Dropdown([], label="Run B", elem_id="history-b")
@@ -127,9 +127,11 @@ def wire_history(arena: Arena, tab: HistoryTab, history_page: gr.Tab, text, imag
     def refresh(http: gr.Request):
         entries = arena.history.entries(session_of(http))
         choices = [(e.title(), e.id) for e in entries]
+        # The default pair: the newest run and the newest before it of the same task (never text against image).
+        second = next((e.id for e in entries[1:] if e.task == entries[0].task), None) if entries else None
         return {tab.table: [[e.summary()[c] for c in COLUMNS] for e in entries],
                 tab.first: gr.Dropdown(choices=choices, value=entries[0].id if entries else None),
-                tab.second: gr.Dropdown(choices=choices, value=entries[1].id if len(entries) > 1 else None)}
+                tab.second: gr.Dropdown(choices=choices, value=second)}
 
     for event in (history_page.select, tab.refresh.click):
         event(refresh, None, [tab.table, tab.first, tab.second], api_visibility="private", queue=False)

@@ -17,6 +17,7 @@ from ui.charts import image_latency_figure
 from ui.controls import (
     BackendOptionControls,
     build_backend_controls,
+    example_prompts,
     field_widget,
     reference_dropdown,
     run_row,
@@ -107,7 +108,7 @@ def build_image_tab(arena: Arena) -> ImageTab:
                                            elem_id="image-prompt")
             widgets["negative_prompt"] = gr.Textbox("", label=field("negative_prompt").label,
                                                     elem_id="image-negative")
-            gr.Examples([[p] for p in IMAGE_EXAMPLE_PROMPTS], inputs=[widgets["prompt"]], label="Example prompts")
+            example_prompts(widgets["prompt"], IMAGE_EXAMPLE_PROMPTS, "image-examples")
             with gr.Row(elem_id="image-demos"):
                 demo_broken = gr.Button(BROKEN_IMAGE, size="sm", elem_id="demo-broken-image")
                 demo_good = gr.Button(GOOD_IMAGE, size="sm", elem_id="demo-good-image")

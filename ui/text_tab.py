@@ -15,6 +15,7 @@ from ui.charts import position_kl_figure, speed_quality_figure, text_latency_fig
 from ui.controls import (
     BackendOptionControls,
     build_backend_controls,
+    example_prompts,
     field_widget,
     reference_dropdown,
     run_row,
@@ -106,7 +107,7 @@ def build_text_tab(arena: Arena) -> TextTab:
         with gr.Column(scale=3):
             prompt = gr.Textbox(EXAMPLE_PROMPTS[0], lines=3, label=field("prompt").label, elem_id="prompt")
             widgets["prompt"] = prompt
-            gr.Examples([[p] for p in EXAMPLE_PROMPTS], inputs=[prompt], label="Example prompts")
+            example_prompts(prompt, EXAMPLE_PROMPTS, "text-examples")
             with gr.Row(elem_id="text-demos"):
                 demo_broken = gr.Button(BROKEN_TEXT, size="sm", elem_id="demo-broken-text")
                 demo_good = gr.Button(GOOD_TEXT, size="sm", elem_id="demo-good-text")

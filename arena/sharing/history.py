@@ -41,7 +41,7 @@ class HistoryEntry:
         for r in results:
             t = r.get("timings") or {}
             if self.task == "text" and t.get("tokens_per_s"):
-                speeds.append(f"{t['tokens_per_s']:.1f}")
+                speeds.append(f"{t['tokens_per_s']:.1f} tok/s")
             elif t.get("total_s"):
                 speeds.append(f"{t['total_s']:.2f} s")
         return {"id": self.id, "time": self.created, "task": self.task, "model": request.get("model", ""),
@@ -49,9 +49,14 @@ class HistoryEntry:
                 "speed": " / ".join(speeds) or "–"}
 
     def title(self) -> str:
-        """For a dropdown: "10:02:11 · text · smollm2-135m-instruct · Why should one…"."""
+        """For a dropdown: "10:02:11 · text · smollm2-135m-instruct · Why should one… · 1 MATCH, 1 GIBBERISH":
+        two runs of the same prompt still read apart by their verdicts."""
         row = self.summary()
-        return f"{row['time'][11:]} · {row['task']} · {row['model']} · {row['prompt'][:30]}"
+        counts: dict[str, int] = {}
+        for result in self.run.get("results") or []:
+            counts[_kind(result)] = counts.get(_kind(result), 0) + 1
+        verdicts = ", ".join(f"{n} {kind}" for kind, n in counts.items()) or "error"
+        return f"{row['time'][11:]} · {row['task']} · {row['model']} · {row['prompt'][:30]} · {verdicts}"
 
 
 def fit(run: dict[str, Any], max_bytes: int | None) -> dict[str, Any]:
