@@ -24,6 +24,19 @@ def test_chart_has_bars_and_a_token_line_per_backend():
     assert len(text_latency_figure({}).data) == 0
 
 
+def test_charts_draw_a_broken_backend_as_broken_and_label_their_axes():
+    gibberish = {"kind": "GIBBERISH", "reason": "x", "broken": True, "metrics": {}}
+    run = {"results": [result("pytorch", "PyTorch", [1, 2, 3]),
+                       result("onnxruntime", "ORT", [4, 5, 6], verdict=gibberish)]}
+    figure = text_latency_figure(run)
+    bars = {t.name: t for t in figure.data if t.type == "bar"}
+    assert bars["ORT"].marker.pattern.shape == "/" and "GIBBERISH" in bars["ORT"].text[0]
+    assert bars["PyTorch"].marker.pattern.shape == "" and "GIBBERISH" not in bars["PyTorch"].text[0]
+    layout = figure.layout
+    assert layout.yaxis.title.text == "seconds" and layout.yaxis3.title.text == "tokens per second"
+    assert layout.yaxis4.title.text == "milliseconds" and layout.yaxis4.type != "log"  # linear, labelled in ms
+
+
 def test_summary_says_whether_ids_agree():
     same = {"results": [result("pytorch", "PyTorch", [1, 2]), result("onnxruntime", "ORT", [1, 2])],
             "prompt_token_ids": [5, 6, 7]}

@@ -15,30 +15,43 @@ def _color(result: dict[str, Any], index: int) -> str:
     return COLORS.get(result["backend"], FALLBACK_COLORS[index % len(FALLBACK_COLORS)])
 
 
+def is_broken(result: dict[str, Any]) -> bool:
+    """A result whose verdict says broken (or that failed): its bars are drawn hatched and labelled."""
+    return bool(result.get("error") or (result.get("verdict") or {}).get("broken"))
+
+
 def text_latency_figure(run: dict[str, Any]) -> go.Figure:
-    """Time to first token, total time and tokens/s per backend, and each token's latency over the answer."""
+    """Time to first token, total time and tokens/s per backend (a broken backend's bars hatched, with its
+    verdict: fast and wrong reads as wrong), and each token's latency over the answer."""
     done = [r for r in run.get("results", []) if r.get("timings")]
     fig = make_subplots(
-        rows=2, cols=3, specs=[[{}, {}, {}], [{"colspan": 3}, None, None]], vertical_spacing=0.2,
-        subplot_titles=("Time to first token (s)", "Total generation time (s)", "Tokens per second",
-                        "Latency of each new token (ms)"))
+        rows=2, cols=3, specs=[[{}, {}, {}], [{"colspan": 3}, None, None]], vertical_spacing=0.22,
+        subplot_titles=("Time to first token", "Total generation time", "Tokens per second",
+                        "Latency of each new token"))
     for index, result in enumerate(done):
         timings, color, label = result["timings"], _color(result, index), result["label"]
+        broken = is_broken(result)
         for col, key in ((1, "ttft_s"), (2, "total_s"), (3, "tokens_per_s")):
             value = timings[key]
-            fig.add_trace(go.Bar(x=[label], y=[value], name=label, marker_color=color, legendgroup=label,
-                                 showlegend=False, text=[f"{value:.3g}"], textposition="auto",
-                                 cliponaxis=False), row=1, col=col)
+            text = f"{value:.3g}" + (f"<br>{verdict_kind(result) or 'ERROR'}" if broken else "")
+            fig.add_trace(go.Bar(x=[label], y=[value], name=label, legendgroup=label, showlegend=False,
+                                 marker={"color": color, "opacity": 0.45 if broken else 1.0,
+                                         "pattern": {"shape": "/" if broken else "", "fgcolor": "#111"}},
+                                 text=[text], textposition="auto", cliponaxis=False), row=1, col=col)
         stamps = timings.get("token_times_s") or []
         steps = [(b - a) * 1000 for a, b in zip([0.0, *stamps[:-1]], stamps, strict=True)]
-        fig.add_trace(go.Scatter(x=list(range(1, len(steps) + 1)), y=steps, mode="lines", name=label,
-                                 line={"color": color}, legendgroup=label), row=2, col=1)
-    for col in (1, 2, 3):  # the legend names the backends; rotated tick labels would collide with row 2
+        fig.add_trace(go.Scatter(x=list(range(1, len(steps) + 1)), y=steps, mode="lines",
+                                 name=label + (f" ({verdict_kind(result)})" if broken else ""),
+                                 line={"color": color, "dash": "dot" if broken else "solid"}, legendgroup=label),
+                      row=2, col=1)
+    for col, unit in ((1, "seconds"), (2, "seconds"), (3, "tokens per second")):
+        # The legend names the backends; rotated tick labels would collide with row 2.
         fig.update_xaxes(showticklabels=False, row=1, col=col)
-    fig.update_xaxes(title_text="new token", row=2, col=1)
-    fig.update_yaxes(type="log", row=2, col=1)
-    fig.update_layout(height=560, margin={"l": 40, "r": 20, "t": 60, "b": 40}, bargap=0.35,
-                      legend={"orientation": "h", "y": -0.15}, template="plotly_white")
+        fig.update_yaxes(title_text=unit, rangemode="tozero", row=1, col=col)
+    fig.update_xaxes(title_text="new token (1 = the first, which includes the prompt's prefill)", row=2, col=1)
+    fig.update_yaxes(title_text="milliseconds", rangemode="tozero", row=2, col=1)
+    fig.update_layout(height=600, margin={"l": 60, "r": 20, "t": 60, "b": 90}, bargap=0.35,
+                      legend={"orientation": "h", "y": -0.18, "x": 0}, template="plotly_white")
     return fig if done else _placeholder(fig)
 
 
@@ -67,14 +80,15 @@ def speed_quality_figure(run: dict[str, Any]) -> go.Figure:
             continue
         precision = (verdict.get("metrics") or {}).get("precision") or result.get("options", {}).get("precision")
         points.append((i, result, quality, precision))
-    for i, result, quality, _precision in points:
+    for n, (i, result, quality, _precision) in enumerate(points):
         is_ref = i == index
+        symbol = "star" if is_ref else "x" if is_broken(result) else "circle"
         fig.add_trace(go.Scatter(
             x=[quality["top1"] * 100], y=[result["timings"]["tokens_per_s"]], mode="markers+text",
-            name=result["label"] + (" (reference)" if is_ref else ""), text=[verdict_kind(result)],
-            textposition="top center", marker={"color": _color(result, i), "size": 16 if is_ref else 12,
-                                               "symbol": "star" if is_ref else "circle",
-                                               "line": {"width": 2, "color": "#111" if is_ref else "#fff"}},
+            name=result["label"] + (" (reference)" if is_ref else f" ({verdict_kind(result)})"),
+            text=[verdict_kind(result)], textposition=("top center", "bottom center")[n % 2],
+            marker={"color": _color(result, i), "size": 16 if is_ref else 13, "symbol": symbol,
+                    "line": {"width": 2, "color": "#111" if is_ref else "#fff"}},
             hovertemplate=(f"{result['label']}<br>top-1 %{{x:.1f}}%<br>%{{y:.1f}} tokens/s<br>KL "
                            f"{quality['kl']:.3g} nats<extra></extra>")))
     parameters = (run.get("model") or {}).get("parameters")
@@ -86,10 +100,12 @@ def speed_quality_figure(run: dict[str, Any]) -> go.Figure:
                           annotation_text=f"{precision} bandwidth bound {bound:.0f} tok/s "
                                           f"({bandwidth:g} GB/s / {parameters * BYTES_PER_WEIGHT[precision] / 1e6:.0f} "
                                           "MB per token)", annotation_position="top left")
-    fig.update_layout(height=380, margin={"l": 40, "r": 20, "t": 50, "b": 40}, template="plotly_white",
-                      title="Speed against quality (teacher-forced, vs the reference)",
-                      legend={"orientation": "h", "y": -0.25})
-    fig.update_xaxes(title_text="top-1 agreement with the reference (%)")
+    fig.update_layout(height=400, margin={"l": 60, "r": 20, "t": 50, "b": 90}, template="plotly_white",
+                      title={"text": "Speed against quality (teacher-forced, vs the reference)", "font": {"size": 14}},
+                      legend={"orientation": "h", "y": -0.3, "x": 0})
+    lowest = min((q["top1"] * 100 for _i, _r, q, _p in points), default=100.0)
+    # A fixed scale up to 100%: points at 100% do not spread over "99-101%", and a drop reads as one.
+    fig.update_xaxes(title_text="top-1 agreement with the reference (%)", range=[max(0.0, min(lowest, 90.0) - 5), 102])
     fig.update_yaxes(title_text="tokens per second", rangemode="tozero")
     return fig if points else _empty_note(fig, "Run a comparison to see speed against quality here")
 
@@ -118,11 +134,12 @@ def position_kl_figure(run: dict[str, Any], sequence: str = "paragraph") -> go.F
                 fig.add_vline(x=onset["position"] + 1, line_dash="dash", line_color=color,
                               annotation_text=f"onset: position {onset['position']}",
                               annotation_position="top left")
-    fig.update_layout(height=320, margin={"l": 50, "r": 20, "t": 50, "b": 40}, template="plotly_white",
-                      title="Where in the sequence: KL per teacher-forced position of the fixed paragraph",
-                      legend={"orientation": "h", "y": -0.3})
+    fig.update_layout(height=340, margin={"l": 60, "r": 20, "t": 50, "b": 90}, template="plotly_white",
+                      title={"text": "Where in the sequence: KL per position of the fixed paragraph",
+                             "font": {"size": 14}},
+                      legend={"orientation": "h", "y": -0.35, "x": 0})
     fig.update_xaxes(title_text="position (token) in the paragraph")
-    fig.update_yaxes(title_text="KL vs the reference (nats, log)", type="log")
+    fig.update_yaxes(title_text="KL vs the reference (nats, log)", type="log", dtick=1, exponentformat="power")
     return fig if drawn else _empty_note(fig, "Run a comparison to see where in the sequence candidates differ")
 
 
@@ -134,7 +151,7 @@ def image_latency_figure(run: dict[str, Any]) -> go.Figure:
     """Per-step denoising latency per backend, and the split between text encoder, UNet loop and VAE decode."""
     done = [r for r in run.get("results", []) if r.get("timings")]
     fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4], horizontal_spacing=0.12,
-                        subplot_titles=("Latency of each denoising step (ms)", "Where the time goes (s)"))
+                        subplot_titles=("Latency of each denoising step", "Where the time goes"))
     parts = (("text_encoder_s", "text encoder", "#94a3b8"), ("unet_s", "UNet loop", "#6366f1"),
              ("vae_s", "VAE decode", "#f59e0b"))
     for index, result in enumerate(done):
@@ -145,9 +162,11 @@ def image_latency_figure(run: dict[str, Any]) -> go.Figure:
     for key, name, color in parts:
         fig.add_trace(go.Bar(x=[r["label"] for r in done], y=[r["timings"][key] for r in done], name=name,
                              marker_color=color), row=1, col=2)
-    fig.update_layout(barmode="stack", height=380, margin={"l": 40, "r": 20, "t": 60, "b": 40},
-                      legend={"orientation": "h", "y": -0.2}, template="plotly_white")
-    fig.update_xaxes(title_text="step", row=1, col=1)
+    fig.update_layout(barmode="stack", height=400, margin={"l": 60, "r": 20, "t": 60, "b": 90},
+                      legend={"orientation": "h", "y": -0.25, "x": 0}, template="plotly_white")
+    fig.update_xaxes(title_text="denoising step", row=1, col=1)
+    fig.update_yaxes(title_text="milliseconds", rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(title_text="seconds", row=1, col=2)
     return fig if done else _placeholder(fig)
 
 

@@ -117,6 +117,9 @@ def build_image_tab(arena: Arena) -> ImageTab:
                     if info.name not in widgets and info.kind != "backends":
                         widgets[info.name] = field_widget(info, arena.policy, elem_id=f"image-{info.name}")
             run, stop, status, share = run_row("image", "image-status")
+            gr.HTML("<div class='arena-notes' id='heatmap-scale'>Under each image, its difference to the "
+                    "reference: <span class='arena-scale-bar'></span> black: the same pixel; red, then yellow: "
+                    "up to 64 or more levels (of 255) apart, averaged over red, green and blue.</div>")
             panels = []
             with gr.Row(equal_height=True):
                 for control in controls:
@@ -126,12 +129,13 @@ def build_image_tab(arena: Arena) -> ImageTab:
                         image = gr.Image(label="Image", type="numpy", interactive=False, height=256,
                                          elem_id=f"image-{control.name}", elem_classes=["arena-pixelated"])
                         heatmap = gr.Image(label="Difference to the reference", type="numpy", interactive=False,
-                                           height=128, elem_id=f"heatmap-{control.name}",
+                                           height=128, elem_id=f"heatmap-{control.name}", show_label=False,
                                            elem_classes=["arena-pixelated"])
                         metrics = gr.Markdown(control.unavailable, elem_id=f"image-metrics-{control.name}")
                     panels.append(ImagePanel(control.name, control.title, control, header, image, heatmap, metrics))
-            slider = gr.ImageSlider(label="Reference vs. candidate (drag)", type="numpy", height=320,
-                                    elem_id="image-slider", elem_classes=["arena-pixelated"])
+            slider = gr.ImageSlider(label="Left: the reference · right: the first candidate (drag the bar)",
+                                    type="numpy", height=320, elem_id="image-slider",
+                                    elem_classes=["arena-pixelated"])
             chart = gr.Plot(image_latency_figure({}), label="Latency", elem_id="image-latency-chart")
             downloads = gr.File(label="Reports of this run (Markdown for an issue, JSON, CSV, heatmaps)",
                                 file_count="multiple", interactive=False, elem_id="downloads-image")
