@@ -76,6 +76,15 @@ def test_markdown_holds_what_an_issue_needs(broken_text_run):
     assert "| TTFT |" in text
 
 
+def test_the_verdict_table_shows_the_evidence_beside_each_verdict(broken_text_run):
+    broken_text_run["results"][1]["verdict"]["metrics"] = {"quality": {"top1": 0.005, "kl": 14.7,
+                                                                       "ppl_ratio": 3.1e6, "positions": 535}}
+    text = report_markdown(broken_text_run, "text")
+    assert "| Top-1 agreement | KL (nats) | Perplexity ratio |" in text
+    row = next(line for line in text.splitlines() if "**GIBBERISH**" in line)
+    assert "0.5%" in row and "14.7" in row and "×3.1e+06" in row, row
+
+
 def test_reproduce_command_parses_back_into_the_same_request(broken_text_run):
     command = shlex.split(reproduce_command(broken_text_run, "text"))
     assert command[:4] == ["python", "-m", "arena", "text"]

@@ -265,3 +265,15 @@ def test_corpus_precision_and_recall(text_corpus_rows, image_corpus_rows, sequen
               if v.broken != (s["label"] == "broken")]
     assert text["recall"] >= RECALL_TARGET and text["false_positive"] <= FALSE_POSITIVE_TARGET, (text, missed)
     assert image["recall"] >= RECALL_TARGET and image["false_positive"] <= FALSE_POSITIVE_TARGET, image
+
+
+def test_gibberish_leads_with_the_strongest_evidence_and_a_relative_pass_says_so():
+    quality = {"top1": 0.005, "kl": 14.7, "ppl_ratio": 3.1e6, "positions": 535}
+    verdict = judge_text("fine words \ufffd and more", list(range(8)), "fp32", reference_ids=list(range(8)),
+                         quality=quality)
+    assert verdict.kind == "GIBBERISH" and verdict.reason.startswith("teacher-forced top-1 agreement 0.5%, KL 14.7")
+    assert "replacement character" in verdict.reason
+    ids = list(range(20))
+    logits = {"max_abs": 0.023, "max_rel": 0.0004}
+    same = judge_text("A fine answer.", ids, "fp32", reference_ids=ids, logits=logits)
+    assert "within the fp32 tolerance 0.01; passed by its relative error 0.0004 ≤ 0.001" in same.reason

@@ -303,6 +303,10 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
                        metrics)
     why = _gibberish_reason(signals)
     if why:
+        # The strongest evidence first: the reference's verdict on its distributions, when measured and bad.
+        if not is_reference and _measured(quality) and (quality["top1"] < QUALITY_MIN_TOP1
+                                                        or quality["kl"] > QUALITY_MAX_KL):
+            why = f"{quality_sentence(quality)} against the reference; on its own: {why}"
         return Verdict("GIBBERISH", why, True, metrics)
     if is_reference:
         return Verdict("MATCH", "the reference: fluent on its own", False, metrics)
@@ -317,9 +321,12 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
                 if ids != ref else None}
     abs_tol, rel_tol = text_tolerance(precision)
     within = logits is None or (logits["max_abs"] <= abs_tol or logits["max_rel"] <= rel_tol)
+    # Which bound passed, when only the relative one did (a large logit scale makes the absolute error large).
+    relative = (f"; passed by its relative error {logits['max_rel']:.2g} ≤ {rel_tol:g}"
+                if logits is not None and within and logits["max_abs"] > abs_tol else "")
     logit_note = "" if logits is None else (
         f"; first-step logits max abs error {logits['max_abs']:.2g} "
-        f"({'within' if within else 'over'} the {precision} tolerance {abs_tol:g})")
+        f"({'within' if within else 'over'} the {precision} tolerance {abs_tol:g}{relative})")
     quality_note = f"; {quality_sentence(quality)}" if _measured(quality) else ""
     same_precision = precision == (reference_precision or precision)
     onset = sequence_onset(quality, precision) if _measured(quality) else None

@@ -185,6 +185,18 @@ def _fence(text: str) -> str:
     return "````text\n" + text.replace("````", "'```") + "\n````"
 
 
+def _evidence_cells(result: dict[str, Any], task: str) -> str:
+    """The verdict's figures as table cells ("–" where not measured)."""
+    metrics = (result.get("verdict") or {}).get("metrics") or {}
+    if task == "image":
+        psnr = result.get("psnr_vs_reference_db", metrics.get("psnr_db"))
+        return " | ".join("–" if v is None else f"{v:g}" for v in (psnr, metrics.get("ssim")))
+    quality = metrics.get("quality") or {}
+    if quality.get("top1") is None:
+        return "– | – | –"
+    return f"{quality['top1']:.1%} | {quality['kl']:.3g} | ×{quality['ppl_ratio']:.3g}"
+
+
 def report_markdown(run: dict[str, Any], task: str, heatmaps: Mapping[int, str] | None = None) -> str:
     """A GitHub-issue-ready report: what was compared, verdicts with reasons, the differing outputs (text excerpt
     at the first divergence; for images the difference heatmap file in ``heatmaps`` {result index: file name}),
@@ -211,12 +223,16 @@ def report_markdown(run: dict[str, Any], task: str, heatmaps: Mapping[int, str] 
     if run.get("error"):
         lines += ["", f"**The run failed before any backend ran:** {run['error']}"]
 
-    lines += ["", "### Verdicts", "", "| Backend | Verdict | Reason |", "|---|---|---|"]
+    # The evidence beside each verdict (text: teacher-forced figures against the reference; images: PSNR/SSIM).
+    evidence = ("Top-1 agreement | KL (nats) | Perplexity ratio" if task == "text" else "PSNR (dB) | SSIM")
+    lines += ["", "### Verdicts", "", f"| Backend | Verdict | {evidence} | Reason |",
+              "|---|---|" + "---|" * evidence.count("|") + "---|---|"]
     for r in results:
         verdict = r.get("verdict") or {}
         kind = verdict.get("kind") or ("ERROR" if r.get("error") else "–")
         reason = (verdict.get("reason") or r.get("error") or "").replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| {r['label']}{' (reference)' if r is reference else ''} | **{kind}** | {reason} |")
+        lines.append(f"| {r['label']}{' (reference)' if r is reference else ''} | **{kind}** | "
+                     f"{_evidence_cells(r, task)} | {reason} |")
 
     differing = []
     for index, r in enumerate(results):
