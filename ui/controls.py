@@ -109,9 +109,9 @@ def reference_dropdown(backend_options: dict[str, dict[str, Any]], elem_id: str,
                        task: str | None = None) -> gr.Dropdown:
     """Which backend the others are judged against (auto: PyTorch fp32, else the first selected); with ``task``,
     only the backends that run it."""
-    return gr.Dropdown([("auto (PyTorch fp32)", "auto")] + [(info["title"], name) for name, info in
-                                                           backend_options.items()
-                                                           if task is None or task in info.get("tasks", (task,))],
+    choices = [(info["title"], name) for name, info in backend_options.items()
+               if task is None or task in info.get("tasks", (task,))]
+    return gr.Dropdown([("auto: PyTorch fp32 if selected, else the first backend", "auto"), *choices],
                        value="auto", label="Reference", elem_id=elem_id,
                        info="Verdicts compare every backend with this one (it must be selected).")
 

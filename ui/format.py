@@ -139,9 +139,17 @@ def run_summary(run: dict[str, Any]) -> str:
             head += f" <span class='arena-badge arena-badge-ok'>SAME</span> All {len(results)} backends generated " \
                     "identical token ids."
         else:
-            head += (" <span class='arena-badge arena-badge-error'>DIFFERENT</span> "
+            # Red only when a differing backend is judged broken: tokens that drift at a reduced precision are
+            # expected (DRIFT), and an amber note then agrees with its verdict.
+            broken = any((r.get("verdict") or {}).get("broken") for r in results[1:] if r["token_ids"] != first)
+            judged = any(r.get("verdict") for r in results)
+            badge = "error" if broken or not judged else "waiting"
+            head += (f" <span class='arena-badge arena-badge-{badge}'>TOKENS DIFFER</span> "
                      f"Token ids differ from {results[0]['label']}: {', '.join(differ)}"
                      + (f" (identical: {', '.join(same)})" if same else "") + ".")
+    reference = run.get("reference_index")
+    if reference is not None and reference < len(run.get("results", [])):
+        head += f" Reference: {run['results'][reference]['label']}."
     return head
 
 
