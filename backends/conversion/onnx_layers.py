@@ -1,0 +1,90 @@
+"""The output of each module of an ONNX export, found by the module scopes exporters keep in node names.
+
+optimum (and torch.onnx) name a node after the module that made it: ``/model/layers.10/mlp/down_proj/MatMul``.
+So the tensor that leaves the scope ``/model/layers.10`` is the output of the reference model's module
+``model.layers.10``: the last tensor, in graph order, made inside the scope and used outside it (or the graph's
+``logits``). `unit_tensors` maps module paths to those tensors; `with_outputs` writes a copy of the graph that
+also returns them (Polygraphy's way of marking outputs), next to links to the original's external weights, so a
+540 MB export is not copied. Names that do not map (another exporter's naming) are simply left out.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+LOGITS = "logits"
+
+
+def module_scope(unit: str) -> str:
+    """"model.layers.10.mlp" -> "/model/layers.10/mlp": a list index stays joined to its list's name."""
+    parts: list[str] = []
+    for part in unit.split("."):
+        if part.isdigit() and parts:
+            parts[-1] += "." + part
+        else:
+            parts.append(part)
+    return "/" + "/".join(parts)
+
+
+def unit_tensors(model, units: list[str]) -> dict[str, str]:
+    """{module path: the tensor leaving its scope} for the ``units`` found in ``model`` (an onnx ModelProto)."""
+    nodes = list(model.graph.node)
+    producer_scope: dict[str, str] = {}
+    consumers: dict[str, list[str]] = {}
+    for node in nodes:
+        for name in node.output:
+            producer_scope[name] = node.name
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.name)
+    outputs = {o.name for o in model.graph.output}
+    found: dict[str, str] = {}
+    for unit in units:
+        scope = module_scope(unit) + "/"
+        last = None
+        for node in nodes:
+            if not node.name.startswith(scope):
+                continue
+            for name in node.output:
+                leaves = any(not user.startswith(scope) for user in consumers.get(name, ()))
+                if (leaves and name not in outputs) or name == LOGITS:
+                    last = name
+        if last is not None:
+            found[unit] = last
+    return found
+
+
+def with_outputs(model_path: str | Path, tensors: list[str], out_dir: str | Path) -> Path:
+    """A copy of the graph at ``model_path`` that also outputs ``tensors``, written to ``out_dir`` (its
+    external weight files linked, not copied). Returns the copy's path."""
+    import onnx
+    from onnx import shape_inference
+
+    model_path, out_dir = Path(model_path), Path(out_dir)
+    model = onnx.load(str(model_path), load_external_data=False)
+    try:
+        inferred = shape_inference.infer_shapes(model)
+        types = {v.name: v.type for v in (*inferred.graph.value_info, *inferred.graph.output)}
+    except Exception:  # noqa: BLE001 - no types: the outputs are declared float, which most graphs are
+        types = {}
+    present = {o.name for o in model.graph.output}
+    for name in tensors:
+        if name in present:
+            continue
+        info = onnx.ValueInfoProto(name=name)
+        if name in types:
+            info.type.CopyFrom(types[name])
+        else:
+            info.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+        model.graph.output.append(info)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location" and not re.search(r"(^|/)\.\.(/|$)", entry.value):
+                target, link = model_path.parent / entry.value, out_dir / entry.value
+                if not link.exists() and target.exists():
+                    link.parent.mkdir(parents=True, exist_ok=True)
+                    link.symlink_to(target.resolve())
+    copy = out_dir / model_path.name
+    onnx.save(model, str(copy))
+    return copy
