@@ -88,3 +88,44 @@ def with_outputs(model_path: str | Path, tensors: list[str], out_dir: str | Path
     copy = out_dir / model_path.name
     onnx.save(model, str(copy))
     return copy
+
+
+def prefill_feeds(session, token_ids: list[int]) -> dict:
+    """The inputs of one forward pass over ``token_ids`` with an empty cache, for a decoder exported with past
+    key values (optimum's text-generation-with-past): ids, mask, positions, zero-length past tensors."""
+    import numpy as np
+
+    ids = np.array([token_ids], dtype=np.int64)
+    feeds = {}
+    for item in session.get_inputs():
+        if item.name == "input_ids":
+            feeds[item.name] = ids
+        elif item.name == "attention_mask":
+            feeds[item.name] = np.ones_like(ids)
+        elif item.name == "position_ids":
+            feeds[item.name] = np.arange(ids.shape[1], dtype=np.int64)[None]
+        elif item.name.startswith("past_key_values"):
+            dtype = np.float16 if "float16" in item.type else np.float32
+            shape = [dim if isinstance(dim, int) else 1 if i == 0 else 0 for i, dim in enumerate(item.shape)]
+            feeds[item.name] = np.zeros(shape, dtype)
+    return feeds
+
+
+def layer_outputs(model_path: str | Path, token_ids: list[int], units: list[str], workdir: str | Path,
+                  providers: list | None = None) -> dict:
+    """{unit: output} of one forward pass of the export at ``model_path`` over ``token_ids`` (prefill), for the
+    ``units`` whose scopes its node names keep; the copy of the graph with those outputs goes to ``workdir``."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    found = unit_tensors(onnx.load(str(model_path), load_external_data=False), units)
+    if not found:
+        return {}
+    copy = with_outputs(model_path, sorted(set(found.values())), workdir)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every marked tensor
+    session = ort.InferenceSession(str(copy), options, providers=providers or ["CPUExecutionProvider"])
+    names = list(dict.fromkeys(found.values()))
+    values = dict(zip(names, session.run(names, prefill_feeds(session, token_ids)), strict=True))
+    return {unit: np.asarray(values[name], np.float32) for unit, name in found.items()}
