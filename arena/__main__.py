@@ -25,7 +25,7 @@ import re
 import sys
 
 from arena.fields import add_arguments, cli_values
-from arena.registry import DEFAULT_BACKENDS
+from arena.registry import DEFAULT_BACKENDS, default_reference
 from arena.types import REQUESTS, BackendSpec, ImageRunRequest, TextRunRequest
 
 
@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--model", required=True, help="the reference model: catalog key, hub id or directory")
     check.add_argument("--candidate", required=True, type=parse_backend, action="append", dest="candidates",
                        help="e.g. onnxruntime:onnx_dir=/path/to/export or onnxruntime:precision=int8; repeatable")
-    check.add_argument("--reference", type=parse_backend, default=BackendSpec("pytorch"))
+    check.add_argument("--reference", type=parse_backend, default=BackendSpec(default_reference()),
+                       help="default: the first backend that can be a reference in its default configuration")
     check.add_argument("--task", choices=("auto", "text", "image"), default="auto")
     check.add_argument("--prompt", action="append", dest="prompts", default=[],
                        help="repeatable; default: three built-in prompts")
@@ -109,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                        "(default: the catalog entry's, else 20)")
     check.add_argument("--cache-dir", default=None)
     check.add_argument("--json", action="store_true", help="print the full report as JSON")
+    check.add_argument("--localize", action="store_true", help="where did it break: compare each layer's output "
+                       "with the reference's for any candidate (a broken or drifting one always is)")
     args = parser.parse_args(argv)
 
     from arena.core import Arena
@@ -173,7 +176,7 @@ def run_check(args, arena) -> int:
         for candidate in args.candidates:
             reports.append(check(arena, args.model, candidate, task=args.task, prompts=tuple(args.prompts),
                                  reference=args.reference, max_new_tokens=args.max_new_tokens, steps=args.steps,
-                                 progress=phase_printer()))
+                                 progress=phase_printer(), localize=args.localize))
     finally:
         arena.close()
     if args.json:

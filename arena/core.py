@@ -278,6 +278,7 @@ class Arena:
         with self._run_lock:
             if prepared.task == "text":
                 judged = self._judge_text(prepared, results, reference, progress, cancel, deadline)
+                judged = self._localize(prepared, judged, reference, request, progress, cancel, deadline)
             else:
                 judged = self._judge_image(prepared, results, reference, progress, cancel)
         yield run_cls(request, prepared, tuple(judged), environment=env)
@@ -340,31 +341,35 @@ class Arena:
                     progress=progress, timeout=self._left(deadline, self.run_timeout_s), cancel=cancel)
             except (WorkerCrashed, WorkerFailed):
                 pass  # judged without perplexity; the other detectors still run
-        ref_precision = self._precision(ref)
+        ref_precision, ref_class = self._precision(ref)
         ref_verdict = judge_text(ref.text, ref.token_ids, ref_precision, error=ref.error, is_reference=True,
-                                 unk_token_id=prepared.unk_token_id, nll=nll[reference])
+                                 unk_token_id=prepared.unk_token_id, nll=nll[reference], precision_class=ref_class)
         # A reference that failed (an error, or nothing but special tokens) is no yardstick: the others are NOT
         # COMPARED. A gibberish reference is still one (the same model's math); its own verdict says what it is.
         ref_failed = f"{ref_verdict.kind}: {ref_verdict.reason}" if ref_verdict.kind in ("ERROR", "EMPTY") else None
         quality = self._quality(prepared, results, reference, progress, cancel, deadline) if ref.ok else {}
         judged = []
         for i, r in enumerate(results):
+            precision, precision_class = self._precision(r)
             verdict = ref_verdict if i == reference else judge_text(
-                r.text, r.token_ids, self._precision(r), error=r.error,
+                r.text, r.token_ids, precision, error=r.error,
                 reference_ids=ref.token_ids if ref.ok else None, unk_token_id=prepared.unk_token_id, nll=nll[i],
                 logits=logits_error(r.first_logits, ref.first_logits), quality=quality.get(i),
-                reference_precision=ref_precision, reference_failed=ref_failed)
+                reference_precision=ref_precision, reference_failed=ref_failed, precision_class=precision_class)
             if i == reference and quality.get(i):
                 verdict = dataclasses.replace(verdict, metrics=verdict.metrics | {"quality": quality[i]})
             judged.append(dataclasses.replace(r, verdict=verdict, first_logits=None))
         return judged
 
     @staticmethod
-    def _precision(result) -> str:
-        """The precision a result is judged at: what its loaded graph really is (a user's export), else the
-        option the user picked."""
+    def _precision(result) -> tuple[str, str]:
+        """The precision a result is judged at, in its backend's words, and the class its backend maps it to
+        (`Backend.tolerance_class`): what its loaded model really is (a user's export, a GGUF's type), else what
+        its configuration says (`Backend.judged_precision`)."""
+        cls = backend_class(result.spec.backend)
         detected = result.load.precision if result.load is not None else None
-        return detected or result.spec.get("precision", "fp32")
+        precision = detected or cls.judged_precision(result.spec.options)
+        return precision, cls.tolerance_class(precision)
 
     def _quality(self, prepared: PreparedText, results: list, reference: int, progress,
                  cancel: threading.Event | None = None, deadline: float | None = None) -> dict[int, dict]:
@@ -410,12 +415,51 @@ class Arena:
                 out[i] = {"unavailable": f"failed: {exc}"}
         return out
 
+    def _localize(self, prepared: PreparedText, results: list, reference: int, request, progress,
+                  cancel: threading.Event | None = None, deadline: float | None = None) -> list:
+        """Where did it break: for each candidate judged broken or DRIFT (every candidate when the request asks),
+        each unit's output over the prompt against the reference's (`arena.judging.localize`), kept in its
+        verdict's metrics as ``where`` (None, with ``where_unavailable`` saying why, when it cannot be done)."""
+        from arena.judging.localize import localize
+
+        ref = results[reference]
+        targets = [i for i, r in enumerate(results) if i != reference and r.ok and r.verdict is not None
+                   and (request.localize or r.verdict.broken or r.verdict.kind == "DRIFT")]
+        if not targets or not ref.ok or (cancel is not None and cancel.is_set()):
+            return results
+        progress(None, "Where did it break: each layer's output against the reference")
+
+        def outputs(spec, units):
+            try:
+                return self._backend_worker(spec).layer_outputs(
+                    prepared, spec, units, progress=progress, timeout=self._left(deadline, self.run_timeout_s),
+                    cancel=cancel)
+            except (WorkerCrashed, WorkerFailed) as exc:
+                return {"unavailable": f"{spec.label} failed to return its layers' outputs: {exc}"}
+
+        reference_out = outputs(ref.spec, None)
+        out = list(results)
+        for i in targets:
+            r = results[i]
+            found = reference_out if "unavailable" in reference_out else outputs(r.spec, reference_out["units"])
+            if "unavailable" in found:
+                extra = {"where": None, "where_unavailable": found["unavailable"]}
+            else:
+                extra = {"where": localize(reference_out["outputs"], found["outputs"], reference_out["units"],
+                                           self._precision(r)[1])}
+            out[i] = dataclasses.replace(r, verdict=dataclasses.replace(r.verdict, metrics=r.verdict.metrics | extra))
+        return out
+
     @staticmethod
     def _judge_image(prepared: PreparedImage, results: list, reference: int, progress, cancel=None) -> list:
         ref = results[reference]
-        return [dataclasses.replace(r, verdict=judge_image(
-            r.image, r.spec.get("precision", "fp32"), error=r.error, is_reference=i == reference,
-            reference=ref.image if ref.ok else None)) for i, r in enumerate(results)]
+        judged = []
+        for i, r in enumerate(results):
+            precision, precision_class = Arena._precision(r)
+            judged.append(dataclasses.replace(r, verdict=judge_image(
+                r.image, precision, error=r.error, is_reference=i == reference,
+                reference=ref.image if ref.ok else None, precision_class=precision_class)))
+        return judged
 
     def _run_one(self, spec: BackendSpec, prepared, request, env: dict[str, Any], progress: ProgressFn,
                  result_cls, deadline: float | None = None, limit: float | None = None,

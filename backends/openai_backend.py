@@ -24,8 +24,9 @@ the server dying mid-stream) is one sentence. No logits come from a server: the 
 skipped for this backend, token agreement and the reference's perplexity still apply.
 
 Options (``OpenAIOptions``): ``base_url`` (kind "url": in public mode, arena/public/policy.py takes only the name of an
-endpoint the operator lists in ``ARENA_ENDPOINTS="name=http://host:port/v1,..."``, resolved here in the worker: a
-visitor never makes this server call a URL), ``model`` (the served model's name; empty: the only one it lists) and
+endpoint the operator lists in ``ARENA_ENDPOINTS="name=http://host:port/v1,..."``, resolved here in the worker from
+the load context's ``endpoints``, and checked beforehand against the names in the environment's facts: a visitor
+never makes this server call a URL), ``model`` (the served model's name; empty: the only one it lists) and
 ``api_key_env`` (kind "secret_env": the NAME of the variable holding the key). The prompt's text comes with every
 generation's settings (``rendered_prompt``, ``user_prompt``, ``prompt_format``); the request actually sent is this
 backend's ``run_notes``, which the host appends to the run's notes. Importing this module is cheap (httpx and
@@ -38,13 +39,12 @@ import importlib.util
 import json
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from arena.errors import ArenaError
-from arena.public.policy import configured_endpoints
 from backends.base import AVAILABLE, Availability, Backend, BackendOptions, GenerationSettings, LoadContext, option
 
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
@@ -58,19 +58,26 @@ class ServerError(ArenaError):
     """A server problem, already worded as one sentence."""
 
 
-def resolve_endpoint(base_url: str | None, environ: dict[str, str] | None = None) -> tuple[str, str]:
-    """(what to show, the base URL) for a URL or the name of an operator-configured endpoint. Empty: the only
-    configured endpoint, if there is exactly one. A name is shown instead of its URL (a visitor of a public server
-    never sees the operator's hosts)."""
-    endpoints = configured_endpoints(environ)
+def chosen_endpoint(base_url: str | None, names: Iterable[str]) -> str:
+    """The URL or endpoint name to call: ``base_url``, or when empty the only configured endpoint (``names``: the
+    operator's endpoints), if there is exactly one; a URL that is no http(s) URL is refused."""
+    names = list(names)
     value = (base_url or "").strip()
     if not value:
-        if len(endpoints) == 1:
-            value = next(iter(endpoints))
-        else:
+        if len(names) != 1:
             raise ServerError("Give the server's base URL (for example http://127.0.0.1:8000/v1)"
-                              + (f" or one of the configured endpoints: {', '.join(endpoints)}." if endpoints
-                                 else "."))
+                              + (f" or one of the configured endpoints: {', '.join(names)}." if names else "."))
+        value = names[0]
+    if value not in names:
+        normalise_url(value)
+    return value
+
+
+def resolve_endpoint(base_url: str | None, endpoints: Mapping[str, str]) -> tuple[str, str]:
+    """(what to show, the base URL) for a URL or the name of an operator-configured endpoint (``endpoints``: {name:
+    base URL}, the load context's). A name is shown instead of its URL (a visitor of a public server never sees the
+    operator's hosts)."""
+    value = chosen_endpoint(base_url, endpoints)
     if value in endpoints:
         return f"endpoint '{value}'", normalise_url(endpoints[value])
     url = normalise_url(value)
@@ -167,8 +174,8 @@ class OpenAIBackend(Backend):
         problem = super().check_spec(spec, env)
         if problem:
             return problem
-        try:
-            resolve_endpoint(spec.base_url)
+        try:  # the operator's endpoints by name (the environment's facts); their URLs only reach the workers
+            chosen_endpoint(spec.base_url, env.get("endpoints") or ())
         except ServerError as exc:
             return str(exc)
         key_env = (spec.api_key_env or DEFAULT_KEY_ENV).strip()
@@ -182,7 +189,7 @@ class OpenAIBackend(Backend):
 
         if model.task != "text":
             raise ServerError("An OpenAI-compatible server backend runs text models only.")
-        self.shown_url, base_url = resolve_endpoint(spec.base_url)
+        self.shown_url, base_url = resolve_endpoint(spec.base_url, ctx.endpoints)
         key_env = self._key_env = spec.api_key_env or DEFAULT_KEY_ENV
         self._key = ctx.secrets.get(key_env) or os.environ.get(key_env, "")
         headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}

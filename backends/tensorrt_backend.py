@@ -145,6 +145,7 @@ class TensorRTBackend(Backend):
     aliases = ("trt",)
     title = "TensorRT"
     Options = TensorRTOptions
+    color = "#76b900"
 
     @classmethod
     def label(cls, values: Mapping[str, Any]) -> str:
@@ -154,6 +155,10 @@ class TensorRTBackend(Backend):
     @classmethod
     def collect_facts(cls) -> dict[str, Any]:
         return {"tensorrt": tensorrt_facts(), "torch": torch_facts()}  # engines run on torch CUDA buffers
+
+    @classmethod
+    def machine_facts(cls, env: Mapping[str, Any]) -> dict[str, Any]:
+        return {"runtime": "TensorRT: " + ((env.get("tensorrt") or {}).get("version") or "not installed")}
 
     @classmethod
     def distributions(cls) -> tuple[str, ...]:

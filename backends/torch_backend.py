@@ -89,6 +89,24 @@ class PyTorchBackend(HFBackend):
     aliases = ("torch",)
     title = "PyTorch"
     Options = PyTorchOptions
+    color = "#ee4c2c"
+
+    @classmethod
+    def can_be_reference(cls, values: Mapping[str, Any]) -> bool:
+        """fp32 in transformers itself: the yardstick every other runtime and precision is judged against."""
+        return values.get("precision") == "fp32"
+
+    @classmethod
+    def worker_key(cls, values: Mapping[str, Any]) -> str:
+        """One worker per device: a CUDA run and a CPU run do not share (nor fight over) one process."""
+        return f"{cls.name}-{values['device']}"
+
+    @classmethod
+    def machine_facts(cls, env: Mapping[str, Any]) -> dict[str, Any]:
+        torch = env.get("torch") or {}
+        return {"runtime": f"torch {torch.get('version', 'not installed')} (CUDA build: "
+                           f"{torch.get('cuda_build') or 'no'})",
+                "gpus": list(torch.get("devices") or []), "cuda": torch.get("cuda_build")}
 
     @classmethod
     def label(cls, values: Mapping[str, Any]) -> str:  # noqa: F811 - one label, with compile when on
@@ -238,5 +256,66 @@ class PyTorchBackend(HFBackend):
                 self._compiled_cache_len = size
         return super().generate_text(prompt_ids, settings, on_token)
 
+    def layer_units(self) -> list[str]:
+        return decoder_units(self.model)
+
+    def layer_outputs(self, token_ids: list[int], units: list[str]) -> dict[str, Any]:
+        """Forward hooks on the named modules (a module returning a tuple: its first element)."""
+        import torch
+
+        found: dict[str, Any] = {}
+        hooks = []
+        for unit in units:
+            try:
+                module = self.model.get_submodule(unit)
+            except AttributeError:
+                continue
+
+            def keep(_module, _args, output, unit=unit):
+                value = output[0] if isinstance(output, tuple) else getattr(output, "logits", output)
+                found[unit] = value.detach().float().cpu().numpy()
+
+            hooks.append(module.register_forward_hook(keep))
+        try:
+            ids = torch.tensor([token_ids], dtype=torch.long, device=self.device)
+            with torch.inference_mode():
+                self.model(input_ids=ids, attention_mask=torch.ones_like(ids))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return found
+
     def _image_dtypes(self) -> dict[str, Any]:
         return dict(self._dtypes)
+
+
+def decoder_units(model) -> list[str]:
+    """A causal LM's units in forward order, by module path: the input embeddings, then per decoder layer its
+    attention, its MLP and the layer, then the final norm and the output head. The decoder layers are the
+    module list as long as ``config.num_hidden_layers``; attention and MLP are the layer's children named
+    ``*attn*``/``*attention*`` and ``mlp``/``feed_forward``; the final norm is the last norm-like sibling of that
+    list."""
+    import torch
+
+    names = {module: name for name, module in model.named_modules()}
+    count = getattr(model.config, "num_hidden_layers", None)
+    layers = next((name for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.ModuleList) and len(module) == count), None)
+    if layers is None:
+        raise NotImplementedError(f"{type(model).__name__}: no list of {count} decoder layers to compare")
+    units = [names[model.get_input_embeddings()]]
+    for index, layer in enumerate(model.get_submodule(layers)):
+        path = f"{layers}.{index}"
+        children = dict(layer.named_children())
+        attention = next((n for n in children if "attn" in n or "attention" in n), None)
+        mlp = next((n for n in children if n in ("mlp", "feed_forward", "ffn")), None)
+        units += [f"{path}.{n}" for n in (attention, mlp) if n] + [path]
+    parent = layers.rsplit(".", 1)[0] if "." in layers else ""
+    siblings = dict(model.get_submodule(parent).named_children()) if parent else dict(model.named_children())
+    norm = [n for n in siblings if "norm" in n.lower() or n in ("ln_f",)]
+    if norm:
+        units.append(f"{parent}.{norm[-1]}" if parent else norm[-1])
+    head = model.get_output_embeddings()
+    if head is not None and head in names:
+        units.append(names[head])
+    return units

@@ -39,7 +39,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from arena.running.environment import probe_environment, provider_summary  # noqa: E402
+from arena.running.environment import probe_environment  # noqa: E402
+from backends.onnxruntime.providers import provider_summary  # noqa: E402
 
 # What the bundle must provide, as import name -> distribution name (checked to come from the private folder).
 BUNDLED = {"transformers": "transformers", "tokenizers": "tokenizers", "huggingface_hub": "huggingface-hub",

@@ -22,6 +22,40 @@ def scale_one_mlp(model, layer: int = 15, factor: float = 0.7) -> str:
     return init.name
 
 
+def damage_weight(model, target: str, factor: float = 1.0, noise: float = 0.0, seed: int = 0) -> str:
+    """One weight of the export changed: the initializer named ``target`` ("model.norm.weight"), or the weight of
+    the MatMul in the scope ``target`` ("layers.2/mlp/down_proj"); multiplied by ``factor`` plus ``noise`` times
+    its standard deviation of Gaussian noise. Returns the initializer's name."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    name = target if target in inits else next(
+        (n.input[1] for n in model.graph.node if n.op_type == "MatMul" and f"/{target}/" in n.name + "/"
+         and len(n.input) > 1 and n.input[1] in inits), None)
+    if name is None:
+        raise LookupError(f"no initializer or MatMul weight for {target!r} in the graph")
+    array = numpy_helper.to_array(inits[name]).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    changed = array * np.float32(factor) + np.float32(noise * array.std()) * rng.standard_normal(array.shape,
+                                                                                                 np.float32)
+    inits[name].CopyFrom(numpy_helper.from_array(changed.astype(array.dtype), name))
+    return name
+
+
+def scale_norm(model, scope: str, factor: float) -> str:
+    """The RMSNorm in ``scope`` ("/model/norm") multiplies by its weight x ``factor``: a new initializer that only
+    that norm reads (exporters share one initializer among identical norm weights, so the shared one is left
+    alone). Returns the new initializer's name."""
+    from onnx import numpy_helper
+
+    node = next(n for n in model.graph.node if n.name == f"{scope}/Mul_1")
+    hidden = next(numpy_helper.to_array(i).shape[-1] for i in model.graph.initializer if "embed_tokens" in i.name)
+    name = f"broken{scope.replace('/', '.')}.weight"
+    model.graph.initializer.append(numpy_helper.from_array(np.full(hidden, factor, np.float32), name))
+    node.input[:] = [name if i == 0 else value for i, value in enumerate(node.input)]
+    return name
+
+
 def weight_only_int8(model, min_elements: int = 4096) -> int:
     """Weight-only int8 in QDQ form: every 2-D fp32 weight a MatMul reads becomes int8 with one symmetric scale
     per output column, dequantized (DequantizeLinear, axis 1) in front of that MatMul. Activations stay fp32: a

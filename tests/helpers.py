@@ -77,10 +77,10 @@ class ThreadProbe:
         import torch
 
         from backends.base import ort_session_options, torch_threads
-        from backends.onnxruntime_backend import _probe_model
+        from backends.onnxruntime.providers import probe_model
 
         as_imported = torch.get_num_threads()
-        session = onnxruntime.InferenceSession(_probe_model(), sess_options=ort_session_options(onnxruntime),
+        session = onnxruntime.InferenceSession(probe_model(), sess_options=ort_session_options(onnxruntime),
                                                providers=["CPUExecutionProvider"])
         return {"env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
                 "torch_as_imported": as_imported, "torch": torch_threads(),
@@ -98,6 +98,10 @@ class SegfaultingBackend(PyTorchBackend):
 
     name = "segfaulting"
     title = "Segfaulting PyTorch"
+
+    @classmethod
+    def can_be_reference(cls, values) -> bool:
+        return False  # a run's "auto" reference stays the real PyTorch next to it
 
     def generate_text(self, prompt_ids, settings, on_token):
         print("segfaulting backend: generating", flush=True)

@@ -72,20 +72,26 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def test_no_backend_imports_another_backend_or_the_worker_machinery():
-    backend_modules = {target.partition(":")[0] for target in BACKENDS.values()}
+    """A backend is a module (backends/x.py) or a package (backends/x/: its modules import each other freely)."""
+    backend_modules = {".".join(target.partition(":")[0].split(".")[:2]) for target in BACKENDS.values()}
+
+    def owner(module: str) -> str | None:
+        return next((b for b in backend_modules if module == b or module.startswith(b + ".")), None)
+
     problems = []
     for path in sorted((ROOT / "backends").rglob("*.py")):
-        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
         imports = imported_modules(path)
         if "arena.running.workers" in imports:
             problems.append(f"{module} imports arena.running.workers (use ctx.run_isolated)")
-        others = sorted((imports & backend_modules) - {module})
+        others = sorted({owner(m) for m in imports if owner(m)} - {owner(module)})
         if others:
             problems.append(f"{module} imports the backend module(s) {others} (shared code belongs in "
                             "backends/base.py, backends/conversion/ or backends/installs.py)")
     assert not problems, "\n".join(problems)
     assert backend_modules <= {".".join(p.relative_to(ROOT).with_suffix("").parts)
-                               for p in (ROOT / "backends").glob("*.py")}
+                               for p in (ROOT / "backends").glob("*.py")} | {
+        f"backends.{p.parent.name}" for p in (ROOT / "backends").glob("*/__init__.py")}
 
 
 def test_the_ui_names_no_backend():

@@ -49,6 +49,11 @@ def test_the_broken_example_sets_the_form_to_what_it_runs_and_unused_backends_ta
     assert not page.locator("#enable-llamacpp input").is_checked()
     page.wait_for_function("document.querySelector('#run-status')?.innerText.includes('Verdicts')", timeout=600_000)
     assert "GIBBERISH" in page.locator("#panel-onnxruntime").inner_text()
+    # Where did it break: the export's noise starts in the first layer's attention; the chart draws every unit.
+    panel = page.locator("#panel-onnxruntime").inner_text()
+    assert "Where?" in panel and "model.layers.0" in panel and "attention" in panel, panel
+    page.locator("#where-chart .main-svg").first.wait_for(timeout=30_000)
+    assert page.locator("#where-chart g.trace.scatter").count() >= 1
     # Backends outside the run are their header line (and why they cannot run): no empty answer box.
     assert visible(page, "#answer-pytorch") and visible(page, "#answer-onnxruntime")
     for name in ("llamacpp", "openai", "tensorrt"):

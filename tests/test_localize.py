@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from arena.judging.localize import SIGNATURES, localize
+from tests.export_edits import damage_weight, scale_norm
 
 LAYERS = 6
 UNITS = ["model.embed_tokens"] + [u for i in range(LAYERS) for u in
@@ -66,3 +67,95 @@ def test_nan_is_a_break_where_it_starts():
         candidate[unit] = np.full_like(reference[unit], np.nan)
     where = localize(reference, candidate, UNITS, "fp16")
     assert where["unit"] == "model.layers.2" and where["error"] == float("inf")
+
+
+# --- end to end: exports of a 4-layer Llama broken on purpose, localized against PyTorch ---------------------
+@pytest.fixture(scope="module")
+def llama4(tmp_path_factory):
+    """A 4-layer tiny Llama and its optimum export (fp32)."""
+    from backends.conversion.onnx_export import export_text_model
+    from tests.tiny_models import build_tiny_llama
+
+    root = tmp_path_factory.mktemp("llama4")
+    model = build_tiny_llama(root / "model", layers=4)
+    export_text_model(str(model), str(root / "onnx"), "fp32", "cpu")
+    return model, root / "onnx"
+
+
+def broken_copy(export, folder, edit) -> str:
+    """A copy of ``export`` with ``edit(model)`` applied to its graph (weights inline: the tiny model is small)."""
+    import shutil
+
+    import onnx
+
+    shutil.copytree(export, folder)
+    model = onnx.load(str(folder / "model.onnx"))
+    edit(model)
+    onnx.save(model, str(folder / "model.onnx"))
+    return str(folder)
+
+
+DAMAGES = {  # name: (edit, the unit it must name, the signature)
+    "embeddings": (lambda m: damage_weight(m, "model.embed_tokens.weight", noise=0.5), "model.embed_tokens",
+                   "embeddings"),
+    "first-layer-attention": (lambda m: damage_weight(m, "layers.0/self_attn/q_proj", noise=1.0), "model.layers.0",
+                              "attention"),
+    "middle-attention": (lambda m: damage_weight(m, "layers.1/self_attn/o_proj", factor=0.5), "model.layers.1",
+                         "attention"),
+    "middle-mlp": (lambda m: damage_weight(m, "layers.2/mlp/down_proj", factor=0.5), "model.layers.2", "mlp"),
+    "final-norm": (lambda m: scale_norm(m, "/model/norm", 1.5), "model.norm", "norm"),
+    "output-head": (lambda m: damage_weight(m, "lm_head", noise=0.5), "lm_head", "head"),
+}
+
+
+def where_of(arena, model, onnx_dir: str) -> dict:
+    from arena.types import BackendSpec, TextRunRequest
+
+    request = TextRunRequest(model=str(model), prompt="the quick brown fox jumps over the lazy dog",
+                             backends=(BackendSpec("pytorch"), BackendSpec("onnxruntime", onnx_dir=onnx_dir)),
+                             max_new_tokens=4, prompt_format="plain", warmup=0, localize=True)
+    result = arena.run_text_to_end(request)
+    assert result.error is None and result.results[1].error is None, (result.error, result.results[1].error)
+    metrics = result.results[1].verdict.metrics
+    assert "where" in metrics, metrics.get("where_unavailable")
+    return metrics["where"]
+
+
+@pytest.mark.slow
+def test_six_broken_exports_are_localized_and_a_good_or_fair_one_names_no_unit(arena, llama4, tmp_path):
+    from tests.export_edits import weight_only_int8
+
+    model, export = llama4
+    good = where_of(arena, model, str(export))
+    assert good["unit"] is None and good["cause"] is None, good
+    assert max(p["error"] for p in good["per_unit"]) < 1e-4  # the fp32 export agrees everywhere
+    fair = where_of(arena, model, broken_copy(export, tmp_path / "int8", lambda m: weight_only_int8(m, 64)))
+    assert fair["unit"] is None, fair
+    for name, (edit, unit, signature) in DAMAGES.items():
+        where = where_of(arena, model, broken_copy(export, tmp_path / name, edit))
+        assert where["unit"] == unit, (name, where)
+        assert where["cause"] == SIGNATURES[signature].format(unit=unit), (name, where["cause"])
+
+
+@pytest.mark.slow
+def test_check_localize_on_the_command_line(llama4, session_cache, tmp_path):
+    """`python -m arena check --localize --json`: the unit at the top level of the report, the chart's figures
+    per unit, and a WHERE line in the summary."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    model, export = llama4
+    damaged = broken_copy(export, tmp_path / "mlp", DAMAGES["middle-mlp"][0])
+    base = [sys.executable, "-m", "arena", "check", "--model", str(model), "--prompt", "the quick brown fox",
+            "--candidate", f"onnxruntime:onnx_dir={damaged}", "--max-new-tokens", "4", "--cache-dir",
+            str(session_cache), "--localize"]
+    done = subprocess.run([*base, "--json"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    report = json.loads(done.stdout)
+    assert report["where"]["unit"] == "model.layers.2", report["where"]
+    assert [p["unit"] for p in report["where"]["per_unit"]][:2] == ["model.embed_tokens", "model.layers.0"]
+    assert report["where"]["cause"].startswith("the MLP of model.layers.2")
+    text = subprocess.run(base, capture_output=True, text=True, cwd=ROOT, timeout=600).stdout
+    assert "WHERE     model.layers.2" in text, text

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from arena.core import Arena
-from arena.running.environment import probe_environment, provider_summary
+from arena.running.environment import probe_environment
 from arena.types import BackendSpec, TextRunRequest
-from backends.onnxruntime_backend import OnnxRuntimeBackend, usable_providers
+from backends.onnxruntime.backend import OnnxRuntimeBackend
+from backends.onnxruntime.providers import provider_summary, usable_providers
 from tests.helpers import wheel_from_pypi
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -27,6 +27,7 @@ import pytest
 
 from arena.preparing.cache import ArtifactCache
 from arena.public.policy import ENDPOINTS_VARIABLE
+from arena.running.host import load_context
 from arena.types import BackendSpec, PreparedText
 from backends.base import GenerationSettings, LoadContext
 from backends.openai_backend import OpenAIBackend, ServerError
@@ -125,7 +126,8 @@ def prepared() -> PreparedText:
 
 def load(spec: dict, tmp_path) -> tuple[OpenAIBackend, LoadContext]:
     backend = OpenAIBackend()
-    ctx = LoadContext(cache=ArtifactCache(tmp_path), progress=lambda *a, **k: None)
+    # As a worker's host makes it: the operator's configured endpoints (ARENA_ENDPOINTS) come in the context.
+    ctx = load_context(ArtifactCache(tmp_path), lambda *a, **k: None)
     backend.load(prepared(), BackendSpec.from_any({"backend": "openai", **spec}), ctx)
     return backend, ctx
 

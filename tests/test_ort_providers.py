@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from backends.onnxruntime_backend import captured_stderr, fallback_warnings
+from backends.onnxruntime.providers import captured_stderr, fallback_warnings
 
 # The line ONNX Runtime's C++ logger writes when a GPU provider leaves nodes to the CPU (1.2x/1.3x wording).
 WARNING = ("2026-11-26 10:00:00.000 [W:onnxruntime:, session_state.cc:1280 VerifyEachNodeIsAssignedToAnEp] Some "

@@ -10,7 +10,7 @@ import pytest
 
 from arena.preparing.catalog import DEFAULT_TEXT_MODEL
 from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
-from backends.onnxruntime_backend import IMAGE_QUANTIZATION_REFUSAL
+from backends.onnxruntime.options import IMAGE_QUANTIZATION_REFUSAL
 
 PROMPT = "My name is Arthur and I live in"
 CPU = "CPUExecutionProvider"

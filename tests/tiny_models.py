@@ -35,15 +35,16 @@ def build_tokenizer(path: str | Path):
     return fast
 
 
-def build_tiny_llama(path: str | Path, seed: int = 0, max_positions: int = 128) -> Path:
-    """A 2-layer random LlamaForCausalLM (grouped-query attention) with its tokenizer, saved to ``path``."""
+def build_tiny_llama(path: str | Path, seed: int = 0, max_positions: int = 128, layers: int = 2) -> Path:
+    """A random LlamaForCausalLM (grouped-query attention, 2 ``layers`` by default) with its tokenizer, saved to
+    ``path``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     path = Path(path)
     tokenizer = build_tokenizer(path)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, initializer_range=0.2, tie_word_embeddings=False)

@@ -12,7 +12,7 @@ import gradio as gr
 
 from arena.core import Arena
 from arena.fields import API_TYPES, FieldInfo, api_docstring, api_parameters
-from arena.registry import DEFAULT_BACKENDS
+from arena.registry import DEFAULT_BACKENDS, default_reference
 from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
 from ui.controls import RUN_CONCURRENCY_ID, is_mcp, session_of
 from ui.demos import register_example_api
@@ -64,7 +64,7 @@ def make_compare_text(arena: Arena):
 
 def make_check(arena: Arena):
     def check(model: str, candidate: Any, task: str = "auto", prompts: list[str] | None = None,
-              reference: Any = "pytorch", max_new_tokens: int = 48, request: gr.Request = None) -> dict:
+              reference: Any = None, max_new_tokens: int = 48, request: gr.Request = None) -> dict:
         """Is the candidate broken? Runs it next to the reference on a few prompts and returns the verdicts.
 
         Args:
@@ -80,7 +80,7 @@ def make_check(arena: Arena):
         from arena.judging.check import check as run_check
 
         try:
-            spec, ref = BackendSpec.from_any(candidate), BackendSpec.from_any(reference or "pytorch")
+            spec, ref = BackendSpec.from_any(candidate), BackendSpec.from_any(reference or default_reference())
         except (ValueError, TypeError) as exc:
             return {"broken": True, "error": str(exc), "checks": []}
         with arena.stoppable(session_of(request)) as cancel:

@@ -7,12 +7,19 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-COLORS = {"pytorch": "#ee4c2c", "onnxruntime": "#005ced", "tensorrt": "#76b900"}
+from arena.registry import backend_class
+
 FALLBACK_COLORS = ("#2a9d8f", "#e9c46a", "#8338ec", "#6c757d")
 
 
 def _color(result: dict[str, Any], index: int) -> str:
-    return COLORS.get(result["backend"], FALLBACK_COLORS[index % len(FALLBACK_COLORS)])
+    """The backend's own colour (`Backend.color`), else a fallback by position (a backend without one, or a stored
+    run's backend this process does not know)."""
+    try:
+        color = backend_class(result["backend"]).color
+    except (KeyError, ValueError, ImportError, AttributeError):
+        color = ""
+    return color or FALLBACK_COLORS[index % len(FALLBACK_COLORS)]
 
 
 def is_broken(result: dict[str, Any]) -> bool:
@@ -141,6 +148,36 @@ def position_kl_figure(run: dict[str, Any], sequence: str = "paragraph") -> go.F
     fig.update_xaxes(title_text="position (token) in the paragraph")
     fig.update_yaxes(title_text="KL vs the reference (nats, log)", type="log", dtick=1, exponentformat="power")
     return fig if drawn else _empty_note(fig, "Run a comparison to see where in the sequence candidates differ")
+
+
+def where_figure(run: dict[str, Any]) -> go.Figure:
+    """Where did it break: each localized backend's relative error per unit (embeddings, each layer, final norm,
+    head) on a log axis, its tolerance dashed and its first divergent unit marked."""
+    fig = go.Figure()
+    drawn = 0
+    for i, result in enumerate(run.get("results", [])):
+        where = ((result.get("verdict") or {}).get("metrics") or {}).get("where")
+        if not where or not where.get("per_unit"):
+            continue
+        drawn += 1
+        color = _color(result, i)
+        units = [p["unit"] for p in where["per_unit"]]
+        errors = [max(min(p["error"], 1e6), 1e-9) for p in where["per_unit"]]
+        fig.add_trace(go.Scatter(x=units, y=errors, mode="lines+markers", line={"color": color},
+                                 name=f"{result['label']} ({verdict_kind(result)})",
+                                 hovertemplate="%{x}<br>relative error %{y:.3g}<extra></extra>"))
+        fig.add_hline(y=where["threshold"], line_dash="dot", line_color=color,
+                      annotation_text=f"tolerance {where['threshold']:g}", annotation_position="bottom right")
+        if where["unit"]:
+            fig.add_trace(go.Scatter(x=[where["unit"]], y=[errors[units.index(where["unit"])]], mode="markers+text",
+                                     marker={"symbol": "x", "size": 16, "color": "#dc2626"}, showlegend=False,
+                                     text=[f"breaks here: {where['unit']}"], textposition="top left"))
+    fig.update_layout(height=360, margin={"l": 60, "r": 20, "t": 50, "b": 110}, template="plotly_white",
+                      title={"text": "Where did it break: each unit's output against the reference's (prefill)",
+                             "font": {"size": 14}}, legend={"orientation": "h", "y": -0.45, "x": 0})
+    fig.update_xaxes(title_text="unit, in forward order", tickangle=-45)
+    fig.update_yaxes(title_text="relative error (log)", type="log", exponentformat="power")
+    return fig if drawn else _empty_note(fig, "A broken or drifting backend is localized here, layer by layer")
 
 
 def verdict_kind(result: dict[str, Any]) -> str:

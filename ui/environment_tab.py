@@ -7,7 +7,7 @@ from typing import Any
 import gradio as gr
 
 from arena.core import Arena
-from arena.running.environment import provider_summary
+from arena.running.environment import runtime_facts
 
 
 def cpu_line(env: dict[str, Any]) -> str:
@@ -33,16 +33,15 @@ def environment_markdown(env: dict[str, Any], backend_options: dict[str, dict[st
     """Facts of the machine and every backend option's availability, as Markdown."""
     if env.get("probe_error"):
         return f"**The environment probe failed:** {env['probe_error']}"
-    torch, ort, trt = env.get("torch", {}), env.get("onnxruntime", {}), env.get("tensorrt", {})
-    gpus = ", ".join(f"{d['name']} (sm {d['capability']}, {d['memory_gb']} GB)" for d in torch.get("devices", []))
+    runtimes = runtime_facts(env)  # what each backend's runtime says (`Backend.machine_facts`)
+    gpus = ", ".join(f"{d['name']} (sm {d['capability']}, {d['memory_gb']} GB)" for d in runtimes["gpus"])
+    seen_by = f"GPUs seen by {runtimes['gpus_seen_by']}" if runtimes["gpus_seen_by"] else "GPUs"
     lines = [
         "### Machine",
         f"- Python {env.get('python')} on {env.get('platform')}",
         f"- {cpu_line(env)}",
-        f"- GPUs seen by PyTorch: {gpus or 'none'}",
-        f"- torch {torch.get('version', 'not installed')} (CUDA build: {torch.get('cuda_build') or 'no'})",
-        f"- onnxruntime {ort.get('version', 'not installed')}, providers: {provider_summary(ort)}",
-        "- TensorRT: " + (trt.get("version") or "not installed"),
+        f"- {seen_by}: {gpus or 'none'}",
+        *(f"- {line}" for line in runtimes["runtimes"]),
         "",
         "### Backends and options",
         "| Backend | Option | Value | Status |",

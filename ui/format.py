@@ -81,7 +81,25 @@ def panel_metrics(result: dict[str, Any] | None, reference_text: str | None = No
     table = "| Measure | Value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
     notes = load.get("notes") or []
     drift = divergence_markdown(reference_text, result.get("text", "")) if reference_text is not None else ""
-    return verdict_line(result) + drift + table + ("\n\n" + "; ".join(notes) if notes else "")
+    return verdict_line(result) + where_markdown(result) + drift + table + ("\n\n" + "; ".join(notes) if notes else "")
+
+
+def where_markdown(result: dict[str, Any]) -> str:
+    """The "Where?" line of a localized backend: the first divergent unit, its error, and the likely cause."""
+    metrics = (result.get("verdict") or {}).get("metrics") or {}
+    if "where" not in metrics:
+        return ""
+    where = metrics["where"]
+    if where is None:
+        return f"**Where?** Not localized: {metrics.get('where_unavailable', 'no layer outputs')}.\n\n"
+    if where["unit"] is None:
+        return ("**Where?** No layer breaks: every unit stays within the tolerance "
+                f"{where['threshold']:g}" + (f"; {where['cause']}" if where.get("cause") else "") + ".\n\n")
+    inside = where.get("inside") or {}
+    parts = ", ".join(f"{name.replace('self_attn', 'attention')} {error:.3g}" for name, error in inside.items())
+    return (f"**Where?** `{where['unit']}` is the first unit whose output leaves the reference's (relative error "
+            f"{where['error']:.3g}, tolerance {where['threshold']:g}" + (f"; inside it: {parts}" if parts else "")
+            + f"). Likely cause: {where['cause']}.\n\n")
 
 
 def quality_rows(result: dict[str, Any]) -> list[tuple[str, str]]:

@@ -11,7 +11,7 @@ import gradio as gr
 from arena.core import Arena
 from arena.preparing.catalog import CATALOG, EXAMPLE_PROMPTS, PROMPT_FORMATS, find_catalog_model
 from arena.types import TextRunRequest
-from ui.charts import position_kl_figure, speed_quality_figure, text_latency_figure
+from ui.charts import position_kl_figure, speed_quality_figure, text_latency_figure, where_figure
 from ui.controls import (
     BackendOptionControls,
     build_backend_controls,
@@ -52,6 +52,7 @@ class TextTab:
     share: gr.Markdown | None = None  # after a run: the link to its settings
     downloads: gr.File | None = None  # after a run: its reports
     position_chart: gr.Plot | None = None  # teacher-forced KL per position: where in the sequence it breaks
+    where_chart: gr.Plot | None = None  # each unit's error against the reference: where in the model it breaks
 
     @property
     def model(self) -> gr.components.Component:
@@ -65,8 +66,9 @@ class TextTab:
 
     def outputs(self) -> list:
         """Every component a run updates (its status, charts, result, link, reports and each backend's panel)."""
-        return [self.status, self.chart, self.quality_chart, self.position_chart, self.result_json, self.share,
-                self.downloads, *(c for p in self.backends for c in (p.header, p.answer, p.metrics))]
+        return [self.status, self.chart, self.quality_chart, self.position_chart, self.where_chart,
+                self.result_json, self.share, self.downloads,
+                *(c for p in self.backends for c in (p.header, p.answer, p.metrics))]
 
 
 def model_notes(model: str) -> str:
@@ -128,12 +130,13 @@ def build_text_tab(arena: Arena) -> TextTab:
                                     elem_id="speed-quality-chart")
             position_chart = gr.Plot(position_kl_figure({}), label="Where in the sequence",
                                      elem_id="position-kl-chart")
+            where_chart = gr.Plot(where_figure({}), label="Where did it break", elem_id="where-chart")
             downloads = gr.File(label="Reports of this run (Markdown for an issue, JSON, CSV)", file_count="multiple",
                                 interactive=False, elem_id="downloads-text")
             with gr.Accordion("Structured result (JSON, same as the /compare_text API)", open=False):
                 result_json = gr.JSON(label="Result")
     tab = TextTab(widgets, notes, run, stop, status, panels, chart, quality_chart, result_json, share=share,
-                  downloads=downloads, position_chart=position_chart)
+                  downloads=downloads, position_chart=position_chart, where_chart=where_chart)
 
     def execute(request: TextRunRequest, http: gr.Request, cancel, progress):
         selected = {spec.backend for spec in request.backends}
@@ -163,7 +166,7 @@ def render_run(tab: TextTab, run: dict[str, Any], selected: set[str]) -> dict:
     reference_text = reference["text"] if reference and not reference.get("error") else None
     updates: dict = {tab.status: run_summary(run) if run["results"] or run.get("error") else "Running…",
                      tab.chart: text_latency_figure(run), tab.quality_chart: speed_quality_figure(run),
-                     tab.position_chart: position_kl_figure(run),
+                     tab.position_chart: position_kl_figure(run), tab.where_chart: where_figure(run),
                      tab.result_json: json.loads(json.dumps(run, default=str))}
     for panel in tab.backends:
         result = by_backend.get(panel.name)

@@ -1,6 +1,7 @@
 """Headless judgement: is a candidate (for example a user's ONNX export) broken? Used by the CLI and the API.
 
-The candidate runs next to the reference (PyTorch fp32 by default) on a few prompts; every run is judged
+The candidate runs next to the reference (by default the registry's `default_reference`: PyTorch fp32) on a few
+prompts; every run is judged
 (`arena.judging.verdicts`) and the candidate is broken when any of its verdicts says so.
 """
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from arena.preparing.catalog import IMAGE_CATALOG, IMAGE_EXAMPLE_PROMPTS, find_image_catalog_model
+from arena.registry import default_reference
 from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
 
 TEXT_PROMPTS = (
@@ -31,14 +33,17 @@ def guess_task(model: str, look_on_disk: bool = True) -> str:
 
 def check(arena, model: str, candidate: BackendSpec, task: str = "auto", prompts: tuple[str, ...] = (),
           reference: BackendSpec | None = None, max_new_tokens: int = 48, steps: int | None = None,
-          seed: int = 0, progress=lambda *_: None, cancel=None) -> dict[str, Any]:
+          seed: int = 0, progress=lambda *_: None, cancel=None, localize: bool = False) -> dict[str, Any]:
     """Run reference and candidate on each prompt and collect the verdicts.
 
     Returns {"broken": bool, "error": str | None, "task", "model", "candidate", "reference", "checks": [{prompt,
-    candidate verdict, reference verdict, ...}]}. ``error`` is a problem before any verdict (no such model).
+    candidate verdict, reference verdict, ...}], "where": ...}. ``error`` is a problem before any verdict (no
+    such model). ``where`` (text): the first localized prompt's `arena.judging.localize` result (a broken or
+    drifting candidate is localized; ``localize`` asks it for any candidate); None with ``where_unavailable``
+    when it could not be done, or when nothing was localized.
     """
     task = guess_task(model, look_on_disk=not arena.policy.public) if task == "auto" else task
-    reference = reference or BackendSpec("pytorch")
+    reference = reference or BackendSpec(default_reference())
     prompts = tuple(prompts) or (IMAGE_EXAMPLE_PROMPTS[:3] if task == "image" else TEXT_PROMPTS)
     out: dict[str, Any] = {"task": task, "model": model, "candidate": candidate.to_dict(),
                            "reference": reference.to_dict(), "checks": [], "error": None}
@@ -61,7 +66,7 @@ def check(arena, model: str, candidate: BackendSpec, task: str = "auto", prompts
             result = arena.run_image_to_end(request, progress, cancel)
         else:
             request = TextRunRequest(model=model, prompt=prompt, backends=(reference, candidate),
-                                     max_new_tokens=max_new_tokens, warmup=0, reference="0")
+                                     max_new_tokens=max_new_tokens, warmup=0, reference="0", localize=localize)
             result = arena.run_text_to_end(request, progress, cancel)
         if result.error:
             out["error"] = result.error
@@ -77,6 +82,10 @@ def check(arena, model: str, candidate: BackendSpec, task: str = "auto", prompts
             "reference_output": ref.text if task == "text" else None,
         })
     out["broken"] = out["error"] is not None or any(c["verdict"]["broken"] for c in out["checks"])
+    localized = next((c["verdict"]["metrics"] for c in out["checks"] if "where" in c["verdict"]["metrics"]), None)
+    out["where"] = localized["where"] if localized else None
+    if localized and localized["where"] is None:
+        out["where_unavailable"] = localized.get("where_unavailable")
     return out
 
 
@@ -90,5 +99,13 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"{verdict['kind']:<9} {check_['prompt'][:48]!r}: {verdict['reason']}")
         if ref["broken"]:
             lines.append(f"{'':<9} (the reference itself is {ref['kind']}: {ref['reason']})")
+    where = report.get("where")
+    if where and where.get("unit"):
+        lines.append(f"{'WHERE':<9} {where['unit']} (relative error {where['error']:.3g}, tolerance "
+                     f"{where['threshold']:g}): {where['cause']}")
+    elif where:
+        lines.append(f"{'WHERE':<9} no layer breaks" + (f": {where['cause']}" if where.get("cause") else ""))
+    elif report.get("where_unavailable"):
+        lines.append(f"{'WHERE':<9} not localized: {report['where_unavailable']}")
     lines.append(("BROKEN: " if report["broken"] else "OK: ") + BackendSpec.from_any(report["candidate"]).label)
     return lines

@@ -6,9 +6,11 @@ failed), GIBBERISH, EMPTY, ERROR. Image: MATCH, DIFFERENT, BLANK, NOISE, NAN,
 ERROR. Every output is first judged on its own (so a broken reference cannot hide a problem), then against the
 reference backend of the run. Pure numpy (and scikit-image for SSIM): the core runs this in the UI process.
 
-Tolerances depend on the candidate's precision (`TEXT_TOLERANCES`, `IMAGE_TOLERANCES`); the thresholds of the
-stand-alone detectors (`GIBBERISH_NLL`, `LOOP_*`, `BLANK_STD`, `NOISE_CORRELATION`) were set on the labelled
-corpus in tests/corpus/ and are held to it by tests/test_verdicts.py.
+Tolerances depend on the candidate's precision class (`TEXT_TOLERANCES`, `IMAGE_TOLERANCES`, keyed by
+`backends.base.PRECISION_CLASSES`): each backend maps its own precision names onto a class
+(`Backend.tolerance_class`: a GGUF type, ONNX Runtime's int8-dynamic), so no backend's vocabulary lives here.
+The thresholds of the stand-alone detectors (`GIBBERISH_NLL`, `LOOP_*`, `BLANK_STD`, `NOISE_CORRELATION`) were
+set on the labelled corpus in tests/corpus/ and are held to it by tests/test_verdicts.py.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from arena.judging.image_metrics import psnr
+from arena.registry import backend_class, tolerance_class
 
 TEXT_BROKEN = {"GIBBERISH", "EMPTY", "ERROR", "WRONG", "LOSSY"}
 IMAGE_BROKEN = {"DIFFERENT", "BLANK", "NOISE", "NAN", "ERROR"}
@@ -30,17 +33,9 @@ TEXT_TOLERANCES = {"fp32": (1e-2, 1e-3), "fp16": (0.5, 2e-2), "bf16": (1.0, 5e-2
 
 
 def text_tolerance(precision: str) -> tuple[float, float]:
-    """The first-step logits tolerance of a precision: one of `TEXT_TOLERANCES`, or a GGUF quantization type
-    (llama.cpp): Q8_0 is 8-bit, every other quantized type (Q2_K to Q6_K, IQ*, TQ*, MXFP4) at most 6 bits; an
-    unknown name is held to fp32."""
-    if precision in TEXT_TOLERANCES:
-        return TEXT_TOLERANCES[precision]
-    name = precision.upper()
-    if name.startswith("Q8"):
-        return TEXT_TOLERANCES["int8"]
-    if name.startswith(("Q", "IQ", "TQ", "MXFP")):
-        return TEXT_TOLERANCES["int4"]
-    return TEXT_TOLERANCES["fp32"]
+    """The first-step logits tolerance of a precision: its class's in `TEXT_TOLERANCES`, the class as the backends
+    map the name (`arena.registry.tolerance_class`: "Q8_0" -> int8); an unknown name is held to fp32."""
+    return TEXT_TOLERANCES[tolerance_class(precision)]
 
 
 # Teacher-forced quality a precision other than the reference's must keep (llama.cpp's perplexity figures): at
@@ -83,11 +78,12 @@ class Verdict:
 
 
 def reference_index(value: str | int | None, specs) -> int:
-    """Which backend of the run is the reference: "auto" is the first PyTorch fp32 (else the first backend); or
-    an index, a backend name ("onnxruntime") or a label ("PyTorch · cpu · fp32")."""
+    """Which backend of the run is the reference: "auto" is the first configuration its backend says can be the
+    reference (`Backend.can_be_reference`: PyTorch fp32), else the first backend; or an index, a backend name or a
+    label ("PyTorch · cpu · fp32")."""
     value = "auto" if value in (None, "") else value
     if value == "auto":
-        return next((i for i, s in enumerate(specs) if s.backend == "pytorch" and s.get("precision") == "fp32"), 0)
+        return next((i for i, s in enumerate(specs) if backend_class(s.backend).can_be_reference(s.options)), 0)
     if isinstance(value, int) or str(value).isdigit():
         index = int(value)
         if 0 <= index < len(specs):
@@ -285,13 +281,15 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
                reference_ids: list[int] | tuple[int, ...] | None = None, is_reference: bool = False,
                logits: dict[str, float] | None = None, unk_token_id: int | None = None,
                nll: float | None = None, quality: dict[str, Any] | None = None,
-               reference_precision: str | None = None, reference_failed: str | None = None) -> Verdict:
+               reference_precision: str | None = None, reference_failed: str | None = None,
+               precision_class: str | None = None) -> Verdict:
     """One text output's verdict: on its own first, then against the reference's token ids, logits and
     teacher-forced next-token distributions.
 
-    ``precision`` is the candidate's (detected from a user's graph where possible), ``reference_precision`` the
-    reference's (None: assume the same). ``reference_failed``: why the reference has no usable output (then the
-    candidate is NOT COMPARED, never MATCH)."""
+    ``precision`` is the candidate's in its backend's words (detected from a user's graph where possible; "Q4_1"),
+    ``precision_class`` the class its backend maps it to (`Backend.tolerance_class`; None: looked up by name), which
+    picks the tolerances; ``reference_precision`` the reference's (None: assume the same). ``reference_failed``:
+    why the reference has no usable output (then the candidate is NOT COMPARED, never MATCH)."""
     if error:
         return Verdict("ERROR", error.splitlines()[0][:300], True)
     signals = text_signals(text, token_ids, unk_token_id, nll)
@@ -319,7 +317,8 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
     first = next((i for i, (a, b) in enumerate(zip(ids, ref, strict=False)) if a != b), min(len(ids), len(ref)))
     metrics |= {"agreement": round(same / max(len(ref), len(ids), 1), 3), "first_divergence": first
                 if ids != ref else None}
-    abs_tol, rel_tol = text_tolerance(precision)
+    klass = precision_class or tolerance_class(precision)
+    abs_tol, rel_tol = TEXT_TOLERANCES[klass]
     within = logits is None or (logits["max_abs"] <= abs_tol or logits["max_rel"] <= rel_tol)
     # Which bound passed, when only the relative one did (a large logit scale makes the absolute error large).
     relative = (f"; passed by its relative error {logits['max_rel']:.2g} ≤ {rel_tol:g}"
@@ -329,10 +328,10 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
         f"({'within' if within else 'over'} the {precision} tolerance {abs_tol:g}{relative})")
     quality_note = f"; {quality_sentence(quality)}" if _measured(quality) else ""
     same_precision = precision == (reference_precision or precision)
-    onset = sequence_onset(quality, precision) if _measured(quality) else None
+    onset = sequence_onset(quality, klass) if _measured(quality) else None
     if onset is not None:
         metrics["onset"] = onset
-    floor = SAME_PRECISION_FLOOR.get(precision)
+    floor = SAME_PRECISION_FLOOR.get(klass)
     if (same_precision and floor is not None and _measured(quality)
             and (quality["top1"] < floor[0] or quality["kl"] > floor[1])):
         where = _onset_sentence(onset)
@@ -409,7 +408,10 @@ def image_signals(image: np.ndarray) -> dict[str, Any]:
 
 
 def judge_image(image: np.ndarray | None, precision: str, *, error: str | None = None,
-                reference: np.ndarray | None = None, is_reference: bool = False) -> Verdict:
+                reference: np.ndarray | None = None, is_reference: bool = False,
+                precision_class: str | None = None) -> Verdict:
+    """One image's verdict: on its own (NaN, blank, noise), then against the reference's image (PSNR or SSIM within
+    the tolerance of ``precision_class``, the class its backend maps ``precision`` to; None: looked up by name)."""
     if error:
         kind = "NAN" if "NaN" in error else "ERROR"
         return Verdict(kind, error.splitlines()[0][:300], True)
@@ -434,7 +436,7 @@ def judge_image(image: np.ndarray | None, precision: str, *, error: str | None =
                        True, metrics)
     db, structure = psnr(image, reference), ssim(image, reference)
     metrics |= {"psnr_db": None if db == float("inf") else round(db, 2), "ssim": round(structure, 4)}
-    min_db, min_ssim = IMAGE_TOLERANCES.get(precision, IMAGE_TOLERANCES["fp32"])
+    min_db, min_ssim = IMAGE_TOLERANCES.get(precision_class or tolerance_class(precision), IMAGE_TOLERANCES["fp32"])
     shown = "∞" if db == float("inf") else f"{db:.1f}"
     if db >= min_db or structure >= min_ssim:
         return Verdict("MATCH", f"PSNR {shown} dB, SSIM {structure:.3f} vs the reference", False, metrics)

@@ -26,6 +26,7 @@ from arena.preparing.catalog import (
     IMAGE_CATALOG,
     IMAGE_EXAMPLE_PROMPTS,
 )
+from arena.registry import DEMO_EXPORT_BACKEND, default_reference
 from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
 
 DEMO_TEXT_KIND = "demo-broken-text"
@@ -85,14 +86,15 @@ class BrokenConversions:
         self._lock = threading.Lock()
 
     def _good_export(self, task: str, progress) -> Path:
-        """The cached good export of the default model (made by an operator run of ONNX Runtime if missing)."""
+        """The cached good export of the default model (made by an operator run of the export backend,
+        `DEMO_EXPORT_BACKEND`, if missing)."""
         if task == "text":
             request = TextRunRequest(model=DEFAULT_TEXT_MODEL, prompt=EXAMPLE_PROMPTS[0], max_new_tokens=1,
-                                     warmup=0, backends=(BackendSpec("onnxruntime"),))
+                                     warmup=0, backends=(BackendSpec(DEMO_EXPORT_BACKEND),))
             result = self.arena.run_text_to_end(request, progress, operator=True)
         else:
             request = ImageRunRequest(model=DEFAULT_IMAGE_MODEL, prompt=IMAGE_EXAMPLE_PROMPTS[0], steps=1,
-                                      backends=(BackendSpec("onnxruntime"),))
+                                      backends=(BackendSpec(DEMO_EXPORT_BACKEND),))
             result = self.arena.run_image_to_end(request, progress, operator=True)
         found = result.results[0] if result.results else None
         if result.error or found is None or found.error or not (found.load and found.load.artifact_dir):
@@ -118,17 +120,21 @@ class BrokenConversions:
             self.arena.policy.trust_path(str(path))
             return path
 
+    def _candidate(self, task: str, broken: bool, progress) -> BackendSpec:
+        """The export backend on the broken export (its folder as the "onnx_dir" option), or on its own good one."""
+        if not broken:
+            return BackendSpec(DEMO_EXPORT_BACKEND)
+        return BackendSpec(DEMO_EXPORT_BACKEND, onnx_dir=str(self.broken_export(task, progress)))
+
     def text_request(self, broken: bool = True, progress=lambda *_: None) -> TextRunRequest:
-        """PyTorch (the reference) next to ONNX Runtime on the broken export (or on the good one)."""
-        candidate = BackendSpec("onnxruntime", onnx_dir=str(self.broken_export("text", progress))) if broken \
-            else BackendSpec("onnxruntime")
+        """The reference (PyTorch fp32) next to the export backend on the broken export (or on the good one)."""
         return TextRunRequest(model=DEFAULT_TEXT_MODEL, prompt=EXAMPLE_PROMPTS[0], max_new_tokens=TEXT_DEMO_TOKENS,
-                              warmup=0, backends=(BackendSpec("pytorch"), candidate))
+                              warmup=0, backends=(BackendSpec(default_reference()),
+                                                  self._candidate("text", broken, progress)))
 
     def image_request(self, broken: bool = True, progress=lambda *_: None) -> ImageRunRequest:
-        candidate = BackendSpec("onnxruntime", onnx_dir=str(self.broken_export("image", progress))) if broken \
-            else BackendSpec("onnxruntime")
         entry = IMAGE_CATALOG[0]
         return ImageRunRequest(model=DEFAULT_IMAGE_MODEL, prompt=IMAGE_EXAMPLE_PROMPTS[0], steps=entry.steps,
                                guidance_scale=entry.guidance_scale, seed=0,
-                               backends=(BackendSpec("pytorch"), candidate))
+                               backends=(BackendSpec(default_reference()),
+                                         self._candidate("image", broken, progress)))

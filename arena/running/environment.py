@@ -1,6 +1,8 @@
 """What this machine can run, found out in a child process so the UI process never imports torch or onnxruntime.
 
-`probe_environment()` runs ``python -m arena.running.environment`` and reads the JSON it prints.
+`probe_environment()` runs ``python -m arena.running.environment`` and reads the JSON it prints. Each backend
+gathers its runtime's facts (`Backend.collect_facts`) and says what they mean for people (`Backend.machine_facts`,
+merged by `runtime_facts`): nothing here knows a runtime by name.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from arena.running.resources import cpu_budget, memory_limit_bytes
@@ -57,8 +60,10 @@ def collect() -> dict[str, Any]:
     """Gather the facts (each backend's `collect_facts` imports its runtime: call this only in a child process).
 
     The machine's facts come first, then each registered backend's; backends on one runtime share a key
-    ("torch"), and the first to report it wins.
+    ("torch"), and the first to report it wins. "endpoints" names the model servers the operator configured
+    (names only: their URLs reach only the workers, through a backend's load context).
     """
+    from arena.public.policy import configured_endpoints
     from arena.registry import all_backends
 
     backends = all_backends()
@@ -82,6 +87,7 @@ def collect() -> dict[str, Any]:
     limit = memory_limit_bytes()
     facts["memory_limit_gb"] = round(limit / 2**30, 1) if limit else None
     facts["copy_bandwidth_gbs"] = copy_bandwidth_gbs()
+    facts["endpoints"] = list(configured_endpoints())
 
     for name, cls in backends.items():
         try:
@@ -93,11 +99,23 @@ def collect() -> dict[str, Any]:
     return facts
 
 
-def provider_summary(ort_facts: dict[str, Any]) -> str:
-    """The providers onnxruntime lists, each GPU one that did not start marked so (see `provider_status`)."""
-    status = ort_facts.get("provider_status", {})
-    return ", ".join(p + ("" if status.get(p, {}).get("ok", True) else " (listed, but cannot start here)")
-                     for p in ort_facts.get("providers", [])) or "-"
+def runtime_facts(env: Mapping[str, Any]) -> dict[str, Any]:
+    """What the registered backends' runtimes say of this machine (`Backend.machine_facts`), merged for the
+    Environment tab and reports: {"runtimes": one line per runtime, "gpus": [{"name", "capability", "memory_gb"}],
+    "gpus_seen_by": the title of the backend that looked (None: none did), "cuda", "driver"}. For gpus, cuda and
+    driver the first backend in registry order that says wins."""
+    from arena.registry import all_backends
+
+    merged: dict[str, Any] = {"runtimes": [], "gpus": [], "gpus_seen_by": None, "cuda": None, "driver": None}
+    for cls in all_backends().values():
+        facts = cls.machine_facts(env)
+        if facts.get("runtime") and facts["runtime"] not in merged["runtimes"]:
+            merged["runtimes"].append(facts["runtime"])
+        if merged["gpus_seen_by"] is None and "gpus" in facts:
+            merged["gpus"], merged["gpus_seen_by"] = list(facts["gpus"] or []), cls.title
+        for key in ("cuda", "driver"):
+            merged[key] = merged[key] or facts.get(key)
+    return merged
 
 
 def probe_environment(python: str | None = None) -> dict[str, Any]:

@@ -31,13 +31,22 @@ STREAM_INTERVAL_S = 0.25  # how often a generating backend's answer so far reach
 
 
 def load_context(cache: ArtifactCache, progress, secrets: dict[str, str] | None = None) -> LoadContext:
-    """What a backend loads with: the artifact cache, progress, and conversions in isolated processes (their
-    output goes to this worker's log)."""
+    """What a backend loads with: the artifact cache, progress, conversions in isolated processes (their output
+    goes to this worker's log), and what the server knows that a backend must not import the core for: its
+    secrets (given), the model servers its operator configured, the files it ships for the embedded model."""
+    from arena.public.policy import configured_endpoints
+
     def isolated(target: str, *args: Any, description: str, progress=progress) -> Any:
         return run_isolated(target, *args, description=description, progress=progress,
                             log_path=os.environ.get("ARENA_WORKER_LOG"))
 
-    return LoadContext(cache=cache, progress=progress, isolated=isolated, secrets=dict(secrets or {}))
+    def embedded(model: Any, kind: str, progress=progress) -> Any:
+        from arena.preparing.prepare import embedded_model_file
+
+        return embedded_model_file(model, kind, cache.root, progress)
+
+    return LoadContext(cache=cache, progress=progress, isolated=isolated, secrets=dict(secrets or {}),
+                       endpoints=configured_endpoints(), embedded=embedded)
 
 
 def summarize_generation(start: float, stamps: list[float], end: float) -> dict[str, Any]:
@@ -273,6 +282,22 @@ class BackendHost:
             step_times_s=tuple(step_times),
         )
         return BackendImageResult(spec=spec, image=image, timings=timings, load=load)
+
+    def layer_outputs(self, prepared: PreparedText, spec: BackendSpec, units: list[str] | None,
+                      progress) -> dict[str, Any]:
+        """Where did it break: one forward pass over the prompt with each unit's output kept. ``units`` None (the
+        reference): this model's own units, returned with the outputs as {"units": [...], "outputs": {...}};
+        else the outputs of those units this backend can expose. {"unavailable": why} when it exposes none."""
+        self._ensure_loaded(prepared, spec, progress)
+        progress(None, f"{spec.label}: each layer's output over the prompt", force=True)
+        try:
+            names = self.backend.layer_units() if units is None else list(units)
+            outputs = self.backend.layer_outputs(list(prepared.prompt_token_ids), names)
+        except NotImplementedError as exc:
+            return {"unavailable": str(exc)}
+        if not outputs:
+            return {"unavailable": f"{spec.label} exposes none of the reference's modules by name"}
+        return {"units": names, "outputs": outputs}
 
     def unload(self, progress=None) -> None:
         self.backend.unload()

@@ -11,9 +11,10 @@ import threading
 import time
 
 from arena.preparing.catalog import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, EXAMPLE_PROMPTS, IMAGE_EXAMPLE_PROMPTS
+from arena.registry import DEFAULT_BACKENDS
 from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
 
-BACKENDS = (BackendSpec("pytorch"), BackendSpec("onnxruntime"))
+BACKENDS = tuple(BackendSpec(name) for name in DEFAULT_BACKENDS)  # what a visitor's first run compares
 
 
 def default_requests() -> list:

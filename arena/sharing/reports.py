@@ -25,9 +25,18 @@ from arena.public.secrets import REDACTED, SECRET_NAME, SECRET_SHAPES, scrub, sc
 from arena.types import REQUESTS
 
 REPORT_FORMAT = "backend-arena-report/1"
-# The versions a runtime's issue tracker asks for, in this order.
-REPORT_PACKAGES = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "onnxruntime-gpu",
-                   "tensorrt", "diffusers", "accelerate", "gradio")
+# The versions a runtime's issue tracker asks for: each backend's packages (`Backend.distributions`), then these.
+COMMON_PACKAGES = ("transformers", "diffusers", "accelerate", "gradio")
+
+
+def report_packages() -> tuple[str, ...]:
+    """The packages whose versions a report lists first: the backends' own in registry order, then the common ones."""
+    from arena.registry import all_backends
+
+    found: list[str] = []
+    for cls in all_backends().values():
+        found += [d for d in cls.distributions() if d not in found]
+    return (*found, *(d for d in COMMON_PACKAGES if d not in found))
 
 
 # --- statistics ----------------------------------------------------------------------------------------------
@@ -97,17 +106,21 @@ def _installed(dist: str) -> str | None:
 
 
 def environment_summary(env: dict[str, Any]) -> dict[str, Any]:
-    """The facts an issue needs: OS, CPU, GPU and driver, CUDA, package versions, ONNX Runtime providers.
+    """The facts an issue needs: OS, CPU, GPU and driver, CUDA, package versions, what each runtime says (its
+    version; ONNX Runtime's providers), as the backends word it (`arena.running.environment.runtime_facts`).
 
     Versions come from the probe (the workers' interpreter); one the probe did not list is read from this
     interpreter's package metadata (no import)."""
+    from arena.running.environment import runtime_facts
+
     versions = dict(env.get("versions") or {})
-    for dist in REPORT_PACKAGES:
+    packages = report_packages()
+    for dist in packages:
         if versions.get(dist) is None and dist not in versions:
             versions[dist] = _installed(dist)
-    torch_facts, ort = env.get("torch") or {}, env.get("onnxruntime") or {}
+    runtimes = runtime_facts(env)
     cpu = env.get("cpu") or {}
-    gpus = torch_facts.get("devices") or []
+    gpus = runtimes["gpus"]
     return {
         "os": env.get("platform"),
         "python": env.get("python"),
@@ -115,10 +128,10 @@ def environment_summary(env: dict[str, Any]) -> dict[str, Any]:
                 else f"{env.get('cpu_count')} cores"),
         "memory_gb": env.get("memory_gb"),
         "gpu": [g if isinstance(g, str) else g.get("name", str(g)) for g in gpus] or None,
-        "driver": torch_facts.get("driver") or env.get("nvidia_driver") or (env.get("gpu") or {}).get("driver"),
-        "cuda": torch_facts.get("cuda_build") or ort.get("cuda_version"),
-        "versions": {d: versions.get(d) for d in (*REPORT_PACKAGES, *sorted(set(versions) - set(REPORT_PACKAGES)))},
-        "onnxruntime_providers": ort.get("providers") or [],
+        "driver": runtimes["driver"] or env.get("nvidia_driver") or (env.get("gpu") or {}).get("driver"),
+        "cuda": runtimes["cuda"],
+        "versions": {d: versions.get(d) for d in (*packages, *sorted(set(versions) - set(packages)))},
+        "runtimes": runtimes["runtimes"],
     }
 
 
@@ -234,6 +247,21 @@ def report_markdown(run: dict[str, Any], task: str, heatmaps: Mapping[int, str] 
         lines.append(f"| {r['label']}{' (reference)' if r is reference else ''} | **{kind}** | "
                      f"{_evidence_cells(r, task)} | {reason} |")
 
+    wheres = [(r, (r.get("verdict") or {}).get("metrics") or {}) for r in results]
+    wheres = [(r, m) for r, m in wheres if "where" in m]
+    if wheres:
+        lines += ["", "### Where did it break", "",
+                  "| Backend | First divergent unit | Error (tolerance) | Likely cause |", "|---|---|---|---|"]
+        for r, m in wheres:
+            where = m["where"]
+            if where is None:
+                lines.append(f"| {r['label']} | – | – | not localized: {m.get('where_unavailable', '')} |")
+            else:
+                unit = f"`{where['unit']}`" if where["unit"] else "none"
+                error = f"{where['error']:.3g} ({where['threshold']:g})" if where["unit"] else \
+                    f"all within {where['threshold']:g}"
+                lines.append(f"| {r['label']} | {unit} | {error} | {where.get('cause') or '–'} |")
+
     differing = []
     for index, r in enumerate(results):
         if r is reference or r.get("error") or reference is None:
@@ -289,7 +317,7 @@ def report_markdown(run: dict[str, Any], task: str, heatmaps: Mapping[int, str] 
               f"- CPU: {env['cpu']}; memory {env['memory_gb']} GB",
               f"- GPU: {', '.join(env['gpu']) if env['gpu'] else 'none'}; driver {env['driver'] or '–'}; "
               f"CUDA {env['cuda'] or '–'}",
-              f"- ONNX Runtime providers: {', '.join(env['onnxruntime_providers']) or '–'}",
+              f"- Runtimes: {'; '.join(env['runtimes']) or '–'}",
               "- Versions: " + ", ".join(f"{d} {v or 'not installed'}" for d, v in env["versions"].items()),
               "", "### Reproduce", "", "```bash", reproduce_command(run, task), "```", "",
               "*Made by Backend Arena.*"]

@@ -1,0 +1,213 @@
+"""The project's layout rules, read from the source with `ast` (nothing is imported but the registry):
+
+- imports have no loops: no module of arena/, ui/, backends/ or app.py imports, even inside a function, a module
+  that imports it back;
+- imports go one way, app -> ui -> arena -> backends, and a backend takes from the core only what
+  `BACKENDS_MAY_IMPORT` lists;
+- the core knows no backend by name: outside arena/registry.py no module of arena/ or ui/ holds a registered
+  backend's name or alias as a string (a backend is asked through the registry: its options, precisions, colour,
+  whether it can be the reference), but for the short list of reasons in `ALLOWED_NAMES`.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+from arena.registry import BACKENDS, all_backends
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("arena", "ui", "backends")
+
+# (file, where: the function, class or module-level name holding it, the string): why it may name a backend.
+ALLOWED_NAMES = {
+    ("arena/running/host.py", "_gpu_mb", "torch"): "the torch Python module in sys.modules (the worker's GPU memory "
+                                                   "in use, whatever the backend), not the PyTorch backend",
+    ("ui/api.py", "HEAVY_MODULES", "torch"): "Python modules the UI process must never import (a test of it)",
+    ("ui/api.py", "HEAVY_MODULES", "onnxruntime"): "Python modules the UI process must never import (a test of it)",
+    ("ui/api.py", "HEAVY_MODULES", "tensorrt"): "Python modules the UI process must never import (a test of it)",
+}
+
+
+def project_files() -> dict[str, Path]:
+    """Every module of the project's code by dotted name ("arena.types"; a package by its own name)."""
+    files = {"app": ROOT / "app.py"}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return files
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def imports_of(path: Path, module: str, modules: set[str]) -> set[str]:
+    """The project modules ``module`` imports, at its top or inside functions; imports under ``if TYPE_CHECKING:``
+    are left out (they never run). ``from a.b import c`` is a.b.c when that is a module, else a.b; an import of a
+    submodule counts as an edge to that submodule only (not to the packages above it, whose ``__init__`` Python
+    also runs)."""
+    is_package = path.name == "__init__.py"
+    found: set[str] = set()
+
+    def known(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(filter(None, (known(alias.name) for alias in node.names)))
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                package = module if is_package else module.rpartition(".")[0]
+                for _ in range(node.level - 1):
+                    package = package.rpartition(".")[0]
+                base = f"{package}.{base}" if base else package
+            for alias in node.names:
+                target = known(f"{base}.{alias.name}") if f"{base}.{alias.name}" in modules else known(base)
+                if target:
+                    found.add(target)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    return found - {module}
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = project_files()
+    return {module: imports_of(path, module, set(files)) for module, path in files.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One import loop per strongly connected group of modules (Tarjan), each as a path back to its start."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[set[str]] = []
+
+    def connect(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                connect(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = set()
+            while True:
+                member = stack.pop()
+                group.add(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                groups.append(group)
+
+    for node in sorted(graph):
+        if node not in index:
+            connect(node)
+    return [_loop_in(group, graph) for group in groups]
+
+
+def _loop_in(group: set[str], graph: dict[str, set[str]]) -> list[str]:
+    """A shortest loop through the first module of ``group`` (breadth first inside the group)."""
+    start = min(group)
+    paths = {start: [start]}
+    queue = [start]
+    while queue:
+        node = queue.pop(0)
+        for nxt in sorted(graph[node] & group):
+            if nxt == start:
+                return paths[node] + [start]
+            if nxt not in paths:
+                paths[nxt] = paths[node] + [nxt]
+                queue.append(nxt)
+    return sorted(group)
+
+
+def test_no_import_loop_among_the_projects_modules():
+    """Imports under ``if TYPE_CHECKING:`` are left out: they never run (backends/base.py names arena.types' classes
+    that way, while arena.types asks the registry, which imports backends.base)."""
+    graph = import_graph()
+    assert {"app", "arena.core", "ui.charts", "backends.base", "backends.onnxruntime.backend"} <= set(graph)
+    assert "backends.base" in graph["arena.registry"] and "arena.registry" in graph["arena.types"]
+    assert "arena.types" not in graph["backends.base"]  # only under TYPE_CHECKING
+    loops = cycles(graph)
+    assert not loops, "import loops (each: a module, what it imports, ... back to it):\n" + "\n".join(
+        " -> ".join(loop) for loop in loops)
+
+
+BACKENDS_MAY_IMPORT = ("arena.errors", "arena.types", "arena.running.resources")
+
+
+def test_imports_go_one_way():
+    """app -> ui -> arena -> backends; a backend takes from the core only its errors, its types and the CPU budget:
+    what the server knows (secrets, configured endpoints, embedded files) comes in its load context."""
+    problems = []
+    for module, imported in sorted(import_graph().items()):
+        layer = module.partition(".")[0]
+        for target in sorted(imported):
+            other = target.partition(".")[0]
+            if (layer == "arena" and other in ("ui", "app")) or (layer == "ui" and other == "app"):
+                problems.append(f"{module} imports {target} (a layer above it)")
+            elif layer == "backends" and other in ("ui", "app"):
+                problems.append(f"{module} imports {target} (a layer above it)")
+            elif layer == "backends" and other == "arena" and target not in BACKENDS_MAY_IMPORT:
+                problems.append(f"{module} imports {target} (take it from the LoadContext instead)")
+    assert not problems, "\n".join(problems)
+
+
+def backend_names() -> set[str]:
+    """Every registered backend's name and its class's aliases."""
+    return set(BACKENDS) | {alias for cls in all_backends().values() for alias in cls.aliases}
+
+
+def strings_with_scope(tree: ast.Module) -> Iterator[tuple[str, ast.Constant]]:
+    """Each string constant of a module with where it sits: its innermost function or class, or the module-level
+    name it is assigned to ("" elsewhere at module level)."""
+    def walk(node: ast.AST, scope: str) -> Iterator[tuple[str, ast.Constant]]:
+        for child in ast.iter_child_nodes(node):
+            inner = scope
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                inner = child.name
+            elif isinstance(node, ast.Module) and isinstance(child, (ast.Assign, ast.AnnAssign)):
+                targets = child.targets if isinstance(child, ast.Assign) else [child.target]
+                inner = next((t.id for t in targets if isinstance(t, ast.Name)), "")
+            if isinstance(child, ast.Constant) and isinstance(child.value, str):
+                yield scope, child
+            yield from walk(child, inner)
+
+    yield from walk(tree, "")
+
+
+def test_no_backend_name_in_the_core_or_the_ui():
+    names = backend_names()
+    assert {"pytorch", "onnxruntime", "torch", "ort"} <= names
+    found, used = [], set()
+    for package in ("arena", "ui"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            relative = path.relative_to(ROOT).as_posix()
+            if relative == "arena/registry.py":
+                continue
+            for scope, node in strings_with_scope(ast.parse(path.read_text())):
+                value = node.value.strip().lower()
+                if value not in names:
+                    continue
+                if (relative, scope, value) in ALLOWED_NAMES:
+                    used.add((relative, scope, value))
+                    continue
+                found.append(f"{relative}:{node.lineno} ({scope or 'module'}) names the backend {node.value!r}")
+    assert not found, ("ask the backend through arena.registry instead (or add a reason to ALLOWED_NAMES):\n"
+                       + "\n".join(found))
+    assert used == set(ALLOWED_NAMES), f"stale ALLOWED_NAMES entries: {sorted(set(ALLOWED_NAMES) - used)}"
