@@ -428,6 +428,13 @@ class Arena:
         if not targets or not ref.ok or (cancel is not None and cancel.is_set()):
             return results
         progress(None, "Where did it break: each layer's output against the reference")
+        cap = self.policy.limits.max_localize_parameters
+        if self.policy.public and (prepared.parameters or cap + 1) > cap:
+            why = (f"this public server localizes models up to {cap / 1e6:.0f}M parameters (a second session of "
+                   "the candidate runs beside it); run it locally with `python -m arena check --localize`")
+            return [dataclasses.replace(r, verdict=dataclasses.replace(
+                r.verdict, metrics=r.verdict.metrics | {"where": None, "where_unavailable": why}))
+                if i in targets else r for i, r in enumerate(results)]
 
         def outputs(spec, units):
             try:

@@ -13,16 +13,8 @@ from arena.core import Arena
 from arena.judging.verdicts import difference_heatmap
 from arena.preparing.catalog import IMAGE_CATALOG, IMAGE_EXAMPLE_PROMPTS, find_image_catalog_model
 from arena.types import ImageRunRequest, ImageRunResult
+from ui import controls as ctl
 from ui.charts import image_latency_figure
-from ui.controls import (
-    BackendOptionControls,
-    build_backend_controls,
-    example_prompts,
-    field_widget,
-    reference_dropdown,
-    run_row,
-    wire_run,
-)
 from ui.demos import BROKEN_IMAGE, GOOD_IMAGE
 from ui.downloads import show_and_keep
 from ui.format import idle_panel, image_metrics, image_summary, panel_header
@@ -34,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 class ImagePanel:
     name: str
     title: str
-    controls: BackendOptionControls
+    controls: ctl.BackendOptionControls
     header: gr.Markdown
     image: gr.Image
     heatmap: gr.Image
@@ -100,23 +92,23 @@ def build_image_tab(arena: Arena) -> ImageTab:
                                 info="Pick one, or type a diffusers hub id" + ("." if public else
                                                                                 " or local pipeline folder."))
             notes = gr.Markdown(image_model_notes(field("model").default), elem_classes=["arena-notes"])
-            controls = build_backend_controls(backend_options, "image-", "image", allow_paths=not public)
+            controls = ctl.build_backend_controls(backend_options, "image-", "image", allow_paths=not public)
             widgets = {"model": model,
-                       "reference": reference_dropdown(backend_options, "image-reference", "image")}
+                       "reference": ctl.reference_dropdown(backend_options, "image-reference", "image")}
         with gr.Column(scale=3):
             widgets["prompt"] = gr.Textbox(IMAGE_EXAMPLE_PROMPTS[0], lines=2, label=field("prompt").label,
                                            elem_id="image-prompt")
             widgets["negative_prompt"] = gr.Textbox("", label=field("negative_prompt").label,
                                                     elem_id="image-negative")
-            example_prompts(widgets["prompt"], IMAGE_EXAMPLE_PROMPTS, "image-examples")
+            ctl.example_prompts(widgets["prompt"], IMAGE_EXAMPLE_PROMPTS, "image-examples")
             with gr.Row(elem_id="image-demos"):
                 demo_broken = gr.Button(BROKEN_IMAGE, size="sm", elem_id="demo-broken-image")
                 demo_good = gr.Button(GOOD_IMAGE, size="sm", elem_id="demo-good-image")
             with gr.Row():
                 for info in ImageRunRequest.fields():
                     if info.name not in widgets and info.kind != "backends":
-                        widgets[info.name] = field_widget(info, arena.policy, elem_id=f"image-{info.name}")
-            run, stop, status, share = run_row("image", "image-status")
+                        widgets[info.name] = ctl.field_widget(info, arena.policy, elem_id=f"image-{info.name}")
+            run, stop, status, share = ctl.run_row("image", "image-status")
             gr.HTML("<div class='arena-notes' id='heatmap-scale'>Under each image, its difference to the "
                     "reference: <span class='arena-scale-bar'></span> black: the same pixel; red, then yellow: "
                     "up to 64 or more levels (of 255) apart, averaged over red, green and blue.</div>")
@@ -149,7 +141,7 @@ def build_image_tab(arena: Arena) -> ImageTab:
         yield from show_and_keep(arena, tab, "image", arena.run_image(request, progress=progress, cancel=cancel),
                                  lambda result: render_image_run(tab, result, selected, arena.public_view), http)
 
-    wire_run(arena, tab, ImageRunRequest, tab.panels, execute, image_model_notes,
+    ctl.wire_run(arena, tab, ImageRunRequest, tab.panels, execute, image_model_notes,
              ((demo_broken, demo_good), arena.demos.image_request))
     return tab
 

@@ -11,16 +11,8 @@ import gradio as gr
 from arena.core import Arena
 from arena.preparing.catalog import CATALOG, EXAMPLE_PROMPTS, PROMPT_FORMATS, find_catalog_model
 from arena.types import TextRunRequest
+from ui import controls as ctl
 from ui.charts import position_kl_figure, speed_quality_figure, text_latency_figure, where_figure
-from ui.controls import (
-    BackendOptionControls,
-    build_backend_controls,
-    example_prompts,
-    field_widget,
-    reference_dropdown,
-    run_row,
-    wire_run,
-)
 from ui.demos import BROKEN_TEXT, GOOD_TEXT
 from ui.downloads import show_and_keep
 from ui.format import idle_panel, panel_header, panel_metrics, run_summary
@@ -32,7 +24,7 @@ class BackendControls:
 
     name: str
     title: str
-    controls: BackendOptionControls
+    controls: ctl.BackendOptionControls
     header: gr.Markdown
     answer: gr.Textbox
     metrics: gr.Markdown
@@ -95,25 +87,25 @@ def build_text_tab(arena: Arena) -> TextTab:
             notes = gr.Markdown(model_notes(field("model").default), elem_classes=["arena-notes"])
             prompt_format = gr.Dropdown(choices=[(f.label, f.name) for f in PROMPT_FORMATS.values()],
                                         value=field("prompt_format").default, label=field("prompt_format").label)
-            controls = build_backend_controls(backend_options, "", "text", allow_paths=not public)
+            controls = ctl.build_backend_controls(backend_options, "", "text", allow_paths=not public)
             widgets = {"model": model, "prompt_format": prompt_format}
             for info in TextRunRequest.fields():
                 if info.name not in widgets and info.kind != "backends" and info.name not in ("prompt", "reference") \
                         and info.group != "timing":
-                    widgets[info.name] = field_widget(info, arena.policy, elem_id=f"text-{info.name}")
-            widgets["reference"] = reference_dropdown(backend_options, "text-reference", "text")
+                    widgets[info.name] = ctl.field_widget(info, arena.policy, elem_id=f"text-{info.name}")
+            widgets["reference"] = ctl.reference_dropdown(backend_options, "text-reference", "text")
             with gr.Accordion("Timing protocol", open=False):
                 for info in TextRunRequest.fields():
                     if info.group == "timing":
-                        widgets[info.name] = field_widget(info, arena.policy, elem_id=f"text-{info.name}")
+                        widgets[info.name] = ctl.field_widget(info, arena.policy, elem_id=f"text-{info.name}")
         with gr.Column(scale=3):
             prompt = gr.Textbox(EXAMPLE_PROMPTS[0], lines=3, label=field("prompt").label, elem_id="prompt")
             widgets["prompt"] = prompt
-            example_prompts(prompt, EXAMPLE_PROMPTS, "text-examples")
+            ctl.example_prompts(prompt, EXAMPLE_PROMPTS, "text-examples")
             with gr.Row(elem_id="text-demos"):
                 demo_broken = gr.Button(BROKEN_TEXT, size="sm", elem_id="demo-broken-text")
                 demo_good = gr.Button(GOOD_TEXT, size="sm", elem_id="demo-good-text")
-            run, stop, status, share = run_row("text", "run-status")
+            run, stop, status, share = ctl.run_row("text", "run-status")
             panels = []
             with gr.Row(equal_height=True):
                 for control in controls:
@@ -144,7 +136,7 @@ def build_text_tab(arena: Arena) -> TextTab:
         yield from show_and_keep(arena, tab, "text", arena.run_text(request, progress=progress, cancel=cancel),
                                  lambda result: render_run(tab, arena.public_view(result.to_dict()), selected), http)
 
-    wire_run(arena, tab, TextRunRequest, tab.backends, execute, model_notes,
+    ctl.wire_run(arena, tab, TextRunRequest, tab.backends, execute, model_notes,
              ((demo_broken, demo_good), arena.demos.text_request))
     return tab
 

@@ -51,6 +51,9 @@ class PublicLimits:
     max_check_prompts: int = 5  # prompts one /check may take
     max_history_entry_kb: float = 256.0  # one kept run, as JSON (longer strings are cut to fit)
     max_history_session_mb: float = 4.0  # one visitor's kept runs together (the oldest go first)
+    # Where-did-it-break runs a second session of the candidate (a copy of its graph with every layer's output
+    # marked: for an export with its weights inline, a copy of them on disk) next to the first: models up to this.
+    max_localize_parameters: float = 5e8
 
     @classmethod
     def from_settings(cls, environ: Mapping[str, str] | None = None,
