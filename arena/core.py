@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import contextvars
 import dataclasses
 import queue
 import threading
@@ -309,7 +310,10 @@ class Arena:
             finally:
                 partials.put(None)
 
-        thread = threading.Thread(target=work, name=f"arena-run-{spec.backend}", daemon=True)
+        # The caller's context goes along: Gradio's progress tracker finds its event through context variables,
+        # which a new thread would start without (its progress calls would then do nothing).
+        context = contextvars.copy_context()
+        thread = threading.Thread(target=context.run, args=(work,), name=f"arena-run-{spec.backend}", daemon=True)
         thread.start()
         while (partial := partials.get()) is not None:
             while not partials.empty() and partial is not None:  # a slow page gets the newest text, not a backlog
@@ -417,14 +421,16 @@ class Arena:
 
     def _localize(self, prepared: PreparedText, results: list, reference: int, request, progress,
                   cancel: threading.Event | None = None, deadline: float | None = None) -> list:
-        """Where did it break: for each candidate judged broken or DRIFT (every candidate when the request asks),
+        """Where did it break: for each candidate judged broken or DRIFT (``localize`` "auto"; "all": every
+        candidate; "off": none),
         each unit's output over the prompt against the reference's (`arena.judging.localize`), kept in its
         verdict's metrics as ``where`` (None, with ``where_unavailable`` saying why, when it cannot be done)."""
         from arena.judging.localize import localize
 
         ref = results[reference]
         targets = [i for i, r in enumerate(results) if i != reference and r.ok and r.verdict is not None
-                   and (request.localize or r.verdict.broken or r.verdict.kind == "DRIFT")]
+                   and (request.localize == "all" or request.localize == "auto"
+                        and (r.verdict.broken or r.verdict.kind == "DRIFT"))]
         if not targets or not ref.ok or (cancel is not None and cancel.is_set()):
             return results
         progress(None, "Where did it break: each layer's output against the reference")

@@ -45,6 +45,7 @@ class FieldInfo:
     group: str = ""  # where the form shows it ("timing": the timing-protocol accordion)
     blank_is_default: bool = False  # a text that is empty (or only spaces) means the default; kept stripped
     parser: Callable[[Any], Any] | None = None  # reads a value of a kind the field module does not know (backends)
+    choices: tuple[str, ...] = ()  # a text field that takes one of these
 
     @property
     def flag(self) -> str:
@@ -66,15 +67,18 @@ class FieldInfo:
                     raise ValueError
                 return word in TRUE_WORDS
             if self.kind == "text":
-                if self.blank_is_default:
-                    return str(value).strip() or self.default
-                return str(value)
+                text = (str(value).strip() or self.default) if self.blank_is_default or self.choices else str(value)
+                if self.choices and text not in self.choices:
+                    raise ValueError(f"{self.label} takes one of {', '.join(self.choices)}, not {value!r}.")
+                return text
             number = float(value)
             if self.kind in ("int", "size"):
                 if number != int(number):
                     raise ValueError
                 number = int(number)
-        except (TypeError, ValueError, OverflowError):
+        except (TypeError, ValueError, OverflowError) as exc:
+            if self.choices:
+                raise ValueError(str(exc)) from None
             raise ValueError(f"{self.label} takes {self.kind_words()}, not {value!r}.") from None
         if self.kind == "size" and number == 0:
             return None  # 0: the model's native size
@@ -117,12 +121,12 @@ def request_field(default: Any = None, *, kind: FieldKind, label: str, help: str
                   minimum: float | None = None, maximum: float | None = None, form_maximum: float | None = None,
                   step: float | None = None, public_cap: str | None = None, cap_text: str = "", group: str = "",
                   blank_is_default: bool = False, default_factory: Callable[[], Any] | None = None,
-                  parser: Callable[[Any], Any] | None = None) -> Any:
+                  parser: Callable[[Any], Any] | None = None, choices: tuple[str, ...] = ()) -> Any:
     """A field of a request dataclass, with what the forms, the API, the CLI, links and the public gate need."""
     info = {"kind": kind, "label": label, "help": help, "minimum": minimum, "maximum": maximum,
             "form_maximum": form_maximum, "step": step,
             "public_cap": public_cap, "cap_text": cap_text, "group": group,
-            "blank_is_default": blank_is_default, "parser": parser}
+            "blank_is_default": blank_is_default, "parser": parser, "choices": tuple(choices)}
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata={"request": info})
     return dataclasses.field(default=default, metadata={"request": info})
@@ -210,6 +214,7 @@ def add_arguments(parser: argparse.ArgumentParser, request_cls: type[RequestFiel
             parser.add_argument(info.flag, action="store_true", default=None, help=info.help)
             continue
         parser.add_argument(info.flag, type=_cli_type(info), default=None, required=info.name == "prompt",
+                            choices=info.choices or None,
                             help=f"{info.help} (default: {info.default})" if info.help else f"default: {info.default}")
 
 

@@ -151,9 +151,9 @@ class TextRunRequest(_Request):
     reference: str = request_field("auto", kind="text", label="Reference", blank_is_default=True,
                                    help='the backend the verdicts compare with: "auto" (PyTorch fp32), a name or an '
                                         "index")
-    localize: bool = request_field(False, kind="bool", label="Where did it break? For every backend",
-                                   help="compare each layer's output with the reference's for every backend (broken "
-                                        "and drifting ones always are)")
+    localize: str = request_field("auto", kind="text", choices=("auto", "all", "off"), label="Where did it break?",
+                                  help='compare each layer\'s output with the reference\'s: "auto" for broken and '
+                                       'drifting backends, "all" for every backend, or "off"')
 
 
 @dataclass(frozen=True)
@@ -319,6 +319,13 @@ class ImageRunRequest(_Request):
 
     task: ClassVar[str] = "image"
 
+    def refuse_public(self, limits: Any) -> str | None:
+        """The fields' caps, and the prompt and negative prompt together under the prompt's cap."""
+        asked = len(self.prompt) + len(self.negative_prompt)
+        if asked > limits.max_prompt_chars:
+            return PROMPT_CAP.format(cap=f"{limits.max_prompt_chars:g}", asked=f"{asked:g}")
+        return super().refuse_public(limits)
+
     model: str = request_field(DEFAULT_IMAGE_MODEL, kind="text", label="Pipeline", blank_is_default=True,
                                help="a catalog key, a diffusers hub id, or a local pipeline folder")
     prompt: str = request_field("", kind="text", label="Prompt", public_cap="max_prompt_chars", cap_text=PROMPT_CAP,
@@ -327,8 +334,7 @@ class ImageRunRequest(_Request):
         kind="backends", label="Backends", default_factory=parse_backends, parser=parse_backends,
         help='names ("pytorch,onnxruntime"), or a JSON list of names or option dicts; default: PyTorch and '
              "ONNX Runtime")
-    negative_prompt: str = request_field("", kind="text", label="Negative prompt", public_cap="max_prompt_chars",
-                                         cap_text=PROMPT_CAP, help="what not to draw")
+    negative_prompt: str = request_field("", kind="text", label="Negative prompt", help="what not to draw")
     steps: int = request_field(IMAGE_DEFAULTS.steps, kind="int", label="Steps", minimum=1, maximum=200,
                                form_maximum=100, step=1,
                                public_cap="max_steps", help="denoising steps",

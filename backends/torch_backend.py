@@ -289,12 +289,16 @@ class PyTorchBackend(HFBackend):
         return dict(self._dtypes)
 
 
+ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")  # a decoder layer's attention child
+MLP_NAMES = ("mlp", "feed_forward", "ffn")
+
+
 def decoder_units(model) -> list[str]:
     """A causal LM's units in forward order, by module path: the input embeddings, then per decoder layer its
     attention, its MLP and the layer, then the final norm and the output head. The decoder layers are the
-    module list as long as ``config.num_hidden_layers``; attention and MLP are the layer's children named
-    ``*attn*``/``*attention*`` and ``mlp``/``feed_forward``; the final norm is the last norm-like sibling of that
-    list."""
+    module list as long as ``config.num_hidden_layers``; attention and MLP are the layer's children with one of
+    the `ATTENTION_NAMES` and `MLP_NAMES` (never a norm named after them); the final norm is the last norm-like
+    sibling of that list."""
     import torch
 
     names = {module: name for name, module in model.named_modules()}
@@ -307,8 +311,8 @@ def decoder_units(model) -> list[str]:
     for index, layer in enumerate(model.get_submodule(layers)):
         path = f"{layers}.{index}"
         children = dict(layer.named_children())
-        attention = next((n for n in children if "attn" in n or "attention" in n), None)
-        mlp = next((n for n in children if n in ("mlp", "feed_forward", "ffn")), None)
+        attention = next((n for n in ATTENTION_NAMES if n in children), None)
+        mlp = next((n for n in MLP_NAMES if n in children), None)
         units += [f"{path}.{n}" for n in (attention, mlp) if n] + [path]
     parent = layers.rsplit(".", 1)[0] if "." in layers else ""
     siblings = dict(model.get_submodule(parent).named_children()) if parent else dict(model.named_children())

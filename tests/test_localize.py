@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -66,7 +68,27 @@ def test_nan_is_a_break_where_it_starts():
     for unit in UNITS[UNITS.index("model.layers.2.self_attn"):]:
         candidate[unit] = np.full_like(reference[unit], np.nan)
     where = localize(reference, candidate, UNITS, "fp16")
-    assert where["unit"] == "model.layers.2" and where["error"] == float("inf")
+    assert where["unit"] == "model.layers.2" and where["error"] is None and where["non_finite"]
+    json.dumps(where, allow_nan=False)  # strict JSON: no Infinity
+
+
+def test_gpt_neox_layout_names_attention_inside_and_the_head_last():
+    """GPT-NeoX: the layer's attention child is "attention" (next to a "post_attention_layernorm"), the head
+    "embed_out": a broken head is the head, not the embeddings."""
+    units = ["gpt_neox.embed_in"] + [u for i in range(3) for u in (
+        f"gpt_neox.layers.{i}.attention", f"gpt_neox.layers.{i}.mlp", f"gpt_neox.layers.{i}")] + \
+        ["gpt_neox.final_layer_norm", "embed_out"]
+    rng = np.random.default_rng(0)
+    reference = {u: rng.normal(size=(1, 5, 8)) for u in units}
+    broken = dict(reference) | {"embed_out": reference["embed_out"] + 1.0}
+    where = localize(reference, broken, units, "fp32")
+    assert where["unit"] == "embed_out" and where["cause"] == SIGNATURES["head"]
+    after = ("gpt_neox.layers.1.attention", "gpt_neox.layers.1", "gpt_neox.layers.2.attention",
+             "gpt_neox.layers.2.mlp", "gpt_neox.layers.2", "gpt_neox.final_layer_norm", "embed_out")
+    broken = dict(reference) | {u: reference[u] + 1.0 for u in after}
+    where = localize(reference, broken, units, "fp32")
+    assert where["unit"] == "gpt_neox.layers.1" and where["cause"] == SIGNATURES["attention"].format(
+        unit="gpt_neox.layers.1") and set(where["inside"]) == {"attention", "mlp"}
 
 
 # --- end to end: exports of a 4-layer Llama broken on purpose, localized against PyTorch ---------------------
@@ -113,7 +135,7 @@ def where_of(arena, model, onnx_dir: str) -> dict:
 
     request = TextRunRequest(model=str(model), prompt="the quick brown fox jumps over the lazy dog",
                              backends=(BackendSpec("pytorch"), BackendSpec("onnxruntime", onnx_dir=onnx_dir)),
-                             max_new_tokens=4, prompt_format="plain", warmup=0, localize=True)
+                             max_new_tokens=4, prompt_format="plain", warmup=0, localize="all")
     result = arena.run_text_to_end(request)
     assert result.error is None and result.results[1].error is None, (result.error, result.results[1].error)
     metrics = result.results[1].verdict.metrics

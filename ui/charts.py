@@ -162,7 +162,7 @@ def where_figure(run: dict[str, Any]) -> go.Figure:
         drawn += 1
         color = _color(result, i)
         units = [p["unit"] for p in where["per_unit"]]
-        errors = [max(min(p["error"], 1e6), 1e-9) for p in where["per_unit"]]
+        errors = [1e6 if p["error"] is None else max(min(p["error"], 1e6), 1e-9) for p in where["per_unit"]]
         fig.add_trace(go.Scatter(x=units, y=errors, mode="lines+markers", line={"color": color},
                                  name=f"{result['label']} ({verdict_kind(result)})",
                                  hovertemplate="%{x}<br>relative error %{y:.3g}<extra></extra>"))

@@ -127,6 +127,8 @@ def field_widget(info: FieldInfo, policy, **kwargs: Any) -> gr.components.Compon
     common = {"label": info.label, "info": info.help[:1].upper() + info.help[1:] + "." if info.help else None}
     if info.kind == "bool":
         return gr.Checkbox(bool(info.default), **common, **kwargs)
+    if info.choices:
+        return gr.Radio(list(info.choices), value=info.default, **common, **kwargs)
     if info.kind in ("int", "float") and info.step is not None:
         return gr.Slider(info.minimum, maximum, value=info.default, step=info.step, **common, **kwargs)
     if info.kind in ("int", "float", "size"):

@@ -84,6 +84,11 @@ def panel_metrics(result: dict[str, Any] | None, reference_text: str | None = No
     return verdict_line(result) + where_markdown(result) + drift + table + ("\n\n" + "; ".join(notes) if notes else "")
 
 
+def error_text(error: float | None) -> str:
+    """A relative error, or NaN/Inf (stored as None: JSON has no infinity)."""
+    return "NaN/Inf" if error is None else f"{error:.3g}"
+
+
 def where_markdown(result: dict[str, Any]) -> str:
     """The "Where?" line of a localized backend: the first divergent unit, its error, and the likely cause."""
     metrics = (result.get("verdict") or {}).get("metrics") or {}
@@ -96,10 +101,10 @@ def where_markdown(result: dict[str, Any]) -> str:
         return ("**Where?** No layer breaks: every unit stays within the tolerance "
                 f"{where['threshold']:g}" + (f"; {where['cause']}" if where.get("cause") else "") + ".\n\n")
     inside = where.get("inside") or {}
-    parts = ", ".join(f"{name.replace('self_attn', 'attention')} {error:.3g}" for name, error in inside.items())
+    parts = ", ".join(f"{name} {error_text(error)}" for name, error in inside.items())
     return (f"**Where?** `{where['unit']}` is the first unit whose output leaves the reference's (relative error "
-            f"{where['error']:.3g}, tolerance {where['threshold']:g}" + (f"; inside it: {parts}" if parts else "")
-            + f"). Likely cause: {where['cause']}.\n\n")
+            f"{error_text(where['error'])}, tolerance {where['threshold']:g}"
+            + (f"; inside it: {parts}" if parts else "") + f"). Likely cause: {where['cause']}.\n\n")
 
 
 def quality_rows(result: dict[str, Any]) -> list[tuple[str, str]]:

@@ -53,6 +53,7 @@ def check(arena, model: str, candidate: BackendSpec, task: str = "auto", prompts
         return out
     # Public mode: one clock for the whole check too, not a full time limit per prompt.
     deadline = time.monotonic() + arena.policy.limits.run_time_limit_s if arena.policy.public else None
+    located = False
     for prompt in prompts:
         if deadline is not None and time.monotonic() > deadline:
             out["error"] = (f"This check reached the server's time limit of "
@@ -66,12 +67,15 @@ def check(arena, model: str, candidate: BackendSpec, task: str = "auto", prompts
             result = arena.run_image_to_end(request, progress, cancel)
         else:
             request = TextRunRequest(model=model, prompt=prompt, backends=(reference, candidate),
-                                     max_new_tokens=max_new_tokens, warmup=0, reference="0", localize=localize)
+                                     max_new_tokens=max_new_tokens, warmup=0, reference="0",
+                                     # once localized, not again: the first prompt that breaks says where
+                                     localize="off" if located else "all" if localize else "auto")
             result = arena.run_text_to_end(request, progress, cancel)
         if result.error:
             out["error"] = result.error
             break
         ref, cand = result.results
+        located = located or "where" in cand.verdict.metrics
         out["checks"].append({
             "prompt": prompt,
             "verdict": cand.verdict.to_dict(),
@@ -101,7 +105,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             lines.append(f"{'':<9} (the reference itself is {ref['kind']}: {ref['reason']})")
     where = report.get("where")
     if where and where.get("unit"):
-        lines.append(f"{'WHERE':<9} {where['unit']} (relative error {where['error']:.3g}, tolerance "
+        lines.append(f"{'WHERE':<9} {where['unit']} (relative error "
+                     f"{'NaN/Inf' if where['error'] is None else format(where['error'], '.3g')}, tolerance "
                      f"{where['threshold']:g}): {where['cause']}")
     elif where:
         lines.append(f"{'WHERE':<9} no layer breaks" + (f": {where['cause']}" if where.get("cause") else ""))

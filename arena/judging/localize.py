@@ -58,7 +58,8 @@ def localize(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
     ``{"unit": ..., "error": ..., "threshold": ..., "per_unit": [{"unit", "error"}...], "cause": ...}``; the unit
     is None when nothing breaks (then the cause says whether the error just grows, as reduced precision does)."""
     threshold = UNIT_TOLERANCE.get(precision_class, UNIT_TOLERANCE["fp32"])
-    main = [u for u in units if not u.endswith((".self_attn", ".mlp"))]
+    # A layer's attention and MLP are the units just inside a layer unit ("model.layers.3.self_attn").
+    main = [u for u in units if not (LAYER.match(u.rsplit(".", 1)[0]) and u.rsplit(".", 1)[0] in units)]
     errors: dict[str, float] = {}
     for unit in units:
         if unit in reference and unit in candidate:
@@ -69,40 +70,50 @@ def localize(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
     first = next((u for u in main if errors.get(u, 0.0) > threshold), None)
     where: dict[str, Any] = {"unit": first, "error": _round(errors[first]) if first else None,
                              "threshold": threshold, "per_unit": per_unit, "cause": None}
+    if first is not None and errors[first] == float("inf"):
+        where["non_finite"] = True  # NaN or Inf from here on (JSON has no infinity: the error is None)
     if first is None:
         layer_errors = [errors[u] for u in main if u in errors and LAYER.match(u)]
         grows = len(layer_errors) >= 3 and layer_errors[-1] > 2 * max(layer_errors[0], 1e-9) \
             and layer_errors[-1] > threshold / 20
         where["cause"] = SIGNATURES["precision"] if grows and precision_class != "fp32" else None
         return where
-    inside = {part: _round(errors[f"{first}.{part}"]) for part in ("self_attn", "mlp") if f"{first}.{part}" in errors}
+    inside = {_role(u): _round(errors[u]) for u in units if u.rsplit(".", 1)[0] == first and u in errors}
     if inside:
         where["inside"] = inside
-    where["cause"] = cause(first, main, errors, threshold)
+    where["cause"] = cause(first, main, units, errors, threshold)
     return where
 
 
-def cause(first: str, main: list[str], errors: dict[str, float], threshold: float) -> str | None:
+def _role(unit: str) -> str:
+    """"attention" or "mlp": what a unit inside a decoder layer is, by its module name."""
+    return "mlp" if unit.rsplit(".", 1)[-1] in ("mlp", "feed_forward", "ffn") else "attention"
+
+
+def _inside(first: str, units: list[str], errors: dict[str, float], role: str) -> float | None:
+    return next((errors[u] for u in units if u.rsplit(".", 1)[0] == first and _role(u) == role and u in errors),
+                None)
+
+
+def cause(first: str, main: list[str], units: list[str], errors: dict[str, float], threshold: float) -> str:
     """The signature sentence for a break at ``first``, or "no known signature" (never a guess)."""
     position = main.index(first)
-    later = [errors[u] for u in main[position + 1:] if u in errors]
-    if "embed" in first or position == 0 and not LAYER.match(first):
-        return SIGNATURES["embeddings"]
     if LAYER.match(first):
-        attention, mlp = errors.get(f"{first}.self_attn"), errors.get(f"{first}.mlp")
+        attention, mlp = _inside(first, units, errors, "attention"), _inside(first, units, errors, "mlp")
         if attention is None or mlp is None:
             return f"no known signature: {first} breaks, and its attention and MLP outputs were not compared"
         if attention > threshold:
             return SIGNATURES["attention"].format(unit=first)
-        if mlp > threshold:
-            return SIGNATURES["mlp"].format(unit=first)
-        return SIGNATURES["layer"].format(unit=first)
-    if first.endswith(("norm", "ln_f", "final_layernorm")):
-        return SIGNATURES["norm"]
-    if first in ("lm_head", "embed_out", "output"):
+        return SIGNATURES["mlp" if mlp > threshold else "layer"].format(unit=first)
+    if position == len(main) - 1 and position > 0:  # the last unit: the output head
         return SIGNATURES["head"]
-    return "no known signature" + (" (the error stays after it)" if later else "")
+    if position == 0:
+        return SIGNATURES["embeddings"]
+    if first.rsplit(".", 1)[-1].endswith(("norm", "ln_f", "final_layernorm")):
+        return SIGNATURES["norm"]
+    return "no known signature" + (" (the error stays after it)" if position < len(main) - 1 else "")
 
 
-def _round(value: float) -> float:
-    return float(f"{value:.3g}") if np.isfinite(value) else value
+def _round(value: float) -> float | None:
+    """Three significant digits; None for NaN or Inf (strict JSON has neither)."""
+    return float(f"{value:.3g}") if np.isfinite(value) else None

@@ -258,7 +258,8 @@ def report_markdown(run: dict[str, Any], task: str, heatmaps: Mapping[int, str] 
                 lines.append(f"| {r['label']} | – | – | not localized: {m.get('where_unavailable', '')} |")
             else:
                 unit = f"`{where['unit']}`" if where["unit"] else "none"
-                error = f"{where['error']:.3g} ({where['threshold']:g})" if where["unit"] else \
+                shown = "NaN/Inf" if where["error"] is None else f"{where['error']:.3g}"
+                error = f"{shown} ({where['threshold']:g})" if where["unit"] else \
                     f"all within {where['threshold']:g}"
                 lines.append(f"| {r['label']} | {unit} | {error} | {where.get('cause') or '–'} |")
 
