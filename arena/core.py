@@ -231,8 +231,9 @@ class Arena:
         if not request.backends:
             yield run_cls(request, None, error="Pick at least one backend to run.", environment=env)
             return
-        # The fields' own bounds (`arena.fields`), then the public-mode gate: before any worker or file is touched.
-        problem = request.refuse_bounds() or (refuse(request) if refuse else None)
+        # The public-mode gate (its caps are the tighter bounds), then the fields' own bounds (`arena.fields`):
+        # before any worker or file is touched.
+        problem = (refuse(request) if refuse else None) or request.refuse_bounds()
         if problem:
             yield run_cls(request, None, error=problem, environment=env)
             return

@@ -165,12 +165,17 @@ class BackendHost:
                     return
                 # The first run streams its answer: the tokens so far, decoded every STREAM_INTERVAL_S (~0.1 ms
                 # of decoding each time, inside the timed loop: under 0.1% of it).
-                streamed.append(int(token))
+                streamed.append(token)
                 if stamps[-1] - sent[0] >= STREAM_INTERVAL_S:
                     sent[0] = stamps[-1]
-                    progress(len(stamps) / total, description, force=True, partial={
-                        "text": tokenizer.decode(streamed, skip_special_tokens=True), "tokens": len(streamed),
-                        "of": total})
+                    try:  # best effort: a backend may report placeholders (a server's chunks) instead of ids
+                        text = tokenizer.decode([i for i in streamed if isinstance(i, int) and i >= 0],
+                                                skip_special_tokens=True)
+                    except (OverflowError, TypeError, ValueError):
+                        progress(len(stamps) / total, description)
+                        return
+                    progress(len(stamps) / total, description, force=True,
+                             partial={"text": text, "tokens": len(streamed), "of": total})
 
             start = time.perf_counter()
             ids = self.backend.generate_text(prompt, settings, on_token)
