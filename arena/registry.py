@@ -20,6 +20,7 @@ BACKENDS: dict[str, str] = {
     "tensorrt": "backends.tensorrt_backend:TensorRTBackend",
     "openai": "backends.openai_backend:OpenAIBackend",
     "llamacpp": "backends.llamacpp_backend:LlamaCppBackend",
+    "onnxruntime-genai": "backends.onnxruntime_genai.backend:OnnxRuntimeGenAIBackend",
 }
 
 # What a run compares when it names no backends (the form's ticked boxes, the API's, the CLI's and a link's

@@ -5,16 +5,19 @@
 
 On the CPU (the default) it runs every option a user can pick: PyTorch fp32 / bf16 / weight-only int8 (torchao) /
 torch.compile, ONNX Runtime fp32, dynamic int8, weight-only int8 and int4 (MatMulNBits) and one variant of each
-quantization, graph-optimization and thread option. Then:
+quantization, graph-optimization and thread option, ONNX Runtime GenAI fp32 / int8 / int4 (its model builder's
+CPU builds, its own Generator loop). ``--device genai`` runs the short set: PyTorch fp32, ONNX Runtime fp32, GenAI
+fp32 / int8 / int4 and llama.cpp. Then:
 
 - verdicts: every configuration on every example prompt once (64 tokens, EOS ignored), judged against PyTorch fp32;
 - timing: interleaved rounds on the first example prompt (ABCD ABCD ...), so a shared machine's slow drifts hit
   every configuration alike; medians, interquartile ranges and ratios to PyTorch fp32 from the same run;
 - agreement: teacher-forced top-1 agreement and KL(PyTorch fp32 || candidate) over every example prompt plus the
   reference's answer (each configuration loaded in this process, logits of one forward pass);
-- a bare script (benchmarks/bare_text.py: plain transformers / optimum `generate`, no arena) for PyTorch fp32,
-  ONNX Runtime fp32 and ONNX Runtime int8, each run beside the dashboard's run of the same configuration (ABBA)
-  and timed the same way.
+- a bare script (benchmarks/bare_text.py: each runtime's own loop, no arena: transformers / optimum `generate`,
+  onnxruntime-genai's Generator, llama-cpp-python's `Llama.generate`) for PyTorch fp32, ONNX Runtime fp32 and
+  int8, every GenAI configuration and llama.cpp, each run beside the dashboard's run of the same configuration
+  (ABBA) and timed the same way: the arena's tokens/s against that runtime's bare loop, in the same run.
 
 Each configuration gets its own worker process here (the dashboard shares one per backend and device, reloading
 when the precision changes): the same host code times it, without a reload per round. ``--markdown`` writes the
@@ -45,6 +48,7 @@ from arena.types import BackendSpec, TextRunRequest  # noqa: E402
 
 CPU = "CPUExecutionProvider"
 ORT_INT8 = BackendSpec("onnxruntime", provider=CPU, precision="int8")
+GENAI = tuple(BackendSpec("onnxruntime-genai", precision=p) for p in ("fp32", "int8", "int4"))
 CONFIGS = {
     "cpu": (
         BackendSpec("pytorch", precision="fp32"),
@@ -63,6 +67,15 @@ CONFIGS = {
         ORT_INT8.replace(threads="1"),
         BackendSpec("onnxruntime", provider=CPU, precision="int4"),
         BackendSpec("onnxruntime", provider=CPU, precision="int4", embedding_bits="4"),
+        *GENAI,
+    ),
+    # ONNX Runtime GenAI's model-builder outputs and llama.cpp next to the two fp32 references, each with its own
+    # runtime's bare loop (a shorter run than "cpu"; --markdown to keep it).
+    "genai": (
+        BackendSpec("pytorch", precision="fp32"),
+        BackendSpec("onnxruntime", provider=CPU, precision="fp32"),
+        *GENAI,
+        BackendSpec("llamacpp"),
     ),
     # llama.cpp on the embedded GGUF next to the two fp32 references (printed; --markdown to keep it).
     "llamacpp": (
@@ -84,15 +97,23 @@ BARE = {
     BackendSpec("pytorch", precision="fp32"): "torch",
     BackendSpec("onnxruntime", provider=CPU, precision="fp32"): "ort",
     ORT_INT8: "ort",
+    **{spec: "genai" for spec in GENAI},  # onnxruntime-genai's own Generator loop on the same built folder
+    BackendSpec("llamacpp"): "llamacpp",  # llama-cpp-python's own Llama.generate on the same GGUF
 }
+BARE_LOOPS = {"torch": "transformers `generate`", "ort": "optimum `generate`",
+              "genai": "onnxruntime-genai `Generator`", "llamacpp": "llama-cpp-python `Llama.generate`"}
 TARGET_SPEEDUP, TARGET_TOP1, TARGET_ORT_SPEEDUP, TARGET_BARE = 2.5, 0.95, 1.5, 0.05
 
 
 def own_workers(arena: Arena) -> None:
     """One worker process per configuration (not per backend and device): no reload between interleaved runs."""
+    from arena.running.host import BackendHost
+    from arena.running.workers import Hosted
+
     def backend_worker(spec: BackendSpec):
-        return arena._worker(f"bench-{spec.label}", "arena.running.host:BackendHost", arena.backends[spec.backend],
-                             str(arena.cache_dir))
+        worker = arena._worker(f"bench-{spec.label}", "arena.running.host:BackendHost", arena.backends[spec.backend],
+                               str(arena.cache_dir))
+        return Hosted(worker, BackendHost)  # called like the core's own (a checked proxy of the host)
     arena._backend_worker = backend_worker
 
 
@@ -119,6 +140,17 @@ def machine_facts(env: dict) -> dict:
                              if f in flags),
             "torch": env["torch"].get("version"), "onnxruntime": env["onnxruntime"].get("version"),
             "python": platform.python_version()}
+
+
+def bare_model(kind: str, model_dir: str, artifact_dir: str | None) -> str | None:
+    """What the bare loop of ``kind`` loads: the Hugging Face folder (torch), the folder the arena loaded (ort,
+    genai), or the one GGUF in the folder llama.cpp loaded from."""
+    if kind == "torch":
+        return model_dir
+    if kind == "llamacpp":
+        found = sorted(Path(artifact_dir or "").glob("*.gguf"))
+        return str(found[0]) if len(found) == 1 else None
+    return artifact_dir
 
 
 class Bare:
@@ -242,8 +274,11 @@ def main() -> None:
 
         prompt_ids = list(warm.prepared.prompt_token_ids)
         for spec, kind in BARE.items():
-            if spec in load and spec not in errors:
-                folder = warm.prepared.model_dir if kind == "torch" else load[spec].artifact_dir
+            if spec in configs and spec in load and spec not in errors:
+                folder = bare_model(kind, warm.prepared.model_dir, load[spec].artifact_dir)
+                if folder is None:
+                    print(f"# no bare loop for {spec.label}: its model file is not found", file=sys.stderr)
+                    continue
                 bares[spec] = Bare(kind, folder, thread_count(), prompt_ids, args.max_new_tokens)
 
     # 4. Interleaved timed rounds: every configuration once per round (one run each, as the dashboard runs its
@@ -317,8 +352,8 @@ def write_report(args, machine, configs, samples, load, errors, verdicts, equal,
         agree = agreement.get(spec, {})
         kinds = list(verdicts[spec].values())
         verdict = ", ".join(f"{kinds.count(k)} {k}" for k in dict.fromkeys(kinds))
-        export = "-" if spec.backend != "onnxruntime" else (f"{info.export_s:.1f}" if info.export_s >= 0.05
-                                                             else "cached")
+        export = "-" if info.export_cached is None else (f"{info.export_s:.1f}" if info.export_s >= 0.05
+                                                          else "cached")
         compile_s = f"{info.compile_s:.0f}" if info.compile_s else "-"
         top1 = f"{agree['top1'] * 100:.1f}%" if "top1" in agree else agree.get("error", "-")
         kl = f"{agree['kl']:.4f}" if "kl" in agree else "-"
@@ -361,8 +396,8 @@ def write_report(args, machine, configs, samples, load, errors, verdicts, equal,
                      f"{mark(f['identical'] and f['speedup'] >= TARGET_ORT_SPEEDUP)} — "
                      f"{'identical on every example prompt' if f['identical'] else 'tokens differ'}, "
                      f"{f['speedup']:.2f}x.")
-    bare_rows = ["| Configuration | Dashboard decode tok/s | Bare script decode tok/s | Dashboard / bare | "
-                 "Same tokens |", "|---|---|---|---|---|"]
+    bare_rows = ["| Configuration | Bare loop | Dashboard decode tok/s (median) | Bare loop decode tok/s (median) | "
+                 "Dashboard / bare | Same tokens |", "|---|---|---|---|---|---|"]
     within = []
     for spec, runs in bare_samples.items():
         if not runs or not samples[spec]:
@@ -371,7 +406,8 @@ def write_report(args, machine, configs, samples, load, errors, verdicts, equal,
         dash = decode(spec)[0]
         within.append(abs(dash / bare_m - 1) <= TARGET_BARE)
         same = "yes" if list(bare_ids[spec]) == list(dash_ids.get(spec, ())) else "no"
-        bare_rows.append(f"| {spec.label} | {dash:.1f} | {bare_m:.1f} | {dash / bare_m:.2f} | {same} |")
+        bare_rows.append(f"| {spec.label} | {BARE_LOOPS[BARE[spec]]} | {dash:.1f} | {bare_m:.1f} | {dash / bare_m:.2f} "
+                         f"| {same} |")
     if within:
         lines.append(f"- Dashboard tokens/s within {TARGET_BARE:.0%} of a bare script: {mark(all(within))} ("
                      "docs/BENCHMARKS.md, Dashboard vs a bare script).")
@@ -413,9 +449,9 @@ exports, quantizations and compilation.
 
 ### Dashboard vs a bare script
 
-The same generation through `benchmarks/bare_text.py` (plain transformers / optimum `generate`, no arena, the same
-thread count), each bare run right beside the dashboard's run of the same configuration in every round, after it
-in rounds 1, 3, 5… and before it in rounds 2, 4…:
+The same generation through `benchmarks/bare_text.py` (each runtime's own loop, no arena, the same thread count
+and the same model files), each bare run right beside the dashboard's run of the same configuration in every
+round, after it in rounds 1, 3, 5… and before it in rounds 2, 4…:
 
 {chr(10).join(bare_rows)}
 

@@ -34,6 +34,13 @@ class TestTensorRT(BackendContract):
     gpu_only = True
 
 
+class TestOnnxRuntimeGenAI(BackendContract):
+    backend = "onnxruntime-genai"
+    cpu_spec = {"precision": "fp32"}  # the model builder's fp32 CPU build of the tiny Llama (its own tests: int8/int4)
+    supports_image = False
+    unavailable_env = {"onnxruntime_genai": {"installed": False}}
+
+
 def contract_classes() -> dict[str, str]:
     """{backend: "file::Class"} for every class in tests/test_*.py that takes `BackendContract` and names its
     ``backend`` (read from the source: the meta-test needs no import of a backend's test file)."""
