@@ -8,8 +8,11 @@ import os
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Backend Arena: compare PyTorch and ONNX Runtime side by side.")
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-                        help="address to serve on (default: $GRADIO_SERVER_NAME or 127.0.0.1)")
+    # On a Space ($SPACE_ID) the app must answer on every interface: the Space's proxy reaches it from outside.
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME") or (
+                            "0.0.0.0" if os.environ.get("SPACE_ID") else "127.0.0.1"),
+                        help="address to serve on (default: $GRADIO_SERVER_NAME, else 0.0.0.0 on a Hugging Face "
+                             "Space ($SPACE_ID set), else 127.0.0.1)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
                         help="port (default: $GRADIO_SERVER_PORT or 7860)")
     parser.add_argument("--cache-dir", default=None,
@@ -21,9 +24,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "server paths, capped work, no diagnostics")
     parser.add_argument("--limit", action="append", metavar="NAME=VALUE",
                         help="change a public-mode cap, e.g. --limit max_new_tokens=128 (or $ARENA_MAX_NEW_TOKENS)")
-    parser.add_argument("--warm-up", action=argparse.BooleanOptionalAction, default=None,
-                        help="prepare the default models in the background at start-up (default: on in public "
-                             "mode)")
+    parser.add_argument("--warm-up", action=argparse.BooleanOptionalAction, default=True,
+                        help="prepare the default models (materialize, export, load) in the background from start-up, "
+                             "so the first click finds them ready; a click before then waits for that same "
+                             "preparation (default: on)")
     parser.add_argument("--mcp", action=argparse.BooleanOptionalAction, default=None,
                         help="also serve the API as MCP tools at /gradio_api/mcp/ (default: on when the mcp package "
                              "is installed)")
@@ -57,6 +61,10 @@ def main(argv: list[str] | None = None) -> None:
     hide_initial_environment(reexec=argv is None)
     args = parse_args(argv)
     stop_on_sigterm()  # first: the start-up preparation may already run workers
+    from arena.running import zerogpu
+
+    if zerogpu.active():  # ZeroGPU hardware: import spaces and make its @spaces.GPU function before any worker,
+        zerogpu.install()  # thread or launch (spaces reports the function to ZeroGPU at launch)
     from arena.core import Arena
     from arena.public.policy import Policy, PublicLimits, parse_limit_overrides
     from arena.running.warmup import WarmUp
@@ -64,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
 
     limits = PublicLimits.from_settings(overrides=parse_limit_overrides(args.limit))
     arena = Arena(cache_dir=args.cache_dir, policy=Policy(public=args.public, limits=limits))
-    warm_up = WarmUp(arena).start() if (args.public if args.warm_up is None else args.warm_up) else None
+    warm_up = WarmUp(arena).start() if args.warm_up else None
     demo = build_ui(arena, warm_up)
     demo.queue(default_concurrency_limit=1, max_size=32)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, footer_links=["api", "settings"],

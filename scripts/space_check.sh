@@ -6,23 +6,29 @@
 #                                              /compare_image through gradio_client; exit 0 only if every verdict
 #                                              is MATCH
 #   scripts/space_check.sh --resolve-only      pip's resolution only (pip install --dry-run --report), ~1 minute
+#   scripts/space_check.sh --zerogpu           the ZeroGPU variant's resolution: requirements-zerogpu.txt as the
+#                                              Space's requirements.txt, Python 3.12 (ZeroGPU's), torch's CUDA build
 #   options: --report FILE (keep pip's resolution report), --keep (keep the temporary folder)
 # Like a Space: an empty folder holding a copy of requirements.txt alone, a fresh venv of README's python_version,
-# `pip install -r requirements.txt gradio==<README's sdk_version> spaces`, with this machine's pip configuration
-# (local wheel folders, constraints) switched off: PyPI and the file's own indexes only.
+# the Space's own install line (read from Space build logs; docs/space-build.md):
+#   pip install -r requirements.txt "gradio[oauth,mcp]==<README's sdk_version>" "uvicorn>=0.14.0" "websockets>=10.4" spaces
+# with this machine's pip configuration (local wheel folders, constraints) switched off: PyPI and the file's own
+# indexes only.
 # Everything printed also goes to artifacts/space-check.log ($SPACE_CHECK_LOG).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 
 mode=full
 keep=0
+zerogpu=0
 report_copy=
 while [ $# -gt 0 ]; do
   case $1 in
     --resolve-only) mode=resolve ;;
+    --zerogpu) mode=resolve; zerogpu=1 ;;
     --keep) keep=1 ;;
     --report) report_copy=$(realpath -m "$2"); shift ;;
-    *) echo "space_check: unknown option $1 (use --resolve-only, --report FILE, --keep)" >&2; exit 2 ;;
+    *) echo "space_check: unknown option $1 (use --resolve-only, --zerogpu, --report FILE, --keep)" >&2; exit 2 ;;
   esac
   shift
 done
@@ -45,7 +51,26 @@ sdk=$(front sdk_version)
 pyver=$(front python_version)
 [ -n "$sdk" ] || { say "README.md's front matter has no sdk_version"; exit 1; }
 python=python${pyver:-3.11}
-command -v "$python" >/dev/null || { say "$python (README's python_version) is not installed here"; exit 1; }
+source_requirements=requirements.txt
+if [ $zerogpu = 1 ]; then
+  # ZeroGPU accepts Python 3.12.12 or 3.10.13 (https://huggingface.co/docs/hub/spaces-zerogpu): the ZeroGPU Space's
+  # front matter says 3.12.12 (scripts/space_history.sh --zerogpu); this replay takes any 3.12.
+  pyver=3.12
+  source_requirements=requirements-zerogpu.txt
+  python=${SPACE_CHECK_PYTHON:-python3.12}
+  if ! "$python" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then
+    for candidate in "$(command -v pyenv >/dev/null && pyenv root)"/versions/3.12*/bin/python3.12; do
+      [ -x "$candidate" ] && python=$candidate
+    done
+  fi
+fi
+command -v "$python" >/dev/null || { say "$python (the Space's python_version) is not installed here"; exit 1; }
+# The Space's install line, after `-r requirements.txt` (gradio's extras and the servers' floors included).
+space_extra=("gradio[oauth,mcp]==$sdk" "uvicorn>=0.14.0" "websockets>=10.4" spaces)
+# Public ZeroGPU build logs show the line with a torch cap and an exact spaces pin as well ("torch<=2.13.0" ...
+# spaces==0.51.3 in late 2026): replayed with that cap.
+[ $zerogpu = 1 ] && space_extra+=("torch<=${SPACE_CHECK_TORCH_CAP:-2.13.0}")
+space_line="pip install -r requirements.txt ${space_extra[*]}"
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/space-check.XXXXXX")
 app_pid=
@@ -67,12 +92,13 @@ summary() {
 }
 trap summary EXIT
 
-say "mode: $mode; gradio==$sdk and python $pyver from README.md's front matter; working folder $tmp"
+say "mode: $mode$([ $zerogpu = 1 ] && echo ' (ZeroGPU variant)'); gradio==$sdk from README.md's front matter, python $pyver$([ $zerogpu = 1 ] && echo " (ZeroGPU's)" || echo " (the front matter's)"); working folder $tmp"
 build=$tmp/build
 mkdir "$build"
-cp "$repo/requirements.txt" "$build/requirements.txt"
-if ! git -C "$repo" diff --quiet HEAD -- requirements.txt 2>/dev/null; then
-  say "note: requirements.txt has uncommitted changes; this check uses the working copy (a Space builds the committed one)"
+cp "$repo/$source_requirements" "$build/requirements.txt"
+[ $zerogpu = 1 ] && say "ZeroGPU variant: $source_requirements as the Space's requirements.txt, $python"
+if ! git -C "$repo" diff --quiet HEAD -- "$source_requirements" 2>/dev/null; then
+  say "note: $source_requirements has uncommitted changes; this check uses the working copy (a Space builds the committed one)"
 fi
 
 # A Space's pip sees PyPI and the file's own indexes only: no PIP_* variables, no pip configuration files.
@@ -95,7 +121,7 @@ if [ -n "$skipped" ]; then
   mv "$tmp/requirements.filtered.txt" "$build/requirements.txt"
   mkdir "$tmp/local-wheels"
   # The pins only such an index can serve: local version labels (+cpu) are not allowed on PyPI.
-  mapfile -t local_pins < <("$vpy" - "$repo/requirements.txt" <<'PY'
+  mapfile -t local_pins < <("$vpy" - "$repo/$source_requirements" <<'PY'
 import re, sys
 from pip._vendor.packaging.requirements import Requirement
 for line in open(sys.argv[1]):
@@ -151,27 +177,28 @@ fi
 
 cd "$build"
 say "in $build: $(ls -A | tr '\n' ' ')"
-say "resolving: pip install --dry-run --ignore-installed --report -r requirements.txt gradio==$sdk spaces ${local_wheels[*]}"
+say "resolving: $space_line (pip install --dry-run --ignore-installed --report) ${local_wheels[*]}"
 start=$(date +%s)
-if ! vpip install -q --dry-run --ignore-installed --report "$tmp/report.json" -r requirements.txt "gradio==$sdk" spaces \
+if ! vpip install -q --dry-run --ignore-installed --report "$tmp/report.json" -r requirements.txt "${space_extra[@]}" \
      "${local_wheels[@]}"; then
-  say "FAILED: pip could not resolve requirements.txt with gradio==$sdk and spaces (two pins conflict? see above)"
+  say "FAILED: pip could not resolve the Space's line: $space_line (two pins conflict? see above)"
   exit 1
 fi
 say "resolved in $(( $(date +%s) - start )) s"
 [ -n "$report_copy" ] && cp "$tmp/report.json" "$report_copy"
 
-if ! "$vpy" - "$tmp/report.json" "$repo/requirements.txt" "$sdk" <<'PY'; then
+if ! "$vpy" - "$tmp/report.json" "$repo/$source_requirements" "$sdk" "$zerogpu" <<'PY'; then
 import json, sys
 from pip._vendor.packaging.requirements import Requirement
 from pip._vendor.packaging.utils import canonicalize_name
 
-report, requirements, sdk = sys.argv[1], sys.argv[2], sys.argv[3]
+report, requirements, sdk, zerogpu = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
 installs = {canonicalize_name(i["metadata"]["name"]): i for i in json.load(open(report))["install"]}
 version = {name: i["metadata"]["version"] for name, i in installs.items()}
 print(f"  {len(version)} packages would be installed; the key ones:")
 for name in ("torch", "transformers", "optimum", "optimum-onnx", "onnxruntime", "onnxruntime-gpu", "gradio",
-             "diffusers", "huggingface-hub", "spaces"):
+             "diffusers", "huggingface-hub", "spaces", "mcp", "pydantic", "authlib", "itsdangerous", "uvicorn",
+             "websockets"):
     if name in version:
         print(f"    {name}=={version[name]}")
 problems = []
@@ -188,12 +215,23 @@ if wrong:
     problems.append("not the pinned version: " + ", ".join(f"{n} {got} instead of {want}" for n, (want, got)
                                                             in wrong.items()))
 else:
-    print(f"  every == pin of requirements.txt ({len(pins) - 1}) and gradio=={sdk} resolved to exactly that version")
-if not version.get("torch", "").endswith("+cpu"):
-    problems.append(f"torch is not the CPU build: {version.get('torch')}")
+    print(f"  every == pin of the requirements file ({len(pins) - 1}) and gradio=={sdk} resolved to exactly that version")
+# gradio's extras on the Space's line: [oauth] brings authlib and itsdangerous, [mcp] brings mcp and pydantic.
+missing = [n for n in ("authlib", "itsdangerous", "mcp", "pydantic", "uvicorn", "websockets", "spaces")
+           if n not in version]
+if missing:
+    problems.append("the Space's line should install these, and does not: " + ", ".join(missing))
 gpu = sorted(n for n in version if n.startswith("nvidia-") or n in ("triton", "pytorch-triton"))
-if gpu:
-    problems.append("CUDA packages would be installed: " + ", ".join(gpu))
+if zerogpu:
+    if version.get("torch", "+cpu").endswith("+cpu") or not gpu:
+        problems.append(f"torch is not the CUDA build ZeroGPU needs: {version.get('torch')}")
+    else:
+        print(f"  torch {version['torch']} with its CUDA libraries ({len(gpu)} nvidia-*/triton packages)")
+else:
+    if not version.get("torch", "").endswith("+cpu"):
+        problems.append(f"torch is not the CPU build: {version.get('torch')}")
+    if gpu:
+        problems.append("CUDA packages would be installed: " + ", ".join(gpu))
 ort = sorted(n for n in version if n == "onnxruntime" or n.startswith("onnxruntime-") and n not in
              ("onnxruntime-genai", "onnxruntime-extensions"))
 if ort != ["onnxruntime"]:
@@ -208,16 +246,21 @@ PY
   say "FAILED: the resolution is not what a CPU Space needs (above)"
   exit 1
 fi
-ok "requirements.txt + gradio==$sdk + spaces resolve from PyPI (pip $(vpip --version | cut -d' ' -f2), $python, this machine's Linux x86_64): every pin holds, torch is the +cpu build, no nvidia-* package, one onnxruntime (the CPU one)"
+if [ $zerogpu = 1 ]; then
+  ok "the ZeroGPU variant: $source_requirements as requirements.txt + ${space_extra[*]} resolve from PyPI (pip $(vpip --version | cut -d' ' -f2), $("$vpy" -c 'import platform; print("python" + platform.python_version())'), this machine's Linux x86_64): every pin holds, torch is PyPI's CUDA build, one onnxruntime (the CPU one)"
+  nv "ZeroGPU's own build line (its torch cap and spaces pin come from public build logs, not from a build here), the ZeroGPU hardware and its CUDA driver"
+  exit 0
+fi
+ok "requirements.txt + ${space_extra[*]} resolve from PyPI (pip $(vpip --version | cut -d' ' -f2), $python, this machine's Linux x86_64): every pin holds, gradio's [oauth,mcp] extras and the servers come along, torch is the +cpu build, no nvidia-* package, one onnxruntime (the CPU one)"
 
 if [ $mode = resolve ]; then
   nv "the install itself, the app's start and its results (full mode: scripts/space_check.sh without --resolve-only)"
   exit 0
 fi
 
-say "installing into the fresh venv: pip install -r requirements.txt gradio==$sdk spaces"
+say "installing into the fresh venv: $space_line"
 start=$(date +%s)
-if ! vpip install -q -r requirements.txt "gradio==$sdk" spaces "${local_wheels[@]}"; then
+if ! vpip install -q -r requirements.txt "${space_extra[@]}" "${local_wheels[@]}"; then
   say "FAILED: the install failed (above)"
   exit 1
 fi
@@ -325,5 +368,5 @@ if [ $calls != 0 ]; then
   say "FAILED: not every verdict is MATCH (above); the app's last lines:"
   tail -n 20 "$tmp/app.log" | sed 's/^/    /'
 fi
-nv "the Space's own image: its pip version, what it pre-installs, the exact extras it adds to gradio, its hardware (cpu-basic) and its network (the hub is reachable from a Space; from here it may not be)"
+nv "the Space's own image: its pip version, what it pre-installs, its hardware and its network (the hub is reachable from a Space; from here it may not be); the install line itself is the one Space build logs show"
 exit $calls

@@ -1,5 +1,7 @@
 """The Hugging Face Space build: self-contained requirements files whose pins agree, gradio == the front matter's
-sdk_version, a Space's resolution replayed (scripts/space_check.sh --resolve-only), binary files under LFS/Xet."""
+sdk_version, a Space's resolution replayed with its whole install line (scripts/space_check.sh --resolve-only:
+`pip install -r requirements.txt "gradio[oauth,mcp]==<sdk_version>" "uvicorn>=0.14.0" "websockets>=10.4" spaces`),
+binary files under LFS/Xet, the app answering on every interface on a Space."""
 
 from __future__ import annotations
 
@@ -21,10 +23,10 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
-CPU, GPU = ROOT / "requirements.txt", ROOT / "requirements-gpu.txt"
+CPU, GPU, ZEROGPU = ROOT / "requirements.txt", ROOT / "requirements-gpu.txt", ROOT / "requirements-zerogpu.txt"
 # Packages that differ between the CPU and the GPU stack on purpose; every other package is in both files, pinned
 # to the same version.
-RUNTIME_SPECIFIC = {"onnxruntime", "onnxruntime-gpu", "tensorrt-cu13"}
+RUNTIME_SPECIFIC = {"onnxruntime", "onnxruntime-gpu", "tensorrt-cu13", "onnxruntime-genai", "onnxruntime-genai-cuda"}
 LFS_PATTERNS = ["*.safetensors", "*.png", "*.jpg", "*.jpeg", "*.gif", "*.webp", "*.onnx", "*.gguf", "*.bin", "*.pt",
                 "*.pth", "*.trt", "*.engine", "*.whl", "*.npz", "*.npy", "*.zip", "*.tar.gz"]
 
@@ -55,7 +57,7 @@ def pins(path: Path) -> dict[str, str]:
     return found
 
 
-@pytest.mark.parametrize("path", [CPU, GPU], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [CPU, GPU, ZEROGPU], ids=lambda p: p.name)
 def test_requirements_file_is_self_contained_and_pinned(path):
     """A Space copies the file alone into an empty folder: no -r/-c lines; everything pinned; gradio left out."""
     assert not (ROOT / "requirements-base.txt").exists()
@@ -79,6 +81,35 @@ def test_cpu_and_gpu_files_pin_the_same_versions():
                  for s in r.specifier}
     assert cpu_torch == {s.version for s in gpu["torch"].specifier}
     assert "onnxruntime" in cpu and "onnxruntime" not in gpu and "onnxruntime-gpu" not in cpu
+
+
+def test_the_zerogpu_file_is_the_cpu_file_with_pypis_cuda_torch():
+    """requirements-zerogpu.txt: every pin of requirements.txt but torch, which is PyPI's (the CUDA build spaces
+    needs on ZeroGPU); no PyTorch CPU index; the CPU onnxruntime (no process holds a GPU for its CUDA provider)."""
+    cpu = {canonicalize_name(r.name): str(r.specifier) for r in requirements(CPU)}
+    zero = {canonicalize_name(r.name): str(r.specifier) for r in requirements(ZEROGPU)}
+    assert set(zero) == set(cpu)
+    assert {n: v for n, v in zero.items() if n != "torch"} == {n: v for n, v in cpu.items() if n != "torch"}
+    assert [str(r) for r in requirements(ZEROGPU) if r.name == "torch"] == ["torch==2.13.0"]
+    assert not [line for line in requirement_lines(ZEROGPU) if line.startswith("-")]
+
+
+@pytest.mark.parametrize("env, host", [
+    ({"SPACE_ID": "someone/backend-arena"}, "0.0.0.0"),
+    ({"SPACE_ID": "someone/backend-arena", "GRADIO_SERVER_NAME": "10.1.2.3"}, "10.1.2.3"),
+    ({}, "127.0.0.1"),
+    ({"GRADIO_SERVER_NAME": "0.0.0.0"}, "0.0.0.0"),
+], ids=["space", "space-with-server-name", "local", "local-with-server-name"])
+def test_the_app_binds_every_interface_on_a_space(monkeypatch, env, host):
+    """A Space's proxy reaches the app from outside its container: with SPACE_ID set, app.py serves on 0.0.0.0
+    unless GRADIO_SERVER_NAME says otherwise; off a Space it stays on 127.0.0.1."""
+    import app
+
+    for name in ("SPACE_ID", "GRADIO_SERVER_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert app.parse_args([]).host == host
 
 
 def test_this_environment_has_the_pinned_versions_and_the_spaces_gradio():
@@ -134,7 +165,8 @@ def pypi_unreachable() -> str | None:
 
 
 def test_a_space_resolves_requirements_txt(tmp_path):
-    """scripts/space_check.sh --resolve-only: requirements.txt + gradio==sdk_version + spaces, PyPI only."""
+    """scripts/space_check.sh --resolve-only: the Space's whole line, PyPI only: -r requirements.txt
+    "gradio[oauth,mcp]==<sdk_version>" "uvicorn>=0.14.0" "websockets>=10.4" spaces."""
     if reason := pypi_unreachable():
         pytest.skip(reason)
     report = tmp_path / "report.json"
@@ -142,14 +174,28 @@ def test_a_space_resolves_requirements_txt(tmp_path):
                          capture_output=True, text=True, timeout=900,
                          env=dict(os.environ, SPACE_CHECK_LOG=str(tmp_path / "space-check.log")))
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-    assert "space_check: VERIFIED: requirements.txt + gradio==" in run.stdout
+    line = f'gradio[oauth,mcp]=={front_matter("sdk_version")} uvicorn>=0.14.0 websockets>=10.4 spaces'
+    assert f"space_check: resolving: pip install -r requirements.txt {line} " in run.stdout
+    assert f"space_check: VERIFIED: requirements.txt + {line} resolve from PyPI" in run.stdout
     resolved = {canonicalize_name(i["metadata"]["name"]): i["metadata"]["version"]
                 for i in json.loads(report.read_text())["install"]}
     assert resolved["torch"] == "2.13.0+cpu"
     assert resolved["gradio"] == front_matter("sdk_version")
     assert {name: resolved.get(name) for name in pins(CPU)} == pins(CPU)
     assert not [n for n in resolved if n.startswith("nvidia-") or n == "triton"]
-    assert [n for n in resolved if n.startswith("onnxruntime")] == ["onnxruntime"]
+    # one `import onnxruntime`, the CPU package (onnxruntime-genai is another module, on top of it)
+    assert [n for n in resolved if n.startswith("onnxruntime") and n != "onnxruntime-genai"] == ["onnxruntime"]
+    # gradio's [oauth] and [mcp] extras, and the servers the line names, are part of what a Space installs
+    assert {"authlib", "itsdangerous", "mcp", "pydantic", "uvicorn", "websockets", "spaces"} <= set(resolved)
+    assert Requirement("pydantic<=2.12.5").specifier.contains(resolved["pydantic"])  # gradio[mcp]'s cap
+
+
+def test_the_replayed_line_is_the_spaces_line():
+    """space_check.sh installs, in full mode too, exactly the line it resolves (one array, used by both)."""
+    script = (ROOT / "scripts" / "space_check.sh").read_text()
+    assert 'space_extra=("gradio[oauth,mcp]==$sdk" "uvicorn>=0.14.0" "websockets>=10.4" spaces)' in script
+    assert script.count('-r requirements.txt "${space_extra[@]}"') == 2  # the resolution and the install
+    assert '"gradio==$sdk" spaces' not in script
 
 
 def tracked_binary_files() -> list[tuple[str, int]]:

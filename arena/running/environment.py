@@ -88,6 +88,9 @@ def collect() -> dict[str, Any]:
     facts["memory_limit_gb"] = round(limit / 2**30, 1) if limit else None
     facts["copy_bandwidth_gbs"] = copy_bandwidth_gbs()
     facts["endpoints"] = list(configured_endpoints())
+    from arena.running.zerogpu import facts as zerogpu_facts
+
+    facts["zerogpu"] = zerogpu_facts()  # ZeroGPU hardware or not, and what a @spaces.GPU call may get
 
     for name, cls in backends.items():
         try:
