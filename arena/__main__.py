@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--cache-dir", default=None)
     check.add_argument("--json", action="store_true", help="print the full report as JSON")
     check.add_argument("--localize", action="store_true", help="where did it break: compare each layer's output "
-                       "with the reference's for any candidate (a broken or drifting one always is)")
+                       "(text) or each component's, text encoder / UNet / VAE decoder (images), with the reference's "
+                       "for any candidate (a broken or drifting one always is)")
     args = parser.parse_args(argv)
 
     from arena.core import Arena

@@ -352,6 +352,10 @@ class ImageRunRequest(_Request):
     reference: str = request_field("auto", kind="text", label="Reference", blank_is_default=True,
                                    help='the backend the verdicts compare with: "auto" (PyTorch fp32), a name or an '
                                         "index")
+    localize: str = request_field("auto", kind="text", choices=("auto", "all", "off"), label="Where did it break?",
+                                  help='run the text encoder, UNet and VAE decoder on the reference\'s inputs and '
+                                       'compare each output with the reference\'s: "auto" for broken backends, "all" '
+                                       'for every backend, or "off"')
 
 
 @dataclass(frozen=True)
@@ -396,6 +400,9 @@ class BackendImageResult:
     error: str | None = None
     log_tail: str = ""
     verdict: Any = None  # arena.judging.verdicts.Verdict, set by the core once every backend has run
+    # numpy (1, C, h, w): the latents the VAE decoded (the reference's feed the VAE when localizing); dropped
+    # after judging
+    latents: Any = field(default=None, compare=False, repr=False)
 
     @property
     def ok(self) -> bool:

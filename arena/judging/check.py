@@ -38,8 +38,9 @@ def check(arena, model: str, candidate: BackendSpec, task: str = "auto", prompts
 
     Returns {"broken": bool, "error": str | None, "task", "model", "candidate", "reference", "checks": [{prompt,
     candidate verdict, reference verdict, ...}], "where": ...}. ``error`` is a problem before any verdict (no
-    such model). ``where`` (text): the first localized prompt's `arena.judging.localize` result (a broken or
-    drifting candidate is localized; ``localize`` asks it for any candidate); None with ``where_unavailable``
+    such model). ``where``: the first localized prompt's `arena.judging.localize` result (text: the first
+    divergent layer) or `arena.judging.localize_image` result (images: the first divergent component); a broken or
+    drifting candidate is localized, ``localize`` asks it for any candidate; None with ``where_unavailable``
     when it could not be done, or when nothing was localized.
     """
     task = guess_task(model, look_on_disk=not arena.policy.public) if task == "auto" else task
@@ -63,7 +64,7 @@ def check(arena, model: str, candidate: BackendSpec, task: str = "auto", prompts
             entry = find_image_catalog_model(model) or IMAGE_CATALOG[0]
             request = ImageRunRequest(model=model, prompt=prompt, backends=(reference, candidate),
                                       steps=steps or entry.steps, guidance_scale=entry.guidance_scale, seed=seed,
-                                      reference="0")
+                                      reference="0", localize="off" if located else "all" if localize else "auto")
             result = arena.run_image_to_end(request, progress, cancel)
         else:
             request = TextRunRequest(model=model, prompt=prompt, backends=(reference, candidate),
@@ -104,7 +105,13 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         if ref["broken"]:
             lines.append(f"{'':<9} (the reference itself is {ref['kind']}: {ref['reason']})")
     where = report.get("where")
-    if where and where.get("unit"):
+    if where and where.get("task") == "image":
+        from arena.judging.localize_image import summary
+
+        lines.append(f"{'WHERE':<9} " + (f"{where['unit']}: {where['cause']}" if where.get("unit") else
+                                         "no component breaks" + (f": {where['cause']}" if where.get("cause") else ""))
+                     + f" [{summary(where)}]")
+    elif where and where.get("unit"):
         lines.append(f"{'WHERE':<9} {where['unit']} (relative error "
                      f"{'NaN/Inf' if where['error'] is None else format(where['error'], '.3g')}, tolerance "
                      f"{where['threshold']:g}): {where['cause']}")

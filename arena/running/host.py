@@ -286,7 +286,27 @@ class BackendHost:
             vae_s=marks.get("done", end) - marks.get("vae", end),
             step_times_s=tuple(step_times),
         )
-        return BackendImageResult(spec=spec, image=image, timings=timings, load=load)
+        latents = getattr(self.backend, "last_latents", None)  # untimed: converted after the clock stopped
+        return BackendImageResult(spec=spec, image=image, timings=timings, load=load, latents=latents)
+
+    def image_component_outputs(self, prepared: PreparedImage, spec: BackendSpec, request: ImageRunRequest,
+                                inputs: dict[str, Any] | None, progress) -> dict[str, Any]:
+        """Where did an image break: the pipeline's text encoder, UNet and VAE decoder run once each
+        (`Backend.image_component_outputs`). The reference gets ``inputs`` None or {"final_latents": ...} and
+        returns its inputs and outputs; a candidate gets the reference's inputs and returns its outputs only.
+        {"unavailable": why} when this backend cannot run its components one by one."""
+        self._ensure_loaded(prepared, spec, progress)
+        progress(None, f"{spec.label}: text encoder, UNet and VAE decoder on the reference's inputs", force=True)
+        settings = ImageSettings(prompt=request.prompt, negative_prompt=request.negative_prompt,
+                                 steps=request.steps, guidance_scale=request.guidance_scale)
+        reference = inputs is None or "input_ids" not in inputs
+        try:
+            found = self.backend.image_component_outputs(prepared, settings, inputs)
+        except NotImplementedError as exc:
+            return {"unavailable": str(exc)}
+        if not reference:
+            found.pop("inputs", None)  # the core has them: nothing to send back
+        return found
 
     def layer_outputs(self, prepared: PreparedText, spec: BackendSpec, units: list[str] | None,
                       progress) -> dict[str, Any]:

@@ -250,18 +250,29 @@ def report_markdown(run: dict[str, Any], task: str, heatmaps: Mapping[int, str] 
     wheres = [(r, (r.get("verdict") or {}).get("metrics") or {}) for r in results]
     wheres = [(r, m) for r, m in wheres if "where" in m]
     if wheres:
+        # Images: the first component (text encoder, UNet, VAE decoder) on the reference's inputs, and each one's
+        # figures (`arena.judging.localize_image.summary`).
+        image = task == "image"
         lines += ["", "### Where did it break", "",
-                  "| Backend | First divergent unit | Error (tolerance) | Likely cause |", "|---|---|---|---|"]
+                  "| Backend | First divergent " + ("component" if image else "unit") + " | Error (tolerance) | "
+                  "Likely cause |" + (" Each component on the reference's inputs |" if image else ""),
+                  "|---|---|---|---|" + ("---|" if image else "")]
         for r, m in wheres:
             where = m["where"]
             if where is None:
-                lines.append(f"| {r['label']} | – | – | not localized: {m.get('where_unavailable', '')} |")
+                lines.append(f"| {r['label']} | – | – | not localized: {m.get('where_unavailable', '')} |"
+                             + (" – |" if image else ""))
             else:
                 unit = f"`{where['unit']}`" if where["unit"] else "none"
                 shown = "NaN/Inf" if where["error"] is None else f"{where['error']:.3g}"
                 error = f"{shown} ({where['threshold']:g})" if where["unit"] else \
                     f"all within {where['threshold']:g}"
-                lines.append(f"| {r['label']} | {unit} | {error} | {where.get('cause') or '–'} |")
+                figures = ""
+                if image:
+                    from arena.judging.localize_image import summary
+
+                    figures = f" {summary(where) or '–'} |"
+                lines.append(f"| {r['label']} | {unit} | {error} | {where.get('cause') or '–'} |{figures}")
 
     differing = []
     for index, r in enumerate(results):

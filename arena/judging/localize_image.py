@@ -1,0 +1,134 @@
+"""Where did an image break: which component of a diffusion pipeline (text encoder, UNet, VAE decoder) computes
+something else, swapped in one at a time.
+
+The reference runs each component once on the run's shared input: the prompts' token ids through its text
+encoder; the shared latents, scaled for the first timestep (the classifier-free guidance batch, both halves, as
+the pipeline makes it) with the reference's own embeddings through its UNet; its own final latents through its VAE
+decoder. The candidate runs each of its components on exactly those inputs (`Backend.image_component_outputs`), so
+each error is the component's own and never inherited from the one before. The first component whose relative
+error ``||candidate - reference|| / ||reference||`` is over the tolerance of the candidate's precision class (the
+text units' table, `arena.judging.localize.UNIT_TOLERANCE`) is where it breaks.
+
+The result has the text localization's shape (``unit``, ``error``, ``threshold``, ``per_unit``, ``cause``), so the
+"Where?" line, the chart, the report and ``python -m arena check`` show both; each component's entry adds its
+largest absolute difference, its NaN/Inf count and, for the VAE decoder, the PSNR of its image. Pure numpy: the
+core runs this in the UI process.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from arena.judging.localize import UNIT_TOLERANCE, _round, unit_error
+
+COMPONENTS = ("text_encoder", "unet", "vae_decoder")  # forward order: the first over tolerance is where it breaks
+TITLES = {"text_encoder": "text encoder", "unet": "UNet", "vae_decoder": "VAE decoder"}
+
+# (signature, cause): the table the cause sentence comes from (docs/architecture.md reproduces it); each held by
+# a test that damages that component of a real export (tests/test_localize_image.py).
+SIGNATURES = {
+    "text_encoder": "the text encoder gives other embeddings for the reference's own token ids: its weights or its "
+                    "position embeddings (not the tokenizer: the ids were the reference's)",
+    "text_encoder_overflow": "the text encoder gives NaN/Inf for the reference's token ids: an overflow in its "
+                             "attention or MLP (fp16?), or broken weights",
+    "unet": "the UNet predicts other noise from the reference's latents, timestep and embeddings: its weights, its "
+            "timestep embedding or its cross-attention",
+    "unet_overflow": "the UNet gives NaN/Inf on the reference's finite inputs: an overflow (fp16 attention?) or "
+                     "broken weights",
+    "vae_decoder": "the VAE decoder draws another image from the reference's latents: its weights, or another "
+                   "latent scaling",
+    "vae_decoder_overflow": "overflow in the VAE decoder: NaN/Inf from the reference's finite latents, as an fp16 "
+                            "VAE without upcast does (keep the VAE in fp32)",
+    "loop": "every component agrees on the reference's inputs: the difference comes from the loop around them (the "
+            "scheduler, the guidance arithmetic) or from small errors compounding over the steps",
+    "precision": "every component stays within the tolerance: the image differs by what reduced precision does over "
+                 "the steps (precision, not a bug)",
+}
+
+
+def component_figures(reference: np.ndarray, candidate: np.ndarray, component: str) -> dict[str, Any]:
+    """One component's figures: relative error (None for NaN/Inf: strict JSON has no infinity), largest absolute
+    difference over the finite values, NaN/Inf count; the VAE decoder's PSNR (its output in [-1, 1])."""
+    reference, candidate = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
+    error = unit_error(reference, candidate)
+    if error is None:
+        return {"unit": component, "error": None, "shape_mismatch": [list(reference.shape), list(candidate.shape)]}
+    finite = np.isfinite(candidate)
+    figures: dict[str, Any] = {"unit": component, "error": _round(error),
+                               "max_abs": _round(float(np.abs(candidate - reference)[finite].max()))
+                               if finite.any() else None,
+                               "non_finite": int((~finite).sum())}
+    if component == "vae_decoder" and finite.all():
+        mse = float(np.mean((np.clip(candidate, -1, 1) - np.clip(reference, -1, 1)) ** 2))
+        figures["psnr_db"] = 99.0 if mse == 0 else round(10 * np.log10(4.0 / mse), 2)  # peak-to-peak 2
+    return figures
+
+
+def localize_components(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
+                        precision_class: str, errors: dict[str, str] | None = None,
+                        image_broken: bool = True) -> dict[str, Any]:
+    """The first component among `COMPONENTS` whose output leaves the reference's on the same input, its figures
+    and the cause; ``errors`` are the candidate's components that failed to run (a break where they fail).
+    ``image_broken``: whether the candidate's image was judged broken (with no component over tolerance, the cause
+    then says the difference comes from the loop, or from reduced precision)."""
+    threshold = UNIT_TOLERANCE.get(precision_class, UNIT_TOLERANCE["fp32"])
+    errors = errors or {}
+    per_unit: list[dict[str, Any]] = []
+    first: dict[str, Any] | None = None
+    for component in COMPONENTS:
+        if component in errors:
+            entry = {"unit": component, "error": None, "failed": errors[component]}
+        elif component in reference and component in candidate:
+            entry = component_figures(reference[component], candidate[component], component)
+        else:
+            continue
+        per_unit.append(entry)
+        broken = ("failed" in entry or "shape_mismatch" in entry or entry.get("non_finite")
+                  or (entry["error"] is not None and entry["error"] > threshold))
+        if broken and first is None:
+            first = entry
+    where: dict[str, Any] = {"unit": first["unit"] if first else None, "error": first["error"] if first else None,
+                             "threshold": threshold, "per_unit": per_unit, "cause": None, "task": "image"}
+    if first is None:
+        if image_broken and per_unit:
+            reduced = precision_class != "fp32" and max((e["error"] or 0.0) for e in per_unit) > threshold / 20
+            where["cause"] = SIGNATURES["precision" if reduced else "loop"]
+        return where
+    where["cause"] = cause(first)
+    if first.get("non_finite"):
+        where["non_finite"] = True
+    return where
+
+
+def cause(entry: dict[str, Any]) -> str:
+    """The signature sentence of a break at ``entry``'s component (never a guess beyond the table)."""
+    component = entry["unit"]
+    if "failed" in entry:
+        return f"the {TITLES[component]} fails on the reference's inputs: {entry['failed']}"
+    if "shape_mismatch" in entry:
+        reference, candidate = entry["shape_mismatch"]
+        return (f"the {TITLES[component]} gives shape {candidate} where the reference's gives {reference}: another "
+                "export configuration (image size, sequence length, channels)")
+    return SIGNATURES[component + ("_overflow" if entry.get("non_finite") else "")]
+
+
+def summary(where: dict[str, Any]) -> str:
+    """One line of figures per component ("text encoder 2.5e-07 · UNet 0.31 (max |Δ| 1.2) · VAE decoder 8 NaN/Inf"),
+    for the "Where?" line and the report."""
+    parts = []
+    for entry in where.get("per_unit") or ():
+        name = TITLES.get(entry["unit"], entry["unit"])
+        if "failed" in entry:
+            parts.append(f"{name} failed")
+            continue
+        if entry.get("non_finite"):
+            parts.append(f"{name} {entry['non_finite']} NaN/Inf values")
+            continue
+        text = f"{name} {entry['error']:.3g}" if entry.get("error") is not None else f"{name} –"
+        extra = [f"max |Δ| {entry['max_abs']:.3g}"] if entry.get("max_abs") is not None else []
+        if entry.get("psnr_db") is not None:
+            extra.append(f"PSNR {entry['psnr_db']:g} dB")
+        parts.append(text + (f" ({', '.join(extra)})" if extra else ""))
+    return " · ".join(parts)
