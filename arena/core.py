@@ -23,6 +23,7 @@ from arena.preparing.prepare import Preparer
 from arena.public import secrets
 from arena.public.policy import Policy
 from arena.registry import BACKENDS, backend_class, register
+from arena.running import zerogpu
 from arena.running.environment import probe_environment
 from arena.running.host import BackendHost
 from arena.running.workers import Hosted, RunStopped, Worker, WorkerCrashed, WorkerFailed
@@ -70,6 +71,9 @@ class Arena:
         self._environment = environment
         self._env_lock = threading.Lock()
         self._run_lock = threading.Lock()
+        # What holds the run lock when it is not a visitor's run ("the start-up preparation of the default models",
+        # `arena.running.warmup`): a run that has to wait says what it waits for.
+        self.busy_with: str | None = None
         self._workers: dict[str, Worker] = {}
         self._closed = False  # set by `close`: a run still going gets no new worker
         self._empty_dir: str | None = None  # public mode: the workers' working directory (`_workdir`)
@@ -105,9 +109,10 @@ class Arena:
         out = {}
         for name in self.backends:
             cls = self._backend_cls(name)
-            out[name] = {"title": cls.title, "availability": cls.availability(env), "options": cls.options(env),
-                         "fields": cls.Options.fields_info(), "tasks": cls.tasks,
-                         "enabled_by_default": cls.enabled_by_default}
+            out[name] = zerogpu.restrict(cls, {  # as-is off ZeroGPU; there, GPU-only choices say why not
+                "title": cls.title, "availability": cls.availability(env), "options": cls.options(env),
+                "fields": cls.Options.fields_info(), "tasks": cls.tasks,
+                "enabled_by_default": cls.enabled_by_default}, env)
         return out
 
     def _backend_cls(self, name: str):
@@ -138,6 +143,8 @@ class Arena:
         """The backend's worker, called like its `BackendHost` (`Hosted`: checked before anything is sent)."""
         # One process per backend and device: switching precision reloads, two devices do not fight.
         cls = self._backend_cls(spec.backend)
+        if zerogpu.routed(cls, spec.options, self.environment()):  # ZeroGPU: PyTorch CUDA inside @spaces.GPU
+            return zerogpu.GPUHost(self.backends[spec.backend], str(self.cache_dir))
         key = cls.worker_key(spec.options)
         # Only a backend with a "secret_env" option (a server's API key) gets secrets, in memory, never through
         # its environment; the others never hold one.
@@ -252,6 +259,10 @@ class Arena:
                    cancel: threading.Event | None, env: dict[str, Any], deadline: float | None,
                    limit: float | None):
         progress(0.0, "Preparing the model and the shared input")
+        if self._run_lock.locked():  # another run, or the start-up preparation, is using the cores
+            progress(0.0, f"Waiting for {self.busy_with or 'the run before this one'} to finish (it prepares the same "
+                          "cached models this run needs)" if self.busy_with else
+                          "Waiting for the run before this one to finish")
         try:
             # The lock is held per step, never across a yield: an abandoned generator cannot block later runs,
             # and still no two timed runs ever share the cores.
@@ -283,6 +294,8 @@ class Arena:
                 judged = self._localize(prepared, judged, reference, request, progress, cancel, deadline)
             else:
                 judged = self._judge_image(prepared, results, reference, progress, cancel)
+                judged = self._localize_image(prepared, judged, reference, request, progress, cancel, deadline)
+                judged = [dataclasses.replace(r, latents=None) for r in judged]
         yield run_cls(request, prepared, tuple(judged), environment=env)
 
     def _run_streaming(self, spec: BackendSpec, prepared, request, env: dict[str, Any], progress: ProgressFn,
@@ -464,6 +477,64 @@ class Arena:
             out[i] = dataclasses.replace(r, verdict=dataclasses.replace(r.verdict, metrics=r.verdict.metrics | extra))
         return out
 
+    def _localize_image(self, prepared: PreparedImage, results: list, reference: int, request, progress,
+                        cancel: threading.Event | None = None, deadline: float | None = None) -> list:
+        """Where did an image break: for each candidate judged broken (``localize`` "auto"; "all": every candidate;
+        "off": none), its text encoder, UNet and VAE decoder run on the reference's inputs to each
+        (`arena.judging.localize_image`), kept in its verdict's metrics as ``where`` (None, with
+        ``where_unavailable`` saying why, when it cannot be done). A run stopped by a NaN guard is localized too:
+        its worker still holds the pipeline."""
+        from arena.judging.localize_image import localize_components
+
+        ref = results[reference]
+        targets = [i for i, r in enumerate(results) if i != reference and r.verdict is not None
+                   and (r.ok or r.verdict.kind == "NAN")
+                   and (request.localize == "all" or request.localize == "auto" and r.verdict.broken)]
+        if not targets or not ref.ok or (cancel is not None and cancel.is_set()):
+            return results
+
+        def unavailable(why: str) -> list:
+            return [dataclasses.replace(r, verdict=dataclasses.replace(
+                r.verdict, metrics=r.verdict.metrics | {"where": None, "where_unavailable": why}))
+                if i in targets else r for i, r in enumerate(results)]
+
+        cap = self.policy.limits.max_localize_parameters
+        if self.policy.public:
+            from arena.preparing.prepare import parameter_count
+
+            counts = [parameter_count(Path(prepared.model_dir) / part) for part in ("text_encoder", "unet", "vae")]
+            if None in counts or sum(counts) > cap:
+                return unavailable(f"this public server localizes pipelines up to {cap / 1e6:.0f}M parameters (a "
+                                   "second session of the candidate runs beside it); run it locally")
+        progress(None, "Where did it break: the text encoder, UNet and VAE decoder on the reference's inputs")
+
+        def outputs(spec, inputs):
+            try:
+                return self._backend_worker(spec).image_component_outputs(
+                    prepared, spec, request, inputs, progress=progress,
+                    timeout=self._left(deadline, self.run_timeout_s), cancel=cancel)
+            except (WorkerCrashed, WorkerFailed) as exc:
+                return {"unavailable": f"{spec.label} failed to run its components: {exc}"}
+
+        reference_out = outputs(ref.spec, None if ref.latents is None else {"final_latents": ref.latents})
+        if "unavailable" in reference_out:
+            return unavailable(f"the reference cannot: {reference_out['unavailable']}")
+        if reference_out.get("errors"):
+            return unavailable("the reference's own components failed: " + "; ".join(
+                f"{name}: {why}" for name, why in reference_out["errors"].items()))
+        out = list(results)
+        for i in targets:
+            r = results[i]
+            found = outputs(r.spec, reference_out["inputs"])
+            if "unavailable" in found:
+                extra = {"where": None, "where_unavailable": found["unavailable"]}
+            else:
+                extra = {"where": localize_components(reference_out["outputs"], found["outputs"],
+                                                      self._precision(r)[1], found.get("errors"),
+                                                      image_broken=r.verdict.broken)}
+            out[i] = dataclasses.replace(r, verdict=dataclasses.replace(r.verdict, metrics=r.verdict.metrics | extra))
+        return out
+
     @staticmethod
     def _judge_image(prepared: PreparedImage, results: list, reference: int, progress, cancel=None) -> list:
         ref = results[reference]
@@ -482,7 +553,7 @@ class Arena:
             return result_cls(spec, error="Not run: you stopped the run.")
         if spec.backend not in self.backends:
             return result_cls(spec, error=f"Unknown backend '{spec.backend}'.")
-        problem = self._backend_cls(spec.backend).check_spec(spec, env)
+        problem = zerogpu.check_spec(self._backend_cls(spec.backend), spec, env, request.task)
         if problem:
             return result_cls(spec, error=problem)
         if deadline is not None and time.monotonic() >= deadline:

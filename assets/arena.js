@@ -6,7 +6,7 @@
       if (input && label.textContent.trim().endsWith("— unavailable") && !input.disabled) {
         input.disabled = true;
         label.classList.add("arena-disabled");
-        label.title = "Unavailable on this machine: see 'Unavailable here' below for why and how to install it.";
+        label.title = "Unavailable on this machine: see 'Not offered here' below for why and how to install it.";
       }
     });
   };

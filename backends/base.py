@@ -89,9 +89,38 @@ class OptionInfo:
     tasks: tuple[str, ...] = ("text", "image")  # the tabs that show it
     gpu_only_values: tuple[str, ...] = ()  # choices that need a GPU (a CPU-only contract test avoids them)
     placeholder: str | Mapping[str, str] = ""  # a text field's hint, or one per task
+    # {choice: the tasks it can run} for choices that cannot run every task the option shows in (ONNX Runtime's
+    # int8 is for text models only); the rest run every task. ``task_reason`` says why, formatted with
+    # {<option name>: the value} ("ONNX Runtime {precision} is for text models only: ...").
+    choice_tasks: Mapping[str, tuple[str, ...]] | None = None
+    task_reason: str = ""
+    # {other option: its values} under which this option is used at all (the quantization block size only with
+    # int8/int4): the form hides it otherwise. None: always used.
+    used_with: Mapping[str, tuple[str, ...]] | None = None
 
     def title(self) -> str:
         return self.label or self.name.replace("_", " ").capitalize()
+
+    def runs_task(self, value: Any, task: str) -> bool:
+        """Whether the choice ``value`` can run ``task``."""
+        return task in (self.choice_tasks or {}).get(str(value), (task,))
+
+    def choices_for(self, task: str) -> tuple[str, ...]:
+        """The declared choices that can run ``task``."""
+        return tuple(value for value in self.choices if self.runs_task(value, task))
+
+    def task_refusal(self, value: Any, task: str, backend_title: str) -> str | None:
+        """Why the choice ``value`` cannot run ``task`` (one sentence with the choices that can), or None."""
+        if self.runs_task(value, task):
+            return None
+        if self.task_reason:
+            return self.task_reason.format(**{self.name: value})
+        return (f"{backend_title} {self.name} '{value}' cannot run {task} models; choose "
+                f"{' / '.join(self.choices_for(task))}.")
+
+    def is_used(self, values: Mapping[str, Any]) -> bool:
+        """Whether a configuration (every option's value) uses this option."""
+        return all(str(values.get(name)) in allowed for name, allowed in (self.used_with or {}).items())
 
     def placeholder_for(self, task: str) -> str:
         if isinstance(self.placeholder, Mapping):
@@ -118,16 +147,21 @@ class OptionInfo:
 
 def option(default: Any, *, choices: tuple[str, ...] | None = None, kind: OptionKind = "choice", label: str = "",
            help: str = "", tasks: tuple[str, ...] = ("text", "image"), gpu_only_values: tuple[str, ...] = (),
-           placeholder: str | Mapping[str, str] = "") -> Any:
-    """A field of a backend's ``Options`` dataclass, with what the UI, the API and the CLI need to know of it."""
+           placeholder: str | Mapping[str, str] = "", choice_tasks: Mapping[str, tuple[str, ...]] | None = None,
+           task_reason: str = "", used_with: Mapping[str, tuple[str, ...]] | None = None) -> Any:
+    """A field of a backend's ``Options`` dataclass, with what the UI, the API and the CLI need to know of it
+    (`OptionInfo` says what each argument means)."""
     info = {"default": default, "kind": kind, "choices": tuple(choices or ()), "label": label, "help": help,
-            "tasks": tuple(tasks), "gpu_only_values": tuple(gpu_only_values), "placeholder": placeholder}
+            "tasks": tuple(tasks), "gpu_only_values": tuple(gpu_only_values), "placeholder": placeholder,
+            "choice_tasks": dict(choice_tasks) if choice_tasks else None, "task_reason": task_reason,
+            "used_with": dict(used_with) if used_with else None}
     return field(default=default, metadata={"option": info})
 
 
 def vae_fp32_option() -> Any:
     """The image-only flag of backends that can run a diffusion pipeline in fp16/bf16 with its VAE in fp32."""
-    return option(False, kind="bool", tasks=("image",), label="Keep the VAE in fp32 (fp16/bf16 runs)",
+    return option(False, kind="bool", tasks=("image",), used_with={"precision": ("fp16", "bf16")},
+                  label="Keep the VAE in fp32 (fp16/bf16 runs)",
                   help="fp16 VAEs overflow and decode black images.")
 
 
@@ -251,6 +285,9 @@ class Backend(ABC):
     # Optional, worker side: what the last `generate_text` wants said in its panel (the request a server got,
     # how it went); the host appends it to that run's load notes.
     run_notes: tuple[str, ...] | list[str] = ()
+    # Optional, worker side: the latents the last `generate_image` decoded (numpy float32, before the VAE's
+    # scaling), which the host hands on with the result: the reference's are the VAE's input when localizing.
+    last_latents: Any = None
 
     # --- cheap, UI-process side -------------------------------------------------------------
     @classmethod
@@ -318,11 +355,17 @@ class Backend(ABC):
                 for info in cls.Options.fields_info() if info.kind == "choice" and info.choices}
 
     @classmethod
-    def check_spec(cls, spec: BackendSpec, env: dict[str, Any]) -> str | None:
-        """Why this configuration cannot run here (one sentence with the fix), or None if it can."""
+    def check_spec(cls, spec: BackendSpec, env: dict[str, Any], task: str | None = None) -> str | None:
+        """Why this configuration cannot run here (one sentence with the fix), or None if it can; with ``task``
+        ("text", "image"), also a choice that cannot run that task (before any work: no export for nothing)."""
         whole = cls.availability(env)
         if not whole.ok:
             return f"{cls.title} is not available here: {whole.sentence()}"
+        if task is not None:
+            for info in cls.Options.fields_info():
+                refusal = info.task_refusal(getattr(spec, info.name, info.default), task, cls.title)
+                if refusal:
+                    return refusal
         for option, choices in cls.options(env).items():
             value = getattr(spec, option)
             match = next((c for c in choices if c.value == value), None)
@@ -364,6 +407,18 @@ class Backend(ABC):
         """{unit: its output (numpy float32, batch x tokens x features)} of one forward pass over ``token_ids``
         with an empty cache, for the ``units`` this backend can expose (arena.judging.localize compares them)."""
         raise NotImplementedError(f"{self.title} does not expose its layers' outputs")
+
+    def image_component_outputs(self, model: PreparedImage, settings: ImageSettings,
+                                inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Where did an image break: the loaded pipeline's components run once each, outside the loop.
+
+        ``inputs`` None (the reference): this backend makes each component's input from the run's shared input
+        (its tokenizer's ids for the prompts; ``model.latents`` scaled for the first timestep; its own text
+        encoder's embeddings; ``inputs``' "final_latents", else the end of its own denoising loop, for the VAE) and
+        returns {"inputs": those, "outputs": ...}. ``inputs`` given (a candidate): the reference's inputs, each
+        component run on them, so a component's error is its own, not inherited. "outputs" is {"text_encoder",
+        "unet", "vae_decoder": numpy float32}; a component that failed is in "errors" {component: why}."""
+        raise NotImplementedError(f"{self.title} does not run its pipeline's components one by one")
 
     @abstractmethod
     def runtime_info(self) -> dict[str, Any]:
@@ -472,11 +527,12 @@ def hf_generate(model: Any, prompt_ids: list[int], settings: GenerationSettings,
 
 def diffusers_generate(pipe: Any, model: PreparedImage, settings: ImageSettings, on_phase: Callable[[str], None],
                        on_step: Callable[[int], None], device: Any = "cpu", dtype: Any = None,
-                       vae_dtype: Any = None) -> Any:
+                       vae_dtype: Any = None, keep: dict[str, Any] | None = None) -> Any:
     """One image through a diffusers-style pipeline (PyTorch or optimum's ONNX Runtime one), phase by phase.
 
     The numbered steps of the pipeline are run in the open so the host can time them: prompt encoding, the
     denoising loop (one callback per step) on the shared latents with the shared scheduler, then the VAE decode.
+    ``keep`` gets the final latents (the tensor itself: no copy, no device sync inside the timed run).
     """
     import json
 
@@ -511,6 +567,8 @@ def diffusers_generate(pipe: Any, model: PreparedImage, settings: ImageSettings,
         # 3. VAE decode, from latents scaled back by the VAE's scaling factor.
         if not torch.isfinite(latents).all():
             raise FloatingPointError("NaN/Inf in the latents after the denoising loop: an fp16 overflow? Try fp32.")
+        if keep is not None:
+            keep["latents"] = latents
         on_phase("vae")
         scaling = pipe.vae.config.scaling_factor
         decoded = pipe.vae.decode(latents.to(vae_dtype or latents.dtype) / scaling, return_dict=False)[0]
@@ -522,6 +580,72 @@ def diffusers_generate(pipe: Any, model: PreparedImage, settings: ImageSettings,
             torch.cuda.synchronize()
         on_phase("done")
     return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+
+
+def diffusers_components(pipe: Any, model: PreparedImage, settings: ImageSettings, inputs: dict[str, Any] | None,
+                         device: Any = "cpu", dtype: Any = None, vae_dtype: Any = None) -> dict[str, Any]:
+    """`Backend.image_component_outputs` for a diffusers-style pipeline (PyTorch or optimum's ONNX Runtime one).
+
+    The inputs are the pipeline's own arithmetic (`diffusers_generate`): the prompts' ids padded to the tokenizer's
+    length (negative first under classifier-free guidance), the shared latents times ``init_noise_sigma`` through
+    ``scale_model_input`` at the first timestep, doubled under guidance (the UNet's raw prediction of both halves
+    is compared, before guidance mixes them), and the final latents divided by the VAE's scaling factor."""
+    import json
+
+    import diffusers
+    import numpy as np
+    import torch
+
+    if getattr(pipe, "text_encoder_2", None) is not None or getattr(pipe, "text_encoder", None) is None:
+        raise NotImplementedError("components are compared for pipelines with one CLIP text encoder (Stable "
+                                  "Diffusion 1.x/2.x) only")
+    dtype = dtype or torch.float32
+    guidance = settings.guidance_scale > 1.0
+    numpy = (lambda value: value.detach().float().cpu().numpy())  # noqa: E731 - one short conversion
+    with torch.inference_mode():
+        if inputs is None or "input_ids" not in inputs:
+            final = None if inputs is None else inputs.get("final_latents")
+            tokenizer = pipe.tokenizer
+            texts = ([settings.negative_prompt or ""] if guidance else []) + [settings.prompt]
+            ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                            return_tensors="pt").input_ids
+            config = json.loads(model.scheduler)
+            scheduler = getattr(diffusers, config["_class_name"]).from_config(config)
+            scheduler.set_timesteps(settings.steps, device=device)
+            timestep = scheduler.timesteps[0]
+            latents = torch.from_numpy(np.asarray(model.latents, np.float32)).to(device) * scheduler.init_noise_sigma
+            sample = scheduler.scale_model_input(torch.cat([latents] * 2) if guidance else latents, timestep)
+            embeds = pipe.text_encoder(ids.to(device), return_dict=False)[0]
+            if final is None:  # this backend's own denoising loop, as its run did it
+                half = embeds.shape[0] // 2 if guidance else 0
+                pipe.scheduler = getattr(diffusers, config["_class_name"]).from_config(config)
+                final = pipe(prompt_embeds=embeds[half:].to(dtype),
+                             negative_prompt_embeds=embeds[:half].to(dtype) if guidance else None,
+                             latents=latents.new_tensor(np.asarray(model.latents, np.float32)).to(dtype),
+                             num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
+                             height=model.height, width=model.width, output_type="latent").images
+            inputs = {"input_ids": ids.numpy(), "sample": numpy(sample), "timestep": timestep.cpu().numpy(),
+                      "encoder_hidden_states": numpy(embeds),
+                      "latent_sample": np.asarray(final, np.float32) / pipe.vae.config.scaling_factor}
+        outputs: dict[str, Any] = {}
+        errors: dict[str, str] = {}
+
+        def tensor(name: str, to: Any = None) -> Any:
+            return torch.from_numpy(np.asarray(inputs[name])).to(device=device, dtype=to)
+
+        steps = {
+            "text_encoder": lambda: pipe.text_encoder(tensor("input_ids", torch.long), return_dict=False)[0],
+            "unet": lambda: pipe.unet(tensor("sample", dtype), tensor("timestep"),
+                                      encoder_hidden_states=tensor("encoder_hidden_states", dtype),
+                                      return_dict=False)[0],
+            "vae_decoder": lambda: pipe.vae.decode(tensor("latent_sample", vae_dtype or dtype), return_dict=False)[0],
+        }
+        for component, run in steps.items():
+            try:
+                outputs[component] = numpy(run())
+            except Exception as exc:  # noqa: BLE001 - a component that fails is a finding, not a crash
+                errors[component] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+    return {"inputs": inputs, "outputs": outputs, "errors": errors}
 
 
 class HFBackend(Backend, ABC):
@@ -548,8 +672,19 @@ class HFBackend(Backend, ABC):
 
     def generate_image(self, model: PreparedImage, settings: ImageSettings,
                        on_phase: Callable[[str], None], on_step: Callable[[int], None]) -> Any:
+        self._kept: dict[str, Any] = {}
         return diffusers_generate(self.model, model, settings, on_phase, on_step, device=self.device,
-                                  **self._image_dtypes())
+                                  keep=self._kept, **self._image_dtypes())
+
+    @property
+    def last_latents(self) -> Any:
+        """The last image's final latents as numpy (converted after the timed run, on first ask)."""
+        latents = getattr(self, "_kept", {}).get("latents")
+        return None if latents is None else latents.detach().float().cpu().numpy()
+
+    def image_component_outputs(self, model: PreparedImage, settings: ImageSettings,
+                                inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+        return diffusers_components(self.model, model, settings, inputs, device=self.device, **self._image_dtypes())
 
     def _image_dtypes(self) -> dict[str, Any]:
         """Latent and VAE dtypes for the loaded pipeline (fp32 unless a subclass says otherwise)."""

@@ -170,8 +170,8 @@ class OpenAIBackend(Backend):
         return AVAILABLE
 
     @classmethod
-    def check_spec(cls, spec, env: dict[str, Any]) -> str | None:
-        problem = super().check_spec(spec, env)
+    def check_spec(cls, spec, env: dict[str, Any], task: str | None = None) -> str | None:
+        problem = super().check_spec(spec, env, task)
         if problem:
             return problem
         try:  # the operator's endpoints by name (the environment's facts); their URLs only reach the workers

@@ -69,11 +69,17 @@ def torchao_facts() -> dict[str, Any]:
     return {"installed": True, "version": version}
 
 
+IMAGE_INT8_REFUSAL = ("PyTorch {precision} (torchao weight-only) is offered for text models only here: a diffusion "
+                      "UNet is mostly convolutions, which weight-only int8 leaves in fp32, so pick fp32, bf16 or "
+                      "fp16 for images.")
+
+
 @dataclass(frozen=True)
 class PyTorchOptions(BackendOptions):
     device: str = option("cpu", choices=("cpu", "cuda"), gpu_only_values=("cuda",),
                          help="Where the model runs.")
     precision: str = option("fp32", choices=("fp32", "bf16", "fp16", "int8"), gpu_only_values=("fp16",),
+                            choice_tasks={"int8": ("text",)}, task_reason=IMAGE_INT8_REFUSAL,
                             help="The weights' dtype (fp16 on CUDA only; bf16 is fast on CPUs with AMX or "
                                  "AVX512-BF16); int8: weight-only int8 through torchao, activations fp32 (text).")
     compile: bool = option(False, kind="bool", tasks=("text",), label="torch.compile (static KV cache)",
@@ -155,8 +161,8 @@ class PyTorchBackend(HFBackend):
         }
 
     @classmethod
-    def check_spec(cls, spec, env):
-        problem = super().check_spec(spec, env)
+    def check_spec(cls, spec, env, task=None):
+        problem = super().check_spec(spec, env, task)
         if problem is None and spec.precision == "fp16" and spec.device != "cuda":
             return "PyTorch fp16 needs device 'cuda': on CPU many ops lack fp16 kernels. Pick fp32 or bf16 on CPU."
         if problem is None and spec.precision == "bf16" and spec.device == "cuda" \

@@ -58,14 +58,16 @@ def free_port() -> int:
 @contextlib.contextmanager
 def running_app(cache_dir: Path, log_dir: Path, preexec_fn=None, args: tuple[str, ...] = (),
                 **extra_env: str) -> Iterator[dict]:
-    """`python app.py ARGS` in its own process, configured only through its flags and the documented environment
-    variables, until the block ends; ``preexec_fn`` runs in the child before the app starts (e.g. to pin it to
-    one CPU)."""
+    """`python app.py ARGS` in its own process (``--no-warm-up`` unless ARGS say otherwise), configured only through
+    its flags and the documented environment variables, until the block ends; ``preexec_fn`` runs in the child
+    before the app starts (e.g. to pin it to one CPU)."""
     port = free_port()
     env = dict(os.environ, ARENA_CACHE_DIR=str(cache_dir), GRADIO_SERVER_NAME="127.0.0.1",
                GRADIO_SERVER_PORT=str(port), PYTHONUNBUFFERED="1", **extra_env)
     log_path = Path(log_dir) / "app.log"
     log = open(log_path, "w")
+    if not any(arg.startswith(("--warm-up", "--no-warm-up")) for arg in args):
+        args = (*args, "--no-warm-up")  # the tests' own runs time the cold path; test_warmup.py tests the warm-up
     process = subprocess.Popen([sys.executable, "app.py", *args], cwd=ROOT, env=env, stdout=log,
                                stderr=subprocess.STDOUT,
                                preexec_fn=preexec_fn)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -13,6 +14,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOT = ROOT / "docs" / "screenshots" / "text-arena.png"
 IMAGE_SCREENSHOT = ROOT / "docs" / "screenshots" / "image-arena.png"
+HISTORY_SCREENSHOT = ROOT / "docs" / "screenshots" / "history.png"
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 
@@ -75,6 +77,36 @@ def test_compare_both_backends_in_the_browser(app_server, page):
     page.wait_for_timeout(500)
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT), full_page=True)
+    # A second, shorter run; then History compares the two (issue 20, point 7): its rows show whole verdicts, its
+    # choices say more than the time, and its default pair is these two text runs, with units.
+    page.locator("#text-max_new_tokens input[type=number]").fill("8")
+    prompt.fill("Name three rivers.")
+    page.click("#run-text")
+    page.wait_for_function("document.querySelector('#answer-pytorch textarea')?.value !== "
+                           f"{json.dumps(answers[0])}", timeout=300_000)
+    page.wait_for_function("document.querySelector('#run-status')?.innerText.includes('Verdicts')",
+                           timeout=300_000)
+    page.get_by_role("tab", name="History").click()
+    page.wait_for_function("document.querySelector('#history-table')?.innerText.includes('Name three rivers')",
+                           timeout=30_000)
+    assert "on-premises" in page.locator("#history-table").inner_text()
+    page.wait_for_function("document.querySelector('#history-comparison')?.innerText.includes('Tokens/s')",
+                           timeout=30_000)
+    comparison = page.locator("#history-comparison").inner_text()
+    assert "tok/s" in comparison.split("Tokens/s", 1)[1].split("\n")[0], comparison  # with the unit
+    choices = page.locator("#history-a input").first.input_value(), page.locator("#history-b input").first.input_value()
+    assert choices[0] != choices[1] and all("MATCH" in c or "OK" in c for c in choices), choices
+    cut = page.evaluate("""() => [...document.querySelectorAll('#history-table td, #history-table [role=gridcell]')]
+        .filter(td => td.innerText.trim() && td.scrollWidth > td.clientWidth + 1).map(td => td.innerText)""")
+    assert cut == [], f"History cells cut off: {cut}"
+    broken = page.evaluate("""() => [...document.querySelectorAll(
+        '#history-comparison td:first-child, #history-comparison th')].filter(cell => {
+                          const text = cell.innerText.trim(); if (!text || text.includes(' ')) return false;
+                          const range = document.createRange(); range.selectNodeContents(cell);
+                          return range.getClientRects().length > 1; }).map(cell => cell.innerText)""")
+    assert broken == [], f"History's comparison breaks words across lines: {broken}"
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(HISTORY_SCREENSHOT), full_page=True)
 
 
 def test_the_stop_button_ends_a_long_run_and_the_page_says_so(app_server, page):

@@ -151,3 +151,55 @@ def test_a_refused_run_says_why_and_offers_no_link(app_server, browser):
     page.wait_for_timeout(1000)
     assert "Link to these settings" not in page.locator("#share-text").inner_text()
     page.close()
+
+
+def test_the_form_offers_only_what_can_run_and_nothing_is_cut_off(app_server, browser):
+    """Point 2 (options a backend cannot take for the task are not offered, the settings show only what the chosen
+    precision uses) and point 7 (the model name fits its box, Environment's columns keep their words whole, the
+    first click on Image greys nothing)."""
+    from arena.preparing.catalog import CATALOG, IMAGE_CATALOG
+
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.goto(app_server["url"])
+    page.wait_for_selector("#run-text")
+    page.wait_for_timeout(3000)  # every page-load event has landed
+    # The first visit to the Image tab: its widgets are ready at once, not greyed out as "pending".
+    page.get_by_role("tab", name="Image").click()
+    page.wait_for_selector("#run-image")
+    page.wait_for_timeout(1000)
+    pending = page.evaluate("() => [...document.querySelectorAll('.progress-text')].filter(e => e.offsetParent)"
+                            ".length")
+    assert pending == 0, f"{pending} widgets of the Image tab show a pending overlay after the first click"
+    # ONNX Runtime's quantized precisions are text-only: the image form does not offer them, and says why.
+    precision = page.locator("#image-onnxruntime-precision")
+    offered = [label.inner_text().strip() for label in precision.locator("label:has(input[type=radio])").all()]
+    assert offered and not [o for o in offered if o.startswith("int")], offered
+    assert "Not for image models: int8" in precision.inner_text()
+    assert "Not for image models" in page.locator("#image-pytorch-precision").inner_text()  # torchao int8
+    # The model's name fits its box, for every catalog entry (text and image).
+    for selector, entries in (("#image-model", IMAGE_CATALOG), ("#text-model", CATALOG)):
+        if selector == "#text-model":
+            page.get_by_role("tab", name="Text").click()
+        box = page.locator(f"{selector} input").first
+        for entry in entries:
+            box.fill(entry.title)
+            fits = box.evaluate("input => input.scrollWidth <= input.clientWidth + 1")
+            assert fits, f"{entry.title!r} is cut off in {selector}"
+        box.fill(entries[0].title)
+        page.keyboard.press("Escape")
+    for selector in ("#text-reference input", "#image-reference input"):  # its "auto" choice, read whole
+        assert page.locator(selector).first.evaluate("input => input.scrollWidth <= input.clientWidth + 1"), selector
+    # The quantization settings show only while a weight-only precision is picked.
+    assert not visible(page, "#onnxruntime-block_size")
+    page.locator("#onnxruntime-precision input").first.click()
+    page.locator("ul[role=listbox] li").filter(has_text="int4").first.click()
+    page.locator("#onnxruntime-block_size").wait_for(state="visible", timeout=10_000)
+    page.locator("#onnxruntime-accuracy_level").wait_for(state="visible", timeout=10_000)
+    # Environment: the table's header words are each on one line ("Backend", not "Backe / nd").
+    page.get_by_role("tab", name="Environment").click()
+    page.locator("#environment table").first.wait_for()
+    broken = page.evaluate("""() => [...document.querySelectorAll('#environment th')].filter(th => {
+        const range = document.createRange(); range.selectNodeContents(th); return range.getClientRects().length > 1;
+    }).map(th => th.innerText)""")
+    assert broken == [], f"header words broken across lines: {broken}"
+    page.close()

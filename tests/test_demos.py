@@ -45,7 +45,7 @@ def test_broken_example_in_the_browser(app_server):
     MATCH in the panels; then the image tab's broken example: NAN next to MATCH."""
     from playwright.sync_api import sync_playwright
 
-    from tests.test_browser import CHROMIUM_FLAGS, chromium_path
+    from tests.test_browser import CHROMIUM_FLAGS, ROOT, chromium_path
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
@@ -66,6 +66,15 @@ def test_broken_example_in_the_browser(app_server):
         page.wait_for_function("document.querySelector('#share-image')?.innerText.includes('Link')", timeout=600_000)
         status = page.locator("#image-status").inner_text()
         assert "NAN" in status and "MATCH" in status, status
+        # Point 5 of issue 20: no empty boxes, and the broken backend is not silently left out of the chart.
+        # It draws no image (its decoder gave NaN): its panel says why instead of showing empty boxes, and the
+        # chart names it among the backends it could not time.
+        assert not page.locator("#image-onnxruntime").is_visible() and not page.locator("#image-slider").is_visible()
+        assert "NaN" in page.locator("#image-metrics-onnxruntime").inner_text()
+        page.locator("#image-latency-chart .main-svg").first.wait_for(timeout=30_000)
+        assert "Not timed, the run failed: ONNX Runtime" in page.locator("#image-latency-chart").inner_text()
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(ROOT / "docs" / "screenshots" / "broken-image.png"), full_page=True)
         browser.close()
 
 

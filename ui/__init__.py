@@ -45,9 +45,12 @@ def build_ui(arena: Arena, warm_up=None) -> gr.Blocks:
         wire_link_fill(demo, text, image, tabs, link_note)
         register_api(arena)
         # Until the visitor runs their own, the panels show a real run of the defaults that ships with the repo.
-        # A settings link shows its own settings instead (`ui.share.wire_link_fill`).
+        # A settings link shows its own settings instead (`ui.share.wire_link_fill`). Page-load events show no
+        # progress on their outputs: Gradio left the widgets of the tab not shown at load "pending" until it was
+        # first opened, then greyed them for seconds.
         for tab, stored in ((text, stored_text_updates), (image, stored_image_updates)):
-            demo.load(unless_link(stored, tab), None, tab.outputs(), api_visibility="private")
+            demo.load(unless_link(stored, tab), None, tab.outputs(), api_visibility="private", show_progress="hidden",
+                      show_progress_on=[link_note])
         # Client-side only: disable the radio choices the server labelled unavailable.
         demo.load(None, js=(ASSETS / "arena.js").read_text(), api_visibility="private")
         # A visitor who closes the page does not leave their run holding the queue (nor, in public mode, their

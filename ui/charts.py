@@ -204,6 +204,13 @@ def image_latency_figure(run: dict[str, Any]) -> go.Figure:
     fig.update_xaxes(title_text="denoising step", row=1, col=1)
     fig.update_yaxes(title_text="milliseconds", rangemode="tozero", row=1, col=1)
     fig.update_yaxes(title_text="seconds", row=1, col=2)
+    # A backend that failed (an fp16 VAE's NaN) has no timings: say so on the chart rather than leave it out.
+    failed = [r for r in run.get("results", []) if not r.get("timings")]
+    if done and failed:
+        named = "; ".join(f"{r['label']} ({(r.get('verdict') or {}).get('kind') or 'failed'})" for r in failed)
+        fig.add_annotation(text=f"Not timed, the run failed: {named}", showarrow=False, x=0, y=1.2,
+                           xref="paper", yref="paper", xanchor="left", font={"size": 12, "color": "#dc2626"})
+        fig.update_layout(margin={"t": 90})
     return fig if done else _placeholder(fig)
 
 

@@ -56,6 +56,7 @@ def build_backend_controls(backend_options: dict[str, dict[str, Any]], prefix: s
                                   elem_id=f"{prefix}enable-{name}",
                                   info=None if available.ok else available.sentence())
             widgets = {}
+            defaults = {field.name: field.default for field in info["fields"]}
             for field in info["fields"]:
                 if task not in field.tasks:
                     continue
@@ -63,14 +64,16 @@ def build_backend_controls(backend_options: dict[str, dict[str, Any]], prefix: s
                 if not allow_paths and field.kind == "url":
                     widget = endpoint_dropdown(field, endpoints, elem_id)
                 elif allow_paths or field.kind not in SERVER_SIDE_KINDS:
-                    widget = option_widget(field, info["options"].get(field.name), task, elem_id)
+                    widget = option_widget(field, info["options"].get(field.name), task, elem_id,
+                                           visible=field.is_used(defaults))
                 else:
                     widget = None
                 if widget is not None:
                     widgets[field.name] = widget
-            note = unavailable_note(info["options"])
+            show_when_used(info["fields"], widgets)
+            note = unavailable_note(info["options"], info["fields"], task)
             if note:
-                with gr.Accordion(f"Unavailable here ({note.count(chr(10)) + 1}): why, and how to install",
+                with gr.Accordion(f"Not offered here ({note.count(chr(10)) + 1}): why, and how to install",
                                   open=False):
                     gr.Markdown(note, elem_classes=["arena-unavailable"])
         controls.append(BackendOptionControls(name, info["title"], enabled, widgets,
@@ -79,21 +82,45 @@ def build_backend_controls(backend_options: dict[str, dict[str, Any]], prefix: s
 
 
 def option_widget(field: OptionInfo, choices: list[OptionChoice] | None, task: str,
-                  elem_id: str) -> gr.components.Component | None:
+                  elem_id: str, visible: bool = True) -> gr.components.Component | None:
     """The widget for one backend option; ``choices`` (a choice option's values and their availability here)
-    come from the backend's probe, else from the option's declared choices."""
+    come from the backend's probe, else from the option's declared choices. ``visible`` False: unused by the
+    other options' values (`show_when_used` shows it when they change)."""
     if field.kind == "choice":
         choices = choices or [OptionChoice(value, value) for value in field.choices]
+        # A choice that cannot run this tab's task is not offered here (the tab's note says why).
+        left_out = [c.label for c in choices if not field.runs_task(c.value, task)]
+        choices = [c for c in choices if field.runs_task(c.value, task)]
         if not choices:
             return None
         runnable = [c.value for c in choices if c.availability.ok]
         value = field.default if field.default in runnable else (runnable or [choices[0].value])[0]
         widget = gr.Dropdown if len(choices) > 3 else gr.Radio
-        return widget(choices=choice_labels(choices), value=value, label=field.title(), elem_id=elem_id)
+        info = f"Not for {task} models: {', '.join(left_out)} (the Text tab has them)." if left_out else None
+        return widget(choices=choice_labels(choices), value=value, label=field.title(), elem_id=elem_id, info=info,
+                      visible=visible)
     if field.kind == "bool":
-        return gr.Checkbox(bool(field.default), label=field.title(), info=field.help or None, elem_id=elem_id)
+        return gr.Checkbox(bool(field.default), label=field.title(), info=field.help or None, elem_id=elem_id,
+                           visible=visible)
     return gr.Textbox(value=field.default or "", label=field.title(), placeholder=field.placeholder_for(task),
-                      info=field.help or None, elem_id=elem_id)
+                      info=field.help or None, elem_id=elem_id, visible=visible)
+
+
+def show_when_used(fields: tuple[OptionInfo, ...], widgets: dict[str, gr.components.Component]) -> None:
+    """Hide each option while the backend's other options make it unused (`OptionInfo.used_with`: the
+    quantization settings while fp32 is picked), and show it again when they change (a user's pick, an example,
+    a link): one event per deciding option, updating every option it decides."""
+    dependent = [f for f in fields if f.used_with and f.name in widgets and set(f.used_with) <= set(widgets)]
+    for trigger in dict.fromkeys(name for f in dependent for name in f.used_with):
+        decided = [f for f in dependent if trigger in f.used_with]
+        names = list(dict.fromkeys(name for f in decided for name in f.used_with))
+
+        def update(*values, decided=decided, names=names):
+            chosen = dict(zip(names, values, strict=True))
+            return [gr.update(visible=f.is_used(chosen)) for f in decided]
+
+        widgets[trigger].change(update, [widgets[n] for n in names], [widgets[f.name] for f in decided],
+                                queue=False, show_progress="hidden", api_visibility="private")
 
 
 def endpoint_dropdown(field: OptionInfo, endpoints: list[str], elem_id: str) -> gr.Dropdown | None:
@@ -111,7 +138,7 @@ def reference_dropdown(backend_options: dict[str, dict[str, Any]], elem_id: str,
     only the backends that run it."""
     choices = [(info["title"], name) for name, info in backend_options.items()
                if task is None or task in info.get("tasks", (task,))]
-    return gr.Dropdown([("auto: PyTorch fp32 if selected, else the first backend", "auto"), *choices],
+    return gr.Dropdown([("auto (PyTorch fp32, else the first)", "auto"), *choices],
                        value="auto", label="Reference", elem_id=elem_id,
                        info="Verdicts compare every backend with this one (it must be selected).")
 

@@ -97,6 +97,8 @@ def where_markdown(result: dict[str, Any]) -> str:
     where = metrics["where"]
     if where is None:
         return f"**Where?** Not localized: {metrics.get('where_unavailable', 'no layer outputs')}.\n\n"
+    if where.get("task") == "image":
+        return image_where_markdown(where)
     if where["unit"] is None:
         return ("**Where?** No layer breaks: every unit stays within the tolerance "
                 f"{where['threshold']:g}" + (f"; {where['cause']}" if where.get("cause") else "") + ".\n\n")
@@ -105,6 +107,21 @@ def where_markdown(result: dict[str, Any]) -> str:
     return (f"**Where?** `{where['unit']}` is the first unit whose output leaves the reference's (relative error "
             f"{error_text(where['error'])}, tolerance {where['threshold']:g}"
             + (f"; inside it: {parts}" if parts else "") + f"). Likely cause: {where['cause']}.\n\n")
+
+
+def image_where_markdown(where: dict[str, Any]) -> str:
+    """The "Where?" line of a localized image backend: the first component that computes something else on the
+    reference's inputs, the likely cause, and every component's figures."""
+    from arena.judging.localize_image import TITLES, summary
+
+    figures = f" Each on the reference's inputs (relative error): {summary(where)}." if where.get("per_unit") else ""
+    if where["unit"] is None:
+        return (f"**Where?** No component breaks: text encoder, UNet and VAE decoder each stay within "
+                f"{where['threshold']:g}" + (f"; {where['cause']}" if where.get("cause") else "") + "."
+                + figures + "\n\n")
+    return (f"**Where?** The **{TITLES.get(where['unit'], where['unit'])}** is the first component whose output "
+            f"leaves the reference's on the same input (relative error {error_text(where['error'])}, tolerance "
+            f"{where['threshold']:g}). Likely cause: {where['cause']}." + figures + "\n\n")
 
 
 def quality_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
@@ -191,12 +208,18 @@ def verdict_summary(run: dict[str, Any]) -> str:
             f"{parts}" + (f"; broken: {', '.join(broken)}" if broken else "") + ".")
 
 
-def unavailable_note(options: dict[str, list[OptionChoice]]) -> str:
-    """List each option value that cannot run here, with why and how to install what is missing."""
+def unavailable_note(options: dict[str, list[OptionChoice]], fields: tuple = (), task: str | None = None) -> str:
+    """List each option value that cannot run here, with why and how to install what is missing, and (with the
+    backend's ``fields`` and the tab's ``task``) each value that cannot run this task, with why."""
     lines = []
+    by_name = {field.name: field for field in fields}
     for option, choices in options.items():
+        field = by_name.get(option)
         for choice in choices:
-            if not choice.availability.ok:
+            refusal = field.task_refusal(choice.value, task, "") if field is not None and task else None
+            if refusal:
+                lines.append(f"- **{choice.label}** ({option}) not for {task} models: {refusal}")
+            elif not choice.availability.ok:
                 lines.append(f"- **{choice.label}** ({option}) unavailable here: {choice.availability.sentence()}")
     return "\n".join(lines)
 
@@ -207,9 +230,10 @@ def choice_labels(choices: list[OptionChoice]) -> list[tuple[str, str]]:
 
 
 def image_metrics(result: dict[str, Any]) -> str:
-    """Time split, load facts and similarity to the reference for one image backend."""
-    if result.get("error"):
-        return panel_metrics(result)
+    """Time split, load facts and similarity to the reference for one image backend, and where it broke."""
+    if result.get("error"):  # a NaN guard's stop is localized too: its "Where?" line follows the error
+        where = where_markdown(result)
+        return panel_metrics(result) + ("\n\n" + where if where else "")
     timings, load = result.get("timings") or {}, result.get("load") or {}
     similarity = "reference" if result.get("is_reference") else _psnr_text(result)
     rows = [
@@ -221,8 +245,8 @@ def image_metrics(result: dict[str, Any]) -> str:
         *load_rows(load),
     ]
     notes = load.get("notes") or []
-    return verdict_line(result) + "| Measure | Value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows) + \
-        ("\n\n" + "; ".join(notes) if notes else "")
+    return verdict_line(result) + where_markdown(result) + "| Measure | Value |\n|---|---|\n" + \
+        "\n".join(f"| {k} | {v} |" for k, v in rows) + ("\n\n" + "; ".join(notes) if notes else "")
 
 
 def image_summary(run: dict[str, Any]) -> str:

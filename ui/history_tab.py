@@ -46,7 +46,7 @@ def _cells(entry: HistoryEntry | None, result: dict[str, Any] | None) -> list[st
         return [f"**{kind}**", f"{t['total_s']:.2f} s" if t.get("total_s") else "–", "–",
                 "identical" if result.get("identical_to_reference") else f"PSNR {psnr} dB" if psnr else "–",
                 _excerpt(result.get("error") or verdict.get("reason", ""))]
-    return [f"**{kind}**", f"{t['tokens_per_s']:.1f}" if t.get("tokens_per_s") else "–",
+    return [f"**{kind}**", f"{t['tokens_per_s']:.1f} tok/s" if t.get("tokens_per_s") else "–",
             f"{t['ttft_s'] * 1000:.0f} ms" if t.get("ttft_s") else "–",
             _excerpt(result.get("error") or result.get("text", "")), _excerpt(verdict.get("reason", ""), 80)]
 

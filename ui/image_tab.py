@@ -14,7 +14,7 @@ from arena.judging.verdicts import difference_heatmap
 from arena.preparing.catalog import IMAGE_CATALOG, IMAGE_EXAMPLE_PROMPTS, find_image_catalog_model
 from arena.types import ImageRunRequest, ImageRunResult
 from ui import controls as ctl
-from ui.charts import image_latency_figure
+from ui.charts import image_latency_figure, where_figure
 from ui.demos import BROKEN_IMAGE, GOOD_IMAGE
 from ui.downloads import show_and_keep
 from ui.format import idle_panel, image_metrics, image_summary, panel_header
@@ -46,6 +46,7 @@ class ImageTab:
     result_json: gr.JSON
     share: gr.Markdown | None = None  # after a run: the link to its settings
     downloads: gr.File | None = None  # after a run: its reports (and difference heatmaps)
+    where_chart: gr.Plot | None = None  # each component's error on the reference's inputs: which one breaks
 
     @property
     def model(self) -> gr.components.Component:
@@ -56,6 +57,8 @@ class ImageTab:
         showed): waiting, not selected, or unavailable here."""
         updates = {self.status: "Running…", self.slider: None, self.share: "", self.downloads: None,
                    self.chart: image_latency_figure({}), self.result_json: None}
+        if self.where_chart is not None:
+            updates[self.where_chart] = where_figure({})
         for p in self.panels:
             state, metrics = idle_panel(p.name, selected, p.controls.unavailable)
             updates |= {p.header: panel_header(p.title, None, state), p.metrics: metrics,
@@ -66,6 +69,7 @@ class ImageTab:
     def outputs(self) -> list:
         """Every component a run updates (its status, slider, chart, result, link, reports and each panel)."""
         return [self.status, self.slider, self.chart, self.result_json, self.share, self.downloads,
+                *([self.where_chart] if self.where_chart is not None else []),
                 *(c for p in self.panels for c in (p.header, p.image, p.heatmap, p.metrics))]
 
 
@@ -86,7 +90,7 @@ def build_image_tab(arena: Arena) -> ImageTab:
     backend_options = arena.backend_options()
     public, field = arena.policy.public, ImageRunRequest.field
     with gr.Row(equal_height=False, elem_classes=["arena-layout"]):
-        with gr.Column(scale=1, min_width=320):
+        with gr.Column(scale=1, min_width=360):
             model = gr.Dropdown(choices=[(e.title, e.key) for e in IMAGE_CATALOG], value=field("model").default,
                                 allow_custom_value=True, label=field("model").label, elem_id="image-model",
                                 info="Pick one, or type a diffusers hub id" + ("." if public else
@@ -129,12 +133,14 @@ def build_image_tab(arena: Arena) -> ImageTab:
                                     type="numpy", height=320, elem_id="image-slider",
                                     elem_classes=["arena-pixelated"])
             chart = gr.Plot(image_latency_figure({}), label="Latency", elem_id="image-latency-chart")
+            where_chart = gr.Plot(where_figure({}), label="Where did it break (text encoder, UNet, VAE decoder)",
+                                  elem_id="image-where-chart")
             downloads = gr.File(label="Reports of this run (Markdown for an issue, JSON, CSV, heatmaps)",
                                 file_count="multiple", interactive=False, elem_id="downloads-image")
             with gr.Accordion("Structured result (JSON, same as the /compare_image API)", open=False):
                 result_json = gr.JSON(label="Result")
     tab = ImageTab(widgets, notes, run, stop, status, panels, slider, chart, result_json, share=share,
-                   downloads=downloads)
+                   downloads=downloads, where_chart=where_chart)
     def execute(request: ImageRunRequest, http: gr.Request, cancel, progress):
         selected = {spec.backend for spec in request.backends}
         yield tab.idle_updates(selected)
@@ -159,17 +165,23 @@ def render_image_dict(tab: ImageTab, run: dict[str, Any], images: list, selected
     others = [image for i, image in enumerate(images) if image is not None and i != index]
     updates: dict = {tab.status: image_summary(run) if run["results"] or run.get("error") else "Running…",
                      tab.chart: image_latency_figure(run), tab.result_json: json.loads(json.dumps(run, default=str)),
-                     tab.slider: (reference, others[0]) if reference is not None and others else None}
+                     **({tab.where_chart: where_figure(run)} if tab.where_chart is not None else {}),
+                     # No pair to slide between (the other backend failed): no empty box either.
+                     tab.slider: gr.update(value=(reference, others[0]) if reference is not None and others else None,
+                                           visible=reference is not None and bool(others))}
     for panel in tab.panels:
         found = by_backend.get(panel.name)
         state, idle = idle_panel(panel.name, selected, panel.controls.unavailable, bool(run.get("error")))
         updates[panel.header] = panel_header(panel.title, found[1] if found else None, state)
         image = found[0] if found else None
         shown = found is not None or state == "waiting"  # out of this run: its one-line header only
+        # A result without an image (a NaN it refused to draw, an error) shows its reason, not an empty box.
+        shown = shown and (image is not None or found is None)
         updates[panel.image] = gr.update(value=image, visible=shown)
         comparable = image is not None and reference is not None and image is not reference \
             and image.shape == reference.shape
+        # The reference (and a backend without an image) has no difference to show: no empty box.
         updates[panel.heatmap] = gr.update(value=difference_heatmap(reference, image) if comparable else None,
-                                           visible=shown)
+                                           visible=shown and (comparable or found is None))
         updates[panel.metrics] = image_metrics(found[1]) if found else idle
     return updates

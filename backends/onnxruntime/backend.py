@@ -150,8 +150,8 @@ class OnnxRuntimeBackend(HFBackend):
         }
 
     @classmethod
-    def check_spec(cls, spec, env):
-        problem = super().check_spec(spec, env)
+    def check_spec(cls, spec, env, task=None):
+        problem = super().check_spec(spec, env, task)
         if problem:
             return problem
         provider = cls.resolve_provider(spec.provider, usable_providers(env.get("onnxruntime", {})))
@@ -305,6 +305,14 @@ class OnnxRuntimeBackend(HFBackend):
     def unload(self) -> None:
         self.components = None
         super().unload()
+
+    def image_component_outputs(self, model, settings, inputs=None):
+        """optimum's pipeline runs its text encoder, UNet and VAE decoder sessions like diffusers' modules
+        (`diffusers_components`); a diffusers conversion-script export has bare sessions and is not compared."""
+        if self.components is not None:
+            raise NotImplementedError("ONNX Runtime compares the components of an optimum pipeline export only, "
+                                      "not of a diffusers conversion-script export")
+        return super().image_component_outputs(model, settings, inputs)
 
     def layer_outputs(self, token_ids: list[int], units: list[str]) -> dict[str, Any]:
         """The units' outputs from a copy of the loaded graph that also returns them (`onnx_layers`), on the

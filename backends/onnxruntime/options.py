@@ -11,6 +11,7 @@ GRAPH_OPTIMIZATION = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED"
                       "disabled": "ORT_DISABLE_ALL"}
 WEIGHT_ONLY_BITS = {"int8": 8, "int4": 4}
 QUANTIZED = (*WEIGHT_ONLY_BITS, "int8-dynamic")
+WEIGHT_ONLY_USE = {"precision": tuple(WEIGHT_ONLY_BITS)}  # the weight-only quantizer's settings
 IMAGE_QUANTIZATION_REFUSAL = (
     "ONNX Runtime {precision} is for text models only: a diffusion UNet is mostly convolutions, which "
     "weight-only MatMulNBits leaves in fp32 (only its attention projections would shrink), and dynamic int8 of "
@@ -22,19 +23,23 @@ class OnnxRuntimeOptions(BackendOptions):
     provider: str = option("auto", choices=("auto", *PROVIDERS), gpu_only_values=GPU_PROVIDERS,
                            help="The execution provider (auto: CUDA if it starts, else CPU).")
     precision: str = option("fp32", choices=("fp32", "fp16", "int8", "int4", "int8-dynamic"),
-                            gpu_only_values=("fp16",),
+                            gpu_only_values=("fp16",), choice_tasks={q: ("text",) for q in QUANTIZED},
+                            task_reason=IMAGE_QUANTIZATION_REFUSAL,
                             help="fp16 exports on CUDA. CPU provider: int8 / int4 are weight-only (MatMulNBits: "
                                  "weights in 8 or 4 bits per block, activations fp32); int8-dynamic quantizes "
                                  "activations at run time too (per-channel, output projection kept fp32).")
-    block_size: str = option("32", choices=("32", "64", "128"), tasks=("text",), label="Quantization block size",
+    block_size: str = option("32", choices=("32", "64", "128"), tasks=("text",), used_with=WEIGHT_ONLY_USE,
+                             label="Quantization block size",
                              help="int8/int4: weights sharing one scale (smaller: more accurate, a little larger).")
-    symmetric: bool = option(True, kind="bool", tasks=("text",), label="Symmetric quantization",
+    symmetric: bool = option(True, kind="bool", tasks=("text",), used_with=WEIGHT_ONLY_USE,
+                             label="Symmetric quantization",
                              help="int8/int4: scales only (symmetric) or scales and zero points.")
     accuracy_level: str = option("4", choices=("0", "1", "2", "3", "4"), tasks=("text",),
+                                 used_with=WEIGHT_ONLY_USE,
                                  label="MatMulNBits accuracy level",
                                  help="int8/int4: the compute type (4: int8 dot products on AVX512-VNNI, fastest; "
                                       "0: unset, fp32 compute; 1-3: fp32/fp16/bf16).")
-    embedding_bits: str = option("8", choices=("8", "4", "fp32"), tasks=("text",),
+    embedding_bits: str = option("8", choices=("8", "4", "fp32"), tasks=("text",), used_with=WEIGHT_ONLY_USE,
                                  label="Embedding / output projection",
                                  help="int8/int4: the tied embedding and output projection (a third of a small "
                                       "model's weights). 8: output projection 8-bit (the lookup stays fp32: "
