@@ -171,10 +171,14 @@ def where_figure(run: dict[str, Any]) -> go.Figure:
         if where["unit"]:
             fig.add_trace(go.Scatter(x=[where["unit"]], y=[errors[units.index(where["unit"])]], mode="markers+text",
                                      marker={"symbol": "x", "size": 16, "color": "#dc2626"}, showlegend=False,
-                                     text=[f"breaks here: {where['unit']}"], textposition="top left"))
+                                     text=[f"breaks here: {where['unit']}"], textposition="bottom left"))
+    images = any((((r.get("verdict") or {}).get("metrics") or {}).get("where") or {}).get("task") == "image"
+                 for r in run.get("results", []))
+    what = "each component's output on the reference's inputs" if images else \
+        "each unit's output against the reference's (prefill)"
     fig.update_layout(height=360, margin={"l": 60, "r": 20, "t": 50, "b": 110}, template="plotly_white",
-                      title={"text": "Where did it break: each unit's output against the reference's (prefill)",
-                             "font": {"size": 14}}, legend={"orientation": "h", "y": -0.45, "x": 0})
+                      title={"text": f"Where did it break: {what}", "font": {"size": 14}},
+                      legend={"orientation": "h", "y": -0.45, "x": 0})
     fig.update_xaxes(title_text="unit, in forward order", tickangle=-45)
     fig.update_yaxes(title_text="relative error (log)", type="log", exponentformat="power")
     return fig if drawn else _empty_note(fig, "A broken or drifting backend is localized here, layer by layer")
