@@ -183,3 +183,13 @@ def test_names_and_unavailability():
     assert "pip install onnxruntime-genai==" in missing
     with pytest.raises(ValueError, match="choose one of: fp32, int8, int4"):
         BackendSpec("onnxruntime-genai", precision="fp16")
+
+
+def test_an_int8_build_keeps_the_tied_embedding_apart():
+    """The builder's int8 with a tied embedding wrote an invalid model (a 4-bit-only Gather); int8 asks for the
+    embedding and the output projection apart, and the cache key carries the options (no stale invalid build)."""
+    from backends.conversion.genai_build import GenAIBuildSettings
+
+    assert "shared_embeddings=false" in GenAIBuildSettings(precision="int8").extra_options()
+    assert "shared_embeddings=false" not in GenAIBuildSettings(precision="int4").extra_options()
+    assert GenAIBuildSettings(precision="fp32").extra_options() == []

@@ -36,8 +36,14 @@ class GenAIBuildSettings:
         """The builder's ``--extra_options KEY=VALUE`` list (quantization settings only for int4/int8)."""
         if self.precision not in QUANTIZED:
             return []
-        return [f"block_size={self.block_size}", f"accuracy_level={self.accuracy_level}",
-                f"is_symmetric={'true' if self.symmetric else 'false'}"]
+        extra = [f"block_size={self.block_size}", f"accuracy_level={self.accuracy_level}",
+                 f"is_symmetric={'true' if self.symmetric else 'false'}"]
+        if self.precision == "int8":
+            # A model that ties its embedding and output projection (SmolLM2) gets shared_embeddings by default,
+            # which quantizes the embedding's Gather too; the quantizer has a 4-bit Gather only, and 0.15.2 then
+            # writes an invalid int8 model ("Node input 'lm_head.MatMul.weight_Q4' is not a graph input").
+            extra.append("shared_embeddings=false")
+        return extra
 
     def command(self, input_dir: str = "MODEL_DIR", output_dir: str = "OUT") -> str:
         """The equivalent command line (shown in the panel, so a run can be reproduced outside the arena)."""
@@ -84,7 +90,8 @@ def genai_versions() -> dict[str, str | None]:
 def cached_genai_model(model: Any, settings: GenAIBuildSettings, ctx: LoadContext) -> tuple[Path, bool]:
     """The cached GenAI model folder of a prepared text model for ``settings``, built in an isolated process on a
     miss; returns ``(folder, built_now)``."""
-    fields = {"model": model.fingerprint, "builder": dict(vars(settings)), "versions": genai_versions()}
+    fields = {"model": model.fingerprint, "builder": dict(vars(settings)), "extra_options": settings.extra_options(),
+              "versions": genai_versions()}
     with ctx.stage("export", f"Building {model.model_name} with the ONNX Runtime GenAI model builder "
                              f"({settings.precision}; once, then cached)"):
         return ctx.cache.get_or_build(
