@@ -71,6 +71,9 @@ def build_genai_model(model_dir: str, output_dir: str, settings: dict[str, Any])
     with tempfile.TemporaryDirectory(prefix="genai-builder-") as scratch:
         extra = parse_extra_options(None, model_dir, output_dir, build.precision, build.execution_provider, scratch,
                                     build.extra_options())
+        # The folder is already local and checked (a visitor's repository passed the Hub border): the builder gets
+        # no Hub token and never trusts a repository's code, whatever its defaults become.
+        extra.update(hf_token=False, hf_remote=False)
         create_model(None, model_dir, output_dir, build.precision, build.execution_provider, scratch, **extra)
     if not (Path(output_dir) / "genai_config.json").is_file():
         raise RuntimeError(f"the model builder wrote no genai_config.json into {output_dir}")
