@@ -28,6 +28,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="prepare the default models (materialize, export, load) in the background from start-up, "
                              "so the first click finds them ready; a click before then waits for that same "
                              "preparation (default: on)")
+    parser.add_argument("--serve-when-ready", action=argparse.BooleanOptionalAction,
+                        default=not os.environ.get("SPACE_ID"),
+                        help="with --warm-up: serve the page once the default text models are prepared and loaded "
+                             "(their progress is printed here), so that the first click answers in seconds; the "
+                             "image model and the examples follow in the background (default: on, except on a "
+                             "Hugging Face Space, where the page answers at once and shows the preparation's "
+                             "progress)")
     parser.add_argument("--mcp", action=argparse.BooleanOptionalAction, default=None,
                         help="also serve the API as MCP tools at /gradio_api/mcp/ (default: on when the mcp package "
                              "is installed)")
@@ -53,6 +60,22 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+def terminal_printer():
+    """Prints each new phase of the start-up preparation once (not every token or second)."""
+    import re
+    import sys
+
+    last = [""]
+
+    def report(line: str) -> None:
+        stem = re.sub(r"[\d.]+", "#", line)
+        if stem != last[0]:
+            last[0] = stem
+            print(line, file=sys.stderr, flush=True)
+
+    return report
+
+
 def main(argv: list[str] | None = None) -> None:
     from arena.public.secrets import hide_initial_environment
 
@@ -72,8 +95,11 @@ def main(argv: list[str] | None = None) -> None:
 
     limits = PublicLimits.from_settings(overrides=parse_limit_overrides(args.limit))
     arena = Arena(cache_dir=args.cache_dir, policy=Policy(public=args.public, limits=limits))
-    warm_up = WarmUp(arena).start() if args.warm_up else None
-    demo = build_ui(arena, warm_up)
+    wait = args.warm_up and args.serve_when_ready
+    warm_up = WarmUp(arena, report=terminal_printer() if wait else None).start() if args.warm_up else None
+    demo = build_ui(arena, warm_up)  # built while the warm-up works
+    if wait:
+        warm_up.wait_first()
     demo.queue(default_concurrency_limit=1, max_size=32)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, footer_links=["api", "settings"],
                 mcp_server=mcp_available() if args.mcp is None else args.mcp, **launch_options())

@@ -23,6 +23,7 @@ import argparse
 import json
 import re
 import sys
+import time
 
 from arena.fields import add_arguments, cli_values
 from arena.registry import DEFAULT_BACKENDS, default_reference
@@ -113,10 +114,18 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--localize", action="store_true", help="where did it break: compare each layer's output "
                        "(text) or each component's, text encoder / UNet / VAE decoder (images), with the reference's "
                        "for any candidate (a broken or drifting one always is)")
+    prepare = sub.add_parser("prepare", help="prepare the default models (materialize, export, load once) into the "
+                             "cache, so that the app's first run finds them ready; `make run` does this first")
+    prepare.add_argument("--cache-dir", default=None)
+    prepare.add_argument("--examples", action="store_true",
+                         help="also make the broken-conversion examples' exports (the app makes them in the "
+                              "background after start-up)")
     args = parser.parse_args(argv)
 
     from arena.core import Arena
 
+    if args.command == "prepare":
+        return run_prepare(args, Arena(cache_dir=args.cache_dir))
     if args.command == "check":
         return run_check(args, Arena(cache_dir=args.cache_dir))
     if args.command == "image":
@@ -185,6 +194,24 @@ def run_check(args, arena) -> int:
     else:
         print("\n\n".join("\n".join(summary_lines(report)) for report in reports))
     return max(2 if report["error"] else 1 if report["broken"] else 0 for report in reports)
+
+
+def run_prepare(args, arena) -> int:
+    """The app's start-up preparation, in the foreground with its status lines printed; 1 on a problem."""
+    from arena.running.warmup import WarmUp
+
+    printer = phase_printer()
+    start = time.monotonic()
+    try:
+        problems = WarmUp(arena, examples=args.examples, report=lambda line: printer(None, line)).run()
+    finally:
+        arena.close()
+    if problems:
+        print(f"prepare: {'; '.join(problems)}", file=sys.stderr)
+        return 1
+    print(f"prepare: the default models are ready in {arena.cache_dir} ({time.monotonic() - start:.0f} s)",
+          file=sys.stderr)
+    return 0
 
 
 def phase_printer():

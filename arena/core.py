@@ -52,6 +52,67 @@ def _quiet(_fraction: float | None, _description: str) -> None:
     pass
 
 
+# Set in the start-up preparation's thread (`arena.running.warmup`): its steps give way to any visitor's.
+BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar("arena_background_run", default=False)
+
+
+class RunLock:
+    """One step of one run at a time on the cores (preparing, one backend, judging), and visitors' runs before
+    background work: a background step (`BACKGROUND` set in its context, which the run's threads inherit) waits
+    while any visitor's run is under way or waits. So a click during the start-up preparation waits for the step
+    under way at most, not for the image model and the examples after it, and no background step slips in
+    between the steps of a visitor's run. Not re-entrant, like a Lock."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._held = False
+        self._visitors_waiting = 0
+        self._visitor_runs = 0
+
+    @contextlib.contextmanager
+    def visitor_run(self) -> Iterator[None]:
+        """Around a whole run: a visitor's keeps background steps waiting from its first step to its last."""
+        if BACKGROUND.get():
+            yield
+            return
+        with self._condition:
+            self._visitor_runs += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._visitor_runs -= 1
+                self._condition.notify_all()
+
+    def locked(self) -> bool:
+        return self._held
+
+    def acquire(self) -> None:
+        background = BACKGROUND.get()
+        with self._condition:
+            if not background:
+                self._visitors_waiting += 1
+            try:
+                while self._held or (background and (self._visitors_waiting or self._visitor_runs)):
+                    self._condition.wait()
+            finally:
+                if not background:
+                    self._visitors_waiting -= 1
+            self._held = True
+
+    def release(self) -> None:
+        with self._condition:
+            self._held = False
+            self._condition.notify_all()
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
+
+
 class Arena:
     """Owns the worker processes and the artifact cache; serves the UI, the API and the CLI alike."""
 
@@ -70,7 +131,7 @@ class Arena:
         self._cancels: dict[str, tuple[threading.Event, threading.Event]] = {}  # owner: (stop, ended)
         self._environment = environment
         self._env_lock = threading.Lock()
-        self._run_lock = threading.Lock()
+        self._run_lock = RunLock()
         # What holds the run lock when it is not a visitor's run ("the start-up preparation of the default models",
         # `arena.running.warmup`): a run that has to wait says what it waits for.
         self.busy_with: str | None = None
@@ -139,6 +200,32 @@ class Arena:
             self._empty_dir = tempfile.mkdtemp(prefix="arena-worker-cwd-")
         return self._empty_dir
 
+    def preload(self, specs: tuple[BackendSpec, ...]) -> list[threading.Thread]:
+        """Start, all at once, the environment probe, the preparer and the workers of ``specs`` with their heavy
+        imports (`BackendHost.preload`). Each is mostly a single-threaded import chain (torch, transformers,
+        optimum.onnxruntime: 5-10 s each), so on 2 cores they overlap with each other and with the first run's
+        own steps, which then find them loaded (a call waits for its worker's preload). Returns the threads;
+        a failure here is left for the run to meet and report."""
+        def preparer() -> None:
+            self._preparer().preload()
+
+        def backend(spec: BackendSpec) -> None:
+            self._backend_worker(spec).preload()
+
+        jobs = [self.environment, preparer, *(lambda spec=spec: backend(spec) for spec in specs)]
+        threads = [threading.Thread(target=self._quietly, args=(job,), name="arena-preload", daemon=True)
+                   for job in jobs]
+        for thread in threads:
+            thread.start()
+        return threads
+
+    @staticmethod
+    def _quietly(job: Callable[[], Any]) -> None:
+        try:
+            job()
+        except Exception:  # noqa: BLE001 - the run that needs it meets the same failure and reports it
+            pass
+
     def _backend_worker(self, spec: BackendSpec) -> BackendHost:
         """The backend's worker, called like its `BackendHost` (`Hosted`: checked before anything is sent)."""
         # One process per backend and device: switching precision reloads, two devices do not fight.
@@ -153,14 +240,17 @@ class Arena:
                               str(self.cache_dir), secrets.known() if wants else {})
         return Hosted(worker, BackendHost)
 
+    def _preparer(self) -> Preparer:
+        return Hosted(self._worker("prepare", "arena.preparing.prepare:Preparer", str(self.cache_dir),
+                                   self.policy.public, self.policy.limits), Preparer)
+
     def worker_pids(self) -> dict[str, int | None]:
         return {key: worker.pid for key, worker in self._workers.items()}
 
     def _prepare(self, request, progress: ProgressFn, deadline: float | None = None,
                  cancel: threading.Event | None = None):
         """The shared input of ``request`` (text or image, by its task), made in the preparation worker."""
-        preparer: Preparer = Hosted(self._worker("prepare", "arena.preparing.prepare:Preparer", str(self.cache_dir),
-                                                 self.policy.public, self.policy.limits), Preparer)
+        preparer = self._preparer()
         prepare = preparer.prepare_image if request.task == "image" else preparer.prepare_text
         return prepare(request, progress=progress, timeout=self._left(deadline, PREPARE_TIMEOUT_S), cancel=cancel,
                        token=self.hub_token(request.model, request.task == "image"))
@@ -247,8 +337,9 @@ class Arena:
         limit = self.policy.limits.run_time_limit_s if self.policy.public and refuse else None
         deadline = None if limit is None else time.monotonic() + limit
         try:
-            yield from self._run_steps(request, run_cls, result_cls, progress, cancel, env,
-                                       deadline, limit)
+            with self._run_lock.visitor_run():
+                yield from self._run_steps(request, run_cls, result_cls, progress, cancel, env,
+                                           deadline, limit)
         finally:
             # Public mode: the cache is brought under its cap after every run, finished, failed or stopped.
             if self.policy.public:

@@ -281,6 +281,9 @@ class Backend(ABC):
     Options: ClassVar[type[BackendOptions]] = BackendOptions  # the options dataclass (fields made with `option`)
     tasks: ClassVar[tuple[str, ...]] = ("text", "image")  # what it runs: the tabs it appears in
     enabled_by_default: ClassVar[bool] = True  # False: its "Run" box starts unticked (it needs something set up)
+    # Modules its worker can import ahead of the first load (`BackendHost.preload`, the start-up preparation): a
+    # worker's start is mostly these single-threaded imports (optimum.onnxruntime ~10 s on 2 cores).
+    preload_modules: ClassVar[tuple[str, ...]] = ()
     color: ClassVar[str] = ""  # its colour in the charts ("": one of the charts' fallback colours)
     # Optional, worker side: what the last `generate_text` wants said in its panel (the request a server got,
     # how it went); the host appends it to that run's load notes.

@@ -85,6 +85,7 @@ class LlamaCppBackend(Backend):
     """A GGUF in llama.cpp on the CPU: its own load and generation timings, verdicts against the reference."""
 
     name = "llamacpp"
+    preload_modules = ("llama_cpp",)
     aliases = ("llama.cpp", "llama-cpp", "llama_cpp")
     title = "llama.cpp"
     Options = LlamaCppOptions

@@ -92,6 +92,7 @@ class PyTorchBackend(HFBackend):
     """`AutoModelForCausalLM` with greedy `generate`."""
 
     name = "pytorch"
+    preload_modules = ("torch", "transformers.modeling_utils")
     aliases = ("torch",)
     title = "PyTorch"
     Options = PyTorchOptions

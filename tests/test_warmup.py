@@ -56,3 +56,73 @@ def test_a_run_that_arrives_during_the_start_up_preparation_waits_for_it_and_say
         arena._run_lock.release()
     visitor.join(300)
     assert not visitor.is_alive()
+
+
+def test_the_app_serves_once_the_default_text_models_are_ready_except_on_a_space(monkeypatch):
+    from app import parse_args
+
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    assert parse_args([]).serve_when_ready is True
+    assert parse_args(["--no-serve-when-ready"]).serve_when_ready is False
+    monkeypatch.setenv("SPACE_ID", "someone/arena")  # a Space's page answers at once and shows the progress
+    assert parse_args([]).serve_when_ready is False
+
+
+def test_a_visitors_run_goes_before_the_next_background_step():
+    """The run lock: a background step (the warm-up's) waits while a visitor's run is under way or waits, so a
+    click during the start-up preparation waits for the step under way at most."""
+    import threading
+    import time
+
+    from arena.core import BACKGROUND, RunLock
+
+    lock, order = RunLock(), []
+
+    def background_steps() -> None:
+        BACKGROUND.set(True)
+        for i in range(3):
+            with lock:
+                order.append(f"background {i}")
+                time.sleep(0.05)
+
+    def visitor_run() -> None:
+        with lock.visitor_run():
+            for i in range(3):
+                with lock:
+                    order.append(f"visitor {i}")
+                time.sleep(0.02)  # between its steps (a yield to the page): no background step slips in
+
+    lock.acquire()  # the background's step under way when the visitor clicks
+    background = threading.Thread(target=background_steps)
+    background.start()
+    time.sleep(0.05)
+    visitor = threading.Thread(target=visitor_run)
+    visitor.start()
+    time.sleep(0.05)
+    lock.release()
+    background.join(5)
+    visitor.join(5)
+    assert order == ["visitor 0", "visitor 1", "visitor 2", "background 0", "background 1", "background 2"], order
+
+
+def test_prepare_runs_the_warm_up_to_the_end_and_prints_its_phases(arena, tiny_llama):
+    request = TextRunRequest(model=str(tiny_llama), prompt="Hello", backends=(BackendSpec("pytorch"),),
+                             max_new_tokens=2, warmup=0)
+    lines: list[str] = []
+    warm_up = WarmUp(arena, [request], report=lines.append)
+    assert warm_up.run() == [] and warm_up.done and warm_up.wait_first(0)
+    assert any("PyTorch" in line for line in lines) and lines[-1].startswith("✅ Default models ready"), lines
+
+
+def test_preload_starts_the_workers_with_their_imports_and_names_what_is_missing(arena):
+    from arena.running.host import BackendHost
+
+    for thread in arena.preload((BackendSpec("pytorch"),)):
+        thread.join(120)
+    assert {"prepare"} <= set(arena.worker_pids()) and len(arena.worker_pids()) >= 2  # the preparer and PyTorch's
+    assert arena._backend_worker(BackendSpec("pytorch")).preload() == []
+
+    host = BackendHost.__new__(BackendHost)  # a backend whose runtime is not installed
+    host.backend = type("Missing", (), {"preload_modules": ("no_such_runtime_module",)})()
+    assert host.preload() == ["import no_such_runtime_module: ModuleNotFoundError: No module named "
+                              "'no_such_runtime_module'"]

@@ -111,8 +111,11 @@ class BrokenConversions:
             good = self._good_export(task, progress)
 
             def build(tmp: Path):
-                run_isolated(target, str(good), str(tmp), description="Breaking the default export on purpose",
-                             progress=progress, log_path=self.arena.log_dir / f"{kind}.log", timeout=1800)
+                # On the cores in turn like a run's step (a damage beside a timed run would skew its timings);
+                # made by the start-up preparation, it gives way to a visitor's run (`arena.core.RunLock`).
+                with self.arena._run_lock:
+                    run_isolated(target, str(good), str(tmp), description="Breaking the default export on purpose",
+                                 progress=progress, log_path=self.arena.log_dir / f"{kind}.log", timeout=1800)
                 return {"damage": TEXT_DAMAGE if task == "text" else IMAGE_DAMAGE}
 
             (self.arena.log_dir).mkdir(parents=True, exist_ok=True)

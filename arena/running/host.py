@@ -4,6 +4,7 @@ does all the timing (warm-up, repeats, per-token stamps) so that backends never 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import statistics
 import sys
@@ -327,6 +328,18 @@ class BackendHost:
     def unload(self, progress=None) -> None:
         self.backend.unload()
         self.loaded_key, self.load_info = None, None
+
+    def preload(self, progress=None) -> list[str]:
+        """Import what the backend and the answer's decoding will need (`Backend.preload_modules`, transformers'
+        tokenizers), so that the first load finds them in memory; the imports that failed, as sentences (the
+        load says it again, with its install hint)."""
+        failed = []
+        for module in ("transformers", *self.backend.preload_modules):
+            try:
+                importlib.import_module(module)
+            except Exception as exc:  # noqa: BLE001 - a missing runtime is reported by its load, with the fix
+                failed.append(f"import {module}: {type(exc).__name__}: {exc}")
+        return failed
 
     def ping(self, progress=None) -> int:
         import os

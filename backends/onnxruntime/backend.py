@@ -52,6 +52,7 @@ class OnnxRuntimeBackend(HFBackend):
     """`ORTModelForCausalLM` (KV cache) with greedy `generate`."""
 
     name = "onnxruntime"
+    preload_modules = ("onnxruntime", "optimum.onnxruntime")
     aliases = ("onnx", "ort", "onnx runtime")
     title = "ONNX Runtime"
     Options = OnnxRuntimeOptions

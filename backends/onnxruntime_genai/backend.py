@@ -71,6 +71,7 @@ class OnnxRuntimeGenAIBackend(Backend):
     """onnxruntime-genai's `Model` and `Generator` on the CPU: its own KV cache, search and stopping."""
 
     name = "onnxruntime-genai"
+    preload_modules = ("onnxruntime_genai",)
     aliases = ("genai", "ort-genai", "ortgenai", "onnxruntime_genai", "onnx runtime genai")
     title = "ONNX Runtime GenAI"
     Options = OnnxRuntimeGenAIOptions
