@@ -222,6 +222,8 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, default=None,
                         help="write the report here (default on the CPU: docs/BENCHMARKS.md)")
     parser.add_argument("--no-bare", action="store_true", help="skip the bare-script comparison")
+    parser.add_argument("--bare-pairs", type=int, default=10,
+                        help="side-by-side dashboard/bare pairs per bare loop after the rounds (default 10)")
     parser.add_argument("--exclude", action="append", default=[],
                         help="leave out configurations whose label contains this (repeatable), e.g. compiled")
     args = parser.parse_args()
@@ -289,26 +291,49 @@ def main() -> None:
     bare_ids: dict[BackendSpec, list] = {}
     dash_ids: dict[BackendSpec, tuple] = {}
 
-    def run_bare(spec: BackendSpec) -> None:
+    pairs: dict[BackendSpec, list[tuple[float, float]]] = {spec: [] for spec in bares}  # (dashboard, bare) tok/s
+
+    def run_bare(spec: BackendSpec) -> float:
         answer = bares[spec].run()
         bare_samples[spec].append(answer)
         bare_ids[spec] = answer["ids"]
+        return answer["decode_tokens_per_s"]
+
+    def run_dash(spec: BackendSpec, keep: bool = True) -> float | None:
+        one = dataclasses.replace(request(EXAMPLE_PROMPTS[0]), backends=(spec,))
+        for r in arena.run_text_to_end(one).results:
+            if r.error:
+                errors[r.spec] = r.error.splitlines()[0]
+                return None
+            if keep:
+                samples[r.spec].append(r.timings)
+            dash_ids[r.spec] = r.token_ids
+            return r.timings.decode_tokens_per_s
+        return None
+
+    def run_pair(spec: BackendSpec, bare_first: bool, keep: bool = True) -> None:
+        bare = run_bare(spec) if bare_first else None
+        dash = run_dash(spec, keep)
+        bare = run_bare(spec) if not bare_first else bare
+        if dash:
+            pairs[spec].append((dash, bare))
 
     for round_index in range(args.rounds):
         for spec in configs:
-            bare_first = spec in bares and round_index % 2 == 1
-            if bare_first:
-                run_bare(spec)
-            one = dataclasses.replace(request(EXAMPLE_PROMPTS[0]), backends=(spec,))
-            for r in arena.run_text_to_end(one).results:
-                if r.error:
-                    errors[r.spec] = r.error.splitlines()[0]
-                else:
-                    samples[r.spec].append(r.timings)
-                    dash_ids[r.spec] = r.token_ids
-            if spec in bares and not bare_first:
-                run_bare(spec)
+            if spec in bares:
+                run_pair(spec, bare_first=round_index % 2 == 1)
+            else:
+                run_dash(spec)
         print(f"# round {round_index + 1}/{args.rounds} done ({time.time() - started:.0f} s)", file=sys.stderr,
+              flush=True)
+    # 4b. More side-by-side pairs where a bare loop exists: on a shared machine single runs swing by 20-30%, so the
+    # dashboard/bare ratio is taken per pair (both runs seconds apart) and its median reported.
+    for index in range(args.bare_pairs):
+        for spec in bares:
+            if spec not in errors:
+                run_pair(spec, bare_first=index % 2 == 1, keep=False)
+    if bares and args.bare_pairs:
+        print(f"# {args.bare_pairs} more pairs per bare loop done ({time.time() - started:.0f} s)", file=sys.stderr,
               flush=True)
     for bare in bares.values():
         bare.close()
@@ -318,7 +343,7 @@ def main() -> None:
     agreement = teacher_forced(arena, [s for s in configs if s not in errors], prepared_by_prompt, reference_ids)
     load_after = os.getloadavg()
 
-    report = write_report(args, machine, configs, samples, load, errors, verdicts, equal, agreement, bare_samples,
+    report = write_report(args, machine, configs, samples, load, errors, verdicts, equal, agreement, pairs,
                           bare_ids, dash_ids, reference_ids, warm, load_before, load_after, time.time() - started)
     if markdown is None:
         print(report["doc"])
@@ -328,7 +353,7 @@ def main() -> None:
     print(report["doc"])
 
 
-def write_report(args, machine, configs, samples, load, errors, verdicts, equal, agreement, bare_samples, bare_ids,
+def write_report(args, machine, configs, samples, load, errors, verdicts, equal, agreement, pairs, bare_ids,
                  dash_ids, reference_ids, warm, load_before, load_after, wall) -> dict:
     def decode(spec):
         return spread([t.decode_tokens_per_s for t in samples[spec]])
@@ -396,17 +421,19 @@ def write_report(args, machine, configs, samples, load, errors, verdicts, equal,
                      f"{mark(f['identical'] and f['speedup'] >= TARGET_ORT_SPEEDUP)} — "
                      f"{'identical on every example prompt' if f['identical'] else 'tokens differ'}, "
                      f"{f['speedup']:.2f}x.")
-    bare_rows = ["| Configuration | Bare loop | Dashboard decode tok/s (median) | Bare loop decode tok/s (median) | "
-                 "Dashboard / bare | Same tokens |", "|---|---|---|---|---|---|"]
+    bare_rows = ["| Configuration | Bare loop | Pairs | Dashboard decode tok/s (median) | Bare loop decode tok/s "
+                 "(median) | Dashboard / bare, per pair: median (IQR) | Same tokens |",
+                 "|---|---|---|---|---|---|---|"]
     within = []
-    for spec, runs in bare_samples.items():
-        if not runs or not samples[spec]:
+    for spec, measured in pairs.items():
+        if not measured:
             continue
-        bare_m = statistics.median(r["decode_tokens_per_s"] for r in runs)
-        dash = decode(spec)[0]
-        within.append(abs(dash / bare_m - 1) <= TARGET_BARE)
+        ratio, q1, q3 = spread([dash / bare for dash, bare in measured])
+        within.append(ratio >= 1 - TARGET_BARE)  # the arena may not cost more than 5%
         same = "yes" if list(bare_ids[spec]) == list(dash_ids.get(spec, ())) else "no"
-        bare_rows.append(f"| {spec.label} | {BARE_LOOPS[BARE[spec]]} | {dash:.1f} | {bare_m:.1f} | {dash / bare_m:.2f} "
+        bare_rows.append(f"| {spec.label} | {BARE_LOOPS[BARE[spec]]} | {len(measured)} | "
+                         f"{statistics.median(d for d, _ in measured):.1f} | "
+                         f"{statistics.median(b for _, b in measured):.1f} | {ratio:.2f} ({q1:.2f}-{q3:.2f}) "
                          f"| {same} |")
     if within:
         lines.append(f"- Dashboard tokens/s within {TARGET_BARE:.0%} of a bare script: {mark(all(within))} ("
@@ -450,8 +477,10 @@ exports, quantizations and compilation.
 ### Dashboard vs a bare script
 
 The same generation through `benchmarks/bare_text.py` (each runtime's own loop, no arena, the same thread count
-and the same model files), each bare run right beside the dashboard's run of the same configuration in every
-round, after it in rounds 1, 3, 5… and before it in rounds 2, 4…:
+and the same model files), each bare run right beside the dashboard's run of the same configuration, after it in
+odd pairs and before it in even ones: one pair per round, then {args.bare_pairs} more pairs per loop. Single runs
+on this shared machine swing by 20-30%, so the ratio is taken within each pair (two runs seconds apart) and its
+median is what counts (target: at least {1 - TARGET_BARE:.2f}):
 
 {chr(10).join(bare_rows)}
 
