@@ -4,8 +4,8 @@ send the default /compare_text the moment it answers and time its answer; then a
     .venv/bin/python benchmarks/first_result.py [--cache-dir DIR] [--port 7877] [--command "make run"] [-- APP ARGS]
 
 Fresh cache: the app materializes and exports the default text model, loads both workers, and serves the page
-when that pair is ready (`--serve-when-ready`, the local default). Pass a used --cache-dir for a second start; `--command "make run"` in a fresh clone times the
-README's command, set-up included.
+when that pair is ready (`--serve-when-ready`, the local default). Pass a used --cache-dir for a second start;
+`--command "make run"` in a fresh clone times the README's command, set-up included.
 Targets (issue 22): the page within 150 s of a fresh clone's `make run`, the first result within 20 s of it.
 """
 
