@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                        "(text) or each component's, text encoder / UNet / VAE decoder (images), with the reference's "
                        "for any candidate (a broken or drifting one always is)")
     prepare = sub.add_parser("prepare", help="prepare the default models (materialize, export, load once) into the "
-                             "cache, so that the app's first run finds them ready; `make run` does this first")
+                             "cache and exit (a container image's build step, a CI cache); the app does the same "
+                             "at start-up")
     prepare.add_argument("--cache-dir", default=None)
     prepare.add_argument("--examples", action="store_true",
                          help="also make the broken-conversion examples' exports (the app makes them in the "

@@ -136,6 +136,7 @@ class Arena:
         # `arena.running.warmup`): a run that has to wait says what it waits for.
         self.busy_with: str | None = None
         self._workers: dict[str, Worker] = {}
+        self._workers_lock = threading.Lock()  # guards _workers and _empty_dir
         self._closed = False  # set by `close`: a run still going gets no new worker
         self._empty_dir: str | None = None  # public mode: the workers' working directory (`_workdir`)
         self.backends = dict(BACKENDS) | dict(extra_backends or {})
@@ -181,13 +182,14 @@ class Arena:
 
     # --- workers -------------------------------------------------------------------------------------
     def _worker(self, key: str, target: str, *init_args: Any) -> Worker:
-        if self._closed:
-            raise WorkerCrashed("The app is shutting down: no new worker starts.")
-        worker = self._workers.get(key)
-        if worker is None:
-            worker = Worker(key, target, init_args=init_args, log_dir=self.log_dir, workdir=self._workdir())
-            self._workers[key] = worker
-        return worker
+        with self._workers_lock:  # the preload, the warm-up and visitors' runs may ask for the same one at once
+            if self._closed:
+                raise WorkerCrashed("The app is shutting down: no new worker starts.")
+            worker = self._workers.get(key)
+            if worker is None:
+                worker = Worker(key, target, init_args=init_args, log_dir=self.log_dir, workdir=self._workdir())
+                self._workers[key] = worker
+            return worker
 
     def _workdir(self) -> str | None:
         """Public mode: an empty folder the workers run in (a relative name in a visitor's config opens nothing
@@ -210,7 +212,9 @@ class Arena:
             self._preparer().preload()
 
         def backend(spec: BackendSpec) -> None:
-            self._backend_worker(spec).preload()
+            host = self._backend_worker(spec)
+            if not isinstance(host, zerogpu.GPUHost):  # there every call is a @spaces.GPU call: GPU quota
+                host.preload()
 
         jobs = [self.environment, preparer, *(lambda spec=spec: backend(spec) for spec in specs)]
         threads = [threading.Thread(target=self._quietly, args=(job,), name="arena-preload", daemon=True)
@@ -245,7 +249,7 @@ class Arena:
                                    self.policy.public, self.policy.limits), Preparer)
 
     def worker_pids(self) -> dict[str, int | None]:
-        return {key: worker.pid for key, worker in self._workers.items()}
+        return {key: worker.pid for key, worker in list(self._workers.items())}
 
     def _prepare(self, request, progress: ProgressFn, deadline: float | None = None,
                  cancel: threading.Event | None = None):

@@ -12,6 +12,7 @@ Targets (issue 22): the page within 150 s of a fresh clone's `make run`, the fir
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -67,8 +68,9 @@ def main() -> None:
             print(f"{'first' if n == 1 else 'second'} default /compare_text: {took:.1f} s "
                   f"({'after the page answered' if n == 1 else 'right after the first'}); {verdicts}", flush=True)
     finally:
-        os.killpg(app.pid, signal.SIGTERM)  # make and the app it started
-        app.wait(60)
+        with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(app.pid, signal.SIGTERM)  # make and the app it started
+            app.wait(60)
 
 
 if __name__ == "__main__":

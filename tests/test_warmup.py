@@ -95,10 +95,12 @@ def test_a_visitors_run_goes_before_the_next_background_step():
     lock.acquire()  # the background's step under way when the visitor clicks
     background = threading.Thread(target=background_steps)
     background.start()
-    time.sleep(0.05)
     visitor = threading.Thread(target=visitor_run)
     visitor.start()
-    time.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while lock._visitors_waiting != 1:  # both wait now: the visitor for its first step, the background for its own
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     lock.release()
     background.join(5)
     visitor.join(5)
@@ -106,21 +108,43 @@ def test_a_visitors_run_goes_before_the_next_background_step():
 
 
 def test_prepare_runs_the_warm_up_to_the_end_and_prints_its_phases(arena, tiny_llama):
-    request = TextRunRequest(model=str(tiny_llama), prompt="Hello", backends=(BackendSpec("pytorch"),),
-                             max_new_tokens=2, warmup=0)
+    """`python -m arena prepare`'s warm-up, in the foreground; the app serves once the first request is ready
+    (`wait_first`), before the ones after it."""
+    from arena.types import ImageRunRequest
+
+    text = TextRunRequest(model=str(tiny_llama), prompt="Hello", backends=(BackendSpec("pytorch"),),
+                          max_new_tokens=2, warmup=0)
+    image = ImageRunRequest(model="/no/such/pipeline", prompt="a red square", backends=(BackendSpec("pytorch"),))
     lines: list[str] = []
-    warm_up = WarmUp(arena, [request], report=lines.append)
-    assert warm_up.run() == [] and warm_up.done and warm_up.wait_first(0)
-    assert any("PyTorch" in line for line in lines) and lines[-1].startswith("✅ Default models ready"), lines
+    first_ready_during_the_image: list[bool] = []
+    warm_up = WarmUp(arena, [text, image])
+
+    def report(line: str) -> None:
+        lines.append(line)
+        if "image" in line and not first_ready_during_the_image:
+            first_ready_during_the_image.append(warm_up.wait_first(0))
+
+    warm_up._report = report
+    problems = warm_up.run()
+    assert first_ready_during_the_image == [True], lines
+    assert len(problems) == 1 and problems[0].startswith("image: ") and "does not exist" in problems[0], problems
+    assert any("PyTorch" in line for line in lines) and lines[-1].startswith("⚠️"), lines
 
 
-def test_preload_starts_the_workers_with_their_imports_and_names_what_is_missing(arena):
+def test_preload_starts_the_workers_with_their_imports_and_names_what_is_missing(arena, tmp_path):
+    from arena.core import Arena
     from arena.running.host import BackendHost
 
-    for thread in arena.preload((BackendSpec("pytorch"),)):
-        thread.join(120)
-    assert {"prepare"} <= set(arena.worker_pids()) and len(arena.worker_pids()) >= 2  # the preparer and PyTorch's
-    assert arena._backend_worker(BackendSpec("pytorch")).preload() == []
+    fresh = Arena(cache_dir=tmp_path, environment=arena.environment())  # no worker yet
+    try:
+        assert fresh.worker_pids() == {}
+        for thread in fresh.preload((BackendSpec("pytorch"),)):
+            thread.join(120)
+        pids = fresh.worker_pids()
+        assert set(pids) == {"prepare", "pytorch-cpu"} and all(pids.values()), pids  # started, with their imports
+        assert fresh._backend_worker(BackendSpec("pytorch")).preload() == []
+    finally:
+        fresh.close()
 
     host = BackendHost.__new__(BackendHost)  # a backend whose runtime is not installed
     host.backend = type("Missing", (), {"preload_modules": ("no_such_runtime_module",)})()

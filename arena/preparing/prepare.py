@@ -240,8 +240,16 @@ class TextPreparer:
             shipped = shipped_files(entry, gguf)
             if shipped is not None:  # config and tokenizer ship with the app: only the weights come from the GGUF
                 progress(0.0, f"{description}: de-quantizing the weights", force=True)
-                return {"source": str(gguf), "shipped": str(shipped.relative_to(REPO_ROOT)),
-                        "parameters": materialize_from_shipped(shipped, gguf, tmp, progress, description)}
+                try:
+                    return {"source": str(gguf), "shipped": str(shipped.relative_to(REPO_ROOT)),
+                            "parameters": materialize_from_shipped(shipped, gguf, tmp, progress, description)}
+                except Exception as exc:  # noqa: BLE001 - transformers' own path below still makes it, slower
+                    print(f"materialize: the one-parse path failed ({type(exc).__name__}: {exc}); "
+                          "using transformers' own GGUF path", file=sys.stderr, flush=True)
+                    import shutil
+
+                    for path in tmp.iterdir():  # start the folder again
+                        shutil.rmtree(path) if path.is_dir() else path.unlink()
             progress(0.0, f"{description}: reading the tokenizer", force=True)
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             with _forward_gguf_progress(progress, description):

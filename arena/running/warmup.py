@@ -49,7 +49,7 @@ class WarmUp:
         return self
 
     def run(self) -> list[str]:
-        """Prepare in this thread, to the end (the set-up of `make run`); returns the problems met."""
+        """Prepare in this thread, to the end (`python -m arena prepare`); returns the problems met."""
         self._work()
         return self.problems
 
