@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+SERVE_WAIT_S = 600  # --serve-when-ready serves anyway after this long (a slow disk, a stuck export)
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Backend Arena: compare PyTorch and ONNX Runtime side by side.")
@@ -98,8 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     wait = args.warm_up and args.serve_when_ready
     warm_up = WarmUp(arena, report=terminal_printer() if wait else None).start() if args.warm_up else None
     demo = build_ui(arena, warm_up)  # built while the warm-up works
-    if wait:
-        warm_up.wait_first()
+    if wait and not warm_up.wait_first(SERVE_WAIT_S):
+        print(f"The default models are still being prepared after {SERVE_WAIT_S} s: serving now; the page shows "
+              "how far the preparation got.", flush=True)
     demo.queue(default_concurrency_limit=1, max_size=32)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, footer_links=["api", "settings"],
                 mcp_server=mcp_available() if args.mcp is None else args.mcp, **launch_options())
