@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
+import threading
 import time
 import zipfile
 from dataclasses import dataclass
@@ -48,6 +49,23 @@ class Toy:
 
     def sleep(self, seconds: float, progress) -> None:
         time.sleep(seconds)
+
+    def hog(self, mb_per_step: int, steps: int, progress) -> int:
+        """Take memory step by step (touched, so it is resident), as a repository that asks for more would."""
+        held = []
+        for _ in range(steps):
+            held.append(bytearray(mb_per_step << 20))
+            time.sleep(0.05)
+        return len(held)
+
+    def spin_in_native_code(self, budget_s: float, progress) -> None:
+        """A budgeted step stuck in one C call that never returns to Python (a backtracking regex, say)."""
+        import re
+
+        from arena.running.workers import phase_budget
+
+        with phase_budget(progress, budget_s, "Matching the repository's pattern"):
+            re.match(r"(a|aa)+$", "a" * 60 + "b")  # exponential backtracking in the C regex engine
 
     def sleep_with_child(self, seconds: float, pid_file: str, progress) -> None:
         """Start a child process (like an isolated export) that writes its pid, then sleep."""
@@ -192,3 +210,49 @@ class EchoServerBackend(Backend):
 
     def unload(self) -> None:
         self.seen = []
+
+
+class RssSampler:
+    """The peak resident memory of a process and of each process it started (workers, exports), sampled every
+    ``interval`` seconds in a thread, from the moment it starts: what a hostile request made each of them use."""
+
+    def __init__(self, pid: int, interval: float = 0.05):
+        self.pid, self.interval = pid, interval
+        self.peaks: dict[int, int] = {}  # pid: bytes
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        root = psutil.Process(self.pid)
+        while not self._stop.wait(self.interval):
+            try:
+                processes = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                return
+            for process in processes:
+                try:
+                    rss = process.memory_info().rss
+                except psutil.Error:
+                    continue
+                self.peaks[process.pid] = max(self.peaks.get(process.pid, 0), rss)
+
+    def start(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def reset(self) -> None:
+        self.peaks.clear()
+
+    @property
+    def app_peak(self) -> int:
+        return self.peaks.get(self.pid, 0)
+
+    @property
+    def worker_peak(self) -> int:
+        return max((rss for pid, rss in self.peaks.items() if pid != self.pid), default=0)

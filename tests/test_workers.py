@@ -1,10 +1,21 @@
 """The worker harness against real child processes: values, progress, errors, segfaults, timeouts."""
 
+import time
 from pathlib import Path
 
 import pytest
 
-from arena.running.workers import Hosted, RunStopped, Worker, WorkerCrashed, WorkerFailed, run_isolated
+from arena.running.workers import (
+    Hosted,
+    MemoryLimit,
+    RunStopped,
+    Worker,
+    WorkerCrashed,
+    WorkerFailed,
+    WorkerOverBudget,
+    WorkerOverMemory,
+    run_isolated,
+)
 
 
 @pytest.fixture
@@ -192,3 +203,35 @@ def test_a_stop_that_times_out_says_the_run_is_still_stopping(tmp_path):
     thread.join(5)
     assert arena.stop("visitor") is None
     arena.close()
+
+
+def test_a_worker_over_its_memory_limit_is_stopped_with_a_sentence_and_the_next_call_runs(toy):
+    limit = MemoryLimit(limit=400 << 20, what="The toy", why="a test's limit")
+    start = time.monotonic()
+    with pytest.raises(WorkerOverMemory) as caught:
+        toy.call("hog", 50, 100, memory_limit=limit)  # 5 GB asked for, 50 MB at a time
+    message = str(caught.value)
+    assert message.startswith("The toy used ") and "over its limit of 0.4 GB on this server (a test's limit)" in message
+    assert time.monotonic() - start < 10
+    assert toy.peak_rss < 600 << 20, toy.peak_rss  # sampled every 0.1 s: stopped within a step or two of the line
+    assert toy.call("add", 1, 2) == 103  # a fresh worker
+
+
+def test_the_kernel_refuses_a_worker_memory_past_its_data_limit(tmp_path):
+    worker = Worker("capped", "tests.helpers:Toy", log_dir=tmp_path, data_limit=600 << 20)
+    try:
+        limit = MemoryLimit(limit=8 << 30, what="The capped toy")
+        words = "The capped toy asked for more memory than its limit of 0.6 GB on this server allows"
+        with pytest.raises(WorkerOverMemory, match=words):
+            worker.call("hog", 2048, 1, memory_limit=limit)  # one 2 GB allocation: no sample sees it, the kernel does
+        assert worker.call("add", 1, 2) == 3
+    finally:
+        worker.stop()
+
+
+def test_a_budgeted_step_stuck_in_native_code_is_stopped_at_its_budget(toy):
+    start = time.monotonic()
+    with pytest.raises(WorkerOverBudget, match="Matching the repository's pattern took longer than its budget of 1 s"):
+        toy.call("spin_in_native_code", 1.0)
+    assert time.monotonic() - start < 3
+    assert toy.call("add", 1, 2) == 103

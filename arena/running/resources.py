@@ -211,3 +211,28 @@ def apply_thread_env(environ: MutableMapping[str, str] | None = None) -> int:
         if not _positive_int(environ.get(name)):
             environ[name] = budget
     return thread_count(environ)
+
+
+def physical_memory_bytes() -> int | None:
+    """The machine's RAM (``/proc/meminfo``'s MemTotal), None where it cannot be read."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+@dataclass(frozen=True)
+class ServerMemory:
+    """The memory this server may use: the tightest of its cgroup limit (a Space's container) and the RAM."""
+
+    total: int  # bytes
+    source: str  # "cgroup memory limit" or "RAM"
+
+
+def server_memory(root: str | Path = CGROUP_ROOT, proc_cgroup: str | Path = PROC_SELF_CGROUP,
+                  physical: int | None = None) -> ServerMemory:
+    physical = physical if physical is not None else physical_memory_bytes()
+    cgroup = memory_limit_bytes(root, proc_cgroup)
+    if cgroup and (physical is None or cgroup < physical):
+        return ServerMemory(cgroup, "cgroup memory limit")
+    return ServerMemory(physical or 8 << 30, "RAM" if physical else "assumed")

@@ -13,6 +13,7 @@ signal and the last lines of its log; the next call starts a fresh process.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import itertools
@@ -23,7 +24,8 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -43,6 +45,14 @@ class WorkerCrashed(ArenaError):
     def __init__(self, message: str, log_tail: str = ""):
         super().__init__(message)
         self.log_tail = log_tail
+
+
+class WorkerOverMemory(WorkerCrashed):
+    """The worker (with what it started) went over the memory limit its caller set and was killed."""
+
+
+class WorkerOverBudget(WorkerCrashed):
+    """A step the worker declared with a time budget (`phase_budget`) ran past it; the worker was killed."""
 
 
 class RunStopped(WorkerCrashed):
@@ -93,8 +103,12 @@ class Worker:
     """
 
     def __init__(self, name: str, target: str, init_args: tuple = (), log_dir: Path | None = None,
-                 env: dict[str, str] | None = None, workdir: str | None = None):
+                 env: dict[str, str] | None = None, workdir: str | None = None, data_limit: int | None = None):
         self.name = name
+        # RLIMIT_DATA of the process (and what it starts): the kernel refuses allocations past it, whatever the
+        # loaded repository asks for. Per call, `call(memory_limit=...)` is the tighter, watched limit.
+        self.data_limit = data_limit
+        self.peak_rss = 0  # bytes, the worker and its children together, over the last call
         # The folder the process runs in (None: the parent's). Public mode gives workers an empty one: a loader
         # that opens a relative name from a repository's config must find nothing of the server's there.
         self.workdir = workdir
@@ -122,7 +136,8 @@ class Worker:
         parent_conn, child_conn = _SPAWN.Pipe(duplex=True)
         process = _SPAWN.Process(
             target=_worker_main,
-            args=(child_conn, self.target, self.init_args, str(self.log_path), self.env, self.workdir),
+            args=(child_conn, self.target, self.init_args, str(self.log_path), self.env, self.workdir,
+                  self.data_limit),
             name=f"arena-{self.name}",
             daemon=False,  # workers start their own children (isolated exports); daemons may not
         )
@@ -132,11 +147,15 @@ class Worker:
         self.starts += 1
 
     def call(self, op: str, *args: Any, progress: ProgressCallback | None = None,
-             timeout: float | None = None, cancel: threading.Event | None = None, **kwargs: Any) -> Any:
+             timeout: float | None = None, cancel: threading.Event | None = None,
+             memory_limit: MemoryLimit | None = None, **kwargs: Any) -> Any:
         """Run ``op`` on the hosted object and return its value; progress events go to ``progress``.
 
         ``cancel`` set while the call runs kills the worker and everything it started (an export, an engine
         build) within about 0.1 s and raises `RunStopped`; the next call starts a fresh worker.
+        ``memory_limit``: the worker and its children together are sampled every 0.1 s and killed past it
+        (`WorkerOverMemory`). A step the worker runs under `phase_budget` is killed past its budget
+        (`WorkerOverBudget`), even inside native code that never returns to Python.
         """
         if cancel is not None and cancel.is_set():
             raise RunStopped(f"The run was stopped before '{op}' started.")
@@ -153,6 +172,9 @@ class Worker:
                 self._discard()
                 raise WorkerCrashed(f"The {self.name} worker could not take the call ({exc}).") from exc
             deadline = None if timeout is None else time.monotonic() + timeout
+            phase: tuple[float, float, str] | None = None  # (deadline, budget, what) of a budgeted step
+            watch = _MemoryWatch(self._process.pid, memory_limit)
+            self.peak_rss = 0
             while True:
                 if cancel is not None and cancel.is_set():
                     self._kill()
@@ -163,6 +185,17 @@ class Worker:
                     raise WorkerCrashed(
                         f"The {self.name} worker did not finish '{op}' within {timeout:.0f} s and was stopped.",
                         tail)
+                if phase is not None and time.monotonic() > phase[0]:
+                    tail = read_log_tail(self.log_path)
+                    self._kill()
+                    raise WorkerOverBudget(f"{phase[2]} took longer than its budget of {phase[1]:g} s on this "
+                                           "server and was stopped.", tail)
+                over = watch.sample()
+                self.peak_rss = watch.peak
+                if over:
+                    tail = read_log_tail(self.log_path)
+                    self._kill()
+                    raise WorkerOverMemory(over, tail)
                 try:
                     ready = self._conn.poll(0.1)
                     message = self._conn.recv() if ready else None
@@ -179,13 +212,21 @@ class Worker:
                 kind, message_id = message[0], message[1]
                 if message_id != call_id:
                     continue  # a stale reply from a call whose caller gave up
-                if kind == "progress":
+                if kind == "budget":
+                    seconds, what = message[2], message[3]
+                    phase = None if seconds is None else (time.monotonic() + seconds, seconds, what)
+                elif kind == "progress":
                     if progress is not None:
                         progress(message[2], message[3], *message[4:])  # a partial answer, when one came
                 elif kind == "result":
                     return message[2]
                 elif kind == "error":
                     info = message[2]
+                    if info["type"] == "MemoryError":  # the kernel refused an allocation past RLIMIT_DATA
+                        what = memory_limit.what if memory_limit is not None else f"The {self.name} worker"
+                        cap = f" of {self.data_limit / 1e9:.1f} GB" if self.data_limit else ""
+                        raise WorkerOverMemory(f"{what} asked for more memory than its limit{cap} on this server "
+                                               "allows and was stopped.", read_log_tail(self.log_path))
                     raise WorkerFailed(info["message"], info["type"], info["traceback"],
                                        read_log_tail(self.log_path))
 
@@ -231,10 +272,14 @@ class Hosted(Generic[T]):
     spec, request, progress=..., timeout=..., cancel=...)``. The method must be a public method of the hosted
     class and its arguments must fit its signature, checked here before anything crosses the pipe (a typo is an
     AttributeError or TypeError in the caller, not a remote failure). ``progress``, ``timeout`` and ``cancel``
-    are `Worker.call`'s own (the hosted method gets the worker's progress reporter as ``progress``)."""
+    and ``memory_limit`` are `Worker.call`'s own (the hosted method gets the worker's progress reporter as
+    ``progress``)."""
 
-    def __init__(self, worker: Worker, hosted: type[T]):
-        self.worker, self.hosted = worker, hosted
+    def __init__(self, worker: Worker, hosted: type[T],
+                 memory_limit: Callable[[tuple], MemoryLimit | None] | None = None):
+        # ``memory_limit(args)``: the limit of a call with these arguments (its first is the prepared input, whose
+        # checked size sets it), asked at each call because the other workers' memory changes between calls.
+        self.worker, self.hosted, self.memory_limit = worker, hosted, memory_limit
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         method = getattr(self.hosted, name, None) if not name.startswith("_") else None
@@ -243,9 +288,13 @@ class Hosted(Generic[T]):
         signature = inspect.signature(method)
 
         def call(*args: Any, progress: ProgressCallback | None = None, timeout: float | None = None,
-                 cancel: threading.Event | None = None, **kwargs: Any) -> Any:
+                 cancel: threading.Event | None = None, memory_limit: MemoryLimit | None = None,
+                 **kwargs: Any) -> Any:
             signature.bind(None, *args, progress=None, **kwargs)  # self, the arguments, the worker's progress
-            return self.worker.call(name, *args, progress=progress, timeout=timeout, cancel=cancel, **kwargs)
+            if memory_limit is None and self.memory_limit is not None:
+                memory_limit = self.memory_limit(args)
+            return self.worker.call(name, *args, progress=progress, timeout=timeout, cancel=cancel,
+                                    memory_limit=memory_limit, **kwargs)
 
         call.__name__ = name
         return call
@@ -272,6 +321,76 @@ def kill_all(processes: list) -> None:
             pass
 
 
+@dataclass(frozen=True)
+class MemoryLimit:
+    """The most memory (resident, the worker and everything it started) one call may use, and why that much."""
+
+    limit: int  # bytes
+    what: str  # who is limited: "The preparation", "ONNX Runtime · cpu · fp32"
+    why: str = ""  # how the figure was chosen, for the sentence
+
+    def sentence(self, used: int) -> str:
+        why = f" ({self.why})" if self.why else ""
+        return (f"{self.what} used {used / 1e9:.1f} GB of memory, over its limit of {self.limit / 1e9:.1f} GB on "
+                f"this server{why}, and was stopped.")
+
+
+class _MemoryWatch:
+    """Samples a worker's resident memory, with its children's (an isolated export), in the call's poll loop."""
+
+    CHILDREN_EVERY_S = 1.0  # the children list walks /proc; the worker's own figure is one small read
+
+    def __init__(self, pid: int | None, limit: MemoryLimit | None):
+        self.limit, self.peak = limit, 0
+        self._process = None
+        self._children: list = []
+        self._listed = 0.0
+        if pid is not None and limit is not None:
+            import psutil
+
+            try:
+                self._process = psutil.Process(pid)
+            except psutil.Error:
+                self._process = None
+
+    def sample(self) -> str | None:
+        """The over-limit sentence, or None."""
+        if self._process is None:
+            return None
+        import psutil
+
+        now = time.monotonic()
+        try:
+            if now - self._listed > self.CHILDREN_EVERY_S:
+                self._children, self._listed = self._process.children(recursive=True), now
+            used = self._process.memory_info().rss
+        except psutil.Error:
+            return None  # gone: the poll loop reports how it ended
+        for child in self._children:
+            try:
+                used += child.memory_info().rss
+            except psutil.Error:
+                pass
+        self.peak = max(self.peak, used)
+        return self.limit.sentence(used) if used > self.limit.limit else None
+
+
+@contextlib.contextmanager
+def phase_budget(progress: Any, seconds: float, what: str) -> Iterator[None]:
+    """Declare a step with a time budget (rendering a repository's chat template, tokenizing with its regexes):
+    the worker's caller kills the worker if the step is still running after ``seconds``, native code included.
+    A plain progress callable (a call made without a worker) runs the step unbounded."""
+    declare = getattr(progress, "budget", None)
+    if declare is None:
+        yield
+        return
+    declare(seconds, what)
+    try:
+        yield
+    finally:
+        declare(None, "")
+
+
 class WorkerProgress:
     """The callable a hosted object gets to report progress; throttled so the pipe stays quiet."""
 
@@ -289,14 +408,32 @@ class WorkerProgress:
         self._conn.send(("progress", self._call_id, fraction, description)
                         + (() if partial is None else (partial,)))
 
+    def budget(self, seconds: float | None, what: str) -> None:
+        """Start (``seconds``) or end (None) a budgeted step: see `phase_budget`."""
+        self._conn.send(("budget", self._call_id, seconds, what))
+
 
 def _resolve(target: str) -> Any:
     module_name, _, attr = target.partition(":")
     return getattr(importlib.import_module(module_name), attr)
 
 
+def limit_data(limit: int | None) -> None:
+    """RLIMIT_DATA for this process and its children: private writable memory (heap, anonymous maps) past
+    ``limit`` is refused by the kernel (Python raises MemoryError). Reserved but untouched address space (PROT_NONE,
+    as CUDA and allocators reserve it) does not count, which is why this and not RLIMIT_AS."""
+    if not limit or not hasattr(os, "fork"):
+        return
+    import resource
+
+    try:
+        resource.setrlimit(resource.RLIMIT_DATA, (int(limit), int(limit)))
+    except (ValueError, OSError) as exc:
+        print(f"--- could not set RLIMIT_DATA to {limit}: {exc}", flush=True)
+
+
 def _worker_main(conn, target: str, init_args: tuple, log_path: str, env: dict[str, str],
-                 workdir: str | None = None) -> None:
+                 workdir: str | None = None, data_limit: int | None = None) -> None:
     # Native libraries print to file descriptors 1 and 2; send both to the log so a crash leaves its last words.
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log_fd, 1)
@@ -310,6 +447,7 @@ def _worker_main(conn, target: str, init_args: tuple, log_path: str, env: dict[s
         sys.path[:] = [os.path.join(here, p) if not os.path.isabs(p) else p for p in sys.path]  # '' meant here
         os.chdir(workdir)
     apply_thread_env()  # OMP/MKL threads from the CPU budget, before the target imports torch
+    limit_data(data_limit)
     print(f"--- worker {target}{init_args} pid {os.getpid()} started {time.strftime('%Y-%m-%d %H:%M:%S')}",
           flush=True)
     hosted = _resolve(target)(*init_args)

@@ -289,7 +289,7 @@ class GPUHost:
             raise AttributeError(method)
 
         def call(*args: Any, progress: Any = None, timeout: float | None = None, cancel: Any = None,
-                 **kwargs: Any) -> Any:
+                 memory_limit: Any = None, **kwargs: Any) -> Any:  # (spaces' forked process: ZeroGPU's limits)
             from arena.running.workers import RunStopped, WorkerFailed
 
             if cancel is not None and cancel.is_set():
