@@ -5,7 +5,10 @@ caps, code, and a repository changed between the check and the download."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -159,7 +162,7 @@ def test_a_pipeline_is_sized_from_its_components(local_hub, tiny_sd, tmp_path):
     assert "unet/diffusion_pytorch_model.fp16.safetensors" not in plan.files
     assert not (root / "extra").exists() and (root / "unet" / "config.json").is_file()
     counted = border.architecture_parameters(root, "good/sd", pipeline=True)
-    assert 900_000 < counted < 1_200_000, counted
+    assert 900_000 < counted.saved <= counted.size < 1_200_000, counted
     with pytest.raises(ArenaError, match=r"1\.1M parameters \(counted from its configuration\).*up to 900K"):
         fetch("good/sd", tmp_path / "again", limits=PublicLimits(max_parameters=9e5), pipeline=True)
     shutil.rmtree(tmp_path / "again", ignore_errors=True)
@@ -293,3 +296,188 @@ def test_a_repositorys_generation_config_cannot_make_the_reference_sample(tiny_l
             greedy.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
             ids.append(greedy[-1])
     assert first == second == greedy
+
+
+def sd_files(tiny_sd, replace=None) -> dict:
+    """The tiny pipeline's files as a repository, with some replaced ({path: bytes | str | dict})."""
+    files = {str(p.relative_to(tiny_sd)): p for p in tiny_sd.rglob("*") if p.is_file()}
+    for name, value in (replace or {}).items():
+        files[name] = json.dumps(value) if isinstance(value, dict) else value
+    return files
+
+
+def test_gpt2_passes_though_its_masks_are_never_saved(local_hub, tiny_llama, tmp_path):
+    """GPT-2's causal masks (attn.bias, non-persistent) are memory a load allocates, so they count against the cap,
+    but no checkpoint holds them: coverage is measured on what is saved (GPT-2 124M: 127.6M with the masks, 124.4M
+    saved, below the 98% the old count asked for)."""
+    import torch
+    from safetensors import safe_open
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    vocab = len(json.loads((tiny_llama / "tokenizer.json").read_text())["model"]["vocab"])
+    torch.manual_seed(0)
+    folder = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=1024, n_embd=64, n_layer=2, n_head=2)).save_pretrained(
+        folder, safe_serialization=True)
+    tokenizer = {k: v for k, v in repo_files(tiny_llama).items() if k.startswith(("tokenizer", "special_tokens"))}
+    local_hub.add_repo("good/gpt2", tokenizer | repo_files(folder))
+    root, _plan = fetch("good/gpt2", tmp_path)
+    with safe_open(root / "model.safetensors", "pt") as weights:
+        held = sum(math.prod(weights.get_slice(k).get_shape()) for k in weights.keys())
+    counted = border.architecture_parameters(root, "good/gpt2", pipeline=False)
+    assert held == counted.saved and held < border.COVERAGE * counted.size, (held, counted)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "gemma", "mistral"])
+def test_other_ordinary_families_pass_the_size_and_coverage_checks(local_hub, tiny_llama, tmp_path, family):
+    """Qwen2 (biases, tied embeddings), Gemma (tied, its own norm) and Mistral (sliding window): whole checkpoints of
+    normal layout are taken, tied weights counted once as they are saved once."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    vocab = len(json.loads((tiny_llama / "tokenizer.json").read_text())["model"]["vocab"])
+    config = AutoConfig.for_model(family, vocab_size=vocab, hidden_size=64, intermediate_size=128,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                  max_position_embeddings=256, tie_word_embeddings=family != "mistral")
+    torch.manual_seed(0)
+    folder = tmp_path / family
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder, safe_serialization=True)
+    tokenizer = {k: v for k, v in repo_files(tiny_llama).items() if k.startswith(("tokenizer", "special_tokens"))}
+    local_hub.add_repo(f"good/{family}", tokenizer | repo_files(folder))
+    root, _plan = fetch(f"good/{family}", tmp_path)
+    assert (root / "model.safetensors").is_file()
+
+
+def test_a_pipeline_inside_a_pipeline_is_refused_before_anything_is_imported(local_hub, tiny_sd, tmp_path):
+    """A component that is a pipeline would have diffusers read its folder's own model_index.json and import the
+    library it names: refused from the listing, before any download, in every mode."""
+    index = json.loads((tiny_sd / "model_index.json").read_text()) | {"evil": ["diffusers", "DiffusionPipeline"]}
+    inner = {"_class_name": "StableDiffusionPipeline", "unet": ["arena_canary_module_xyz", "Evil"]}
+    local_hub.add_repo("evil/nested", sd_files(tiny_sd, {"model_index.json": index, "evil/model_index.json": inner}))
+    local_hub.clear_log()
+    for limits in (LIMITS, None):
+        with pytest.raises(ArenaError, match=r"^'evil/nested' has a pipeline inside its pipeline "
+                                             r"\(evil/model_index\.json\); this server takes one model_index\.json, at "
+                                             r"the top level\.$"):
+            fetch("evil/nested", tmp_path, limits=limits, pipeline=True)
+    assert not local_hub.served and "arena_canary_module_xyz" not in sys.modules
+    # The snapshot is checked too (a cached copy checked offline goes through check_references alone).
+    shutil.copytree(tiny_sd, tmp_path / "copy")
+    (tmp_path / "copy" / "evil").mkdir()
+    (tmp_path / "copy" / "evil" / "model_index.json").write_text(json.dumps(inner))
+    with pytest.raises(ArenaError, match="a pipeline inside its pipeline"):
+        border.check_references(tmp_path / "copy", "evil/nested", public=False)
+
+
+@pytest.mark.parametrize("spec, words", [
+    (["diffusers", "DiffusionPipeline"], "names diffusers.DiffusionPipeline, which is a pipeline: a pipeline's "
+                                         "components are models, schedulers, tokenizers and processors, never"),
+    (["diffusers", "StableDiffusionPipeline"], "which is a pipeline"),
+    (["transformers", "AutoTokenizer"], "which is not a model, scheduler, tokenizer or processor class"),
+    (["arena_canary_module_xyz", "Evil"], "come from diffusers or transformers only"),
+])
+def test_a_pipelines_components_are_models_schedulers_tokenizers_or_processors(local_hub, tiny_sd, tmp_path, spec,
+                                                                              words):
+    index = json.loads((tiny_sd / "model_index.json").read_text()) | {"evil": spec}
+    repo = f"evil/component-{spec[1]}"
+    local_hub.add_repo(repo, sd_files(tiny_sd, {"model_index.json": index, "evil/config.json": {}}))
+    for limits in (LIMITS, None):
+        with pytest.raises(ArenaError, match=words) as refused:
+            fetch(repo, tmp_path, limits=limits, pipeline=True)
+        assert "\n" not in str(refused.value) and str(refused.value).startswith(f"'{repo}': model_index.json's evil")
+    assert "arena_canary_module_xyz" not in sys.modules
+    # A component's name is a folder of the snapshot: nothing that climbs out.
+    with pytest.raises(ArenaError, match="'../unet', which is not a component name"):
+        border.check_pipeline_index({"_class_name": "StableDiffusionPipeline",
+                                     "../unet": ["diffusers", "UNet2DConditionModel"]}, "evil/path")
+
+
+def test_a_pipeline_model_without_its_config_is_refused_on_a_public_server(local_hub, tiny_sd, tmp_path):
+    """A model component without config.json cannot be counted: it used to be skipped, escaping the size cap."""
+    files = {k: v for k, v in sd_files(tiny_sd).items() if k != "vae/config.json"}
+    local_hub.add_repo("evil/no-config", files)
+    with pytest.raises(ArenaError, match=r"^'evil/no-config': its vae is a AutoencoderKL model without a "
+                                         r"vae/config\.json, so this public server cannot count its parameters\.$"):
+        fetch("evil/no-config", tmp_path, pipeline=True)
+
+
+def test_pre_quantized_checkpoints_are_refused_on_a_public_server(local_hub, tiny_llama, tiny_sd, tmp_path):
+    """A quantization_config reaches the quantizer's object construction from the repository's JSON."""
+    quantization = {"quant_method": "torchao", "quant_type": {"default": {"_type": "Int8WeightOnlyConfig",
+                                                                           "_version": 2, "_data": {}}}}
+    config = json.loads((tiny_llama / "config.json").read_text())
+    local_hub.add_repo("evil/quantized", repo_files(tiny_llama, config__json=config | {
+        "quantization_config": quantization}))
+    with pytest.raises(ArenaError, match=r"^'evil/quantized': config\.json has a quantization_config; this public "
+                                         r"server loads no pre-quantized checkpoints \(their loaders build objects "
+                                         r"from the repository's JSON\)\.$"):
+        fetch("evil/quantized", tmp_path)
+    root, _ = fetch("evil/quantized", tmp_path, limits=None)  # a local user's own choice
+    assert "quantization_config" in json.loads((root / "config.json").read_text())
+    unet = json.loads((tiny_sd / "unet" / "config.json").read_text()) | {"quantization_config": quantization}
+    local_hub.add_repo("evil/quantized-sd", sd_files(tiny_sd, {"unet/config.json": unet}))
+    with pytest.raises(ArenaError, match=r"^'evil/quantized-sd': unet/config\.json has a quantization_config"):
+        fetch("evil/quantized-sd", tmp_path, pipeline=True)
+
+
+def test_every_item_of_a_list_is_read_and_a_nesting_bomb_is_one_sentence(local_hub, tiny_llama, tmp_path):
+    hidden = [0] * 10_001 + ["/proc/self/environ"]
+    assert border.reference_problems({"padding": hidden}, set()) == ["padding[10001] is the path '/proc/self/environ'"]
+    local_hub.add_repo("evil/hidden", repo_files(tiny_llama, tokenizer_config__json=tokenizer_config(
+        tiny_llama, padding=hidden)))
+    local_hub.add_repo("evil/nested-json", repo_files(tiny_llama, generation_config__json="[" * 100_000 +
+                                                      "]" * 100_000))
+    for limits in (LIMITS, None):
+        with pytest.raises(ArenaError, match=r"padding\[10001\] is the path '/proc/self/environ'"):
+            fetch("evil/hidden", tmp_path, limits=limits)
+        with pytest.raises(ArenaError, match=r"^'evil/nested-json': generation_config\.json is nested deeper than "
+                                             r"any config needs\.$"):
+            fetch("evil/nested-json", tmp_path, limits=limits)
+
+
+def test_a_two_megabyte_token_is_refused_on_a_public_server(local_hub, tiny_llama, tmp_path):
+    """Every generated token would be that string: one such entry drove the app process to 12 GB."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    long = "x" * 2_000_000
+    tokenizer = Tokenizer(models.WordLevel({long: 0, "<unk>": 1, "<s>": 2, "</s>": 3}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    local_hub.add_repo("evil/tok", repo_files(tiny_llama, tokenizer__json=tokenizer.to_str()))
+    roomy = PublicLimits(max_parameters=5e6, max_extra_mb=10.0)
+    with pytest.raises(ArenaError) as refused:
+        fetch("evil/tok", tmp_path, limits=roomy)
+    assert str(refused.value) == ("'evil/tok': tokenizer.json's vocabulary entry 0 is 2,000,000 characters long; "
+                                  "this public server takes tokens of up to 1,024 characters.")
+    root, _ = fetch("evil/tok", tmp_path, limits=None)  # a local user's own choice
+    assert len(root.joinpath("tokenizer.json").read_text()) > 2_000_000
+
+
+@pytest.mark.parametrize("name, content, words", [
+    ("tokenizer.json", {"model": {"type": "Unigram", "vocab": [["<unk>", 0.0], ["y" * 1025, -1.0]]}},
+     "tokenizer.json's vocabulary entry 1 is 1,025 characters long"),
+    ("tokenizer.json", {"model": {"vocab": {}}, "added_tokens": [{"id": 7, "content": "y" * 1025}]},
+     "tokenizer.json's added token 7 is 1,025"),
+    ("tokenizer.json", {"model": {"vocab": {}}, "decoder": {"type": "Sequence", "decoders": [
+        {"type": "Replace", "pattern": {"String": "_"}, "content": "y" * 1025}]}}, "tokenizer.json's decoder string"),
+    ("vocab.json", {"a": 0, "y" * 5000: 1}, "vocab.json's vocabulary entry 1 is 5,000"),
+    ("tokenizer_config.json", {"added_tokens_decoder": {"3": {"content": "y" * 1025}}}, "added token 3 is 1,025"),
+    ("special_tokens_map.json", {"eos_token": {"content": "y" * 1025}}, "special_tokens_map.json's eos_token is"),
+    ("vocab.txt", "[PAD]\n" + "y" * 1025 + "\n", "vocab.txt's vocabulary entry 1 is 1,025"),
+])
+def test_every_kind_of_vocabulary_entry_is_capped_on_a_public_server(tmp_path, name, content, words):
+    (tmp_path / name).write_text(json.dumps(content) if isinstance(content, dict) else content)
+    with pytest.raises(ArenaError, match=words):
+        border.check_references(tmp_path, "evil/vocab", public=True)
+    border.check_references(tmp_path, "evil/vocab", public=False)
+
+
+def test_a_safetensors_header_of_a_terabyte_is_one_sentence(local_hub, tiny_llama, tmp_path):
+    """huggingface_hub reads the 8-byte length and refuses over 25 MB before asking for more; the border says so in
+    one sentence, and no byte past the first range read leaves the Hub."""
+    local_hub.add_repo("evil/header", repo_files(tiny_llama, model__safetensors=struct.pack("<Q", 2**40) + b"{}"))
+    local_hub.clear_log()
+    with pytest.raises(ArenaError) as refused:
+        fetch("evil/header", tmp_path)
+    assert str(refused.value) == ("'evil/header': model.safetensors has no safetensors header this server reads (a "
+                                  "JSON table of its tensors, at most 25,000,000 bytes).")
+    assert [s.range for s in local_hub.served if s.filename == "model.safetensors"] == ["bytes=0-100000"]

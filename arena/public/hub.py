@@ -14,7 +14,12 @@ Everything a repository says is checked before a loader sees it, in the preparat
    ``*_path``, ``vocab``, ...) must name one of the snapshot's own files, and no string may be an absolute path,
    a home path or climb out with ``..`` (transformers keeps a tokenizer config's ``vocab_file`` even when it points
    at ``/proc/self/environ``). Public mode also refuses custom code (``auto_map``) and takes fast tokenizers only
-   (``tokenizer.json``, read by the Rust library, which opens no other file).
+   (``tokenizer.json``, read by the Rust library, which opens no other file), no pre-quantized checkpoints
+   (``quantization_config``: their loaders build objects from the JSON) and no vocabulary entry longer than
+   ``MAX_TOKEN_CHARS`` (every generated token would be that string).
+5. **Pipelines all the way down.** A pipeline's model_index.json names models, schedulers, tokenizers and
+   processors of diffusers and transformers only, never another pipeline, and no folder holds its own
+   model_index.json (diffusers would import what that one names).
 
 Each refusal is one `ArenaError` sentence. Heavy imports happen inside the functions (worker side only).
 """
@@ -45,7 +50,10 @@ TEXT_KEYS = re.compile(r"(_token|^content|^chat_template|^additional_special_tok
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "layers_per_block")
 MAX_LAYERS = 512  # a config asking for more is refused before anything is built (building it is the attack)
 MAX_JSON_BYTES = 64 << 20
-COVERAGE = 0.98  # the checkpoint must hold at least this share of the architecture's parameters
+COVERAGE = 0.98  # the checkpoint must hold at least this share of the tensors the architecture saves
+# No real tokenizer has a longer vocabulary entry (the longest are whitespace runs and markup of a few dozen
+# characters); a 2,000,000-character one makes every generated token a 2 MB string.
+MAX_TOKEN_CHARS = 1024
 MAX_FILES = 200  # files taken from one repository in public mode (SD 2.1 needs ~20, sharded 7B LLMs ~10)
 
 
@@ -103,6 +111,7 @@ def plan_download(api, model_id: str, token: str | bool | None, pipeline: bool,
     if not pipeline and "config.json" not in siblings:
         raise ArenaError(f"'{model_id}' has no config.json at its top level: give a transformers model repository.")
     files, weights = choose_files(siblings, pipeline, public=limits is not None)
+    _no_nested_pipeline(files, model_id)
     if not weights:
         raise ArenaError(f"'{model_id}' has no " + ("safetensors weights: this public server loads no pickled "
                                                       "(.bin) checkpoints." if limits is not None else
@@ -153,12 +162,12 @@ def reference_problems(data: Any, files: set[str], base: str = "", key: str = ""
     problems: list[str] = []
     if isinstance(data, dict):
         for k, v in data.items():
-            if not isinstance(k, str) or k in IGNORED_KEYS:
-                continue
-            problems += reference_problems(v, files, base, k, f"{where}.{k}" if where else k)
-    elif isinstance(data, list):
-        for i, v in enumerate(data[:10_000]):
-            problems += reference_problems(v, files, base, key, f"{where}[{i}]")
+            if isinstance(k, str) and k not in IGNORED_KEYS and isinstance(v, (dict, list, str)):
+                problems += reference_problems(v, files, base, k, f"{where}.{k}" if where else k)
+    elif isinstance(data, list):  # every item: the file's size is capped (MAX_JSON_BYTES), not the list's length
+        for i, v in enumerate(data):
+            if isinstance(v, (dict, list, str)):
+                problems += reference_problems(v, files, base, key, f"{where}[{i}]")
     elif isinstance(data, str):
         if key and TEXT_KEYS.search(key) and not FILE_KEY.search(key):
             return problems
@@ -179,29 +188,106 @@ def snapshot_files(root: Path) -> set[str]:
     return out
 
 
+def _no_nested_pipeline(files, model_id: str) -> None:
+    """A model_index.json below the top level is a pipeline inside the pipeline: diffusers would import what it
+    names, past every check of the top-level one."""
+    nested = sorted(f for f in files if "/" in f and PurePosixPath(f).name == "model_index.json")
+    if nested:
+        raise ArenaError(f"'{model_id}' has a pipeline inside its pipeline ({nested[0]}); this server takes one "
+                         "model_index.json, at the top level.")
+
+
+def _token_entries(data: Any, name: str):
+    """(kind, id, text) for each vocabulary entry a tokenizer file holds: tokenizer.json's vocabulary (a dict of
+    token -> id, or Unigram's [piece, score] list), added tokens and decoder strings; vocab.json's keys; a
+    tokenizer config's special and added tokens (transformers adds those missing to the vocabulary)."""
+    if not isinstance(data, dict):
+        return
+    if name == "tokenizer.json":
+        model = data.get("model")
+        vocab = model.get("vocab") if isinstance(model, dict) else None
+        if isinstance(vocab, dict):
+            yield from (("vocabulary entry", i, token) for token, i in vocab.items())
+        elif isinstance(vocab, list):
+            yield from (("vocabulary entry", i, item[0]) for i, item in enumerate(vocab)
+                        if isinstance(item, list) and item)
+        for token in data.get("added_tokens") or []:
+            if isinstance(token, dict):
+                yield "added token", token.get("id"), token.get("content")
+        stack = [data.get("decoder")]  # a decoder's Replace content is written out with every token
+        while stack:
+            item = stack.pop()
+            if isinstance(item, str):
+                yield "decoder string", None, item
+            elif isinstance(item, (dict, list)):
+                stack += item.values() if isinstance(item, dict) else item
+    elif name == "vocab.json":
+        yield from (("vocabulary entry", i, token) for token, i in data.items())
+    elif name in ("tokenizer_config.json", "special_tokens_map.json"):
+        decoder = data.get("added_tokens_decoder")
+        for i, token in (decoder.items() if isinstance(decoder, dict) else ()):
+            yield "added token", i, token.get("content") if isinstance(token, dict) else token
+        for key, value in data.items():
+            if key.endswith("_token") or key in ("additional_special_tokens", "extra_special_tokens"):
+                values = value.values() if isinstance(value, dict) and "content" not in value else \
+                    value if isinstance(value, list) else [value]
+                for item in values:
+                    yield key, None, item.get("content") if isinstance(item, dict) else item
+
+
+def _long_token(data: Any, rel: str, model_id: str) -> None:
+    for kind, ident, text in _token_entries(data, PurePosixPath(rel).name):
+        if isinstance(text, str) and len(text) > MAX_TOKEN_CHARS:
+            label = kind if ident is None else f"{kind} {str(ident)[:20]}"
+            raise ArenaError(f"'{model_id}': {rel}'s {label} is {len(text):,} characters long; this public server "
+                             f"takes tokens of up to {MAX_TOKEN_CHARS:,} characters.")
+
+
 def check_references(root: Path, model_id: str, public: bool) -> None:
-    """Refuse a snapshot whose JSON files name a file outside it (and, in public mode, custom code or a tokenizer
-    that is not a fast one). ``tokenizer.json`` is data for the Rust tokenizers library and is only parsed."""
+    """Refuse a snapshot whose JSON files name a file outside it, or that holds a pipeline below its top level (and,
+    in public mode, custom code, a pre-quantized checkpoint or a vocabulary entry longer than ``MAX_TOKEN_CHARS``).
+    ``tokenizer.json`` is data for the Rust tokenizers library: parsed, its vocabulary's lengths checked."""
     root = Path(root)
     files = snapshot_files(root)
+    _no_nested_pipeline(files, model_id)
     for rel in sorted(f for f in files if f.endswith(".json")):
         path = root / rel
         if path.stat().st_size > MAX_JSON_BYTES:
             raise ArenaError(f"'{model_id}': {rel} is larger than {_mb(MAX_JSON_BYTES)}, which no config needs.")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+            if public:
+                _long_token(data, rel, model_id)
+            if PurePosixPath(rel).name == "tokenizer.json":
+                continue
+            problems = reference_problems(data, files, str(PurePosixPath(rel).parent) if "/" in rel else "")
+        except RecursionError as exc:
+            raise ArenaError(f"'{model_id}': {rel} is nested deeper than any config needs.") from exc
         except (ValueError, UnicodeDecodeError) as exc:
             raise ArenaError(f"'{model_id}': {rel} is not valid JSON ({type(exc).__name__}).") from exc
-        if PurePosixPath(rel).name == "tokenizer.json":
-            continue
-        base = str(PurePosixPath(rel).parent) if "/" in rel else ""
-        problems = reference_problems(data, files, base)
         if problems:
             raise ArenaError(f"'{model_id}' is refused: in {rel}, {problems[0]}. A repository's files may only "
                              "name files of the same repository.")
         if public and isinstance(data, dict) and "auto_map" in data:
             raise ArenaError(f"'{model_id}' needs its own code ({rel} has auto_map): this public server runs no "
                              "code from a repository.")
+        if public and rel.endswith("config.json") and _holds_key(data, "quantization_config"):
+            raise ArenaError(f"'{model_id}': {rel} has a quantization_config; this public server loads no "
+                             "pre-quantized checkpoints (their loaders build objects from the repository's JSON).")
+    for rel in sorted(f for f in files if PurePosixPath(f).name == "vocab.txt") if public else ():
+        for i, line in enumerate((root / rel).read_text(encoding="utf-8", errors="replace").splitlines()):
+            if len(line) > MAX_TOKEN_CHARS:
+                raise ArenaError(f"'{model_id}': {rel}'s vocabulary entry {i} is {len(line):,} characters "
+                                 f"long; this public server takes tokens of up to {MAX_TOKEN_CHARS:,} characters.")
+
+
+def _holds_key(data: Any, key: str, depth: int = 0) -> bool:
+    """``key`` anywhere in a config's objects (a sub-config such as ``text_config`` counts too)."""
+    if depth > 64:
+        return False
+    if isinstance(data, dict):
+        return key in data or any(_holds_key(v, key, depth + 1) for v in data.values())
+    return isinstance(data, list) and any(_holds_key(v, key, depth + 1) for v in data)
 
 
 def check_tokenizer_kind(root: Path, model_id: str) -> None:
@@ -237,15 +323,51 @@ def _layer_bomb(config: dict[str, Any], where: str, model_id: str) -> None:
             _layer_bomb(value, where, model_id)
 
 
-def _count(module) -> int:
-    """Parameters plus buffers in fp32-parameter equivalents (4 bytes): buffers are memory a load allocates too
-    (GPT-2 keeps an n_positions x n_positions mask per layer, ~1 MB of weights can ask for 275 GB of it)."""
+@dataclass(frozen=True)
+class Architecture:
+    """Two counts of what the configs build. ``size``: parameters plus every buffer, in fp32-parameter equivalents
+    (4 bytes): buffers are memory a load allocates too (GPT-2 keeps an n_positions x n_positions mask per layer, ~1 MB
+    of weights can ask for 275 GB of it), so the cap is on this. ``saved``: parameters plus persistent buffers, the
+    tensors a complete checkpoint holds, so the coverage check is on this (non-persistent buffers, GPT-2's masks or
+    rotary inv_freq, are never saved: GPT-2 124M counts 127.6M with them and saves 124.4M)."""
+
+    size: int
+    saved: int
+
+    def __add__(self, other: Architecture) -> Architecture:
+        return Architecture(self.size + other.size, self.saved + other.saved)
+
+
+def _count(module) -> Architecture:
+    parameters = sum(p.numel() for p in module.parameters())  # tied weights once, as a checkpoint saves them
     buffers = sum(b.numel() * b.element_size() for b in module.buffers())
-    return sum(p.numel() for p in module.parameters()) + -(-buffers // 4)
+    seen, persistent = set(), 0
+    for sub in module.modules():
+        for name, buffer in sub._buffers.items():
+            if buffer is not None and name not in sub._non_persistent_buffers_set and id(buffer) not in seen:
+                seen.add(id(buffer))
+                persistent += buffer.numel()
+    return Architecture(size=parameters + -(-buffers // 4), saved=parameters + persistent)
 
 
-def architecture_parameters(root: Path, model_id: str, pipeline: bool) -> int:
-    """Parameters the configs describe, counted on models built on the meta device (nothing is allocated)."""
+MODEL_BASES = (("diffusers", "ModelMixin"), ("transformers", "PreTrainedModel"))
+# What a pipeline's components may be: never a pipeline (DiffusionPipeline), which loads its own model_index.json.
+COMPONENT_BASES = (*MODEL_BASES, ("diffusers", "SchedulerMixin"), ("transformers", "PreTrainedTokenizerBase"),
+                   ("transformers", "ProcessorMixin"), ("transformers", "FeatureExtractionMixin"),
+                   ("transformers", "ImageProcessingMixin"))
+
+
+def _bases(names) -> tuple[type, ...]:
+    """The classes of ``names`` that the installed libraries have (a name a version lacks is left out)."""
+    import importlib
+
+    found = (getattr(importlib.import_module(library), name, None) for library, name in names)
+    return tuple(cls for cls in found if isinstance(cls, type))
+
+
+def architecture_parameters(root: Path, model_id: str, pipeline: bool) -> Architecture:
+    """What the configs describe, counted on models built on the meta device (nothing is allocated). Public mode
+    only: a pipeline's model component without a config.json is refused, as it could not be counted."""
     import torch
     from accelerate import init_empty_weights
 
@@ -263,20 +385,24 @@ def architecture_parameters(root: Path, model_id: str, pipeline: bool) -> int:
                              f"server knows ({type(exc).__name__}: {str(exc)[:120]}).") from exc
     index = json.loads((root / "model_index.json").read_text())
     check_pipeline_index(index, model_id)
-    total = 0
+    models = _bases(MODEL_BASES)
+    total = Architecture(0, 0)
     for component, spec in index.items():
         if component.startswith("_") or not isinstance(spec, list) or len(spec) != 2 or spec[0] is None:
             continue
         library, class_name = spec
         folder = root / component
+        module = __import__(library)  # diffusers or transformers: check_pipeline_index
+        cls = getattr(module, str(class_name), None)
+        is_model = isinstance(cls, type) and issubclass(cls, models)
         if not (folder / "config.json").is_file():
+            if is_model:
+                raise ArenaError(f"'{model_id}': its {component} is a {class_name} model without a "
+                                 f"{component}/config.json, so this public server cannot count its parameters.")
             continue
         config = json.loads((folder / "config.json").read_text())
         _layer_bomb(config, f"{component}/config.json", model_id)
-        module = __import__(library)
-        cls = getattr(module, str(class_name), None)
-        base = module.ModelMixin if library == "diffusers" else module.PreTrainedModel
-        if not (isinstance(cls, type) and issubclass(cls, base)):
+        if not is_model:
             raise ArenaError(f"'{model_id}': {component} names the class {str(class_name)[:60]}, which is not a "
                              f"{library} model.")
         try:
@@ -307,6 +433,7 @@ def check_pipeline_index(index: Any, model_id: str) -> None:
 
     if not isinstance(index, dict):
         raise ArenaError(f"'{model_id}': model_index.json is not an object.")
+    components = _bases(COMPONENT_BASES)
     pipeline = getattr(diffusers, str(index.get("_class_name", "")), None)
     if not (isinstance(pipeline, type) and issubclass(pipeline, diffusers.DiffusionPipeline)):
         raise ArenaError(f"'{model_id}': model_index.json names the pipeline class "
@@ -325,6 +452,16 @@ def check_pipeline_index(index: Any, model_id: str) -> None:
             raise ArenaError(f"'{model_id}': model_index.json's {component[:40]} names {str(library)[:40]}."
                              f"{str(class_name)[:60]}; a pipeline's components come from "
                              f"{' or '.join(PIPELINE_LIBRARIES)} only.")
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,63}", component):  # a folder of the snapshot, by that name
+            raise ArenaError(f"'{model_id}': model_index.json names a component {component[:40]!r}, which is not "
+                             "a component name.")
+        cls = getattr(module, class_name)
+        if not issubclass(cls, components):
+            why = ("a pipeline: a pipeline's components are models, schedulers, tokenizers and processors, never "
+                   "pipelines") if issubclass(cls, diffusers.DiffusionPipeline) else \
+                "not a model, scheduler, tokenizer or processor class"
+            raise ArenaError(f"'{model_id}': model_index.json's {component} names {library}.{class_name[:60]}, "
+                             f"which is {why}.")
 
 
 def check_scheduler(config: Any, model_id: str) -> None:
@@ -346,13 +483,25 @@ def check_scheduler(config: Any, model_id: str) -> None:
 
 
 def checkpoint_parameters(api, plan: HubPlan, token: str | bool | None) -> int:
-    """Parameters the safetensors files hold, from their headers (HTTP range reads of the pinned commit)."""
+    """Parameters the safetensors files hold, from their headers (HTTP range reads of the pinned commit).
+    huggingface_hub reads the 8-byte length first and refuses a header over ``SAFETENSORS_MAX_HEADER_LENGTH``
+    (25 MB) before asking for it; what it raises on a bogus header becomes one sentence here."""
+    import struct
+
+    from huggingface_hub import constants
+    from huggingface_hub.errors import SafetensorsParsingError
+
     total = 0
     for name in plan.weight_files:
         if not name.endswith(".safetensors"):
             continue
-        meta = api.parse_safetensors_file_metadata(plan.model_id, name, revision=plan.commit, token=token)
-        total += sum(meta.parameter_count.values())
+        try:
+            meta = api.parse_safetensors_file_metadata(plan.model_id, name, revision=plan.commit, token=token)
+            total += int(sum(meta.parameter_count.values()))
+        except (SafetensorsParsingError, struct.error, RecursionError, TypeError, ValueError, AttributeError,
+                KeyError, IndexError) as exc:
+            raise ArenaError(f"'{plan.model_id}': {name} has no safetensors header this server reads (a JSON table "
+                             f"of its tensors, at most {constants.SAFETENSORS_MAX_HEADER_LENGTH:,} bytes).") from exc
     return total
 
 
@@ -371,14 +520,14 @@ def fetch(model_id: str, *, pipeline: bool, cache_dir: str | None, token: str | 
                                       token=token))
         check_references(root, model_id, public=True)
         architecture = architecture_parameters(root, model_id, pipeline)
-        if architecture > limits.max_parameters:
+        if architecture.size > limits.max_parameters:
             cap = human_count(limits.max_parameters)
-            raise ArenaError(f"'{model_id}' has {human_count(architecture)} parameters (counted from its "
+            raise ArenaError(f"'{model_id}' has {human_count(architecture.size)} parameters (counted from its "
                              f"configuration); this public server takes models up to {cap}.")
         held = checkpoint_parameters(api, plan, token)
-        if held < COVERAGE * architecture:
+        if held < COVERAGE * architecture.saved:
             raise ArenaError(f"'{model_id}' is refused: its weights hold {human_count(held)} parameters but its "
-                             f"configuration describes {human_count(architecture)}; the rest would be random.")
+                             f"configuration describes {human_count(architecture.saved)}; the rest would be random.")
     progress(0.0, f"Downloading {model_id} ({_mb(plan.total_bytes)}, commit {plan.commit[:8]})", force=True)
     root = Path(snapshot_download(model_id, revision=plan.commit, allow_patterns=list(plan.files),
                                   cache_dir=cache_dir, token=token, tqdm_class=tqdm_class))
@@ -386,7 +535,7 @@ def fetch(model_id: str, *, pipeline: bool, cache_dir: str | None, token: str | 
     extra = got - set(plan.files)
     if limits is not None and extra:
         raise ArenaError(f"'{model_id}': the download brought files that were not planned ({sorted(extra)[0]}).")
-    check_references(root, model_id, public=limits is not None)
+    check_references(root, model_id, public=limits is not None)  # a nested model_index.json too, in every mode
     if pipeline:  # diffusers imports what these name: in every mode
         check_pipeline_index(json.loads((root / "model_index.json").read_text()), model_id)
         if (root / "scheduler" / "scheduler_config.json").is_file():
