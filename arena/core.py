@@ -26,7 +26,8 @@ from arena.registry import BACKENDS, backend_class, register
 from arena.running import zerogpu
 from arena.running.environment import probe_environment
 from arena.running.host import BackendHost
-from arena.running.workers import Hosted, RunStopped, Worker, WorkerCrashed, WorkerFailed
+from arena.running.resources import server_memory
+from arena.running.workers import Hosted, MemoryLimit, RunStopped, Worker, WorkerCrashed, WorkerFailed
 from arena.sharing.history import RunHistory
 from arena.types import (
     BackendImageResult,
@@ -46,6 +47,15 @@ ProgressFn = Callable[[float | None, str], None]
 PREPARE_TIMEOUT_S = 3 * 3600
 RUN_TIMEOUT_S = 3 * 3600
 STOP_WAIT_S = 5.0  # how long Stop waits for the stopped run to end before it answers
+# Worker memory (docs/space.md, "Memory"). The app process keeps APP_RESERVE_BYTES for itself; a worker's call may use
+# what the server's memory leaves after that and the other workers, and in public mode no more than its model needs:
+# WORKER_BASE_BYTES (the runtime's imports and working memory) plus BYTES_PER_PARAMETER of the checked size (fp32
+# weights loaded, exported and held by a session at once). The preparation loads no visitor's weights.
+APP_RESERVE_BYTES = 1 << 30
+MIN_WORKER_BYTES = 1 << 30
+WORKER_BASE_BYTES = int(3.5e9)
+BYTES_PER_PARAMETER = 16
+PREPARE_BYTES = int(4e9)
 
 
 def _quiet(_fraction: float | None, _description: str) -> None:
@@ -136,6 +146,9 @@ class Arena:
         # `arena.running.warmup`): a run that has to wait says what it waits for.
         self.busy_with: str | None = None
         self._workers: dict[str, Worker] = {}
+        # Folders each unfinished run uses (its model, its backends' artifacts): the cache's eviction after another
+        # visitor's run leaves them alone (runs hold the run lock per step, so another run ends between two steps).
+        self._in_use: dict[int, set[str]] = {}
         self._workers_lock = threading.Lock()  # guards _workers and _empty_dir
         self._closed = False  # set by `close`: a run still going gets no new worker
         self._empty_dir: str | None = None  # public mode: the workers' working directory (`_workdir`)
@@ -187,9 +200,49 @@ class Arena:
                 raise WorkerCrashed("The app is shutting down: no new worker starts.")
             worker = self._workers.get(key)
             if worker is None:
-                worker = Worker(key, target, init_args=init_args, log_dir=self.log_dir, workdir=self._workdir())
+                worker = Worker(key, target, init_args=init_args, log_dir=self.log_dir, workdir=self._workdir(),
+                                data_limit=self._data_limit())
                 self._workers[key] = worker
             return worker
+
+    @staticmethod
+    def _data_limit() -> int | None:
+        """Every worker's RLIMIT_DATA: the server's memory less the app's reserve. Not on a machine with an NVIDIA
+        device: a CUDA context maps writable host memory of its own that the limit would count."""
+        if Path("/dev/nvidiactl").exists():
+            return None
+        return max(MIN_WORKER_BYTES, server_memory().total - APP_RESERVE_BYTES)
+
+    def memory_limit(self, what: str, worker: Worker, parameters: int | None = None,
+                     preparation: bool = False) -> MemoryLimit:
+        """The memory one call of ``worker`` may use: what the server leaves after the app's reserve and the other
+        workers (each with what it started), and in public mode no more than the model's checked size needs."""
+        import psutil
+
+        memory = server_memory()
+        others = 0
+        for other in list(self._workers.values()):
+            if other is worker or other.pid is None:
+                continue
+            try:
+                process = psutil.Process(other.pid)
+                others += sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])
+            except psutil.Error:
+                pass
+        limit = max(MIN_WORKER_BYTES, memory.total - APP_RESERVE_BYTES - others)
+        why = (f"what this server's {memory.total / 1e9:.0f} GB ({memory.source}) leaves after the app and the "
+               f"other workers' {others / 1e9:.1f} GB")
+        if self.policy.public:
+            if parameters:
+                need = WORKER_BASE_BYTES + BYTES_PER_PARAMETER * int(parameters)
+                how = (f"{WORKER_BASE_BYTES / 1e9:g} GB and {BYTES_PER_PARAMETER} bytes for each of the model's "
+                       f"{parameters / 1e6:,.0f}M parameters")
+            else:
+                need = PREPARE_BYTES if preparation else WORKER_BASE_BYTES
+                how = "the public server's limit for this step"
+            if need < limit:
+                limit, why = need, how
+        return MemoryLimit(limit=limit, what=what, why=why)
 
     def _workdir(self) -> str | None:
         """Public mode: an empty folder the workers run in (a relative name in a visitor's config opens nothing
@@ -242,11 +295,14 @@ class Arena:
         wants = any(info.kind == "secret_env" for info in cls.Options.fields_info())
         worker = self._worker(key, "arena.running.host:BackendHost", self.backends[spec.backend],
                               str(self.cache_dir), secrets.known() if wants else {})
-        return Hosted(worker, BackendHost)
+        return Hosted(worker, BackendHost, memory_limit=lambda args: self.memory_limit(
+            spec.label, worker, parameters=getattr(args[0], "parameters", None) if args else None))
 
     def _preparer(self) -> Preparer:
-        return Hosted(self._worker("prepare", "arena.preparing.prepare:Preparer", str(self.cache_dir),
-                                   self.policy.public, self.policy.limits), Preparer)
+        worker = self._worker("prepare", "arena.preparing.prepare:Preparer", str(self.cache_dir),
+                              self.policy.public, self.policy.limits)
+        return Hosted(worker, Preparer, memory_limit=lambda _args: self.memory_limit(
+            "The preparation of the model", worker, preparation=True))
 
     def worker_pids(self) -> dict[str, int | None]:
         return {key: worker.pid for key, worker in list(self._workers.items())}
@@ -340,15 +396,28 @@ class Arena:
             return
         limit = self.policy.limits.run_time_limit_s if self.policy.public and refuse else None
         deadline = None if limit is None else time.monotonic() + limit
+        uses: set[str] = set()
+        self._in_use[id(uses)] = uses
         try:
             with self._run_lock.visitor_run():
-                yield from self._run_steps(request, run_cls, result_cls, progress, cancel, env,
-                                           deadline, limit)
+                for result in self._run_steps(request, run_cls, result_cls, progress, cancel, env, deadline, limit):
+                    uses.update(self._folders(result))
+                    yield result
         finally:
-            # Public mode: the cache is brought under its cap after every run, finished, failed or stopped.
+            self._in_use.pop(id(uses), None)
+            # Public mode: the cache is brought under its cap after every run, finished, failed or stopped; what
+            # another unfinished run uses stays.
             if self.policy.public:
                 self.cache.clean_stale()
-                self.cache.enforce_limit(self.policy.limits.max_cache_gb * 1e9)
+                in_use = set().union(*list(self._in_use.values()))
+                self.cache.enforce_limit(self.policy.limits.max_cache_gb * 1e9, in_use=in_use)
+
+    @staticmethod
+    def _folders(result) -> set[str]:
+        """The cache folders a (partial) run result names: its model and each backend's artifact."""
+        found = {getattr(result.prepared, "model_dir", None)}
+        found |= {getattr(r.load, "artifact_dir", None) for r in result.results if getattr(r, "load", None)}
+        return {str(f) for f in found if f}
 
     def _run_steps(self, request, run_cls, result_cls, progress: ProgressFn,
                    cancel: threading.Event | None, env: dict[str, Any], deadline: float | None,
@@ -665,13 +734,18 @@ class Arena:
 
     def run_text_to_end(self, request: TextRunRequest, progress: ProgressFn = _quiet,
                         cancel: threading.Event | None = None, operator: bool = False) -> TextRunResult:
-        """Run and return only the final result (API and CLI)."""
-        *_, final = self.run_text(request, progress, cancel, operator)
+        """Run and return only the final result (API and CLI). Only the last result is kept: a run yields one per
+        streamed piece of every answer."""
+        final = None
+        for final in self.run_text(request, progress, cancel, operator):  # noqa: B007 - the last one is the result
+            pass
         return final
 
     def run_image_to_end(self, request: ImageRunRequest, progress: ProgressFn = _quiet,
                          cancel: threading.Event | None = None, operator: bool = False) -> ImageRunResult:
-        *_, final = self.run_image(request, progress, cancel, operator)
+        final = None
+        for final in self.run_image(request, progress, cancel, operator):  # noqa: B007 - the last one is the result
+            pass
         return final
 
     def close(self) -> None:

@@ -98,3 +98,25 @@ def test_least_recently_used_entries_go_when_the_cache_is_over_its_limit(tmp_pat
     assert cache.lookup("onnx", {"model": "a"}) and cache.lookup("onnx", {"model": "c"})
     assert cache.enforce_limit(10) == [paths["a"]]  # the newest entry stays, whatever its size
     assert cache.lookup("onnx", {"model": "c"}) == paths["c"]
+
+
+def test_eviction_leaves_what_another_unfinished_run_uses(tmp_path):
+    """Two visitors: one run ends and cuts the cache while the other is between two steps with its hub download and
+    its export; those stay, the unused oldest entry goes."""
+    cache = ArtifactCache(tmp_path)
+
+    def build(tmp: Path):
+        (tmp / "model.onnx").write_bytes(b"x" * 1000)
+
+    paths = {name: cache.get_or_build("onnx", {"model": name}, build)[0] for name in ("old", "theirs", "mine")}
+    hub = tmp_path / "hub" / "models--other--visitor"
+    snapshot = hub / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").write_bytes(b"y" * 1000)
+    for age, path in enumerate((hub, paths["theirs"], paths["old"], paths["mine"])):  # hub's is the oldest use
+        marker = path / ".last-used"
+        marker.touch()
+        os.utime(marker, (time.time() - 100 + age * 20,) * 2)
+    removed = cache.enforce_limit(1500, in_use={str(snapshot), str(paths["theirs"])})
+    assert removed == [paths["old"]]
+    assert snapshot.is_dir() and paths["theirs"].is_dir() and paths["mine"].is_dir()

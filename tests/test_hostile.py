@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -16,9 +17,11 @@ import pytest
 from gradio_client import Client
 
 from tests.conftest import ROOT, running_app
+from tests.helpers import RssSampler
 from tests.local_hub import LocalHub
 from tests.test_hub_border import repo_files, tokenizer_config
 from tests.test_mcp import mcp_client
+from tests.tiny_models import CHAT_TEMPLATE
 
 pytestmark = pytest.mark.slow
 
@@ -26,6 +29,7 @@ CANARY = "hf_canaryTOKEN0123456789abcdefXYZ"
 KEY_CANARY = "sk-canaryKEY0123456789abcdefghijk"
 CACHE_CAP_GB = 0.05
 EXTRA_CAP_MB = 8
+APP_MEMORY_CAP = 1e9  # the app process, whatever a visitor sends (issue: a 2 MB tokenizer took it to 12 GB)
 TEXT = {"prompt": "Hello", "backends": ["pytorch"], "max_new_tokens": 4, "warmup": 0, "api_name": "/compare_text"}
 
 
@@ -42,8 +46,11 @@ def hostile(tmp_path_factory, tiny_llama, tiny_sd):
             "ARENA_MAX_CACHE_GB": str(CACHE_CAP_GB), "ARENA_MAX_EXTRA_MB": str(EXTRA_CAP_MB)}
         with running_app(tmp / "cache", tmp, args=("--no-warm-up",), **env) as app:
             outputs: list[str] = []
+            sampler = RssSampler(app["pid"]).start()  # the app's and every worker's peak, over the whole module
             yield {"app": app, "hub": hub, "cache": tmp / "cache", "secret_file": secret_file, "outputs": outputs,
-                   "client": Client(app["url"], verbose=False), "tiny_llama": tiny_llama, "tiny_sd": tiny_sd}
+                   "client": Client(app["url"], verbose=False), "tiny_llama": tiny_llama, "tiny_sd": tiny_sd,
+                   "memory": sampler}
+            sampler.stop()
 
 
 def ask(hostile, **kwargs) -> dict:
@@ -170,6 +177,180 @@ def test_mcp_clients_cannot_stop_each_other(hostile):
     assert result["error"] is None and result["results"][0]["error"] is None, result
 
 
+def word_level_llama(llama: Path, first_token: str, template: str | None = None, **config_changes) -> dict:
+    """The tiny Llama as a repository with a word-level tokenizer whose token 0 is ``first_token`` and a final norm of
+    zeros: every logit is 0, so the greedy answer is token 0, always (the shape of the 12 GB attack)."""
+    import numpy as np
+    from safetensors.numpy import load_file, save
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    config = json.loads((llama / "config.json").read_text()) | config_changes
+    vocab = {first_token: 0, "<s>": 1, "</s>": 2, "<unk>": 3} | {f"w{i}": i for i in range(4, config["vocab_size"])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    weights = load_file(llama / "model.safetensors")
+    weights["model.norm.weight"] = np.zeros_like(weights["model.norm.weight"])
+    tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+                        "unk_token": "<unk>", "pad_token": "</s>",
+                        "chat_template": template or CHAT_TEMPLATE}
+    return {"config.json": json.dumps(config), "tokenizer.json": tokenizer.to_str(),
+            "tokenizer_config.json": json.dumps(tokenizer_config), "model.safetensors": save(weights)}
+
+
+def timed(hostile, **kwargs) -> tuple[dict, float]:
+    """The answer and its seconds; the figures the threat model quotes are printed (pytest -s shows them)."""
+    hostile["memory"].reset()
+    start = time.monotonic()
+    result = ask(hostile, **kwargs)
+    seconds = time.monotonic() - start
+    memory = hostile["memory"]
+    print(f"\nMEASURED {kwargs.get('model')}: {seconds:.1f} s, app peak {memory.app_peak / 1e6:.0f} MB, "
+          f"worker peak {memory.worker_peak / 1e6:.0f} MB: {(result['error'] or '')[:90]}")
+    return result, seconds
+
+
+def test_a_two_megabyte_token_is_refused_within_seconds_and_the_app_stays_small(hostile):
+    hostile["hub"].add_repo("evil/giant-token", word_level_llama(hostile["tiny_llama"], "x" * 2_000_000))
+    result, seconds = timed(hostile, model="evil/giant-token", max_new_tokens=256)
+    problem = sentence(result)
+    assert "vocabulary entry 0 is 2,000,000 characters long" in problem and "up to 1,024 characters" in problem
+    assert seconds < 30, seconds
+    assert hostile["memory"].app_peak < APP_MEMORY_CAP, hostile["memory"].peaks
+    # Refused from its tokenizer, before any weight was downloaded.
+    assert not list(hostile["cache"].glob("hub/models--evil--giant-token/**/model.safetensors"))
+
+
+def test_an_answer_of_long_tokens_is_bounded_on_its_way_to_the_page(hostile):
+    """Under the vocabulary cap, 256 tokens of 1,000 characters: the answer stops at its character cap (with a
+    note), streamed pieces are tails, only the last result is kept; the app process stays small."""
+    hostile["hub"].add_repo("evil/long-tokens", word_level_llama(hostile["tiny_llama"], "y" * 1000,
+                                                                 max_position_embeddings=512))
+    result, seconds = timed(hostile, model="evil/long-tokens", max_new_tokens=256)
+    backend = result["results"][0]
+    assert backend["error"] is None, backend
+    assert backend["token_ids"] == [0] * 256
+    cap = 4096 + 64 * 256
+    assert cap - 1000 < len(backend["text"]) <= cap, len(backend["text"])
+    assert any("answer shown up to 20,480 characters" in note for note in backend["load"]["notes"]), backend["load"]
+    assert len(json.dumps(result)) < 200_000
+    assert hostile["memory"].app_peak < APP_MEMORY_CAP, hostile["memory"].peaks
+
+
+@pytest.mark.parametrize("repo, template, words", [
+    ("evil/template-repeat", "{{ 'x' * 300000000 }}", "repeats a value 300,000,000 times"),
+    ("evil/template-indent", "{{ messages | tojson(indent=100000000) }}", "asks the filter tojson for 100,000,000"),
+    ("evil/template-doubling", "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}"
+                               "{% endfor %}{{ ns.s }}", "joins"),
+    ("evil/template-loop", "{% for i in range(10000) %}{% for j in range(10000) %}xxxxxxxx{% endfor %}{% endfor %}",
+     "renders more than 32,000 characters"),
+])
+def test_a_chat_template_cannot_render_a_prompt_of_any_size(hostile, repo, template, words):
+    hostile["hub"].add_repo(repo, word_level_llama(hostile["tiny_llama"], "w", template=template))
+    result, seconds = timed(hostile, model=repo)
+    problem = sentence(result)
+    assert problem.startswith(f"The chat template of '{repo}' failed: SecurityError: ") and words in problem, problem
+    assert seconds < 30, seconds
+    assert hostile["memory"].worker_peak < 2e9 and hostile["memory"].app_peak < APP_MEMORY_CAP, hostile["memory"].peaks
+
+
+def test_a_chat_template_that_loops_past_its_budget_is_stopped(hostile):
+    template = ("{% for i in range(10000) %}{% for j in range(10000) %}{% if i * j == -1 %}x{% endif %}{% endfor %}"
+                "{% endfor %}")
+    hostile["hub"].add_repo("evil/template-slow", word_level_llama(hostile["tiny_llama"], "w", template=template))
+    result, seconds = timed(hostile, model="evil/template-slow")
+    problem = sentence(result)
+    assert problem == ("Rendering the chat template of 'evil/template-slow' took longer than its budget of 10 s on "
+                       "this server and was stopped."), problem
+    assert seconds < 40, seconds
+
+
+def test_a_long_context_repository_gets_the_servers_token_cap_not_its_own(hostile):
+    """max_position_embeddings 10^7 and a template that renders ~7,000 tokens in 21,000 characters."""
+    hostile["hub"].add_repo("evil/long-context", word_level_llama(
+        hostile["tiny_llama"], "w", template="{{ 'w4 ' * 7000 }}", max_position_embeddings=10_000_000))
+    problem = sentence(ask(hostile, model="evil/long-context"))
+    assert "is 7,000 tokens once rendered by its template" in problem and "up to 4,096 tokens" in problem, problem
+
+
+def test_a_tokenizer_regex_that_backtracks_is_stopped_at_its_budget(hostile):
+    # Oniguruma gives up a search after 10 million retries (a panic, which is one sentence too), so each run of a's
+    # costs at most ~0.1 s here: the template repeats the 2,000-character prompt 16 times to make it ~2 minutes.
+    files = word_level_llama(hostile["tiny_llama"], "a",
+                             template="{% for i in range(16) %}{{ messages[0]['content'] }}{% endfor %}")
+    tokenizer = json.loads(files["tokenizer.json"])
+    tokenizer["pre_tokenizer"] = {"type": "Split", "pattern": {"Regex": "(a|aa)+$"}, "behavior": "Isolated",
+                                  "invert": False}
+    hostile["hub"].add_repo("evil/backtrack", files | {"tokenizer.json": json.dumps(tokenizer)})
+    result, seconds = timed(hostile, model="evil/backtrack", prompt=("a" * 30 + "b") * 64)
+    problem = sentence(result)
+    assert problem in (
+        "Tokenizing the prompt with the tokenizer of 'evil/backtrack' took longer than its budget of 10 s on this "
+        "server and was stopped.",), problem
+    assert seconds < 40, seconds
+
+
+def test_a_pipeline_nested_in_a_pipeline_is_refused_before_any_import(hostile):
+    tiny_sd = hostile["tiny_sd"]
+    files = {str(p.relative_to(tiny_sd)): p for p in tiny_sd.rglob("*") if p.is_file()}
+    index = json.loads((tiny_sd / "model_index.json").read_text()) | {"evil": ["diffusers", "DiffusionPipeline"]}
+    inner = {"_class_name": "DiffusionPipeline", "_diffusers_version": "0.39.0", "payload": ["this", "Anything"]}
+    hostile["hub"].add_repo("evil/nested-sd", files | {"model_index.json": json.dumps(index),
+                                                      "evil/model_index.json": json.dumps(inner)})
+    _gallery, result = hostile["client"].predict(
+        prompt="a red circle", model="evil/nested-sd", backends="pytorch", negative_prompt="", steps=2,
+        guidance_scale=4.0, seed=0, height=0, width=0, api_name="/compare_image")
+    hostile["outputs"].append(json.dumps(result))
+    problem = sentence(result)
+    assert "pipeline inside its pipeline" in problem, problem
+    logs = "".join(p.read_text(errors="replace") for p in (hostile["cache"] / "logs").glob("*.log"))
+    assert "The Zen of Python" not in logs  # `import this` prints it: nothing imported the named module
+
+
+@pytest.mark.parametrize("values, words", [
+    ({"max_new_tokens": 10**30}, "Max new tokens must be between"),
+    ({"max_new_tokens": "lots"}, "Max new tokens"),
+    ({"backends": 42}, ""),
+    ({"model": "good/tiny\n/etc"}, "not a catalog model or a Hugging Face hub id"),
+])
+def test_odd_values_are_sentences_not_tracebacks(hostile, values, words):
+    try:
+        result = ask(hostile, model="good/tiny", **values)
+    except Exception as exc:  # noqa: BLE001 - gradio_client's own refusal of a value it cannot send is fine too
+        assert "Traceback" not in str(exc)
+        return
+    error = result["error"] or (result["results"][0]["error"] if result["results"] else None)
+    assert error and "Traceback" not in error and words in error and "\n" not in error.strip(), result
+
+
+def test_mcp_tools_with_odd_types_answer_sentences(hostile):
+    session_cls, connect = mcp_client()
+    url = hostile["app"]["url"] + "gradio_api/mcp/"
+    odd = [{"prompt": ["a", {"b": 1}], "model": "good/tiny", "backends": 42, "max_new_tokens": "lots"},
+           {"prompt": "Hello", "model": {"evil": "/etc/passwd"}, "backends": ["pytorch"], "max_new_tokens": 2},
+           {"prompt": "Hello", "model": "good/tiny", "backends": ["pytorch"], "max_new_tokens": 10**30}]
+
+    async def calls():
+        async with connect(url) as (read, write, _), session_cls(read, write) as session:
+            await session.initialize()
+            return [await session.call_tool("compare_text", arguments) for arguments in odd]
+
+    for answer in asyncio.run(calls()):
+        text = " ".join(getattr(c, "text", "") for c in answer.content)
+        hostile["outputs"].append(text)
+        assert text and "Traceback" not in text and 'File "' not in text, text
+
+
+def test_one_client_cannot_stop_anothers_run(hostile):
+    other = Client(hostile["app"]["url"], verbose=False)
+    job = hostile["client"].submit(**{**TEXT, "model": "good/tiny", "max_new_tokens": 48})
+    time.sleep(1.0)
+    assert other.predict(api_name="/stop") == "You have no run in progress."
+    result = job.result(timeout=120)
+    hostile["outputs"].append(json.dumps(result))
+    assert result["error"] is None and result["results"][0]["error"] is None, result
+    assert len(result["results"][0]["token_ids"]) == 48
+
+
 def test_zz_no_canary_anywhere_and_the_cache_under_its_cap(hostile):
     """Last in this module: every answer, the logs, the cache and every process's environment."""
     app = hostile["app"]
@@ -195,3 +376,7 @@ def test_zz_no_canary_anywhere_and_the_cache_under_its_cap(hostile):
     assert size < CACHE_CAP_GB * 1e9, size
     assert not [f for f in hostile["cache"].rglob("notes.txt")]
     assert os.environ.get("HF_TOKEN") != CANARY  # (the canary lived only in the app's environment)
+    # After every attack, an ordinary visitor is still served, and the app never held more than its cap.
+    result = ask(hostile, model="good/tiny")
+    assert result["error"] is None and result["results"][0]["error"] is None, result
+    assert hostile["memory"].app_peak < APP_MEMORY_CAP, hostile["memory"].peaks

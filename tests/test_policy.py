@@ -128,8 +128,9 @@ def test_limits_come_from_the_environment_and_flags():
 
 
 def test_hub_ids_are_names_not_paths():
-    assert all(HUB_ID.match(m) for m in ("gpt2", "HuggingFaceTB/SmolLM2-135M-Instruct", "a.b/c_d-1"))
-    assert not any(HUB_ID.match(m) for m in ("/abs", "../up", "a/../b", "~", ".hidden", "a//b", "a/b/c", ""))
+    assert all(HUB_ID.fullmatch(m) for m in ("gpt2", "HuggingFaceTB/SmolLM2-135M-Instruct", "a.b/c_d-1"))
+    assert not any(HUB_ID.fullmatch(m) for m in ("/abs", "../up", "a/../b", "~", ".hidden", "a//b", "a/b/c", "",
+                                                 "a/b\n", "a/b\x00"))
 
 
 def test_hub_facts_are_read_from_the_hubs_own_model_info(monkeypatch):

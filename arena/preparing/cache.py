@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -134,18 +134,23 @@ class ArtifactCache:
                     found.append((_last_used(path), _folder_bytes(path), path))
         return sorted(found, key=lambda item: item[0])
 
-    def enforce_limit(self, max_bytes: float, keep_newest: int = 1) -> list[Path]:
+    def enforce_limit(self, max_bytes: float, keep_newest: int = 1, in_use: Iterable[str | Path] = ()) -> list[Path]:
         """Delete least recently used entries until the cache holds at most ``max_bytes``; returns what went.
 
-        The ``keep_newest`` most recently used entries stay whatever their size (the run that just finished).
+        The ``keep_newest`` most recently used entries stay whatever their size (the run that just finished), and
+        so does every entry holding, or inside, an ``in_use`` folder (another run's model or export).
         """
         entries = self.entries()
         # Half-built folders (a build still going, or one the clean-up could not remove) take disk too.
         total = sum(size for _, size, _ in entries) + sum(_folder_bytes(p) for p in self.temporary())
+        used = [Path(p).absolute() for p in in_use]
         removed = []
         for _used, size, path in entries[:max(0, len(entries) - keep_newest)]:
             if total <= max_bytes:
                 break
+            here = path.absolute()
+            if any(u == here or here in u.parents or u in here.parents for u in used):
+                continue
             shutil.rmtree(path, ignore_errors=True)
             total -= size
             removed.append(path)

@@ -34,6 +34,8 @@ from arena.preparing.catalog import (
     render_prompt_template,
 )
 from arena.public.policy import PublicLimits
+from arena.public.templates import bound_chat_templates
+from arena.running.workers import phase_budget
 from arena.types import ImageRunRequest, PreparedImage, PreparedText, TextRunRequest
 
 WEIGHT_PATTERNS = ("*.json", "*.safetensors", "*.bin", "*.model", "*.txt", "*.tiktoken")  # the fingerprint's
@@ -42,6 +44,12 @@ QUALITY_PARAGRAPH = REPO_ROOT / "assets" / "quality-paragraph.txt"  # every back
 QUALITY_PARAGRAPH_TOKENS = 512  # past the usual small windows and caches: late-onset bugs show here
 EMBEDDED_FILES = REPO_ROOT / "assets" / "embedded"  # <catalog key>/: config + tokenizer files, and source.json
 SOURCE_FILE = "source.json"  # which GGUF (name, size, sha256) and transformers version wrote the folder
+# Time budgets of the steps that run a repository's own logic (its chat template's Jinja, its tokenizer's regexes):
+# past one, the worker is stopped (`phase_budget`), native code included. Real ones take well under a second.
+TOKENIZER_LOAD_BUDGET_S = 60.0  # parsing tokenizer.json (up to the border's 64 MB)
+TEMPLATE_BUDGET_S = 10.0
+TOKENIZE_BUDGET_S = 10.0
+LOCAL_TEMPLATE_CHARS = 10_000_000  # a local user's template: bounded too, far above any real prompt
 
 
 def embedded_gguf_path(entry: CatalogModel) -> Path | None:
@@ -185,6 +193,9 @@ class TextPreparer:
         self.limits = (limits or PublicLimits()) if public else None
         self.hub_cache = str(self.cache.root / HUB_KIND) if public else None
         self._tokenizers: dict[str, Any] = {}
+        # Chat templates are rendered in this process only: its Jinja sandbox refuses repetitions, widths and
+        # outputs past the rendered prompt's cap (`arena.public.templates`).
+        bound_chat_templates(self.limits.max_rendered_prompt_chars if public else LOCAL_TEMPLATE_CHARS)
 
     def preload(self, progress=None) -> None:
         """Import transformers' tokenizers and configs ahead of the first run (the start-up preparation)."""
@@ -333,6 +344,36 @@ class TextPreparer:
             self._tokenizers[model_dir] = AutoTokenizer.from_pretrained(model_dir)
         return self._tokenizers[model_dir]
 
+    @staticmethod
+    def _tokenize(tokenizer: Any, text: str, name: str, what: str, progress, **kwargs: Any) -> list[int]:
+        """``text``'s ids under a time budget (a repository's pre-tokenizer regex can backtrack for minutes); a
+        tokenizer that fails (the Rust library panics when its regex engine gives up) is one sentence."""
+        with phase_budget(progress, TOKENIZE_BUDGET_S, f"Tokenizing {what} with the tokenizer of '{name}'"):
+            try:
+                return tokenizer(text, return_token_type_ids=False, **kwargs)["input_ids"]
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - pyo3's PanicException is a BaseException
+                raise ArenaError(_sentence(f"The tokenizer of '{name}' failed on {what}: {type(exc).__name__}: "
+                                           f"{(str(exc).splitlines() or [''])[0][:200]}")) from None
+
+    @staticmethod
+    def _refuse_long_tokens(tokenizer: Any, name: str) -> None:
+        """A vocabulary entry over the border's `MAX_TOKEN_CHARS` would make every generated token that long."""
+        from arena.public.hub import MAX_TOKEN_CHARS
+
+        longest = max(tokenizer.get_vocab(), key=len, default="")
+        if len(longest) > MAX_TOKEN_CHARS:
+            raise ArenaError(f"The tokenizer of '{name}' has a vocabulary entry of {len(longest):,} characters; this "
+                             f"public server takes tokens of up to {MAX_TOKEN_CHARS:,} characters.")
+
+    def _refuse_rendered(self, rendered: str, name: str) -> None:
+        """Public mode: the rendered prompt's length is capped whatever the template adds (the visitor's own prompt
+        has its own cap, before any of this)."""
+        if self.public and len(rendered) > self.limits.max_rendered_prompt_chars:
+            raise ArenaError(f"The prompt of '{name}' is {len(rendered):,} characters once rendered by its template; "
+                             f"this public server takes up to {self.limits.max_rendered_prompt_chars:,}.")
+
     def prepare_text(self, request: TextRunRequest, progress, token: str | bool | None = None) -> PreparedText:
         """Resolve the model, render the prompt in its format and tokenize it once for every backend."""
         if not request.prompt.strip():
@@ -343,11 +384,14 @@ class TextPreparer:
         resolved = self.resolve_model(request.model, progress, token)
         model_dir = resolved["model_dir"]
         progress(None, "Tokenizing the prompt", force=True)
+        name = resolved["name"]
         try:
-            tokenizer = self._tokenizer(model_dir)
+            with phase_budget(progress, TOKENIZER_LOAD_BUDGET_S, f"Loading the tokenizer of '{name}'"):
+                tokenizer = self._tokenizer(model_dir)
         except Exception as exc:  # noqa: BLE001
-            raise ArenaError(f"Could not load a tokenizer from '{resolved['name']}': {type(exc).__name__}: {exc}") \
-                from exc
+            raise ArenaError(f"Could not load a tokenizer from '{name}': {type(exc).__name__}: {exc}") from exc
+        if self.public:  # whatever file it came from (a sentencepiece model is not read at the border)
+            self._refuse_long_tokens(tokenizer, name)
         from transformers import AutoConfig, GenerationConfig
 
         config = AutoConfig.from_pretrained(model_dir)
@@ -357,13 +401,24 @@ class TextPreparer:
             fmt = entry.prompt_format if entry else ("chat" if tokenizer.chat_template else "plain")
         if fmt == "chat":
             if not tokenizer.chat_template:
-                raise ArenaError(f"'{resolved['name']}' has no chat template: pick the 'plain' prompt format.")
-            rendered = tokenizer.apply_chat_template([{"role": "user", "content": request.prompt}],
-                                                     tokenize=False, add_generation_prompt=True)
-            ids = tokenizer(rendered, add_special_tokens=False, return_token_type_ids=False)["input_ids"]
+                raise ArenaError(f"'{name}' has no chat template: pick the 'plain' prompt format.")
+            try:
+                with phase_budget(progress, TEMPLATE_BUDGET_S, f"Rendering the chat template of '{name}'"):
+                    rendered = tokenizer.apply_chat_template([{"role": "user", "content": request.prompt}],
+                                                             tokenize=False, add_generation_prompt=True)
+            except Exception as exc:  # noqa: BLE001 - the repository's template is its own code: one sentence
+                raise ArenaError(_sentence(f"The chat template of '{name}' failed: {type(exc).__name__}: "
+                                           f"{(str(exc).splitlines() or [''])[0][:300]}")) from exc
+            self._refuse_rendered(rendered, name)
+            ids = self._tokenize(tokenizer, rendered, name, "the prompt", progress, add_special_tokens=False)
         else:
             rendered = render_prompt_template(fmt, request.prompt)
-            ids = tokenizer(rendered, return_token_type_ids=False)["input_ids"]
+            self._refuse_rendered(rendered, name)
+            ids = self._tokenize(tokenizer, rendered, name, "the prompt", progress)
+        if self.public and len(ids) > self.limits.max_prompt_tokens:
+            raise ArenaError(f"The prompt of '{name}' is {len(ids):,} tokens once rendered by its template; this "
+                             f"public server takes prompts of up to {self.limits.max_prompt_tokens:,} tokens, whatever "
+                             "the model's context.")
 
         context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         if context and len(ids) + request.max_new_tokens > context:
@@ -386,7 +441,8 @@ class TextPreparer:
             if isinstance(token_id, int) and token_id != tokenizer.unk_token_id and token_id not in eos:
                 eos.append(token_id)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else None)
-        paragraph = tokenizer(QUALITY_PARAGRAPH.read_text().strip(), return_token_type_ids=False)["input_ids"]
+        paragraph = self._tokenize(tokenizer, QUALITY_PARAGRAPH.read_text().strip(), name, "the quality text",
+                                   progress)
         paragraph = paragraph[:min(QUALITY_PARAGRAPH_TOKENS, context or QUALITY_PARAGRAPH_TOKENS)]
         return PreparedText(
             model_dir=model_dir, model_name=resolved["name"], source=resolved["source"], rendered_prompt=rendered,
@@ -396,8 +452,17 @@ class TextPreparer:
             quality_token_ids=tuple(int(i) for i in paragraph), parameters=parameter_count(Path(model_dir)))
 
 
+SAFETENSORS_MAX_HEADER = 25_000_000  # bytes; huggingface_hub's own bound on a safetensors header
+
+
+def _sentence(text: str) -> str:
+    text = text.strip().rstrip(":")
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
 def parameter_count(model_dir: Path) -> int | None:
-    """Parameters in a model folder's safetensors files, from their headers alone (no tensor is read)."""
+    """Parameters in a model folder's safetensors files, from their headers alone (no tensor is read). None when a
+    header is not one: longer than `SAFETENSORS_MAX_HEADER` or than its file, not a table of tensors."""
     import struct
 
     total = 0
@@ -406,15 +471,17 @@ def parameter_count(model_dir: Path) -> int | None:
         try:
             with open(path, "rb") as handle:
                 (size,) = struct.unpack("<Q", handle.read(8))
+                if size > min(SAFETENSORS_MAX_HEADER, path.stat().st_size - 8):
+                    return None
                 header = json.loads(handle.read(size))
-        except (OSError, ValueError, struct.error):
+            for name, info in header.items():
+                if name != "__metadata__":
+                    count = 1
+                    for dim in info["shape"]:
+                        count *= int(dim)
+                    total += count
+        except (OSError, ValueError, struct.error, RecursionError, TypeError, AttributeError, KeyError):
             return None
-        for name, info in header.items():
-            if name != "__metadata__":
-                count = 1
-                for dim in info["shape"]:
-                    count *= dim
-                total += count
     return total or None
 
 

@@ -30,7 +30,7 @@ from arena.preparing.catalog import find_catalog_model, find_image_catalog_model
 from backends.base import SERVER_SIDE_KINDS
 
 # A hub id: "name" or "owner/name" of letters, digits, '-', '_', '.'; never a path ("..", leading "/", "~", ".").
-HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")  # whole string: `fullmatch`
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,10 @@ class PublicLimits:
     max_repeats: int = 3
     max_warmup: int = 2
     max_prompt_chars: int = 2000
+    # The prompt as the model sees it, after the repository's chat template: capped apart from the visitor's text
+    # (a template can render any size) and from the repository's own max_position_embeddings (it says anything).
+    max_rendered_prompt_chars: int = 32_000
+    max_prompt_tokens: int = 4096
     max_backends: int = 4
     max_steps: int = 50
     max_image_side: int = 768
@@ -190,7 +194,7 @@ class Policy:
         """Refuse server paths (public), gated models without a token, and models over the size cap (public)."""
         name = (model or "").strip()
         entry = find_image_catalog_model(name) if task == "image" else find_catalog_model(name)
-        if entry is None and self.public and not HUB_ID.match(name):
+        if entry is None and self.public and not HUB_ID.fullmatch(name):
             return (f"'{name}' is not a catalog model or a Hugging Face hub id ('owner/name'): this public server "
                     "does not open paths on its disk.")
         if entry is not None:

@@ -29,6 +29,32 @@ from arena.types import (
 from backends.base import GenerationSettings, ImageSettings, LoadContext
 
 STREAM_INTERVAL_S = 0.25  # how often a generating backend's answer so far reaches the page
+STREAM_TAIL_CHARS = 4000  # a streamed answer so far is its last characters (the page shows the whole at the end)
+# An answer is at most this many characters a generated token (and a floor): real tokens average under 10, so only
+# a tokenizer with giant vocabulary entries reaches it (a 2 MB token took the app to 12 GB in streamed copies).
+ANSWER_CHARS_PER_TOKEN = 64
+ANSWER_CHARS_FLOOR = 4096
+
+
+def answer_char_cap(max_new_tokens: int) -> int:
+    return ANSWER_CHARS_FLOOR + ANSWER_CHARS_PER_TOKEN * max(0, int(max_new_tokens))
+
+
+def decode_bounded(tokenizer: Any, ids: list[int], max_chars: int) -> tuple[str, bool]:
+    """``ids`` decoded, at most ``max_chars`` characters, and whether it was cut. The tokens' own strings bound
+    what decoding makes, so a giant vocabulary entry is never decoded whole: only the ids whose pieces fit."""
+    pieces = tokenizer.convert_ids_to_tokens(list(ids))
+    lengths = [len(p) if isinstance(p, str) else 0 for p in pieces]
+    if sum(lengths) <= 2 * max_chars:
+        text = tokenizer.decode(list(ids), skip_special_tokens=True)
+        return (text, False) if len(text) <= max_chars else (text[:max_chars], True)
+    total, keep = 0, 0
+    for keep, length in enumerate(lengths):  # noqa: B007
+        total += length
+        if total > max_chars:
+            break
+    text = tokenizer.decode(list(ids[:keep]), skip_special_tokens=True)[:max_chars]
+    return text, True
 
 
 def load_context(cache: ArtifactCache, progress, secrets: dict[str, str] | None = None) -> LoadContext:
@@ -151,6 +177,7 @@ class BackendHost:
             self.backend.generate_text(prompt, warm, lambda _t: None)
         runs, ids = [], []
         tokenizer = self._tokenizer(prepared.model_dir)
+        cap = answer_char_cap(settings.max_new_tokens)
         for r in range(request.repeats):
             stamps: list[float] = []
             total = settings.max_new_tokens
@@ -170,11 +197,13 @@ class BackendHost:
                 if stamps[-1] - sent[0] >= STREAM_INTERVAL_S:
                     sent[0] = stamps[-1]
                     try:  # best effort: a backend may report placeholders (a server's chunks) instead of ids
-                        text = tokenizer.decode([i for i in streamed if isinstance(i, int) and i >= 0],
-                                                skip_special_tokens=True)
+                        text, _cut = decode_bounded(tokenizer, [i for i in streamed if isinstance(i, int) and i >= 0],
+                                                    cap)
                     except (OverflowError, TypeError, ValueError):
                         progress(len(stamps) / total, description)
                         return
+                    if len(text) > STREAM_TAIL_CHARS:  # the page shows the end of what is being written
+                        text = "…" + text[-STREAM_TAIL_CHARS:]
                     progress(len(stamps) / total, description, force=True,
                              partial={"text": text, "tokens": len(streamed), "of": total})
 
@@ -182,8 +211,11 @@ class BackendHost:
             ids = self.backend.generate_text(prompt, settings, on_token)
             end = time.perf_counter()
             runs.append(summarize_generation(start, stamps, end))
-        text = tokenizer.decode(ids, skip_special_tokens=True)
+        text, cut = decode_bounded(tokenizer, list(ids), cap)
         run_notes = tuple(getattr(self.backend, "run_notes", ()) or ())  # what the backend says of this run
+        if cut:
+            run_notes += (f"answer shown up to {cap:,} characters: its {len(ids)} tokens decode to more (the "
+                          "tokenizer has very long vocabulary entries); the verdict reads the token ids",)
         if run_notes:
             load = dataclasses.replace(load, notes=tuple(load.notes) + run_notes)
         try:  # not timed: the logits of the first generated position, for the comparison with the reference
