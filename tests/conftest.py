@@ -17,6 +17,10 @@ import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# Screenshots the browser tests take: a temporary folder (tests never write tracked files), or docs/screenshots when
+# `make screenshots` sets ARENA_SCREENSHOTS (the README's and docs' pictures come from that run).
+SCREENSHOTS = Path(os.environ.get("ARENA_SCREENSHOTS") or
+                   Path(os.environ.get("TMPDIR", "/tmp")) / f"arena-screenshots-{os.getpid()}")
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import SCREENSHOTS
+
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 ROOT = Path(__file__).resolve().parent.parent
-SCREENSHOT = ROOT / "docs" / "screenshots" / "text-arena.png"
-IMAGE_SCREENSHOT = ROOT / "docs" / "screenshots" / "image-arena.png"
-HISTORY_SCREENSHOT = ROOT / "docs" / "screenshots" / "history.png"
+SCREENSHOT = SCREENSHOTS / "text-arena.png"
+IMAGE_SCREENSHOT = SCREENSHOTS / "image-arena.png"
+HISTORY_SCREENSHOT = SCREENSHOTS / "history.png"
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 

@@ -8,11 +8,11 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.test_browser import CHROMIUM_FLAGS, ROOT, chromium_path
+from tests.conftest import SCREENSHOTS
+from tests.test_browser import CHROMIUM_FLAGS, chromium_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-SCREENSHOTS = ROOT / "docs" / "screenshots"
 
 
 @pytest.fixture(scope="module")

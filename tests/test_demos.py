@@ -45,7 +45,8 @@ def test_broken_example_in_the_browser(app_server):
     MATCH in the panels; then the image tab's broken example: NAN next to MATCH."""
     from playwright.sync_api import sync_playwright
 
-    from tests.test_browser import CHROMIUM_FLAGS, ROOT, chromium_path
+    from tests.conftest import SCREENSHOTS
+    from tests.test_browser import CHROMIUM_FLAGS, chromium_path
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
@@ -74,7 +75,7 @@ def test_broken_example_in_the_browser(app_server):
         page.locator("#image-latency-chart .main-svg").first.wait_for(timeout=30_000)
         assert "Not timed, the run failed: ONNX Runtime" in page.locator("#image-latency-chart").inner_text()
         page.wait_for_timeout(500)
-        page.screenshot(path=str(ROOT / "docs" / "screenshots" / "broken-image.png"), full_page=True)
+        page.screenshot(path=str(SCREENSHOTS / "broken-image.png"), full_page=True)
         browser.close()
 
 
