@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from arena.errors import ArenaError
+from arena.judging.export_files import export_file_warnings
 from arena.judging.verdicts import judge_image, judge_text, logits_error, reference_index
 from arena.preparing.cache import ArtifactCache, default_cache_dir
 from arena.preparing.catalog import find_catalog_model, find_image_catalog_model
@@ -530,6 +531,7 @@ class Arena:
         # COMPARED. A gibberish reference is still one (the same model's math); its own verdict says what it is.
         ref_failed = f"{ref_verdict.kind}: {ref_verdict.reason}" if ref_verdict.kind in ("ERROR", "EMPTY") else None
         quality = self._quality(prepared, results, reference, progress, cancel, deadline) if ref.ok else {}
+        decode = self._decode_path(prepared, results, reference, progress, cancel, deadline) if ref.ok else {}
         judged = []
         for i, r in enumerate(results):
             precision, precision_class = self._precision(r)
@@ -537,9 +539,15 @@ class Arena:
                 r.text, r.token_ids, precision, error=r.error,
                 reference_ids=ref.token_ids if ref.ok else None, unk_token_id=prepared.unk_token_id, nll=nll[i],
                 logits=logits_error(r.first_logits, ref.first_logits), quality=quality.get(i),
-                reference_precision=ref_precision, reference_failed=ref_failed, precision_class=precision_class)
+                reference_precision=ref_precision, reference_failed=ref_failed, precision_class=precision_class,
+                decode=decode.get(i))
             if i == reference and quality.get(i):
                 verdict = dataclasses.replace(verdict, metrics=verdict.metrics | {"quality": quality[i]})
+            warnings = export_file_warnings(prepared.model_dir, r.load.artifact_dir if r.load else None)
+            if warnings and i != reference:  # what deployment would do differently: beside the verdict, not in it
+                verdict = dataclasses.replace(
+                    verdict, reason=verdict.reason + "".join(f" Warning: {w}." for w in warnings),
+                    metrics=verdict.metrics | {"warnings": warnings})
             judged.append(dataclasses.replace(r, verdict=verdict, first_logits=None))
         return judged
 
@@ -595,6 +603,50 @@ class Arena:
                     timeout=self._left(deadline, self.run_timeout_s), cancel=cancel)
             except (WorkerCrashed, WorkerFailed) as exc:
                 out[i] = {"unavailable": f"failed: {exc}"}
+        return out
+
+    def _decode_path(self, prepared: PreparedText, results: list, reference: int, progress,
+                     cancel: threading.Event | None = None, deadline: float | None = None) -> dict[int, dict]:
+        """Each candidate's own answer, judged along the path a deployment runs: the reference's full pass over the
+        prompt and that answer (one call for every candidate), then each candidate's cached decode over the same
+        tokens in its own worker (`BackendHost.decode_against`). Where the answers split, the reference's margin
+        for its own token there says whether the split is a near-tie; it needs nothing from the candidate."""
+
+        ref = results[reference]
+        prompt = list(prepared.prompt_token_ids)
+        todo = {i: list(r.token_ids) for i, r in enumerate(results)
+                if i != reference and r.ok and r.token_ids and all(isinstance(t, int) and t >= 0
+                                                                   for t in r.token_ids)}
+        if not todo or (cancel is not None and cancel.is_set()):
+            return {}
+        progress(None, "The decode path: each candidate's own answer under the reference")
+        sequences = [(str(i), prompt + ids, len(prompt)) for i, ids in todo.items()]
+        try:
+            ref_lp = self._backend_worker(ref.spec).quality_reference(
+                prepared, ref.spec, sequences, progress=progress, timeout=self._left(deadline, self.run_timeout_s),
+                cancel=cancel)
+        except (WorkerCrashed, WorkerFailed) as exc:
+            return {i: {"unavailable": f"the reference's distributions failed: {exc}"} for i in todo}
+        if isinstance(ref_lp, dict):
+            return {i: {"unavailable": f"the reference has {ref_lp['unavailable']}"} for i in todo}
+        out: dict[int, dict] = {}
+        for name, lp, _targets in ref_lp:
+            i = int(name)
+            ids, ref_ids = todo[i], list(ref.token_ids)
+            split = next((k for k, (a, b) in enumerate(zip(ids, ref_ids, strict=False)) if a != b), None)
+            figures: dict[str, Any] = {}
+            if split is not None and split < len(lp):
+                row = lp[split]
+                figures["split"] = {"step": split, "margin": float(row.max() - row[ids[split]]),
+                                    "reference_token": int(row.argmax()), "token": ids[split]}
+            if not (cancel is not None and cancel.is_set()):
+                try:
+                    figures |= self._backend_worker(results[i].spec).decode_against(
+                        prepared, results[i].spec, ids, lp, progress=progress,
+                        timeout=self._left(deadline, self.run_timeout_s), cancel=cancel)
+                except (WorkerCrashed, WorkerFailed) as exc:
+                    figures["unavailable"] = f"failed: {exc}"
+            out[i] = figures
         return out
 
     def _localize(self, prepared: PreparedText, results: list, reference: int, request, progress,

@@ -400,6 +400,13 @@ class Backend(ABC):
         first-step logits compared across backends, and the reference's perplexity of every output."""
         raise NotImplementedError(f"{type(self).__name__} cannot return logits")
 
+    def cached_step_logits(self, prompt_ids: list[int], answer_ids: list[int]) -> Any:
+        """Logits (numpy float32, len(answer_ids) x vocab) along this backend's own cached decode path, as a
+        deployment runs it: the prompt's prefill, then ``answer_ids`` fed back one at a time through the KV cache;
+        row k predicts ``answer_ids[k]``. Untimed; the judge compares it with the reference's full pass over the
+        same tokens, where cache bugs (positions, masks, past-length bookkeeping) show and full passes do not."""
+        raise NotImplementedError(f"{type(self).__name__} returns no per-step logits of its cached decode")
+
     def layer_units(self) -> list[str]:
         """The loaded text model's units in forward order, as module paths of the model ("model.embed_tokens",
         "model.layers.0.self_attn", "model.layers.0.mlp", "model.layers.0", ..., "model.norm", "lm_head"): what
@@ -700,6 +707,28 @@ class HFBackend(Backend, ABC):
         with torch.inference_mode():
             logits = self.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
         return logits[0].float().cpu().numpy()
+
+    def cached_step_logits(self, prompt_ids: list[int], answer_ids: list[int]) -> Any:
+        """The loaded model's forward with its cache, step by step, as `generate` calls it (PyTorch's DynamicCache,
+        or an ONNX Runtime model's ``present.*`` outputs fed back as ``past_key_values.*``)."""
+        import torch
+
+        def ones(n: int) -> Any:
+            return torch.ones((1, n), dtype=torch.long, device=self.device)
+
+        rows = []
+        with torch.inference_mode():
+            ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=self.device)
+            out = self.model(input_ids=ids, attention_mask=ones(ids.shape[1]), use_cache=True)
+            rows.append(out.logits[0, -1].float().cpu())
+            total = ids.shape[1]
+            for token in list(answer_ids)[:-1]:
+                total += 1
+                step = torch.tensor([[int(token)]], dtype=torch.long, device=self.device)
+                out = self.model(input_ids=step, attention_mask=ones(total), past_key_values=out.past_key_values,
+                                 use_cache=True)
+                rows.append(out.logits[0, -1].float().cpu())
+        return torch.stack(rows).numpy()
 
     def runtime_info(self) -> dict[str, Any]:
         return dict(self._info)

@@ -97,6 +97,33 @@ def kv_greedy_generate(decoder: Runner, input_names: tuple[str, ...], config: di
     return generated
 
 
+def kv_step_logits(decoder: Runner, input_names: tuple[str, ...], config: dict[str, Any], prompt_ids: list[int],
+                   answer_ids: list[int], device: Any = "cpu", kv_dtype: Any = None) -> Any:
+    """The decoder graph's logits along its cached path (the loop of `kv_greedy_generate`, fed ``answer_ids``
+    instead of its own picks): row k predicts ``answer_ids[k]`` (numpy float32)."""
+    import torch
+
+    layers, kv_heads, head_dim = kv_cache_layout(input_names, config)
+    past = {f"past_key_values.{i}.{kind}": torch.zeros((1, kv_heads, 0, head_dim), dtype=kv_dtype or torch.float32,
+                                                       device=device)
+            for i in range(layers) for kind in ("key", "value")}
+    ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
+    seen, rows = 0, []
+    with torch.inference_mode():
+        for token in [*list(answer_ids)[:-1], None]:
+            total = seen + ids.shape[1]
+            feeds = {"input_ids": ids, **past,
+                     "attention_mask": torch.ones((1, total), dtype=torch.long, device=device),
+                     "position_ids": torch.arange(seen, total, dtype=torch.long, device=device)[None]}
+            outputs = decoder(**{k: v for k, v in feeds.items() if k in input_names})
+            rows.append(outputs["logits"][0, -1].float().cpu())
+            if token is None:
+                break
+            past = {name: outputs[name.replace("past_key_values", "present")] for name in past}
+            seen, ids = total, torch.tensor([[int(token)]], dtype=torch.long, device=device)
+    return torch.stack(rows).numpy()
+
+
 def components_generate(text_encoder: Runner, unet: Runner, vae_decoder: Runner, tokenizer: Any, scheduler: Any,
                         vae_scaling: float, model: PreparedImage, settings: ImageSettings,
                         on_phase: Callable[[str], None], on_step: Callable[[int], None], device: Any = "cpu",

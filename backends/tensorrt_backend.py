@@ -276,6 +276,12 @@ class TensorRTBackend(Backend):
         torch.cuda.synchronize()
         return ids
 
+    def cached_step_logits(self, prompt_ids: list[int], answer_ids: list[int]) -> Any:
+        from backends.loops import kv_step_logits
+
+        return kv_step_logits(self.runners["decoder"], self._input_names, self._config, prompt_ids, answer_ids,
+                              device="cuda")
+
     def forward_logits(self, token_ids: list[int]) -> Any:
         import torch
 

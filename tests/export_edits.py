@@ -1,7 +1,8 @@
 """Edits of an optimum ONNX export (model.onnx) used by tests/test_check.py and scripts/build_sequence_corpus.py:
 a deliberate change to the model's math that still writes fluent text, three bugs that start late in the
-sequence (positions clamped, positions wrapping, logn attention), and two fair conversions (8-bit weight-only,
-weights rounded through fp16) of the same graph."""
+sequence (positions clamped, positions wrapping, logn attention), two bugs of the KV cache alone (a full pass is
+exact, every cached step is not), and two fair conversions (8-bit weight-only, weights rounded through fp16) of the
+same graph."""
 
 from __future__ import annotations
 
@@ -164,3 +165,46 @@ def fp16_rounded(model, min_elements: int = 1024) -> int:
             init.CopyFrom(numpy_helper.from_array(array.astype(np.float16).astype(np.float32), init.name))
             done += 1
     return done
+
+
+# --- bugs of the KV cache alone: the full pass computes the model exactly, the cached steps read a wrong cache -----
+def _present_outputs(model, kind: str) -> list[str]:
+    return [o.name for o in model.graph.output if o.name.startswith("present.") and o.name.endswith(f".{kind}")]
+
+
+def scale_cached_values(model, factor: float = 0.9) -> int:
+    """Every ``present.*.value`` the graph hands back is multiplied by ``factor``: a cache written in the wrong
+    scale or dtype (the logits of the pass that writes it are untouched). Returns how many outputs changed."""
+    from onnx import helper, numpy_helper
+
+    model.graph.initializer.append(numpy_helper.from_array(np.array(factor, np.float32), "broken_cache_scale"))
+    names = _present_outputs(model, "value")
+    for name in names:
+        raw = f"{name}_unscaled"
+        for node in model.graph.node:
+            node.output[:] = [raw if out == name else out for out in node.output]
+        _rewire(model, name, raw)
+        _insert_after(model, {raw}, [helper.make_node("Mul", [raw, "broken_cache_scale"], [name],
+                                                      name=f"broken_scale_{name}")])
+    return len(names)
+
+
+def swap_cached_key_value(model, layers: tuple[int, ...] = (29,)) -> int:
+    """In ``layers``, the keys are handed back as ``present.*.value`` and the values as ``present.*.key``: an
+    output-order slip of a merged or hand-wired decoder (same shapes, so nothing fails; the pass that writes the
+    cache still attends over the right tensors). Returns the layers swapped."""
+    from onnx import helper
+
+    swapped = 0
+    for layer in layers:
+        key, value = f"present.{layer}.key", f"present.{layer}.value"
+        if key not in {o.name for o in model.graph.output}:
+            continue
+        for name in (key, value):  # the tensors keep feeding the attention under new names
+            for node in model.graph.node:
+                node.output[:] = [f"{name}_kept" if out == name else out for out in node.output]
+            _rewire(model, name, f"{name}_kept")
+        model.graph.node.extend([helper.make_node("Identity", [f"{value}_kept"], [key], name=f"broken_swap_{key}"),
+                                 helper.make_node("Identity", [f"{key}_kept"], [value], name=f"broken_swap_{value}")])
+        swapped += 1
+    return swapped

@@ -98,16 +98,24 @@ def precision_exports(exports, tmp_path_factory):
     from tests.export_edits import (
         clamp_positions,
         logn_attention,
+        scale_cached_values,
         scale_one_mlp,
+        swap_cached_key_value,
         weight_only_int8,
         wrap_positions,
     )
 
     root, good = tmp_path_factory.mktemp("precision-exports"), exports["good"]
-    return {name: edited_copy(good, root / name, edit)
+    # The graph exact, its own files not: another end token and another chat template (deployment would differ).
+    other_files = edited_copy(good, root / "other-end-token", lambda model: None)
+    generation = json.loads((other_files / "generation_config.json").read_text()) | {"eos_token_id": 0}
+    (other_files / "generation_config.json").write_text(json.dumps(generation))
+    (other_files / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    return {"other-end-token": other_files} | {name: edited_copy(good, root / name, edit)
             for name, edit in (("scaled-mlp", scale_one_mlp), ("weight-only-int8", weight_only_int8),
                                ("clamped-positions", clamp_positions), ("wrapped-positions", wrap_positions),
-                               ("logn-attention", logn_attention))}
+                               ("logn-attention", logn_attention), ("cache-values-scaled", scale_cached_values),
+                               ("cache-swapped", swap_cached_key_value))}
 
 
 def test_cli_flags_broken_exports_but_not_a_fair_8bit_one(exports, precision_exports, session_cache):
@@ -115,11 +123,30 @@ def test_cli_flags_broken_exports_but_not_a_fair_8bit_one(exports, precision_exp
     conversion, an fp32 math change that still writes fluent text, and a fair 8-bit weight-only export (the exit
     code is the worst of the three; the good export passes through the API below, the same check function)."""
     late = ("clamped-positions", "wrapped-positions", "logn-attention")
+    cache_only = ("cache-values-scaled", "cache-swapped", "other-end-token")
     code, reports, stderr = cli_check(exports["noisy-weights"], precision_exports["scaled-mlp"],
                                       precision_exports["weight-only-int8"],
-                                      *(precision_exports[name] for name in late), cache=session_cache)
-    noisy, wrong, fair, clamped, wrapped, logn = reports
-    assert code == 1 and [r["broken"] for r in reports] == [True, True, False, True, True, True], stderr
+                                      *(precision_exports[name] for name in late + cache_only), cache=session_cache)
+    noisy, wrong, fair, clamped, wrapped, logn, scaled_cache, swapped_cache, other_files = reports
+    assert code == 1 and [r["broken"] for r in reports] == [True, True, False, True, True, True, True, True,
+                                                            False], stderr
+    # The export's own files would stop and prompt differently in deployment: said beside a verdict that holds.
+    verdict = other_files["checks"][0]["verdict"]
+    assert verdict["kind"] == "MATCH" and "Warning: the export's files end generation at token(s) [0]" in \
+        verdict["reason"], verdict["reason"]
+    assert "chat template differs" in verdict["reason"] and len(verdict["metrics"]["warnings"]) == 2
+    assert "warnings" not in fair["checks"][0]["verdict"]["metrics"]  # the arena's own export: its files agree
+    # Bugs of the KV cache alone: a full pass is exact (teacher-forced figures at the floor, first-step logits
+    # within 1e-4), every cached step reads a wrong cache: WRONG, with the first bad step and "decode path".
+    for report in (scaled_cache, swapped_cache):
+        verdict = report["checks"][0]["verdict"]
+        assert verdict["kind"] == "WRONG" and "its decode path (KV cache) leaves the reference at step" in \
+            verdict["reason"], verdict["reason"]
+        assert "while its full pass over the same tokens agrees" in verdict["reason"], verdict["reason"]
+        assert verdict["metrics"]["quality"]["top1"] >= 0.99 and verdict["metrics"]["logits"]["max_abs"] < 1e-3
+        assert max(verdict["metrics"]["decode"]["full_kl_steps"]) < 1e-4 < max(verdict["metrics"]["decode"][
+            "kl_steps"])
+    assert fair["checks"][0]["verdict"]["metrics"]["decode"]["steps"] > 0  # measured, not judged at another precision
     verdict = noisy["checks"][0]["verdict"]
     assert verdict["kind"] == "GIBBERISH", verdict
     assert noisy["checks"][0]["reference_verdict"]["kind"] == "MATCH"

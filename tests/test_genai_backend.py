@@ -93,6 +93,16 @@ def test_fp32_build_generates_exactly_what_pytorch_does(genai_fp32, pytorch_run,
         again.unload()
 
 
+def test_its_cached_decode_gives_the_full_pass_logits_step_by_step(genai_fp32, pytorch_run, model):
+    """The decode path the judge measures: GenAI's own generator, the prompt then each answer token appended."""
+    backend, _ctx = genai_fp32
+    prompt, answer = list(model.prompt_token_ids), list(pytorch_run[0][:6])
+    cached = backend.cached_step_logits(prompt, answer)
+    full = backend.forward_logits(prompt + answer)[len(prompt) - 1:-1]
+    assert cached.shape == full.shape == (len(answer), full.shape[1])
+    np.testing.assert_allclose(cached, full, atol=1e-3)
+
+
 def test_eos_stops_generation_unless_ignored(genai_fp32, pytorch_run, model):
     backend, _ = genai_fp32
     reference = pytorch_run[0]

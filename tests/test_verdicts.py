@@ -277,3 +277,32 @@ def test_gibberish_leads_with_the_strongest_evidence_and_a_relative_pass_says_so
     logits = {"max_abs": 0.023, "max_rel": 0.0004}
     same = judge_text("A fine answer.", ids, "fp32", reference_ids=ids, logits=logits)
     assert "within the fp32 tolerance 0.01; passed by its relative error 0.0004 ≤ 0.001" in same.reason
+
+
+def test_the_decode_path_is_judged_at_the_references_precision():
+    """A candidate's own cached decode against the reference's full pass over its answer: a step out of the floor is
+    WRONG and says whether its own full pass agrees; without its logits, a split far from a tie is WRONG and says it
+    is less certain; a near-tie split and another precision's steps are not."""
+    ref = list(range(10, 34))
+    ids = ref[:1] + [99] + ref[2:]
+    fine = {"kl_steps": [1e-8] * 24, "full_kl_steps": [1e-8] * 24, "steps": 24}
+    cache_bug = {"kl_steps": [1e-8, 0.6] + [0.3] * 22, "full_kl_steps": [1e-8] * 24, "steps": 24,
+                 "split": {"step": 1, "margin": 4.2, "reference_token": 11, "token": 99}}
+    logits = {"max_abs": 5e-5, "max_rel": 1e-6}
+    wrong = judge_text("Fluent.", ids, "fp32", reference_ids=ref, logits=logits, decode=cache_bug)
+    assert wrong.kind == "WRONG" and wrong.broken
+    assert "its decode path (KV cache) leaves the reference at step 2 of 24: KL 0.6 nats" in wrong.reason
+    assert "23 of 24 cached steps out, while its full pass over the same tokens agrees" in wrong.reason
+    assert wrong.metrics["decode"] is cache_bug
+    both = judge_text("Fluent.", ids, "fp32", reference_ids=ref, logits=logits,
+                      decode=cache_bug | {"full_kl_steps": [0.5] * 24})
+    assert both.kind == "WRONG" and "its full pass over the same tokens disagrees too" in both.reason
+    assert judge_text("Fluent.", ref, "fp32", reference_ids=ref, logits=logits, decode=fine).kind == "MATCH"
+    no_logits = {"unavailable": "no per-step logits", "split": cache_bug["split"]}
+    guessed = judge_text("Fluent.", ids, "fp32", reference_ids=ref, decode=no_logits)
+    assert guessed.kind == "WRONG" and "prefers its own token by 4.2 nats" in guessed.reason
+    assert "Less certain than a measured step" in guessed.reason
+    tie = no_logits | {"split": cache_bug["split"] | {"margin": 2e-5}}
+    assert judge_text("Fluent.", ids, "fp32", reference_ids=ref, decode=tie).kind == "DRIFT"
+    other = judge_text("Fluent.", ids, "int8", reference_ids=ref, reference_precision="fp32", decode=cache_bug)
+    assert other.kind == "DRIFT"  # judged by its own precision's figures, not the fp32 floor

@@ -55,6 +55,12 @@ POSITION_KL = {"fp32": 0.02, "fp16": 0.1, "bf16": 0.2}
 POSITION_KL_REDUCED = 0.5
 ONSET_SHARE = 0.5
 ONSET_MIN_TAIL = 16  # an onset needs at least this many positions after it to say it "stays out"
+# The decode path (a candidate's own cached decode over its answer, against the reference's full pass over the same
+# tokens): a step whose KL passes POSITION_KL is out, at the reference's precision WRONG ("decode path (KV cache)").
+# Without the candidate's logits, its answer splitting from the reference's where the reference prefers its own token
+# by more than this margin (nats) is no near-tie: a good fp32 export flips only where the two tokens are within
+# ~1e-4 nats (its logits agree to ~1e-5), so 1 nat is far outside what precision can do at the same precision.
+DECODE_SPLIT_MARGIN = {"fp32": 1.0, "fp16": 2.0, "bf16": 3.0}
 # Image against the reference: minimum PSNR (dB) and SSIM by precision.
 IMAGE_TOLERANCES = {"fp32": (30.0, 0.95), "fp16": (20.0, 0.75), "bf16": (20.0, 0.75), "int8": (18.0, 0.7)}
 
@@ -282,20 +288,24 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
                logits: dict[str, float] | None = None, unk_token_id: int | None = None,
                nll: float | None = None, quality: dict[str, Any] | None = None,
                reference_precision: str | None = None, reference_failed: str | None = None,
-               precision_class: str | None = None) -> Verdict:
+               precision_class: str | None = None, decode: dict[str, Any] | None = None) -> Verdict:
     """One text output's verdict: on its own first, then against the reference's token ids, logits and
     teacher-forced next-token distributions.
 
     ``precision`` is the candidate's in its backend's words (detected from a user's graph where possible; "Q4_1"),
     ``precision_class`` the class its backend maps it to (`Backend.tolerance_class`; None: looked up by name), which
     picks the tolerances; ``reference_precision`` the reference's (None: assume the same). ``reference_failed``:
-    why the reference has no usable output (then the candidate is NOT COMPARED, never MATCH)."""
+    why the reference has no usable output (then the candidate is NOT COMPARED, never MATCH). ``decode``: the
+    candidate's decode path against the reference (`Arena._decode_path`): per-step KL of its cached decode and of its
+    full pass, and where its answer splits from the reference's with the reference's margin there."""
     if error:
         return Verdict("ERROR", error.splitlines()[0][:300], True)
     signals = text_signals(text, token_ids, unk_token_id, nll)
     metrics: dict[str, Any] = {"signals": signals, "logits": logits, "precision": precision}
     if quality:
         metrics["quality"] = quality
+    if decode:
+        metrics["decode"] = decode
     if signals["empty"]:
         return Verdict("EMPTY", "the output is empty" + (" (only special tokens)" if token_ids else ""), True,
                        metrics)
@@ -340,6 +350,10 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
         return Verdict("WRONG", f"at {precision} like the reference, yet {where}: {quality_sentence(quality)} "
                        f"(the {precision} floor: top-1 ≥ {floor[0]:.0%}, KL ≤ {floor[1]:g}); {tokens}; the model's "
                        f"math differs, not its precision{logit_note}", True, metrics)
+    broken_decode = _decode_problem(decode, klass, precision, len(ref)) if same_precision else None
+    if broken_decode:
+        return Verdict("WRONG", f"at {precision} like the reference, yet {broken_decode}{logit_note}{quality_note}",
+                       True, metrics)
     if same_precision and not within and ids != ref:
         return Verdict("WRONG", f"at {precision} like the reference, yet its first-step logits are off by "
                        f"{logits['max_abs']:.2g} (tolerance {abs_tol:g}) and its tokens diverge at token "
@@ -354,6 +368,38 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
         return Verdict("MATCH", f"identical tokens ({len(ids)}){logit_note}{quality_note}", False, metrics)
     return Verdict("DRIFT", f"fluent but diverges at token {first + 1} of {len(ref)}, "
                    f"{metrics['agreement']:.0%} of tokens agree{logit_note}{quality_note}", False, metrics)
+
+
+def _decode_problem(decode: dict[str, Any] | None, klass: str, precision: str, answer_tokens: int) -> str | None:
+    """Why a candidate's decode path computes something else than the model, or None: a cached step out of the
+    per-step floor (with what its full pass over the same tokens says), or, without its logits, an answer that
+    leaves the reference's where the reference is far from a tie."""
+    if not decode or klass not in POSITION_KL:
+        return None
+    threshold = POSITION_KL[klass]
+    steps = decode.get("kl_steps") or []
+    out = [k for k, v in enumerate(steps) if v > threshold]
+    if out:
+        first = out[0]
+        full = decode.get("full_kl_steps")
+        if full:
+            worst = max(full)
+            whole = (f"while its full pass over the same tokens agrees (KL ≤ {worst:.2g}): the cache computes "
+                     "something else than the model" if worst <= threshold else
+                     f"and its full pass over the same tokens disagrees too (KL up to {worst:.2g})")
+        else:
+            whole = "(its full pass was not measured)"
+        return (f"its decode path (KV cache) leaves the reference at step {first + 1} of {len(steps)}: KL "
+                f"{steps[first]:.2g} nats there (the {precision} floor: {threshold:g} per step), {len(out)} of "
+                f"{len(steps)} cached steps out, {whole}")
+    split = decode.get("split")
+    margin = DECODE_SPLIT_MARGIN.get(klass)
+    if split and margin is not None and not steps and split["margin"] > margin:
+        return (f"its answer leaves the reference's at token {split['step'] + 1} of {answer_tokens}, where the "
+                f"reference prefers its own token by {split['margin']:.2g} nats (an {precision} near-tie is under "
+                f"{margin:g}): its decode path computes something else. Less certain than a measured step: this "
+                "backend returns no per-step logits, so this is judged from the reference's distributions alone")
+    return None
 
 
 def _onset_sentence(onset: dict[str, Any] | None) -> str:

@@ -289,6 +289,38 @@ class BackendHost:
         pooled.pop("kl_positions")  # positions of concatenated sequences mean nothing; each sequence keeps its own
         return pooled | {"sequences": per, "seconds": round(time.perf_counter() - start, 3)}
 
+    def decode_against(self, prepared: PreparedText, spec: BackendSpec, answer: list[int], reference: Any,
+                       progress) -> dict[str, Any]:
+        """This backend's own cached decode path over its answer, against the reference's full pass over the same
+        tokens (``reference``: its next-token log-probabilities, answer length x vocab): per-step KL and top-1, and
+        the same figures for this backend's full pass, so a bug of the cache alone is told from one of the model.
+        {"unavailable": why} when the backend returns no per-step logits."""
+        import numpy as np
+
+        from arena.judging.verdicts import log_softmax, per_position
+
+        self._ensure_loaded(prepared, spec, progress)
+        progress(None, f"{spec.label}: its decode path (KV cache) against the reference", force=True)
+        prompt, answer = list(prepared.prompt_token_ids), [int(t) for t in answer]
+        start = time.perf_counter()
+        try:
+            cached = np.asarray(self.backend.cached_step_logits(prompt, answer), np.float32)
+        except NotImplementedError as exc:
+            return {"unavailable": str(exc)}
+        try:
+            full = np.asarray(self.backend.forward_logits(prompt + answer), np.float32)
+            full = full[len(prompt) - 1:len(prompt) + len(answer) - 1]
+        except NotImplementedError:
+            full = None
+        targets = np.asarray(answer, np.int64)
+        steps = per_position(reference, log_softmax(cached), targets)
+        out = {"steps": len(answer), "kl_steps": [float(f"{v:.4g}") for v in steps["kl"]],
+               "top1": float(steps["top1"].mean()), "kl": float(steps["kl"].mean())}
+        if full is not None and full.shape == cached.shape:
+            whole = per_position(reference, log_softmax(full), targets)
+            out |= {"full_kl_steps": [float(f"{v:.4g}") for v in whole["kl"]], "full_kl": float(whole["kl"].mean())}
+        return out | {"seconds": round(time.perf_counter() - start, 3)}
+
     def run_image(self, prepared: PreparedImage, spec: BackendSpec, request: ImageRunRequest,
                   progress) -> BackendImageResult:
         """Load (if needed) and make one image from the shared latents, timing each phase and step."""

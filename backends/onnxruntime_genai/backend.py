@@ -217,6 +217,21 @@ class OnnxRuntimeGenAIBackend(Backend):
                        on_step: Callable[[int], None]) -> Any:
         raise ArenaError(NO_IMAGES)
 
+    def cached_step_logits(self, prompt_ids: list[int], answer_ids: list[int]) -> Any:
+        """GenAI's own cache: the prompt appended, then each answer token appended to the same generator; the last
+        row of its logits after each append."""
+        import numpy as np
+
+        prompt, answer = [int(t) for t in prompt_ids], [int(t) for t in answer_ids]
+        total = len(prompt) + len(answer) + 1
+        self._check_length(total, "the prompt plus the answer")
+        generator = self._generator(prompt, total)
+        rows = [np.asarray(generator.get_output("logits"))[0, -1]]
+        for token in answer[:-1]:
+            generator.append_tokens(np.asarray([[token]], dtype=np.int32))
+            rows.append(np.asarray(generator.get_output("logits"))[0, -1])
+        return np.stack(rows).astype(np.float32)
+
     def forward_logits(self, token_ids: list[int]) -> Any:
         """Every position's logits of one prefill over ``token_ids`` in a fresh generator (the model's output as
         it is, float32)."""
