@@ -7,6 +7,7 @@ import atexit
 import contextlib
 import contextvars
 import dataclasses
+import os
 import queue
 import threading
 import time
@@ -451,6 +452,10 @@ class Arena:
                                                cancel, results):
                 yield run_cls(request, prepared, tuple(results), environment=env, streaming=partial)
             yield run_cls(request, prepared, tuple(results), environment=env)
+        if cancel is not None and cancel.is_set():  # stopped: what finished stays, unjudged; nothing failed
+            progress(None, "Stopped by you")
+            yield run_cls(request, prepared, tuple(results), environment=env, phase="stopped")
+            return
         progress(None, "Judging the outputs")
         yield run_cls(request, prepared, tuple(results), environment=env, phase="judging")
         with self._run_lock:
@@ -472,9 +477,12 @@ class Arena:
         page that goes away mid-stream leaves nothing locked (the thread finishes or is stopped as usual)."""
         partials: queue.Queue = queue.Queue()
 
+        last: dict[str, Any] = {}
+
         def relay(fraction: float | None, description: str, partial: Any = None) -> None:
             progress(fraction, description)
             if isinstance(partial, dict):
+                last.update(partial)
                 partials.put(partial)
 
         failure: list[BaseException] = []
@@ -503,6 +511,8 @@ class Arena:
         thread.join()
         if failure:
             raise failure[0]
+        if results and results[-1].stopped and last.get("text") and hasattr(results[-1], "text"):
+            results[-1] = dataclasses.replace(results[-1], text=last["text"])  # what it wrote until the stop
 
     @staticmethod
     def _over_time(exc: Exception, deadline: float | None, limit: float | None) -> str:
@@ -575,35 +585,45 @@ class Arena:
         if not sequences or (cancel is not None and cancel.is_set()):
             return {}
         progress(None, "Teacher-forced quality against the reference")
-        try:
-            ref_lp = self._backend_worker(ref.spec).quality_reference(
-                prepared, ref.spec, sequences, progress=progress, timeout=self._left(deadline, self.run_timeout_s),
-                cancel=cancel)
-        except (WorkerCrashed, WorkerFailed) as exc:
-            return {i: {"unavailable": f"the reference's distributions failed: {exc}"} for i in range(len(results))}
-        if isinstance(ref_lp, dict):  # the reference has no logits (a server)
-            return {i: {"unavailable": f"the reference has {ref_lp['unavailable']}"} for i in range(len(results))}
-        import numpy as np
-
-        from arena.judging.verdicts import teacher_forced_quality
-
-        ref_all = np.concatenate([r[1] for r in ref_lp])
-        out: dict[int, dict] = {reference: teacher_forced_quality(ref_all, ref_all,
-                                                                  np.concatenate([r[2] for r in ref_lp]))}
-        out[reference].pop("kl_positions")
-        del ref_all
-        # Newest first: each worker still holds the model it ran last, so fewer reloads.
-        for i in reversed(range(len(results))):
-            r = results[i]
-            if i == reference or not r.ok or (cancel is not None and cancel.is_set()):
-                continue
+        with self._scratch() as scratch:
             try:
-                out[i] = self._backend_worker(r.spec).quality_against(
-                    prepared, r.spec, sequences, ref_lp, progress=progress,
+                ref_lp = self._backend_worker(ref.spec).quality_reference(
+                    prepared, ref.spec, sequences, scratch, progress=progress,
                     timeout=self._left(deadline, self.run_timeout_s), cancel=cancel)
             except (WorkerCrashed, WorkerFailed) as exc:
-                out[i] = {"unavailable": f"failed: {exc}"}
+                return {i: {"unavailable": f"the reference's distributions failed: {exc}"}
+                        for i in range(len(results))}
+            if "unavailable" in ref_lp:  # the reference has no logits (a server)
+                return {i: {"unavailable": f"the reference has {ref_lp['unavailable']}"} for i in range(len(results))}
+            out: dict[int, dict] = {reference: ref_lp["self"]}
+            # Newest first: each worker still holds the model it ran last, so fewer reloads.
+            for i in reversed(range(len(results))):
+                r = results[i]
+                if i == reference or not r.ok or (cancel is not None and cancel.is_set()):
+                    continue
+                try:
+                    out[i] = self._backend_worker(r.spec).quality_against(
+                        prepared, r.spec, sequences, ref_lp["sequences"], progress=progress,
+                        timeout=self._left(deadline, self.run_timeout_s), cancel=cancel)
+                except (WorkerCrashed, WorkerFailed) as exc:
+                    out[i] = {"unavailable": f"failed: {exc}"}
         return out
+
+    @contextlib.contextmanager
+    def _scratch(self) -> Iterator[str]:
+        """A folder for one judging step's distributions (the reference's worker writes them, the candidates' read
+        them: no distribution crosses the app), in the cache (a ``.tmp-`` folder: counted against its size cap, and
+        removed by `ArtifactCache.clean_stale` if the app dies meanwhile)."""
+        import shutil
+        import tempfile
+
+        parent = self.cache_dir / "judging"
+        parent.mkdir(parents=True, exist_ok=True)
+        folder = tempfile.mkdtemp(prefix=f".tmp-judging-{os.getpid()}-", dir=parent)
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def _decode_path(self, prepared: PreparedText, results: list, reference: int, progress,
                      cancel: threading.Event | None = None, deadline: float | None = None) -> dict[int, dict]:
@@ -621,32 +641,35 @@ class Arena:
             return {}
         progress(None, "The decode path: each candidate's own answer under the reference")
         sequences = [(str(i), prompt + ids, len(prompt)) for i, ids in todo.items()]
-        try:
-            ref_lp = self._backend_worker(ref.spec).quality_reference(
-                prepared, ref.spec, sequences, progress=progress, timeout=self._left(deadline, self.run_timeout_s),
-                cancel=cancel)
-        except (WorkerCrashed, WorkerFailed) as exc:
-            return {i: {"unavailable": f"the reference's distributions failed: {exc}"} for i in todo}
-        if isinstance(ref_lp, dict):
-            return {i: {"unavailable": f"the reference has {ref_lp['unavailable']}"} for i in todo}
-        out: dict[int, dict] = {}
-        for name, lp, _targets in ref_lp:
-            i = int(name)
-            ids, ref_ids = todo[i], list(ref.token_ids)
-            split = next((k for k, (a, b) in enumerate(zip(ids, ref_ids, strict=False)) if a != b), None)
-            figures: dict[str, Any] = {}
-            if split is not None and split < len(lp):
-                row = lp[split]
-                figures["split"] = {"step": split, "margin": float(row.max() - row[ids[split]]),
-                                    "reference_token": int(row.argmax()), "token": ids[split]}
-            if not (cancel is not None and cancel.is_set()):
-                try:
-                    figures |= self._backend_worker(results[i].spec).decode_against(
-                        prepared, results[i].spec, ids, lp, progress=progress,
-                        timeout=self._left(deadline, self.run_timeout_s), cancel=cancel)
-                except (WorkerCrashed, WorkerFailed) as exc:
-                    figures["unavailable"] = f"failed: {exc}"
-            out[i] = figures
+        import numpy as np
+
+        with self._scratch() as scratch:
+            try:
+                ref_lp = self._backend_worker(ref.spec).quality_reference(
+                    prepared, ref.spec, sequences, scratch, progress=progress,
+                    timeout=self._left(deadline, self.run_timeout_s), cancel=cancel)
+            except (WorkerCrashed, WorkerFailed) as exc:
+                return {i: {"unavailable": f"the reference's distributions failed: {exc}"} for i in todo}
+            if "unavailable" in ref_lp:
+                return {i: {"unavailable": f"the reference has {ref_lp['unavailable']}"} for i in todo}
+            out: dict[int, dict] = {}
+            for name, path, positions in ref_lp["sequences"]:
+                i = int(name)
+                ids, ref_ids = todo[i], list(ref.token_ids)
+                split = next((k for k, (a, b) in enumerate(zip(ids, ref_ids, strict=False)) if a != b), None)
+                figures: dict[str, Any] = {}
+                if split is not None and split < positions:
+                    row = np.array(np.load(path, mmap_mode="r")[split])  # one row read, not the file
+                    figures["split"] = {"step": split, "margin": float(row.max() - row[ids[split]]),
+                                        "reference_token": int(row.argmax()), "token": ids[split]}
+                if not (cancel is not None and cancel.is_set()):
+                    try:
+                        figures |= self._backend_worker(results[i].spec).decode_against(
+                            prepared, results[i].spec, ids, path, progress=progress,
+                            timeout=self._left(deadline, self.run_timeout_s), cancel=cancel)
+                    except (WorkerCrashed, WorkerFailed) as exc:
+                        figures["unavailable"] = f"failed: {exc}"
+                out[i] = figures
         return out
 
     def _localize(self, prepared: PreparedText, results: list, reference: int, request, progress,
@@ -766,7 +789,7 @@ class Arena:
                  result_cls, deadline: float | None = None, limit: float | None = None,
                  cancel: threading.Event | None = None):
         if cancel is not None and cancel.is_set():
-            return result_cls(spec, error="Not run: you stopped the run.")
+            return result_cls(spec, error="Not run: you stopped the run.", stopped=True)
         if spec.backend not in self.backends:
             return result_cls(spec, error=f"Unknown backend '{spec.backend}'.")
         problem = zerogpu.check_spec(self._backend_cls(spec.backend), spec, env, request.task)
@@ -780,7 +803,7 @@ class Arena:
             return run(prepared, spec, request, progress=progress, timeout=self._left(deadline, self.run_timeout_s),
                        cancel=cancel)
         except RunStopped as exc:
-            return result_cls(spec, error="Stopped by you.", log_tail=exc.log_tail)
+            return result_cls(spec, error="Stopped by you.", log_tail=exc.log_tail, stopped=True)
         except (WorkerCrashed, WorkerFailed) as exc:
             return result_cls(spec, error=self._over_time(exc, deadline, limit), log_tail=exc.log_tail)
 

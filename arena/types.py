@@ -89,6 +89,9 @@ class BackendSpec:
         raise ValueError(f"Cannot read a backend from {value!r}.")
 
 
+MAX_BACKENDS_PER_RUN = 32  # in any mode (public mode's own cap is smaller: `PublicLimits.max_backends`)
+
+
 def parse_backends(value: Any = None) -> tuple:
     """Backends as specs, names, option dicts, a JSON list of those or comma-separated names. None (or a blank
     text) is the defaults (`arena.registry.DEFAULT_BACKENDS`); an empty list stays empty (the core then asks
@@ -106,6 +109,8 @@ def parse_backends(value: Any = None) -> tuple:
             value = [t.strip() for t in text.split(",") if t.strip()]
     if not isinstance(value, list | tuple):
         raise ValueError(f"The backends must be a list, not {type(value).__name__}.")
+    if len(value) > MAX_BACKENDS_PER_RUN:  # before each is parsed: 50,000 of them took the app minutes to refuse
+        raise ValueError(f"A run takes at most {MAX_BACKENDS_PER_RUN} backends (asked: {len(value):,}).")
     return tuple(BackendSpec.from_any(b) for b in value)
 
 
@@ -227,6 +232,7 @@ def _result_dict(result: Any) -> dict[str, Any]:
         "provider": load.provider if load else None,
         "export_cached": load.export_cached if load else None,
         "error": result.error,
+        "stopped": result.stopped,
         "log_tail": result.log_tail,
         "verdict": result.verdict.to_dict() if result.verdict is not None else None,
     }
@@ -245,6 +251,9 @@ class BackendTextResult:
     log_tail: str = ""
     verdict: Any = None  # arena.judging.verdicts.Verdict, set by the core once every backend has run
     first_logits: Any = field(default=None, compare=False, repr=False)  # numpy (vocab,); dropped after judging
+    # The visitor stopped the run while (or before) this backend ran: ``error`` says so, ``text`` keeps what it had
+    # written until then; no verdict, and not a failure of the backend.
+    stopped: bool = False
 
     @property
     def ok(self) -> bool:
@@ -267,7 +276,8 @@ class _RunResult:
     error: str | None = None  # a problem before any backend ran (bad model id, prompt too long)
     environment: dict[str, Any] = field(default_factory=dict)
     # While a run is under way: the next backend's answer so far ({"backend", "label", "text", "tokens", "of"}),
-    # and the phase after every backend has run ("judging"). Both empty in a finished run.
+    # and the phase after every backend has run ("judging"). Both empty in a finished run, except "stopped": the
+    # visitor stopped it, what finished is kept and nothing was judged.
     streaming: dict[str, Any] | None = None
     phase: str = ""
 
@@ -342,7 +352,8 @@ class ImageRunRequest(_Request):
     guidance_scale: float = request_field(IMAGE_DEFAULTS.guidance_scale, kind="float", label="Guidance scale",
                                           minimum=0.0, maximum=100.0, form_maximum=15.0, step=0.5,
                                           help="classifier-free guidance")
-    seed: int = request_field(0, kind="int", label="Seed", minimum=0, help="the seed of the initial latents")
+    seed: int = request_field(0, kind="int", label="Seed", minimum=0, maximum=2**63 - 1,
+                              help="the seed of the initial latents")
     height: int | None = request_field(None, kind="size", label="Height (0: native)", minimum=8, maximum=2048,
                                        public_cap="max_image_side", cap_text=SIDE_CAP,
                                        help="pixels; 0 or empty: the model's native size")
@@ -403,6 +414,7 @@ class BackendImageResult:
     # numpy (1, C, h, w): the latents the VAE decoded (the reference's feed the VAE when localizing); dropped
     # after judging
     latents: Any = field(default=None, compare=False, repr=False)
+    stopped: bool = False  # as `BackendTextResult.stopped`
 
     @property
     def ok(self) -> bool:

@@ -188,8 +188,9 @@ def word_level_llama(llama: Path, first_token: str, template: str | None = None,
     vocab = {first_token: 0, "<s>": 1, "</s>": 2, "<unk>": 3} | {f"w{i}": i for i in range(4, config["vocab_size"])}
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    weights = load_file(llama / "model.safetensors")
-    weights["model.norm.weight"] = np.zeros_like(weights["model.norm.weight"])
+    weights = load_file(llama / "model.safetensors") if (llama / "model.safetensors").is_file() else {}
+    if weights:
+        weights["model.norm.weight"] = np.zeros_like(weights["model.norm.weight"])
     tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
                         "unk_token": "<unk>", "pad_token": "</s>",
                         "chat_template": template or CHAT_TEMPLATE}
@@ -234,6 +235,31 @@ def test_an_answer_of_long_tokens_is_bounded_on_its_way_to_the_page(hostile):
     assert any("answer shown up to 20,480 characters" in note for note in backend["load"]["notes"]), backend["load"]
     assert len(json.dumps(result)) < 200_000
     assert hostile["memory"].app_peak < APP_MEMORY_CAP, hostile["memory"].peaks
+
+
+def test_a_wide_vocabulary_never_brings_its_distributions_into_the_app(hostile, tmp_path):
+    """250,000 tokens x 768 teacher-forced positions would be 768 MB of distributions: they stay in the workers'
+    scratch files, cut to their cap, and the app holds figures only (found by the attacker review: 3.4 GB)."""
+    import numpy as np
+    import torch
+    from safetensors.numpy import save
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=250_000, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    weights = {k: v.numpy() for k, v in LlamaForCausalLM(config).state_dict().items()}
+    weights["model.norm.weight"] = np.zeros_like(weights["model.norm.weight"])
+    folder = tmp_path / "wide"
+    folder.mkdir()
+    (folder / "config.json").write_text(config.to_json_string())
+    files = word_level_llama(folder, "w") | {"model.safetensors": save(weights)}
+    hostile["hub"].add_repo("evil/wide-vocab", files)
+    result, seconds = timed(hostile, model="evil/wide-vocab", max_new_tokens=256)
+    assert result["error"] is None and result["results"][0]["error"] is None, result
+    assert hostile["memory"].app_peak < APP_MEMORY_CAP, hostile["memory"].peaks
+    assert not list((hostile["cache"] / "judging").glob(".tmp-*"))  # the scratch files are gone
 
 
 @pytest.mark.parametrize("repo, template, words", [
@@ -320,6 +346,41 @@ def test_odd_values_are_sentences_not_tracebacks(hostile, values, words):
         return
     error = result["error"] or (result["results"][0]["error"] if result["results"] else None)
     assert error and "Traceback" not in error and words in error and "\n" not in error.strip(), result
+
+
+def test_fifty_thousand_backends_are_refused_at_once(hostile):
+    """Found by the attacker review: the refusal took 110 s of the app's CPU (every spec parsed and echoed, the
+    secrets gathered again for each string) while the next visitor waited."""
+    result, seconds = timed(hostile, model="good/tiny", backends=["onnxruntime"] * 50_000)
+    assert "A run takes at most 32 backends (asked: 50,000)." in result["error"], result
+    assert seconds < 10, seconds
+
+
+@pytest.mark.parametrize("values", [
+    {"model": 123}, {"max_new_tokens": "lots"}, {"task": "zzz"}, {"prompts": "not a list"}, {"max_new_tokens": 10**30},
+])
+def test_check_arguments_of_odd_types_are_sentences(hostile, values):
+    report = hostile["client"].predict(**({"model": "good/tiny", "candidate": "pytorch"} | values),
+                                       api_name="/check")
+    hostile["outputs"].append(json.dumps(report))
+    assert report["broken"] and report["error"] and report["error"].endswith(".") and not report["checks"], report
+
+
+def test_a_seed_past_64_bits_is_a_sentence(hostile):
+    _gallery, result = hostile["client"].predict(
+        prompt="a red circle", model="scenes-64", backends="pytorch", negative_prompt="", steps=2,
+        guidance_scale=4.0, seed=10**30, height=0, width=0, api_name="/compare_image")
+    assert "Seed must be between 0 and" in result["error"], result
+
+
+@pytest.mark.parametrize("eos", [1.5, "abc", {"a": 1}, [[1, 2]], 10**400 // 10**380, list(range(100_000))])
+def test_end_token_ids_that_are_no_ids_are_one_sentence(hostile, eos):
+    files = word_level_llama(hostile["tiny_llama"], "w")
+    files["generation_config.json"] = json.dumps({"eos_token_id": eos, "bos_token_id": 1})
+    repo = f"evil/eos-{abs(hash(json.dumps(eos))) % 10**8}"
+    hostile["hub"].add_repo(repo, files)
+    problem = sentence(ask(hostile, model=repo))
+    assert "end-of-text token ids are not ids of its vocabulary" in problem, problem
 
 
 def test_mcp_tools_with_odd_types_answer_sentences(hostile):

@@ -84,6 +84,10 @@ def test_stop_ends_a_long_run_within_two_seconds_and_the_next_run_works(public_a
     took = time.monotonic() - asked
     assert took < 2.0, f"the run ended {took:.1f} s after Stop"
     assert result["results"][0]["error"] == "Stopped by you.", result
+    # A stop is the visitor's, not a failure: no verdict, no BROKEN, what it had written kept.
+    stopped = result["results"][0]
+    assert result["phase"] == "stopped" and stopped["stopped"] and stopped["verdict"] is None, result
+    assert stopped["text"], "the answer written until the stop was thrown away"
     assert set(workers) - set(workers_of(public_app["pid"])), "the generating worker was not ended"
     again = client.predict(max_new_tokens=4, **short)
     assert again["results"][0]["error"] is None and again["results"][0]["token_ids"] == \

@@ -59,6 +59,8 @@ def test_ordinary_templates_render_as_jinja_renders_them(render):
     ("{% for i in range(10000) %}{% for j in range(10000) %}xxxxxxxx{% endfor %}{% endfor %}", "renders more than"),
     ("{% macro m() %}{% for j in range(10000) %}xxxxxxxx{% endfor %}{% endmacro %}"
      "{% for i in range(10000) %}{{ m() }}{% endfor %}", "more than 32,000"),
+    # Found by the attacker review: each step under the cap, the exception's text 784 million characters.
+    ("{% set s = 'x' * 28000 %}{{ raise_exception([s] * 28000) }}", "passes raise_exception more than 32,000"),
 ])
 def test_a_template_that_would_render_without_end_is_refused_at_once(render, template, words):
     from jinja2.exceptions import SecurityError

@@ -171,3 +171,16 @@ def test_position_chart_draws_each_candidates_kl_and_marks_a_late_onset():
     onset = [s for s in figure.layout.shapes if s.x0 == s.x1]
     assert [s.x0 for s in onset] == [129]  # position 128, drawn 1-based
     assert len(position_kl_figure({}).data) == 0
+
+
+def test_a_stopped_run_is_stopped_not_broken():
+    stopped = {"label": "ONNX Runtime · cpu · fp32", "error": "Stopped by you.", "stopped": True, "verdict": None,
+               "token_ids": [], "text": "Running models on-premises can"}
+    done = {"label": "PyTorch · cpu · fp32", "error": None, "stopped": False, "verdict": None, "token_ids": [1, 2],
+            "text": "Running models"}
+    header = panel_header("ONNX Runtime", stopped, "idle")
+    assert "STOPPED" in header and "ERROR" not in header and "arena-badge-idle" in header
+    summary = run_summary({"phase": "stopped", "results": [done, stopped], "prompt_token_ids": [5, 6, 7]})
+    assert summary.startswith("<span class='arena-badge arena-badge-idle'>STOPPED</span> You stopped the run")
+    assert "PyTorch · cpu · fp32 finished and is shown" in summary and "nothing was judged" in summary
+    assert "BROKEN" not in summary and "ERROR" not in summary

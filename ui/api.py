@@ -50,16 +50,38 @@ def make_compare_text(arena: Arena):
             run = TextRunRequest.from_values(values)
         except (ValueError, TypeError) as exc:
             return {"error": str(exc), "results": []}
+        if problem := run.refuse_bounds():  # before the request is echoed back (a seed past 64 bits cannot be)
+            return {"error": problem, "results": []}
         owner = session_of(request)
         with arena.stoppable(owner) as cancel:
             result = arena.public_view(arena.run_text_to_end(run, cancel=cancel).to_dict())
-        if not is_mcp(request):  # API runs are kept too (the client's session); an MCP call has no session
+        # API runs are kept too (the client's session); an MCP call has no session; a stopped run is not kept.
+        if not is_mcp(request) and result.get("phase") != "stopped":
             arena.history.add(owner, "text", result)
         return result
 
     return request_function(TextRunRequest, "compare_text", "Run one prompt greedily through several backends and "
                             "return every answer, token ids, timings and verdicts.",
                             "the run as JSON (the dashboard's structured result).", compare_text)
+
+
+def check_values(model: Any, task: Any, prompts: Any, max_new_tokens: Any) -> tuple[str, str, tuple, int]:
+    """/check's own arguments, each of its type or a ValueError sentence (the request fields check the rest)."""
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError("The model is a catalog key, a hub id or a local folder: a non-empty text.")
+    task = task or "auto"
+    if task not in ("auto", "text", "image"):
+        raise ValueError(f"The task is 'auto', 'text' or 'image', not {str(task)[:40]!r}.")
+    if prompts is None:
+        prompts = ()
+    if not isinstance(prompts, list | tuple) or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("The prompts are a list of texts.")
+    field = TextRunRequest.field("max_new_tokens")
+    tokens = field.parse(max_new_tokens)
+    problem = field.refuse_bounds(tokens)
+    if problem:
+        raise ValueError(problem)
+    return model, task, tuple(prompts), int(tokens)
 
 
 def make_check(arena: Arena):
@@ -81,11 +103,12 @@ def make_check(arena: Arena):
 
         try:
             spec, ref = BackendSpec.from_any(candidate), BackendSpec.from_any(reference or default_reference())
+            model, task, prompts, tokens = check_values(model, task, prompts, max_new_tokens)
         except (ValueError, TypeError) as exc:
             return {"broken": True, "error": str(exc), "checks": []}
         with arena.stoppable(session_of(request)) as cancel:
-            return arena.public_view(run_check(arena, model, spec, task=task or "auto", prompts=tuple(prompts or ()),
-                                               reference=ref, max_new_tokens=int(max_new_tokens), cancel=cancel))
+            return arena.public_view(run_check(arena, model, spec, task=task, prompts=prompts, reference=ref,
+                                               max_new_tokens=tokens, cancel=cancel))
 
     return check
 
@@ -127,12 +150,14 @@ def make_compare_image(arena: Arena):
             run = ImageRunRequest.from_values(values)
         except (ValueError, TypeError) as exc:
             return [], {"error": str(exc), "results": []}
+        if problem := run.refuse_bounds():
+            return [], {"error": problem, "results": []}
         owner = session_of(request)
         with arena.stoppable(owner) as cancel:
             result = arena.run_image_to_end(run, cancel=cancel)
         gallery = [(r.image, r.spec.label) for r in result.results if r.image is not None]
         view = arena.public_view(result.to_dict())
-        if not is_mcp(request):
+        if not is_mcp(request) and view.get("phase") != "stopped":
             arena.history.add(owner, "image", view)
         return gallery, view
 

@@ -80,6 +80,8 @@ def show_and_keep(arena, tab, task: str, results, render, http: gr.Request | Non
         yield render(final)
     if final is not None and final.error and not final.results:
         return  # refused or failed before any backend ran: nothing to keep, no link to settings that cannot run
+    if final is not None and final.phase == "stopped":
+        return  # stopped by the visitor: unjudged, not a run to keep or share
     if final is not None:
         images = [r.image for r in final.results] if task == "image" else None
         kept = keep_run(arena, task, arena.public_view(final.to_dict()), http, images=images)

@@ -21,7 +21,8 @@ def panel_header(title: str, result: dict[str, Any] | None, state: str, detail: 
                   "skipped": ("idle", "not selected"),
                   "unavailable": ("idle", "unavailable here")}.get(state, ("idle", ""))
     if result is not None:
-        kind, text = ("error", "ERROR") if result.get("error") else ("ok", "DONE")
+        kind, text = ("idle", "STOPPED") if result.get("stopped") else ("error", "ERROR") if result.get("error") \
+            else ("ok", "DONE")
         verdict = result.get("verdict")
         if verdict:
             kind = "error" if verdict["broken"] else "ok" if verdict["kind"] == "MATCH" else \
@@ -62,6 +63,9 @@ def panel_metrics(result: dict[str, Any] | None, reference_text: str | None = No
     """Verdict, where the text diverges, timing, load and provider facts; or the error with the log tail."""
     if result is None:
         return ""
+    if result.get("stopped"):
+        return (f"**Stopped:** {result['error']}" + (" What it had written is kept above, unjudged."
+                                                     if result.get("text") else ""))
     if result.get("error"):
         text = f"**Error:** {result['error']}"
         if result.get("log_tail"):
@@ -166,6 +170,12 @@ def run_summary(run: dict[str, Any]) -> str:
     results = [r for r in run.get("results", []) if not r.get("error")]
     prompt_tokens = len(run.get("prompt_token_ids") or [])
     head = f"Prompt: {prompt_tokens} tokens, same ids for every backend." + verdict_summary(run)
+    if run.get("phase") == "stopped":
+        done = [r["label"] for r in results]
+        return ("<span class='arena-badge arena-badge-idle'>STOPPED</span> You stopped the run: "
+                + (f"{', '.join(done)} finished and {'is' if len(done) == 1 else 'are'} shown" if done else
+                   "no backend had finished") + "; nothing was judged (a verdict needs every answer). "
+                f"Prompt: {prompt_tokens} tokens.")
     if run.get("phase") == "judging":
         head += (" <span class='arena-badge arena-badge-waiting'>JUDGING</span> Every backend has answered; "
                  "now the verdicts: perplexity under the reference, first-step logits and teacher-forced "

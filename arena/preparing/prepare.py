@@ -421,6 +421,9 @@ class TextPreparer:
                              "the model's context.")
 
         context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        if context is not None and not _whole(context, 1):
+            raise ArenaError(f"'{name}': its config's max_position_embeddings is {str(context)[:40]!r}, not a number "
+                             "of positions.")
         if context and len(ids) + request.max_new_tokens > context:
             raise ArenaError(
                 f"The prompt is {len(ids)} tokens; with {request.max_new_tokens} new tokens that makes "
@@ -431,11 +434,19 @@ class TextPreparer:
         try:
             generation = GenerationConfig.from_pretrained(model_dir)
             value = generation.eos_token_id
-            eos = [value] if isinstance(value, int) else list(value or [])
+            eos = [value] if value is None or _whole(value, 0) else list(value) if isinstance(value, list) else [value]
         except OSError:
             pass
         if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
             eos.append(tokenizer.eos_token_id)
+        eos = [e for e in eos if e is not None]
+        vocabulary = max(len(tokenizer), int(getattr(config, "vocab_size", 0) or 0)) if _whole(
+            getattr(config, "vocab_size", 0) or 0, 0) else len(tokenizer)
+        bad = next((e for e in eos if not _whole(e, 0) or e >= vocabulary), None) if len(eos) <= MAX_END_TOKENS \
+            else f"{len(eos):,} of them"
+        if bad is not None:
+            raise ArenaError(f"'{name}': its end-of-text token ids are not ids of its vocabulary of {vocabulary:,} "
+                             f"({str(bad)[:40]}); a generation config names up to {MAX_END_TOKENS} token ids.")
         for token in entry.stop_tokens if entry else ():
             token_id = tokenizer.convert_tokens_to_ids(token)
             if isinstance(token_id, int) and token_id != tokenizer.unk_token_id and token_id not in eos:
@@ -453,6 +464,14 @@ class TextPreparer:
 
 
 SAFETENSORS_MAX_HEADER = 25_000_000  # bytes; huggingface_hub's own bound on a safetensors header
+
+
+MAX_END_TOKENS = 64  # end-of-text ids a generation config may name (real ones name 1 to 4)
+
+
+def _whole(value: Any, least: int) -> bool:
+    """An int (not a bool) of at least ``least``, small enough to be an id or a count."""
+    return isinstance(value, int) and not isinstance(value, bool) and least <= value < 1 << 62
 
 
 def _sentence(text: str) -> str:

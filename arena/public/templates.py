@@ -72,8 +72,30 @@ def _binop(self, context, operator: str, left: Any, right: Any) -> Any:
     return self.binop_table[operator](left, right)
 
 
+def _deep_chars(value: Any, limit: int) -> int:
+    """Characters of the strings inside ``value`` (lists, tuples, dicts), counted until past ``limit``: what its
+    text would be (``str([s] * 28000)`` of a 28,000-character ``s`` is 784 million)."""
+    total, stack = 0, [value]
+    while stack and total <= limit:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, list | tuple):
+            total += len(item)
+            stack.extend(item)
+        elif isinstance(item, dict):
+            total += len(item)
+            stack.extend(item.keys())
+            stack.extend(item.values())
+    return total
+
+
 def _call(__self, __context, __obj, *args, **kwargs):  # noqa: N807 - Jinja's own signature
     _check_args(getattr(__obj, "__name__", "a function"), args, kwargs)
+    chars = _deep_chars([*args, *kwargs.values()], _state["max_chars"])
+    if chars > _state["max_chars"]:  # raise_exception(huge), a join of a huge list: refused before its text exists
+        _refuse(f"the chat template passes {getattr(__obj, '__name__', 'a function')} more than "
+                f"{_state['max_chars']:,} characters; this server's template sandbox allows {_state['max_chars']:,}")
     if getattr(__obj, "__name__", "") in ("format", "format_map"):
         _check_format(getattr(__obj, "__self__", None))
     result = _original_call(__self, __context, __obj, *args, **kwargs)

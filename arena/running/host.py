@@ -28,6 +28,9 @@ from arena.types import (
 )
 from backends.base import GenerationSettings, ImageSettings, LoadContext
 
+# One sequence's next-token distributions (positions x vocab, float32), as the reference's worker writes them for
+# the candidates: sequences are cut to fit (SmolLM2's 49k vocabulary: 1,365 positions).
+DISTRIBUTION_MAX_BYTES = 256 << 20
 STREAM_INTERVAL_S = 0.25  # how often a generating backend's answer so far reaches the page
 STREAM_TAIL_CHARS = 4000  # a streamed answer so far is its last characters (the page shows the whole at the end)
 # An answer is at most this many characters a generated token (and a floor): real tokens average under 10, so only
@@ -257,20 +260,43 @@ class BackendHost:
             out.append((name, log_softmax(logits).astype(np.float32), np.asarray(ids[start:], np.int64)))
         return out
 
-    def quality_reference(self, prepared: PreparedText, spec: BackendSpec, sequences: list, progress):
-        """The reference's next-token log-probabilities over the teacher-forced sequences (shipped once to the
-        core, which hands them to each candidate's worker), or {"unavailable": why}."""
+    def _fitting(self, sequences: list) -> list:
+        """``sequences`` cut so that each one's distributions (positions x vocab, float32) hold at most
+        `DISTRIBUTION_MAX_BYTES`: a wide vocabulary (250,000 entries) would make them gigabytes."""
+        vocab = int(self.backend.forward_logits(list(sequences[0][1][:1])).shape[-1]) if sequences else 1
+        most = max(1, DISTRIBUTION_MAX_BYTES // (4 * max(vocab, 1)))
+        return [(name, list(ids)[:start + most], start) for name, ids, start in sequences if len(ids) > start]
+
+    def quality_reference(self, prepared: PreparedText, spec: BackendSpec, sequences: list, scratch: str,
+                          progress) -> dict[str, Any]:
+        """The reference's next-token log-probabilities over the teacher-forced sequences, written to ``scratch``
+        (one .npy file each; the candidates' workers read them there, so no distribution crosses the app), and
+        its own figures: {"sequences": [(name, path, positions)], "self": figures}, or {"unavailable": why}."""
+        import numpy as np
+
+        from arena.judging.verdicts import per_position, summarize_positions
+
         self._ensure_loaded(prepared, spec, progress)
         progress(None, f"{spec.label}: teacher-forced reference distributions", force=True)
         try:
-            return self._next_token_log_probs(sequences)
+            found = self._next_token_log_probs(self._fitting(sequences))
         except NotImplementedError:
             return {"unavailable": "no logits"}
+        written, figures = [], []
+        for name, lp, targets in found:
+            path = os.path.join(scratch, f"reference-{name}.npy")
+            np.save(path, lp)
+            written.append((name, path, len(targets)))
+            figures.append(per_position(lp, lp, targets))
+        pooled = summarize_positions({key: np.concatenate([f[key] for f in figures]) for key in figures[0]}) \
+            if figures else {}
+        pooled.pop("kl_positions", None)
+        return {"sequences": written, "self": pooled}
 
     def quality_against(self, prepared: PreparedText, spec: BackendSpec, sequences: list, reference: list,
                         progress) -> dict[str, Any]:
-        """This backend's teacher-forced quality against the reference's distributions (`quality_reference`):
-        mean KL, top-1 agreement and perplexity ratio over all positions, and per sequence."""
+        """This backend's teacher-forced quality against the reference's distributions (`quality_reference`'s
+        files): mean KL, top-1 agreement and perplexity ratio over all positions, and per sequence."""
         import numpy as np
 
         from arena.judging.verdicts import per_position, summarize_positions
@@ -278,12 +304,14 @@ class BackendHost:
         self._ensure_loaded(prepared, spec, progress)
         progress(None, f"{spec.label}: teacher-forced quality", force=True)
         start = time.perf_counter()
+        lengths = {name: positions for name, _path, positions in reference}
         try:
-            mine = self._next_token_log_probs(sequences)
+            mine = self._next_token_log_probs([(name, list(ids)[:begin + lengths[name]], begin)
+                                               for name, ids, begin in sequences if name in lengths])
         except NotImplementedError:
             return {"unavailable": "no logits"}
-        figures = [per_position(ref_lp, lp, targets)
-                   for (_, lp, targets), (_, ref_lp, _) in zip(mine, reference, strict=True)]
+        figures = [per_position(np.load(path), lp, targets)
+                   for (_, lp, targets), (_, path, _) in zip(mine, reference, strict=True)]
         per = {name: summarize_positions(f) for (name, _, _), f in zip(mine, figures, strict=True)}
         pooled = summarize_positions({key: np.concatenate([f[key] for f in figures]) for key in figures[0]})
         pooled.pop("kl_positions")  # positions of concatenated sequences mean nothing; each sequence keeps its own
@@ -292,7 +320,8 @@ class BackendHost:
     def decode_against(self, prepared: PreparedText, spec: BackendSpec, answer: list[int], reference: Any,
                        progress) -> dict[str, Any]:
         """This backend's own cached decode path over its answer, against the reference's full pass over the same
-        tokens (``reference``: its next-token log-probabilities, answer length x vocab): per-step KL and top-1, and
+        tokens (``reference``: the file of its next-token log-probabilities, answer length x vocab): per-step KL and
+        top-1, and
         the same figures for this backend's full pass, so a bug of the cache alone is told from one of the model.
         {"unavailable": why} when the backend returns no per-step logits."""
         import numpy as np
@@ -301,7 +330,8 @@ class BackendHost:
 
         self._ensure_loaded(prepared, spec, progress)
         progress(None, f"{spec.label}: its decode path (KV cache) against the reference", force=True)
-        prompt, answer = list(prepared.prompt_token_ids), [int(t) for t in answer]
+        reference = np.load(reference)  # the reference's file (`quality_reference`), answer length x vocab
+        prompt, answer = list(prepared.prompt_token_ids), [int(t) for t in answer][:len(reference)]
         start = time.perf_counter()
         try:
             cached = np.asarray(self.backend.cached_step_logits(prompt, answer), np.float32)

@@ -166,6 +166,7 @@ class Worker:
                 self._discard()
                 self._start()
             call_id = next(self._ids)
+            trim_log(self.log_path)
             try:
                 self._conn.send((call_id, op, args, kwargs))
             except (BrokenPipeError, OSError) as exc:
@@ -418,6 +419,46 @@ def _resolve(target: str) -> Any:
     return getattr(importlib.import_module(module_name), attr)
 
 
+MAX_ERROR_CHARS = 2000  # an error's message, as it crosses to the app
+MAX_TRACEBACK_CHARS = 20_000  # its traceback, in the log and to the app
+MAX_LOG_BYTES = 64 << 20  # a worker's log is cut to its last MAX_LOG_KEEP_BYTES past this, when a call ends
+MAX_LOG_KEEP_BYTES = 1 << 20
+
+
+def bounded_error(exc: BaseException) -> tuple[str, str]:
+    """(message, traceback) of ``exc``, each bounded: a repository can make an exception's text any size (a chat
+    template's ``raise_exception`` of a 784-million-character list), and both go to the app and to the log."""
+    def cut(text: str, limit: int) -> str:
+        return text if len(text) <= limit else text[:limit // 2] + f" … ({len(text):,} characters) … " + \
+            text[-limit // 2:]
+
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - an exception whose str fails still becomes a message
+        text = ""
+    text = cut(text, MAX_ERROR_CHARS)
+    message = text if isinstance(exc, ArenaError) else f"{type(exc).__name__}: {text}"
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    return message, cut(f"Traceback (most recent call last):\n{frames}{message}", MAX_TRACEBACK_CHARS)
+
+
+def trim_log(path: Path) -> None:
+    """Keep a worker's log from growing without end (a native library printing in a loop, tracebacks of many
+    runs): past `MAX_LOG_BYTES`, only its last `MAX_LOG_KEEP_BYTES` are kept. The worker appends (O_APPEND),
+    so its next line lands at the new end."""
+    try:
+        if path.stat().st_size <= MAX_LOG_BYTES:
+            return
+        with open(path, "rb") as handle:
+            handle.seek(-MAX_LOG_KEEP_BYTES, os.SEEK_END)
+            tail = handle.read()
+        with open(path, "r+b") as handle:
+            handle.write(b"--- (earlier lines cut: the log passed its size cap)\n" + tail)
+            handle.truncate()
+    except OSError:
+        pass
+
+
 def limit_data(limit: int | None) -> None:
     """RLIMIT_DATA for this process and its children: private writable memory (heap, anonymous maps) past
     ``limit`` is refused by the kernel (Python raises MemoryError). Reserved but untouched address space (PROT_NONE,
@@ -463,11 +504,10 @@ def _worker_main(conn, target: str, init_args: tuple, log_path: str, env: dict[s
             value = method(*args, progress=WorkerProgress(conn, call_id), **kwargs)
             conn.send(("result", call_id, value))
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a value for the parent
-            traceback.print_exc()
-            message = str(exc) if isinstance(exc, ArenaError) else f"{type(exc).__name__}: {exc}"
+            message, trace = bounded_error(exc)
+            print(trace, flush=True)
             try:
-                conn.send(("error", call_id, {"type": type(exc).__name__, "message": message,
-                                              "traceback": traceback.format_exc()}))
+                conn.send(("error", call_id, {"type": type(exc).__name__, "message": message, "traceback": trace}))
             except (BrokenPipeError, OSError):
                 break
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
@@ -483,8 +523,8 @@ def _isolated_main(target: str, args: tuple, error_path: str) -> None:
     try:
         _resolve(target)(*args)
     except BaseException as exc:  # noqa: BLE001 - reported through the error file and the exit code
-        traceback.print_exc()
-        message = str(exc) if isinstance(exc, ArenaError) else f"{type(exc).__name__}: {exc}"
+        message, trace = bounded_error(exc)
+        print(trace, flush=True)
         Path(error_path).write_text(message)
         sys.stdout.flush()
         sys.stderr.flush()
