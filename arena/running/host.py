@@ -31,6 +31,8 @@ from backends.base import GenerationSettings, ImageSettings, LoadContext
 # One sequence's next-token distributions (positions x vocab, float32), as the reference's worker writes them for
 # the candidates: sequences are cut to fit (SmolLM2's 49k vocabulary: 1,365 positions).
 DISTRIBUTION_MAX_BYTES = 256 << 20
+# Where did it break: the units' outputs over the prompt cross to the app, where they are compared.
+LAYER_OUTPUTS_MAX_BYTES = 256 << 20
 STREAM_INTERVAL_S = 0.25  # how often a generating backend's answer so far reaches the page
 STREAM_TAIL_CHARS = 4000  # a streamed answer so far is its last characters (the page shows the whole at the end)
 # An answer is at most this many characters a generated token (and a floor): real tokens average under 10, so only
@@ -417,6 +419,11 @@ class BackendHost:
             return {"unavailable": str(exc)}
         if not outputs:
             return {"unavailable": f"{spec.label} exposes none of the reference's modules by name"}
+        size = sum(getattr(v, "nbytes", 0) for v in outputs.values())
+        if size > LAYER_OUTPUTS_MAX_BYTES:  # they cross to the app to be compared: a wide model's long prompt is GBs
+            return {"unavailable": f"its layers' outputs over this prompt are {size / 1e6:,.0f} MB, more than the "
+                                   f"{LAYER_OUTPUTS_MAX_BYTES / 1e6:,.0f} MB this server compares; a shorter prompt "
+                                   "fits"}
         return {"units": names, "outputs": outputs}
 
     def unload(self, progress=None) -> None:
