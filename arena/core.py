@@ -17,7 +17,7 @@ from typing import Any
 
 from arena.errors import ArenaError
 from arena.judging.export_files import export_file_warnings
-from arena.judging.verdicts import judge_image, judge_text, logits_error, reference_index
+from arena.judging.verdicts import image_floor_verdict, judge_image, judge_text, logits_error, reference_index
 from arena.preparing.cache import ArtifactCache, default_cache_dir
 from arena.preparing.catalog import find_catalog_model, find_image_catalog_model
 from arena.preparing.demos import BrokenConversions
@@ -726,9 +726,13 @@ class Arena:
         from arena.judging.localize_image import localize_components
 
         ref = results[reference]
+        ref_precision = self._precision(ref)[0]
+        # "auto": the broken, and every candidate at the reference's precision (its components have a floor:
+        # `image_floor_verdict`, where a close picture can still hide a wrong component).
         targets = [i for i, r in enumerate(results) if i != reference and r.verdict is not None
                    and (r.ok or r.verdict.kind == "NAN")
-                   and (request.localize == "all" or request.localize == "auto" and r.verdict.broken)]
+                   and (request.localize == "all" or request.localize == "auto" and (
+                       r.verdict.broken or self._precision(r)[0] == ref_precision))]
         if not targets or not ref.ok or (cancel is not None and cancel.is_set()):
             return results
 
@@ -771,7 +775,11 @@ class Arena:
                 extra = {"where": localize_components(reference_out["outputs"], found["outputs"],
                                                       self._precision(r)[1], found.get("errors"),
                                                       image_broken=r.verdict.broken)}
-            out[i] = dataclasses.replace(r, verdict=dataclasses.replace(r.verdict, metrics=r.verdict.metrics | extra))
+            verdict = dataclasses.replace(r.verdict, metrics=r.verdict.metrics | extra)
+            precision, precision_class = self._precision(r)
+            if precision == ref_precision:
+                verdict = image_floor_verdict(verdict, extra["where"], precision, precision_class)
+            out[i] = dataclasses.replace(r, verdict=verdict)
         return out
 
     @staticmethod

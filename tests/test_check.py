@@ -193,13 +193,41 @@ def image_exports(arena, tmp_path_factory):
             init.CopyFrom(numpy_helper.from_array(
                 array + rng.standard_normal(array.shape).astype(np.float32) * array.std(), init.name))
     onnx.save(unet, str(broken / "unet" / "model.onnx"))
-    return {"good": good, "broken": broken}
+
+    def one_weight(name: str, part: str, ndim: int, factor: float) -> Path:
+        """One weight of one component scaled: the picture stays close (over 50 dB), the component does not."""
+        folder = tmp_path_factory.mktemp(name) / "export"
+        shutil.copytree(good, folder)
+        model = onnx.load(str(folder / part / "model.onnx"))
+        init = [i for i in model.graph.initializer if numpy_helper.to_array(i).ndim == ndim
+                and numpy_helper.to_array(i).size >= 1024][2]
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(factor), init.name))
+        onnx.save(model, str(folder / part / "model.onnx"))
+        return folder
+
+    rounded = tmp_path_factory.mktemp("rounded-image-export") / "export"
+    shutil.copytree(good, rounded)
+    from tests.export_edits import fp16_rounded
+
+    for part in ("text_encoder", "unet", "vae_decoder"):
+        model = onnx.load(str(rounded / part / "model.onnx"))
+        fp16_rounded(model, 256)
+        onnx.save(model, str(rounded / part / "model.onnx"))
+    return {"good": good, "broken": broken, "unet-weight": one_weight("unet-weight", "unet", 4, 1.1),
+            "text-encoder-weight": one_weight("te-weight", "text_encoder", 2, 1.1), "rounded": rounded}
 
 
 def test_cli_judges_pipeline_exports(image_exports, session_cache):
-    code, (good, broken), stderr = cli_check(image_exports["good"], image_exports["broken"], cache=session_cache,
-                                             model="scenes-64", prompt="a green circle on a white background",
-                                             extra=("--steps", "10"))
+    code, (good, broken, unet, text_encoder, rounded), stderr = cli_check(
+        *(image_exports[name] for name in ("good", "broken", "unet-weight", "text-encoder-weight", "rounded")),
+        cache=session_cache, model="scenes-64", prompt="a green circle on a white background", extra=("--steps", "10"))
     assert good["task"] == broken["task"] == "image", stderr
     assert code == 1 and not good["broken"] and good["checks"][0]["verdict"]["kind"] == "MATCH", good
     assert broken["broken"] and broken["checks"][0]["verdict"]["kind"] in ("DIFFERENT", "NOISE", "BLANK"), broken
+    # fp32 has a floor per component: a close picture with one wrong component is WRONG, named; a fair export whose
+    # weights were rounded through fp16 (components ~2e-4 off) is not.
+    for report, words in ((unet, "its UNet computes something else"),
+                          (text_encoder, "its text encoder computes something else")):
+        verdict = report["checks"][0]["verdict"]
+        assert report["broken"] and verdict["kind"] == "WRONG" and words in verdict["reason"], verdict["reason"]
+    assert not rounded["broken"] and rounded["checks"][0]["verdict"]["kind"] == "MATCH", rounded

@@ -25,7 +25,7 @@ from arena.judging.image_metrics import psnr
 from arena.registry import backend_class, tolerance_class
 
 TEXT_BROKEN = {"GIBBERISH", "EMPTY", "ERROR", "WRONG", "LOSSY"}
-IMAGE_BROKEN = {"DIFFERENT", "BLANK", "NOISE", "NAN", "ERROR"}
+IMAGE_BROKEN = {"DIFFERENT", "BLANK", "NOISE", "NAN", "ERROR", "WRONG"}
 
 # First-step logits against the reference: (max absolute error, max error relative to the largest |logit|).
 TEXT_TOLERANCES = {"fp32": (1e-2, 1e-3), "fp16": (0.5, 2e-2), "bf16": (1.0, 5e-2), "int8": (2.0, 1e-1),
@@ -61,6 +61,12 @@ ONSET_MIN_TAIL = 16  # an onset needs at least this many positions after it to s
 # by more than this margin (nats) is no near-tie: a good fp32 export flips only where the two tokens are within
 # ~1e-4 nats (its logits agree to ~1e-5), so 1 nat is far outside what precision can do at the same precision.
 DECODE_SPLIT_MARGIN = {"fp32": 1.0, "fp16": 2.0, "bf16": 3.0}
+# At the reference's precision an image's pipeline components (text encoder, UNet, VAE decoder), each run on the
+# reference's own inputs, must agree within this relative error (`arena.judging.localize.UNIT_TOLERANCE`'s fp32):
+# good fp32 exports of the embedded image model measure 1e-7 to 4e-7, the same export with every weight rounded
+# through fp16 (fair: 66 dB) 1.5e-4 to 2.4e-4, one UNet convolution 5% off 1.4e-3 and one text-encoder matrix 5% off
+# 7.4e-3 (both over 50 dB, MATCH by the picture alone). Beyond it the image is WRONG, named by its component.
+IMAGE_COMPONENT_FLOOR = {"fp32": 1e-3}
 # Image against the reference: minimum PSNR (dB) and SSIM by precision.
 IMAGE_TOLERANCES = {"fp32": (30.0, 0.95), "fp16": (20.0, 0.75), "bf16": (20.0, 0.75), "int8": (18.0, 0.7)}
 
@@ -488,3 +494,23 @@ def judge_image(image: np.ndarray | None, precision: str, *, error: str | None =
         return Verdict("MATCH", f"PSNR {shown} dB, SSIM {structure:.3f} vs the reference", False, metrics)
     return Verdict("DIFFERENT", f"PSNR {shown} dB and SSIM {structure:.3f} vs the reference are below the "
                    f"{precision} tolerance ({min_db:g} dB or SSIM {min_ssim:g})", True, metrics)
+
+
+def image_floor_verdict(verdict: Verdict, where: dict[str, Any] | None, precision: str,
+                        precision_class: str) -> Verdict:
+    """At the reference's precision: an image whose component leaves the reference's by more than
+    `IMAGE_COMPONENT_FLOOR` on the same input is WRONG, even when the picture looks close. ``where``: the component
+    figures (`arena.judging.localize_image.localize_components`)."""
+    floor = IMAGE_COMPONENT_FLOOR.get(precision_class)
+    if floor is None or verdict.broken or not where or not where.get("per_unit"):
+        return verdict
+    over = [e for e in where["per_unit"] if e.get("error") is not None and e["error"] > floor]
+    if not over:
+        return verdict
+    from arena.judging.localize_image import TITLES
+
+    first = over[0]
+    return Verdict("WRONG", f"at {precision} like the reference, yet its {TITLES.get(first['unit'], first['unit'])} "
+                   f"computes something else on the reference's own input (relative error {first['error']:.2g}, the "
+                   f"{precision} floor {floor:g}; weights rounded through fp16 measure ~2e-4), though the picture "
+                   f"looks close ({verdict.reason})", True, verdict.metrics | {"floor": floor})
