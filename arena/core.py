@@ -60,6 +60,12 @@ BYTES_PER_PARAMETER = 16
 PREPARE_BYTES = int(4e9)
 
 
+def _from(outputs: dict[str, Any], first: int, tokens: int) -> dict[str, Any]:
+    """Each unit's output from token ``first`` on (batch x tokens x features; an output of another shape whole)."""
+    return {name: value[:, first:] if getattr(value, "ndim", 0) >= 2 and value.shape[1] == tokens else value
+            for name, value in outputs.items()}
+
+
 def _quiet(_fraction: float | None, _description: str) -> None:
     pass
 
@@ -695,11 +701,11 @@ class Arena:
                 r.verdict, metrics=r.verdict.metrics | {"where": None, "where_unavailable": why}))
                 if i in targets else r for i, r in enumerate(results)]
 
-        def outputs(spec, units):
+        def outputs(spec, units, token_ids=None):
             try:
                 return self._backend_worker(spec).layer_outputs(
-                    prepared, spec, units, progress=progress, timeout=self._left(deadline, self.run_timeout_s),
-                    cancel=cancel)
+                    prepared, spec, units, token_ids=token_ids, progress=progress,
+                    timeout=self._left(deadline, self.run_timeout_s), cancel=cancel)
             except (WorkerCrashed, WorkerFailed) as exc:
                 return {"unavailable": f"{spec.label} failed to return its layers' outputs: {exc}"}
 
@@ -707,14 +713,53 @@ class Arena:
         out = list(results)
         for i in targets:
             r = results[i]
-            found = reference_out if "unavailable" in reference_out else outputs(r.spec, reference_out["units"])
-            if "unavailable" in found:
-                extra = {"where": None, "where_unavailable": found["unavailable"]}
+            metrics = r.verdict.metrics or {}
+            late = self._onset_sequence(prepared, ref, metrics.get("onset"))
+            if late is not None:  # a late onset: the units are compared from there on, where the math changes
+                ids, first = late
+                reference_seq = outputs(ref.spec, None, ids)
+                found = reference_seq if "unavailable" in reference_seq else outputs(
+                    r.spec, reference_seq["units"], ids)
+                if "unavailable" in found:
+                    extra = {"where": None, "where_unavailable": found["unavailable"]}
+                else:
+                    where = localize(_from(reference_seq["outputs"], first, len(ids)),
+                                     _from(found["outputs"], first, len(ids)), reference_seq["units"],
+                                     self._precision(r)[1])
+                    extra = {"where": where | {"from": {"sequence": metrics["onset"]["sequence"],
+                                                        "position": metrics["onset"]["position"]}}}
             else:
-                extra = {"where": localize(reference_out["outputs"], found["outputs"], reference_out["units"],
-                                           self._precision(r)[1])}
+                found = reference_out if "unavailable" in reference_out else outputs(r.spec, reference_out["units"])
+                if "unavailable" in found:
+                    extra = {"where": None, "where_unavailable": found["unavailable"]}
+                else:
+                    extra = {"where": localize(reference_out["outputs"], found["outputs"], reference_out["units"],
+                                               self._precision(r)[1])}
+            problem = metrics.get("decode_problem") or {}
+            if problem.get("full_agrees") and extra.get("where") and extra["where"]["unit"] is None:
+                extra["where"] = extra["where"] | {  # every unit agrees on full passes: what differs is the cache
+                    "unit": "the KV cache", "error": None, "cause": (
+                        f"every unit agrees with the reference on a full pass, and the cached decode leaves it at "
+                        f"step {problem['step']}: the cache (what the graph hands back as present.*, the positions "
+                        "or the attention mask of a cached step, the past length)")}
             out[i] = dataclasses.replace(r, verdict=dataclasses.replace(r.verdict, metrics=r.verdict.metrics | extra))
         return out
+
+    LATE_TAIL = 64  # tokens past a late onset that its localization compares
+
+    def _onset_sequence(self, prepared: PreparedText, ref, onset: dict[str, Any] | None) -> tuple[list, int] | None:
+        """(token ids, first token index to compare) for a late onset of the teacher-forced paragraph or answer."""
+        if not onset or onset.get("kind") != "late":
+            return None
+        position = int(onset["position"])
+        if onset.get("sequence") == "paragraph" and len(prepared.quality_token_ids) > 1:
+            ids, first = list(prepared.quality_token_ids), position  # position k predicts token k + 1 from token k
+        elif onset.get("sequence") == "output" and ref.token_ids:
+            ids = list(prepared.prompt_token_ids) + list(ref.token_ids)
+            first = len(prepared.prompt_token_ids) - 1 + position
+        else:
+            return None
+        return ids[:first + self.LATE_TAIL + 1], first
 
     def _localize_image(self, prepared: PreparedImage, results: list, reference: int, request, progress,
                         cancel: threading.Event | None = None, deadline: float | None = None) -> list:

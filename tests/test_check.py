@@ -21,6 +21,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "Why should one run machine learning models on-premises?"
 
 
+def report_lines(report: dict) -> list[str]:
+    from arena.judging.check import summary_lines as lines
+
+    return lines(report)
+
+
 def edited_copy(good: Path, target: Path, edit) -> Path:
     """``target``: the export at ``good`` with ``edit(model)`` applied to its graph."""
     import onnx
@@ -168,6 +174,14 @@ def test_cli_flags_broken_exports_but_not_a_fair_8bit_one(exports, precision_exp
         assert verdict["metrics"]["onset"]["kind"] == "late" and verdict["metrics"]["onset"]["sequence"] == "paragraph"
         assert "positions of the paragraph, then KL" in verdict["reason"], verdict["reason"]
     assert "identical for the first 101 positions" in clamped["checks"][0]["verdict"]["reason"]
+    # ... and localized where they start: the units compared from the onset on name the first layer's attention.
+    for report in (clamped, wrapped):
+        where = report["where"]
+        assert where["unit"] == "model.layers.0" and where["from"]["sequence"] == "paragraph", where
+        assert "attention" in where["cause"], where["cause"]
+    for report in (scaled_cache, swapped_cache):  # every unit agrees on a full pass: "where" says the cache
+        assert report["where"]["unit"] == "the KV cache", report["where"]
+        assert any(line.startswith("WHERE     the KV cache") for line in report_lines(report)), report
     # A math change from the first token is still WRONG for its first-step logits, not for a late onset.
     assert wrong["checks"][0]["onset_position"] is None or wrong["checks"][0]["onset_position"] < 30
 

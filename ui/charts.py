@@ -168,7 +168,7 @@ def where_figure(run: dict[str, Any]) -> go.Figure:
                                  hovertemplate="%{x}<br>relative error %{y:.3g}<extra></extra>"))
         fig.add_hline(y=where["threshold"], line_dash="dot", line_color=color,
                       annotation_text=f"tolerance {where['threshold']:g}", annotation_position="bottom right")
-        if where["unit"]:
+        if where["unit"] in units:  # (not "the KV cache": no unit of a full pass breaks there)
             fig.add_trace(go.Scatter(x=[where["unit"]], y=[errors[units.index(where["unit"])]], mode="markers+text",
                                      marker={"symbol": "x", "size": 16, "color": "#dc2626"}, showlegend=False,
                                      text=[f"breaks here: {where['unit']}"], textposition="bottom left"))

@@ -106,10 +106,15 @@ def where_markdown(result: dict[str, Any]) -> str:
     if where["unit"] is None:
         return ("**Where?** No layer breaks: every unit stays within the tolerance "
                 f"{where['threshold']:g}" + (f"; {where['cause']}" if where.get("cause") else "") + ".\n\n")
+    if where["unit"] == "the KV cache":
+        return f"**Where?** The KV cache: {where['cause']}.\n\n"
     inside = where.get("inside") or {}
     parts = ", ".join(f"{name} {error_text(error)}" for name, error in inside.items())
-    return (f"**Where?** `{where['unit']}` is the first unit whose output leaves the reference's (relative error "
-            f"{error_text(where['error'])}, tolerance {where['threshold']:g}"
+    late = where.get("from")
+    at = f" from position {late['position']} of the {'answer' if late['sequence'] == 'output' else late['sequence']} " \
+        "on, where the math changes" if late else ""
+    return (f"**Where?** `{where['unit']}` is the first unit whose output leaves the reference's{at} (relative "
+            f"error {error_text(where['error'])}, tolerance {where['threshold']:g}"
             + (f"; inside it: {parts}" if parts else "") + f"). Likely cause: {where['cause']}.\n\n")
 
 

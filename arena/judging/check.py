@@ -111,6 +111,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"{'WHERE':<9} " + (f"{where['unit']}: {where['cause']}" if where.get("unit") else
                                          "no component breaks" + (f": {where['cause']}" if where.get("cause") else ""))
                      + f" [{summary(where)}]")
+    elif where and where.get("unit") == "the KV cache":
+        lines.append(f"{'WHERE':<9} the KV cache: {where['cause']}")
     elif where and where.get("unit"):
         lines.append(f"{'WHERE':<9} {where['unit']} (relative error "
                      f"{'NaN/Inf' if where['error'] is None else format(where['error'], '.3g')}, tolerance "

@@ -358,7 +358,8 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
                        f"math differs, not its precision{logit_note}", True, metrics)
     broken_decode = _decode_problem(decode, klass, precision, len(ref)) if same_precision else None
     if broken_decode:
-        return Verdict("WRONG", f"at {precision} like the reference, yet {broken_decode}{logit_note}{quality_note}",
+        sentence, metrics["decode_problem"] = broken_decode
+        return Verdict("WRONG", f"at {precision} like the reference, yet {sentence}{logit_note}{quality_note}",
                        True, metrics)
     if same_precision and not within and ids != ref:
         return Verdict("WRONG", f"at {precision} like the reference, yet its first-step logits are off by "
@@ -376,10 +377,12 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
                    f"{metrics['agreement']:.0%} of tokens agree{logit_note}{quality_note}", False, metrics)
 
 
-def _decode_problem(decode: dict[str, Any] | None, klass: str, precision: str, answer_tokens: int) -> str | None:
-    """Why a candidate's decode path computes something else than the model, or None: a cached step out of the
-    per-step floor (with what its full pass over the same tokens says), or, without its logits, an answer that
-    leaves the reference's where the reference is far from a tie."""
+def _decode_problem(decode: dict[str, Any] | None, klass: str, precision: str,
+                    answer_tokens: int) -> tuple[str, dict[str, Any]] | None:
+    """Why a candidate's decode path computes something else than the model, and its figures ({"step" (1-based),
+    "full_agrees": whether its own full pass over the same tokens stays within the floor, "measured": from its own
+    per-step logits or from the reference's margin alone}), or None: a cached step out of the per-step floor, or,
+    without its logits, an answer that leaves the reference's where the reference is far from a tie."""
     if not decode or klass not in POSITION_KL:
         return None
     threshold = POSITION_KL[klass]
@@ -397,14 +400,16 @@ def _decode_problem(decode: dict[str, Any] | None, klass: str, precision: str, a
             whole = "(its full pass was not measured)"
         return (f"its decode path (KV cache) leaves the reference at step {first + 1} of {len(steps)}: KL "
                 f"{steps[first]:.2g} nats there (the {precision} floor: {threshold:g} per step), {len(out)} of "
-                f"{len(steps)} cached steps out, {whole}")
+                f"{len(steps)} cached steps out, {whole}",
+                {"step": first + 1, "full_agrees": bool(full) and max(full) <= threshold, "measured": True})
     split = decode.get("split")
     margin = DECODE_SPLIT_MARGIN.get(klass)
     if split and margin is not None and not steps and split["margin"] > margin:
         return (f"its answer leaves the reference's at token {split['step'] + 1} of {answer_tokens}, where the "
                 f"reference prefers its own token by {split['margin']:.2g} nats (an {precision} near-tie is under "
                 f"{margin:g}): its decode path computes something else. Less certain than a measured step: this "
-                "backend returns no per-step logits, so this is judged from the reference's distributions alone")
+                "backend returns no per-step logits, so this is judged from the reference's distributions alone",
+                {"step": split["step"] + 1, "full_agrees": None, "measured": False})
     return None
 
 

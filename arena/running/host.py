@@ -406,15 +406,17 @@ class BackendHost:
         return found
 
     def layer_outputs(self, prepared: PreparedText, spec: BackendSpec, units: list[str] | None,
-                      progress) -> dict[str, Any]:
-        """Where did it break: one forward pass over the prompt with each unit's output kept. ``units`` None (the
-        reference): this model's own units, returned with the outputs as {"units": [...], "outputs": {...}};
-        else the outputs of those units this backend can expose. {"unavailable": why} when it exposes none."""
+                      progress, token_ids: list[int] | None = None) -> dict[str, Any]:
+        """Where did it break: one forward pass over the prompt (or ``token_ids``: a teacher-forced sequence up past
+        a late onset) with each unit's output kept. ``units`` None (the reference): this model's own units, returned
+        with the outputs as {"units": [...], "outputs": {...}}; else the outputs of those units this backend can
+        expose. {"unavailable": why} when it exposes none."""
         self._ensure_loaded(prepared, spec, progress)
         progress(None, f"{spec.label}: each layer's output over the prompt", force=True)
         try:
             names = self.backend.layer_units() if units is None else list(units)
-            outputs = self.backend.layer_outputs(list(prepared.prompt_token_ids), names)
+            ids = list(prepared.prompt_token_ids) if token_ids is None else [int(t) for t in token_ids]
+            outputs = self.backend.layer_outputs(ids, names)
         except NotImplementedError as exc:
             return {"unavailable": str(exc)}
         if not outputs:
