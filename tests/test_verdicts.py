@@ -306,3 +306,7 @@ def test_the_decode_path_is_judged_at_the_references_precision():
     assert judge_text("Fluent.", ids, "fp32", reference_ids=ref, decode=tie).kind == "DRIFT"
     other = judge_text("Fluent.", ids, "int8", reference_ids=ref, reference_precision="fp32", decode=cache_bug)
     assert other.kind == "DRIFT"  # judged by its own precision's figures, not the fp32 floor
+    # A cache bug that ends in a loop: the cache, measured, is the more precise diagnosis than "gibberish".
+    looped = judge_text("the the the the the the", [7] * 24, "fp32", reference_ids=ref, decode=cache_bug)
+    assert looped.kind == "WRONG" and "decode path (KV cache)" in looped.reason and "on its own:" in looped.reason
+    assert judge_text("the the the the the the", [7] * 24, "fp32", reference_ids=ref).kind == "GIBBERISH"

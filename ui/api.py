@@ -42,6 +42,12 @@ def request_function(request_cls, name: str, summary: str, returns: str, run: Ca
     return call
 
 
+def early_refusal(arena: Arena, run) -> str | None:
+    """The request's own caps (public mode's first, as the core's gate orders them) and bounds, checked before the
+    request is echoed back in a result: a value past 64 bits cannot even be written as the answer's JSON."""
+    return (run.refuse_public(arena.policy.limits) if arena.policy.public else None) or run.refuse_bounds()
+
+
 def make_compare_text(arena: Arena):
     """Build the /compare_text function bound to this arena."""
 
@@ -50,7 +56,7 @@ def make_compare_text(arena: Arena):
             run = TextRunRequest.from_values(values)
         except (ValueError, TypeError) as exc:
             return {"error": str(exc), "results": []}
-        if problem := run.refuse_bounds():  # before the request is echoed back (a seed past 64 bits cannot be)
+        if problem := early_refusal(arena, run):  # before the request is echoed back (a seed past 64 bits cannot be)
             return {"error": problem, "results": []}
         owner = session_of(request)
         with arena.stoppable(owner) as cancel:
@@ -150,7 +156,7 @@ def make_compare_image(arena: Arena):
             run = ImageRunRequest.from_values(values)
         except (ValueError, TypeError) as exc:
             return [], {"error": str(exc), "results": []}
-        if problem := run.refuse_bounds():
+        if problem := early_refusal(arena, run):
             return [], {"error": problem, "results": []}
         owner = session_of(request)
         with arena.stoppable(owner) as cancel:

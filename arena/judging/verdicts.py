@@ -316,6 +316,15 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
         return Verdict("EMPTY", "the output is empty" + (" (only special tokens)" if token_ids else ""), True,
                        metrics)
     why = _gibberish_reason(signals)
+    same_precision = precision == (reference_precision or precision)
+    klass = precision_class or tolerance_class(precision)
+    broken_decode = _decode_problem(decode, klass, precision, len(reference_ids or ())) \
+        if same_precision and not is_reference and reference_ids is not None else None
+    if why and broken_decode and broken_decode[1]["measured"] and broken_decode[1]["full_agrees"]:
+        # Gibberish from a model whose full pass is exact: the cache is what breaks it, the more precise diagnosis.
+        sentence, metrics["decode_problem"] = broken_decode
+        return Verdict("WRONG", f"at {precision} like the reference, yet {sentence}; on its own: {why}", True,
+                       metrics)
     if why:
         # The strongest evidence first: the reference's verdict on its distributions, when measured and bad.
         if not is_reference and _measured(quality) and (quality["top1"] < QUALITY_MIN_TOP1
@@ -333,7 +342,6 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
     first = next((i for i, (a, b) in enumerate(zip(ids, ref, strict=False)) if a != b), min(len(ids), len(ref)))
     metrics |= {"agreement": round(same / max(len(ref), len(ids), 1), 3), "first_divergence": first
                 if ids != ref else None}
-    klass = precision_class or tolerance_class(precision)
     abs_tol, rel_tol = TEXT_TOLERANCES[klass]
     within = logits is None or (logits["max_abs"] <= abs_tol or logits["max_rel"] <= rel_tol)
     # Which bound passed, when only the relative one did (a large logit scale makes the absolute error large).
@@ -343,7 +351,6 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
         f"; first-step logits max abs error {logits['max_abs']:.2g} "
         f"({'within' if within else 'over'} the {precision} tolerance {abs_tol:g}{relative})")
     quality_note = f"; {quality_sentence(quality)}" if _measured(quality) else ""
-    same_precision = precision == (reference_precision or precision)
     onset = sequence_onset(quality, klass) if _measured(quality) else None
     if onset is not None:
         metrics["onset"] = onset
@@ -356,7 +363,6 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
         return Verdict("WRONG", f"at {precision} like the reference, yet {where}: {quality_sentence(quality)} "
                        f"(the {precision} floor: top-1 ≥ {floor[0]:.0%}, KL ≤ {floor[1]:g}); {tokens}; the model's "
                        f"math differs, not its precision{logit_note}", True, metrics)
-    broken_decode = _decode_problem(decode, klass, precision, len(ref)) if same_precision else None
     if broken_decode:
         sentence, metrics["decode_problem"] = broken_decode
         return Verdict("WRONG", f"at {precision} like the reference, yet {sentence}{logit_note}{quality_note}",
