@@ -203,3 +203,90 @@ def test_the_form_offers_only_what_can_run_and_nothing_is_cut_off(app_server, br
     }).map(th => th.innerText)""")
     assert broken == [], f"header words broken across lines: {broken}"
     page.close()
+
+
+# Whatever sticks out of the screen sideways, except inside a box that scrolls sideways (the run's link) and the
+# charts (their own sizing, issue 34 point 5). The page's scrollWidth alone misses it: Gradio's container clips what
+# is wider than the screen (a 1,345 px column read scrollWidth 390).
+OUT_OF_SCREEN = """() => {
+  const vw = document.documentElement.clientWidth, out = [];
+  for (const e of document.querySelectorAll('.gradio-container *')) {
+    if (e.closest('.js-plotly-plot')) continue;
+    const r = e.getBoundingClientRect();
+    if (!r.width || !r.height || (r.left >= -1 && r.right <= vw + 1)) continue;
+    let box = e.parentElement;
+    while (box && !['auto', 'scroll'].includes(getComputedStyle(box).overflowX)) box = box.parentElement;
+    const b = box && box.getBoundingClientRect();
+    if (b && b.left >= -1 && b.right <= vw + 1 && box.closest('.gradio-container')) continue;
+    out.push(`${e.tagName}#${e.id}.${String(e.className).slice(0, 40)}: ${Math.round(r.left)}..${Math.round(r.right)}`);
+  }
+  return out;
+}"""
+
+RUN_LABEL = """() => {
+  const button = document.querySelector('#run-text'), range = document.createRange();
+  range.selectNodeContents(button);
+  const r = range.getBoundingClientRect();
+  return {text: button.innerText.trim(), left: r.left, right: r.right, width: r.width};
+}"""
+
+
+def assert_fits_the_phone(page, when: str) -> None:
+    """Nothing wider than the screen, Run's label shown whole, the status line inside the screen."""
+    width = page.evaluate("document.documentElement.clientWidth")
+    assert page.evaluate("document.documentElement.scrollWidth") <= width, when
+    assert page.evaluate(OUT_OF_SCREEN) == [], when
+    for selector in ("#run-text", "#stop-text", "#run-status", "#share-text", "#prompt", "#panel-pytorch"):
+        box = page.locator(selector).bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= width, (when, selector, box)
+    label = page.evaluate(RUN_LABEL)
+    assert label["text"] == "Run" and label["width"] > 0 and 0 <= label["left"] and label["right"] <= width, \
+        (when, label)
+    status = page.locator("#run-status")
+    assert status.evaluate("e => e.scrollWidth <= e.clientWidth + 1"), (when, status.inner_text())
+
+
+def test_a_run_keeps_the_phone_layout_on_the_screen_and_the_panels_aligned(app_server, browser):
+    """Issue 34, points 1 and 3: at 390x844, before and after a run (a run's 600-character link once stretched the
+    prompt and Run column to 1,345 px, Run an empty bar) and after a refused one, nothing is wider than the screen;
+    at 1440x900 the panels of that run sit side by side with header, answer and metrics starting at the same
+    heights. One 4-token run opened from a link; a stopped run is checked by hand (it needs a longer run)."""
+    page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, device_scale_factor=2)
+    page.goto(app_server["url"])
+    page.wait_for_function("document.querySelector('#run-status')?.innerText.includes('STORED RUN')",
+                           timeout=60_000)
+    assert_fits_the_phone(page, "the stored run")
+    settings = {"tab": "text", "prompt": "Name three rivers.", "max_new_tokens": "4", "warmup": "0",
+                "backends": json.dumps(["pytorch", "onnxruntime"])}
+    page.goto(app_server["url"] + "?" + urlencode(settings))
+    page.wait_for_function("document.querySelector('#link-note')?.innerText.includes('filled in')", timeout=60_000)
+    page.wait_for_timeout(1000)
+    assert_fits_the_phone(page, "before a run")
+    page.click("#run-text")
+    page.wait_for_function("document.querySelector('#share-text')?.innerText.includes('Link to these settings')",
+                           timeout=600_000)
+    page.wait_for_timeout(1000)
+    assert "Verdicts" in page.locator("#run-status").inner_text()
+    assert_fits_the_phone(page, "after a run")
+    page.locator("#run-status").evaluate("e => e.scrollIntoView({block: 'center'})")
+    page.screenshot(path=str(SCREENSHOTS / "phone-after-run.png"))
+    page.locator("#panel-onnxruntime").screenshot(path=str(SCREENSHOTS / "phone-panel-after-run.png"))
+    # Side by side at 1440 px: each part of a panel starts where it starts in the other panel.
+    page.set_viewport_size({"width": 1440, "height": 900})
+    page.wait_for_timeout(500)
+    tops = {name: [page.locator(selector).bounding_box() for selector in
+                   (f"#panel-{name} > .arena-panel-head", f"#answer-{name}", f"#metrics-{name}")]
+            for name in ("pytorch", "onnxruntime")}
+    assert tops["pytorch"][1]["x"] + tops["pytorch"][1]["width"] <= tops["onnxruntime"][1]["x"], tops
+    for part, (a, b) in enumerate(zip(tops["pytorch"], tops["onnxruntime"], strict=True)):
+        assert abs(a["y"] - b["y"]) <= 2, (["header", "answer", "metrics"][part], a, b)
+    page.locator("#panel-pytorch").scroll_into_view_if_needed()
+    page.screenshot(path=str(SCREENSHOTS / "panels-after-run.png"))
+    # A refused run (an empty prompt) on the phone: its sentence fits too.
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.locator("#prompt textarea").fill("")
+    page.click("#run-text")
+    page.wait_for_function("document.querySelector('#run-status')?.innerText.includes('prompt is empty')",
+                           timeout=60_000)
+    assert_fits_the_phone(page, "after a refused run")
+    page.close()

@@ -117,17 +117,21 @@ def build_image_tab(arena: Arena) -> ImageTab:
                     "reference: <span class='arena-scale-bar'></span> black: the same pixel; red, then yellow: "
                     "up to 64 or more levels (of 255) apart, averaged over red, green and blue.</div>")
             panels = []
-            with gr.Row(equal_height=True):
+            # The panels' rows line up across backends (header, image, heatmap, metrics): assets/arena.css.
+            with gr.Row(equal_height=True, elem_classes=["arena-panels", "arena-panels-image"]):
                 for control in controls:
                     with gr.Column(elem_id=f"image-panel-{control.name}", elem_classes=["arena-panel"]):
                         header = gr.Markdown(panel_header(control.title, None,
-                                                         "unavailable" if control.unavailable else "idle"))
+                                                         "unavailable" if control.unavailable else "idle"),
+                                             elem_classes=["arena-panel-head"])
                         image = gr.Image(label="Image", type="numpy", interactive=False, height=256,
-                                         elem_id=f"image-{control.name}", elem_classes=["arena-pixelated"])
+                                         elem_id=f"image-{control.name}",
+                                         elem_classes=["arena-pixelated", "arena-panel-body"])
                         heatmap = gr.Image(label="Difference to the reference", type="numpy", interactive=False,
                                            height=128, elem_id=f"heatmap-{control.name}", show_label=False,
-                                           elem_classes=["arena-pixelated"])
-                        metrics = gr.Markdown(control.unavailable, elem_id=f"image-metrics-{control.name}")
+                                           elem_classes=["arena-pixelated", "arena-panel-heatmap"])
+                        metrics = gr.Markdown(control.unavailable, elem_id=f"image-metrics-{control.name}",
+                                              elem_classes=["arena-panel-metrics"])
                     panels.append(ImagePanel(control.name, control.title, control, header, image, heatmap, metrics))
             slider = gr.ImageSlider(label="Left: the reference · right: the first candidate (drag the bar)",
                                     type="numpy", height=320, elem_id="image-slider",

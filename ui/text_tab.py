@@ -107,15 +107,18 @@ def build_text_tab(arena: Arena) -> TextTab:
                 demo_good = gr.Button(GOOD_TEXT, size="sm", elem_id="demo-good-text")
             run, stop, status, share = ctl.run_row("text", "run-status")
             panels = []
-            with gr.Row(equal_height=True):
+            # The panels' rows line up across backends (header, answer, metrics): assets/arena.css, .arena-panels.
+            with gr.Row(equal_height=True, elem_classes=["arena-panels"]):
                 for control in controls:
                     name = control.name
                     with gr.Column(elem_id=f"panel-{name}", elem_classes=["arena-panel"]):
                         header = gr.Markdown(panel_header(control.title, None,
-                                                         "unavailable" if control.unavailable else "idle"))
+                                                         "unavailable" if control.unavailable else "idle"),
+                                             elem_classes=["arena-panel-head"])
                         answer = gr.Textbox(label="Answer", lines=8, interactive=False, elem_id=f"answer-{name}",
-                                            buttons=["copy"])
-                        metrics = gr.Markdown(control.unavailable, elem_id=f"metrics-{name}")
+                                            buttons=["copy"], elem_classes=["arena-panel-body"])
+                        metrics = gr.Markdown(control.unavailable, elem_id=f"metrics-{name}",
+                                              elem_classes=["arena-panel-metrics"])
                     panels.append(BackendControls(name, control.title, control, header, answer, metrics))
             chart = gr.Plot(text_latency_figure({}), label="Latency", elem_id="latency-chart")
             quality_chart = gr.Plot(speed_quality_figure({}), label="Speed against quality",
