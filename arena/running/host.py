@@ -48,9 +48,10 @@ def answer_char_cap(max_new_tokens: int) -> int:
 def decode_bounded(tokenizer: Any, ids: list[int], max_chars: int) -> tuple[str, bool]:
     """``ids`` decoded, at most ``max_chars`` characters, and whether it was cut. The tokens' own strings bound
     what decoding makes, so a giant vocabulary entry is never decoded whole: only the ids whose pieces fit."""
-    pieces = tokenizer.convert_ids_to_tokens(list(ids))
+    convert = getattr(tokenizer, "convert_ids_to_tokens", None)  # (a bare decoder has none: decoded whole)
+    pieces = convert(list(ids)) if convert is not None else []
     lengths = [len(p) if isinstance(p, str) else 0 for p in pieces]
-    if sum(lengths) <= 2 * max_chars:
+    if convert is None or sum(lengths) <= 2 * max_chars:
         text = tokenizer.decode(list(ids), skip_special_tokens=True)
         return (text, False) if len(text) <= max_chars else (text[:max_chars], True)
     total, keep = 0, 0
