@@ -592,15 +592,9 @@ class Arena:
             return {}
         progress(None, "Teacher-forced quality against the reference")
         with self._scratch() as scratch:
-            try:
-                ref_lp = self._backend_worker(ref.spec).quality_reference(
-                    prepared, ref.spec, sequences, scratch, progress=progress,
-                    timeout=self._left(deadline, self.run_timeout_s), cancel=cancel)
-            except (WorkerCrashed, WorkerFailed) as exc:
-                return {i: {"unavailable": f"the reference's distributions failed: {exc}"}
-                        for i in range(len(results))}
-            if "unavailable" in ref_lp:  # the reference has no logits (a server)
-                return {i: {"unavailable": f"the reference has {ref_lp['unavailable']}"} for i in range(len(results))}
+            ref_lp = self._reference_distributions(prepared, ref, sequences, scratch, progress, cancel, deadline)
+            if "unavailable" in ref_lp:  # the reference failed, or has no logits (a server)
+                return {i: dict(ref_lp) for i in range(len(results))}
             out: dict[int, dict] = {reference: ref_lp["self"]}
             # Newest first: each worker still holds the model it ran last, so fewer reloads.
             for i in reversed(range(len(results))):
@@ -614,6 +608,20 @@ class Arena:
                 except (WorkerCrashed, WorkerFailed) as exc:
                     out[i] = {"unavailable": f"failed: {exc}"}
         return out
+
+    def _reference_distributions(self, prepared: PreparedText, ref, sequences: list, scratch: str, progress,
+                                 cancel: threading.Event | None, deadline: float | None) -> dict[str, Any]:
+        """The reference's distributions over ``sequences``, written to ``scratch`` (`BackendHost.quality_reference`),
+        or {"unavailable": why}."""
+        try:
+            found = self._backend_worker(ref.spec).quality_reference(
+                prepared, ref.spec, sequences, scratch, progress=progress,
+                timeout=self._left(deadline, self.run_timeout_s), cancel=cancel)
+        except (WorkerCrashed, WorkerFailed) as exc:
+            return {"unavailable": f"the reference's distributions failed: {exc}"}
+        if "unavailable" in found:
+            return {"unavailable": f"the reference has {found['unavailable']}"}
+        return found
 
     @contextlib.contextmanager
     def _scratch(self) -> Iterator[str]:
@@ -650,14 +658,9 @@ class Arena:
         import numpy as np
 
         with self._scratch() as scratch:
-            try:
-                ref_lp = self._backend_worker(ref.spec).quality_reference(
-                    prepared, ref.spec, sequences, scratch, progress=progress,
-                    timeout=self._left(deadline, self.run_timeout_s), cancel=cancel)
-            except (WorkerCrashed, WorkerFailed) as exc:
-                return {i: {"unavailable": f"the reference's distributions failed: {exc}"} for i in todo}
+            ref_lp = self._reference_distributions(prepared, ref, sequences, scratch, progress, cancel, deadline)
             if "unavailable" in ref_lp:
-                return {i: {"unavailable": f"the reference has {ref_lp['unavailable']}"} for i in todo}
+                return {i: dict(ref_lp) for i in todo}
             out: dict[int, dict] = {}
             for name, path, positions in ref_lp["sequences"]:
                 i = int(name)
