@@ -526,12 +526,19 @@ def hf_generate(model: Any, prompt_ids: list[int], settings: GenerationSettings,
     )
     input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     attention_mask = torch.ones_like(input_ids)
-    with torch.inference_mode():
-        # use_model_defaults=False: transformers would otherwise copy the folder's generation_config.json over
-        # every field left at its default here (do_sample=False is one), so a repository could make the reference
-        # sample while the other backends decode greedily.
-        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
-                                streamer=_TokenStreamer(), use_model_defaults=False)
+    # transformers fills every field left unset here from the model's own generation config (the folder's
+    # generation_config.json: a repetition penalty, sampling defaults), so a repository could make the reference
+    # decode differently from the other backends: during this call the model's defaults are the library's own.
+    own = getattr(model, "generation_config", None)
+    try:
+        if own is not None:
+            model.generation_config = GenerationConfig()
+        with torch.inference_mode():
+            output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
+                                    streamer=_TokenStreamer())
+    finally:
+        if own is not None:
+            model.generation_config = own
     return [int(t) for t in output[0, len(prompt_ids):].tolist()]
 
 

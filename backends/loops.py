@@ -3,7 +3,7 @@
 A *runner* is any callable that takes named torch tensors and returns named torch tensors (and says its
 ``input_names`` and ``input_ranks``): a TensorRT engine
 (`backends.tensorrt_backend.TrtRunner`) on the GPU, or an ONNX Runtime session (`OrtRunner`) anywhere. The loops
-below drive the graphs of an optimum export exactly the way transformers' `generate` and diffusers' pipelines do,
+below drive the graphs of a KV-cache export (the arena's dynamo export, the GenAI builder's, optimum-cli's) exactly the way transformers' `generate` and diffusers' pipelines do,
 so the tests can hold them to the PyTorch reference on CPU with ONNX Runtime as the runner; on a GPU box the same
 loops drive the TensorRT engines.
 """
@@ -39,6 +39,22 @@ class OrtRunner:
         self.input_ranks = {i.name: len(i.shape) for i in self.session.get_inputs()}
         self.input_names = tuple(self.input_types)
         self.output_names = tuple(o.name for o in self.session.get_outputs())
+        self._shapes = {i.name: list(i.shape) for i in self.session.get_inputs()}
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def past_shapes(self) -> dict[str, tuple[int, int]] | None:
+        """{past input: (heads, head dim)} read from the graph where it states them (every exporter here does),
+        so layers of different shapes (a model's global and sliding layers) each get theirs; else None."""
+        shapes = {}
+        for name, shape in self._shapes.items():
+            if PAST.fullmatch(name):
+                if len(shape) != 4 or not isinstance(shape[1], int) or not isinstance(shape[3], int):
+                    return None
+                shapes[name] = (shape[1], shape[3])
+        return shapes or None
 
     def __call__(self, **inputs: Any) -> dict[str, Any]:
         import numpy as np
@@ -54,6 +70,8 @@ class OrtRunner:
 def kv_cache_layout(input_names: tuple[str, ...], config: dict[str, Any]) -> tuple[int, int, int]:
     """(layers, kv heads, head dim) of a decoder graph from its past_key_values inputs and the model config."""
     layers = 1 + max((int(m.group(1)) for n in input_names if (m := PAST.fullmatch(n))), default=-1)
+    if not (config.get("num_attention_heads") or config.get("n_head")) and isinstance(config.get("text_config"), dict):
+        config = config["text_config"]  # a multimodal folder's language model
     heads = config.get("num_attention_heads") or config.get("n_head")
     kv_heads = config.get("num_key_value_heads") or heads
     head_dim = config.get("head_dim") or (config.get("hidden_size") or config.get("n_embd")) // heads
@@ -63,20 +81,49 @@ def kv_cache_layout(input_names: tuple[str, ...], config: dict[str, Any]) -> tup
     return layers, int(kv_heads), int(head_dim)
 
 
+def empty_past(input_names: tuple[str, ...], config: dict[str, Any], device: Any = "cpu", kv_dtype: Any = None,
+               kv_shapes: dict[str, tuple[int, int]] | None = None) -> dict[str, Any]:
+    """Zero-length ``past_key_values.*`` tensors for a prefill: each input's (heads, head dim) from the graph
+    (``kv_shapes``) where known, else from the config (`kv_cache_layout`)."""
+    import torch
+
+    kv_dtype = kv_dtype or torch.float32
+    if kv_shapes:
+        return {name: torch.zeros((1, heads, 0, dim), dtype=kv_dtype, device=device)
+                for name, (heads, dim) in kv_shapes.items()}
+    layers, kv_heads, head_dim = kv_cache_layout(input_names, config)
+    return {f"past_key_values.{i}.{kind}": torch.zeros((1, kv_heads, 0, head_dim), dtype=kv_dtype, device=device)
+            for i in range(layers) for kind in ("key", "value")}
+
+
+def kv_forward_logits(decoder: Runner, input_names: tuple[str, ...], config: dict[str, Any], token_ids: list[int],
+                      device: Any = "cpu", kv_dtype: Any = None,
+                      kv_shapes: dict[str, tuple[int, int]] | None = None) -> Any:
+    """One forward pass over ``token_ids`` with an empty cache: every position's logits (numpy float32)."""
+    import torch
+
+    n = len(token_ids)
+    feeds = {"input_ids": torch.tensor([list(token_ids)], dtype=torch.long, device=device),
+             "attention_mask": torch.ones((1, n), dtype=torch.long, device=device),
+             "position_ids": torch.arange(n, dtype=torch.long, device=device)[None],
+             **empty_past(input_names, config, device, kv_dtype, kv_shapes)}
+    with torch.inference_mode():
+        out = decoder(**{k: v for k, v in feeds.items() if k in input_names})
+    return out["logits"][0].float().cpu().numpy()
+
+
 def kv_greedy_generate(decoder: Runner, input_names: tuple[str, ...], config: dict[str, Any],
                        prompt_ids: list[int], settings: GenerationSettings, on_token: Callable[[int], None],
-                       device: Any = "cpu", kv_dtype: Any = None) -> list[int]:
-    """Greedy decoding through an optimum decoder graph with KV cache (``present.*`` fed back as ``past_*``).
+                       device: Any = "cpu", kv_dtype: Any = None,
+                       kv_shapes: dict[str, tuple[int, int]] | None = None) -> list[int]:
+    """Greedy decoding through a decoder graph with KV cache (``present.*`` fed back as ``past_*``).
 
     Prefill runs the whole prompt against an empty cache; each decode step runs one token. The stopping rules
     are those of `hf_generate`: ``max_new_tokens``, EOS unless ``ignore_eos``.
     """
     import torch
 
-    layers, kv_heads, head_dim = kv_cache_layout(input_names, config)
-    kv_dtype = kv_dtype or torch.float32
-    past = {f"past_key_values.{i}.{kind}": torch.zeros((1, kv_heads, 0, head_dim), dtype=kv_dtype, device=device)
-            for i in range(layers) for kind in ("key", "value")}
+    past = empty_past(input_names, config, device, kv_dtype, kv_shapes)
     ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     seen, generated = 0, []
     eos = set(settings.eos_token_ids)
@@ -98,15 +145,13 @@ def kv_greedy_generate(decoder: Runner, input_names: tuple[str, ...], config: di
 
 
 def kv_step_logits(decoder: Runner, input_names: tuple[str, ...], config: dict[str, Any], prompt_ids: list[int],
-                   answer_ids: list[int], device: Any = "cpu", kv_dtype: Any = None) -> Any:
+                   answer_ids: list[int], device: Any = "cpu", kv_dtype: Any = None,
+                   kv_shapes: dict[str, tuple[int, int]] | None = None) -> Any:
     """The decoder graph's logits along its cached path (the loop of `kv_greedy_generate`, fed ``answer_ids``
     instead of its own picks): row k predicts ``answer_ids[k]`` (numpy float32)."""
     import torch
 
-    layers, kv_heads, head_dim = kv_cache_layout(input_names, config)
-    past = {f"past_key_values.{i}.{kind}": torch.zeros((1, kv_heads, 0, head_dim), dtype=kv_dtype or torch.float32,
-                                                       device=device)
-            for i in range(layers) for kind in ("key", "value")}
+    past = empty_past(input_names, config, device, kv_dtype, kv_shapes)
     ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
     seen, rows = 0, []
     with torch.inference_mode():

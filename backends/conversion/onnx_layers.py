@@ -1,6 +1,7 @@
 """The output of each module of an ONNX export, found by the module scopes exporters keep in node names.
 
-optimum (and torch.onnx) name a node after the module that made it: ``/model/layers.10/mlp/down_proj/MatMul``.
+torch.onnx's dynamo exporter records each node's module path in its metadata (``pkg.torch.onnx.name_scopes``);
+optimum, the TorchScript exporter and the GenAI builder name a node after it: ``/model/layers.10/mlp/down_proj/MatMul``.
 So the tensor that leaves the scope ``/model/layers.10`` is the output of the reference model's module
 ``model.layers.10``: the last tensor, in graph order, made inside the scope and used outside it (or the graph's
 ``logits``). `unit_tensors` maps module paths to those tensors; `with_outputs` writes a copy of the graph that
@@ -10,43 +11,58 @@ also returns them (Polygraphy's way of marking outputs), next to links to the or
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from pathlib import Path
 
 LOGITS = "logits"
+SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # the dynamo exporter's module path of each node
+SCOPE_PREFIX_KEY = "arena.module_prefix"  # the arena's export wrapper: its attribute, less in every scope
 
 
-def module_scope(unit: str) -> str:
-    """"model.layers.10.mlp" -> "/model/layers.10/mlp": a list index stays joined to its list's name."""
-    parts: list[str] = []
-    for part in unit.split("."):
-        if part.isdigit() and parts:
-            parts[-1] += "." + part
-        else:
-            parts.append(part)
-    return "/" + "/".join(parts)
+def node_module(node, prefix: str = "") -> str:
+    """The module path a node was made in ("model.layers.10.mlp.down_proj"): from the dynamo exporter's metadata
+    (``pkg.torch.onnx.name_scopes``, less the exporting wrapper's ``prefix``) where the node has it, else from
+    its name's scopes (``/model/layers.10/mlp/down_proj/MatMul``: torch.onnx's TorchScript exporter, optimum,
+    the GenAI builder); "" when neither says."""
+    import ast
+
+    for prop in node.metadata_props:
+        if prop.key == SCOPES_KEY:
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                break
+            path = next((s for s in reversed(scopes[:-1]) if s), "") if len(scopes) > 1 else ""
+            if prefix and (path + ".").startswith(prefix):
+                path = path[len(prefix):]
+            return path
+    if not node.name.startswith("/"):
+        return ""
+    return ".".join(node.name.strip("/").split("/")[:-1])
 
 
 def unit_tensors(model, units: list[str]) -> dict[str, str]:
     """{module path: the tensor leaving its scope} for the ``units`` found in ``model`` (an onnx ModelProto)."""
     nodes = list(model.graph.node)
-    producer_scope: dict[str, str] = {}
-    consumers: dict[str, list[str]] = {}
-    for node in nodes:
-        for name in node.output:
-            producer_scope[name] = node.name
+    props = {p.key: p.value for p in model.metadata_props}
+    prefix = props.get(SCOPE_PREFIX_KEY, "")
+    module_of = [node_module(node, prefix) for node in nodes]
+    consumers: dict[str, list[int]] = {}
+    for index, node in enumerate(nodes):
         for name in node.input:
-            consumers.setdefault(name, []).append(node.name)
+            consumers.setdefault(name, []).append(index)
     outputs = {o.name for o in model.graph.output}
     found: dict[str, str] = {}
     for unit in units:
-        scope = module_scope(unit) + "/"
+        inside = [m == unit or m.startswith(unit + ".") for m in module_of]
         last = None
-        for node in nodes:
-            if not node.name.startswith(scope):
+        for index, node in enumerate(nodes):
+            if not inside[index]:
                 continue
             for name in node.output:
-                leaves = any(not user.startswith(scope) for user in consumers.get(name, ()))
+                leaves = any(not inside[user] for user in consumers.get(name, ()))
                 if (leaves and name not in outputs) or name == LOGITS:
                     last = name
         if last is not None:
@@ -84,7 +100,10 @@ def with_outputs(model_path: str | Path, tensors: list[str], out_dir: str | Path
                 target, link = model_path.parent / entry.value, out_dir / entry.value
                 if not link.exists() and target.exists():
                     link.parent.mkdir(parents=True, exist_ok=True)
-                    link.symlink_to(target.resolve())
+                    try:  # a hard link: ONNX Runtime refuses external data whose resolved path leaves the folder
+                        os.link(target.resolve(), link)
+                    except OSError:  # another file system
+                        shutil.copyfile(target, link)
     copy = out_dir / model_path.name
     onnx.save(model, str(copy))
     return copy

@@ -1,5 +1,6 @@
-"""The ONNX Runtime backend: `ORTModelForCausalLM` (KV cache) or optimum's diffusion pipeline over an export
-made here (cached) or a user's, with greedy `generate`."""
+"""The ONNX Runtime backend: a decoder graph with KV cache driven by the arena's own greedy loop
+(`backends.loops.kv_greedy_generate`), or a diffusion pipeline's component graphs, over an export made here
+(cached; torch.onnx's dynamo exporter or the GenAI model builder) or a user's (optimum-cli's layouts)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from backends.base import (
     ort_session_options,
     torch_facts,
 )
-from backends.conversion.onnx_export import cached_export
+from backends.conversion.onnx_export import EXPORTER_TITLES, cached_export, exporter_of
 from backends.conversion.onnx_quantize import WeightOnlySettings, cached_dynamic_int8, cached_weight_only
 from backends.conversion.tensorrt_profiles import image_profiles, llm_profiles, to_ort_trt_options
 from backends.onnxruntime.layout import find_onnx_model, find_pipeline_export, pipeline_layout
@@ -41,7 +42,6 @@ from backends.onnxruntime.providers import (
     fallback_warnings,
     load_gpu_libraries,
     onnxruntime_facts,
-    optimum_onnx_installed,
     provider_status,
     provider_summary,
     usable_providers,
@@ -49,10 +49,11 @@ from backends.onnxruntime.providers import (
 
 
 class OnnxRuntimeBackend(HFBackend):
-    """`ORTModelForCausalLM` (KV cache) with greedy `generate`."""
+    """An ONNX Runtime session over a KV-cache decoder graph with the arena's greedy loop, or a diffusion
+    pipeline's component sessions."""
 
     name = "onnxruntime"
-    preload_modules = ("onnxruntime", "optimum.onnxruntime")
+    preload_modules = ("onnxruntime",)
     aliases = ("onnx", "ort", "onnx runtime")
     title = "ONNX Runtime"
     Options = OnnxRuntimeOptions
@@ -82,12 +83,13 @@ class OnnxRuntimeBackend(HFBackend):
             parts.append(f"{values['threads']} threads")
         if values.get("onnx_dir"):
             parts.append("user export")
+        elif values.get("exporter", "dynamo") != "dynamo":
+            parts.append(EXPORTER_TITLES.get(values["exporter"], values["exporter"]))
         return " · ".join(parts)
 
     @classmethod
     def collect_facts(cls) -> dict[str, Any]:
-        return {"onnxruntime": onnxruntime_facts(), "optimum_onnx": {"installed": optimum_onnx_installed()},
-                "torch": torch_facts()}  # an fp16 export needs torch on CUDA
+        return {"onnxruntime": onnxruntime_facts(), "torch": torch_facts()}  # an export needs torch
 
     @classmethod
     def machine_facts(cls, env: Mapping[str, Any]) -> dict[str, Any]:
@@ -97,7 +99,7 @@ class OnnxRuntimeBackend(HFBackend):
 
     @classmethod
     def distributions(cls) -> tuple[str, ...]:
-        return ("optimum", "optimum-onnx", "onnx", "onnxruntime", "onnxruntime-gpu")
+        return ("onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "onnxruntime-genai")
 
     def __init__(self) -> None:
         super().__init__()
@@ -109,8 +111,6 @@ class OnnxRuntimeBackend(HFBackend):
         if not ort.get("installed"):
             return Availability(False, f"onnxruntime cannot be imported ({ort.get('error', 'not installed')}).",
                                 ORT_INSTALL)
-        if not env.get("optimum_onnx", {}).get("installed"):
-            return Availability(False, "optimum-onnx is not installed.", ORT_INSTALL)
         return AVAILABLE
 
     @classmethod
@@ -165,6 +165,9 @@ class OnnxRuntimeBackend(HFBackend):
                     "CPUExecutionProvider.")
         if spec.precision == "fp16" and provider == "CPUExecutionProvider":
             return "fp16 ONNX models are slow or unsupported on the CPU provider: pick CUDA or TensorRT."
+        if getattr(spec, "exporter", "dynamo") == "genai-builder" and spec.precision == "fp16" and not spec.onnx_dir:
+            return ("The GenAI model builder's exports here are fp32 (its fp16 build is made for the GenAI backend "
+                    "on CUDA): pick the torch.onnx (dynamo) exporter for fp16.")
         return None
 
     @staticmethod
@@ -209,8 +212,11 @@ class OnnxRuntimeBackend(HFBackend):
                 precision, how = graph_precision(find_onnx_model(onnx_dir))
                 ctx.notes.append(f"user export: {precision} {how}")
         else:
-            onnx_dir, built = cached_export(model, "fp16" if spec.precision == "fp16" else "fp32", ctx)
+            onnx_dir, built = cached_export(model, "fp16" if spec.precision == "fp16" else "fp32", ctx,
+                                            exporter=spec.exporter)
             export_cached = not built
+            if spec.exporter != "dynamo":
+                ctx.notes.append(f"exporter: {EXPORTER_TITLES[spec.exporter]}")
         if spec.precision in WEIGHT_ONLY_BITS:
             settings = self.weight_only_settings(spec)
             onnx_dir, built_q = cached_weight_only(Path(onnx_dir), settings, ctx)
@@ -244,23 +250,47 @@ class OnnxRuntimeBackend(HFBackend):
                     session_options=session_options, use_io_binding=provider == "CUDAExecutionProvider")
                 self.model.set_progress_bar_config(disable=True)
             else:
-                from optimum.onnxruntime import ORTModelForCausalLM
-
-                self.model = ORTModelForCausalLM.from_pretrained(
-                    onnx_dir, provider=provider, provider_options=provider_options or None,
-                    session_options=session_options, use_cache=True,
-                    use_io_binding=provider == "CUDAExecutionProvider")
+                self._text_session(model, Path(onnx_dir), provider, provider_options, session_options)
         ran = list(self.components["providers"] if self.components else self.model.providers)
         if ran and ran[0] != provider:
             ctx.notes.append(f"requested {provider} but the session runs on {ran[0]}")
         if provider != "CPUExecutionProvider":
             ctx.notes.extend(f"ONNX Runtime: {w}" for w in fallback_warnings(native_log))
-        # optimum places inputs for its provider: cuda for CUDA/TensorRT
-        self.device = "cpu" if self.components else self.model.device.type
+        self.device = "cpu" if self.components or not image else self.model.device.type
         self._info = {"provider": ran[0] if ran else provider, "session_providers": ran,
                       "artifact_dir": str(onnx_dir), "export_cached": export_cached,
+                      "exporter": exporter_of(onnx_dir) if not image else spec.exporter,
                       "onnxruntime": onnxruntime.__version__, "precision": precision,
                       "threads": self._session_threads(session_options.intra_op_num_threads)}
+
+    def _text_session(self, model, root: Path, provider: str, provider_options: dict, session_options: Any) -> None:
+        """The decoder session of a KV-cache export (the arena's, the GenAI builder's or optimum-cli's layout)
+        and the facts the loop needs: its inputs, the cache's shape per layer, and the model's config."""
+        from backends.loops import OrtRunner
+
+        providers = [(provider, provider_options)] if provider_options else [provider]
+        self.model = OrtRunner(str(find_onnx_model(root)), providers, session_options)
+        config_path = root / "config.json" if (root / "config.json").is_file() else Path(model.model_dir) / \
+            "config.json"
+        self._config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+
+    def generate_text(self, prompt_ids, settings, on_token):
+        from backends.loops import kv_greedy_generate
+
+        return kv_greedy_generate(self.model, self.model.input_names, self._config, prompt_ids, settings, on_token,
+                                  kv_shapes=self.model.past_shapes())
+
+    def cached_step_logits(self, prompt_ids: list[int], answer_ids: list[int]) -> Any:
+        from backends.loops import kv_step_logits
+
+        return kv_step_logits(self.model, self.model.input_names, self._config, prompt_ids, answer_ids,
+                              kv_shapes=self.model.past_shapes())
+
+    def forward_logits(self, token_ids: list[int]) -> Any:
+        from backends.loops import kv_forward_logits
+
+        return kv_forward_logits(self.model, self.model.input_names, self._config, token_ids,
+                                 kv_shapes=self.model.past_shapes())
 
     def _session_threads(self, fallback: int) -> int:
         """The intra-op thread count the (text decoder or UNet) session really got."""

@@ -20,6 +20,14 @@ IMAGE_QUANTIZATION_REFUSAL = (
 
 @dataclass(frozen=True)
 class OnnxRuntimeOptions(BackendOptions):
+    exporter: str = option("dynamo", choices=("dynamo", "genai-builder"), choice_tasks={"genai-builder": ("text",)},
+                           task_reason="The ONNX Runtime GenAI model builder exports language models only: pick the "
+                                       "torch.onnx (dynamo) exporter for images.",
+                           label="Exporter",
+                           help="Who writes the ONNX graph: torch.onnx's dynamo exporter (the model's own "
+                                "operations, KV cache as past_key_values/present) or ONNX Runtime GenAI's model "
+                                "builder (fused attention and norms; fp32 language models), both run by ONNX "
+                                "Runtime with the same loop. Ignored for an existing export.")
     provider: str = option("auto", choices=("auto", *PROVIDERS), gpu_only_values=GPU_PROVIDERS,
                            help="The execution provider (auto: CUDA if it starts, else CPU).")
     precision: str = option("fp32", choices=("fp32", "fp16", "int8", "int4", "int8-dynamic"),
