@@ -36,13 +36,31 @@ def hub_error_sentence(model_id: str, exc: BaseException) -> str:
     return f"Could not load '{model_id}' from the Hugging Face Hub: {type(exc).__name__}: {exc}"
 
 
+def network_error_classes() -> tuple[type[BaseException], ...]:
+    """The exception classes of a failed connection or a timeout, in the HTTP clients that may raise them: the
+    builtin ones, httpx2's (huggingface_hub 2.x speaks it), httpx's, and requests' (diffusers and gguf still use it)
+    when those are installed."""
+    import importlib
+
+    found: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for module, names in (("httpx2", ("TransportError", "TimeoutException")),
+                          ("httpx", ("TransportError", "TimeoutException")),
+                          ("requests", ("ConnectionError", "Timeout"))):
+        try:
+            loaded = importlib.import_module(module)
+        except ImportError:
+            continue
+        found += [getattr(loaded, name) for name in names if isinstance(getattr(loaded, name, None), type)]
+    return tuple(found)
+
+
 def is_connection_error(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it) is a network failure: no connection, a timeout."""
-    import requests
-
-    seen = exc
-    while seen is not None:
-        if isinstance(seen, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
+    classes = network_error_classes()
+    seen, visited = exc, set()
+    while seen is not None and id(seen) not in visited:
+        visited.add(id(seen))
+        if isinstance(seen, classes):
             return True
         seen = seen.__cause__ or seen.__context__
     return False

@@ -1,6 +1,6 @@
 """A local stand-in for the Hugging Face Hub HTTP API, so hub code paths run for real without a network.
 
-It answers the requests huggingface_hub 0.36 makes for ``model_info``/``repo_info``, ``list_repo_tree``,
+It answers the requests huggingface_hub 2.x makes for ``model_info``/``repo_info``, ``list_repo_tree``,
 ``file_exists``, ``hf_hub_download``, ``snapshot_download`` and ``get_safetensors_metadata``, with the Hub's
 headers and error codes, so the client raises its real exception classes. Large-file-storage (LFS) files are
 answered, like on the Hub, with a redirect to another host (``localhost`` instead of ``127.0.0.1``: a "CDN"), so
@@ -237,25 +237,29 @@ class LocalHub:
     def patch_huggingface_hub(self) -> Iterator[None]:
         """Point the already imported huggingface_hub at this hub and lift offline mode, then restore both.
 
-        HF_ENDPOINT is read once at import into several module globals, and offline mode is baked into the cached
-        per-thread HTTP sessions, so all of those are swapped and the sessions reset on the way in and out."""
+        HF_ENDPOINT is read once at import into module globals (huggingface_hub's constants and its default
+        ``HfApi``), telemetry is turned off as in `env`, and offline mode is a global the client's shared HTTP session checks on each request; those are
+        swapped, and the shared session closed (a fresh one is made on the next request) on the way in and out."""
         from huggingface_hub import constants, file_download, hf_api
-        from huggingface_hub.utils import reset_sessions
+        from huggingface_hub.utils import close_session
 
         template = self.url + "/{repo_id}/resolve/{revision}/{filename}"
         patches = [(constants, "ENDPOINT", self.url), (constants, "HF_HUB_OFFLINE", False),
-                   (constants, "HUGGINGFACE_CO_URL_TEMPLATE", template),
-                   (file_download, "HUGGINGFACE_CO_URL_TEMPLATE", template), (hf_api.api, "endpoint", self.url)]
+                   (constants, "HUGGINGFACE_CO_URL_TEMPLATE", template), (hf_api.api, "endpoint", self.url),
+                   # as `env` says: no telemetry (huggingface_hub 2.x fetches /api/agent-harnesses for its user agent)
+                   (constants, "HF_HUB_DISABLE_TELEMETRY", True)]
+        if hasattr(file_download, "HUGGINGFACE_CO_URL_TEMPLATE"):  # a copy of its own in older releases
+            patches.append((file_download, "HUGGINGFACE_CO_URL_TEMPLATE", template))
         saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
         for owner, name, value in patches:
             setattr(owner, name, value)
-        reset_sessions()
+        close_session()
         try:
             yield
         finally:
             for owner, name, value in saved:
                 setattr(owner, name, value)
-            reset_sessions()
+            close_session()
 
     # --- answering ----------------------------------------------------------------------------------------------
     def _repo(self, kind: str, repo_id: str, token: str | None, files: bool) -> Repo:

@@ -1,5 +1,6 @@
 """Each way a hub load fails becomes one sentence (the real hub is unreachable here, so the errors are built)."""
 
+import httpx2
 import pytest
 import requests
 from huggingface_hub.errors import (
@@ -14,22 +15,32 @@ from arena.preparing.prepare import hub_error_sentence
 ID = "meta-llama/Llama-2-7b-chat-hf"
 
 
-def wrapped_connection_error() -> Exception:
+def wrapped_connection_error(inner: Exception) -> Exception:
     try:
         try:
-            raise requests.ConnectionError("Failed to resolve 'huggingface.co'")
-        except requests.ConnectionError as inner:
-            raise OSError("couldn't connect") from inner
+            raise inner
+        except type(inner) as caught:
+            raise OSError("couldn't connect") from caught
     except OSError as outer:
         return outer
 
 
+def response(status: int) -> httpx2.Response:
+    """A response as huggingface_hub 2.x's errors carry it (httpx2's, with its request)."""
+    return httpx2.Response(status, request=httpx2.Request("GET", f"https://huggingface.co/api/models/{ID}"))
+
+
 @pytest.mark.parametrize("exc, expected", [
-    (GatedRepoError("403", response=None), "is a gated model: accept its license"),
-    (RepositoryNotFoundError("404", response=None), "There is no model"),
+    (GatedRepoError("403", response=response(403)), "is a gated model: accept its license"),
+    (RepositoryNotFoundError("404", response=response(404)), "There is no model"),
     (HFValidationError("bad"), "is neither an existing local directory nor a valid Hugging Face hub id"),
     (LocalEntryNotFoundError("offline"), "The Hugging Face Hub cannot be reached"),
-    (wrapped_connection_error(), "The Hugging Face Hub cannot be reached"),
+    (wrapped_connection_error(httpx2.ConnectError("[Errno -2] Name or service not known")),
+     "The Hugging Face Hub cannot be reached"),
+    (httpx2.ConnectTimeout("timed out"), "The Hugging Face Hub cannot be reached"),
+    (httpx2.ReadTimeout("timed out"), "The Hugging Face Hub cannot be reached"),
+    (wrapped_connection_error(requests.ConnectionError("Failed to resolve 'huggingface.co'")),
+     "The Hugging Face Hub cannot be reached"),
     (RuntimeError("weird"), "Could not load 'meta-llama/Llama-2-7b-chat-hf' from the Hugging Face Hub: RuntimeError"),
 ])
 def test_hub_failures_are_one_sentence(exc, expected):
