@@ -291,9 +291,12 @@ def _holds_key(data: Any, key: str, depth: int = 0) -> bool:
 
 
 def check_tokenizer_kind(root: Path, model_id: str) -> None:
-    """Public mode: tokenizer classes with a fast variant only (``tokenizer_class`` absent, or one whose fast class
-    exists). A slow-only class (ProphetNet, XLM...) is the kind that reads vocabulary files by the paths its
-    config gives; the reference check already keeps those inside the snapshot, this keeps the kinds known."""
+    """Public mode: tokenizer classes with a fast variant only (``tokenizer_class`` absent, or one backed by the Rust
+    tokenizers library). A slow-only class (ProphetNet, XLM...) is the kind that reads vocabulary files by the paths
+    its config gives; the reference check already keeps those inside the snapshot, this keeps the kinds known.
+    transformers 5 has one class per tokenizer (``XTokenizerFast`` is an alias of ``XTokenizer``): a fast one derives
+    from ``TokenizersBackend`` (``PreTrainedTokenizerFast`` is its alias), a slow-only one from ``PythonBackend``."""
+    from transformers import PreTrainedTokenizerFast
     from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 
     for config_path in [Path(root) / "tokenizer_config.json", *Path(root).glob("*/tokenizer_config.json")]:
@@ -306,7 +309,8 @@ def check_tokenizer_kind(root: Path, model_id: str) -> None:
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_]{1,80}", name):
             raise ArenaError(f"'{model_id}' names a tokenizer class that is not a class name.")
         fast = name if name.endswith("Fast") else f"{name}Fast"
-        if tokenizer_class_from_name(fast) is None:
+        found = tokenizer_class_from_name(fast)
+        if not (isinstance(found, type) and issubclass(found, PreTrainedTokenizerFast)):
             raise ArenaError(f"'{model_id}' asks for the tokenizer class {name}, which has no fast variant: this "
                              "public server loads tokenizers with a fast (tokenizer.json) variant only.")
 
@@ -326,10 +330,11 @@ def _layer_bomb(config: dict[str, Any], where: str, model_id: str) -> None:
 @dataclass(frozen=True)
 class Architecture:
     """Two counts of what the configs build. ``size``: parameters plus every buffer, in fp32-parameter equivalents
-    (4 bytes): buffers are memory a load allocates too (GPT-2 keeps an n_positions x n_positions mask per layer, ~1 MB
-    of weights can ask for 275 GB of it), so the cap is on this. ``saved``: parameters plus persistent buffers, the
-    tensors a complete checkpoint holds, so the coverage check is on this (non-persistent buffers, GPT-2's masks or
-    rotary inv_freq, are never saved: GPT-2 124M counts 127.6M with them and saves 124.4M)."""
+    (4 bytes): buffers are memory a load allocates too (GPT-Neo keeps a max_position_embeddings-square mask per layer,
+    ~1 MB of weights can ask for 275 GB of it; GPT-2 did up to transformers 4), so the cap is on this. ``saved``:
+    parameters plus persistent buffers, the tensors a complete checkpoint holds, so the coverage check is on this
+    (non-persistent buffers, GPT-Neo's masks or rotary inv_freq, are never saved: GPT-Neo 125M counts 137.8M with
+    them and saves 125.2M)."""
 
     size: int
     saved: int
