@@ -55,9 +55,9 @@ def test_a_spec_holds_its_backends_options_only():
 
     spec = BackendSpec("onnxruntime", provider="CPUExecutionProvider")
     assert (spec.provider, spec.precision, spec.onnx_dir) == ("CPUExecutionProvider", "fp32", None)
-    assert spec.to_dict() == {"backend": "onnxruntime", "provider": "CPUExecutionProvider", "precision": "fp32",
-                              "block_size": "32", "symmetric": True, "accuracy_level": "4", "embedding_bits": "8",
-                              "graph_optimization": "all", "threads": "auto", "onnx_dir": None,
+    assert spec.to_dict() == {"backend": "onnxruntime", "exporter": "dynamo", "provider": "CPUExecutionProvider",
+                              "precision": "fp32", "block_size": "32", "symmetric": True, "accuracy_level": "4",
+                              "embedding_bits": "8", "graph_optimization": "all", "threads": "auto", "onnx_dir": None,
                               "label": "ONNX Runtime · CPU · fp32"}
     assert pickle.loads(pickle.dumps(spec)) == spec and {spec: 1}[BackendSpec.from_any(spec.to_dict())] == 1
     assert spec.get("device") is None and spec.replace(precision="int8").precision == "int8"
@@ -66,8 +66,8 @@ def test_a_spec_holds_its_backends_options_only():
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.backend = "pytorch"
     with pytest.raises(ValueError, match=r"for ONNX Runtime; its options: \['accuracy_level', 'block_size', "
-                                         r"'embedding_bits', 'graph_optimization', 'onnx_dir', 'precision', "
-                                         r"'provider', 'symmetric', 'threads'\]"):
+                                         r"'embedding_bits', 'exporter', 'graph_optimization', 'onnx_dir', "
+                                         r"'precision', 'provider', 'symmetric', 'threads'\]"):
         BackendSpec("onnxruntime", device="cuda")
 
 
