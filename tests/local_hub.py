@@ -238,8 +238,9 @@ class LocalHub:
         """Point the already imported huggingface_hub at this hub and lift offline mode, then restore both.
 
         HF_ENDPOINT is read once at import into module globals (huggingface_hub's constants and its default
-        ``HfApi``), telemetry is turned off as in `env`, and offline mode is a global the client's shared HTTP session checks on each request; those are
-        swapped, and the shared session closed (a fresh one is made on the next request) on the way in and out."""
+        ``HfApi``), and offline mode is a global the client's shared HTTP session checks on each request: those are
+        swapped (and telemetry turned off, as `env` does), and the shared session closed on the way in and out (a
+        fresh one is made on the next request)."""
         from huggingface_hub import constants, file_download, hf_api
         from huggingface_hub.utils import close_session
 
