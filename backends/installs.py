@@ -3,4 +3,5 @@
 TORCH_INSTALL = "pip install torch==2.13.0"
 TORCH_CUDA_INSTALL = ("pip install --force-reinstall torch==2.13.0 --index-url https://pypi.org/simple  # PyPI's "
                       "Linux x86_64 wheel is the CUDA 13 build; needs an NVIDIA GPU and a driver for CUDA 13")
-OPTIMUM_ONNX_INSTALL = "pip install 'optimum-onnx[onnxruntime]==0.1.0'"
+# torch.onnx's dynamo exporter (the ONNX export every ONNX Runtime and TensorRT run here starts from).
+ONNX_EXPORTER_INSTALL = "pip install onnxscript==0.7.2 onnx==1.23.2"

@@ -1,11 +1,10 @@
 """Runtime-agnostic generation loops for backends that run bare graphs (TensorRT engines, ONNX sessions).
 
 A *runner* is any callable that takes named torch tensors and returns named torch tensors (and says its
-``input_names`` and ``input_ranks``): a TensorRT engine
-(`backends.tensorrt_backend.TrtRunner`) on the GPU, or an ONNX Runtime session (`OrtRunner`) anywhere. The loops
-below drive the graphs of a KV-cache export (the arena's dynamo export, the GenAI builder's, optimum-cli's) exactly the way transformers' `generate` and diffusers' pipelines do,
-so the tests can hold them to the PyTorch reference on CPU with ONNX Runtime as the runner; on a GPU box the same
-loops drive the TensorRT engines.
+``input_names`` and ``input_ranks``): a TensorRT engine (`backends.tensorrt_backend.TrtRunner`) on the GPU, or an
+ONNX Runtime session (`OrtRunner`) anywhere. The loops below drive the graphs of a KV-cache export (the arena's
+dynamo export, the GenAI builder's, optimum-cli's) exactly the way transformers' `generate` and diffusers'
+pipelines do. The ONNX Runtime backend runs on them, and on a GPU box the same loops drive the TensorRT engines.
 """
 
 from __future__ import annotations

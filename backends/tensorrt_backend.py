@@ -51,7 +51,7 @@ from backends.conversion.tensorrt_build import (
     trt_major,
 )
 from backends.conversion.tensorrt_profiles import Profiles, check_profile_covers, image_profiles, llm_profiles
-from backends.installs import OPTIMUM_ONNX_INSTALL, TORCH_CUDA_INSTALL
+from backends.installs import ONNX_EXPORTER_INSTALL, TORCH_CUDA_INSTALL
 
 IMAGE_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 
@@ -154,7 +154,10 @@ class TensorRTBackend(Backend):
 
     @classmethod
     def collect_facts(cls) -> dict[str, Any]:
-        return {"tensorrt": tensorrt_facts(), "torch": torch_facts()}  # engines run on torch CUDA buffers
+        from backends.conversion.onnx_export import onnx_exporter_facts
+
+        # engines run on torch CUDA buffers and are built from the dynamo exporter's ONNX
+        return {"tensorrt": tensorrt_facts(), "torch": torch_facts(), "onnx_exporter": onnx_exporter_facts()}
 
     @classmethod
     def machine_facts(cls, env: Mapping[str, Any]) -> dict[str, Any]:
@@ -179,9 +182,9 @@ class TensorRTBackend(Backend):
             why = "sees no GPU" if torch_facts.get("cuda_build") else "is a CPU-only build"
             return Availability(False, f"TensorRT needs a CUDA GPU and a CUDA build of torch (torch "
                                        f"{torch_facts.get('version', '?')} {why}).", TORCH_CUDA_INSTALL)
-        if not env.get("optimum_onnx", {}).get("installed"):
-            return Availability(False, "optimum-onnx is needed for the ONNX export engines are built from.",
-                                OPTIMUM_ONNX_INSTALL)
+        if not env.get("onnx_exporter", {}).get("installed"):
+            return Availability(False, "onnxscript is needed for torch.onnx's dynamo exporter, whose ONNX export "
+                                       "the engines are built from.", ONNX_EXPORTER_INSTALL)
         return AVAILABLE
 
     @classmethod

@@ -110,7 +110,7 @@ def test_the_ui_names_no_backend():
 def test_cpu_only_machine_explains_gpu_options():
     cpu_env = {"torch": {"installed": True, "version": "2.13.0+cpu", "cuda_build": None, "cuda_available": False},
                "onnxruntime": {"installed": True, "version": "1.32.0", "providers": ["CPUExecutionProvider"]},
-               "optimum_onnx": {"installed": True}}
+               "onnx_exporter": {"installed": True}}
     problem = backend_class("pytorch").check_spec(BackendSpec("pytorch", device="cuda"), cpu_env)
     assert "CPU-only build" in problem and "pip install" in problem
     problem = backend_class("onnxruntime").check_spec(
@@ -122,6 +122,14 @@ def test_cpu_only_machine_explains_gpu_options():
     problem = backend_class("pytorch").check_spec(BackendSpec("pytorch", precision="fp16"), cpu_env)
     assert "fp16" in problem
     missing = {"torch": {"installed": False, "error": "ModuleNotFoundError: No module named 'torch'"},
-               "onnxruntime": {"installed": False}, "optimum_onnx": {"installed": False}}
+               "onnxruntime": {"installed": False}}
     assert "pip install torch==2.13.0" in backend_class("pytorch").check_spec(BackendSpec("pytorch"), missing)
-    assert "optimum-onnx" in backend_class("onnxruntime").check_spec(BackendSpec("onnxruntime"), missing)
+    assert "pip install onnxruntime" in backend_class("onnxruntime").check_spec(BackendSpec("onnxruntime"), missing)
+    # onnxruntime without the dynamo exporter: an existing export still runs, an export to make says what to install
+    no_exporter = {**cpu_env, "onnx_exporter": {"installed": False, "missing": "onnxscript",
+                                                "install": "pip install onnxscript==0.7.2 onnx==1.23.2"}}
+    problem = backend_class("onnxruntime").check_spec(BackendSpec("onnxruntime", provider="CPUExecutionProvider"),
+                                                      no_exporter)
+    assert "onnxscript" in problem and "pip install onnxscript" in problem
+    assert backend_class("onnxruntime").check_spec(
+        BackendSpec("onnxruntime", provider="CPUExecutionProvider", onnx_dir="/some/export"), no_exporter) is None

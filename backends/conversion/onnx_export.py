@@ -23,13 +23,13 @@ exporter."""
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 from arena.errors import ArenaError
 from backends.base import LoadContext
+from backends.installs import ONNX_EXPORTER_INSTALL
 
 TEXT_TASK = "text-generation-with-past"
 IMAGE_TASK = "text-to-image"
@@ -216,6 +216,15 @@ def build_with_genai_builder(model_dir: str, output_dir: str) -> dict[str, Any]:
                             f"{type(exc).__name__}: {first[:300]}") from exc
     _carry_files(Path(model_dir), Path(output_dir))
     return {"exporter": "genai-builder", "architecture": architecture}
+
+
+def onnx_exporter_facts() -> dict[str, Any]:
+    """Whether torch.onnx's dynamo exporter can run here: it translates with onnxscript (not a torch dependency)."""
+    try:
+        return {"installed": True, "onnxscript": importlib.metadata.version("onnxscript"),
+                "torch": importlib.metadata.version("torch")}
+    except importlib.metadata.PackageNotFoundError as exc:
+        return {"installed": False, "missing": str(exc.name or exc), "install": ONNX_EXPORTER_INSTALL}
 
 
 def export_versions(exporter: str = "dynamo") -> dict[str, str | None]:

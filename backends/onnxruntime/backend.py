@@ -19,7 +19,7 @@ from backends.base import (
     ort_session_options,
     torch_facts,
 )
-from backends.conversion.onnx_export import EXPORTER_TITLES, cached_export, exporter_of
+from backends.conversion.onnx_export import EXPORTER_TITLES, cached_export, exporter_of, onnx_exporter_facts
 from backends.conversion.onnx_quantize import WeightOnlySettings, cached_dynamic_int8, cached_weight_only
 from backends.conversion.tensorrt_profiles import image_profiles, llm_profiles, to_ort_trt_options
 from backends.onnxruntime.layout import find_onnx_model, find_pipeline_export, pipeline_layout
@@ -89,7 +89,8 @@ class OnnxRuntimeBackend(HFBackend):
 
     @classmethod
     def collect_facts(cls) -> dict[str, Any]:
-        return {"onnxruntime": onnxruntime_facts(), "torch": torch_facts()}  # an export needs torch
+        return {"onnxruntime": onnxruntime_facts(), "onnx_exporter": onnx_exporter_facts(),
+                "torch": torch_facts()}  # an export needs torch
 
     @classmethod
     def machine_facts(cls, env: Mapping[str, Any]) -> dict[str, Any]:
@@ -165,7 +166,14 @@ class OnnxRuntimeBackend(HFBackend):
                     "CPUExecutionProvider.")
         if spec.precision == "fp16" and provider == "CPUExecutionProvider":
             return "fp16 ONNX models are slow or unsupported on the CPU provider: pick CUDA or TensorRT."
-        if getattr(spec, "exporter", "dynamo") == "genai-builder" and spec.precision == "fp16" and not spec.onnx_dir:
+        exporter = env.get("onnx_exporter") or {}
+        if spec.exporter == "dynamo" and not spec.onnx_dir and exporter and not exporter.get("installed"):
+            return (f"torch.onnx's dynamo exporter needs {exporter.get('missing', 'onnxscript')}, which is not "
+                    f"installed: {exporter.get('install')} (or give an existing export in onnx_dir).")
+        if spec.exporter == "genai-builder" and not spec.onnx_dir and not (env.get("onnxruntime_genai") or
+                                                                           {"installed": True}).get("installed"):
+            return "The GenAI model builder needs onnxruntime-genai: pip install onnxruntime-genai==0.18.0"
+        if spec.exporter == "genai-builder" and spec.precision == "fp16" and not spec.onnx_dir:
             return ("The GenAI model builder's exports here are fp32 (its fp16 build is made for the GenAI backend "
                     "on CUDA): pick the torch.onnx (dynamo) exporter for fp16.")
         return None
@@ -242,13 +250,12 @@ class OnnxRuntimeBackend(HFBackend):
                 captured_stderr() as native_log:
             if image and pipeline_layout(onnx_dir) == "diffusers":
                 self._diffusers_layout(model, Path(onnx_dir), provider, provider_options, session_options, ctx)
-            elif image:
-                from optimum.onnxruntime import ORTDiffusionPipeline
+            elif image:  # optimum-cli's text-to-image layout (the arena's export writes it too)
+                from backends.onnxruntime.pipeline import OnnxDiffusionPipeline
 
-                self.model = ORTDiffusionPipeline.from_pretrained(
+                self.model = OnnxDiffusionPipeline.from_export(
                     onnx_dir, provider=provider, provider_options=provider_options or None,
-                    session_options=session_options, use_io_binding=provider == "CUDAExecutionProvider")
-                self.model.set_progress_bar_config(disable=True)
+                    session_options=session_options)
             else:
                 self._text_session(model, Path(onnx_dir), provider, provider_options, session_options)
         ran = list(self.components["providers"] if self.components else self.model.providers)
@@ -338,11 +345,12 @@ class OnnxRuntimeBackend(HFBackend):
         super().unload()
 
     def image_component_outputs(self, model, settings, inputs=None):
-        """optimum's pipeline runs its text encoder, UNet and VAE decoder sessions like diffusers' modules
-        (`diffusers_components`); a diffusers conversion-script export has bare sessions and is not compared."""
+        """The pipeline (`backends.onnxruntime.pipeline`) runs its text encoder, UNet and VAE decoder sessions like
+        diffusers' modules (`diffusers_components`); a diffusers conversion-script export has bare sessions and is
+        not compared."""
         if self.components is not None:
-            raise NotImplementedError("ONNX Runtime compares the components of an optimum pipeline export only, "
-                                      "not of a diffusers conversion-script export")
+            raise NotImplementedError("ONNX Runtime compares the components of an export in optimum-cli's "
+                                      "text-to-image layout only, not of a diffusers conversion-script export")
         return super().image_component_outputs(model, settings, inputs)
 
     def layer_outputs(self, token_ids: list[int], units: list[str]) -> dict[str, Any]:

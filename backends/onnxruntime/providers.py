@@ -19,9 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from backends.installs import OPTIMUM_ONNX_INSTALL
-
-ORT_INSTALL = OPTIMUM_ONNX_INSTALL
+ORT_INSTALL = "pip install onnxruntime==1.32.0 onnxscript==0.7.2"
 ORT_GPU_INSTALL = ("pip uninstall -y onnxruntime && pip install 'onnxruntime-gpu[cuda,cudnn]==1.31.1'  # CUDA 13 "
                    "and cuDNN 9 libraries from pip; NVIDIA driver 580 or newer")
 ORT_TRT_INSTALL = (ORT_GPU_INSTALL.split("  #")[0] + " 'tensorrt-cu13>=10.13,<11'  # its TensorRT provider loads "
@@ -187,14 +185,6 @@ def onnxruntime_facts() -> dict[str, Any]:
         return facts
     except Exception as exc:  # noqa: BLE001
         return {"installed": False, "error": f"{type(exc).__name__}: {exc}"}
-
-
-def optimum_onnx_installed() -> bool:
-    try:
-        importlib.metadata.version("optimum-onnx")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return importlib.util.find_spec("optimum") is not None
 
 
 def provider_summary(ort_facts: dict[str, Any]) -> str:
