@@ -105,6 +105,7 @@ def kv_forward_logits(decoder: Runner, input_names: tuple[str, ...], config: dic
     feeds = {"input_ids": torch.tensor([list(token_ids)], dtype=torch.long, device=device),
              "attention_mask": torch.ones((1, n), dtype=torch.long, device=device),
              "position_ids": torch.arange(n, dtype=torch.long, device=device)[None],
+             "use_cache_branch": torch.tensor([False], device=device),  # optimum 1.x's merged decoder
              **empty_past(input_names, config, device, kv_dtype, kv_shapes)}
     with torch.inference_mode():
         out = decoder(**{k: v for k, v in feeds.items() if k in input_names})
@@ -131,7 +132,8 @@ def kv_greedy_generate(decoder: Runner, input_names: tuple[str, ...], config: di
             total = seen + ids.shape[1]
             feeds = {"input_ids": ids, **past,
                      "attention_mask": torch.ones((1, total), dtype=torch.long, device=device),
-                     "position_ids": torch.arange(seen, total, dtype=torch.long, device=device)[None]}
+                     "position_ids": torch.arange(seen, total, dtype=torch.long, device=device)[None],
+                     "use_cache_branch": torch.tensor([seen > 0], device=device)}
             outputs = decoder(**{k: v for k, v in feeds.items() if k in input_names})
             token = int(outputs["logits"][0, -1].float().argmax())
             on_token(token)
@@ -158,7 +160,8 @@ def kv_step_logits(decoder: Runner, input_names: tuple[str, ...], config: dict[s
             total = seen + ids.shape[1]
             feeds = {"input_ids": ids, **past,
                      "attention_mask": torch.ones((1, total), dtype=torch.long, device=device),
-                     "position_ids": torch.arange(seen, total, dtype=torch.long, device=device)[None]}
+                     "position_ids": torch.arange(seen, total, dtype=torch.long, device=device)[None],
+                     "use_cache_branch": torch.tensor([seen > 0], device=device)}
             outputs = decoder(**{k: v for k, v in feeds.items() if k in input_names})
             rows.append(outputs["logits"][0, -1].float().cpu())
             if token is None:

@@ -1,4 +1,5 @@
-"""Edits of an optimum ONNX export (model.onnx) used by tests/test_check.py and scripts/build_sequence_corpus.py:
+"""Edits of an ONNX export (model.onnx: the arena's dynamo export, or optimum's layout) used by tests/test_check.py
+and scripts/build_sequence_corpus.py:
 a deliberate change to the model's math that still writes fluent text, three bugs that start late in the
 sequence (positions clamped, positions wrapping, logn attention), two bugs of the KV cache alone (a full pass is
 exact, every cached step is not), and two fair conversions (8-bit weight-only, weights rounded through fp16) of the
@@ -9,16 +10,53 @@ from __future__ import annotations
 import numpy as np
 
 
+def _modules(model) -> list[tuple[object, str]]:
+    """(node, the module path it was made in) for every node: the dynamo exporter's metadata or the node name."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from backends.conversion.onnx_layers import SCOPE_PREFIX_KEY, node_module
+
+    prefix = {p.key: p.value for p in model.metadata_props}.get(SCOPE_PREFIX_KEY, "")
+    return [(node, node_module(node, prefix)) for node in model.graph.node]
+
+
+def _in_module(module: str, target: str) -> bool:
+    """``target`` ("layers.2/mlp/down_proj", "model.norm", "lm_head") names ``module`` or ends its path."""
+    target = target.strip("/").replace("/", ".")
+    return module == target or module.endswith("." + target)
+
+
+def _matmul_weight(model, target: str) -> str | None:
+    inits = {i.name for i in model.graph.initializer}
+    return next((n.input[1] for n, module in _modules(model) if n.op_type == "MatMul" and _in_module(module, target)
+                 and len(n.input) > 1 and n.input[1] in inits), None)
+
+
+def rotary_tensors(model) -> tuple[str, str]:
+    """The rotary cos and sin every layer reads: the tensors that leave the module ``model.rotary_emb``."""
+    nodes = _modules(model)
+    inside = {name for node, module in nodes if _in_module(module, "rotary_emb") for name in node.output}
+    leaving = []
+    for node, module in nodes:
+        if not _in_module(module, "rotary_emb"):
+            leaving += [name for name in node.input if name in inside and name not in leaving]
+    order = [name for node, _ in nodes for name in node.output if name in leaving]
+    if len(order) != 2:
+        raise LookupError(f"expected the rotary cos and sin to leave model.rotary_emb, found {order}")
+    return order[0], order[1]
+
+
 def scale_one_mlp(model, layer: int = 15, factor: float = 0.7) -> str:
     """One decoder layer's MLP output projection loaded with the wrong scale (x ``factor``): the kind of mistake a
     converter makes with a per-layer scale; the model still writes fluent English. Returns the weight's name."""
     from onnx import numpy_helper
 
-    node = next((n for n in model.graph.node if n.op_type == "MatMul" and f"layers.{layer}/mlp/down_proj" in n.name),
-                None)
-    if node is None:
+    weight = _matmul_weight(model, f"layers.{layer}/mlp/down_proj")
+    if weight is None:
         raise LookupError(f"no MatMul of layers.{layer}/mlp/down_proj in the graph")
-    init = next(i for i in model.graph.initializer if i.name == node.input[1])
+    init = next(i for i in model.graph.initializer if i.name == weight)
     init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(factor), init.name))
     return init.name
 
@@ -30,9 +68,8 @@ def damage_weight(model, target: str, factor: float = 1.0, noise: float = 0.0, s
     from onnx import numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
-    name = target if target in inits else next(
-        (n.input[1] for n in model.graph.node if n.op_type == "MatMul" and f"/{target}/" in n.name + "/"
-         and len(n.input) > 1 and n.input[1] in inits), None)
+    prefixed = next((name for name in inits if name.endswith("." + target)), None) if "/" not in target else None
+    name = target if target in inits else prefixed or _matmul_weight(model, target)
     if name is None:
         raise LookupError(f"no initializer or MatMul weight for {target!r} in the graph")
     array = numpy_helper.to_array(inits[name]).astype(np.float32)
@@ -49,11 +86,14 @@ def scale_norm(model, scope: str, factor: float) -> str:
     alone). Returns the new initializer's name."""
     from onnx import numpy_helper
 
-    node = next(n for n in model.graph.node if n.name == f"{scope}/Mul_1")
+    inits = {i.name for i in model.graph.initializer}
+    node = [n for n, module in _modules(model) if n.op_type == "Mul" and _in_module(module, scope)
+            and any(name in inits for name in n.input)][-1]
+    weight = next(k for k, name in enumerate(node.input) if name in inits)
     hidden = next(numpy_helper.to_array(i).shape[-1] for i in model.graph.initializer if "embed_tokens" in i.name)
     name = f"broken{scope.replace('/', '.')}.weight"
     model.graph.initializer.append(numpy_helper.from_array(np.full(hidden, factor, np.float32), name))
-    node.input[:] = [name if i == 0 else value for i, value in enumerate(node.input)]
+    node.input[:] = [name if i == weight else value for i, value in enumerate(node.input)]
     return name
 
 
@@ -90,10 +130,6 @@ def weight_only_int8(model, min_elements: int = 4096) -> int:
 
 
 # --- bugs that start late in the sequence (they depend on the position, not on the weights) ----------------------
-ROTARY_COS = "/model/rotary_emb/Cast_4_output_0"  # optimum's Llama export: the rotary cos and sin every layer reads
-ROTARY_SIN = "/model/rotary_emb/Cast_5_output_0"
-
-
 def _rewire(model, old: str, new: str) -> None:
     """Every node that reads ``old`` reads ``new`` instead."""
     for node in model.graph.node:
@@ -140,17 +176,18 @@ def logn_attention(model, trained: int = 128) -> None:
     model.graph.initializer.extend([numpy_helper.from_array(np.array(1.0, np.float32), "logn_one"),
                                     numpy_helper.from_array(np.array(math.log(trained), np.float32), "logn_base"),
                                     numpy_helper.from_array(np.array([-1], np.int64), "logn_axis")])
-    _rewire(model, ROTARY_COS, "logn_cos")
-    _rewire(model, ROTARY_SIN, "logn_sin")
-    _insert_after(model, {ROTARY_COS, ROTARY_SIN}, [
+    cos, sin = rotary_tensors(model)
+    _rewire(model, cos, "logn_cos")
+    _rewire(model, sin, "logn_sin")
+    _insert_after(model, {cos, sin}, [
         helper.make_node("Cast", ["position_ids"], ["logn_position"], to=TensorProto.FLOAT),
         helper.make_node("Add", ["logn_position", "logn_one"], ["logn_count"]),
         helper.make_node("Log", ["logn_count"], ["logn_log"]),
         helper.make_node("Div", ["logn_log", "logn_base"], ["logn_ratio"]),
         helper.make_node("Max", ["logn_ratio", "logn_one"], ["logn_factor"]),
         helper.make_node("Unsqueeze", ["logn_factor", "logn_axis"], ["logn_factor_3d"]),
-        helper.make_node("Mul", [ROTARY_COS, "logn_factor_3d"], ["logn_cos"]),
-        helper.make_node("Mul", [ROTARY_SIN, "logn_factor_3d"], ["logn_sin"])])
+        helper.make_node("Mul", [cos, "logn_factor_3d"], ["logn_cos"]),
+        helper.make_node("Mul", [sin, "logn_factor_3d"], ["logn_sin"])])
 
 
 def fp16_rounded(model, min_elements: int = 1024) -> int:
