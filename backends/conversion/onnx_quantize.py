@@ -93,6 +93,17 @@ def untie_output_projection(model: Any) -> list[str]:
     return changed
 
 
+def output_projections(model: Any) -> list[str]:
+    """The MatMuls of the output projection (module ``lm_head``) that read an initializer: by the dynamo
+    exporter's module scopes, or by node name (optimum's ``/lm_head/MatMul``)."""
+    from backends.conversion.onnx_layers import SCOPE_PREFIX_KEY, node_module
+
+    prefix = {p.key: p.value for p in model.metadata_props}.get(SCOPE_PREFIX_KEY, "")
+    inits = {i.name for i in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1
+            and n.input[1] in inits and node_module(n, prefix).split(".")[-1] == "lm_head"]
+
+
 def weight_only_quantize(fp32_dir: str, output_dir: str, settings: dict[str, Any]) -> dict[str, Any]:
     """MatMulNBits (and GatherBlockQuantized for the embedding) for the CPU provider; runs in an isolated
     process. Returns what was quantized."""
@@ -109,7 +120,10 @@ def weight_only_quantize(fp32_dir: str, output_dir: str, settings: dict[str, Any
     source, target = Path(fp32_dir), Path(output_dir)
     _copy_side_files(source, target)
     model = onnx.load(str(source / "model.onnx"))
-    projections = untie_output_projection(model) if s.embedding_bits else []
+    # A tied projection reads a Transpose of the embedding (optimum): untied first; the dynamo exporter folds that
+    # transpose into an initializer of its own. Either way the projection is quantized at embedding_bits (or not).
+    untied = untie_output_projection(model) if s.embedding_bits else []
+    projections = list(dict.fromkeys([*untied, *output_projections(model)]))
     level = s.accuracy_level or None
 
     def run(model: Any, bits: int, *, include: list[str] | None = None, exclude: list[str] | None = None,
@@ -127,7 +141,7 @@ def weight_only_quantize(fp32_dir: str, output_dir: str, settings: dict[str, Any
     embedding_nodes = [n.name for n in model.graph.node if n.op_type == "Gather" and s.embedding_bits == 4
                        and any(i.name == n.input[0] for i in model.graph.initializer)]
     model = run(model, s.bits, exclude=projections)
-    if s.embedding_bits and (projections or embedding_nodes):
+    if s.embedding_bits and (projections or embedding_nodes):  # (embedding_bits 0: the projection stays fp32)
         model = run(model, s.embedding_bits, include=projections + embedding_nodes, ops=("MatMul", "Gather"))
     large = model.ByteSize() > 2**31 - 1 if hasattr(model, "ByteSize") else False
     onnx.save_model(model, str(target / "model.onnx"), save_as_external_data=large,
@@ -166,7 +180,8 @@ def dynamic_int8_quantize(fp32_dir: str, output_dir: str, reduce_range: bool = F
     source, target = Path(fp32_dir), Path(output_dir)
     _copy_side_files(source, target)
     model = onnx.load(str(source / "model.onnx"), load_external_data=False)
-    excluded = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and "lm_head" in n.name]
+    excluded = output_projections(model) + [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm")
+                                            and "lm_head" in n.name]
     large = any(p.suffix == ".onnx_data" or p.name.endswith(".onnx.data") for p in source.iterdir())
     quantize_dynamic(source / "model.onnx", target / "model.onnx", weight_type=QuantType.QInt8, per_channel=True,
                      reduce_range=reduce_range, nodes_to_exclude=excluded, op_types_to_quantize=["MatMul", "Gemm"],

@@ -47,6 +47,8 @@ from backends.onnxruntime.providers import (
     usable_providers,
 )
 
+GENAI_BUILDER_INSTALL = "pip install onnxruntime-genai==0.18.0"
+
 
 class OnnxRuntimeBackend(HFBackend):
     """An ONNX Runtime session over a KV-cache decoder graph with the arena's greedy loop, or a diffusion
@@ -89,7 +91,10 @@ class OnnxRuntimeBackend(HFBackend):
 
     @classmethod
     def collect_facts(cls) -> dict[str, Any]:
+        import importlib.util
+
         return {"onnxruntime": onnxruntime_facts(), "onnx_exporter": onnx_exporter_facts(),
+                "genai_builder": {"installed": importlib.util.find_spec("onnxruntime_genai") is not None},
                 "torch": torch_facts()}  # an export needs torch
 
     @classmethod
@@ -143,7 +148,15 @@ class OnnxRuntimeBackend(HFBackend):
         fp16 = AVAILABLE if gpu and cuda_torch else Availability(
             False, "an fp16 export runs on CUDA (export with torch on a GPU, run with the CUDA or TensorRT "
                    "provider).", ORT_GPU_INSTALL)
+        dynamo = env.get("onnx_exporter") or {"installed": True}
+        builder = env.get("genai_builder") or {"installed": True}
         return {
+            "exporter": [OptionChoice("dynamo", EXPORTER_TITLES["dynamo"], AVAILABLE if dynamo.get("installed") else
+                                      Availability(False, f"{dynamo.get('missing', 'onnxscript')} is not installed.",
+                                                   dynamo.get("install", ""))),
+                         OptionChoice("genai-builder", EXPORTER_TITLES["genai-builder"],
+                                      AVAILABLE if builder.get("installed") else Availability(
+                                          False, "onnxruntime-genai is not installed.", GENAI_BUILDER_INSTALL))],
             "provider": providers,
             "precision": [OptionChoice("fp32", "fp32"), OptionChoice("fp16", "fp16", fp16),
                           OptionChoice("int8", "int8 (weight-only, CPU)"),
@@ -170,9 +183,9 @@ class OnnxRuntimeBackend(HFBackend):
         if spec.exporter == "dynamo" and not spec.onnx_dir and exporter and not exporter.get("installed"):
             return (f"torch.onnx's dynamo exporter needs {exporter.get('missing', 'onnxscript')}, which is not "
                     f"installed: {exporter.get('install')} (or give an existing export in onnx_dir).")
-        if spec.exporter == "genai-builder" and not spec.onnx_dir and not (env.get("onnxruntime_genai") or
+        if spec.exporter == "genai-builder" and not spec.onnx_dir and not (env.get("genai_builder") or
                                                                            {"installed": True}).get("installed"):
-            return "The GenAI model builder needs onnxruntime-genai: pip install onnxruntime-genai==0.18.0"
+            return f"The GenAI model builder needs onnxruntime-genai: {GENAI_BUILDER_INSTALL}"
         if spec.exporter == "genai-builder" and spec.precision == "fp16" and not spec.onnx_dir:
             return ("The GenAI model builder's exports here are fp32 (its fp16 build is made for the GenAI backend "
                     "on CUDA): pick the torch.onnx (dynamo) exporter for fp16.")
