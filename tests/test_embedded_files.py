@@ -13,6 +13,8 @@ from arena.preparing.prepare import (
     SOURCE_FILE,
     embedded_gguf_path,
     gguf_source,
+    gguf_tokenizer,
+    load_gguf_model,
     materialize_from_shipped,
     shipped_files,
 )
@@ -40,15 +42,20 @@ def test_a_shipped_folder_for_another_gguf_is_not_used(tmp_path):
 @needs_gguf
 def test_one_parse_materialization_equals_transformers_own_gguf_path(tmp_path):
     """Every file byte for byte: the shipped config and tokenizer against the ones transformers builds from the
-    GGUF now, and the de-quantized weights against `from_pretrained(gguf_file=...)`'s."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    GGUF now (`gguf_tokenizer`), and the de-quantized weights against `from_pretrained(gguf_file=...)`'s
+    (`load_gguf_model`: asked to dequantize, in fp32, without the GGUF quantizer that transformers 5 attaches and
+    that refuses to save)."""
+    import torch
 
     fast = tmp_path / "fast"
     fast.mkdir()
     assert materialize_from_shipped(shipped_files(ENTRY, GGUF), GGUF, fast, lambda *a, **k: None, "x") > 100e6
     slow = tmp_path / "slow"
-    AutoTokenizer.from_pretrained(GGUF.parent, gguf_file=GGUF.name).save_pretrained(slow)
-    AutoModelForCausalLM.from_pretrained(GGUF.parent, gguf_file=GGUF.name).save_pretrained(slow)
+    gguf_tokenizer(GGUF).save_pretrained(slow)
+    model = load_gguf_model(GGUF)
+    assert getattr(model, "hf_quantizer", None) is None and "quantization_config" not in model.config.to_dict()
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    model.save_pretrained(slow)
     names = sorted(p.name for p in slow.iterdir())
     assert names == sorted(p.name for p in fast.iterdir())
     different = [n for n in names if (slow / n).read_bytes() != (fast / n).read_bytes()]

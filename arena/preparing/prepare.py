@@ -107,14 +107,47 @@ def shipped_files(entry: CatalogModel, gguf: Path) -> Path | None:
 def write_shipped_files(gguf: Path, out: Path) -> None:
     """Write the config and tokenizer files transformers builds from ``gguf`` (its own GGUF readers), and
     source.json, into ``out`` (`scripts/embedded_files.py`; the test suite checks them against a fresh build)."""
-    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+    from transformers import AutoConfig, GenerationConfig
 
     out.mkdir(parents=True, exist_ok=True)
-    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
+    gguf_tokenizer(gguf).save_pretrained(out)
     config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
     config.save_pretrained(out)
     GenerationConfig.from_model_config(config).save_pretrained(out)
     (out / SOURCE_FILE).write_text(json.dumps(gguf_source(gguf), indent=1) + "\n")
+
+
+def gguf_tokenizer(gguf: Path):
+    """The tokenizer transformers builds from ``gguf``. ``local_files_only``: the GGUF is a local file, and
+    transformers 5 writes the flag into the tokenizer_config.json it saves (with ``is_local``), so it is fixed
+    here rather than taken from the environment's offline mode: the saved files are the same everywhere."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+
+
+def load_gguf_model(gguf: Path):
+    """``gguf`` through transformers' own GGUF path, as a plain fp32 model that ``save_pretrained`` writes.
+
+    transformers 5 loads a GGUF through its GGUF quantizer: it would keep supported weights packed in GGUF blocks
+    (a GGUF kernel from the Hub), and a model it loaded carries the quantizer, which refuses ``save_pretrained``.
+    Asked to dequantize, every weight is a dense tensor, and the quantizer is then dropped from the model (as
+    transformers' own ``dequantize`` does) so the model saves as any other. fp32 asked for explicitly: transformers
+    5 loads a checkpoint in its own dtype by default."""
+    import torch
+    from transformers import AutoModelForCausalLM, GgufConfig
+
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                                                 quantization_config=GgufConfig(dequantize=True))
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        if getattr(quantizer, "packed_modules", None):
+            raise ArenaError(f"transformers kept the weights of {gguf.name} packed though asked to dequantize them.")
+        quantizer.remove_quantization_config(model)
+    wrong = {str(p.dtype) for p in model.parameters() if p.dtype != torch.float32}
+    if wrong:
+        raise ArenaError(f"transformers loaded {gguf.name} in {', '.join(sorted(wrong))}, not float32.")
+    return model
 
 
 def materialize_from_shipped(folder: Path, gguf: Path, out: Path, progress, description: str) -> int:
@@ -123,6 +156,7 @@ def materialize_from_shipped(folder: Path, gguf: Path, out: Path, progress, desc
     parameter count."""
     import shutil
 
+    import torch
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
@@ -134,12 +168,16 @@ def materialize_from_shipped(folder: Path, gguf: Path, out: Path, progress, desc
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config)
     with _forward_gguf_progress(progress, description):
-        tensors = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=model)["tensors"]
+        tensors = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=model,
+                                       torch_dtype=torch.float32)["tensors"]
     model.load_state_dict(tensors, strict=False, assign=True)
     model.tie_weights()
     missing = [name for name, p in model.named_parameters() if p.is_meta]
     if missing:
         raise ArenaError(f"The GGUF {gguf.name} holds no weights for {', '.join(missing[:3])}.")
+    wrong = {str(p.dtype) for p in model.parameters() if p.dtype != torch.float32}
+    if wrong:
+        raise ArenaError(f"The weights of {gguf.name} were de-quantized to {', '.join(sorted(wrong))}, not float32.")
     progress(None, f"{description}: saving safetensors", force=True)
     model.eval().save_pretrained(out, safe_serialization=True)
     return sum(p.numel() for p in model.parameters())
@@ -245,8 +283,6 @@ class TextPreparer:
                   "file": entry.embedded_file, "size": gguf.stat().st_size, "transformers": transformers.__version__}
 
         def build(tmp: Path) -> dict[str, Any]:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
             description = f"Materializing {entry.title.split(' (')[0]} (first run only)"
             shipped = shipped_files(entry, gguf)
             if shipped is not None:  # config and tokenizer ship with the app: only the weights come from the GGUF
@@ -262,9 +298,9 @@ class TextPreparer:
                     for path in tmp.iterdir():  # start the folder again
                         shutil.rmtree(path) if path.is_dir() else path.unlink()
             progress(0.0, f"{description}: reading the tokenizer", force=True)
-            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            tokenizer = gguf_tokenizer(gguf)
             with _forward_gguf_progress(progress, description):
-                model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+                model = load_gguf_model(gguf)
             progress(None, f"{description}: saving safetensors", force=True)
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
