@@ -2,9 +2,10 @@
 
     .venv/bin/python benchmarks/bare_text.py {torch|ort|genai|llamacpp} MODEL THREADS IDS NEW_TOKENS
 
-MODEL: the Hugging Face folder (torch), the optimum export (ort), the model builder's folder (genai: its
-``og.Generator`` loop, as its examples write it) or the .gguf file (llamacpp: llama-cpp-python's ``Llama.generate``
-at temperature 0, its own sampling loop).
+MODEL: the Hugging Face folder (torch), the ONNX export folder (ort: a plain numpy loop over one
+``InferenceSession``, present fed back as past, as ONNX Runtime's examples write it), the model builder's folder
+(genai: its ``og.Generator`` loop, as its examples write it) or the .gguf file (llamacpp: llama-cpp-python's
+``Llama.generate`` at temperature 0, its own sampling loop).
 
 Loads once, then reads one line per run from stdin and answers each with one JSON line of clock readings (TTFT,
 total, decode tokens/s, the token ids), timed the way the arena's host times a backend: start, a timestamp per
@@ -54,12 +55,10 @@ def load_torch(model_dir: str, threads: int) -> Any:
 
 def load_ort(model_dir: str, threads: int) -> Any:
     import onnxruntime
-    from optimum.onnxruntime import ORTModelForCausalLM
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    return ORTModelForCausalLM.from_pretrained(model_dir, provider="CPUExecutionProvider", session_options=options,
-                                               use_cache=True)
+    return onnxruntime.InferenceSession(f"{model_dir}/model.onnx", options, providers=["CPUExecutionProvider"])
 
 
 def load_genai(folder: str, threads: int) -> Any:
@@ -80,8 +79,35 @@ def load_llamacpp(gguf: str, threads: int) -> Any:
 
 
 # --- the loops: each runtime's own, on a loaded model -----------------------------------------------------
+def ort_steps(session: Any, prompt: list[int], new_tokens: int) -> Generate:
+    """A plain greedy loop over a KV-cache decoder session: numpy in, ``present.*`` fed back as ``past_*``."""
+    import numpy as np
+
+    inputs = {i.name: i for i in session.get_inputs()}
+    past_names = [name for name in inputs if name.startswith("past_key_values.")]
+
+    def generate(stamp: Callable[[], None]) -> list[int]:
+        past = {name: np.zeros((1, inputs[name].shape[1], 0, inputs[name].shape[3]), np.float32)
+                for name in past_names}
+        ids, seen, out = np.array([prompt], np.int64), 0, []
+        while len(out) < new_tokens:
+            total = seen + ids.shape[1]
+            feeds = {"input_ids": ids, "attention_mask": np.ones((1, total), np.int64),
+                     "position_ids": np.arange(seen, total, dtype=np.int64)[None], **past}
+            results = dict(zip([o.name for o in session.get_outputs()],
+                               session.run(None, {k: v for k, v in feeds.items() if k in inputs}), strict=True))
+            token = int(results["logits"][0, -1].argmax())
+            stamp()
+            out.append(token)
+            past = {name: results[name.replace("past_key_values", "present")] for name in past_names}
+            seen, ids = total, np.array([[token]], np.int64)
+        return out
+
+    return generate
+
+
 def hf_steps(model: Any, prompt: list[int], new_tokens: int) -> Generate:
-    """transformers' (or optimum's) ``generate``, greedy, a timestamp per new token from a streamer."""
+    """transformers' ``generate``, greedy, a timestamp per new token from a streamer."""
     import torch
     from transformers.generation.streamers import BaseStreamer
 
@@ -147,7 +173,7 @@ def llamacpp_steps(llm: Any, prompt: list[int], new_tokens: int) -> Generate:
 
 
 LOADERS = {"torch": load_torch, "ort": load_ort, "genai": load_genai, "llamacpp": load_llamacpp}
-STEPS = {"torch": hf_steps, "ort": hf_steps, "genai": genai_steps, "llamacpp": llamacpp_steps}
+STEPS = {"torch": hf_steps, "ort": ort_steps, "genai": genai_steps, "llamacpp": llamacpp_steps}
 
 
 if __name__ == "__main__":

@@ -14,12 +14,12 @@ fp32 / int8 / int4 and llama.cpp. Then:
   every configuration alike; medians, interquartile ranges and ratios to PyTorch fp32 from the same run;
 - agreement: teacher-forced top-1 agreement and KL(PyTorch fp32 || candidate) over every example prompt plus the
   reference's answer (each configuration loaded in this process, logits of one forward pass);
-- a bare script (benchmarks/bare_text.py: each runtime's own loop, no arena: transformers / optimum `generate`,
-  onnxruntime-genai's Generator, llama-cpp-python's `Llama.generate`) for PyTorch fp32, ONNX Runtime fp32 and
-  int8, every GenAI configuration and llama.cpp, each run beside the dashboard's run of the same configuration
-  and beside the same bare loop inside the dashboard's worker (benchmarks/own_loop.py), the order turning, timed
-  the same way: the arena's tokens/s against that runtime's bare loop in the same run, and how much of the
-  difference is the arena's code and how much the worker process.
+- a bare script (benchmarks/bare_text.py: each runtime's own loop, no arena: transformers `generate`, a plain
+  ONNX Runtime loop, onnxruntime-genai's Generator, llama-cpp-python's `Llama.generate`) for PyTorch fp32, ONNX
+  Runtime fp32 and int8, every GenAI configuration and llama.cpp, each run beside the dashboard's run of the same
+  configuration and beside the same bare loop inside the dashboard's worker (benchmarks/own_loop.py), the order
+  turning, timed the same way: the arena's tokens/s against that runtime's bare loop in the same run, and how much
+  of the difference is the arena's code and how much the worker process.
 
 Each configuration gets its own worker process here (the dashboard shares one per backend and device, reloading
 when the precision changes): the same host code times it, without a reload per round. ``--markdown`` writes the
@@ -102,7 +102,7 @@ BARE = {
     **{spec: "genai" for spec in GENAI},  # onnxruntime-genai's own Generator loop on the same built folder
     BackendSpec("llamacpp"): "llamacpp",  # llama-cpp-python's own Llama.generate on the same GGUF
 }
-BARE_LOOPS = {"torch": "transformers `generate`", "ort": "optimum `generate`",
+BARE_LOOPS = {"torch": "transformers `generate`", "ort": "a plain ONNX Runtime loop",
               "genai": "onnxruntime-genai `Generator`", "llamacpp": "llama-cpp-python `Llama.generate`"}
 TARGET_SPEEDUP, TARGET_TOP1, TARGET_ORT_SPEEDUP, TARGET_BARE = 2.5, 0.95, 1.5, 0.05
 # The orders of a configuration's three side-by-side runs: dashboard, bare script, bare loop in the dashboard's worker.
