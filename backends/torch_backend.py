@@ -69,6 +69,30 @@ def torchao_facts() -> dict[str, Any]:
     return {"installed": True, "version": version}
 
 
+def dtype_problem(module, dtype, what: str) -> str | None:
+    """Whether every floating-point parameter of ``module`` is in ``dtype``, the precision asked for. transformers 5
+    (and diffusers) load a checkpoint in its own dtype unless one is asked for (``dtype="auto"``): the reference is
+    fp32 on purpose, whatever the checkpoint was saved in, so the load asks explicitly and this checks it did. In a
+    half precision, modules the model class keeps in fp32 on purpose (``_keep_in_fp32_modules``) may stay fp32."""
+    import torch
+
+    keep = tuple(getattr(module, "_keep_in_fp32_modules", None) or ()) + tuple(
+        getattr(module, "_keep_in_fp32_modules_strict", None) or ())
+    found: dict[str, str] = {}
+    for name, parameter in module.named_parameters():
+        if not parameter.is_floating_point() or parameter.dtype == dtype:
+            continue
+        if dtype != torch.float32 and parameter.dtype == torch.float32 and any(
+                part in name.split(".") for part in keep):
+            continue
+        found.setdefault(str(parameter.dtype).removeprefix("torch."), name)
+    if not found:
+        return None
+    wanted = str(dtype).removeprefix("torch.")
+    listed = ", ".join(f"{kind} (e.g. {name})" for kind, name in sorted(found.items()))
+    return f"PyTorch: {what} loaded with parameters in {listed} where {wanted} was asked for."
+
+
 IMAGE_INT8_REFUSAL = ("PyTorch {precision} (torchao weight-only) is offered for text models only here: a diffusion "
                       "UNet is mostly convolutions, which weight-only int8 leaves in fp32, so pick fp32, bf16 or "
                       "fp16 for images.")
@@ -195,19 +219,30 @@ class PyTorchBackend(HFBackend):
             if model.task == "image":
                 from diffusers import DiffusionPipeline
 
-                self.model = DiffusionPipeline.from_pretrained(model.model_dir, torch_dtype=dtype,
+                self.model = DiffusionPipeline.from_pretrained(model.model_dir, dtype=dtype,
                                                                safety_checker=None, requires_safety_checker=False)
                 if spec.vae_fp32:
                     self.model.vae.to(torch.float32)  # fp16 VAEs overflow to black images
                 self.model.to(spec.device)
                 self.model.set_progress_bar_config(disable=True)
                 self._dtypes = {"dtype": dtype, "vae_dtype": torch.float32 if spec.vae_fp32 else dtype}
+                problems = [dtype_problem(component, self._dtypes["vae_dtype"] if name == "vae" else dtype,
+                                          f"{model.model_name}'s {name}")
+                            for name, component in self.model.components.items()
+                            if isinstance(component, torch.nn.Module)]
             else:
                 from transformers import AutoModelForCausalLM
 
+                # dtype explicit: transformers 5 would otherwise load the checkpoint's own (a bf16 checkpoint as bf16)
                 self.model = AutoModelForCausalLM.from_pretrained(model.model_dir, dtype=dtype)
                 self.model.to(spec.device)
                 self.model.eval()
+                problems = [dtype_problem(self.model, dtype, model.model_name)]
+        problem = next((p for p in problems if p), None)
+        if problem:
+            from arena.errors import ArenaError
+
+            raise ArenaError(problem)
         if spec.precision == "bf16" and spec.device == "cpu":
             note = self.bf16_note(cpu_facts())
             ctx.notes.append(note or "bf16 on this CPU's native instructions (AMX/AVX512-BF16)")
