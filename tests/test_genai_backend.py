@@ -23,7 +23,7 @@ from backends.base import GenerationSettings
 from tests.backend_contract import NEW_TOKENS, prepared_text
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("onnxruntime_genai") is None,
-                                reason="onnxruntime-genai is not installed: pip install onnxruntime-genai==0.15.2")
+                                reason="onnxruntime-genai is not installed: pip install onnxruntime-genai==0.18.0")
 
 
 def load(spec: BackendSpec, model, cache_dir):

@@ -39,9 +39,10 @@ class GenAIBuildSettings:
         extra = [f"block_size={self.block_size}", f"accuracy_level={self.accuracy_level}",
                  f"is_symmetric={'true' if self.symmetric else 'false'}"]
         if self.precision == "int8":
-            # A model that ties its embedding and output projection (SmolLM2) gets shared_embeddings by default,
-            # which quantizes the embedding's Gather too; the quantizer has a 4-bit Gather only, and 0.15.2 then
-            # writes an invalid int8 model ("Node input 'lm_head.MatMul.weight_Q4' is not a graph input").
+            # A model that ties its embedding and output projection (SmolLM2) got shared_embeddings by default in
+            # 0.15.2, which quantizes the embedding's Gather too; its quantizer had a 4-bit Gather only and wrote an
+            # invalid int8 model ("Node input 'lm_head.MatMul.weight_Q4' is not a graph input"). 0.18.0 keeps
+            # SmolLM2's int8 embedding apart by itself (a plain Gather); asked explicitly all the same.
             extra.append("shared_embeddings=false")
         return extra
 

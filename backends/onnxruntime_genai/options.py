@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from backends.base import BackendOptions, option
 from backends.conversion.genai_build import CPU_PRECISIONS, QUANTIZED
 
-# 0.15.2 is the newest release whose model builder runs with this stack's transformers 4.57 (optimum-onnx 0.1.0
-# pins transformers <4.58): from 0.16.0 on, the builder imports transformers 5's Qwen3.5 classes at import time
-# and reads RoPE settings only from transformers 5's ``rope_parameters``.
-GENAI_VERSION = "0.15.2"
+# 0.18.0, the release of this stack (transformers 5): from 0.16.0 on, the model builder imports transformers 5's
+# Qwen3.5 classes at import time and reads RoPE settings only from transformers 5's ``rope_parameters``, so it
+# needs transformers 5 (0.15.2 was the last for transformers 4).
+GENAI_VERSION = "0.18.0"
 GENAI_INSTALL = f"pip install onnxruntime-genai=={GENAI_VERSION}"
 GENAI_CUDA_INSTALL = (f"pip install onnxruntime-genai-cuda=={GENAI_VERSION}  # instead of onnxruntime-genai; needs "
                       "onnxruntime-gpu (requirements-gpu.txt)")
