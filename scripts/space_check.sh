@@ -196,7 +196,7 @@ report, requirements, sdk, zerogpu = sys.argv[1], sys.argv[2], sys.argv[3], sys.
 installs = {canonicalize_name(i["metadata"]["name"]): i for i in json.load(open(report))["install"]}
 version = {name: i["metadata"]["version"] for name, i in installs.items()}
 print(f"  {len(version)} packages would be installed; the key ones:")
-for name in ("torch", "transformers", "optimum", "optimum-onnx", "onnxruntime", "onnxruntime-gpu", "gradio",
+for name in ("torch", "transformers", "onnxscript", "onnxruntime", "onnxruntime-gpu", "onnxruntime-genai", "gradio",
              "diffusers", "huggingface-hub", "spaces", "mcp", "pydantic", "authlib", "itsdangerous", "uvicorn",
              "websockets"):
     if name in version:
@@ -288,8 +288,8 @@ for name in modules:
         importlib.import_module(name)
     except Exception as exc:  # noqa: BLE001
         failed.append(f"{name}: {type(exc).__name__}: {exc}")
-for heavy in ("torch", "transformers", "optimum.onnxruntime", "onnxruntime", "diffusers", "skimage", "gguf",
-              "accelerate", "psutil", "plotly"):
+for heavy in ("torch", "transformers", "onnxscript", "onnxruntime", "onnxruntime_genai", "diffusers", "skimage",
+              "gguf", "accelerate", "psutil", "plotly"):
     try:
         importlib.import_module(heavy)
     except Exception as exc:  # noqa: BLE001
@@ -302,7 +302,7 @@ PY
   say "FAILED: an import is missing from requirements.txt (above)"
   exit 1
 fi
-ok "every module of the app (arena/, backends/, ui/, app.py) and torch, transformers, optimum.onnxruntime, onnxruntime, diffusers, skimage, gguf, accelerate, psutil, plotly import in the Space's venv"
+ok "every module of the app (arena/, backends/, ui/, app.py) and torch, transformers, onnxscript, onnxruntime, onnxruntime_genai, diffusers, skimage, gguf, accelerate, psutil, plotly import in the Space's venv"
 
 port=$("$vpy" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 mkdir "$tmp/cache" "$tmp/hf-home"

@@ -94,6 +94,24 @@ def test_the_zerogpu_file_is_the_cpu_file_with_pypis_cuda_torch():
     assert not [line for line in requirement_lines(ZEROGPU) if line.startswith("-")]
 
 
+def test_no_file_installs_optimum_and_the_gpu_bundle_has_the_same_pins():
+    """The stack is transformers 5 without optimum or optimum-onnx (whose only release pins transformers <4.58), in
+    every requirements file and in the offline GPU bundle (scripts/build_gpu_wheels.sh), whose pins are
+    requirements.txt's."""
+    for path in (CPU, GPU, ZEROGPU):
+        assert not {canonicalize_name(r.name) for r in requirements(path)} & {"optimum", "optimum-onnx"}, path.name
+    script = (ROOT / "scripts" / "build_gpu_wheels.sh").read_text()
+    wheels = re.search(r"\nWHEELS=\(\n(.*?)\n\)", script, re.S)
+    assert wheels, "build_gpu_wheels.sh has no WHEELS=( ... ) list"
+    bundled = {canonicalize_name(r.name): r for r in map(Requirement, wheels.group(1).split())}
+    assert not set(bundled) & {"optimum", "optimum-onnx"}
+    cpu = pins(CPU)
+    assert {"transformers", "tokenizers", "huggingface-hub", "diffusers", "accelerate", "onnxscript"} <= set(bundled)
+    for name, req in bundled.items():
+        if name in cpu:
+            assert [s.version for s in req.specifier] == [cpu[name]], f"{req} vs requirements.txt's {cpu[name]}"
+
+
 @pytest.mark.parametrize("env, host", [
     ({"SPACE_ID": "someone/backend-arena"}, "0.0.0.0"),
     ({"SPACE_ID": "someone/backend-arena", "GRADIO_SERVER_NAME": "10.1.2.3"}, "10.1.2.3"),
