@@ -61,6 +61,25 @@ def test_an_export_by_diffusers_conversion_script_is_checked(arena, tiny_sd, tmp
     assert psnr(reference.image, user.image) >= 35
 
 
+def test_optimum_layout_with_another_exporters_habits_is_checked(arena, tiny_sd, tmp_path):
+    """optimum-cli's layout (configs beside the graphs, a StableDiffusionPipeline model_index) holding graphs with a
+    UNet that takes one timestep per batch row and a text encoder taking int32 ids: the ONNX Runtime pipeline feeds
+    each graph what it declares, and the picture matches the reference."""
+    import shutil
+
+    from tests.tiny_models import export_like_diffusers_script
+
+    export = export_like_diffusers_script(tiny_sd, tmp_path / "per-row-timestep")
+    for part, source in (("text_encoder", "text_encoder"), ("unet", "unet"), ("vae_decoder", "vae")):
+        shutil.copyfile(tiny_sd / source / "config.json", export / part / "config.json")
+    shutil.copyfile(tiny_sd / "model_index.json", export / "model_index.json")
+    result = run(arena, tiny_sd, backends=(BackendSpec("pytorch"), BackendSpec("onnxruntime", onnx_dir=str(export))))
+    reference, user = result.results
+    assert user.error is None, user.error
+    assert "diffusers conversion-script layout" not in user.load.notes
+    assert psnr(reference.image, user.image) >= 35 and user.verdict.kind == "MATCH", user.verdict
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"prompt": " "}, "The prompt is empty"),
     ({"height": 30, "width": 32}, "height and width have to be divisible by 4 but are 30 and 32."),

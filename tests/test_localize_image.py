@@ -52,16 +52,18 @@ def test_agreeing_components_name_none_and_say_where_the_difference_comes_from()
     assert exact["unit"] is None and exact["cause"] == SIGNATURES["loop"]
 
 
-# --- end to end: the tiny pipeline's optimum export, one component damaged at a time --------------------------
+# --- end to end: the tiny pipeline's export (optimum-cli's layout), one component damaged at a time -----------
 def damage(folder: Path, component: str, name: str, factor: float = 1.0, noise: float = 0.0) -> None:
     """The initializer ``name`` of ``component``'s graph multiplied by ``factor`` plus ``noise`` standard
-    deviations of Gaussian noise (weights inline: the tiny pipeline is small)."""
+    deviations of Gaussian noise (saved with its weights inline: the tiny pipeline is small)."""
     import onnx
     from onnx import numpy_helper
 
     path = folder / component / "model.onnx"
     model = onnx.load(str(path))
-    init = next(i for i in model.graph.initializer if i.name == name)
+    # transformers 5's CLIPTextModel has no `text_model.` level: its names are those of an export by transformers 4
+    # (optimum's) without the prefix.
+    init = next(i for i in model.graph.initializer if i.name in (name, f"text_model.{name}"))
     array = numpy_helper.to_array(init).astype(np.float32)
     rng = np.random.default_rng(0)
     array = array * np.float32(factor) + rng.standard_normal(array.shape).astype(np.float32) * array.std() * noise
@@ -87,7 +89,8 @@ def where_of(result) -> dict:
 
 @pytest.fixture(scope="module")
 def export(arena, tiny_sd) -> Path:
-    """The tiny pipeline's optimum export, made by the ONNX Runtime backend's own exporter (cached)."""
+    """The tiny pipeline's export in optimum-cli's layout, made by the ONNX Runtime backend's own exporter
+    (torch.onnx dynamo; cached)."""
     from arena.types import BackendSpec, ImageRunRequest
 
     result = arena.run_image_to_end(ImageRunRequest(model=str(tiny_sd), prompt="a circle", steps=1,
@@ -97,8 +100,7 @@ def export(arena, tiny_sd) -> Path:
 
 
 DAMAGES = {  # name: (component, initializer, factor, noise, the signature it must show)
-    "text-encoder-positions": ("text_encoder", "text_model.embeddings.position_embedding.weight", 1.0, 1.0,
-                               "text_encoder"),
+    "text-encoder-positions": ("text_encoder", "embeddings.position_embedding.weight", 1.0, 1.0, "text_encoder"),
     "unet-mid-block": ("unet", "mid_block.resnets.0.conv1.weight", 3.0, 1.0, "unet"),
     "vae-decoder-input-conv": ("vae_decoder", "decoder.conv_in.weight", 1.0, 1.0, "vae_decoder"),
 }

@@ -6,20 +6,27 @@ ONNX Runtime backend's pipeline, TensorRT's engine builds, the user's own optimu
 - ``text_encoder/model.onnx``: ``input_ids`` (int64, batch x sequence) -> ``last_hidden_state``, ``pooler_output``;
 - ``unet/model.onnx``: ``sample`` (batch x channels x height x width), ``timestep`` (a float32 scalar, as
   optimum's) and ``encoder_hidden_states`` -> ``out_sample``;
-- ``vae_decoder/model.onnx``: ``latent_sample`` -> ``sample`` (``vae.decode``);
-- ``vae_encoder/model.onnx``: ``sample`` -> ``latent_parameters`` (the encoder's mean and log-variance, as optimum's);
-- each component folder with its ``config.json`` (the VAE's config for both VAE halves).
+- ``vae_decoder/model.onnx``: ``latent_sample`` -> ``sample`` (``vae.decode``), with the VAE's ``config.json``;
+- each component folder with its ``config.json``.
 
-The graphs keep the modules' parameter names as initializer names (``text_model.embeddings...``, ``conv_in.weight``,
-``decoder.conv_in.weight``), as optimum's did; weights go to ``model.onnx_data`` beside each graph. fp16 is the CUDA
-path (``dtype="fp16"``, ``device="cuda"``): the modules are loaded in half precision on the GPU and exported there;
-the VAE stays in fp32 where its config says ``force_upcast`` (SD 1.x/2.x VAEs overflow in fp16), as diffusers runs it.
+optimum also wrote ``vae_encoder/`` (``sample`` -> ``latent_parameters``); nothing in the arena encodes an image, so
+it is left out (a sixth of the export's time on the embedded model); the pipeline reads one where a user's export
+has it.
+
+The graphs keep the modules' parameter names as initializer names (``embeddings.position_embedding.weight``,
+``conv_in.weight``, ``decoder.conv_in.weight``), as optimum's did (transformers 5's CLIPTextModel has no
+``text_model.`` level, which optimum's names under transformers 4 begin with); weights go to ``model.onnx_data``
+beside each graph. fp16 is the CUDA path (``dtype="fp16"``, ``device="cuda"``): every module, the VAE included (as
+optimum's fp16 export), is loaded in half precision on the GPU and exported there (the timestep stays a float32
+scalar); TensorRT's "VAE in fp32" takes the fp32 export's VAE decoder.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import types
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +34,7 @@ from backends.conversion.onnx_export import EXPORTER_KEY, ExportRefused, _save, 
 
 OPSET = 18
 COPIED = ("scheduler", "tokenizer", "feature_extractor")
-COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -56,16 +63,32 @@ def _name_dims(model: Any, names: dict[str, dict[int, str]]) -> None:
         for axis, new in axes.items():
             if dims[axis].dim_param and dims[axis].dim_param not in renames:
                 renames[dims[axis].dim_param] = new
+    symbol = re.compile(r"\b(" + "|".join(map(re.escape, renames)) + r")\b") if renames else None
     for value in (*model.graph.input, *model.graph.output):
         for dim in value.type.tensor_type.shape.dim:
             if dim.dim_param in renames:
                 dim.dim_param = renames[dim.dim_param]
+            elif symbol and dim.dim_param:  # an output's size as an expression of the inputs' ("4*latent_height")
+                dim.dim_param = symbol.sub(lambda m: renames[m.group(1)], dim.dim_param)
 
 
-def _method_module(torch: Any, module: Any, method: Any) -> Any:
-    """``module`` whose forward is ``method`` (the parameters keep their names: no wrapper prefix in the graph)."""
-    module.forward = method
+def _method_module(module: Any, method: Any) -> Any:
+    """``module`` whose forward is ``method`` bound to it (the parameters keep their names: no wrapper prefix)."""
+    module.forward = types.MethodType(method, module)
     return module
+
+
+def _encode_text(self: Any, input_ids: Any) -> tuple[Any, Any]:  # CLIPTextModel
+    result = type(self).forward(self, input_ids=input_ids, return_dict=True)
+    return result.last_hidden_state, result.pooler_output
+
+
+def _denoise(self: Any, sample: Any, timestep: Any, encoder_hidden_states: Any) -> Any:  # UNet2DConditionModel
+    return type(self).forward(self, sample, timestep, encoder_hidden_states, return_dict=False)[0]
+
+
+def _decode_latents(self: Any, latent_sample: Any) -> Any:  # AutoencoderKL
+    return type(self).decode(self, latent_sample, return_dict=False)[0]
 
 
 def export_pipeline_components(model_dir: str, output_dir: str, dtype: str, device: str) -> dict[str, Any]:
@@ -109,14 +132,8 @@ def export_pipeline_components(model_dir: str, output_dir: str, dtype: str, devi
         tokenizer_config = json.loads((source / "tokenizer" / "tokenizer_config.json").read_text()) \
             if (source / "tokenizer" / "tokenizer_config.json").is_file() else {}
         length = int(min(tokenizer_config.get("model_max_length") or 77, text.config.max_position_embeddings))
-        hidden = int(text.config.hidden_size)
         ids = torch.randint(0, int(text.config.vocab_size), (2, length), device=device)
-
-        def encode(input_ids):  # noqa: ANN001, ANN202 - traced
-            result = type(text).forward(text, input_ids=input_ids, return_dict=True)
-            return result.last_hidden_state, result.pooler_output
-
-        proto = _export(_method_module(torch, text, encode), (ids,), {"input_ids": {0: auto, 1: auto}},
+        proto = _export(_method_module(text, _encode_text), (ids,), {"input_ids": {0: auto, 1: auto}},
                         ["input_ids"], ["last_hidden_state", "pooler_output"], "text encoder (CLIPTextModel)")
         finish("text_encoder", proto, "text_encoder", {"input_ids": {0: "batch_size", 1: "sequence_length"}})
         del text, proto
@@ -137,11 +154,7 @@ def export_pipeline_components(model_dir: str, output_dir: str, dtype: str, devi
         sample = torch.randn(2, config.in_channels, size, size, dtype=torch_dtype, device=device)
         timestep = torch.tensor(999.0, dtype=torch.float32, device=device)
         states = torch.randn(2, length, cross, dtype=torch_dtype, device=device)
-
-        def denoise(sample, timestep, encoder_hidden_states):  # noqa: ANN001, ANN202 - traced
-            return type(unet).forward(unet, sample, timestep, encoder_hidden_states, return_dict=False)[0]
-
-        proto = _export(_method_module(torch, unet, denoise), (sample, timestep, states),
+        proto = _export(_method_module(unet, _denoise), (sample, timestep, states),
                         {"sample": {0: auto, 2: auto, 3: auto}, "timestep": None,
                          "encoder_hidden_states": {0: auto, 1: auto}},
                         ["sample", "timestep", "encoder_hidden_states"], ["out_sample"], "UNet")
@@ -149,28 +162,14 @@ def export_pipeline_components(model_dir: str, output_dir: str, dtype: str, devi
                                        "encoder_hidden_states": {1: "sequence_length"}})
         del unet, proto
 
-        # VAE: its decoder (latents -> image) and encoder (image -> mean and log-variance), fp32 where it upcasts.
-        vae = AutoencoderKL.from_pretrained(source / "vae")
-        vae_dtype = torch.float32 if getattr(vae.config, "force_upcast", False) else torch_dtype
-        vae = vae.to(device=device, dtype=vae_dtype).eval()
-        factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        latents = torch.randn(1, vae.config.latent_channels, size, size, dtype=vae_dtype, device=device)
-
-        def decode(latent_sample):  # noqa: ANN001, ANN202 - traced
-            return AutoencoderKL.decode(vae, latent_sample, return_dict=False)[0]
-
-        proto = _export(_method_module(torch, vae, decode), (latents,), {"latent_sample": {0: auto, 2: auto, 3: auto}},
-                        ["latent_sample"], ["sample"], "VAE decoder")
+        # VAE decoder (latents -> image). Its encoder is not exported: nothing here draws from an image, and it
+        # would add a sixth of the export's time.
+        vae = AutoencoderKL.from_pretrained(source / "vae", dtype=torch_dtype).to(device).eval()
+        latents = torch.randn(1, vae.config.latent_channels, size, size, dtype=torch_dtype, device=device)
+        proto = _export(_method_module(vae, _decode_latents), (latents,),
+                        {"latent_sample": {0: auto, 2: auto, 3: auto}}, ["latent_sample"], ["sample"], "VAE decoder")
         finish("vae_decoder", proto, "vae", {"latent_sample": {0: "batch_size", 2: "latent_height",
                                                                3: "latent_width"}})
-        image = torch.randn(1, vae.config.in_channels, size * factor, size * factor, dtype=vae_dtype, device=device)
-
-        def encode_image(sample):  # noqa: ANN001, ANN202 - traced
-            return vae.quant_conv(vae.encoder(sample)) if vae.quant_conv is not None else vae.encoder(sample)
-
-        proto = _export(_method_module(torch, vae, encode_image), (image,), {"sample": {0: auto, 2: auto, 3: auto}},
-                        ["sample"], ["latent_parameters"], "VAE encoder")
-        finish("vae_encoder", proto, "vae", {"sample": {0: "batch_size", 2: "sample_height", 3: "sample_width"}})
         del vae, proto
 
     for name in COPIED:
