@@ -48,7 +48,8 @@ def main() -> None:
     ids = AutoTokenizer.from_pretrained(model_dir)(QUALITY_PARAGRAPH.read_text().strip())["input_ids"]
     ids = ids[:QUALITY_PARAGRAPH_TOKENS]
     with torch.inference_mode():
-        reference = AutoModelForCausalLM.from_pretrained(model_dir).eval()(torch.tensor([ids])).logits[0].numpy()
+        reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()(
+            torch.tensor([ids])).logits[0].numpy()
     reference = log_softmax(reference[:-1])
 
     def run(model) -> np.ndarray:

@@ -165,7 +165,7 @@ def build_images(out: Path) -> None:
     samples = []
 
     def load(dtype=torch.float32):
-        pipe = StableDiffusionPipeline.from_pretrained(model_dir, torch_dtype=dtype, safety_checker=None,
+        pipe = StableDiffusionPipeline.from_pretrained(model_dir, dtype=dtype, safety_checker=None,
                                                        requires_safety_checker=False)
         pipe.set_progress_bar_config(disable=True)
         return pipe

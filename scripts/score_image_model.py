@@ -39,7 +39,8 @@ def main() -> None:
     import torch
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(args.model, safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(args.model, dtype=torch.float32, safety_checker=None,
+                                                   requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     rng = random.Random(args.seed)
     scenes = [random_scene(rng, held_out=args.held_out) for _ in range(args.count)]
