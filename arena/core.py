@@ -266,7 +266,7 @@ class Arena:
     def preload(self, specs: tuple[BackendSpec, ...]) -> list[threading.Thread]:
         """Start, all at once, the environment probe, the preparer and the workers of ``specs`` with their heavy
         imports (`BackendHost.preload`). Each is mostly a single-threaded import chain (torch, transformers,
-        optimum.onnxruntime: 5-10 s each), so on 2 cores they overlap with each other and with the first run's
+        onnxruntime: 5-10 s each), so on 2 cores they overlap with each other and with the first run's
         own steps, which then find them loaded (a call waits for its worker's preload). Returns the threads;
         a failure here is left for the run to meet and report."""
         def preparer() -> None:

@@ -282,7 +282,7 @@ class Backend(ABC):
     tasks: ClassVar[tuple[str, ...]] = ("text", "image")  # what it runs: the tabs it appears in
     enabled_by_default: ClassVar[bool] = True  # False: its "Run" box starts unticked (it needs something set up)
     # Modules its worker can import ahead of the first load (`BackendHost.preload`, the start-up preparation): a
-    # worker's start is mostly these single-threaded imports (optimum.onnxruntime ~10 s on 2 cores).
+    # worker's start is mostly these single-threaded imports (onnxruntime, torch: seconds on 2 cores).
     preload_modules: ClassVar[tuple[str, ...]] = ()
     color: ClassVar[str] = ""  # its colour in the charts ("": one of the charts' fallback colours)
     # Optional, worker side: what the last `generate_text` wants said in its panel (the request a server got,
@@ -545,7 +545,8 @@ def hf_generate(model: Any, prompt_ids: list[int], settings: GenerationSettings,
 def diffusers_generate(pipe: Any, model: PreparedImage, settings: ImageSettings, on_phase: Callable[[str], None],
                        on_step: Callable[[int], None], device: Any = "cpu", dtype: Any = None,
                        vae_dtype: Any = None, keep: dict[str, Any] | None = None) -> Any:
-    """One image through a diffusers-style pipeline (PyTorch or optimum's ONNX Runtime one), phase by phase.
+    """One image through a diffusers-style pipeline (PyTorch, or the ONNX Runtime one of
+    `backends.onnxruntime.pipeline`), phase by phase.
 
     The numbered steps of the pipeline are run in the open so the host can time them: prompt encoding, the
     denoising loop (one callback per step) on the shared latents with the shared scheduler, then the VAE decode.
@@ -601,7 +602,7 @@ def diffusers_generate(pipe: Any, model: PreparedImage, settings: ImageSettings,
 
 def diffusers_components(pipe: Any, model: PreparedImage, settings: ImageSettings, inputs: dict[str, Any] | None,
                          device: Any = "cpu", dtype: Any = None, vae_dtype: Any = None) -> dict[str, Any]:
-    """`Backend.image_component_outputs` for a diffusers-style pipeline (PyTorch or optimum's ONNX Runtime one).
+    """`Backend.image_component_outputs` for a diffusers-style pipeline (PyTorch or ONNX Runtime's).
 
     The inputs are the pipeline's own arithmetic (`diffusers_generate`): the prompts' ids padded to the tokenizer's
     length (negative first under classifier-free guidance), the shared latents times ``init_noise_sigma`` through
@@ -666,7 +667,7 @@ def diffusers_components(pipe: Any, model: PreparedImage, settings: ImageSetting
 
 
 class HFBackend(Backend, ABC):
-    """A backend whose loaded model is a transformers-style class with `generate` (PyTorch, optimum's ORT models).
+    """A backend whose loaded model is a transformers-style class with `generate` (PyTorch; ONNX Runtime's pipeline).
 
     Subclasses implement the cheap class methods and `load`, which sets ``self.model``, ``self.device`` and
     ``self._info``; generation, runtime info and unloading are shared.

@@ -1,6 +1,6 @@
 """The export's own files, read as a runtime that deploys the export would read them.
 
-An export folder carries its own generation config, tokenizer and chat template (optimum copies them; a user edits
+An export folder carries its own generation config, tokenizer and chat template (the exporters copy them; a user edits
 them; ONNX Runtime GenAI writes its own genai_config.json). A runtime that uses those files stops at the end tokens
 they name, renders prompts with their template and samples with their defaults. When they differ from the model's,
 the export can compute the model's function exactly and still answer differently in deployment; the arena feeds

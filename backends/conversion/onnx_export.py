@@ -183,6 +183,9 @@ def _save(model: Any, path: Path) -> None:
 
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=path.name + "_data", size_threshold=1024)
+    data = path.with_name(path.name + "_data")
+    if data.exists():
+        data.chmod(0o644)  # onnx writes it 0600; a cache entry is read by every worker of the server's user
 
 
 def _carry_files(source: Path, target: Path) -> None:
