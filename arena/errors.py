@@ -33,7 +33,14 @@ def hub_error_sentence(model_id: str, exc: BaseException) -> str:
     if isinstance(exc, LocalEntryNotFoundError) or is_connection_error(exc):
         return (f"The Hugging Face Hub cannot be reached and '{model_id}' is not in the local cache: connect to "
                 "the internet, or give a local directory with the model.")
-    return f"Could not load '{model_id}' from the Hugging Face Hub: {type(exc).__name__}: {exc}"
+    # huggingface_hub 2.x's HTTP errors run over several lines (the status and URL, a link to the status's page,
+    # the server's message): the first line, and the server's own message when it gave one
+    lines = str(exc).strip().splitlines()
+    text = lines[0].strip().rstrip(".") if lines else ""
+    server = (str(getattr(exc, "server_message", None) or "").strip().splitlines() or [""])[0].strip()
+    if server and server not in text:
+        text = f"{text} ({server.rstrip('.')})" if text else server
+    return f"Could not load '{model_id}' from the Hugging Face Hub: {type(exc).__name__}: {text[:400]}."
 
 
 def network_error_classes() -> tuple[type[BaseException], ...]:

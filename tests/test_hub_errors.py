@@ -46,3 +46,19 @@ def response(status: int) -> httpx2.Response:
 def test_hub_failures_are_one_sentence(exc, expected):
     sentence = hub_error_sentence(ID, exc)
     assert expected in sentence and ID in sentence and "\n" not in sentence
+
+
+def test_a_hub_http_error_over_several_lines_is_one_sentence_with_the_servers_message():
+    """huggingface_hub 2.x writes the status and URL, a link to the status's page and the server's message on
+    separate lines: one sentence keeps the first and the server's message."""
+    from huggingface_hub.utils import hf_raise_for_status
+
+    failed = httpx2.Response(500, request=httpx2.Request("GET", f"https://huggingface.co/api/models/{ID}"),
+                             headers={"X-Error-Message": "Internal failure", "x-request-id": "abc"},
+                             content=b'{"error": "boom"}')
+    with pytest.raises(Exception) as raised:
+        hf_raise_for_status(failed)
+    assert "\n" in str(raised.value)  # the premise
+    sentence = hub_error_sentence(ID, raised.value)
+    assert "\n" not in sentence and sentence.endswith(".")
+    assert "500 Internal Server Error" in sentence and "Internal failure" in sentence and ID in sentence
