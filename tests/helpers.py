@@ -86,6 +86,12 @@ def isolated_raise() -> None:
     raise RuntimeError("exporter said no")
 
 
+def isolated_refuse() -> None:
+    from arena.errors import ArenaError
+
+    raise ArenaError("The toy exporter cannot export ToyForCausalLM (toy): its cache is not a KV cache.")
+
+
 class ThreadProbe:
     """Says what a worker's runtimes were given: the thread variables, torch's pool as imported (before anything
     sets it, so only OMP_NUM_THREADS can have sized it) and after `torch_threads`, an ONNX Runtime session's."""

@@ -81,6 +81,9 @@ def test_run_isolated_reports_success_failure_and_crash(tmp_path):
     assert out.read_text() == "done"
     with pytest.raises(WorkerCrashed, match="toy export failed: RuntimeError: exporter said no"):
         run_isolated("tests.helpers:isolated_raise", description="toy export")
+    with pytest.raises(WorkerCrashed) as refused:  # a user's sentence from the target is shown as it is
+        run_isolated("tests.helpers:isolated_refuse", description="toy export")
+    assert str(refused.value) == "The toy exporter cannot export ToyForCausalLM (toy): its cache is not a KV cache."
     log = tmp_path / "log.txt"
     log.write_text("")
     with pytest.raises(WorkerCrashed, match="toy export crashed: the process was killed by SIGSEGV"):

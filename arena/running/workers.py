@@ -518,6 +518,9 @@ def _worker_main(conn, target: str, init_args: tuple, log_path: str, env: dict[s
     print(f"--- worker pid {os.getpid()} exiting", flush=True)
 
 
+SENTENCE_MARK = "\x00arena-sentence\x00"  # an isolated target's ArenaError: its message is shown as it is
+
+
 def _isolated_main(target: str, args: tuple, error_path: str) -> None:
     apply_thread_env()
     try:
@@ -525,7 +528,8 @@ def _isolated_main(target: str, args: tuple, error_path: str) -> None:
     except BaseException as exc:  # noqa: BLE001 - reported through the error file and the exit code
         message, trace = bounded_error(exc)
         print(trace, flush=True)
-        Path(error_path).write_text(message)
+        # An ArenaError is already the user's sentence (an exporter that cannot take an architecture says so).
+        Path(error_path).write_text((SENTENCE_MARK if isinstance(exc, ArenaError) else "") + message)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(1)
@@ -560,5 +564,8 @@ def run_isolated(target: str, *args: Any, description: str, progress: ProgressCa
             return
         tail = read_log_tail(Path(log_path)) if log_path else ""
         if os.path.exists(error_path):
-            raise WorkerCrashed(f"{description} failed: {Path(error_path).read_text().strip()}", tail)
+            text = Path(error_path).read_text().strip()
+            if text.startswith(SENTENCE_MARK):
+                raise WorkerCrashed(text[len(SENTENCE_MARK):].strip(), tail)
+            raise WorkerCrashed(f"{description} failed: {text}", tail)
         raise WorkerCrashed(f"{description} crashed: the process {describe_exit(process.exitcode)}.", tail)
