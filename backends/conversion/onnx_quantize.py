@@ -149,7 +149,9 @@ def weight_only_quantize(fp32_dir: str, output_dir: str, settings: dict[str, Any
     counts: dict[str, int] = {}
     for node in model.graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return _report(target, {"settings": asdict(s), "output_projection": projections, "embedding": embedding_nodes,
+    return _report(target, {"settings": asdict(s), "output_projection": projections if s.embedding_bits else [],
+                            "output_projection_fp32": [] if s.embedding_bits else projections,
+                            "embedding": embedding_nodes,
             "MatMulNBits": counts.get("MatMulNBits", 0), "GatherBlockQuantized": counts.get("GatherBlockQuantized", 0),
             "MatMul left": counts.get("MatMul", 0)})
 
