@@ -13,3 +13,10 @@
 
 Importing this package never imports torch, transformers or onnxruntime: those live in worker processes.
 """
+
+import os as _os
+
+# huggingface_hub 2.x reports usage to the Hub on a process's first call (GET /api/agent-harnesses) unless told not
+# to: the arena's processes (the app, its workers, the CLI) make no request a user did not ask for. A user's own
+# setting wins.
+_os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
