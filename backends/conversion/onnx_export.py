@@ -29,6 +29,7 @@ from typing import Any
 
 from arena.errors import ArenaError
 from backends.base import LoadContext
+from backends.conversion.onnx_files import EXPORTER_KEY, SCOPE_PREFIX_KEY, ExportRefused, save_onnx, set_metadata
 from backends.installs import ONNX_EXPORTER_INSTALL
 
 TEXT_TASK = "text-generation-with-past"
@@ -39,14 +40,7 @@ EXPORTER_TITLES = {"dynamo": "torch.onnx (dynamo)", "genai-builder": "ONNX Runti
 CARRIED = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
            "special_tokens_map.json", "chat_template.jinja", "chat_template.json", "tokenizer.model", "vocab.json",
            "merges.txt", "added_tokens.json", "spiece.model")
-# The ONNX model's metadata: which exporter wrote it, and the wrapper's prefix in the nodes' module scopes.
-EXPORTER_KEY = "arena.exporter"
-SCOPE_PREFIX_KEY = "arena.module_prefix"
 WRAPPED = "inner"  # the wrapper's attribute holding the model: node scopes read "inner.model.layers.0.mlp"
-
-
-class ExportRefused(ArenaError):
-    """The exporter cannot take this architecture (one sentence naming both)."""
 
 
 def _architecture(config: Any) -> str:
@@ -141,9 +135,9 @@ def export_text_model(model_dir: str, output_dir: str, dtype: str, device: str) 
     out.mkdir(parents=True, exist_ok=True)
     onnx_model = program.model_proto
     _name_dims(onnx_model)
-    _set_metadata(onnx_model, {EXPORTER_KEY: f"torch.onnx dynamo (torch {torch.__version__})",
+    set_metadata(onnx_model, {EXPORTER_KEY: f"torch.onnx dynamo (torch {torch.__version__})",
                                SCOPE_PREFIX_KEY: WRAPPED + "."})
-    _save(onnx_model, out / "model.onnx")
+    save_onnx(onnx_model, out / "model.onnx")
     _carry_files(Path(model_dir), out)
     return {"exporter": "dynamo", "layers": count, "opset": 18, "architecture": architecture}
 
@@ -170,22 +164,6 @@ def _name_dims(model: Any) -> None:
         for dim in value.type.tensor_type.shape.dim:
             if dim.dim_param in renames:
                 dim.dim_param = renames[dim.dim_param]
-
-
-def _set_metadata(model: Any, entries: dict[str, str]) -> None:
-    for key, value in entries.items():
-        item = model.metadata_props.add()
-        item.key, item.value = key, value
-
-
-def _save(model: Any, path: Path) -> None:
-    import onnx
-
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=path.name + "_data", size_threshold=1024)
-    data = path.with_name(path.name + "_data")
-    if data.exists():
-        data.chmod(0o644)  # onnx writes it 0600; a cache entry is read by every worker of the server's user
 
 
 def _carry_files(source: Path, target: Path) -> None:

@@ -30,7 +30,7 @@ import types
 from pathlib import Path
 from typing import Any
 
-from backends.conversion.onnx_export import EXPORTER_KEY, ExportRefused, _save, _set_metadata
+from backends.conversion.onnx_files import EXPORTER_KEY, ExportRefused, save_onnx, set_metadata
 
 OPSET = 18
 COPIED = ("scheduler", "tokenizer", "feature_extractor")
@@ -120,8 +120,8 @@ def export_pipeline_components(model_dir: str, output_dir: str, dtype: str, devi
         folder = out / component
         folder.mkdir(parents=True, exist_ok=True)
         _name_dims(model, dims)
-        _set_metadata(model, stamp)
-        _save(model, folder / "model.onnx")
+        set_metadata(model, stamp)
+        save_onnx(model, folder / "model.onnx")
         shutil.copyfile(source / config_from / "config.json", folder / "config.json")
         written[component] = {"inputs": [i.name for i in model.graph.input],
                               "outputs": [o.name for o in model.graph.output]}
