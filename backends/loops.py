@@ -19,6 +19,15 @@ if TYPE_CHECKING:
 
 Runner = Callable[..., dict[str, Any]]
 PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)")
+STATE = re.compile(r"past\.(\d+)\.(\w+)")  # the GenAI builder's recurrent states: LFM2's past.N.conv, Qwen3.5's
+# past.N.conv and past.N.recurrent (fixed shapes, zeros before the prompt)
+
+
+def present_name(name: str) -> str:
+    """The output that carries a cache input to the next step: past_key_values.N.key -> present.N.key,
+    past.N.conv -> present.N.conv."""
+    return "present" + name[len("past_key_values"):] if name.startswith("past_key_values.") else \
+        "present" + name[len("past"):]
 
 
 class OrtRunner:
@@ -55,6 +64,23 @@ class OrtRunner:
                 shapes[name] = (shape[1], shape[3])
         return shapes or None
 
+    def state_shapes(self, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        """{cache input: shape of one row} for the cache inputs that do not start empty: the GenAI builder's
+        recurrent states (``past.N.conv``, ``past.N.recurrent``: the graph's fixed shapes) and its sliding layers'
+        KV buffers (dimension ``past_sliding_length``: GroupQueryAttention wants at least the window there, and
+        reads the valid length from the attention mask)."""
+        text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+        out = {}
+        for name, shape in self._shapes.items():
+            if STATE.fullmatch(name) and all(isinstance(d, int) for d in shape[1:]):
+                out[name] = tuple(shape[1:])
+            elif PAST.fullmatch(name) and len(shape) == 4 and shape[2] == "past_sliding_length" \
+                    and text.get("sliding_window"):
+                _, heads, dim = kv_cache_layout(self.input_names, config)
+                out[name] = (shape[1] if isinstance(shape[1], int) else heads, int(text["sliding_window"]),
+                             shape[3] if isinstance(shape[3], int) else dim)
+        return out
+
     def __call__(self, **inputs: Any) -> dict[str, Any]:
         import numpy as np
         import torch
@@ -81,18 +107,22 @@ def kv_cache_layout(input_names: tuple[str, ...], config: dict[str, Any]) -> tup
 
 
 def empty_past(input_names: tuple[str, ...], config: dict[str, Any], device: Any = "cpu", kv_dtype: Any = None,
-               kv_shapes: dict[str, tuple[int, int]] | None = None) -> dict[str, Any]:
+               kv_shapes: dict[str, tuple[int, int]] | None = None, decoder: Any = None) -> dict[str, Any]:
     """Zero-length ``past_key_values.*`` tensors for a prefill: each input's (heads, head dim) from the graph
-    (``kv_shapes``) where known, else from the config (`kv_cache_layout`)."""
+    (``kv_shapes``) where known, else from the config (`kv_cache_layout`); and the cache inputs that do not start
+    empty where the ``decoder`` says them (`OrtRunner.state_shapes`), zeros of their shapes."""
     import torch
 
     kv_dtype = kv_dtype or torch.float32
     if kv_shapes:
-        return {name: torch.zeros((1, heads, 0, dim), dtype=kv_dtype, device=device)
+        past = {name: torch.zeros((1, heads, 0, dim), dtype=kv_dtype, device=device)
                 for name, (heads, dim) in kv_shapes.items()}
-    layers, kv_heads, head_dim = kv_cache_layout(input_names, config)
-    return {f"past_key_values.{i}.{kind}": torch.zeros((1, kv_heads, 0, head_dim), dtype=kv_dtype, device=device)
-            for i in range(layers) for kind in ("key", "value")}
+    else:
+        layers, kv_heads, head_dim = kv_cache_layout(input_names, config)
+        past = {f"past_key_values.{i}.{kind}": torch.zeros((1, kv_heads, 0, head_dim), dtype=kv_dtype, device=device)
+                for i in range(layers) for kind in ("key", "value") if f"past_key_values.{i}.{kind}" in input_names}
+    states = decoder.state_shapes(config) if hasattr(decoder, "state_shapes") else {}
+    return past | {name: torch.zeros((1, *shape), dtype=kv_dtype, device=device) for name, shape in states.items()}
 
 
 def kv_forward_logits(decoder: Runner, input_names: tuple[str, ...], config: dict[str, Any], token_ids: list[int],
@@ -106,7 +136,7 @@ def kv_forward_logits(decoder: Runner, input_names: tuple[str, ...], config: dic
              "attention_mask": torch.ones((1, n), dtype=torch.long, device=device),
              "position_ids": torch.arange(n, dtype=torch.long, device=device)[None],
              "use_cache_branch": torch.tensor([False], device=device),  # optimum 1.x's merged decoder
-             **empty_past(input_names, config, device, kv_dtype, kv_shapes)}
+             **empty_past(input_names, config, device, kv_dtype, kv_shapes, decoder)}
     with torch.inference_mode():
         out = decoder(**{k: v for k, v in feeds.items() if k in input_names})
     return out["logits"][0].float().cpu().numpy()
@@ -123,7 +153,7 @@ def kv_greedy_generate(decoder: Runner, input_names: tuple[str, ...], config: di
     """
     import torch
 
-    past = empty_past(input_names, config, device, kv_dtype, kv_shapes)
+    past = empty_past(input_names, config, device, kv_dtype, kv_shapes, decoder)
     ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     seen, generated = 0, []
     eos = set(settings.eos_token_ids)
@@ -140,7 +170,7 @@ def kv_greedy_generate(decoder: Runner, input_names: tuple[str, ...], config: di
             generated.append(token)
             if token in eos and not settings.ignore_eos:
                 break
-            past = {name: outputs[name.replace("past_key_values", "present")] for name in past}
+            past = {name: outputs[present_name(name)] for name in past}
             seen, ids = total, torch.tensor([[token]], dtype=torch.long, device=device)
     return generated
 
@@ -152,7 +182,7 @@ def kv_step_logits(decoder: Runner, input_names: tuple[str, ...], config: dict[s
     instead of its own picks): row k predicts ``answer_ids[k]`` (numpy float32)."""
     import torch
 
-    past = empty_past(input_names, config, device, kv_dtype, kv_shapes)
+    past = empty_past(input_names, config, device, kv_dtype, kv_shapes, decoder)
     ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
     seen, rows = 0, []
     with torch.inference_mode():
@@ -166,7 +196,7 @@ def kv_step_logits(decoder: Runner, input_names: tuple[str, ...], config: dict[s
             rows.append(outputs["logits"][0, -1].float().cpu())
             if token is None:
                 break
-            past = {name: outputs[name.replace("past_key_values", "present")] for name in past}
+            past = {name: outputs[present_name(name)] for name in past}
             seen, ids = total, torch.tensor([[int(token)]], dtype=torch.long, device=device)
     return torch.stack(rows).numpy()
 

@@ -214,27 +214,15 @@ EXPORTERS = ("dynamo", "genai-builder")
 # Exports that are written but that the arena cannot use yet, and why (diagnosed by hand; tests/test_architectures.py
 # expects each to fail, strictly: once one passes, its entry goes and docs/exporters.md is regenerated).
 KNOWN_FAILURES = {
-    ("genai-builder", "lfm2"): "the builder's graph takes LFM2's convolution state (input past.0.conv), which the "
-                               "arena's loop (backends/loops.py) does not feed",
-    ("genai-builder", "gpt_oss"): "the builder's sliding layers take a KV buffer at least the window long "
-                                  "(GroupQueryAttention's local_window_size); the arena's loop starts every cache "
-                                  "empty",
-    ("genai-builder", "qwen3_5"): "the arena's loop does not feed the graph's linear-attention states (past.0.conv, "
-                                  "past.0.recurrent); fed, it still does not run: it declares position_ids (3, "
-                                  "batch, sequence) and hands them to RotaryEmbedding, which takes at most two "
-                                  "dimensions",
+    ("genai-builder", "qwen3_5"): "the graph's linear-attention states (past.0.conv, past.0.recurrent) are fed, "
+                                  "but it does not run: it declares position_ids (3, batch, sequence) and hands "
+                                  "them to RotaryEmbedding, which takes at most two dimensions",
     ("genai-builder", "mistral3"): "the builder computes YaRN's frequencies without transformers' truncate (True "
                                    "for Ministral 3: the ramp's ends rounded to whole dimensions), so two of its "
                                    "eight rotary frequencies differ from the model's by 15%",
 }
 # Why the other cells that do not pass are refused (diagnosed by hand; the doc prints them beside the sentences).
 NOTES = {
-    ("dynamo", "gpt_oss"): "the exporter asks for SDPA attention, which gpt-oss lacks (attention sinks); letting "
-                           "transformers pick (eager) and exporting the experts as batched_mm (below) exports it: "
-                           "max |Δlogit| 5e-6, decode KL 1e-7, measured",
-    ("dynamo", "qwen3_moe"): "transformers' default experts implementation (grouped_mm) runs on the CPU as the "
-                             "custom op transformers::grouped_mm_fallback, which has no ONNX translation; loaded "
-                             "with experts_implementation=\"batched_mm\" it exports: max |Δlogit| 4e-6, measured",
     ("dynamo", "qwen3_5_text"): "by design: a linear-attention layer's recurrent state has no place in the "
                                 "past_key_values layout",
     ("dynamo", "qwen3_5"): "by design, as for Qwen3.5 (text)",

@@ -23,6 +23,7 @@ exporter."""
 from __future__ import annotations
 
 import importlib.metadata
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,10 @@ def export_text_model(model_dir: str, output_dir: str, dtype: str, device: str) 
     config = AutoConfig.from_pretrained(model_dir)
     architecture = _architecture(config)
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, attn_implementation="sdpa")
+        # Attention: transformers' pick (SDPA where the model has it, else eager: gpt-oss's sinks). Experts: batched_mm,
+        # the one implementation torch.export traces to plain ops (grouped_mm is a custom op with no ONNX translation
+        # on the CPU, eager's loop over the experts hit is data-dependent).
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, experts_implementation="batched_mm")
     except (ValueError, KeyError) as exc:
         raise ExportRefused(f"The torch.onnx (dynamo) exporter cannot load {architecture} as a causal LM: "
                             f"{str(exc).splitlines()[0][:300]}") from exc
@@ -85,7 +89,7 @@ def export_text_model(model_dir: str, output_dir: str, dtype: str, device: str) 
     probe_ids = torch.zeros((1, 2), dtype=torch.long, device=device)
     with torch.inference_mode():
         probe = model(input_ids=probe_ids, use_cache=True)
-    layers = _kv_cache_layers(probe.past_key_values, architecture)
+    layers = _kv_cache_layers(probe.cache, architecture)
     shapes = [(tuple(layer.keys.shape[1:2] + layer.keys.shape[3:]), tuple(layer.values.shape[1:2]
                                                                            + layer.values.shape[3:]))
               for layer in layers]
@@ -103,9 +107,9 @@ def export_text_model(model_dir: str, output_dir: str, dtype: str, device: str) 
             for index in range(count):
                 cache.update(past[2 * index], past[2 * index + 1], index)
             out = getattr(self, WRAPPED)(input_ids=input_ids, attention_mask=attention_mask,
-                                         position_ids=position_ids, past_key_values=cache, use_cache=True)
+                                         position_ids=position_ids, cache=cache, use_cache=True)
             present = []
-            for layer in out.past_key_values.layers:
+            for layer in out.cache.layers:
                 present += [layer.keys, layer.values]
             return (out.logits, *present)
 
@@ -124,13 +128,12 @@ def export_text_model(model_dir: str, output_dir: str, dtype: str, device: str) 
     inputs = ["input_ids", "attention_mask", "position_ids", *names]
     outputs = ["logits", *(n.replace("past_key_values", "present") for n in names)]
     try:
-        program = torch.onnx.export(Wrapper(model), (ids, mask, positions, past), dynamic_shapes=dynamic,
+        program = torch.onnx.export(Wrapper(model).eval(), (ids, mask, positions, past), dynamic_shapes=dynamic,
                                     input_names=inputs, output_names=outputs, dynamo=True, opset_version=18,
                                     external_data=True, verbose=False)
     except Exception as exc:  # noqa: BLE001 - the exporter's failure is the finding, said in one sentence
-        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise ExportRefused(f"The torch.onnx (dynamo) exporter cannot export {architecture}: "
-                            f"{type(exc).__name__}: {first[:300]}") from exc
+                            f"{_cause(exc)[:300]}") from exc
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     onnx_model = program.model_proto
@@ -140,6 +143,22 @@ def export_text_model(model_dir: str, output_dir: str, dtype: str, device: str) 
     save_onnx(onnx_model, out / "model.onnx")
     _carry_files(Path(model_dir), out)
     return {"exporter": "dynamo", "layers": count, "opset": 18, "architecture": architecture}
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_SUMMARY = re.compile(r"^<class '(?:[\w.]+\.)?(\w+)'>: (.+)$", re.MULTILINE)
+
+
+def _cause(exc: BaseException) -> str:
+    """"Kind: message" of an exporter's failure: the root cause torch.onnx's report puts first in its "Exception
+    summary" (its own first line says only which step failed), else the exception's first line; no terminal
+    colours."""
+    text = _ANSI.sub("", str(exc))
+    root = _SUMMARY.search(text)
+    if root:
+        return f"{root.group(1)}: {root.group(2).strip()}"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def _name_dims(model: Any) -> None:
