@@ -439,6 +439,23 @@ class Backend(ABC):
         """Free the model (the worker process also exits cleanly on shutdown)."""
 
 
+def load_causal_lm(model_dir: str, **kwargs: Any) -> Any:
+    """The language model of a folder: `AutoModelForCausalLM`, or, for a model published only in its multimodal
+    form (Mistral 3 as `Mistral3ForConditionalGeneration`: no causal-LM class maps its config),
+    `AutoModelForImageTextToText`, whose forward takes text alone. Both the PyTorch reference and the ONNX export
+    load through here, so they compute the same function."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    config = AutoConfig.from_pretrained(model_dir)
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+        if config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+            return AutoModelForImageTextToText.from_pretrained(model_dir, **kwargs)
+    return AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+
+
 def torch_facts() -> dict[str, Any]:
     """What torch says about this machine (imports torch: the environment probe's child process only)."""
     try:

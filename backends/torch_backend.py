@@ -14,6 +14,7 @@ from backends.base import (
     HFBackend,
     LoadContext,
     OptionChoice,
+    load_causal_lm,
     option,
     precision_label,
     torch_facts,
@@ -231,10 +232,8 @@ class PyTorchBackend(HFBackend):
                             for name, component in self.model.components.items()
                             if isinstance(component, torch.nn.Module)]
             else:
-                from transformers import AutoModelForCausalLM
-
                 # dtype explicit: transformers 5 would otherwise load the checkpoint's own (a bf16 checkpoint as bf16)
-                self.model = AutoModelForCausalLM.from_pretrained(model.model_dir, dtype=dtype)
+                self.model = load_causal_lm(model.model_dir, dtype=dtype)
                 self.model.to(spec.device)
                 self.model.eval()
                 problems = [dtype_problem(self.model, dtype, model.model_name)]

@@ -228,9 +228,6 @@ NOTES = {
     ("dynamo", "qwen3_5"): "by design, as for Qwen3.5 (text)",
     ("dynamo", "lfm2"): "by design: a convolution state has no place in the past_key_values layout",
     ("dynamo", "granitemoehybrid"): "by design: a Mamba layer's states have no place in the past_key_values layout",
-    ("dynamo", "mistral3"): "AutoModelForCausalLM has no entry for Mistral3Config (the arena's PyTorch backend "
-                            "loads the same way, so it has no reference for this class either); its text model, "
-                            "Ministral 3, exports",
     ("genai-builder", "gemma4_text"): "the builder takes Gemma 4 only as Gemma4ForConditionalGeneration (its MoE "
                                       "builder) or Gemma4UnifiedForConditionalGeneration",
     ("genai-builder", "qwen3_5_text"): "the builder takes Qwen3.5 only as Qwen3_5ForConditionalGeneration",
@@ -284,21 +281,18 @@ def export(model_dir: str | Path, exporter: str, out: str | Path) -> Exported:
 
 
 def reference(model_dir: str | Path) -> dict[str, Any]:
-    """The PyTorch fp32 reference on `PROMPT` (AutoModelForCausalLM as the arena's PyTorch backend loads it; a
-    multimodal class without a causal-LM entry, Mistral 3's, through AutoModelForImageTextToText, text only): the
+    """The PyTorch fp32 reference on `PROMPT` (`backends.base.load_causal_lm`, as the arena's PyTorch backend loads
+    it; a multimodal class without a causal-LM entry, Mistral 3's, through AutoModelForImageTextToText): the
     prompt's ids, the prompt's logits (positions x vocab), its greedy answer of `ANSWER_TOKENS` tokens, and its full
     pass's logits over prompt + answer at the rows that predict the answer (answer x vocab), numpy float32."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from backends.base import load_causal_lm
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     prompt = list(tokenizer(PROMPT)["input_ids"])
-    try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    except ValueError:  # a multimodal class with no causal-LM entry (Mistral 3): its text-only forward
-        from transformers import AutoModelForImageTextToText
-
-        model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = load_causal_lm(str(model_dir), dtype=torch.float32).eval()
     with torch.inference_mode():
         generated = model.generate(torch.tensor([prompt]), max_new_tokens=ANSWER_TOKENS, min_new_tokens=ANSWER_TOKENS,
                                    do_sample=False)[0, len(prompt):].tolist()

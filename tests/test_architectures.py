@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # cell may be refused (in the form below) or, once an exporter learns it, must compute the reference's function.
 MUST_EXPORT = {
     *(("dynamo", key) for key in ("gemma4_text", "gemma4", "ministral3", "smollm3", "qwen3", "gemma3_text", "olmo3",
-                                  "exaone4", "glm4", "gpt_oss", "qwen3_moe")),
+                                  "exaone4", "glm4", "gpt_oss", "qwen3_moe", "mistral3")),
     *(("genai-builder", key) for key in ("qwen3", "gpt_oss", "lfm2")),
 }
 

@@ -69,7 +69,9 @@ def export_text_model(model_dir: str, output_dir: str, dtype: str, device: str) 
     """Export a causal LM with KV cache to ``output_dir`` with torch.onnx's dynamo exporter (runs in an isolated
     process). Returns facts for the cache entry (exporter, opset, layers)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
+    from transformers import AutoConfig, DynamicCache
+
+    from backends.base import load_causal_lm
 
     torch_dtype = torch.float16 if dtype == "fp16" else torch.float32
     config = AutoConfig.from_pretrained(model_dir)
@@ -78,7 +80,7 @@ def export_text_model(model_dir: str, output_dir: str, dtype: str, device: str) 
         # Attention: transformers' pick (SDPA where the model has it, else eager: gpt-oss's sinks). Experts: batched_mm,
         # the one implementation torch.export traces to plain ops (grouped_mm is a custom op with no ONNX translation
         # on the CPU, eager's loop over the experts hit is data-dependent).
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, experts_implementation="batched_mm")
+        model = load_causal_lm(model_dir, dtype=torch_dtype, experts_implementation="batched_mm")
     except (ValueError, KeyError) as exc:
         raise ExportRefused(f"The torch.onnx (dynamo) exporter cannot load {architecture} as a causal LM: "
                             f"{str(exc).splitlines()[0][:300]}") from exc
