@@ -40,9 +40,13 @@ IMAGE_DAMAGE = "VAE decoder convolutions scaled by 1e30: fp32 overflows, as an f
 def damage_text_export(good: str, target: str) -> None:
     """Copy the export at ``good`` into ``target`` with noisy attention/MLP matrices (runs in an isolated
     process)."""
+    import re
+
     import numpy as np
     import onnx
     from onnx import numpy_helper
+
+    from backends.conversion.onnx_layers import SCOPE_PREFIX_KEY, node_module
 
     good_dir, target_dir = Path(good), Path(target)
     for item in good_dir.iterdir():
@@ -50,9 +54,14 @@ def damage_text_export(good: str, target: str) -> None:
             shutil.copy2(item, target_dir / item.name)
     model = onnx.load(str(good_dir / "model.onnx"))
     rng = np.random.default_rng(0)
+    # The decoder layers' matrices: weights a MatMul reads inside a layer's module (the dynamo exporter's module
+    # scopes, or the node names of other exporters); the embedding and the output projection stay as they were.
+    prefix = {p.key: p.value for p in model.metadata_props}.get(SCOPE_PREFIX_KEY, "")
+    in_layers = {node.input[1] for node in model.graph.node if node.op_type in ("MatMul", "Gemm")
+                 and len(node.input) > 1 and re.search(r"(^|\.)layers\.\d+(\.|$)", node_module(node, prefix))}
     for init in model.graph.initializer:
         array = numpy_helper.to_array(init)
-        if array.ndim == 2 and array.dtype == np.float32 and "embed" not in init.name:
+        if array.ndim == 2 and array.dtype == np.float32 and init.name in in_layers:
             noisy = array + rng.standard_normal(array.shape).astype(np.float32) * array.std() * 1.5
             init.CopyFrom(numpy_helper.from_array(noisy, init.name))
     onnx.save(model, str(target_dir / "model.onnx"))

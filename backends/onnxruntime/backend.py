@@ -151,22 +151,25 @@ class OnnxRuntimeBackend(HFBackend):
         dynamo = env.get("onnx_exporter") or {"installed": True}
         builder = env.get("genai_builder") or {"installed": True}
         return {
+            "provider": providers,
+            "precision": [OptionChoice("fp32", "fp32"), OptionChoice("fp16", "fp16", fp16),
+                          OptionChoice("int8", "int8 (weight-only, CPU)"),
+                          OptionChoice("int4", "int4 (weight-only, CPU)"),
+                          OptionChoice("int8-dynamic", "int8 dynamic (weights and activations, CPU)")],
+            # last: `check_spec` lets an existing export (onnx_dir) through whatever the exporters here
             "exporter": [OptionChoice("dynamo", EXPORTER_TITLES["dynamo"], AVAILABLE if dynamo.get("installed") else
                                       Availability(False, f"{dynamo.get('missing', 'onnxscript')} is not installed.",
                                                    dynamo.get("install", ""))),
                          OptionChoice("genai-builder", EXPORTER_TITLES["genai-builder"],
                                       AVAILABLE if builder.get("installed") else Availability(
                                           False, "onnxruntime-genai is not installed.", GENAI_BUILDER_INSTALL))],
-            "provider": providers,
-            "precision": [OptionChoice("fp32", "fp32"), OptionChoice("fp16", "fp16", fp16),
-                          OptionChoice("int8", "int8 (weight-only, CPU)"),
-                          OptionChoice("int4", "int4 (weight-only, CPU)"),
-                          OptionChoice("int8-dynamic", "int8 dynamic (weights and activations, CPU)")],
         }
 
     @classmethod
     def check_spec(cls, spec, env, task=None):
         problem = super().check_spec(spec, env, task)
+        if problem and spec.onnx_dir and problem.startswith(f"{cls.title} exporter '"):
+            problem = None  # an existing export needs no exporter (the exporter is the last option checked)
         if problem:
             return problem
         provider = cls.resolve_provider(spec.provider, usable_providers(env.get("onnxruntime", {})))
@@ -179,13 +182,6 @@ class OnnxRuntimeBackend(HFBackend):
                     "CPUExecutionProvider.")
         if spec.precision == "fp16" and provider == "CPUExecutionProvider":
             return "fp16 ONNX models are slow or unsupported on the CPU provider: pick CUDA or TensorRT."
-        exporter = env.get("onnx_exporter") or {}
-        if spec.exporter == "dynamo" and not spec.onnx_dir and exporter and not exporter.get("installed"):
-            return (f"torch.onnx's dynamo exporter needs {exporter.get('missing', 'onnxscript')}, which is not "
-                    f"installed: {exporter.get('install')} (or give an existing export in onnx_dir).")
-        if spec.exporter == "genai-builder" and not spec.onnx_dir and not (env.get("genai_builder") or
-                                                                           {"installed": True}).get("installed"):
-            return f"The GenAI model builder needs onnxruntime-genai: {GENAI_BUILDER_INSTALL}"
         if spec.exporter == "genai-builder" and spec.precision == "fp16" and not spec.onnx_dir:
             return ("The GenAI model builder's exports here are fp32 (its fp16 build is made for the GenAI backend "
                     "on CUDA): pick the torch.onnx (dynamo) exporter for fp16.")
