@@ -20,7 +20,6 @@ sys.path.insert(0, str(ROOT))
 from arena.core import Arena  # noqa: E402
 from arena.preparing.catalog import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, EXAMPLE_PROMPTS, IMAGE_EXAMPLE_PROMPTS  # noqa: E402
 from arena.types import BackendSpec, ImageRunRequest, TextRunRequest  # noqa: E402
-from ui.image_tab import image_run_dict  # noqa: E402
 
 OUT = ROOT / "assets" / "reference-run"
 BACKENDS = (BackendSpec("pytorch"), BackendSpec("onnxruntime"))
@@ -75,7 +74,7 @@ def main() -> None:
         Image.fromarray(result.image).save(OUT / name)
         names.append(name)
     (OUT / "image.json").write_text(json.dumps({"date": date, "machine": machine, "images": names,
-                                                "run": scrub(image_run_dict(image))}, indent=1, default=str))
+                                                "run": scrub(image.to_dict())}, indent=1, default=str))
     arena.close()
     for result in text.results + image.results:
         print(f"{result.spec.label}: {result.verdict.kind} — {result.verdict.reason}")
