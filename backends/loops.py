@@ -85,7 +85,7 @@ class OrtRunner:
         import numpy as np
         import torch
 
-        feeds = {name: inputs[name].detach().cpu().numpy().astype(np.dtype(self.input_types[name]))
+        feeds = {name: inputs[name].detach().cpu().numpy().astype(np.dtype(self.input_types[name]), copy=False)
                  for name in self.input_names if name in inputs}
         outputs = self.session.run(None, feeds)
         return {name: torch.from_numpy(np.ascontiguousarray(value))

@@ -114,7 +114,7 @@ class PyTorchOptions(BackendOptions):
 
 
 class PyTorchBackend(HFBackend):
-    """`AutoModelForCausalLM` with greedy `generate`."""
+    """A transformers language model (`load_causal_lm`) or a diffusers pipeline, with greedy `generate`."""
 
     name = "pytorch"
     preload_modules = ("torch", "transformers.modeling_utils")

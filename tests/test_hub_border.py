@@ -429,6 +429,23 @@ def test_pre_quantized_checkpoints_are_refused_on_a_public_server(local_hub, tin
         fetch("evil/quantized-sd", tmp_path, pipeline=True)
 
 
+def test_a_config_choosing_a_hub_kernel_is_refused_on_a_public_server(local_hub, tiny_llama, tmp_path):
+    """transformers 5 downloads and imports a kernel repository a config names as its attention or experts
+    implementation: code from outside the repository, picked by it."""
+    config = json.loads((tiny_llama / "config.json").read_text())
+    local_hub.add_repo("evil/kernel", repo_files(tiny_llama, config__json=config | {
+        "attn_implementation": "kernels-community/flash-attn2"}))
+    with pytest.raises(ArenaError, match=r"^'evil/kernel': config\.json sets attn_implementation; this public "
+                                         r"server picks how a model computes itself"):
+        fetch("evil/kernel", tmp_path)
+    local_hub.add_repo("evil/kernel-nested", repo_files(tiny_llama, config__json=config | {
+        "text_config": {"experts_implementation": "sonic-moe"}}))
+    with pytest.raises(ArenaError, match=r"^'evil/kernel-nested': config\.json sets experts_implementation"):
+        fetch("evil/kernel-nested", tmp_path)
+    root, _ = fetch("evil/kernel", tmp_path, limits=None)  # a local user's own choice
+    assert json.loads((root / "config.json").read_text())["attn_implementation"].startswith("kernels-community")
+
+
 def test_every_item_of_a_list_is_read_and_a_nesting_bomb_is_one_sentence(local_hub, tiny_llama, tmp_path):
     hidden = [0] * 10_001 + ["/proc/self/environ"]
     assert border.reference_problems({"padding": hidden}, set()) == ["padding[10001] is the path '/proc/self/environ'"]

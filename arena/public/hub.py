@@ -15,8 +15,9 @@ Everything a repository says is checked before a loader sees it, in the preparat
    a home path or climb out with ``..`` (transformers keeps a tokenizer config's ``vocab_file`` even when it points
    at ``/proc/self/environ``). Public mode also refuses custom code (``auto_map``) and takes fast tokenizers only
    (``tokenizer.json``, read by the Rust library, which opens no other file), no pre-quantized checkpoints
-   (``quantization_config``: their loaders build objects from the JSON) and no vocabulary entry longer than
-   ``MAX_TOKEN_CHARS`` (every generated token would be that string).
+   (``quantization_config``: their loaders build objects from the JSON), no attention or experts implementation
+   chosen by the config (transformers 5 fetches a kernel named there from the Hub and imports it) and no
+   vocabulary entry longer than ``MAX_TOKEN_CHARS`` (every generated token would be that string).
 5. **Pipelines all the way down.** A pipeline's model_index.json names models, schedulers, tokenizers and
    processors of diffusers and transformers only, never another pipeline, and no folder holds its own
    model_index.json (diffusers would import what that one names).
@@ -274,11 +275,22 @@ def check_references(root: Path, model_id: str, public: bool) -> None:
         if public and rel.endswith("config.json") and _holds_key(data, "quantization_config"):
             raise ArenaError(f"'{model_id}': {rel} has a quantization_config; this public server loads no "
                              "pre-quantized checkpoints (their loaders build objects from the repository's JSON).")
+        chosen = next((key for key in KERNEL_KEYS if public and rel.endswith("config.json")
+                       and _holds_key(data, key)), None)
+        if chosen:
+            raise ArenaError(f"'{model_id}': {rel} sets {chosen}; this public server picks how a model computes "
+                             "itself (transformers 5 fetches and imports a kernel a config names from the Hub).")
     for rel in sorted(f for f in files if PurePosixPath(f).name == "vocab.txt") if public else ():
         for i, line in enumerate((root / rel).read_text(encoding="utf-8", errors="replace").splitlines()):
             if len(line) > MAX_TOKEN_CHARS:
                 raise ArenaError(f"'{model_id}': {rel}'s vocabulary entry {i} is {len(line):,} characters "
                                  f"long; this public server takes tokens of up to {MAX_TOKEN_CHARS:,} characters.")
+
+
+# transformers 5 reads how to compute attention and MoE experts from a config, and a name there may be a Hub
+# repository of compiled kernels (``kernels-community/...``, or a fallback for flash_attention_2) that it downloads
+# and imports: code from outside the repository, chosen by the repository.
+KERNEL_KEYS = ("attn_implementation", "_attn_implementation", "experts_implementation", "_experts_implementation")
 
 
 def _holds_key(data: Any, key: str, depth: int = 0) -> bool:

@@ -89,9 +89,16 @@ def export_text_model(model_dir: str, output_dir: str, dtype: str, device: str) 
 
     # One probe forward: the cache the model builds says whether it is a plain KV cache and its shapes per layer.
     probe_ids = torch.zeros((1, 2), dtype=torch.long, device=device)
-    with torch.inference_mode():
-        probe = model(input_ids=probe_ids, use_cache=True)
-    layers = _kv_cache_layers(probe.cache, architecture)
+    try:
+        with torch.inference_mode():
+            probe = model(input_ids=probe_ids, use_cache=True)
+    except (MemoryError, OSError):
+        raise  # the machine's limits, said by the worker's own sentences
+    except Exception as exc:  # noqa: BLE001 - a forward that needs more than token ids (a multimodal class)
+        raise ExportRefused(f"The torch.onnx (dynamo) exporter cannot run {architecture} on token ids alone: "
+                            f"{_cause(exc)[:300]}") from exc
+    layers = _kv_cache_layers(getattr(probe, "cache", None) or getattr(probe, "past_key_values", None),
+                              architecture)
     shapes = [(tuple(layer.keys.shape[1:2] + layer.keys.shape[3:]), tuple(layer.values.shape[1:2]
                                                                            + layer.values.shape[3:]))
               for layer in layers]
@@ -133,6 +140,8 @@ def export_text_model(model_dir: str, output_dir: str, dtype: str, device: str) 
         program = torch.onnx.export(Wrapper(model).eval(), (ids, mask, positions, past), dynamic_shapes=dynamic,
                                     input_names=inputs, output_names=outputs, dynamo=True, opset_version=18,
                                     external_data=True, verbose=False)
+    except (MemoryError, OSError):
+        raise  # the machine's limits (memory, disk), said by the worker's own sentences, not "cannot export"
     except Exception as exc:  # noqa: BLE001 - the exporter's failure is the finding, said in one sentence
         raise ExportRefused(f"The torch.onnx (dynamo) exporter cannot export {architecture}: "
                             f"{_cause(exc)[:300]}") from exc
@@ -212,6 +221,8 @@ def build_with_genai_builder(model_dir: str, output_dir: str) -> dict[str, Any]:
     except NotImplementedError as exc:
         raise ExportRefused(f"The ONNX Runtime GenAI model builder cannot export {architecture}: "
                             f"{str(exc).splitlines()[0][:300] if str(exc) else 'unsupported architecture'}") from exc
+    except (MemoryError, OSError):
+        raise
     except Exception as exc:  # noqa: BLE001 - the builder's failure is the finding, said in one sentence
         first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise ExportRefused(f"The ONNX Runtime GenAI model builder cannot export {architecture}: "

@@ -123,6 +123,8 @@ def prefill_feeds(session, token_ids: list[int]) -> dict:
             feeds[item.name] = np.ones_like(ids)
         elif item.name == "position_ids":
             feeds[item.name] = np.arange(ids.shape[1], dtype=np.int64)[None]
+        elif item.name == "use_cache_branch":  # optimum 1.x's merged decoder: the branch without a cache
+            feeds[item.name] = np.array([False])
         elif item.name.startswith("past_key_values"):
             dtype = np.float16 if "float16" in item.type else np.float32
             shape = [dim if isinstance(dim, int) else 1 if i == 0 else 0 for i, dim in enumerate(item.shape)]

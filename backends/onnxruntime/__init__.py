@@ -1,4 +1,5 @@
-"""ONNX Runtime through optimum-onnx: export with KV cache (cached on disk) or a user's export, then generate.
+"""ONNX Runtime: an export with KV cache (cached on disk; torch.onnx dynamo or the GenAI model builder) or a user's
+export (optimum-cli's layouts included), run by the arena's own greedy loop.
 
 Execution providers come from what onnxruntime reports: CPU here; CUDA and TensorRT where onnxruntime-gpu and
 TensorRT are installed. The export itself (`backends.conversion.onnx_export`) runs in a separate short-lived

@@ -372,6 +372,11 @@ class OnnxRuntimeBackend(HFBackend):
 
         if self.components is not None or self.model is None:
             raise NotImplementedError("ONNX Runtime exposes layer outputs of a text model only")
+        if self._info.get("exporter") == EXPORTER_TITLES["genai-builder"]:
+            # The builder fuses each layer's residual add into the next layer's norm: the last tensor of a layer's
+            # scope is its MLP's output, not the layer's output, so comparing it would blame a correct layer.
+            raise NotImplementedError("the GenAI model builder's graph fuses each layer's residual add into the "
+                                      "next layer's norm, so no tensor of it is a layer's output")
         workdir = tempfile.mkdtemp(prefix="arena-layers-")
         try:
             return layer_outputs(find_onnx_model(Path(self._info["artifact_dir"])), token_ids, units, workdir,
