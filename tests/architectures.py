@@ -408,12 +408,6 @@ def judge_cell(key: str, done: Exported, ref: dict[str, Any]) -> Cell:
 
 def versions() -> dict[str, str | None]:
     """The packages whose versions decide the matrix."""
-    import importlib.metadata
+    from backends.installs import dist_versions
 
-    out = {}
-    for dist in ("transformers", "torch", "onnxruntime", "onnxscript", "onnx", "onnxruntime-genai"):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
+    return dist_versions("transformers", "torch", "onnxruntime", "onnxscript", "onnx", "onnxruntime-genai")

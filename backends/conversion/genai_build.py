@@ -11,7 +11,6 @@ and ``is_symmetric`` extra options.
 
 from __future__ import annotations
 
-import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,13 +81,9 @@ def build_genai_model(model_dir: str, output_dir: str, settings: dict[str, Any])
 
 def genai_versions() -> dict[str, str | None]:
     """The packages whose versions change what the builder writes (part of the cache key)."""
-    out = {}
-    for dist in ("onnxruntime-genai", "onnxruntime-genai-cuda", "transformers", "torch", "onnx-ir", "onnx"):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
+    from backends.installs import dist_versions
+
+    return dist_versions("onnxruntime-genai", "onnxruntime-genai-cuda", "transformers", "torch", "onnx-ir", "onnx")
 
 
 def cached_genai_model(model: Any, settings: GenAIBuildSettings, ctx: LoadContext) -> tuple[Path, bool]:

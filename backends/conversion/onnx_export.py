@@ -31,7 +31,7 @@ from typing import Any
 from arena.errors import ArenaError
 from backends.base import LoadContext
 from backends.conversion.onnx_files import EXPORTER_KEY, SCOPE_PREFIX_KEY, ExportRefused, save_onnx, set_metadata
-from backends.installs import ONNX_EXPORTER_INSTALL
+from backends.installs import ONNX_EXPORTER_INSTALL, dist_versions
 
 TEXT_TASK = "text-generation-with-past"
 IMAGE_TASK = "text-to-image"
@@ -241,15 +241,11 @@ def onnx_exporter_facts() -> dict[str, Any]:
 
 
 def export_versions(exporter: str = "dynamo") -> dict[str, str | None]:
-    out = {}
-    names = ("transformers", "torch", "onnxscript", "onnx", "onnx-ir", "diffusers") if exporter == "dynamo" else \
-        ("onnxruntime-genai", "onnxruntime-genai-cuda", "transformers", "torch", "onnx-ir", "onnx")
-    for dist in names:
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
+    if exporter != "dynamo":
+        from backends.conversion.genai_build import genai_versions
+
+        return genai_versions()
+    return dist_versions("transformers", "torch", "onnxscript", "onnx", "onnx-ir", "diffusers")
 
 
 def exporter_of(folder: str | Path) -> str | None:
