@@ -82,6 +82,8 @@ def table(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from arena.judging.check import CHECK_REACH
+
     parser = argparse.ArgumentParser(prog="python -m arena", description=__doc__, epilog=backend_help(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--prompt", action="append", dest="prompts", default=[],
                        help="repeatable; default: three built-in prompts")
     check.add_argument("--max-new-tokens", type=int, default=48)
+    check.add_argument("--reach", type=int, default=CHECK_REACH, metavar="POSITIONS",
+                       help="text checks: teacher-force the long shipped text up to this many positions (cut to the "
+                            f"model's context; default {CHECK_REACH:,}; 0 or up to 512: the fixed paragraph only), a "
+                            "full pass and its last positions through the candidate's KV cache")
     check.add_argument("--steps", type=positive_int, default=None, help="image checks only: denoising steps "
                        "(default: the catalog entry's, else 20)")
     check.add_argument("--cache-dir", default=None)
@@ -187,7 +193,7 @@ def run_check(args, arena) -> int:
         for candidate in args.candidates:
             reports.append(check(arena, args.model, candidate, task=args.task, prompts=tuple(args.prompts),
                                  reference=args.reference, max_new_tokens=args.max_new_tokens, steps=args.steps,
-                                 progress=phase_printer(), localize=args.localize))
+                                 progress=phase_printer(), localize=args.localize, reach=args.reach))
     finally:
         arena.close()
     if args.json:

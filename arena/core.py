@@ -17,7 +17,15 @@ from typing import Any
 
 from arena.errors import ArenaError
 from arena.judging.export_files import export_file_warnings
-from arena.judging.verdicts import image_floor_verdict, judge_image, judge_text, logits_error, reference_index
+from arena.judging.verdicts import (
+    REACH_CACHED_STEPS,
+    REACH_SEQUENCE,
+    image_floor_verdict,
+    judge_image,
+    judge_text,
+    logits_error,
+    reference_index,
+)
 from arena.preparing.cache import ArtifactCache, default_cache_dir
 from arena.preparing.catalog import find_catalog_model, find_image_catalog_model
 from arena.preparing.demos import BrokenConversions
@@ -58,12 +66,6 @@ MIN_WORKER_BYTES = 1 << 30
 WORKER_BASE_BYTES = int(3.5e9)
 BYTES_PER_PARAMETER = 16
 PREPARE_BYTES = int(4e9)
-
-
-def _from(outputs: dict[str, Any], first: int, tokens: int) -> dict[str, Any]:
-    """Each unit's output from token ``first`` on (batch x tokens x features; an output of another shape whole)."""
-    return {name: value[:, first:] if getattr(value, "ndim", 0) >= 2 and value.shape[1] == tokens else value
-            for name, value in outputs.items()}
 
 
 def _quiet(_fraction: float | None, _description: str) -> None:
@@ -586,7 +588,11 @@ class Arena:
         ref = results[reference]
         prompt = list(prepared.prompt_token_ids)
         sequences = [("output", prompt + list(ref.token_ids), len(prompt))] if ref.token_ids else []
-        if len(prepared.quality_token_ids) > 1:
+        cached: dict[str, int] = {}
+        if len(prepared.reach_token_ids) > 1:  # the long reach: the paragraph and the long text after it
+            sequences.append((REACH_SEQUENCE, list(prepared.reach_token_ids), 1))
+            cached[REACH_SEQUENCE] = REACH_CACHED_STEPS
+        elif len(prepared.quality_token_ids) > 1:
             sequences.append(("paragraph", list(prepared.quality_token_ids), 1))
         if not sequences or (cancel is not None and cancel.is_set()):
             return {}
@@ -603,7 +609,7 @@ class Arena:
                     continue
                 try:
                     out[i] = self._backend_worker(r.spec).quality_against(
-                        prepared, r.spec, sequences, ref_lp["sequences"], progress=progress,
+                        prepared, r.spec, sequences, ref_lp["sequences"], cached=cached, progress=progress,
                         timeout=self._left(deadline, self.run_timeout_s), cancel=cancel)
                 except (WorkerCrashed, WorkerFailed) as exc:
                     out[i] = {"unavailable": f"failed: {exc}"}
@@ -655,7 +661,7 @@ class Arena:
             return {}
         progress(None, "The decode path: each candidate's own answer under the reference")
         sequences = [(str(i), prompt + ids, len(prompt)) for i, ids in todo.items()]
-        import numpy as np
+        from arena.judging.verdicts import load_distributions, reference_margin
 
         with self._scratch() as scratch:
             ref_lp = self._reference_distributions(prepared, ref, sequences, scratch, progress, cancel, deadline)
@@ -668,9 +674,8 @@ class Arena:
                 split = next((k for k, (a, b) in enumerate(zip(ids, ref_ids, strict=False)) if a != b), None)
                 figures: dict[str, Any] = {}
                 if split is not None and split < positions:
-                    row = np.array(np.load(path, mmap_mode="r")[split])  # one row read, not the file
-                    figures["split"] = {"step": split, "margin": float(row.max() - row[ids[split]]),
-                                        "reference_token": int(row.argmax()), "token": ids[split]}
+                    margin, best = reference_margin(load_distributions(path), split, ids[split])  # one row read
+                    figures["split"] = {"step": split, "margin": margin, "reference_token": best, "token": ids[split]}
                 if not (cancel is not None and cancel.is_set()):
                     try:
                         figures |= self._backend_worker(results[i].spec).decode_against(
@@ -704,10 +709,10 @@ class Arena:
                 r.verdict, metrics=r.verdict.metrics | {"where": None, "where_unavailable": why}))
                 if i in targets else r for i, r in enumerate(results)]
 
-        def outputs(spec, units, token_ids=None):
+        def outputs(spec, units, token_ids=None, from_token=0):
             try:
                 return self._backend_worker(spec).layer_outputs(
-                    prepared, spec, units, token_ids=token_ids, progress=progress,
+                    prepared, spec, units, token_ids=token_ids, from_token=from_token, progress=progress,
                     timeout=self._left(deadline, self.run_timeout_s), cancel=cancel)
             except (WorkerCrashed, WorkerFailed) as exc:
                 return {"unavailable": f"{spec.label} failed to return its layers' outputs: {exc}"}
@@ -720,14 +725,13 @@ class Arena:
             late = self._onset_sequence(prepared, ref, metrics.get("onset"))
             if late is not None:  # a late onset: the units are compared from there on, where the math changes
                 ids, first = late
-                reference_seq = outputs(ref.spec, None, ids)
+                reference_seq = outputs(ref.spec, None, ids, first)
                 found = reference_seq if "unavailable" in reference_seq else outputs(
-                    r.spec, reference_seq["units"], ids)
+                    r.spec, reference_seq["units"], ids, first)
                 if "unavailable" in found:
                     extra = {"where": None, "where_unavailable": found["unavailable"]}
                 else:
-                    where = localize(_from(reference_seq["outputs"], first, len(ids)),
-                                     _from(found["outputs"], first, len(ids)), reference_seq["units"],
+                    where = localize(reference_seq["outputs"], found["outputs"], reference_seq["units"],
                                      self._precision(r)[1])
                     extra = {"where": where | {"from": {"sequence": metrics["onset"]["sequence"],
                                                         "position": metrics["onset"]["position"]}}}
@@ -742,9 +746,11 @@ class Arena:
             if problem.get("full_agrees") and extra.get("where") and extra["where"]["unit"] is None:
                 extra["where"] = extra["where"] | {  # every unit agrees on full passes: what differs is the cache
                     "unit": "the KV cache", "error": None, "cause": (
-                        f"every unit agrees with the reference on a full pass, and the cached decode leaves it at "
-                        f"step {problem['step']}: the cache (what the graph hands back as present.*, the positions "
-                        "or the attention mask of a cached step, the past length)")}
+                        "every unit agrees with the reference on a full pass, and the cached decode leaves it at "
+                        + (f"position {problem['position']} of the {problem['sequence']}" if "position" in problem
+                           else f"step {problem['step']}")
+                        + ": the cache (what the graph hands back as present.*, the positions or the attention mask "
+                        "of a cached step, the past length)")}
             out[i] = dataclasses.replace(r, verdict=dataclasses.replace(r.verdict, metrics=r.verdict.metrics | extra))
         return out
 
@@ -757,6 +763,8 @@ class Arena:
         position = int(onset["position"])
         if onset.get("sequence") == "paragraph" and len(prepared.quality_token_ids) > 1:
             ids, first = list(prepared.quality_token_ids), position  # position k predicts token k + 1 from token k
+        elif onset.get("sequence") == REACH_SEQUENCE and len(prepared.reach_token_ids) > 1:
+            ids, first = list(prepared.reach_token_ids), position
         elif onset.get("sequence") == "output" and ref.token_ids:
             ids = list(prepared.prompt_token_ids) + list(ref.token_ids)
             first = len(prepared.prompt_token_ids) - 1 + position

@@ -17,6 +17,8 @@ from arena.registry import DEFAULT_BACKENDS, backend_choices, backend_class, res
 
 IMAGE_DEFAULTS = IMAGE_CATALOG[0]  # the default pipeline's suggested steps and guidance are the form's defaults
 PROMPT_CAP = "The prompt's length is capped at {cap} characters on this public server (asked: {asked})."
+# What the long reach costs (`TextRunRequest.reach`), measured by benchmarks/reach.py (docs/BENCHMARKS.md).
+REACH_COST = "REACH_COST_TBD"
 SIDE_CAP = "Image sides are capped at {cap} px on this public server (asked: {asked} px)."
 
 
@@ -156,6 +158,12 @@ class TextRunRequest(_Request):
     reference: str = request_field("auto", kind="text", label="Reference", blank_is_default=True,
                                    help='the backend the verdicts compare with: "auto" (PyTorch fp32), a name or an '
                                         "index")
+    reach: int = request_field(0, kind="int", label="Long reach (positions; 0: off)", minimum=0, maximum=131_072,
+                               form_maximum=8192, step=512, public_cap="max_reach",
+                               help="teacher-force a long shipped text up to this many positions (cut to the "
+                                    "model's context), full pass and its last 32 positions through each backend's "
+                                    "KV cache: position and cache bugs past the fixed 512-position paragraph show. "
+                                    f"Cost on the embedded model at 4,096: {REACH_COST}")
     localize: str = request_field("auto", kind="text", choices=("auto", "all", "off"), label="Where did it break?",
                                   help='compare each layer\'s output with the reference\'s: "auto" for broken and '
                                        'drifting backends, "all" for every backend, or "off"')
@@ -180,6 +188,8 @@ class PreparedText:
     user_prompt: str = ""  # the prompt as typed (a chat server applies its own template to it)
     prompt_format: str = ""  # the format it was rendered in ("chat", "plain", ...)
     quality_token_ids: tuple[int, ...] = ()  # the fixed paragraph (assets/quality-paragraph.txt), tokenized once
+    reach_token_ids: tuple[int, ...] = ()  # the long reach: the paragraph, then assets/long-reach.txt (request.reach)
+    reach_note: str = ""  # why the long reach is shorter than asked (the model's context, the logits' size)
     parameters: int | None = None  # the model's parameter count (from its weight files' headers), if known
 
 
@@ -306,7 +316,9 @@ class TextRunResult(_RunResult):
     def _model_dict(self, prepared: PreparedText) -> dict[str, Any]:
         return super()._model_dict(prepared) | {"context_length": prepared.context_length,
                                                 "materialize_s": prepared.materialize_s,
-                                                "parameters": prepared.parameters}
+                                                "parameters": prepared.parameters,
+                                                "reach_positions": len(prepared.reach_token_ids),
+                                                "reach_note": prepared.reach_note}
 
     def _input_dict(self, prepared: PreparedText | None) -> dict[str, Any]:
         return {"rendered_prompt": prepared.rendered_prompt if prepared else None,
@@ -363,6 +375,12 @@ class ImageRunRequest(_Request):
     reference: str = request_field("auto", kind="text", label="Reference", blank_is_default=True,
                                    help='the backend the verdicts compare with: "auto" (PyTorch fp32), a name or an '
                                         "index")
+    reach: int = request_field(0, kind="int", label="Long reach (positions; 0: off)", minimum=0, maximum=131_072,
+                               form_maximum=8192, step=512, public_cap="max_reach",
+                               help="teacher-force a long shipped text up to this many positions (cut to the "
+                                    "model's context), full pass and its last 32 positions through each backend's "
+                                    "KV cache: position and cache bugs past the fixed 512-position paragraph show. "
+                                    f"Cost on the embedded model at 4,096: {REACH_COST}")
     localize: str = request_field("auto", kind="text", choices=("auto", "all", "off"), label="Where did it break?",
                                   help='run the text encoder, UNet and VAE decoder on the reference\'s inputs and '
                                        'compare each output with the reference\'s: "auto" for broken backends, "all" '

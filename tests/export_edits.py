@@ -1,7 +1,8 @@
 """Edits of an ONNX export (model.onnx: the arena's dynamo export, or optimum's layout) used by tests/test_check.py
 and scripts/build_sequence_corpus.py:
 a deliberate change to the model's math that still writes fluent text, three bugs that start late in the
-sequence (positions clamped, positions wrapping, logn attention), two bugs of the KV cache alone (a full pass is
+sequence (positions clamped, positions wrapping, logn attention), a bug of the cached path past a long context
+(positions clamped on one-token steps only), two bugs of the KV cache alone (a full pass is
 exact, every cached step is not), and two fair conversions (8-bit weight-only, weights rounded through fp16) of the
 same graph."""
 
@@ -152,6 +153,24 @@ def clamp_positions(model, limit: int = 100) -> None:
     _rewire(model, "position_ids", "broken_positions")
     _insert_after(model, set(), [helper.make_node("Min", ["position_ids", "broken_position_limit"],
                                                   ["broken_positions"], name="broken_clamp")])
+
+
+def clamp_cached_positions(model, limit: int = 600) -> None:
+    """On a cached step (one new token) positions past ``limit`` read the rotary angle of position ``limit``; a full
+    pass (several tokens) is exact: a decode graph whose rotary table was built for too few positions, a bug of the
+    cached path that only a long context reaches."""
+    from onnx import helper, numpy_helper
+
+    model.graph.initializer.extend([numpy_helper.from_array(np.array(limit, np.int64), "broken_cached_limit"),
+                                    numpy_helper.from_array(np.array(1, np.int64), "broken_one")])
+    _rewire(model, "position_ids", "broken_positions")
+    _insert_after(model, set(), [
+        helper.make_node("Shape", ["input_ids"], ["broken_shape"], name="broken_shape"),
+        helper.make_node("Gather", ["broken_shape", "broken_one"], ["broken_length"], name="broken_length", axis=0),
+        helper.make_node("Equal", ["broken_length", "broken_one"], ["broken_single"], name="broken_single"),
+        helper.make_node("Min", ["position_ids", "broken_cached_limit"], ["broken_clamped"], name="broken_min"),
+        helper.make_node("Where", ["broken_single", "broken_clamped", "position_ids"], ["broken_positions"],
+                         name="broken_where")])
 
 
 def wrap_positions(model, window: int = 128) -> None:

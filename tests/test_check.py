@@ -84,11 +84,11 @@ def test_api_check_flags_a_broken_export(app_server, exports):
     client = Client(app_server["url"], verbose=False)
     broken = client.predict(model=DEFAULT_TEXT_MODEL, candidate={"backend": "onnxruntime",
                                                                  "onnx_dir": str(exports["negated-logits"])},
-                            prompts=[PROMPT], api_name="/check")
+                            prompts=[PROMPT], reach=0, api_name="/check")
     assert broken["broken"] is True and broken["checks"][0]["verdict"]["kind"] == "GIBBERISH"
     good = client.predict(model=DEFAULT_TEXT_MODEL, candidate={"backend": "onnxruntime",
                                                                "onnx_dir": str(exports["good"])},
-                          prompts=[PROMPT], api_name="/check")
+                          prompts=[PROMPT], reach=0, api_name="/check")
     assert good["broken"] is False and good["checks"][0]["verdict"]["kind"] == "MATCH"
     missing = client.predict(model="no/such-model-here", candidate="onnxruntime", api_name="/check")
     assert missing["broken"] is True and missing["error"]
@@ -132,7 +132,8 @@ def test_cli_flags_broken_exports_but_not_a_fair_8bit_one(exports, precision_exp
     cache_only = ("cache-values-scaled", "cache-swapped", "other-end-token")
     code, reports, stderr = cli_check(exports["noisy-weights"], precision_exports["scaled-mlp"],
                                       precision_exports["weight-only-int8"],
-                                      *(precision_exports[name] for name in late + cache_only), cache=session_cache)
+                                      *(precision_exports[name] for name in late + cache_only), cache=session_cache,
+                                      extra=("--reach", "0"))  # the long reach: its own test below
     noisy, wrong, fair, clamped, wrapped, logn, scaled_cache, swapped_cache, other_files = reports
     assert code == 1 and [r["broken"] for r in reports] == [True, True, False, True, True, True, True, True,
                                                             False], stderr
@@ -184,6 +185,40 @@ def test_cli_flags_broken_exports_but_not_a_fair_8bit_one(exports, precision_exp
         assert any(line.startswith("WHERE     the KV cache") for line in report_lines(report)), report
     # A math change from the first token is still WRONG for its first-step logits, not for a late onset.
     assert wrong["checks"][0]["onset_position"] is None or wrong["checks"][0]["onset_position"] < 30
+
+
+def test_check_reaches_past_the_paragraph(exports, session_cache, tmp_path_factory):
+    """The long reach (768 positions here; ``check`` defaults to 4,096): positions that break after 650 are WRONG
+    with their onset in the long text and localized there; a decode graph whose positions break after 600 on
+    one-token steps only (every full pass exact, the answer far shorter) is WRONG from the long text's last
+    positions through its KV cache, and "where" says the cache; the good export stays MATCH at every position."""
+    from tests.export_edits import clamp_cached_positions, clamp_positions
+
+    root, good = tmp_path_factory.mktemp("reach-exports"), exports["good"]
+    clamped = edited_copy(good, root / "clamped-650", lambda model: clamp_positions(model, 650))
+    cached = edited_copy(good, root / "cached-clamped-600", lambda model: clamp_cached_positions(model, 600))
+    code, (fine, late, cache_bug), stderr = cli_check(good, clamped, cached, cache=session_cache,
+                                                      extra=("--reach", "768", "--max-new-tokens", "8"))
+    assert code == 1 and [r["broken"] for r in (fine, late, cache_bug)] == [False, True, True], stderr
+    for report in (fine, late, cache_bug):
+        assert report["reach"] == {"asked": 768, "positions": 768, "note": ""}, report["reach"]
+        assert report_lines(report)[0].startswith("REACH     768 positions teacher-forced")
+    verdict = fine["checks"][0]["verdict"]
+    long_text = verdict["metrics"]["quality"]["sequences"]["long text"]
+    assert verdict["kind"] == "MATCH" and long_text["positions"] == 767 and max(long_text["kl_positions"]) < 1e-4
+    assert len(long_text["cached"]["kl_steps"]) == 32 and max(long_text["cached"]["kl_steps"]) < 1e-4
+    check_ = late["checks"][0]
+    assert check_["verdict"]["kind"] == "WRONG" and check_["output"] == check_["reference_output"]
+    assert 650 <= check_["onset_position"] <= 652 and check_["verdict"]["metrics"]["onset"]["sequence"] == "long text"
+    assert "positions of the long text, then KL" in check_["verdict"]["reason"], check_["verdict"]["reason"]
+    assert late["where"]["unit"] == "model.layers.0" and late["where"]["from"]["sequence"] == "long text", late["where"]
+    verdict = cache_bug["checks"][0]["verdict"]
+    assert verdict["kind"] == "WRONG", verdict["reason"]
+    assert "position 736 of the long text (cached step 2 of 32 after a 736-token prefill)" in verdict["reason"]
+    assert "while its full pass over the same tokens agrees" in verdict["reason"]
+    assert "onset" not in verdict["metrics"]  # every full-pass position agrees
+    assert max(verdict["metrics"]["quality"]["sequences"]["long text"]["kl_positions"]) < 1e-4
+    assert cache_bug["where"]["unit"] == "the KV cache" and "of the long text" in cache_bug["where"]["cause"]
 
 
 @pytest.fixture(scope="module")

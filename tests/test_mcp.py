@@ -34,14 +34,15 @@ def test_mcp_client_lists_the_tools_and_calls_check(app_server):
             tools = {tool.name: tool for tool in (await session.list_tools()).tools}
             called = await session.call_tool("check", {
                 "model": "smollm2-135m-instruct", "candidate": "onnxruntime",
-                "prompts": ["Why should one run machine learning models on-premises?"], "max_new_tokens": 8})
+                "prompts": ["Why should one run machine learning models on-premises?"], "max_new_tokens": 8,
+                "reach": 0})
             return tools, called
 
     tools, called = asyncio.run(talk())
     assert {"check", "compare_text", "compare_image"} <= set(tools), sorted(tools)
     assert "Is the candidate broken?" in tools["check"].description
     assert "Run one prompt greedily" in tools["compare_text"].description
-    assert set(tools["check"].inputSchema["properties"]) >= {"model", "candidate", "prompts", "max_new_tokens"}
+    assert set(tools["check"].inputSchema["properties"]) >= {"model", "candidate", "prompts", "max_new_tokens", "reach"}
     assert not called.isError, called
     report = ast.literal_eval(called.content[0].text)  # Gradio returns the dict as its Python text
     assert report["error"] is None and report["broken"] is False, report

@@ -17,13 +17,17 @@ import pytest
 
 from arena.judging.verdicts import (
     TEXT_TOLERANCES,
+    compact_log_probs,
     difference_heatmap,
     judge_image,
     judge_text,
     log_softmax,
     logits_error,
     loop_share,
+    per_position,
+    per_position_compact,
     reference_index,
+    reference_margin,
     teacher_forced_quality,
     text_tolerance,
 )
@@ -310,3 +314,59 @@ def test_the_decode_path_is_judged_at_the_references_precision():
     looped = judge_text("the the the the the the", [7] * 24, "fp32", reference_ids=ref, decode=cache_bug)
     assert looped.kind == "WRONG" and "decode path (KV cache)" in looped.reason and "on its own:" in looped.reason
     assert judge_text("the the the the the the", [7] * 24, "fp32", reference_ids=ref).kind == "GIBBERISH"
+
+
+def test_compact_distributions_keep_the_figures_of_full_ones():
+    """The long reach keeps the reference's top-64 per position: KL over those plus one bucket for the rest never
+    passes the full KL and stays within 1e-3 nats of it on peaked (language-model-like) distributions, while a
+    candidate that moves its mass elsewhere is as far out as with the full distributions; top-1 and NLLs agree."""
+    rng = np.random.default_rng(0)
+    positions, vocab = 300, 5000
+    logits = rng.standard_normal((positions, vocab)) * 3.0
+    logits[np.arange(positions), rng.integers(0, vocab, positions)] += 12.0  # a likely token per position
+    targets = rng.integers(0, vocab, positions)
+    ref = log_softmax(logits.astype(np.float32))
+    compact = compact_log_probs(ref, targets)
+    assert compact["top_ids"].shape == (positions, 64) and compact["top_lp"][:, 0].tolist() == ref.max(1).tolist()
+    for noise in (1e-4, 0.05, 2.0):
+        cand = log_softmax((logits + rng.standard_normal(logits.shape) * noise).astype(np.float32))
+        full, small = per_position(ref, cand, targets), per_position_compact(compact, cand, targets)
+        assert (small["kl"] <= full["kl"] + 1e-6).all()
+        if noise < 1:  # within the floors' scale: the same figure
+            assert np.abs(small["kl"] - full["kl"]).max() < 1e-3
+        else:  # far out either way (the floors are 0.02 to 0.5 nats per position); what it cannot see is mass
+            # reshuffled among the reference's unlikely tokens alone
+            assert (small["kl"] > 0.02).mean() > 0.95 and small["kl"].mean() > 0.5 * full["kl"].mean()
+        assert (small["top1"] == full["top1"]).all()
+        assert np.allclose(small["nll_ref"], full["nll_ref"], atol=1e-5)
+        assert np.allclose(small["nll_cand"], full["nll_cand"], atol=1e-5)
+    shifted = log_softmax(np.roll(logits, 7, axis=1).astype(np.float32))  # another token each time
+    assert per_position_compact(compact, shifted, targets)["kl"].min() > 2.0
+    margin, best = reference_margin(compact, 3, int(compact["top_ids"][3, 1]))
+    assert best == int(ref[3].argmax()) and margin == pytest.approx(float(ref[3].max() - np.sort(ref[3])[-2]))
+    unlikely = int(ref[3].argmin())  # outside the top-k: a lower bound of the full margin
+    assert 0 < reference_margin(compact, 3, unlikely)[0] <= reference_margin(ref, 3, unlikely)[0]
+
+
+def test_a_long_contexts_cached_steps_out_of_the_floor_are_wrong_with_their_position():
+    """The long reach's last positions through the candidate's KV cache: at the reference's precision a step out of
+    the floor is WRONG with its position in the long text and the prefill's length, even when every answer token
+    and every full-pass position agree; at another precision it is not."""
+    ref = list(range(10, 34))
+    flat = [1e-8] * 4000
+    quality = {"top1": 1.0, "kl": 1e-8, "ppl_ratio": 1.0, "positions": 4000,
+               "sequences": {"long text": {"kl_positions": flat, "cached": {
+                   "from_position": 3968, "prefill": 3969, "kl_steps": [1e-8] * 5 + [3.0] * 27,
+                   "full_kl_steps": [1e-8] * 32}}}}
+    wrong = judge_text("Fluent.", ref, "fp32", reference_ids=ref, quality=quality)
+    assert wrong.kind == "WRONG" and wrong.broken
+    assert ("its decode path (KV cache) leaves the reference at position 3973 of the long text (cached step 6 of "
+            "32 after a 3,969-token prefill)") in wrong.reason
+    assert "while its full pass over the same tokens agrees" in wrong.reason
+    assert wrong.metrics["decode_problem"] | {} == {"step": 6, "position": 3973, "sequence": "long text",
+                                                     "full_agrees": True, "measured": True}
+    fine = quality | {"sequences": {"long text": {"kl_positions": flat, "cached": {
+        "from_position": 3968, "prefill": 3969, "kl_steps": [1e-7] * 32, "full_kl_steps": [1e-8] * 32}}}}
+    assert judge_text("Fluent.", ref, "fp32", reference_ids=ref, quality=fine).kind == "MATCH"
+    other = judge_text("Fluent.", ref, "int8", reference_ids=ref, reference_precision="fp32", quality=quality)
+    assert other.kind == "MATCH"

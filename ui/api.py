@@ -12,6 +12,7 @@ import gradio as gr
 
 from arena.core import Arena
 from arena.fields import API_TYPES, FieldInfo, api_docstring, api_parameters
+from arena.judging.check import CHECK_REACH
 from arena.registry import DEFAULT_BACKENDS, default_reference
 from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
 from ui.controls import RUN_CONCURRENCY_ID, is_mcp, session_of
@@ -71,7 +72,8 @@ def make_compare_text(arena: Arena):
                             "the run as JSON (the dashboard's structured result).", compare_text)
 
 
-def check_values(model: Any, task: Any, prompts: Any, max_new_tokens: Any) -> tuple[str, str, tuple, int]:
+def check_values(model: Any, task: Any, prompts: Any, max_new_tokens: Any,
+                 reach: Any = None) -> tuple[str, str, tuple, int, int]:
     """/check's own arguments, each of its type or a ValueError sentence (the request fields check the rest)."""
     if not isinstance(model, str) or not model.strip():
         raise ValueError("The model is a catalog key, a hub id or a local folder: a non-empty text.")
@@ -87,12 +89,18 @@ def check_values(model: Any, task: Any, prompts: Any, max_new_tokens: Any) -> tu
     problem = field.refuse_bounds(tokens)
     if problem:
         raise ValueError(problem)
-    return model, task, tuple(prompts), int(tokens)
+    reach_field = TextRunRequest.field("reach")
+    positions = reach_field.parse(CHECK_REACH if reach is None else reach)
+    problem = reach_field.refuse_bounds(positions)
+    if problem:
+        raise ValueError(problem)
+    return model, task, tuple(prompts), int(tokens), int(positions)
 
 
 def make_check(arena: Arena):
     def check(model: str, candidate: Any, task: str = "auto", prompts: list[str] | None = None,
-              reference: Any = None, max_new_tokens: int = 48, request: gr.Request = None) -> dict:
+              reference: Any = None, max_new_tokens: int = 48, reach: int = CHECK_REACH,
+              request: gr.Request = None) -> dict:
         """Is the candidate broken? Runs it next to the reference on a few prompts and returns the verdicts.
 
         Args:
@@ -102,6 +110,9 @@ def make_check(arena: Arena):
             prompts: the prompts to check with; default: three built-in ones.
             reference: the reference backend (default PyTorch fp32).
             max_new_tokens: tokens per text answer.
+            reach: text: teacher-force the long shipped text up to this many positions (cut to the model's
+                context; 0 or up to 512: the fixed paragraph only), full pass and its last positions through the
+                candidate's KV cache.
         Returns {"broken": bool, "error": str | None, "checks": [{"prompt", "verdict": {"kind", "reason",
         "broken", "metrics"}, "reference_verdict", ...}], ...}.
         """
@@ -109,12 +120,12 @@ def make_check(arena: Arena):
 
         try:
             spec, ref = BackendSpec.from_any(candidate), BackendSpec.from_any(reference or default_reference())
-            model, task, prompts, tokens = check_values(model, task, prompts, max_new_tokens)
+            model, task, prompts, tokens, positions = check_values(model, task, prompts, max_new_tokens, reach)
         except (ValueError, TypeError) as exc:
             return {"broken": True, "error": str(exc), "checks": []}
         with arena.stoppable(session_of(request)) as cancel:
             return arena.public_view(run_check(arena, model, spec, task=task, prompts=prompts, reference=ref,
-                                               max_new_tokens=tokens, cancel=cancel))
+                                               max_new_tokens=tokens, cancel=cancel, reach=positions))
 
     return check
 

@@ -117,11 +117,17 @@ def speed_quality_figure(run: dict[str, Any]) -> go.Figure:
     return fig if points else _empty_note(fig, "Run a comparison to see speed against quality here")
 
 
-def position_kl_figure(run: dict[str, Any], sequence: str = "paragraph") -> go.Figure:
-    """KL(reference || candidate) at each teacher-forced position of the fixed paragraph, one line per candidate,
-    with the floor of its precision dashed and the onset (where a sequence-dependent bug starts) marked."""
+def position_kl_figure(run: dict[str, Any], sequence: str | None = None) -> go.Figure:
+    """KL(reference || candidate) at each teacher-forced position of the fixed paragraph (or of the long reach's
+    text, when the run has one), one line per candidate, with the floor of its precision dashed, the onset (where a
+    sequence-dependent bug starts) marked, and the long reach's last positions through each candidate's KV cache
+    as dots."""
     fig = go.Figure()
     drawn = 0
+    if sequence is None:
+        sequence = next((name for result in run.get("results", []) for name in (
+            ((result.get("verdict") or {}).get("metrics") or {}).get("quality") or {}).get("sequences") or {}
+            if name not in ("output", "paragraph")), "paragraph")
     for i, result in enumerate(run.get("results", [])):
         metrics = (result.get("verdict") or {}).get("metrics") or {}
         figures = ((metrics.get("quality") or {}).get("sequences") or {}).get(sequence) or {}
@@ -133,6 +139,14 @@ def position_kl_figure(run: dict[str, Any], sequence: str = "paragraph") -> go.F
         fig.add_trace(go.Scatter(x=list(range(1, len(kl) + 1)), y=[max(v, 1e-6) for v in kl], mode="lines",
                                  name=f"{result['label']} ({verdict_kind(result)})", line={"color": color},
                                  hovertemplate="position %{x}<br>KL %{y:.3g} nats<extra></extra>"))
+        cached = figures.get("cached") or {}
+        if cached.get("kl_steps"):
+            first = int(cached.get("from_position", 0))
+            fig.add_trace(go.Scatter(
+                x=[first + k + 1 for k in range(len(cached["kl_steps"]))],
+                y=[max(v, 1e-6) for v in cached["kl_steps"]], mode="markers", marker={"color": color, "size": 5},
+                name=f"{result['label']}: through its KV cache",
+                hovertemplate="position %{x} (cached step)<br>KL %{y:.3g} nats<extra></extra>"))
         onset = metrics.get("onset")
         if onset and onset.get("sequence") == sequence:
             fig.add_hline(y=onset["threshold"], line_dash="dot", line_color="#888",
@@ -142,10 +156,11 @@ def position_kl_figure(run: dict[str, Any], sequence: str = "paragraph") -> go.F
                               annotation_text=f"onset: position {onset['position']}",
                               annotation_position="top left")
     fig.update_layout(height=340, margin={"l": 60, "r": 20, "t": 50, "b": 90}, template="plotly_white",
-                      title={"text": "Where in the sequence: KL per position of the fixed paragraph",
+                      title={"text": "Where in the sequence: KL per position of the "
+                                     + ("fixed paragraph" if sequence == "paragraph" else sequence),
                              "font": {"size": 14}},
                       legend={"orientation": "h", "y": -0.35, "x": 0})
-    fig.update_xaxes(title_text="position (token) in the paragraph")
+    fig.update_xaxes(title_text="position (token) in the " + sequence)
     fig.update_yaxes(title_text="KL vs the reference (nats, log)", type="log", dtick=1, exponentformat="power")
     return fig if drawn else _empty_note(fig, "Run a comparison to see where in the sequence candidates differ")
 

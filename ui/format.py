@@ -181,11 +181,19 @@ def run_summary(run: dict[str, Any]) -> str:
                 + (f"{', '.join(done)} finished and {'is' if len(done) == 1 else 'are'} shown" if done else
                    "no backend had finished") + "; nothing was judged (a verdict needs every answer). "
                 f"Prompt: {prompt_tokens} tokens.")
+    model = run.get("model") or {}
+    reach = model.get("reach_positions") or 0
     if run.get("phase") == "judging":
         head += (" <span class='arena-badge arena-badge-waiting'>JUDGING</span> Every backend has answered; "
                  "now the verdicts: perplexity under the reference, first-step logits and teacher-forced "
-                 "agreement and KL of each backend against the reference (a forward pass over the fixed "
-                 "paragraph each)…")
+                 "agreement and KL of each backend against the reference (a forward pass over the "
+                 + (f"long text's {reach:,} positions, and its last 32 through each KV cache" if reach else
+                    "fixed paragraph") + " each)…")
+    elif reach:
+        head += (f" Long reach: {reach:,} positions teacher-forced (a full pass each, and the last 32 through each "
+                 "backend's KV cache).")
+    if model.get("reach_note"):
+        head += f" Note: {model['reach_note']}."
     if len(results) >= 2:
         first = results[0]["token_ids"]
         same = [r["label"] for r in results[1:] if r["token_ids"] == first]

@@ -11,10 +11,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from arena.judging.verdicts import REACH_CACHED_STEPS
 from arena.preparing.catalog import IMAGE_CATALOG, IMAGE_EXAMPLE_PROMPTS, find_image_catalog_model
 from arena.registry import default_reference
 from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
 
+# The long reach a check teacher-forces by default (`TextRunRequest.reach`): 4,096 positions, or the model's
+# context when shorter.
+CHECK_REACH = 4096
 TEXT_PROMPTS = (
     "Why should one run machine learning models on-premises?",
     "Write a short poem about the sea.",
@@ -33,7 +37,8 @@ def guess_task(model: str, look_on_disk: bool = True) -> str:
 
 def check(arena, model: str, candidate: BackendSpec, task: str = "auto", prompts: tuple[str, ...] = (),
           reference: BackendSpec | None = None, max_new_tokens: int = 48, steps: int | None = None,
-          seed: int = 0, progress=lambda *_: None, cancel=None, localize: bool = False) -> dict[str, Any]:
+          seed: int = 0, progress=lambda *_: None, cancel=None, localize: bool = False,
+          reach: int = CHECK_REACH) -> dict[str, Any]:
     """Run reference and candidate on each prompt and collect the verdicts.
 
     Returns {"broken": bool, "error": str | None, "task", "model", "candidate", "reference", "checks": [{prompt,
@@ -41,7 +46,9 @@ def check(arena, model: str, candidate: BackendSpec, task: str = "auto", prompts
     such model). ``where``: the first localized prompt's `arena.judging.localize` result (text: the first
     divergent layer) or `arena.judging.localize_image` result (images: the first divergent component); a broken or
     drifting candidate is localized, ``localize`` asks it for any candidate; None with ``where_unavailable``
-    when it could not be done, or when nothing was localized.
+    when it could not be done, or when nothing was localized. ``reach``: the long reach's positions (text; cut to
+    the model's context), teacher-forced once, with the first prompt (the text does not depend on the prompt);
+    ``reach`` in the report says how far it went.
     """
     task = guess_task(model, look_on_disk=not arena.policy.public) if task == "auto" else task
     reference = reference or BackendSpec(default_reference())
@@ -52,6 +59,10 @@ def check(arena, model: str, candidate: BackendSpec, task: str = "auto", prompts
     if problem:
         out.update(error=problem, broken=True)
         return out
+    cut = ""
+    if arena.policy.public and reach > arena.policy.limits.max_reach:  # the default included: cut, not refused
+        cut = f"the long reach is cut to {arena.policy.limits.max_reach:,} positions on this public server"
+        reach = arena.policy.limits.max_reach
     # Public mode: one clock for the whole check too, not a full time limit per prompt.
     deadline = time.monotonic() + arena.policy.limits.run_time_limit_s if arena.policy.public else None
     located = False
@@ -69,6 +80,7 @@ def check(arena, model: str, candidate: BackendSpec, task: str = "auto", prompts
         else:
             request = TextRunRequest(model=model, prompt=prompt, backends=(reference, candidate),
                                      max_new_tokens=max_new_tokens, warmup=0, reference="0",
+                                     reach=0 if out["checks"] else reach,
                                      # once localized, not again: the first prompt that breaks says where
                                      localize="off" if located else "all" if localize else "auto")
             result = arena.run_text_to_end(request, progress, cancel)
@@ -77,6 +89,10 @@ def check(arena, model: str, candidate: BackendSpec, task: str = "auto", prompts
             break
         ref, cand = result.results
         located = located or "where" in cand.verdict.metrics
+        if task == "text" and not out["checks"]:
+            model_info = result.to_dict().get("model") or {}
+            out["reach"] = {"asked": reach, "positions": model_info.get("reach_positions", 0),
+                            "note": "; ".join(n for n in (cut, model_info.get("reach_note", "")) if n)}
         out["checks"].append({
             "prompt": prompt,
             "verdict": cand.verdict.to_dict(),
@@ -99,6 +115,14 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     if report["error"]:
         return [f"ERROR {report['error']}"]
     lines = []
+    reach = report.get("reach") or {}
+    if reach.get("positions"):
+        lines.append(f"{'REACH':<9} {reach['positions']:,} positions teacher-forced (a full pass, and the last "
+                     f"{REACH_CACHED_STEPS} through the candidate's KV cache)"
+                     + (f"; {reach['note']}" if reach.get("note") else ""))
+    elif reach.get("asked"):
+        lines.append(f"{'REACH':<9} the fixed 512-position paragraph only" + (f": {reach['note']}"
+                                                                              if reach.get("note") else ""))
     for check_ in report["checks"]:
         verdict, ref = check_["verdict"], check_["reference_verdict"]
         lines.append(f"{verdict['kind']:<9} {check_['prompt'][:48]!r}: {verdict['reason']}")

@@ -61,6 +61,11 @@ ONSET_MIN_TAIL = 16  # an onset needs at least this many positions after it to s
 # by more than this margin (nats) is no near-tie: a good fp32 export flips only where the two tokens are within
 # ~1e-4 nats (its logits agree to ~1e-5), so 1 nat is far outside what precision can do at the same precision.
 DECODE_SPLIT_MARGIN = {"fp32": 1.0, "fp16": 2.0, "bf16": 3.0}
+# The long reach (a request's ``reach``): the fixed paragraph and the long text after it (assets/long-reach.txt),
+# teacher-forced as one sequence up to the reach, full pass; its last positions also through the candidate's KV
+# cache after a prefill of the rest, judged like the decode path (a step over POSITION_KL is out).
+REACH_SEQUENCE = "long text"
+REACH_CACHED_STEPS = 32
 # At the reference's precision an image's pipeline components (text encoder, UNet, VAE decoder), each run on the
 # reference's own inputs, must agree within this relative error (`arena.judging.localize.UNIT_TOLERANCE`'s fp32):
 # good fp32 exports of the embedded image model measure 1e-7 to 4e-7, the same export with every weight rounded
@@ -221,6 +226,84 @@ def per_position(reference_log_probs: Any, candidate_log_probs: Any, targets: An
             "nll_ref": -ref[rows, targets].astype(np.float64), "nll_cand": -cand[rows, targets].astype(np.float64)}
 
 
+# A long teacher-forced text (the long reach: thousands of positions) keeps the reference's distributions compact:
+# its top `COMPACT_TOP_K` log-probabilities per position and the target's, not the whole vocabulary (4,096
+# positions x a 49k vocabulary are 800 MB as float32; compact, 2 MB). KL is then taken over the top-k tokens plus
+# one bucket for the rest (a grouping of the same two distributions: never above the full KL, and equal to it up
+# to the mass the reference puts outside its top-k: under 1e-3 nats on SmolLM2-135M's paragraph).
+COMPACT_TOP_K = 64
+
+
+def compact_log_probs(log_probs: Any, targets: Any, k: int = COMPACT_TOP_K) -> dict[str, np.ndarray]:
+    """The reference's distributions kept compact: per position its top-k token ids and log-probabilities (best
+    first) and the log-probability of the token that really follows."""
+    lp = np.asarray(log_probs)
+    k = min(k, lp.shape[1])
+    top = np.argpartition(-lp, k - 1, axis=1)[:, :k]
+    values = np.take_along_axis(lp, top, axis=1)
+    order = np.argsort(-values, axis=1, kind="stable")
+    rows = np.arange(len(lp))
+    return {"top_ids": np.take_along_axis(top, order, axis=1).astype(np.int32),
+            "top_lp": np.take_along_axis(values, order, axis=1).astype(np.float32),
+            "target_lp": lp[rows, np.asarray(targets, np.int64)].astype(np.float32)}
+
+
+def per_position_compact(reference: dict[str, np.ndarray], candidate_log_probs: Any,
+                         targets: Any) -> dict[str, np.ndarray]:
+    """`per_position` against compact reference distributions (`compact_log_probs`): KL over the reference's top-k
+    tokens and one bucket for the rest, top-1 agreement with the reference's best token, both NLLs."""
+    cand = np.asarray(candidate_log_probs)
+    ids, ref_top = np.asarray(reference["top_ids"], np.int64), np.asarray(reference["top_lp"], np.float64)
+    targets = np.asarray(targets, np.int64)
+    if cand.ndim != 2 or len(cand) != len(ids) or len(targets) != len(ids) or not len(ids):
+        raise ValueError(f"cannot compare next-token distributions of shape {cand.shape} with {len(ids)} compact "
+                         f"reference positions over {len(targets)} target tokens")
+    cand_top = np.take_along_axis(cand, ids, axis=1).astype(np.float64)
+    p, q = np.exp(ref_top), np.exp(cand_top)
+    p_rest, q_rest = np.clip(1.0 - p.sum(axis=1), 0.0, 1.0), np.clip(1.0 - q.sum(axis=1), 1e-30, 1.0)
+    rest = np.where(p_rest > 0, p_rest * (np.log(np.maximum(p_rest, 1e-30)) - np.log(q_rest)), 0.0)
+    kl = (p * (ref_top - cand_top)).sum(axis=1) + rest
+    rows = np.arange(len(targets))
+    return {"kl": np.maximum(kl, 0.0), "top1": (cand.argmax(axis=1) == ids[:, 0]).astype(np.float64),
+            "nll_ref": -np.asarray(reference["target_lp"], np.float64),
+            "nll_cand": -cand[rows, targets].astype(np.float64)}
+
+
+def compare_positions(reference: Any, candidate_log_probs: Any, targets: Any) -> dict[str, np.ndarray]:
+    """`per_position` for full reference distributions (an array), `per_position_compact` for compact ones (a
+    mapping of `compact_log_probs`' arrays)."""
+    if isinstance(reference, np.ndarray):
+        return per_position(reference, candidate_log_probs, targets)
+    return per_position_compact(reference, candidate_log_probs, targets)
+
+
+def load_distributions(path: str) -> Any:
+    """A reference's distributions as written by its worker: an array (``.npy``, memory-mapped: a row is read when
+    used) or the compact arrays (``.npz``)."""
+    if path.endswith(".npz"):
+        with np.load(path) as found:
+            return {key: found[key] for key in found.files}
+    return np.load(path, mmap_mode="r")
+
+
+def slice_distributions(reference: Any, start: int, stop: int) -> Any:
+    """Rows ``start:stop`` of full or compact distributions (full rows are read from disk here)."""
+    if isinstance(reference, np.ndarray):
+        return np.asarray(reference[start:stop])
+    return {key: value[start:stop] for key, value in reference.items()}
+
+
+def reference_margin(reference: Any, row: int, token: int) -> tuple[float, int]:
+    """How far (nats) the reference prefers its best token over ``token`` at ``row``, and its best token; from
+    compact distributions, where ``token`` is outside the top-k, a lower bound (the top-k's last entry)."""
+    if isinstance(reference, np.ndarray):
+        values = np.asarray(reference[row])
+        return float(values.max() - values[token]), int(values.argmax())
+    ids, values = reference["top_ids"][row], reference["top_lp"][row]
+    found = np.flatnonzero(ids == token)
+    return float(values[0] - values[found[0] if len(found) else -1]), int(ids[0])
+
+
 def summarize_positions(figures: dict[str, np.ndarray]) -> dict[str, Any]:
     """Mean KL, top-1 share and perplexities of `per_position` figures (one sequence's, or several concatenated)."""
     kl = figures["kl"]
@@ -318,7 +401,8 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
     why = _gibberish_reason(signals)
     same_precision = precision == (reference_precision or precision)
     klass = precision_class or tolerance_class(precision)
-    broken_decode = _decode_problem(decode, klass, precision, len(reference_ids or ())) \
+    broken_decode = (_decode_problem(decode, klass, precision, len(reference_ids or ()))
+                     or _reach_decode_problem(quality, klass, precision)) \
         if same_precision and not is_reference and reference_ids is not None else None
     if why and broken_decode and broken_decode[1]["measured"] and broken_decode[1]["full_agrees"]:
         # Gibberish from a model whose full pass is exact: the cache is what breaks it, the more precise diagnosis.
@@ -383,17 +467,48 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
                    f"{metrics['agreement']:.0%} of tokens agree{logit_note}{quality_note}", False, metrics)
 
 
+def _reach_decode_problem(quality: dict[str, Any] | None, klass: str,
+                          precision: str) -> tuple[str, dict[str, Any]] | None:
+    """`_decode_problem` for a teacher-forced sequence's last positions through the candidate's KV cache (the long
+    reach's "cached" figures, `BackendHost.quality_against`): a long context's decode path."""
+    if not _measured(quality):
+        return None
+    for name, figures in (quality.get("sequences") or {}).items():
+        cached = figures.get("cached") or {}
+        if cached.get("kl_steps"):
+            found = _decode_problem(cached, klass, precision, 0, sequence=name)
+            if found:
+                return found
+    return None
+
+
 def _decode_problem(decode: dict[str, Any] | None, klass: str, precision: str,
-                    answer_tokens: int) -> tuple[str, dict[str, Any]] | None:
+                    answer_tokens: int, sequence: str | None = None) -> tuple[str, dict[str, Any]] | None:
     """Why a candidate's decode path computes something else than the model, and its figures ({"step" (1-based),
     "full_agrees": whether its own full pass over the same tokens stays within the floor, "measured": from its own
     per-step logits or from the reference's margin alone}), or None: a cached step out of the per-step floor, or,
-    without its logits, an answer that leaves the reference's where the reference is far from a tie."""
+    without its logits, an answer that leaves the reference's where the reference is far from a tie.
+    ``sequence``: the cached steps are a teacher-forced sequence's last positions (``decode["from_position"]`` on,
+    after a prefill of ``decode["prefill"]`` tokens), not the candidate's answer."""
     if not decode or klass not in POSITION_KL:
         return None
     threshold = POSITION_KL[klass]
     steps = decode.get("kl_steps") or []
     out = [k for k, v in enumerate(steps) if v > threshold]
+    if out and sequence is not None:
+        first, position = out[0], int(decode.get("from_position", 0)) + out[0]
+        full = decode.get("full_kl_steps") or []
+        worst = max(full) if full else None
+        whole = ("(its full pass was not measured)" if worst is None else
+                 f"while its full pass over the same tokens agrees (KL ≤ {worst:.2g}): the cache computes something "
+                 "else than the model at this length" if worst <= threshold else
+                 f"and its full pass there disagrees too (KL up to {worst:.2g})")
+        return (f"its decode path (KV cache) leaves the reference at position {position} of the {sequence} (cached "
+                f"step {first + 1} of {len(steps)} after a {decode.get('prefill', position):,}-token prefill): KL "
+                f"{steps[first]:.2g} nats there (the {precision} floor: {threshold:g} per step), {len(out)} of "
+                f"{len(steps)} cached steps out, {whole}",
+                {"step": first + 1, "position": position, "sequence": sequence,
+                 "full_agrees": worst is not None and worst <= threshold, "measured": True})
     if out:
         first = out[0]
         full = decode.get("full_kl_steps")

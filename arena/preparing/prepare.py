@@ -42,6 +42,12 @@ WEIGHT_PATTERNS = ("*.json", "*.safetensors", "*.bin", "*.model", "*.txt", "*.ti
 REPO_ROOT = Path(__file__).resolve().parents[2]
 QUALITY_PARAGRAPH = REPO_ROOT / "assets" / "quality-paragraph.txt"  # every backend is teacher-forced on it
 QUALITY_PARAGRAPH_TOKENS = 512  # past the usual small windows and caches: late-onset bugs show here
+# The long reach (`TextRunRequest.reach`): the paragraph, then this text (about 6,500 tokens of original prose on
+# one subject, so a model stays in distribution), repeated when the reach is longer than both.
+LONG_REACH_TEXT = REPO_ROOT / "assets" / "long-reach.txt"
+# The long reach's full pass holds positions x vocabulary float32 logits in each backend's worker: at most this
+# (SmolLM2's 49k vocabulary: 5,461 positions; Gemma's 262k: 1,024).
+REACH_LOGITS_MAX_BYTES = 1 << 30
 EMBEDDED_FILES = REPO_ROOT / "assets" / "embedded"  # <catalog key>/: config + tokenizer files, and source.json
 SOURCE_FILE = "source.json"  # which GGUF (name, size, sha256) and transformers version wrote the folder
 # Time budgets of the steps that run a repository's own logic (its chat template's Jinja, its tokenizer's regexes):
@@ -491,12 +497,43 @@ class TextPreparer:
         paragraph = self._tokenize(tokenizer, QUALITY_PARAGRAPH.read_text().strip(), name, "the quality text",
                                    progress)
         paragraph = paragraph[:min(QUALITY_PARAGRAPH_TOKENS, context or QUALITY_PARAGRAPH_TOKENS)]
+        reach, reach_note = self._reach_ids(tokenizer, request, context, vocabulary, name, progress)
         return PreparedText(
             model_dir=model_dir, model_name=resolved["name"], source=resolved["source"], rendered_prompt=rendered,
             prompt_token_ids=tuple(int(i) for i in ids), eos_token_ids=tuple(eos), pad_token_id=pad,
             context_length=context, fingerprint=resolved["fingerprint"], materialize_s=resolved["materialize_s"],
             unk_token_id=tokenizer.unk_token_id, user_prompt=request.prompt, prompt_format=fmt,
-            quality_token_ids=tuple(int(i) for i in paragraph), parameters=parameter_count(Path(model_dir)))
+            quality_token_ids=tuple(int(i) for i in paragraph), parameters=parameter_count(Path(model_dir)),
+            reach_token_ids=tuple(int(i) for i in reach), reach_note=reach_note)
+
+    def _reach_ids(self, tokenizer, request, context: int | None, vocabulary: int, name: str,
+                   progress) -> tuple[list[int], str]:
+        """The long reach's token ids (the paragraph, then the long text, repeated as needed) up to the request's
+        ``reach``, the model's context and `REACH_LOGITS_MAX_BYTES`, and why it is shorter than asked ("" if not);
+        none when the reach does not pass the paragraph's own 512 positions."""
+        asked = int(getattr(request, "reach", 0) or 0)
+        if asked <= QUALITY_PARAGRAPH_TOKENS:
+            return [], ""
+        limits = [(asked, "")]
+        if context:
+            limits.append((int(context), f"the model's context of {int(context):,} positions"))
+        most = REACH_LOGITS_MAX_BYTES // (4 * max(vocabulary, 1))
+        limits.append((most, f"{most:,} positions: the full pass's logits over a {vocabulary:,}-entry vocabulary "
+                             f"are held to {REACH_LOGITS_MAX_BYTES >> 20:,} MB"))
+        length, why = min(limits, key=lambda item: item[0])
+        if length <= QUALITY_PARAGRAPH_TOKENS:
+            return [], f"the long reach is off: {why}"
+        text = QUALITY_PARAGRAPH.read_text().strip() + "\n\n" + LONG_REACH_TEXT.read_text().strip()
+        ids = self._tokenize(tokenizer, text, name, "the long-reach text", progress)
+        if not ids:
+            return [], ""
+        if len(ids) < length:  # longer than the text: the text again (a model continues a repeat by copying)
+            tail = self._tokenize(tokenizer, "\n\n" + LONG_REACH_TEXT.read_text().strip(), name,
+                                  "the long-reach text", progress, add_special_tokens=False) or ids
+            while len(ids) < length:
+                ids += tail
+        note = f"the long reach is cut to {length:,} positions (asked: {asked:,}): {why}" if why else ""
+        return ids[:length], note
 
 
 SAFETENSORS_MAX_HEADER = 25_000_000  # bytes; huggingface_hub's own bound on a safetensors header

@@ -58,6 +58,10 @@ class PublicLimits:
     # Where-did-it-break runs a second session of the candidate (a copy of its graph with every layer's output
     # marked: for an export with its weights inline, a copy of them on disk) next to the first: models up to this.
     max_localize_parameters: float = 5e8
+    # The long reach (teacher-forcing a long text): positions per run (a check's default of 4,096 is cut to it).
+    # Its full pass holds positions x vocabulary logits in each backend's worker
+    # (`arena.preparing.prepare.REACH_LOGITS_MAX_BYTES` caps that too), and it must fit `run_time_limit_s`.
+    max_reach: int = 2048
 
     @classmethod
     def from_settings(cls, environ: Mapping[str, str] | None = None,

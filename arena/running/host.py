@@ -29,8 +29,9 @@ from arena.types import (
 from backends.base import GenerationSettings, ImageSettings, LoadContext
 
 # One sequence's next-token distributions (positions x vocab, float32), as the reference's worker writes them for
-# the candidates: sequences are cut to fit (SmolLM2's 49k vocabulary: 1,365 positions).
+# the candidates: a longer one is kept compact instead (SmolLM2's 49k vocabulary: past 1,365 positions).
 DISTRIBUTION_MAX_BYTES = 256 << 20
+ROW_CHUNK = 256  # positions whose log-softmax is taken at once (a long sequence's logits are not copied whole)
 # Where did it break: the units' outputs over the prompt cross to the app, where they are compared.
 LAYER_OUTPUTS_MAX_BYTES = 256 << 20
 STREAM_INTERVAL_S = 0.25  # how often a generating backend's answer so far reaches the page
@@ -263,78 +264,150 @@ class BackendHost:
             out.append((name, log_softmax(logits).astype(np.float32), np.asarray(ids[start:], np.int64)))
         return out
 
-    def _fitting(self, sequences: list) -> list:
-        """``sequences`` cut so that each one's distributions (positions x vocab, float32) hold at most
-        `DISTRIBUTION_MAX_BYTES`: a wide vocabulary (250,000 entries) would make them gigabytes."""
-        vocab = int(self.backend.forward_logits(list(sequences[0][1][:1])).shape[-1]) if sequences else 1
-        most = max(1, DISTRIBUTION_MAX_BYTES // (4 * max(vocab, 1)))
-        return [(name, list(ids)[:start + most], start) for name, ids, start in sequences if len(ids) > start]
+    def _vocabulary(self, sequences: list) -> int:
+        return int(self.backend.forward_logits(list(sequences[0][1][:1])).shape[-1]) if sequences else 1
+
+    @staticmethod
+    def _compact(positions: int, vocabulary: int) -> bool:
+        """Whether one sequence's distributions are kept compact (`arena.judging.verdicts.compact_log_probs`):
+        whole, they would pass `DISTRIBUTION_MAX_BYTES` (SmolLM2's 49k vocabulary: over 1,365 positions)."""
+        return positions * vocabulary * 4 > DISTRIBUTION_MAX_BYTES
+
+    def _rows(self, ids: list[int], start: int):
+        """The full pass's next-token logits over ``ids`` (those predicting ``ids[start:]``) and the targets."""
+        import numpy as np
+
+        logits = self.backend.forward_logits(list(ids))[start - 1:len(ids) - 1]
+        return logits, np.asarray(ids[start:], np.int64)
 
     def quality_reference(self, prepared: PreparedText, spec: BackendSpec, sequences: list, scratch: str,
                           progress) -> dict[str, Any]:
         """The reference's next-token log-probabilities over the teacher-forced sequences, written to ``scratch``
-        (one .npy file each; the candidates' workers read them there, so no distribution crosses the app), and
+        (one file each; the candidates' workers read them there, so no distribution crosses the app): whole
+        (``.npy``, positions x vocab) or, for a long sequence, compact (``.npz``: the top-k and the target's), and
         its own figures: {"sequences": [(name, path, positions)], "self": figures}, or {"unavailable": why}."""
         import numpy as np
 
-        from arena.judging.verdicts import per_position, summarize_positions
+        from arena.judging.verdicts import compact_log_probs, log_softmax, per_position, summarize_positions
 
         self._ensure_loaded(prepared, spec, progress)
         progress(None, f"{spec.label}: teacher-forced reference distributions", force=True)
+        written, figures = [], []
         try:
-            found = self._next_token_log_probs(self._fitting(sequences))
+            vocabulary = self._vocabulary(sequences)
+            for name, ids, start in sequences:
+                if len(ids) <= start:
+                    continue
+                logits, targets = self._rows(list(ids), start)
+                if self._compact(len(targets), vocabulary):
+                    parts = [compact_log_probs(log_softmax(logits[a:a + ROW_CHUNK]), targets[a:a + ROW_CHUNK])
+                             for a in range(0, len(targets), ROW_CHUNK)]
+                    compact = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+                    path = os.path.join(scratch, f"reference-{name}.npz")
+                    np.savez(path, **compact)
+                    nll = -compact["target_lp"].astype(np.float64)
+                    figures.append({"kl": np.zeros(len(nll)), "top1": np.ones(len(nll)), "nll_ref": nll,
+                                    "nll_cand": nll})
+                else:
+                    lp = log_softmax(logits).astype(np.float32)
+                    path = os.path.join(scratch, f"reference-{name}.npy")
+                    np.save(path, lp)
+                    figures.append(per_position(lp, lp, targets))
+                del logits
+                written.append((name, path, len(targets)))
         except NotImplementedError:
             return {"unavailable": "no logits"}
-        written, figures = [], []
-        for name, lp, targets in found:
-            path = os.path.join(scratch, f"reference-{name}.npy")
-            np.save(path, lp)
-            written.append((name, path, len(targets)))
-            figures.append(per_position(lp, lp, targets))
         pooled = summarize_positions({key: np.concatenate([f[key] for f in figures]) for key in figures[0]}) \
             if figures else {}
         pooled.pop("kl_positions", None)
         return {"sequences": written, "self": pooled}
 
     def quality_against(self, prepared: PreparedText, spec: BackendSpec, sequences: list, reference: list,
-                        progress) -> dict[str, Any]:
+                        progress, cached: dict[str, int] | None = None) -> dict[str, Any]:
         """This backend's teacher-forced quality against the reference's distributions (`quality_reference`'s
-        files): mean KL, top-1 agreement and perplexity ratio over all positions, and per sequence."""
+        files): mean KL, top-1 agreement and perplexity ratio over all positions, and per sequence. ``cached``
+        {sequence name: steps}: that sequence's last steps also go through this backend's own KV cache (a prefill
+        of the rest, then one token at a time, `Backend.cached_step_logits`), kept per sequence as "cached"
+        ({"from_position", "kl_steps", "full_kl_steps", "seconds"}): a long context's decode path."""
         import numpy as np
 
-        from arena.judging.verdicts import per_position, summarize_positions
+        from arena.judging.verdicts import (
+            compare_positions,
+            load_distributions,
+            log_softmax,
+            slice_distributions,
+            summarize_positions,
+        )
 
         self._ensure_loaded(prepared, spec, progress)
         progress(None, f"{spec.label}: teacher-forced quality", force=True)
-        start = time.perf_counter()
-        lengths = {name: positions for name, _path, positions in reference}
+        start_clock = time.perf_counter()
+        lengths = {name: (path, positions) for name, path, positions in reference}
+        figures, per = [], {}
         try:
-            mine = self._next_token_log_probs([(name, list(ids)[:begin + lengths[name]], begin)
-                                               for name, ids, begin in sequences if name in lengths])
+            for name, ids, begin in sequences:
+                if name not in lengths:
+                    continue
+                path, positions = lengths[name]
+                ids = list(ids)[:begin + positions]
+                ref = load_distributions(path)
+                logits, targets = self._rows(ids, begin)
+                parts = [compare_positions(slice_distributions(ref, a, a + ROW_CHUNK),
+                                           log_softmax(logits[a:a + ROW_CHUNK]), targets[a:a + ROW_CHUNK])
+                         for a in range(0, len(targets), ROW_CHUNK)]
+                del logits
+                found = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+                figures.append(found)
+                per[name] = summarize_positions(found)
+                steps = min(int((cached or {}).get(name, 0)), len(targets) - 1)
+                if steps > 0:
+                    per[name]["cached"] = self._cached_tail(ids, begin, steps, ref, found, progress, spec)
         except NotImplementedError:
             return {"unavailable": "no logits"}
-        figures = [per_position(np.load(path), lp, targets)
-                   for (_, lp, targets), (_, path, _) in zip(mine, reference, strict=True)]
-        per = {name: summarize_positions(f) for (name, _, _), f in zip(mine, figures, strict=True)}
+        if not figures:
+            return {"unavailable": "no sequence to compare"}
         pooled = summarize_positions({key: np.concatenate([f[key] for f in figures]) for key in figures[0]})
         pooled.pop("kl_positions")  # positions of concatenated sequences mean nothing; each sequence keeps its own
-        return pooled | {"sequences": per, "seconds": round(time.perf_counter() - start, 3)}
+        return pooled | {"sequences": per, "seconds": round(time.perf_counter() - start_clock, 3)}
+
+    def _cached_tail(self, ids: list[int], begin: int, steps: int, reference: Any, full: dict, progress,
+                     spec: BackendSpec) -> dict[str, Any]:
+        """The last ``steps`` tokens of a teacher-forced sequence through this backend's own KV cache, after a
+        prefill of the rest, against the reference's full pass (and this backend's own full pass) there."""
+        import numpy as np
+
+        from arena.judging.verdicts import compare_positions, log_softmax, slice_distributions
+
+        progress(None, f"{spec.label}: the last {steps} positions through its KV cache", force=True)
+        clock = time.perf_counter()
+        split = len(ids) - steps  # the prefill; row r of the distributions predicts ids[begin + r]
+        first_row = split - begin
+        try:
+            logits = np.asarray(self.backend.cached_step_logits(ids[:split], ids[split:]), np.float32)
+        except NotImplementedError as exc:
+            return {"unavailable": str(exc)}
+        found = compare_positions(slice_distributions(reference, first_row, first_row + steps),
+                                  log_softmax(logits), np.asarray(ids[split:], np.int64))
+        return {"from_position": first_row, "prefill": split,
+                "kl_steps": [float(f"{v:.4g}") for v in found["kl"]],
+                "full_kl_steps": [float(f"{v:.4g}") for v in full["kl"][first_row:first_row + steps]],
+                "top1": float(found["top1"].mean()), "seconds": round(time.perf_counter() - clock, 3)}
 
     def decode_against(self, prepared: PreparedText, spec: BackendSpec, answer: list[int], reference: Any,
                        progress) -> dict[str, Any]:
         """This backend's own cached decode path over its answer, against the reference's full pass over the same
-        tokens (``reference``: the file of its next-token log-probabilities, answer length x vocab): per-step KL and
-        top-1, and
-        the same figures for this backend's full pass, so a bug of the cache alone is told from one of the model.
-        {"unavailable": why} when the backend returns no per-step logits."""
+        tokens (``reference``: the file of its next-token log-probabilities over the answer): per-step KL and
+        top-1, and the same figures for this backend's full pass, so a bug of the cache alone is told from one of
+        the model. {"unavailable": why} when the backend returns no per-step logits."""
         import numpy as np
 
-        from arena.judging.verdicts import log_softmax, per_position
+        from arena.judging.verdicts import compare_positions, load_distributions, log_softmax
 
         self._ensure_loaded(prepared, spec, progress)
         progress(None, f"{spec.label}: its decode path (KV cache) against the reference", force=True)
-        reference = np.load(reference)  # the reference's file (`quality_reference`), answer length x vocab
-        prompt, answer = list(prepared.prompt_token_ids), [int(t) for t in answer][:len(reference)]
+        reference = load_distributions(reference)  # the reference's file (`quality_reference`)
+        rows = len(reference) if isinstance(reference, np.ndarray) else len(reference["target_lp"])
+        prompt, answer = list(prepared.prompt_token_ids), [int(t) for t in answer][:rows]
         start = time.perf_counter()
         try:
             cached = np.asarray(self.backend.cached_step_logits(prompt, answer), np.float32)
@@ -346,11 +419,12 @@ class BackendHost:
         except NotImplementedError:
             full = None
         targets = np.asarray(answer, np.int64)
-        steps = per_position(reference, log_softmax(cached), targets)
+        reference = np.asarray(reference) if isinstance(reference, np.ndarray) else reference
+        steps = compare_positions(reference, log_softmax(cached), targets)
         out = {"steps": len(answer), "kl_steps": [float(f"{v:.4g}") for v in steps["kl"]],
                "top1": float(steps["top1"].mean()), "kl": float(steps["kl"].mean())}
         if full is not None and full.shape == cached.shape:
-            whole = per_position(reference, log_softmax(full), targets)
+            whole = compare_positions(reference, log_softmax(full), targets)
             out |= {"full_kl_steps": [float(f"{v:.4g}") for v in whole["kl"]], "full_kl": float(whole["kl"].mean())}
         return out | {"seconds": round(time.perf_counter() - start, 3)}
 
@@ -407,11 +481,11 @@ class BackendHost:
         return found
 
     def layer_outputs(self, prepared: PreparedText, spec: BackendSpec, units: list[str] | None,
-                      progress, token_ids: list[int] | None = None) -> dict[str, Any]:
+                      progress, token_ids: list[int] | None = None, from_token: int = 0) -> dict[str, Any]:
         """Where did it break: one forward pass over the prompt (or ``token_ids``: a teacher-forced sequence up past
-        a late onset) with each unit's output kept. ``units`` None (the reference): this model's own units, returned
-        with the outputs as {"units": [...], "outputs": {...}}; else the outputs of those units this backend can
-        expose. {"unavailable": why} when it exposes none."""
+        a late onset, each output kept from token ``from_token`` on), each unit's output kept. ``units`` None (the
+        reference): this model's own units, returned with the outputs as {"units": [...], "outputs": {...}}; else
+        the outputs of those units this backend can expose. {"unavailable": why} when it exposes none."""
         self._ensure_loaded(prepared, spec, progress)
         progress(None, f"{spec.label}: each layer's output over the prompt", force=True)
         try:
@@ -422,6 +496,9 @@ class BackendHost:
             return {"unavailable": str(exc)}
         if not outputs:
             return {"unavailable": f"{spec.label} exposes none of the reference's modules by name"}
+        if from_token:  # batch x tokens x features from there on (an output of another shape whole)
+            outputs = {name: value[:, from_token:].copy() if getattr(value, "ndim", 0) >= 2
+                       and value.shape[1] == len(ids) else value for name, value in outputs.items()}
         size = sum(getattr(v, "nbytes", 0) for v in outputs.values())
         if size > LAYER_OUTPUTS_MAX_BYTES:  # they cross to the app to be compared: a wide model's long prompt is GBs
             return {"unavailable": f"its layers' outputs over this prompt are {size / 1e6:,.0f} MB, more than the "
