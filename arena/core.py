@@ -17,6 +17,8 @@ from typing import Any
 
 from arena.errors import ArenaError
 from arena.judging.export_files import export_file_warnings
+from arena.judging.memo import JudgingMemo, digest
+from arena.judging.memo import identity as memo_identity
 from arena.judging.verdicts import (
     REACH_CACHED_STEPS,
     REACH_SEQUENCE,
@@ -24,6 +26,7 @@ from arena.judging.verdicts import (
     judge_image,
     judge_text,
     logits_error,
+    pool_summaries,
     reference_index,
 )
 from arena.preparing.cache import ArtifactCache, default_cache_dir
@@ -152,6 +155,7 @@ class Arena:
         self._environment = environment
         self._env_lock = threading.Lock()
         self._run_lock = RunLock()
+        self._judging_memo = JudgingMemo()  # judging figures kept between runs (`arena.judging.memo`)
         # What holds the run lock when it is not a visitor's run ("the start-up preparation of the default models",
         # `arena.running.warmup`): a run that has to wait says what it waits for.
         self.busy_with: str | None = None
@@ -536,12 +540,21 @@ class Arena:
         ref = results[reference]
         nll: list = [None] * len(results)
         if ref.ok and not (cancel is not None and cancel.is_set()):
-            try:
-                nll = self._backend_worker(ref.spec).score_nll(
-                    prepared, ref.spec, [list(r.token_ids) if r.ok else [] for r in results],
-                    progress=progress, timeout=self._left(deadline, self.run_timeout_s), cancel=cancel)
-            except (WorkerCrashed, WorkerFailed):
-                pass  # judged without perplexity; the other detectors still run
+            ref_id, prompt = self._identity(prepared, ref), list(prepared.prompt_token_ids)
+            keys = [("nll", ref_id, digest(prompt + list(r.token_ids))) if r.ok else None for r in results]
+            nll = [self._judging_memo.get(key) for key in keys]
+            todo = [list(r.token_ids) if r.ok and nll[i] is None else [] for i, r in enumerate(results)]
+            if any(todo):
+                try:
+                    fresh = self._backend_worker(ref.spec).score_nll(
+                        prepared, ref.spec, todo, progress=progress,
+                        timeout=self._left(deadline, self.run_timeout_s), cancel=cancel)
+                    for i, value in enumerate(fresh):
+                        if todo[i]:
+                            nll[i] = value
+                            self._judging_memo.put(keys[i], value)
+                except (WorkerCrashed, WorkerFailed):
+                    pass  # judged without perplexity; the other detectors still run
         ref_precision, ref_class = self._precision(ref)
         ref_verdict = judge_text(ref.text, ref.token_ids, ref_precision, error=ref.error, is_reference=True,
                                  unk_token_id=prepared.unk_token_id, nll=nll[reference], precision_class=ref_class)
@@ -579,12 +592,22 @@ class Arena:
         precision = detected or cls.judged_precision(result.spec.options)
         return precision, cls.tolerance_class(precision)
 
+    def forget_judging(self) -> None:
+        """Drop the judging figures kept between runs (benchmarks measure judging from scratch)."""
+        self._judging_memo = JudgingMemo()
+
+    def _identity(self, prepared, result) -> str | None:
+        """What a result's judging figures depend on (`arena.judging.memo.identity`)."""
+        return memo_identity(result.spec, result.load, prepared.fingerprint)
+
     def _quality(self, prepared: PreparedText, results: list, reference: int, progress,
                  cancel: threading.Event | None = None, deadline: float | None = None) -> dict[int, dict]:
         """Teacher-forced quality of every backend against the reference, on the same tokens: the prompt followed
-        by the reference's own answer, and the fixed paragraph. The reference's log-probabilities (positions x
-        vocab, float32: ~20 MB per 100 positions of a 49k vocabulary) cross the pipes once to each candidate's
-        worker, where the candidate's own distributions are compared; only the figures come back."""
+        by the reference's own answer, and the fixed paragraph (or the long reach). The reference's
+        log-probabilities (positions x vocab, float32: ~20 MB per 100 positions of a 49k vocabulary) cross the
+        pipes once to each candidate's worker, where the candidate's own distributions are compared; only the
+        figures come back. Each sequence's figures are kept (`arena.judging.memo`): a repeated run teacher-forces
+        only what it has not judged before with the same two models."""
         ref = results[reference]
         prompt = list(prepared.prompt_token_ids)
         sequences = [("output", prompt + list(ref.token_ids), len(prompt))] if ref.token_ids else []
@@ -596,23 +619,58 @@ class Arena:
             sequences.append(("paragraph", list(prepared.quality_token_ids), 1))
         if not sequences or (cancel is not None and cancel.is_set()):
             return {}
-        progress(None, "Teacher-forced quality against the reference")
+        ref_id = self._identity(prepared, ref)
+        keys = {name: digest([start, *ids]) for name, ids, start in sequences}
+        candidates = [i for i in reversed(range(len(results)))  # newest first: each worker holds its last model
+                      if i != reference and results[i].ok]
+        found: dict[int, dict[str, Any]] = {
+            i: {name: self._judging_memo.get(("quality", self._identity(prepared, results[i]), ref_id, name,
+                                              keys[name])) for name, _, _ in sequences} for i in candidates}
+        own = {name: self._judging_memo.get(("self", ref_id, name, keys[name])) for name, _, _ in sequences}
+        needed = [s for s in sequences if own[s[0]] is None or any(found[i][s[0]] is None for i in candidates)]
+        out: dict[int, dict] = {}
+        seconds: dict[int, float] = {}
+        computed: dict[int, list[str]] = {}
+        if needed:
+            progress(None, "Teacher-forced quality against the reference")
         with self._scratch() as scratch:
-            ref_lp = self._reference_distributions(prepared, ref, sequences, scratch, progress, cancel, deadline)
-            if "unavailable" in ref_lp:  # the reference failed, or has no logits (a server)
-                return {i: dict(ref_lp) for i in range(len(results))}
-            out: dict[int, dict] = {reference: ref_lp["self"]}
-            # Newest first: each worker still holds the model it ran last, so fewer reloads.
-            for i in reversed(range(len(results))):
+            ref_lp: dict[str, Any] = {"sequences": [], "self_sequences": {}}
+            if needed:
+                ref_lp = self._reference_distributions(prepared, ref, needed, scratch, progress, cancel, deadline)
+                if "unavailable" in ref_lp:  # the reference failed, or has no logits (a server)
+                    return {i: dict(ref_lp) for i in range(len(results))}
+                for name, figures in ref_lp["self_sequences"].items():
+                    own[name] = figures
+                    self._judging_memo.put(("self", ref_id, name, keys[name]), figures)
+            for i in candidates:
                 r = results[i]
-                if i == reference or not r.ok or (cancel is not None and cancel.is_set()):
+                todo = [s for s in needed if found[i][s[0]] is None]
+                if not todo:
                     continue
+                computed[i] = [name for name, _, _ in todo]
+                if cancel is not None and cancel.is_set():
+                    return out
                 try:
-                    out[i] = self._backend_worker(r.spec).quality_against(
-                        prepared, r.spec, sequences, ref_lp["sequences"], cached=cached, progress=progress,
+                    got = self._backend_worker(r.spec).quality_against(
+                        prepared, r.spec, todo, ref_lp["sequences"], cached=cached, progress=progress,
                         timeout=self._left(deadline, self.run_timeout_s), cancel=cancel)
                 except (WorkerCrashed, WorkerFailed) as exc:
-                    out[i] = {"unavailable": f"failed: {exc}"}
+                    got = {"unavailable": f"failed: {exc}"}
+                if "unavailable" in got:
+                    out[i] = got
+                    continue
+                seconds[i] = got.get("seconds", 0.0)
+                for name, figures in got["sequences"].items():
+                    found[i][name] = figures
+                    self._judging_memo.put(("quality", self._identity(prepared, r), ref_id, name, keys[name]),
+                                           figures)
+        if all(own.values()):
+            out[reference] = pool_summaries(own)
+        for i in candidates:
+            if i not in out and all(found[i].values()):
+                reused = [name for name, _, _ in sequences if name not in computed.get(i, ())]
+                out[i] = pool_summaries(found[i]) | {"sequences": found[i], "seconds": seconds.get(i, 0.0)} | (
+                    {"reused": reused} if reused else {})
         return out
 
     def _reference_distributions(self, prepared: PreparedText, ref, sequences: list, scratch: str, progress,
@@ -659,6 +717,17 @@ class Arena:
                                                                    for t in r.token_ids)}
         if not todo or (cancel is not None and cancel.is_set()):
             return {}
+        ref_id = self._identity(prepared, ref)
+        keys = {i: ("decode", self._identity(prepared, results[i]), ref_id, digest(prompt + ids),
+                    digest(list(ref.token_ids))) for i, ids in todo.items()}
+        out: dict[int, dict] = {}
+        for i in list(todo):
+            kept = self._judging_memo.get(keys[i])
+            if kept is not None:
+                out[i] = kept | {"reused": True}
+                del todo[i]
+        if not todo:
+            return out
         progress(None, "The decode path: each candidate's own answer under the reference")
         sequences = [(str(i), prompt + ids, len(prompt)) for i, ids in todo.items()]
         from arena.judging.verdicts import load_distributions, reference_margin
@@ -666,8 +735,7 @@ class Arena:
         with self._scratch() as scratch:
             ref_lp = self._reference_distributions(prepared, ref, sequences, scratch, progress, cancel, deadline)
             if "unavailable" in ref_lp:
-                return {i: dict(ref_lp) for i in todo}
-            out: dict[int, dict] = {}
+                return out | {i: dict(ref_lp) for i in todo}
             for name, path, positions in ref_lp["sequences"]:
                 i = int(name)
                 ids, ref_ids = todo[i], list(ref.token_ids)
@@ -683,6 +751,8 @@ class Arena:
                             timeout=self._left(deadline, self.run_timeout_s), cancel=cancel)
                     except (WorkerCrashed, WorkerFailed) as exc:
                         figures["unavailable"] = f"failed: {exc}"
+                    if "unavailable" not in figures:
+                        self._judging_memo.put(keys[i], figures)
                 out[i] = figures
         return out
 

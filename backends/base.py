@@ -285,6 +285,9 @@ class Backend(ABC):
     # worker's start is mostly these single-threaded imports (onnxruntime, torch: seconds on 2 cores).
     preload_modules: ClassVar[tuple[str, ...]] = ()
     color: ClassVar[str] = ""  # its colour in the charts ("": one of the charts' fallback colours)
+    # Whether its judging figures may be kept between runs (`arena.judging.memo`): False where the model it runs
+    # cannot be known from here (a server can be restarted with other weights between two runs).
+    judging_memo: ClassVar[bool] = True
     # Optional, worker side: what the last `generate_text` wants said in its panel (the request a server got,
     # how it went); the host appends it to that run's load notes.
     run_notes: tuple[str, ...] | list[str] = ()

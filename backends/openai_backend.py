@@ -133,6 +133,7 @@ class OpenAIBackend(Backend):
     Options = OpenAIOptions
     tasks = ("text",)  # no images through this API
     enabled_by_default = False  # it needs a server the user runs
+    judging_memo = False  # the server's model can change between two runs
 
     def __init__(self) -> None:
         self.client: Any = None

@@ -46,6 +46,8 @@ def main() -> None:
         for _ in range(args.rounds):
             for reach in reaches:
                 loads.append(os.getloadavg()[0])
+                if hasattr(arena, "forget_judging"):
+                    arena.forget_judging()  # judged from scratch, not from the figures kept by the last round
                 start = time.perf_counter()
                 result = arena.run_text_to_end(request(reach))
                 times[reach].append(time.perf_counter() - start)

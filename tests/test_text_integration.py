@@ -180,3 +180,32 @@ def test_a_candidate_whose_reference_failed_is_not_compared(arena, tiny_llama):
     assert healthy.verdict.kind == "NOT COMPARED" or healthy.verdict.kind == "GIBBERISH", healthy.verdict
     if healthy.verdict.kind == "NOT COMPARED":
         assert "the reference failed (ERROR: " in healthy.verdict.reason and not healthy.verdict.broken
+
+
+def test_a_repeated_run_reuses_its_judging_figures_until_a_model_changes(arena, tiny_llama, tmp_path):
+    """Judging figures are kept per (candidate's model, reference's model, token ids): the same run again reuses
+    the answer's and the paragraph's teacher-forced figures, the decode path and the perplexity, to the same
+    values; an export edited in place (a file's time changes) is judged afresh."""
+    import os
+    import shutil
+
+    first = run(arena, tiny_llama, prompt="The memo keeps", max_new_tokens=8)
+    export = tmp_path / "export"
+    shutil.copytree(first.results[1].load.artifact_dir, export)
+    backends = (BackendSpec("pytorch"), BackendSpec.from_any({"backend": "onnxruntime", "onnx_dir": str(export)}))
+    fresh = run(arena, tiny_llama, backends=backends, prompt="The memo keeps", max_new_tokens=8)
+    again = run(arena, tiny_llama, backends=backends, prompt="The memo keeps", max_new_tokens=8)
+    before, after = (r.results[1].verdict.metrics for r in (fresh, again))
+    assert "reused" not in before["quality"] and after["quality"]["reused"] == ["output", "paragraph"]
+    assert {k: v for k, v in after["quality"].items() if k not in ("reused", "seconds")} == \
+        {k: v for k, v in before["quality"].items() if k != "seconds"}
+    assert after["decode"]["reused"] is True and after["decode"]["kl_steps"] == before["decode"]["kl_steps"]
+    assert after["signals"]["nll"] == before["signals"]["nll"] is not None
+    from arena.judging.verdicts import quality_sentence  # (the random tiny model's text reads as gibberish)
+
+    assert "kept from an earlier run of the same two models" in quality_sentence(after["quality"])
+    model = export / "model.onnx"
+    os.utime(model, ns=(model.stat().st_atime_ns, model.stat().st_mtime_ns + 1_000_000_000))
+    edited = run(arena, tiny_llama, backends=backends, prompt="The memo keeps", max_new_tokens=8)
+    assert "reused" not in edited.results[1].verdict.metrics["quality"]
+    assert "reused" not in edited.results[1].verdict.metrics["decode"]

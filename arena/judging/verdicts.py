@@ -314,6 +314,24 @@ def summarize_positions(figures: dict[str, np.ndarray]) -> dict[str, Any]:
             "kl_positions": [float(f"{v:.4g}") for v in kl]}
 
 
+def pool_summaries(per: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """`summarize_positions` of several sequences pooled, from each one's own summary (position-weighted means:
+    the same figures as summarizing their concatenated positions), so each sequence's figures can be kept apart."""
+    found = [f for f in per.values() if f and f.get("positions")]
+    if not found:
+        return {}
+    n = sum(f["positions"] for f in found)
+
+    def mean(key: str) -> float:
+        return sum(f[key] * f["positions"] for f in found) / n
+
+    nll_ref = sum(np.log(f["ppl_ref"]) * f["positions"] for f in found) / n
+    nll_cand = sum(np.log(f["ppl_cand"]) * f["positions"] for f in found) / n
+    return {"kl": float(mean("kl")), "kl_max": float(max(f["kl_max"] for f in found)), "top1": float(mean("top1")),
+            "ppl_ratio": float(np.exp(nll_cand - nll_ref)), "ppl_ref": float(np.exp(nll_ref)),
+            "ppl_cand": float(np.exp(nll_cand)), "positions": int(n)}
+
+
 def position_threshold(precision: str) -> float:
     """The per-position KL (nats) above which a position is out of ``precision``'s noise floor."""
     return POSITION_KL.get(precision, POSITION_KL_REDUCED)
@@ -364,8 +382,11 @@ def quality_sentence(quality: dict[str, Any] | None) -> str:
         return "teacher-forced quality not measured"
     if quality.get("unavailable"):
         return f"teacher-forced quality not available ({quality['unavailable']})"
+    kept = quality.get("reused") or []
     return (f"teacher-forced top-1 agreement {quality['top1']:.1%}, KL {quality['kl']:.3g} nats, "
-            f"perplexity ×{quality['ppl_ratio']:.3f} over {quality['positions']} positions")
+            f"perplexity ×{quality['ppl_ratio']:.3f} over {quality['positions']} positions"
+            + (f" (the {' and '.join('answer' if k == 'output' else k for k in kept)}'s figures kept from an earlier "
+               "run of the same two models)" if kept else ""))
 
 
 def _measured(quality: dict[str, Any] | None) -> bool:

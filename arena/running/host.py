@@ -320,7 +320,8 @@ class BackendHost:
         pooled = summarize_positions({key: np.concatenate([f[key] for f in figures]) for key in figures[0]}) \
             if figures else {}
         pooled.pop("kl_positions", None)
-        return {"sequences": written, "self": pooled}
+        mine = {name: summarize_positions(f) for (name, _, _), f in zip(written, figures, strict=True)}
+        return {"sequences": written, "self": pooled, "self_sequences": mine}
 
     def quality_against(self, prepared: PreparedText, spec: BackendSpec, sequences: list, reference: list,
                         progress, cached: dict[str, int] | None = None) -> dict[str, Any]:
