@@ -846,10 +846,10 @@ class Arena:
                         cancel: threading.Event | None = None, deadline: float | None = None) -> list:
         """Where did an image break: for each candidate judged broken (``localize`` "auto"; "all": every candidate;
         "off": none), its text encoder, UNet and VAE decoder run on the reference's inputs to each
-        (`arena.judging.localize_image`), kept in its verdict's metrics as ``where`` (None, with
-        ``where_unavailable`` saying why, when it cannot be done). A run stopped by a NaN guard is localized too:
-        its worker still holds the pipeline."""
-        from arena.judging.localize_image import localize_components
+        (`arena.judging.localize_image`; the UNet at each kept denoising step of the reference's loop), kept in its
+        verdict's metrics as ``where`` (None, with ``where_unavailable`` saying why, when it cannot be done). A run
+        stopped by a NaN guard is localized too: its worker still holds the pipeline."""
+        from arena.judging.localize_image import localize_components, unet_steps
 
         ref = results[reference]
         ref_precision = self._precision(ref)[0]
@@ -875,7 +875,8 @@ class Arena:
             if None in counts or sum(counts) > cap:
                 return unavailable(f"this public server localizes pipelines up to {cap / 1e6:.0f}M parameters (a "
                                    "second session of the candidate runs beside it); run it locally")
-        progress(None, "Where did it break: the text encoder, UNet and VAE decoder on the reference's inputs")
+        progress(None, "Where did it break: the text encoder, UNet (at each denoising step) and VAE decoder on "
+                       "the reference's inputs")
 
         def outputs(spec, inputs):
             try:
@@ -900,7 +901,8 @@ class Arena:
             else:
                 extra = {"where": localize_components(reference_out["outputs"], found["outputs"],
                                                       self._precision(r)[1], found.get("errors"),
-                                                      image_broken=r.verdict.broken)}
+                                                      image_broken=r.verdict.broken,
+                                                      steps=unet_steps(reference_out["inputs"]))}
             verdict = dataclasses.replace(r.verdict, metrics=r.verdict.metrics | extra)
             precision, precision_class = self._precision(r)
             if precision == ref_precision:

@@ -423,14 +423,16 @@ class Backend(ABC):
 
     def image_component_outputs(self, model: PreparedImage, settings: ImageSettings,
                                 inputs: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Where did an image break: the loaded pipeline's components run once each, outside the loop.
+        """Where did an image break: the loaded pipeline's components run on their own, outside the loop.
 
         ``inputs`` None (the reference): this backend makes each component's input from the run's shared input
-        (its tokenizer's ids for the prompts; ``model.latents`` scaled for the first timestep; its own text
-        encoder's embeddings; ``inputs``' "final_latents", else the end of its own denoising loop, for the VAE) and
-        returns {"inputs": those, "outputs": ...}. ``inputs`` given (a candidate): the reference's inputs, each
-        component run on them, so a component's error is its own, not inherited. "outputs" is {"text_encoder",
-        "unet", "vae_decoder": numpy float32}; a component that failed is in "errors" {component: why}."""
+        (its tokenizer's ids for the prompts; its UNet's input at each kept denoising step of its own loop, run
+        once more from ``model.latents``, with the timesteps, stacked: "sample", "timestep", "unet_steps",
+        "unet_total"; its own text encoder's embeddings; ``inputs``' "final_latents", else the end of its own
+        denoising loop, for the VAE) and returns {"inputs": those, "outputs": ...}. ``inputs`` given (a
+        candidate): the reference's inputs, each component run on them (the UNet once per kept step), so a
+        component's error is its own, not inherited. "outputs" is {"text_encoder", "unet" (one row per kept step),
+        "vae_decoder": numpy float32}; a component that failed is in "errors" {component: why}."""
         raise NotImplementedError(f"{self.title} does not run its pipeline's components one by one")
 
     @abstractmethod
@@ -620,14 +622,59 @@ def diffusers_generate(pipe: Any, model: PreparedImage, settings: ImageSettings,
     return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
 
 
+# Where did an image break (`diffusers_components`): the denoising steps whose UNet input the reference keeps and
+# every candidate's UNet runs on. Every step of a run up to UNET_STEPS_MAX steps (the default pipeline's 20 are all
+# kept), else the first, the last and an even spread between; fewer when the kept inputs and outputs would pass
+# UNET_STEPS_MAX_BYTES (Stable Diffusion 1.5 at 512 px under guidance: 256 KiB a step, 6.4 MiB for 25).
+UNET_STEPS_MAX = 25
+UNET_STEPS_MAX_BYTES = 64 * 2**20
+
+
+def unet_step_indices(total: int, step_bytes: int) -> list[int]:
+    """The 0-based denoising steps (of ``total``) whose UNet input and output are kept, ``step_bytes`` each."""
+    limit = max(1, min(UNET_STEPS_MAX, UNET_STEPS_MAX_BYTES // max(step_bytes, 1)))
+    if total <= limit:
+        return list(range(total))
+    if limit == 1:
+        return [0]
+    return sorted({round(i * (total - 1) / (limit - 1)) for i in range(limit)})
+
+
+class _KeptUNet:
+    """The pipeline's UNet for one untimed run of its denoising loop: the sample, timestep and raw prediction of
+    the calls numbered in ``keep`` (the loop's steps, from 0) are kept as numpy; everything else is the UNet's."""
+
+    def __init__(self, unet: Any, keep: list[int], numpy: Callable[[Any], Any]) -> None:
+        self._unet, self._keep, self._numpy = unet, set(keep), numpy
+        self.calls = 0
+        self.kept: list[tuple[Any, Any, Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._unet, name)
+
+    def __call__(self, sample: Any, timestep: Any, *args: Any, **kwargs: Any) -> Any:
+        out = self._unet(sample, timestep, *args, **kwargs)
+        if self.calls in self._keep:
+            noise = out[0] if isinstance(out, tuple) else out.sample
+            import torch
+
+            self.kept.append((self._numpy(sample), self._numpy(torch.as_tensor(timestep).reshape(-1)[0]),
+                              self._numpy(noise)))
+        self.calls += 1
+        return out
+
+
 def diffusers_components(pipe: Any, model: PreparedImage, settings: ImageSettings, inputs: dict[str, Any] | None,
                          device: Any = "cpu", dtype: Any = None, vae_dtype: Any = None) -> dict[str, Any]:
     """`Backend.image_component_outputs` for a diffusers-style pipeline (PyTorch or ONNX Runtime's).
 
     The inputs are the pipeline's own arithmetic (`diffusers_generate`): the prompts' ids padded to the tokenizer's
-    length (negative first under classifier-free guidance), the shared latents times ``init_noise_sigma`` through
-    ``scale_model_input`` at the first timestep, doubled under guidance (the UNet's raw prediction of both halves
-    is compared, before guidance mixes them), and the final latents divided by the VAE's scaling factor."""
+    length (negative first under classifier-free guidance); the UNet's input at each kept denoising step
+    (`unet_step_indices`) as the reference's own loop, run once more here (untimed), fed it: its latents scaled
+    through ``scale_model_input`` for that step's timestep, doubled under guidance (the UNet's raw prediction of
+    both halves is compared, before guidance mixes them), stacked along a first axis with the timesteps
+    ("sample", "timestep", "unet_steps", "unet_total"); and the final latents divided by the VAE's scaling
+    factor. A candidate's UNet runs once per kept step; its output is stacked the same way."""
     import json
 
     import diffusers
@@ -640,6 +687,8 @@ def diffusers_components(pipe: Any, model: PreparedImage, settings: ImageSetting
     dtype = dtype or torch.float32
     guidance = settings.guidance_scale > 1.0
     numpy = (lambda value: value.detach().float().cpu().numpy())  # noqa: E731 - one short conversion
+    outputs: dict[str, Any] = {}
+    errors: dict[str, str] = {}
     with torch.inference_mode():
         if inputs is None or "input_ids" not in inputs:
             final = None if inputs is None else inputs.get("final_latents")
@@ -650,35 +699,68 @@ def diffusers_components(pipe: Any, model: PreparedImage, settings: ImageSetting
             config = json.loads(model.scheduler)
             scheduler = getattr(diffusers, config["_class_name"]).from_config(config)
             scheduler.set_timesteps(settings.steps, device=device)
-            timestep = scheduler.timesteps[0]
-            latents = torch.from_numpy(np.asarray(model.latents, np.float32)).to(device) * scheduler.init_noise_sigma
-            sample = scheduler.scale_model_input(torch.cat([latents] * 2) if guidance else latents, timestep)
+            total = len(scheduler.timesteps)  # UNet calls of the loop (a second-order scheduler makes more)
+            start = np.asarray(model.latents, np.float32)
+            keep = unet_step_indices(total, 2 * 4 * start.size * (2 if guidance else 1))  # input and output
             embeds = pipe.text_encoder(ids.to(device), return_dict=False)[0]
-            if final is None:  # this backend's own denoising loop, as its run did it
-                half = embeds.shape[0] // 2 if guidance else 0
-                pipe.scheduler = getattr(diffusers, config["_class_name"]).from_config(config)
-                final = pipe(prompt_embeds=embeds[half:].to(dtype),
-                             negative_prompt_embeds=embeds[:half].to(dtype) if guidance else None,
-                             latents=latents.new_tensor(np.asarray(model.latents, np.float32)).to(dtype),
-                             num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
-                             height=model.height, width=model.width, output_type="latent").images
-            inputs = {"input_ids": ids.numpy(), "sample": numpy(sample), "timestep": timestep.cpu().numpy(),
-                      "encoder_hidden_states": numpy(embeds),
-                      "latent_sample": np.asarray(final, np.float32) / pipe.vae.config.scaling_factor}
-        outputs: dict[str, Any] = {}
-        errors: dict[str, str] = {}
+            # The reference's own denoising loop, as its run did it, once more: its UNet's input, timestep and
+            # prediction at the kept steps, and (unless its run's are given) its final latents.
+            half = embeds.shape[0] // 2 if guidance else 0
+            pipe.scheduler = getattr(diffusers, config["_class_name"]).from_config(config)
+            unet = pipe.unet
+            kept = _KeptUNet(unet, keep, numpy)
+            object.__setattr__(pipe, "unet", kept)  # not the pipeline's __setattr__: its config stays as it was
+            try:
+                looped = pipe(prompt_embeds=embeds[half:].to(dtype),
+                              negative_prompt_embeds=embeds[:half].to(dtype) if guidance else None,
+                              latents=torch.from_numpy(start).to(device=device, dtype=dtype),
+                              num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
+                              height=model.height, width=model.width, output_type="latent").images
+            except Exception as exc:  # noqa: BLE001 - the UNet failing in the loop is a finding, not a crash
+                errors["unet"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+                looped = None
+            finally:
+                object.__setattr__(pipe, "unet", unet)
+            if final is None:
+                final = numpy(looped) if looped is not None else None
+            if len(kept.kept) != len(keep) and "unet" not in errors:
+                errors["unet"] = (f"the denoising loop called the UNet {kept.calls} times, not the {total} its "
+                                  "scheduler's timesteps say")
+            inputs = {"input_ids": ids.numpy(), "encoder_hidden_states": numpy(embeds),
+                      "unet_steps": np.asarray(keep, np.int64), "unet_total": np.asarray(total, np.int64)}
+            if "unet" not in errors:
+                inputs |= {"sample": np.stack([sample for sample, _, _ in kept.kept]),
+                           "timestep": np.stack([timestep for _, timestep, _ in kept.kept]).astype(
+                               scheduler.timesteps.cpu().numpy().dtype)}
+                outputs["unet"] = np.stack([noise for _, _, noise in kept.kept])
+            if final is not None:
+                inputs["latent_sample"] = np.asarray(final, np.float32) / pipe.vae.config.scaling_factor
 
-        def tensor(name: str, to: Any = None) -> Any:
-            return torch.from_numpy(np.asarray(inputs[name])).to(device=device, dtype=to)
+        def tensor(value: Any, to: Any = None) -> Any:
+            return torch.from_numpy(np.asarray(value)).to(device=device, dtype=to)
+
+        def unet_steps() -> Any:
+            """The UNet on each kept step's input (one stacked output; one step's for inputs without steps)."""
+            embeds = tensor(inputs["encoder_hidden_states"], dtype)
+            samples, timesteps = np.asarray(inputs["sample"]), np.asarray(inputs["timestep"])
+            if timesteps.ndim == 0:
+                return pipe.unet(tensor(samples, dtype), tensor(timesteps), encoder_hidden_states=embeds,
+                                 return_dict=False)[0]
+            return torch.stack([pipe.unet(tensor(sample, dtype), tensor(timestep), encoder_hidden_states=embeds,
+                                          return_dict=False)[0] for sample, timestep in zip(samples, timesteps,
+                                                                                            strict=True)])
 
         steps = {
-            "text_encoder": lambda: pipe.text_encoder(tensor("input_ids", torch.long), return_dict=False)[0],
-            "unet": lambda: pipe.unet(tensor("sample", dtype), tensor("timestep"),
-                                      encoder_hidden_states=tensor("encoder_hidden_states", dtype),
-                                      return_dict=False)[0],
-            "vae_decoder": lambda: pipe.vae.decode(tensor("latent_sample", vae_dtype or dtype), return_dict=False)[0],
+            "text_encoder": lambda: pipe.text_encoder(tensor(inputs["input_ids"], torch.long), return_dict=False)[0],
+            "unet": unet_steps,
+            "vae_decoder": lambda: pipe.vae.decode(tensor(inputs["latent_sample"], vae_dtype or dtype),
+                                                   return_dict=False)[0],
         }
         for component, run in steps.items():
+            if component in outputs or component in errors:  # the reference's UNet: kept from its loop
+                continue
+            if component == "vae_decoder" and "latent_sample" not in inputs:
+                continue  # (the reference's loop failed: no final latents)
             try:
                 outputs[component] = numpy(run())
             except Exception as exc:  # noqa: BLE001 - a component that fails is a finding, not a crash

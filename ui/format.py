@@ -120,8 +120,8 @@ def where_markdown(result: dict[str, Any]) -> str:
 
 def image_where_markdown(where: dict[str, Any]) -> str:
     """The "Where?" line of a localized image backend: the first component that computes something else on the
-    reference's inputs, the likely cause, and every component's figures."""
-    from arena.judging.localize_image import TITLES, summary
+    reference's inputs (the UNet: at which denoising step), the likely cause, and every component's figures."""
+    from arena.judging.localize_image import TITLES, at_step, summary
 
     figures = f" Each on the reference's inputs (relative error): {summary(where)}." if where.get("per_unit") else ""
     if where["unit"] is None:
@@ -129,8 +129,8 @@ def image_where_markdown(where: dict[str, Any]) -> str:
                 f"{where['threshold']:g}" + (f"; {where['cause']}" if where.get("cause") else "") + "."
                 + figures + "\n\n")
     return (f"**Where?** The **{TITLES.get(where['unit'], where['unit'])}** is the first component whose output "
-            f"leaves the reference's on the same input (relative error {error_text(where['error'])}, tolerance "
-            f"{where['threshold']:g}). Likely cause: {where['cause']}." + figures + "\n\n")
+            f"leaves the reference's on the same input{at_step(where)} (relative error {error_text(where['error'])}, "
+            f"tolerance {where['threshold']:g}). Likely cause: {where['cause']}." + figures + "\n\n")
 
 
 def quality_rows(result: dict[str, Any]) -> list[tuple[str, str]]:

@@ -130,11 +130,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             lines.append(f"{'':<9} (the reference itself is {ref['kind']}: {ref['reason']})")
     where = report.get("where")
     if where and where.get("task") == "image":
-        from arena.judging.localize_image import summary
+        from arena.judging.localize_image import at_step, summary
 
-        lines.append(f"{'WHERE':<9} " + (f"{where['unit']}: {where['cause']}" if where.get("unit") else
-                                         "no component breaks" + (f": {where['cause']}" if where.get("cause") else ""))
-                     + f" [{summary(where)}]")
+        found = f"{where['unit']}{at_step(where)}: {where['cause']}" if where.get("unit") else \
+            "no component breaks" + (f": {where['cause']}" if where.get("cause") else "")
+        lines.append(f"{'WHERE':<9} {found} [{summary(where)}]")
     elif where and where.get("unit") == "the KV cache":
         lines.append(f"{'WHERE':<9} the KV cache: {where['cause']}")
     elif where and where.get("unit"):

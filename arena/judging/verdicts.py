@@ -654,10 +654,11 @@ def image_floor_verdict(verdict: Verdict, where: dict[str, Any] | None, precisio
     over = [e for e in where["per_unit"] if e.get("error") is not None and e["error"] > floor]
     if not over:
         return verdict
-    from arena.judging.localize_image import TITLES
+    from arena.judging.localize_image import TITLES, at_step
 
     first = over[0]
     return Verdict("WRONG", f"at {precision} like the reference, yet its {TITLES.get(first['unit'], first['unit'])} "
-                   f"computes something else on the reference's own input (relative error {first['error']:.2g}, the "
-                   f"{precision} floor {floor:g}; weights rounded through fp16 measure ~2e-4), though the picture "
-                   f"looks close ({verdict.reason})", True, verdict.metrics | {"floor": floor})
+                   f"computes something else on the reference's own input{at_step(first)} (relative error "
+                   f"{first['error']:.2g}, the {precision} floor {floor:g}; weights rounded through fp16 measure "
+                   f"~2e-4), though the picture looks close ({verdict.reason})", True,
+                   verdict.metrics | {"floor": floor})

@@ -464,12 +464,14 @@ class BackendHost:
 
     def image_component_outputs(self, prepared: PreparedImage, spec: BackendSpec, request: ImageRunRequest,
                                 inputs: dict[str, Any] | None, progress) -> dict[str, Any]:
-        """Where did an image break: the pipeline's text encoder, UNet and VAE decoder run once each
-        (`Backend.image_component_outputs`). The reference gets ``inputs`` None or {"final_latents": ...} and
-        returns its inputs and outputs; a candidate gets the reference's inputs and returns its outputs only.
+        """Where did an image break: the pipeline's text encoder, UNet (once per kept denoising step) and VAE
+        decoder on the reference's inputs (`Backend.image_component_outputs`). The reference gets ``inputs`` None or
+        {"final_latents": ...} and returns its inputs and outputs; a candidate gets the reference's inputs and
+        returns its outputs only.
         {"unavailable": why} when this backend cannot run its components one by one."""
         self._ensure_loaded(prepared, spec, progress)
-        progress(None, f"{spec.label}: text encoder, UNet and VAE decoder on the reference's inputs", force=True)
+        progress(None, f"{spec.label}: text encoder, UNet (each denoising step) and VAE decoder on the reference's "
+                       "inputs", force=True)
         settings = ImageSettings(prompt=request.prompt, negative_prompt=request.negative_prompt,
                                  steps=request.steps, guidance_scale=request.guidance_scale)
         reference = inputs is None or "input_ids" not in inputs
