@@ -39,6 +39,8 @@ from arena.registry import BACKENDS, backend_class, register
 from arena.running import zerogpu
 from arena.running.environment import probe_environment
 from arena.running.host import BackendHost
+from arena.running.load import between as machine_between
+from arena.running.load import sample as machine_sample
 from arena.running.resources import server_memory
 from arena.running.workers import Hosted, MemoryLimit, RunStopped, Worker, WorkerCrashed, WorkerFailed
 from arena.sharing.history import RunHistory
@@ -458,18 +460,21 @@ class Arena:
             yield run_cls(request, prepared, (), error=str(exc), environment=env)
             return
         results: list = []
-        yield run_cls(request, prepared, tuple(results), environment=env)
+        loads: list = []  # what the machine did while each backend ran (`arena.running.load`)
+        yield run_cls(request, prepared, tuple(results), environment=env, machine_load=tuple(loads))
         for spec in request.backends:
             for partial in self._run_streaming(spec, prepared, request, env, progress, result_cls, deadline, limit,
-                                               cancel, results):
-                yield run_cls(request, prepared, tuple(results), environment=env, streaming=partial)
-            yield run_cls(request, prepared, tuple(results), environment=env)
+                                               cancel, results, loads):
+                yield run_cls(request, prepared, tuple(results), environment=env, streaming=partial,
+                              machine_load=tuple(loads))
+            yield run_cls(request, prepared, tuple(results), environment=env, machine_load=tuple(loads))
         if cancel is not None and cancel.is_set():  # stopped: what finished stays, unjudged; nothing failed
             progress(None, "Stopped by you")
-            yield run_cls(request, prepared, tuple(results), environment=env, phase="stopped")
+            yield run_cls(request, prepared, tuple(results), environment=env, phase="stopped",
+                          machine_load=tuple(loads))
             return
         progress(None, "Judging the outputs")
-        yield run_cls(request, prepared, tuple(results), environment=env, phase="judging")
+        yield run_cls(request, prepared, tuple(results), environment=env, phase="judging", machine_load=tuple(loads))
         with self._run_lock:
             if prepared.task == "text":
                 judged = self._judge_text(prepared, results, reference, progress, cancel, deadline)
@@ -478,11 +483,11 @@ class Arena:
                 judged = self._judge_image(prepared, results, reference, progress, cancel)
                 judged = self._localize_image(prepared, judged, reference, request, progress, cancel, deadline)
                 judged = [dataclasses.replace(r, latents=None) for r in judged]
-        yield run_cls(request, prepared, tuple(judged), environment=env)
+        yield run_cls(request, prepared, tuple(judged), environment=env, machine_load=tuple(loads))
 
     def _run_streaming(self, spec: BackendSpec, prepared, request, env: dict[str, Any], progress: ProgressFn,
                        result_cls, deadline: float | None, limit: float | None, cancel: threading.Event | None,
-                       results: list) -> Iterator[dict[str, Any]]:
+                       results: list, loads: list) -> Iterator[dict[str, Any]]:
         """Run one backend (appending its result to ``results``) and yield its answer so far while it generates.
 
         The backend runs in a thread that holds the run lock; this generator never holds it across a yield, so a
@@ -502,8 +507,10 @@ class Arena:
         def work() -> None:
             try:
                 with self._run_lock:
+                    before = machine_sample()
                     results.append(self._run_one(spec, prepared, request, env, relay, result_cls, deadline, limit,
                                                  cancel))
+                    loads.append(machine_between(before, machine_sample()))
             except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread below
                 failure.append(exc)
             finally:

@@ -290,14 +290,22 @@ class _RunResult:
     # visitor stopped it, what finished is kept and nothing was judged.
     streaming: dict[str, Any] | None = None
     phase: str = ""
+    # What the machine did while each backend ran (`arena.running.load.between`), in the results' order.
+    machine_load: tuple = ()
 
     def to_dict(self) -> dict[str, Any]:
+        from arena.running.load import busy_sentence
+
         reference = _reference_of(self.request)
+        results = self._results_dicts(reference)
+        for result, load in zip(results, self.machine_load, strict=False):
+            result["machine_load"] = load
         return {"request": self.request.to_dict(),
                 "model": None if self.prepared is None else self._model_dict(self.prepared),
-                **self._input_dict(self.prepared), "results": self._results_dicts(reference),
+                **self._input_dict(self.prepared), "results": results,
                 "reference_index": reference, "error": self.error, "environment": self.environment,
-                "streaming": self.streaming, "phase": self.phase}
+                "streaming": self.streaming, "phase": self.phase,
+                "busy_machine": busy_sentence({r["label"]: r.get("machine_load") for r in results})}
 
     def _model_dict(self, prepared) -> dict[str, Any]:
         return {"name": prepared.model_name, "source": prepared.source, "dir": prepared.model_dir}

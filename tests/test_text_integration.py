@@ -190,6 +190,8 @@ def test_a_repeated_run_reuses_its_judging_figures_until_a_model_changes(arena, 
     import shutil
 
     first = run(arena, tiny_llama, prompt="The memo keeps", max_new_tokens=8)
+    machine = [r["machine_load"] for r in first.to_dict()["results"]]  # what the machine did while each ran
+    assert all(m["seconds"] > 0 and isinstance(m["busy"], bool) for m in machine), machine
     export = tmp_path / "export"
     shutil.copytree(first.results[1].load.artifact_dir, export)
     backends = (BackendSpec("pytorch"), BackendSpec.from_any({"backend": "onnxruntime", "onnx_dir": str(export)}))

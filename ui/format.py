@@ -81,11 +81,29 @@ def panel_metrics(result: dict[str, Any] | None, reference_text: str | None = No
         *load_rows(load),
         ("Worker memory", f"{load['memory_mb']:.0f} MB" if load.get("memory_mb") else "–"),
         *([("GPU memory (device)", f"{load['gpu_memory_mb']:.0f} MB")] if load.get("gpu_memory_mb") else []),
+        *machine_rows(result),
     ]
     table = "| Measure | Value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
     notes = load.get("notes") or []
     drift = divergence_markdown(reference_text, result.get("text", "")) if reference_text is not None else ""
     return verdict_line(result) + where_markdown(result) + drift + table + ("\n\n" + "; ".join(notes) if notes else "")
+
+
+def machine_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """The machine while this backend ran (`arena.running.load`): busy (why) or quiet, as a panel row."""
+    load = result.get("machine_load")
+    if not load:
+        return []
+    if load.get("busy"):
+        return [("Machine while timed", "**busy**: " + "; ".join(load["reasons"]) + " (timings slower than it can do)")]
+    others = load.get("others_share")
+    return [("Machine while timed", "quiet" + (f" (others {others:.0%} of the CPUs)" if others is not None else ""))]
+
+
+def busy_badge(run: dict[str, Any]) -> str:
+    """The run's busy-machine sentence with its badge ("" on a quiet machine)."""
+    sentence = run.get("busy_machine")
+    return f" <span class='arena-badge arena-badge-idle'>BUSY MACHINE</span> {sentence}" if sentence else ""
 
 
 def error_text(error: float | None) -> str:
@@ -194,6 +212,7 @@ def run_summary(run: dict[str, Any]) -> str:
                  "backend's KV cache).")
     if model.get("reach_note"):
         head += f" Note: {model['reach_note']}."
+    head += busy_badge(run)
     if len(results) >= 2:
         first = results[0]["token_ids"]
         same = [r["label"] for r in results[1:] if r["token_ids"] == first]
@@ -266,6 +285,7 @@ def image_metrics(result: dict[str, Any]) -> str:
         ("VAE decode", seconds(timings.get("vae_s"))),
         ("PSNR vs reference", similarity),
         *load_rows(load),
+        *machine_rows(result),
     ]
     notes = load.get("notes") or []
     return verdict_line(result) + where_markdown(result) + "| Measure | Value |\n|---|---|\n" + \
@@ -288,7 +308,7 @@ def image_summary(run: dict[str, Any]) -> str:
     if reference is not None and others:
         head += " PSNR vs " + reference["label"] + ": " + ", ".join(
             f"{r['label']} {_psnr_text(r)}" for r in others) + "."
-    return head
+    return head + busy_badge(run)
 
 
 def _psnr_text(result: dict[str, Any]) -> str:

@@ -44,9 +44,10 @@ class HistoryEntry:
                 speeds.append(f"{t['tokens_per_s']:.1f} tok/s")
             elif t.get("total_s"):
                 speeds.append(f"{t['total_s']:.2f} s")
+        busy = " (busy machine)" if self.run.get("busy_machine") else ""
         return {"id": self.id, "time": self.created, "task": self.task, "model": request.get("model", ""),
                 "prompt": prompt if len(prompt) <= 60 else prompt[:57] + "…", "backends": verdicts,
-                "speed": " / ".join(speeds) or "–"}
+                "speed": (" / ".join(speeds) or "–") + busy}
 
     def title(self) -> str:
         """For a dropdown: "10:02:11 · text · smollm2-135m-instruct · Why should one… · 1 MATCH, 1 GIBBERISH":

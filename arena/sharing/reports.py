@@ -235,6 +235,8 @@ def report_markdown(run: dict[str, Any], task: str, heatmaps: Mapping[int, str] 
                   f"repeats {request.get('repeats')}"]
     if run.get("error"):
         lines += ["", f"**The run failed before any backend ran:** {run['error']}"]
+    if run.get("busy_machine"):
+        lines += ["", f"**Busy machine.** {run['busy_machine']}"]
 
     # The evidence beside each verdict (text: teacher-forced figures against the reference; images: PSNR/SSIM).
     evidence = ("Top-1 agreement | KL (nats) | Perplexity ratio" if task == "text" else "PSNR (dB) | SSIM")
