@@ -1,6 +1,6 @@
 # Backend Arena: `make run` sets up .venv and serves the app on http://127.0.0.1:7860;
 # `make test` sets up the test tools and runs the whole suite.
-.PHONY: run test setup setup-dev lint bench space-check screenshots
+.PHONY: run test setup setup-dev lint bench space-check screenshots docs
 
 run: setup
 	.venv/bin/python app.py
@@ -29,3 +29,7 @@ space-check:
 # `make test` writes them to a temporary folder and leaves the checkout as it was).
 screenshots: setup-dev
 	ARENA_SCREENSHOTS=$(CURDIR)/docs/screenshots .venv/bin/python -m pytest tests/test_browser.py tests/test_browser_ui.py tests/test_demos.py
+
+# The generated pages: the verdict corpus's figures (a plain `make test` checks them, never writes them).
+docs: setup-dev
+	ARENA_WRITE_DOCS=1 .venv/bin/python -m pytest tests/test_verdicts.py -k corpus_precision_and_recall
