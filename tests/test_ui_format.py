@@ -285,3 +285,25 @@ def test_the_summary_table_has_a_row_per_backend_with_its_badge_speed_and_qualit
     cells = [[text for text, _key in row["cells"]] for row in summary_rows(image, "image")]
     assert cells == [["5.0 ms", "600 MB", "reference"], ["13 ms", "900 MB", "41.2 dB"]]
     assert "Median step" in summary_table(image, "image") and "Tokens/s" not in summary_table(image, "image")
+
+
+def test_a_backend_a_stopped_run_never_reached_is_its_header_line_without_an_answer_box():
+    from types import SimpleNamespace
+
+    from ui.text_tab import render_run
+
+    def panel(name):
+        return SimpleNamespace(name=name, title=name, controls=SimpleNamespace(unavailable=""),
+                               header=f"{name}-header", answer=f"{name}-answer", metrics=f"{name}-metrics")
+
+    tab = SimpleNamespace(**{part: part for part in ("status", "summary", "chart", "quality_chart", "position_chart",
+                                                     "where_chart", "result_json")},
+                          backends=[panel("pytorch"), panel("onnxruntime")])
+    run = {"phase": "stopped", "results": [
+        {**result("pytorch", "PyTorch", [1, 2]), "stopped": True, "error": "Stopped by you.", "text": "Rivers"},
+        {**result("onnxruntime", "ORT", []), "stopped": True, "error": "Not run: you stopped the run.", "text": ""}]}
+    updates = render_run(tab, run, {"pytorch", "onnxruntime"})
+    assert updates["pytorch-answer"]["visible"] and updates["pytorch-answer"]["value"] == "Rivers"
+    assert not updates["onnxruntime-answer"]["visible"]
+    assert "STOPPED" in updates["onnxruntime-header"] and "Not run" in updates["onnxruntime-metrics"]
+    assert updates["summary"].count("arena-badge-idle'>STOPPED") == 2
