@@ -268,6 +268,28 @@ def test_a_run_keeps_the_phone_layout_on_the_screen_and_the_panels_aligned(app_s
     page.wait_for_timeout(1000)
     assert "Verdicts" in page.locator("#run-status").inner_text()
     assert_fits_the_phone(page, "after a run")
+    # Issue 34 (read at a glance): the summary table under the status line, a row per backend with its verdict
+    # badge; it scrolls in its own box, inside the screen. The charts fit the screen, their titles whole, and
+    # Plotly's mode bar is not over them.
+    summary = page.locator("#summary-text table.arena-summary")
+    assert summary.locator("tbody tr").count() == 2 and summary.locator("tbody .arena-badge").count() == 2
+    assert "TTFT" in summary.inner_text() and "Tokens/s" in summary.inner_text()
+    assert page.locator("#run-status").bounding_box()["y"] < page.locator("#summary-text").bounding_box()["y"] \
+        < page.locator("#panel-pytorch").bounding_box()["y"]
+    box = page.locator("#summary-text .arena-summary-box").bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= 390, box
+    for chart in ("#latency-chart", "#speed-quality-chart", "#position-kl-chart", "#where-chart"):
+        svg = page.locator(f"{chart} .main-svg").first.bounding_box()
+        assert svg["x"] >= 0 and svg["x"] + svg["width"] <= 390, (chart, svg)
+    overlaps = page.evaluate("""() => {
+      const titles = [...document.querySelectorAll('#latency-chart .annotation-text')]
+        .map(e => e.getBoundingClientRect());
+      return titles.some((a, i) => titles.some((b, j) => i < j && a.left < b.right && b.left < a.right
+                                                       && a.top < b.bottom && b.top < a.bottom));
+    }""")
+    assert not overlaps, "the latency chart's titles overprint each other"
+    assert page.locator("#latency-chart .modebar-container").first.evaluate("e => getComputedStyle(e).display") \
+        == "none"
     page.locator("#run-status").evaluate("e => e.scrollIntoView({block: 'center'})")
     page.screenshot(path=str(SCREENSHOTS / "phone-after-run.png"))
     page.locator("#panel-onnxruntime").screenshot(path=str(SCREENSHOTS / "phone-panel-after-run.png"))

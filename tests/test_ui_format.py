@@ -1,7 +1,11 @@
 """Pure UI renderers: the chart and the panel text built from a result dict."""
 
-from ui.charts import text_latency_figure
-from ui.format import panel_header, panel_metrics, run_summary
+import re
+from pathlib import Path
+
+from ui.charts import text_latency_figure, tick_label
+from ui.colors import STATES, contrast, fill
+from ui.format import panel_header, panel_metrics, ratio_text, run_summary, summary_rows, summary_table
 
 
 def result(backend, label, ids, **extra):
@@ -33,8 +37,15 @@ def test_charts_draw_a_broken_backend_as_broken_and_label_their_axes():
     assert bars["ORT"].marker.pattern.shape == "/" and "GIBBERISH" in bars["ORT"].text[0]
     assert bars["PyTorch"].marker.pattern.shape == "" and "GIBBERISH" not in bars["PyTorch"].text[0]
     layout = figure.layout
-    assert layout.yaxis.title.text == "seconds" and layout.yaxis3.title.text == "tokens per second"
-    assert layout.yaxis4.title.text == "milliseconds" and layout.yaxis4.type != "log"  # linear, labelled in ms
+    titles = [a.text for a in layout.annotations]
+    assert titles[:3] == ["Time to first token (ms)", "Total generation time (s)", "Tokens per second"]
+    assert layout.yaxis4.title.text == "ms" and layout.yaxis4.type != "log"  # linear, labelled in ms
+    # Stacked (one column: each title has the width of the screen), the backends named on each bar chart's axis,
+    # time to first token in ms as in the panel.
+    assert {t.xaxis for t in figure.data if t.type == "bar"} == {"x", "x2", "x3"}
+    assert all(t.orientation == "h" and t.y[0] == tick_label(t.name) for t in figure.data if t.type == "bar")
+    assert [t.x[0] for t in figure.data if t.type == "bar" and t.xaxis == "x"] == [250.0, 250.0]
+    assert [t.text[0] for t in figure.data if t.name == "ORT"][0] == "250 ms GIBBERISH"
 
 
 def test_summary_says_whether_ids_agree():
@@ -49,7 +60,7 @@ def test_summary_says_whether_ids_agree():
 
 def test_panels_show_measures_or_the_error_with_its_log():
     text = panel_metrics(result("onnxruntime", "ORT", [1, 2, 3]))
-    assert "from cache" in text and "250 ms" in text and "CPUExecutionProvider" in text
+    assert "from cache" in text and "| Time to first token | 250 ms |" in text and "CPUExecutionProvider" in text
     assert "thread" not in text  # an older result without the count
     one = result("onnxruntime", "ORT", [1])
     assert "`CPUExecutionProvider`, 1 thread |" in panel_metrics({**one, "load": {**one["load"], "threads": 1}})
@@ -184,3 +195,115 @@ def test_a_stopped_run_is_stopped_not_broken():
     assert summary.startswith("<span class='arena-badge arena-badge-idle'>STOPPED</span> You stopped the run")
     assert "PyTorch · cpu · fp32 finished and is shown" in summary and "nothing was judged" in summary
     assert "BROKEN" not in summary and "ERROR" not in summary
+
+
+def test_huge_figures_read_in_powers_of_ten():
+    assert ratio_text(1.012) == "×1.012" and ratio_text(999.4) == "×999.400"
+    assert ratio_text(8559575551647200.0) == "×8.6e15" and ratio_text(12345.0) == "×1.2e4"
+    assert ratio_text(None) == "–" and ratio_text(float("nan")) == "–" and ratio_text(float("inf")) == "×∞"
+    wrong = {**FAIR, "ppl_ratio": 8559575551647200.0, "ppl_cand": 1.4e17}
+    text = panel_metrics(judged("onnxruntime", "ORT", "WRONG", wrong, broken=True))
+    assert "| Perplexity ratio | ×8.6e15 (1.4e17 vs 16.50) |" in text, text
+    assert "8559575551647200" not in text
+
+
+def test_every_badge_reads_at_wcag_aa_and_the_css_mirrors_the_colour_map():
+    css = (Path(__file__).resolve().parent.parent / "assets" / "arena.css").read_text()
+    rules = dict(re.findall(r"\.arena-badge-([a-z]+) \{([^}]*)\}", css))
+    assert set(rules) == set(STATES), rules.keys()
+    for state, (background, text) in STATES.items():
+        assert f"background: {background};" in rules[state] and f"color: {text};" in rules[state], state
+        assert contrast(background, text) >= 4.5, (state, round(contrast(background, text), 2))
+    assert contrast("#ffffff", "#000000") == 21.0
+    # Drift (amber) is not the progress colour, and the reference is never red.
+    assert fill("drift") != fill("waiting") and fill("reference") != fill("error")
+
+
+def test_the_colour_map_colours_badges_and_every_chart():
+    from ui.charts import image_latency_figure, position_kl_figure, speed_quality_figure, where_figure
+
+    where = {"unit": "model.layers.0", "error": 3.0, "threshold": 0.01, "cause": "x",
+             "per_unit": [{"unit": "model.embed_tokens", "error": 0.001}, {"unit": "model.layers.0", "error": 3.0}]}
+    broken = judged("onnxruntime", "ORT int8", "GIBBERISH", {**FAIR, "sequences": {"paragraph": {
+        "kl_positions": [5.0, 6.0]}}}, precision="int8", broken=True)
+    broken["verdict"]["metrics"]["where"] = where
+    drift = judged("onnxruntime", "ORT int4", "DRIFT", {**FAIR, "sequences": {"paragraph": {
+        "kl_positions": [0.01, 0.02]}}}, precision="int4")
+    match = judged("onnxruntime", "ORT fp32", "MATCH", {**FAIR, "sequences": {"paragraph": {
+        "kl_positions": [1e-7, 1e-7]}}})
+    reference = judged("pytorch", "PyTorch", "MATCH", REFERENCE, reason="the reference: fluent")
+    run = {"reference_index": 0, "results": [reference, match, drift, broken]}
+    expected = {"PyTorch": fill("reference"), "ORT fp32": fill("ok"), "ORT int4": fill("drift"),
+                "ORT int8": fill("error")}
+    assert fill("reference") not in (fill("error"), fill("ok"))
+
+    def colour_of(trace):
+        return trace.marker.color if trace.type == "bar" or trace.mode.startswith("markers") else trace.line.color
+
+    for figure in (text_latency_figure(run), speed_quality_figure(run), position_kl_figure(run), where_figure(run)):
+        drawn = [t for t in figure.data if t.name]
+        assert drawn
+        for trace in drawn:
+            label = next(name for name in sorted(expected, key=len, reverse=True) if trace.name.startswith(name))
+            assert colour_of(trace) == expected[label], (figure.layout.title.text, trace.name, colour_of(trace))
+    headers = {r["label"]: panel_header(r["label"], r, "done") for r in run["results"]}
+    assert "arena-badge-reference'>REFERENCE" in headers["PyTorch"]
+    assert "arena-badge-ok'>MATCH" in headers["ORT fp32"] and "arena-badge-drift'>DRIFT" in headers["ORT int4"]
+    assert "arena-badge-error'>GIBBERISH" in headers["ORT int8"]
+    assert "arena-badge-waiting" in panel_header("ORT", None, "generating", "3/64")
+    image = {"reference_index": 0, "results": [
+        {"label": "PyTorch", "is_reference": True, "timings": {"step_times_s": [0.1], "text_encoder_s": 0.1,
+                                                               "unet_s": 0.1, "vae_s": 0.1},
+         "verdict": {"kind": "MATCH", "reason": "the reference: a picture", "broken": False}},
+        {"label": "ORT fp16", "timings": {"step_times_s": [0.1], "text_encoder_s": 0.1, "unet_s": 0.1, "vae_s": 0.1},
+         "verdict": {"kind": "NAN", "reason": "x", "broken": True}}]}
+    lines = [t for t in image_latency_figure(image).data if t.type == "scatter"]
+    assert [t.line.color for t in lines] == [fill("reference"), fill("error")]
+
+
+def test_the_summary_table_has_a_row_per_backend_with_its_badge_speed_and_quality():
+    wrong = {**FAIR, "ppl_ratio": 8559575551647200.0}
+    run = {"reference_index": 0, "results": [
+        judged("pytorch", "PyTorch", "MATCH", REFERENCE, reason="the reference: fluent", tokens_per_s=15.0),
+        judged("onnxruntime", "ORT int8", "WRONG", wrong, precision="int8", broken=True, tokens_per_s=19.25),
+        result("onnxruntime", "failed", [], timings=None, error="boom")]}
+    rows = summary_rows(run)
+    assert [(r["label"], r["state"], r["verdict"]) for r in rows] == [
+        ("PyTorch", "reference", "REFERENCE"), ("ORT int8", "error", "WRONG"), ("failed", "error", "ERROR")]
+    assert [text for text, _key in rows[1]["cells"]] == ["19.2", "250 ms", "1,000 MB", "96.5%", "0.003", "×8.6e15"]
+    assert [text for text, _key in rows[0]["cells"]][3:] == ["reference"] * 3
+    assert [text for text, _key in rows[2]["cells"]] == ["–", "–", "1,000 MB", "–", "–", "–"]
+    html = summary_table(run)
+    assert html.count("<tr>") == 4 and "arena-summary-box" in html and "<th scope='row'>ORT int8</th>" in html
+    assert "arena-badge-error'>WRONG" in html and "TTFT" in html and "data-sort=19.25" in html
+    assert summary_table({"results": []}) == ""
+    image = {"reference_index": 0, "results": [
+        {"label": "PyTorch", "is_reference": True, "timings": {"step_times_s": [0.02, 0.005, 0.004]},
+         "load": {"memory_mb": 600.0}, "verdict": {"kind": "MATCH", "reason": "the reference", "broken": False}},
+        {"label": "ORT", "timings": {"step_times_s": [0.02, 0.006]}, "load": {"memory_mb": 900.0},
+         "psnr_vs_reference_db": 41.23, "verdict": {"kind": "MATCH", "reason": "x", "broken": False}}]}
+    cells = [[text for text, _key in row["cells"]] for row in summary_rows(image, "image")]
+    assert cells == [["5.0 ms", "600 MB", "reference"], ["13 ms", "900 MB", "41.2 dB"]]
+    assert "Median step" in summary_table(image, "image") and "Tokens/s" not in summary_table(image, "image")
+
+
+def test_a_backend_a_stopped_run_never_reached_is_its_header_line_without_an_answer_box():
+    from types import SimpleNamespace
+
+    from ui.text_tab import render_run
+
+    def panel(name):
+        return SimpleNamespace(name=name, title=name, controls=SimpleNamespace(unavailable=""),
+                               header=f"{name}-header", answer=f"{name}-answer", metrics=f"{name}-metrics")
+
+    tab = SimpleNamespace(**{part: part for part in ("status", "summary", "chart", "quality_chart", "position_chart",
+                                                     "where_chart", "result_json")},
+                          backends=[panel("pytorch"), panel("onnxruntime")])
+    run = {"phase": "stopped", "results": [
+        {**result("pytorch", "PyTorch", [1, 2]), "stopped": True, "error": "Stopped by you.", "text": "Rivers"},
+        {**result("onnxruntime", "ORT", []), "stopped": True, "error": "Not run: you stopped the run.", "text": ""}]}
+    updates = render_run(tab, run, {"pytorch", "onnxruntime"})
+    assert updates["pytorch-answer"]["visible"] and updates["pytorch-answer"]["value"] == "Rivers"
+    assert not updates["onnxruntime-answer"]["visible"]
+    assert "STOPPED" in updates["onnxruntime-header"] and "Not run" in updates["onnxruntime-metrics"]
+    assert updates["summary"].count("arena-badge-idle'>STOPPED") == 2

@@ -178,14 +178,16 @@ def example_prompts(prompt: gr.Textbox, prompts, elem_id: str) -> None:
                 fill(text), None, prompt, api_visibility="private", queue=False)
 
 
-def run_row(task: str, status_id: str) -> tuple[gr.Button, gr.Button, gr.Markdown, gr.Markdown]:
-    """A tab's Run and Stop buttons, its status line and the line that gets the run's link."""
+def run_row(task: str, status_id: str) -> tuple[gr.Button, gr.Button, gr.Markdown, gr.HTML, gr.Markdown]:
+    """A tab's Run and Stop buttons, its status line, the run's summary table under it (`format.summary_table`)
+    and the line that gets the run's link."""
     with gr.Row():
         run = gr.Button("Run", variant="primary", elem_id=f"run-{task}", scale=4)
         stop = gr.Button("Stop", variant="stop", elem_id=f"stop-{task}", scale=1)
     status = gr.Markdown("", elem_id=status_id, min_height=60)
+    summary = gr.HTML("", elem_id=f"summary-{task}", elem_classes=["arena-summary-block"])
     share = gr.Markdown("", elem_id=f"share-{task}", elem_classes=["arena-notes"])
-    return run, stop, status, share
+    return run, stop, status, summary, share
 
 
 def form_request(request_cls, fields: dict[str, gr.components.Component], data: dict, panels: list):

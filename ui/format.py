@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 from backends.base import OptionChoice
+from ui.colors import is_reference, state_of
 
 
 def seconds(value: float | None) -> str:
@@ -13,23 +15,48 @@ def seconds(value: float | None) -> str:
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
 
 
+def milliseconds(value: float | None) -> str:
+    """A time in seconds, always written in ms (time to first token: the panel, the table and the chart agree)."""
+    if value is None:
+        return "–"
+    return f"{value * 1000:.1f} ms" if value < 0.01 else f"{value * 1000:,.0f} ms"
+
+
+def ratio_text(value: float | None) -> str:
+    """A perplexity ratio: "×1.012", or in powers of ten once it is huge ("×8.6e15", not 8559575551647200.000)."""
+    if value is None or value != value:
+        return "–"
+    if value == float("inf"):
+        return "×∞"
+    if abs(value) < 1000:
+        return f"×{value:.3f}"
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"×{mantissa}e{int(exponent)}"
+
+
 def panel_header(title: str, result: dict[str, Any] | None, state: str, detail: str = "") -> str:
     """The panel's title line with a status badge: waiting, generating (``detail``: tokens so far), done or
-    error, then the verdict."""
+    error, then the verdict (the reference: REFERENCE, slate, unless it is broken itself)."""
     kind, text = {"idle": ("idle", "not run"), "waiting": ("waiting", "waiting"),
                   "generating": ("waiting", f"generating {detail}".strip()),
                   "skipped": ("idle", "not selected"),
                   "unavailable": ("idle", "unavailable here")}.get(state, ("idle", ""))
     if result is not None:
-        kind, text = ("idle", "STOPPED") if result.get("stopped") else ("error", "ERROR") if result.get("error") \
-            else ("ok", "DONE")
-        verdict = result.get("verdict")
-        if verdict:
-            kind = "error" if verdict["broken"] else "ok" if verdict["kind"] == "MATCH" else \
-                "idle" if verdict["kind"] == "NOT COMPARED" else "waiting"
-            text = verdict["kind"]
+        kind, text = badge(result)
     label = result["label"] if result else title
     return f"### {label} <span class='arena-badge arena-badge-{kind}'>{text}</span>"
+
+
+def badge(result: dict[str, Any], reference: bool | None = None) -> tuple[str, str]:
+    """(colour state, text) of a result's badge: STOPPED, ERROR, DONE (not judged yet), REFERENCE or the verdict."""
+    reference = is_reference(result) if reference is None else reference
+    state = state_of(result, reference)
+    verdict = result.get("verdict")
+    if result.get("stopped"):
+        return state, "STOPPED"
+    if verdict:
+        return state, "REFERENCE" if state == "reference" else verdict["kind"]
+    return state, "ERROR" if result.get("error") else "DONE"
 
 
 def idle_panel(name: str, selected: set[str], unavailable: str, run_failed: bool = False) -> tuple[str, str]:
@@ -73,7 +100,7 @@ def panel_metrics(result: dict[str, Any] | None, reference_text: str | None = No
         return text
     timings, load = result.get("timings") or {}, result.get("load") or {}
     rows = [
-        ("Time to first token", seconds(timings.get("ttft_s"))),
+        ("Time to first token", milliseconds(timings.get("ttft_s"))),
         ("Tokens/s (decode)", f"{timings.get('tokens_per_s', 0):.1f} ({timings.get('decode_tokens_per_s', 0):.1f})"),
         *quality_rows(result),
         ("Total time", seconds(timings.get("total_s"))),
@@ -168,8 +195,18 @@ def quality_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
                                                 f"{quality['positions']} positions)")]
     return rows + [("Top-1 agreement (teacher-forced)", f"{quality['top1']:.1%} of {quality['positions']} positions"),
                    ("KL divergence vs reference", f"{quality['kl']:.4g} nats/token"),
-                   ("Perplexity ratio", f"×{quality['ppl_ratio']:.3f} ({quality['ppl_cand']:.2f} vs "
-                                        f"{quality['ppl_ref']:.2f})")]
+                   ("Perplexity ratio", f"{ratio_text(quality['ppl_ratio'])} ({big_number(quality['ppl_cand'])} vs "
+                                        f"{big_number(quality['ppl_ref'])})")]
+
+
+def big_number(value: float | None, digits: int = 2) -> str:
+    """A figure with ``digits`` decimals, in powers of ten once it is huge (a perplexity of a broken model)."""
+    if value is None or value != value:
+        return "–"
+    if abs(value) < 1e6:
+        return f"{value:.{digits}f}"
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
 
 
 def load_rows(load: dict[str, Any]) -> list[tuple[str, str]]:
@@ -225,14 +262,79 @@ def run_summary(run: dict[str, Any]) -> str:
             # expected (DRIFT), and an amber note then agrees with its verdict.
             broken = any((r.get("verdict") or {}).get("broken") for r in results[1:] if r["token_ids"] != first)
             judged = any(r.get("verdict") for r in results)
-            badge = "error" if broken or not judged else "waiting"
-            head += (f" <span class='arena-badge arena-badge-{badge}'>TOKENS DIFFER</span> "
+            kind = "error" if broken or not judged else "drift"
+            head += (f" <span class='arena-badge arena-badge-{kind}'>TOKENS DIFFER</span> "
                      f"Token ids differ from {results[0]['label']}: {', '.join(differ)}"
                      + (f" (identical: {', '.join(same)})" if same else "") + ".")
     reference = run.get("reference_index")
     if reference is not None and reference < len(run.get("results", [])):
         head += f" Reference: {run['results'][reference]['label']}."
     return head
+
+
+def summary_rows(run: dict[str, Any], task: str = "text") -> list[dict[str, Any]]:
+    """The summary table's rows, one per backend that ran: its label, its badge (colour state and words) and, per
+    further column of `SUMMARY_COLUMNS`, (text, sort key or None)."""
+    rows = []
+    for index, result in enumerate(run.get("results") or []):
+        state, text = badge(result, is_reference(result, run, index))
+        timings, load = result.get("timings") or {}, result.get("load") or {}
+        memory = load.get("memory_mb")
+        cells: list[tuple[str, float | None]] = []
+        if task == "image":
+            median = statistics.median(timings["step_times_s"]) if timings.get("step_times_s") else None
+            reference = bool(result.get("is_reference"))
+            psnr = "reference" if reference else "–" if result.get("error") else _psnr_text(result)
+            cells += [(milliseconds(median), median), (f"{memory:,.0f} MB" if memory else "–", memory),
+                      (psnr, 1e9 if reference else result.get("psnr_vs_reference_db"))]
+        else:
+            quality = ((result.get("verdict") or {}).get("metrics") or {}).get("quality") or {}
+            measured = "top1" in quality and not quality.get("unavailable")
+            speed, ttft = timings.get("tokens_per_s"), timings.get("ttft_s")
+            cells += [(f"{speed:.1f}" if speed is not None else "–", speed), (milliseconds(ttft), ttft),
+                      (f"{memory:,.0f} MB" if memory else "–", memory)]
+            if measured and state == "reference":
+                cells += [("reference", quality["top1"]), ("reference", quality["kl"]),
+                          ("reference", quality.get("ppl_ratio"))]
+            elif measured:
+                cells += [(f"{quality['top1']:.1%}", quality["top1"]), (f"{quality['kl']:.3g}", quality["kl"]),
+                          (ratio_text(quality.get("ppl_ratio")), quality.get("ppl_ratio"))]
+            else:
+                cells += [("–", None)] * 3
+        rows.append({"label": result.get("label", result.get("backend", "?")), "state": state, "verdict": text,
+                     "cells": cells})
+    return rows
+
+
+SUMMARY_COLUMNS = {
+    "text": ("Backend", "Verdict", "Tokens/s", "TTFT", "Load memory", "Top-1", "KL (nats)", "Perplexity ratio"),
+    "image": ("Backend", "Verdict", "Median step", "Load memory", "PSNR vs reference"),
+}
+# The verdict column sorts from broken to fine (a click on its header brings the broken rows to the top).
+SEVERITY = {"error": 0, "drift": 1, "idle": 2, "waiting": 3, "ok": 4, "reference": 5}
+
+
+def summary_table(run: dict[str, Any], task: str = "text") -> str:
+    """The run at a glance, under its status line: one row per backend (label, verdict badge, speed, memory and
+    quality against the reference), in a box of its own that scrolls sideways on a narrow screen (never the
+    page), its columns sortable by a click on their header (assets/arena.js). "" before any backend ran."""
+    rows = summary_rows(run, task)
+    if not rows:
+        return ""
+    escape = str.maketrans({"<": "&lt;", ">": "&gt;", "&": "&amp;", '"': "&quot;", "'": "&#39;"})
+    head = "".join(f"<th scope='col' tabindex='0' aria-sort='none' title='Sort by this column'>{name}</th>"
+                   for name in SUMMARY_COLUMNS[task])
+    body = []
+    for row in rows:
+        cells = [f"<th scope='row'>{row['label'].translate(escape)}</th>",
+                 f"<td data-sort='{SEVERITY[row['state']]}'><span class='arena-badge arena-badge-{row['state']}'>"
+                 f"{row['verdict']}</span></td>"]
+        cells += [f"<td class='arena-num'{'' if key is None else f' data-sort={key:.6g}'}>{text.translate(escape)}</td>"
+                  for text, key in row["cells"]]
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return ("<div class='arena-summary-box' role='region' aria-label='Summary of the run' tabindex='0'>"
+            f"<table class='arena-summary arena-summary-{task}'><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
 def verdict_summary(run: dict[str, Any]) -> str:
@@ -245,8 +347,8 @@ def verdict_summary(run: dict[str, Any]) -> str:
         counts.setdefault(verdict["kind"], []).append(label)
     broken = [label for label, verdict in verdicts if verdict["broken"]]
     parts = ", ".join(f"{len(labels)} {kind}" for kind, labels in counts.items())
-    badge = "error" if broken else "ok"
-    return (f" <span class='arena-badge arena-badge-{badge}'>{'BROKEN' if broken else 'OK'}</span> Verdicts: "
+    kind = "error" if broken else "ok"
+    return (f" <span class='arena-badge arena-badge-{kind}'>{'BROKEN' if broken else 'OK'}</span> Verdicts: "
             f"{parts}" + (f"; broken: {', '.join(broken)}" if broken else "") + ".")
 
 

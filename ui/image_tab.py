@@ -17,7 +17,7 @@ from ui import controls as ctl
 from ui.charts import image_latency_figure, where_figure
 from ui.demos import BROKEN_IMAGE, GOOD_IMAGE
 from ui.downloads import show_and_keep
-from ui.format import idle_panel, image_metrics, image_summary, panel_header
+from ui.format import idle_panel, image_metrics, image_summary, panel_header, summary_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,6 +47,7 @@ class ImageTab:
     share: gr.Markdown | None = None  # after a run: the link to its settings
     downloads: gr.File | None = None  # after a run: its reports (and difference heatmaps)
     where_chart: gr.Plot | None = None  # each component's error on the reference's inputs: which one breaks
+    summary: gr.HTML | None = None  # under the status line: one row per backend (`format.summary_table`)
 
     @property
     def model(self) -> gr.components.Component:
@@ -55,7 +56,7 @@ class ImageTab:
     def idle_updates(self, selected: set[str]) -> dict:
         """Every panel emptied before a run of ``selected`` (or when a link's settings replace what the page
         showed): waiting, not selected, or unavailable here."""
-        updates = {self.status: "Running…", self.slider: None, self.share: "", self.downloads: None,
+        updates = {self.status: "Running…", self.summary: "", self.slider: None, self.share: "", self.downloads: None,
                    self.chart: image_latency_figure({}), self.result_json: None}
         if self.where_chart is not None:
             updates[self.where_chart] = where_figure({})
@@ -68,7 +69,7 @@ class ImageTab:
 
     def outputs(self) -> list:
         """Every component a run updates (its status, slider, chart, result, link, reports and each panel)."""
-        return [self.status, self.slider, self.chart, self.result_json, self.share, self.downloads,
+        return [self.status, self.summary, self.slider, self.chart, self.result_json, self.share, self.downloads,
                 *([self.where_chart] if self.where_chart is not None else []),
                 *(c for p in self.panels for c in (p.header, p.image, p.heatmap, p.metrics))]
 
@@ -112,7 +113,7 @@ def build_image_tab(arena: Arena) -> ImageTab:
                 for info in ImageRunRequest.fields():
                     if info.name not in widgets and info.kind != "backends":
                         widgets[info.name] = ctl.field_widget(info, arena.policy, elem_id=f"image-{info.name}")
-            run, stop, status, share = ctl.run_row("image", "image-status")
+            run, stop, status, summary, share = ctl.run_row("image", "image-status")
             gr.HTML("<div class='arena-notes' id='heatmap-scale'>Under each image, its difference to the "
                     "reference: <span class='arena-scale-bar'></span> black: the same pixel; red, then yellow: "
                     "up to 64 or more levels (of 255) apart, averaged over red, green and blue.</div>")
@@ -144,7 +145,7 @@ def build_image_tab(arena: Arena) -> ImageTab:
             with gr.Accordion("Structured result (JSON, same as the /compare_image API)", open=False):
                 result_json = gr.JSON(label="Result")
     tab = ImageTab(widgets, notes, run, stop, status, panels, slider, chart, result_json, share=share,
-                   downloads=downloads, where_chart=where_chart)
+                   downloads=downloads, where_chart=where_chart, summary=summary)
     def execute(request: ImageRunRequest, http: gr.Request, cancel, progress):
         selected = {spec.backend for spec in request.backends}
         yield tab.idle_updates(selected)
@@ -168,6 +169,7 @@ def render_image_dict(tab: ImageTab, run: dict[str, Any], images: list, selected
     reference = images[index] if index is not None and index < len(images) else None
     others = [image for i, image in enumerate(images) if image is not None and i != index]
     updates: dict = {tab.status: image_summary(run) if run["results"] or run.get("error") else "Running…",
+                     tab.summary: summary_table(run, "image"),
                      tab.chart: image_latency_figure(run), tab.result_json: json.loads(json.dumps(run, default=str)),
                      **({tab.where_chart: where_figure(run)} if tab.where_chart is not None else {}),
                      # No pair to slide between (the other backend failed): no empty box either.

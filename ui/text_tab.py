@@ -15,7 +15,7 @@ from ui import controls as ctl
 from ui.charts import position_kl_figure, speed_quality_figure, text_latency_figure, where_figure
 from ui.demos import BROKEN_TEXT, GOOD_TEXT
 from ui.downloads import show_and_keep
-from ui.format import idle_panel, panel_header, panel_metrics, run_summary
+from ui.format import idle_panel, panel_header, panel_metrics, run_summary, summary_table
 
 
 @dataclass
@@ -45,6 +45,7 @@ class TextTab:
     downloads: gr.File | None = None  # after a run: its reports
     position_chart: gr.Plot | None = None  # teacher-forced KL per position: where in the sequence it breaks
     where_chart: gr.Plot | None = None  # each unit's error against the reference: where in the model it breaks
+    summary: gr.HTML | None = None  # under the status line: one row per backend (`format.summary_table`)
 
     @property
     def model(self) -> gr.components.Component:
@@ -58,7 +59,7 @@ class TextTab:
 
     def outputs(self) -> list:
         """Every component a run updates (its status, charts, result, link, reports and each backend's panel)."""
-        return [self.status, self.chart, self.quality_chart, self.position_chart, self.where_chart,
+        return [self.status, self.summary, self.chart, self.quality_chart, self.position_chart, self.where_chart,
                 self.result_json, self.share, self.downloads,
                 *(c for p in self.backends for c in (p.header, p.answer, p.metrics))]
 
@@ -105,7 +106,7 @@ def build_text_tab(arena: Arena) -> TextTab:
             with gr.Row(elem_id="text-demos"):
                 demo_broken = gr.Button(BROKEN_TEXT, size="sm", elem_id="demo-broken-text")
                 demo_good = gr.Button(GOOD_TEXT, size="sm", elem_id="demo-good-text")
-            run, stop, status, share = ctl.run_row("text", "run-status")
+            run, stop, status, summary, share = ctl.run_row("text", "run-status")
             panels = []
             # The panels' rows line up across backends (header, answer, metrics): assets/arena.css, .arena-panels.
             with gr.Row(equal_height=True, elem_classes=["arena-panels"]):
@@ -131,7 +132,7 @@ def build_text_tab(arena: Arena) -> TextTab:
             with gr.Accordion("Structured result (JSON, same as the /compare_text API)", open=False):
                 result_json = gr.JSON(label="Result")
     tab = TextTab(widgets, notes, run, stop, status, panels, chart, quality_chart, result_json, share=share,
-                  downloads=downloads, position_chart=position_chart, where_chart=where_chart)
+                  downloads=downloads, position_chart=position_chart, where_chart=where_chart, summary=summary)
 
     def execute(request: TextRunRequest, http: gr.Request, cancel, progress):
         selected = {spec.backend for spec in request.backends}
@@ -160,6 +161,7 @@ def render_run(tab: TextTab, run: dict[str, Any], selected: set[str]) -> dict:
     reference = run["results"][index] if index is not None and index < len(run["results"]) else None
     reference_text = reference["text"] if reference and not reference.get("error") else None
     updates: dict = {tab.status: run_summary(run) if run["results"] or run.get("error") else "Running…",
+                     tab.summary: summary_table(run, "text"),
                      tab.chart: text_latency_figure(run), tab.quality_chart: speed_quality_figure(run),
                      tab.position_chart: position_kl_figure(run), tab.where_chart: where_figure(run),
                      tab.result_json: json.loads(json.dumps(run, default=str))}
@@ -167,10 +169,11 @@ def render_run(tab: TextTab, run: dict[str, Any], selected: set[str]) -> dict:
         result = by_backend.get(panel.name)
         state, idle = idle_panel(panel.name, selected, panel.controls.unavailable, bool(run.get("error")))
         updates[panel.header] = panel_header(panel.title, result, state)
-        # A backend that is not in this run (not selected, or unavailable here) is its one-line header (and why
-        # it cannot run): no empty answer box.
+        # A backend that is not in this run (not selected, or unavailable here), or that a stopped run never
+        # reached, is its one-line header (and why): no empty answer box.
+        never_ran = result is not None and result.get("stopped") and not result.get("text")
         updates[panel.answer] = gr.update(value=result["text"] if result else "",
-                                          visible=result is not None or state == "waiting")
+                                          visible=not never_ran and (result is not None or state == "waiting"))
         updates[panel.metrics] = panel_metrics(result, None if result is reference else reference_text) \
             if result else idle
     return updates

@@ -49,5 +49,5 @@ def graph_precision(model_path: str | Path) -> tuple[str, str]:
                                                                    onnx.TensorProto.BFLOAT16))
     top = floats.most_common(1)[0][0] if floats else onnx.TensorProto.FLOAT
     name = {onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.BFLOAT16: "bf16"}.get(top, "fp32")
-    return name, f"{name} weights" if name != "fp32" else "fp32 weights, no quantized operators"
+    return name, "weights" if name != "fp32" else "weights, no quantized operators"  # after the name: "fp32 weights, …"
 

@@ -26,4 +26,4 @@ def graph_precision(model_path: Path) -> tuple[str, str]:
     kinds = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.BFLOAT16: "bf16"}
     floats = collections.Counter(kinds[i.data_type] for i in graph.initializer if i.data_type in kinds)
     name = floats.most_common(1)[0][0] if floats else "fp32"
-    return name, f"{name} weights, no quantized operators"
+    return name, "no quantized operators"  # after the name: "fp32 (no quantized operators)"
