@@ -18,7 +18,8 @@ from arena.registry import DEFAULT_BACKENDS, backend_choices, backend_class, res
 IMAGE_DEFAULTS = IMAGE_CATALOG[0]  # the default pipeline's suggested steps and guidance are the form's defaults
 PROMPT_CAP = "The prompt's length is capped at {cap} characters on this public server (asked: {asked})."
 # What the long reach costs (`TextRunRequest.reach`), measured by benchmarks/reach.py (docs/BENCHMARKS.md).
-REACH_COST = "REACH_COST_TBD"
+REACH_COST = ("about +21 s at 1,024 positions, +97 s at 2,048 and +340 s at 4,096 for a PyTorch and an ONNX Runtime "
+              "backend on 2 busy CPU cores (docs/reach-benchmark.md)")
 SIDE_CAP = "Image sides are capped at {cap} px on this public server (asked: {asked} px)."
 
 
@@ -163,7 +164,7 @@ class TextRunRequest(_Request):
                                help="teacher-force a long shipped text up to this many positions (cut to the "
                                     "model's context), full pass and its last 32 positions through each backend's "
                                     "KV cache: position and cache bugs past the fixed 512-position paragraph show. "
-                                    f"Cost on the embedded model at 4,096: {REACH_COST}")
+                                    f"Cost on the embedded model: {REACH_COST}")
     localize: str = request_field("auto", kind="text", choices=("auto", "all", "off"), label="Where did it break?",
                                   help='compare each layer\'s output with the reference\'s: "auto" for broken and '
                                        'drifting backends, "all" for every backend, or "off"')
@@ -388,7 +389,7 @@ class ImageRunRequest(_Request):
                                help="teacher-force a long shipped text up to this many positions (cut to the "
                                     "model's context), full pass and its last 32 positions through each backend's "
                                     "KV cache: position and cache bugs past the fixed 512-position paragraph show. "
-                                    f"Cost on the embedded model at 4,096: {REACH_COST}")
+                                    f"Cost on the embedded model: {REACH_COST}")
     localize: str = request_field("auto", kind="text", choices=("auto", "all", "off"), label="Where did it break?",
                                   help='run the text encoder, UNet and VAE decoder on the reference\'s inputs and '
                                        'compare each output with the reference\'s: "auto" for broken backends, "all" '

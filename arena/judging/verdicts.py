@@ -384,9 +384,14 @@ def quality_sentence(quality: dict[str, Any] | None) -> str:
         return f"teacher-forced quality not available ({quality['unavailable']})"
     kept = quality.get("reused") or []
     return (f"teacher-forced top-1 agreement {quality['top1']:.1%}, KL {quality['kl']:.3g} nats, "
-            f"perplexity ×{quality['ppl_ratio']:.3f} over {quality['positions']} positions"
+            f"perplexity ×{_ratio(quality['ppl_ratio'])} over {quality['positions']} positions"
             + (f" (the {' and '.join('answer' if k == 'output' else k for k in kept)}'s figures kept from an earlier "
                "run of the same two models)" if kept else ""))
+
+
+def _ratio(value: float) -> str:
+    """A ratio for a sentence: "1.012", or "8.6e+15" once it is huge (a broken export's perplexity ratio)."""
+    return f"{value:.3f}" if abs(value) < 1000 else f"{value:.2g}"
 
 
 def _measured(quality: dict[str, Any] | None) -> bool:
