@@ -17,7 +17,7 @@ from arena.registry import DEFAULT_BACKENDS, backend_choices, backend_class, res
 
 IMAGE_DEFAULTS = IMAGE_CATALOG[0]  # the default pipeline's suggested steps and guidance are the form's defaults
 PROMPT_CAP = "The prompt's length is capped at {cap} characters on this public server (asked: {asked})."
-# What the long reach costs (`TextRunRequest.reach`), measured by benchmarks/reach.py (docs/BENCHMARKS.md).
+# What the long reach costs (`TextRunRequest.reach`), measured by benchmarks/reach.py (docs/reach-benchmark.md).
 REACH_COST = ("about +21 s at 1,024 positions, +97 s at 2,048 and +340 s at 4,096 for a PyTorch and an ONNX Runtime "
               "backend on 2 busy CPU cores (docs/reach-benchmark.md)")
 SIDE_CAP = "Image sides are capped at {cap} px on this public server (asked: {asked} px)."
@@ -384,12 +384,6 @@ class ImageRunRequest(_Request):
     reference: str = request_field("auto", kind="text", label="Reference", blank_is_default=True,
                                    help='the backend the verdicts compare with: "auto" (PyTorch fp32), a name or an '
                                         "index")
-    reach: int = request_field(0, kind="int", label="Long reach (positions; 0: off)", minimum=0, maximum=131_072,
-                               form_maximum=8192, step=512, public_cap="max_reach",
-                               help="teacher-force a long shipped text up to this many positions (cut to the "
-                                    "model's context), full pass and its last 32 positions through each backend's "
-                                    "KV cache: position and cache bugs past the fixed 512-position paragraph show. "
-                                    f"Cost on the embedded model: {REACH_COST}")
     localize: str = request_field("auto", kind="text", choices=("auto", "all", "off"), label="Where did it break?",
                                   help='run the text encoder, UNet and VAE decoder on the reference\'s inputs and '
                                        'compare each output with the reference\'s: "auto" for broken backends, "all" '
