@@ -118,15 +118,18 @@ INT4_SMOLLM2 = [0.1, 0.0968, 0.0762, 0.0928, 0.105, 0.113, 0.125, 0.138, 0.162, 
                 0.249, 0.396]
 
 
+def real_int4(scale: float = 1.0) -> dict[str, float]:
+    """`INT4_SMOLLM2` times ``scale``, the final norm at 0.455 as measured (attention and MLP a bit above)."""
+    layers = {f"model.layers.{i}": scale * e for i, e in enumerate(INT4_SMOLLM2)}
+    inside = {f"{layer}.{role}": 1.2 * e for layer, e in layers.items() for role in ("self_attn", "mlp")}
+    return {"model.embed_tokens": 0.0} | inside | layers | {"model.norm": scale * 0.455}
+
+
 @pytest.mark.parametrize("scale", [1.0, 1.5, 2.2, 3.0])
 def test_a_real_int4_run_names_no_unit_however_far_past_the_line(scale):
     """The real figures, scaled until the step at layer 28 is itself over the line (2.2: 0.55): the step is the
     model's, not a bug (a JUMP of 2 would name it); the final norm at 0.455 and a head at 0.522 as observed."""
-    errors = {"model.embed_tokens": 0.0} | {f"model.layers.{i}": scale * e for i, e in enumerate(INT4_SMOLLM2)} | \
-        {f"model.layers.{i}.{role}": 1.2 * scale * e for i, e in enumerate(INT4_SMOLLM2) for role in ("self_attn",
-                                                                                                        "mlp")} | \
-        {"model.norm": scale * 0.455, "lm_head": scale * 0.522}
-    where = localize(*with_errors(errors), SMOL, "int4")
+    where = localize(*with_errors(real_int4(scale) | {"lm_head": scale * 0.522}), SMOL, "int4")
     assert where["unit"] is None and where["cause"] == SIGNATURES["precision"], where
     assert where["over"]["unit"] == "lm_head" and where["over"]["error"] == pytest.approx(scale * 0.522, rel=1e-2)
 
@@ -173,8 +176,11 @@ def test_the_where_sentences_of_reduced_precision():
     panel = where_markdown({"verdict": {"metrics": {"where": even}}})
     assert panel.startswith("**Where?** No layer breaks: `lm_head` reaches 0.522, over the tolerance 0.5, yet no "
                             "unit stands out") and "inside it" not in panel, panel
-    assert "WHERE     no layer breaks, though lm_head reaches 0.522 (tolerance 0.5): no unit stands out" in \
-        lines(even)[0]
+    assert lines(even)[0].startswith("WHERE     no layer breaks (lm_head reaches 0.522, over the tolerance 0.5); no "
+                                     "unit stands out: the error grows evenly"), lines(even)
+    within = localize(*with_errors(real_int4()), SMOL, "int4")  # the real run: no lm_head compared
+    assert "over" not in within and lines(within)[0].startswith(
+        "WHERE     no layer breaks (every unit within the tolerance 0.5); no unit stands out"), lines(within)
     jump = localize(*with_errors(int4_errors(broken_mlp=15)), SMOL, "int4")
     panel = where_markdown({"verdict": {"metrics": {"where": jump}}})
     assert "(relative error 0.883, 5.6x the units just before it, tolerance 0.5; inside it: attention 0.194, " \

@@ -144,9 +144,10 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                      + f", tolerance {where['threshold']:g}): {where['cause']}")
     elif where:
         over = where.get("over")  # a reduced precision's even growth past the line
-        lines.append(f"{'WHERE':<9} no layer breaks"
-                     + (f", though {over['unit']} reaches {over['error']:.3g} (tolerance {where['threshold']:g})"
-                        if over else "") + (f": {where['cause']}" if where.get("cause") else ""))
+        lines.append(f"{'WHERE':<9} no layer breaks ("
+                     + (f"{over['unit']} reaches {over['error']:.3g}, over the tolerance {where['threshold']:g}"
+                        if over else f"every unit within the tolerance {where['threshold']:g}") + ")"
+                     + (f"; {where['cause']}" if where.get("cause") else ""))
     elif report.get("where_unavailable"):
         lines.append(f"{'WHERE':<9} not localized: {report['where_unavailable']}")
     lines.append(("BROKEN: " if report["broken"] else "OK: ") + BackendSpec.from_any(report["candidate"]).label)
