@@ -111,7 +111,7 @@ def test_verdicts_know_the_precision():
     # tokens diverge, top-1 97%), never as an fp32 candidate whose math changed; Q8_0 at 8 bits.
     gguf = judge_text("Fluent.", other, "Q4_1", reference_ids=ref, reference_precision="fp32",
                       logits={"max_abs": 0.64, "max_rel": 0.03}, quality=dict(fair, kl=0.0033, top1=0.973))
-    assert gguf.kind == "DRIFT" and not gguf.broken and "Q4_1 tolerance 4" in gguf.reason
+    assert gguf.kind == "DRIFT" and not gguf.broken and "abs 0.64 ≤ 4: within the Q4_1 tolerance" in gguf.reason
     assert text_tolerance("Q8_0") == TEXT_TOLERANCES["int8"] and text_tolerance("IQ4_XS") == TEXT_TOLERANCES["int4"]
     assert text_tolerance("something-new") == TEXT_TOLERANCES["fp32"]  # unknown: the strictest
 
@@ -286,7 +286,17 @@ def test_gibberish_leads_with_the_strongest_evidence_and_a_relative_pass_says_so
     ids = list(range(20))
     logits = {"max_abs": 0.023, "max_rel": 0.0004}
     same = judge_text("A fine answer.", ids, "fp32", reference_ids=ids, logits=logits)
-    assert "within the fp32 tolerance 0.01; passed by its relative error 0.0004 ≤ 0.001" in same.reason
+    assert "first-step logits: abs 0.023 > 0.01, but relative 0.0004 ≤ 0.001: within the fp32 tolerance" in same.reason
+    # The tolerance reads as a rule: the absolute bound alone, both bounds over, and a figure that would print as
+    # its bound at two digits gets a third.
+    cases = {(5e-05, 5e-06, "fp32"): "abs 5e-05 ≤ 0.01: within the fp32 tolerance",
+             (6.2, 0.18, "int4"): "abs 6.2 > 4, but relative 0.18 ≤ 0.2: within the int4 tolerance",
+             (9.1, 0.31, "int4"): "abs 9.1 > 4 and relative 0.31 > 0.2: over the int4 tolerance",
+             (4.03, 0.2004, "int4"): "abs 4.03 > 4 and relative 0.2004 > 0.2: over the int4 tolerance"}
+    for (max_abs, max_rel, precision), rule in cases.items():
+        verdict = judge_text("A fine answer.", ids, precision, reference_ids=ids, reference_precision="fp32",
+                             logits={"max_abs": max_abs, "max_rel": max_rel})
+        assert f"; first-step logits: {rule}" in verdict.reason, verdict.reason
 
 
 def test_the_decode_path_is_judged_at_the_references_precision():

@@ -148,6 +148,9 @@ def where_markdown(result: dict[str, Any]) -> str:
         return f"**Where?** Not localized: {metrics.get('where_unavailable', 'no layer outputs')}.\n\n"
     if where.get("task") == "image":
         return image_where_markdown(where)
+    if where["unit"] is None and where.get("over"):  # a reduced precision's even growth past the line
+        return (f"**Where?** No layer breaks: `{where['over']['unit']}` reaches {error_text(where['over']['error'])}, "
+                f"over the tolerance {where['threshold']:g}, yet {where['cause']}.\n\n")
     if where["unit"] is None:
         return ("**Where?** No layer breaks: every unit stays within the tolerance "
                 f"{where['threshold']:g}" + (f"; {where['cause']}" if where.get("cause") else "") + ".\n\n")
@@ -159,7 +162,9 @@ def where_markdown(result: dict[str, Any]) -> str:
     at = f" from position {late['position']} of the {'answer' if late['sequence'] == 'output' else late['sequence']} " \
         "on, where the math changes" if late else ""
     return (f"**Where?** `{where['unit']}` is the first unit whose output leaves the reference's{at} (relative "
-            f"error {error_text(where['error'])}, tolerance {where['threshold']:g}"
+            f"error {error_text(where['error'])}"
+            + (f", {where['jump']:g}x the units just before it" if where.get("jump") else "")
+            + f", tolerance {where['threshold']:g}"
             + (f"; inside it: {parts}" if parts else "") + f"). Likely cause: {where['cause']}.\n\n")
 
 

@@ -139,10 +139,15 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"{'WHERE':<9} the KV cache: {where['cause']}")
     elif where and where.get("unit"):
         lines.append(f"{'WHERE':<9} {where['unit']} (relative error "
-                     f"{'NaN/Inf' if where['error'] is None else format(where['error'], '.3g')}, tolerance "
-                     f"{where['threshold']:g}): {where['cause']}")
+                     f"{'NaN/Inf' if where['error'] is None else format(where['error'], '.3g')}"
+                     + (f", {where['jump']:g}x the units just before it" if where.get("jump") else "")
+                     + f", tolerance {where['threshold']:g}): {where['cause']}")
     elif where:
-        lines.append(f"{'WHERE':<9} no layer breaks" + (f": {where['cause']}" if where.get("cause") else ""))
+        over = where.get("over")  # a reduced precision's even growth past the line
+        lines.append(f"{'WHERE':<9} no layer breaks ("
+                     + (f"{over['unit']} reaches {over['error']:.3g}, over the tolerance {where['threshold']:g}"
+                        if over else f"every unit within the tolerance {where['threshold']:g}") + ")"
+                     + (f"; {where['cause']}" if where.get("cause") else ""))
     elif report.get("where_unavailable"):
         lines.append(f"{'WHERE':<9} not localized: {report['where_unavailable']}")
     lines.append(("BROKEN: " if report["broken"] else "OK: ") + BackendSpec.from_any(report["candidate"]).label)

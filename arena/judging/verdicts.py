@@ -454,12 +454,22 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
                 if ids != ref else None}
     abs_tol, rel_tol = TEXT_TOLERANCES[klass]
     within = logits is None or (logits["max_abs"] <= abs_tol or logits["max_rel"] <= rel_tol)
-    # Which bound passed, when only the relative one did (a large logit scale makes the absolute error large).
-    relative = (f"; passed by its relative error {logits['max_rel']:.2g} ≤ {rel_tol:g}"
-                if logits is not None and within and logits["max_abs"] > abs_tol else "")
-    logit_note = "" if logits is None else (
-        f"; first-step logits max abs error {logits['max_abs']:.2g} "
-        f"({'within' if within else 'over'} the {precision} tolerance {abs_tol:g}{relative})")
+    # The tolerance as a rule: the absolute bound, and the relative one when the absolute is over (a large logit
+    # scale makes the absolute error large). Two digits, more when two would print the bound itself ("4 > 4").
+    def figure(value: float, bound: float) -> str:
+        return next((f"{value:.{d}g}" for d in (2, 3) if float(f"{value:.{d}g}") != bound), f"{value:.4g}")
+
+    if logits is None:
+        logit_note = ""
+    else:
+        rule = f"abs {figure(logits['max_abs'], abs_tol)}"
+        if logits["max_abs"] <= abs_tol:
+            rule += f" ≤ {abs_tol:g}"
+        else:
+            relative = f"relative {figure(logits['max_rel'], rel_tol)}"
+            rule += f" > {abs_tol:g}, but {relative} ≤ {rel_tol:g}" if within else \
+                f" > {abs_tol:g} and {relative} > {rel_tol:g}"
+        logit_note = f"; first-step logits: {rule}: {'within' if within else 'over'} the {precision} tolerance"
     quality_note = f"; {quality_sentence(quality)}" if _measured(quality) else ""
     onset = sequence_onset(quality, klass) if _measured(quality) else None
     if onset is not None:

@@ -267,8 +267,10 @@ def report_markdown(run: dict[str, Any], task: str, heatmaps: Mapping[int, str] 
             else:
                 unit = f"`{where['unit']}`" if where["unit"] else "none"
                 shown = "NaN/Inf" if where["error"] is None else f"{where['error']:.3g}"
+                over = where.get("over")  # a reduced precision's even growth past the line, standing out nowhere
                 error = f"{shown} ({where['threshold']:g})" if where["unit"] else \
-                    f"all within {where['threshold']:g}"
+                    f"up to {over['error']:.3g} at `{over['unit']}` ({where['threshold']:g}), none standing out" \
+                    if over else f"all within {where['threshold']:g}"
                 figures = ""
                 if image:
                     from arena.judging.localize_image import summary
