@@ -30,8 +30,10 @@ def files_signature(folder: str) -> str:
     """Each file's relative path, size and modification time under ``folder`` (bounded), hashed."""
     entries = []
     for root, dirs, files in os.walk(folder):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
+            if name.startswith("."):  # the cache's own bookkeeping (".last-used" is touched by every load)
+                continue
             path = os.path.join(root, name)
             try:
                 stat = os.stat(path)
