@@ -293,6 +293,7 @@ class _RunResult:
     phase: str = ""
     # What the machine did while each backend ran (`arena.running.load.between`), in the results' order.
     machine_load: tuple = ()
+    kept_at: str = ""  # an example's result shown again: when this server ran it (`Arena.run_example`)
 
     def to_dict(self) -> dict[str, Any]:
         from arena.running.load import busy_sentence
@@ -305,7 +306,7 @@ class _RunResult:
                 "model": None if self.prepared is None else self._model_dict(self.prepared),
                 **self._input_dict(self.prepared), "results": results,
                 "reference_index": reference, "error": self.error, "environment": self.environment,
-                "streaming": self.streaming, "phase": self.phase,
+                "streaming": self.streaming, "phase": self.phase, "kept_at": self.kept_at,
                 "busy_machine": busy_sentence({r["label"]: r.get("machine_load") for r in results})}
 
     def _model_dict(self, prepared) -> dict[str, Any]:

@@ -307,3 +307,26 @@ def test_a_backend_a_stopped_run_never_reached_is_its_header_line_without_an_ans
     assert not updates["onnxruntime-answer"]["visible"]
     assert "STOPPED" in updates["onnxruntime-header"] and "Not run" in updates["onnxruntime-metrics"]
     assert updates["summary"].count("arena-badge-idle'>STOPPED") == 2
+
+
+def test_a_link_page_is_ready_not_waiting():
+    """A page opened from a link has its settings filled in and nothing running: its ticked backends read "ready
+    to run" (grey), never the "waiting" of a run on its way."""
+    from ui.format import idle_panel, panel_header
+
+    assert idle_panel("pytorch", {"pytorch"}, "", ready=True) == ("ready", "")
+    assert idle_panel("pytorch", {"pytorch"}, "") == ("waiting", "")
+    assert "arena-badge-idle'>ready to run<" in panel_header("PyTorch", None, "ready")
+
+
+def test_the_image_chart_names_a_backend_that_failed():
+    """A broken image backend has no timings (its VAE gave NaN): the chart says so instead of leaving it out
+    (and builds: plotly refuses a "container" reference on an annotation)."""
+    from ui.charts import image_latency_figure
+
+    timings = {"total_s": 1.0, "text_encoder_s": 0.1, "unet_s": 0.8, "vae_s": 0.1, "step_times_s": [0.4, 0.4]}
+    run = {"results": [{"label": "PyTorch", "backend": "pytorch", "timings": timings, "verdict": {"kind": "MATCH"}},
+                       {"label": "ONNX Runtime", "backend": "onnxruntime", "timings": None, "error": "NaN",
+                        "verdict": {"kind": "NAN", "broken": True}}], "reference_index": 0}
+    figure = image_latency_figure(run)
+    assert any("Not timed, the run failed: ONNX Runtime (NAN)" in a.text for a in figure.layout.annotations)

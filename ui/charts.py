@@ -286,8 +286,9 @@ def image_latency_figure(run: dict[str, Any]) -> go.Figure:
     failed = [r for r in run.get("results", []) if not r.get("timings")]
     if done and failed:
         named = "; ".join(f"{r['label']} ({(r.get('verdict') or {}).get('kind') or 'failed'})" for r in failed)
-        fig.add_annotation(text=f"Not timed, the run failed: {named}", showarrow=False, x=0, y=0.995, yanchor="top",
-                           xref="paper", yref="container", xanchor="left",
+        # Above the plotting area ("container" is a legend's reference, not an annotation's)
+        fig.add_annotation(text=f"Not timed, the run failed: {named}", showarrow=False, x=0, y=1.0, yanchor="bottom",
+                           xref="paper", yref="paper", yshift=40, xanchor="left",
                            font={"size": 12, "color": fill("error")})
         fig.update_layout(margin={"t": 90})
     return fig if done else _placeholder(fig)

@@ -260,8 +260,8 @@ def wire_run(arena, tab, request_cls, panels: list, execute, notes, examples: tu
                                    f"not be prepared: {exc}"}
                 return
             yield form_updates(tab.fields, request) | backend_updates(panels, request.backends)
-            with arena.stoppable(session_of(http)) as cancel:
-                yield from execute(request, http, cancel, lambda f, d: progress(f, desc=d))
+            with arena.stoppable(session_of(http)) as cancel:  # a kept result at once, else live (`run_example`)
+                yield from execute(request, http, cancel, lambda f, d: progress(f, desc=d), example=True)
 
         return run_example
 

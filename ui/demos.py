@@ -27,7 +27,12 @@ EXAMPLE_DOCS = {
 def make_example(arena: Arena, task: str):
     """``/example_text`` or ``/example_image``: the server's own request (no path from the caller), run to the end."""
     prepare = arena.demos.text_request if task == "text" else arena.demos.image_request
-    run_to_end = arena.run_text_to_end if task == "text" else arena.run_image_to_end
+
+    def run_to_end(run, cancel):
+        final = None
+        for final in arena.run_example(run, cancel=cancel):  # noqa: B007 - the last one is the result
+            pass
+        return final
 
     def example(broken: bool = True, request: gr.Request = None) -> dict:
         try:
@@ -38,8 +43,9 @@ def make_example(arena: Arena, task: str):
             return arena.public_view(run_to_end(run, cancel=cancel).to_dict())
 
     example.__name__ = f"example_{task}"
-    example.__doc__ = (f"{EXAMPLE_DOCS[task]}\n\nArgs:\n    broken: True: the broken export; False: the good export "
-                       "(both MATCH).")
+    example.__doc__ = (f"{EXAMPLE_DOCS[task]} An example this server already ran answers with that result at once "
+                       "(`kept_at` says when it ran).\n\nArgs:\n    broken: True: the broken export; False: the good "
+                       "export (both MATCH).")
     return example
 
 

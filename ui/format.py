@@ -39,7 +39,7 @@ def panel_header(title: str, result: dict[str, Any] | None, state: str, detail: 
     error, then the verdict (the reference: REFERENCE, slate, unless it is broken itself)."""
     kind, text = {"idle": ("idle", "not run"), "waiting": ("waiting", "waiting"),
                   "generating": ("waiting", f"generating {detail}".strip()),
-                  "skipped": ("idle", "not selected"),
+                  "skipped": ("idle", "not selected"), "ready": ("idle", "ready to run"),
                   "unavailable": ("idle", "unavailable here")}.get(state, ("idle", ""))
     if result is not None:
         kind, text = badge(result)
@@ -59,11 +59,13 @@ def badge(result: dict[str, Any], reference: bool | None = None) -> tuple[str, s
     return state, "ERROR" if result.get("error") else "DONE"
 
 
-def idle_panel(name: str, selected: set[str], unavailable: str, run_failed: bool = False) -> tuple[str, str]:
-    """(header state, metrics text) of a panel without a result yet: waiting, not selected, or unavailable here
-    (then the metrics say why and how to install, as before the run)."""
+def idle_panel(name: str, selected: set[str], unavailable: str, run_failed: bool = False,
+               ready: bool = False) -> tuple[str, str]:
+    """(header state, metrics text) of a panel without a result yet: waiting (a run is on its way), ready (a link's
+    settings are filled in, nothing runs yet), not selected, or unavailable here (then the metrics say why and how
+    to install, as before the run)."""
     if name in selected and not run_failed:
-        return "waiting", ""
+        return ("ready" if ready else "waiting"), ""
     return ("unavailable", unavailable) if unavailable else ("skipped", "")
 
 
@@ -125,6 +127,15 @@ def machine_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
         return [("Machine while timed", "**busy**: " + "; ".join(load["reasons"]) + " (timings slower than it can do)")]
     others = load.get("others_share")
     return [("Machine while timed", "quiet" + (f" (others {others:.0%} of the CPUs)" if others is not None else ""))]
+
+
+def kept_note(run: dict[str, Any]) -> str:
+    """An example shown from this server's earlier run of it: when, and how to run it live ("" otherwise)."""
+    if not run.get("kept_at"):
+        return ""
+    return (f"<span class='arena-badge arena-badge-idle'>KEPT RESULT</span> This example as this server ran it at "
+            f"{run['kept_at']} (the same models, exports and settings, so the same verdicts; its timings are from "
+            "then). Press Run to run it live. ")
 
 
 def busy_badge(run: dict[str, Any]) -> str:
@@ -234,7 +245,7 @@ def run_summary(run: dict[str, Any]) -> str:
         return f"<span class='arena-badge arena-badge-error'>ERROR</span> {run['error']}"
     results = [r for r in run.get("results", []) if not r.get("error")]
     prompt_tokens = len(run.get("prompt_token_ids") or [])
-    head = f"Prompt: {prompt_tokens} tokens, same ids for every backend." + verdict_summary(run)
+    head = kept_note(run) + f"Prompt: {prompt_tokens} tokens, same ids for every backend." + verdict_summary(run)
     if run.get("phase") == "stopped":
         done = [r["label"] for r in results]
         return ("<span class='arena-badge arena-badge-idle'>STOPPED</span> You stopped the run: "
@@ -404,8 +415,8 @@ def image_summary(run: dict[str, Any]) -> str:
     if run.get("error"):
         return f"<span class='arena-badge arena-badge-error'>ERROR</span> {run['error']}"
     model = run.get("model") or {}
-    head = (f"{model.get('width')}x{model.get('height')} px, same latents and scheduler for every backend."
-            + verdict_summary(run))
+    head = (kept_note(run) + f"{model.get('width')}x{model.get('height')} px, same latents and scheduler for every "
+            "backend." + verdict_summary(run))
     notes = model.get("notes") or []
     if notes:
         head += " Config: " + "; ".join(notes) + "."

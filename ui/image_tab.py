@@ -56,12 +56,12 @@ class ImageTab:
     def idle_updates(self, selected: set[str]) -> dict:
         """Every panel emptied before a run of ``selected`` (or when a link's settings replace what the page
         showed): waiting, not selected, or unavailable here."""
-        updates = {self.status: "Running…", self.summary: "", self.slider: None, self.share: "", self.downloads: None,
+        updates = {self.status: "", self.summary: "", self.slider: None, self.share: "", self.downloads: None,
                    self.chart: image_latency_figure({}), self.result_json: None}
         if self.where_chart is not None:
             updates[self.where_chart] = where_figure({})
         for p in self.panels:
-            state, metrics = idle_panel(p.name, selected, p.controls.unavailable)
+            state, metrics = idle_panel(p.name, selected, p.controls.unavailable, ready=True)
             updates |= {p.header: panel_header(p.title, None, state), p.metrics: metrics,
                         p.image: gr.update(value=None, visible=state == "waiting"),
                         p.heatmap: gr.update(value=None, visible=state == "waiting")}
@@ -146,10 +146,13 @@ def build_image_tab(arena: Arena) -> ImageTab:
                 result_json = gr.JSON(label="Result")
     tab = ImageTab(widgets, notes, run, stop, status, panels, slider, chart, result_json, share=share,
                    downloads=downloads, where_chart=where_chart, summary=summary)
-    def execute(request: ImageRunRequest, http: gr.Request, cancel, progress):
+    def execute(request: ImageRunRequest, http: gr.Request, cancel, progress, example: bool = False):
         selected = {spec.backend for spec in request.backends}
-        yield tab.idle_updates(selected)
-        yield from show_and_keep(arena, tab, "image", arena.run_image(request, progress=progress, cancel=cancel),
+        # The page keeps the last result until this run gets past preparation: a refusal (a bad model id, an
+        # empty prompt) says why on the status line and wipes nothing.
+        yield {tab.status: "Preparing the model and the shared input…"}
+        runs = (arena.run_example if example else arena.run_image)(request, progress=progress, cancel=cancel)
+        yield from show_and_keep(arena, tab, "image", runs,
                                  lambda result: render_image_run(tab, result, selected, arena.public_view), http)
 
     ctl.wire_run(arena, tab, ImageRunRequest, tab.panels, execute, image_model_notes,
@@ -164,6 +167,8 @@ def render_image_run(tab: ImageTab, result: ImageRunResult, selected: set[str], 
 
 def render_image_dict(tab: ImageTab, run: dict[str, Any], images: list, selected: set[str]) -> dict:
     """Updates for every output from a result dict and its images (a live run's, or the stored one's)."""
+    if run.get("error") and not run["results"]:  # refused or failed before any backend ran: the page stays
+        return {tab.status: image_summary(run)}
     by_backend = {d["backend"]: (image, d) for image, d in zip(images, run["results"], strict=True)}
     index = run.get("reference_index")
     reference = images[index] if index is not None and index < len(images) else None

@@ -54,8 +54,8 @@ class TextTab:
     def idle_updates(self, selected: set[str]) -> dict:
         """Every panel and chart emptied before a run of ``selected`` (or when a link's settings replace what
         the page showed): waiting, not selected, or unavailable here."""
-        return {self.status: "Running…", self.share: "", self.downloads: None,
-                **render_run(self, {"results": []}, selected)}
+        return {self.status: "", self.share: "", self.downloads: None,
+                **render_run(self, {"results": [], "phase": "ready"}, selected)}
 
     def outputs(self) -> list:
         """Every component a run updates (its status, charts, result, link, reports and each backend's panel)."""
@@ -134,10 +134,13 @@ def build_text_tab(arena: Arena) -> TextTab:
     tab = TextTab(widgets, notes, run, stop, status, panels, chart, quality_chart, result_json, share=share,
                   downloads=downloads, position_chart=position_chart, where_chart=where_chart, summary=summary)
 
-    def execute(request: TextRunRequest, http: gr.Request, cancel, progress):
+    def execute(request: TextRunRequest, http: gr.Request, cancel, progress, example: bool = False):
         selected = {spec.backend for spec in request.backends}
-        yield tab.idle_updates(selected)
-        yield from show_and_keep(arena, tab, "text", arena.run_text(request, progress=progress, cancel=cancel),
+        # The page keeps the last result until this run gets past preparation: a refusal (a bad model id, an
+        # empty prompt) says why on the status line and wipes nothing.
+        yield {tab.status: "Preparing the model and the shared input…"}
+        runs = (arena.run_example if example else arena.run_text)(request, progress=progress, cancel=cancel)
+        yield from show_and_keep(arena, tab, "text", runs,
                                  lambda result: render_run(tab, arena.public_view(result.to_dict()), selected), http)
 
     ctl.wire_run(arena, tab, TextRunRequest, tab.backends, execute, model_notes,
@@ -156,18 +159,22 @@ def render_run(tab: TextTab, run: dict[str, Any], selected: set[str]) -> dict:
         return {panel.header: panel_header(panel.title, None, "generating",
                                            f"{streaming['tokens']}/{streaming['of']}"),
                 panel.answer: gr.update(value=streaming["text"], visible=True)}
+    if run.get("error") and not run["results"]:  # refused or failed before any backend ran: the page stays
+        return {tab.status: run_summary(run)}
     by_backend = {r["backend"]: r for r in run["results"]}
     index = run.get("reference_index")
     reference = run["results"][index] if index is not None and index < len(run["results"]) else None
     reference_text = reference["text"] if reference and not reference.get("error") else None
-    updates: dict = {tab.status: run_summary(run) if run["results"] or run.get("error") else "Running…",
+    updates: dict = {tab.status: run_summary(run) if run["results"] or run.get("error") else
+                     "" if run.get("phase") == "ready" else "Running…",
                      tab.summary: summary_table(run, "text"),
                      tab.chart: text_latency_figure(run), tab.quality_chart: speed_quality_figure(run),
                      tab.position_chart: position_kl_figure(run), tab.where_chart: where_figure(run),
                      tab.result_json: json.loads(json.dumps(run, default=str))}
     for panel in tab.backends:
         result = by_backend.get(panel.name)
-        state, idle = idle_panel(panel.name, selected, panel.controls.unavailable, bool(run.get("error")))
+        state, idle = idle_panel(panel.name, selected, panel.controls.unavailable, bool(run.get("error")),
+                                 ready=run.get("phase") == "ready")
         updates[panel.header] = panel_header(panel.title, result, state)
         # A backend that is not in this run (not selected, or unavailable here), or that a stopped run never
         # reached, is its one-line header (and why): no empty answer box.
