@@ -72,7 +72,9 @@ def test_a_link_shows_its_own_settings_not_the_stored_run(app_server, browser):
     page.wait_for_function("document.querySelector('#link-note')?.innerText.includes('filled in')", timeout=60_000)
     page.wait_for_timeout(2000)  # every page-load event has landed
     assert "STORED RUN" not in page.locator("#run-status").inner_text()
-    assert page.locator("#answer-pytorch textarea").input_value() == ""
+    # Nothing runs yet: the link's backends are "ready to run" (not "waiting"), with no answer box.
+    assert "ready to run" in page.locator("#panel-pytorch").inner_text()
+    assert not visible(page, "#answer-pytorch")
     assert page.locator("#prompt textarea").input_value() == "Name three rivers."
     assert page.locator("#text-max_new_tokens input[type=number]").input_value() == "12"
     assert not visible(page, "#answer-onnxruntime")  # not in the link's run

@@ -36,7 +36,8 @@ def test_examples_through_the_api(app_server):
     # An example this server has run answers with that result at once, saying when it ran.
     start = time.monotonic()
     again = client.predict(broken=True, api_name="/example_text")
-    assert time.monotonic() - start < 10 and again["kept_at"] and not broken["kept_at"], again["kept_at"]
+    assert time.monotonic() - start < 10 and again["kept_at"], again["kept_at"]  # (the first may be kept too:
+    # the browser tests before this one run the same example on the same server)
     assert [r["verdict"] for r in again["results"]] == [r["verdict"] for r in broken["results"]]
 
     image = client.predict(broken=True, api_name="/example_image")

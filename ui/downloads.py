@@ -72,6 +72,12 @@ def keep_run(arena, task: str, run: dict[str, Any], request: gr.Request | None, 
     return KeptRun(entry, report_files(run, task, images, entry.id), link_markdown(task, run, request))
 
 
+def moved_on(tab, result) -> dict:
+    """Once a run is past its preparation, the last run's link and reports go (they no longer match the panels); a
+    run refused before any backend ran keeps them, with the page it leaves as it was."""
+    return {} if result.error and not result.results else {tab.share: "", tab.downloads: None}
+
+
 def show_and_keep(arena, tab, task: str, results, render, http: gr.Request | None):
     """A run's updates: ``render(result)`` for each partial result; once finished, keep the run (History) and
     offer its reports and its link (not for a run refused before any backend ran)."""

@@ -16,7 +16,7 @@ from arena.types import ImageRunRequest, ImageRunResult
 from ui import controls as ctl
 from ui.charts import image_latency_figure, where_figure
 from ui.demos import BROKEN_IMAGE, GOOD_IMAGE
-from ui.downloads import show_and_keep
+from ui.downloads import moved_on, show_and_keep
 from ui.format import idle_panel, image_metrics, image_summary, panel_header, summary_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,8 +152,8 @@ def build_image_tab(arena: Arena) -> ImageTab:
         # empty prompt) says why on the status line and wipes nothing.
         yield {tab.status: "Preparing the model and the shared input…"}
         runs = (arena.run_example if example else arena.run_image)(request, progress=progress, cancel=cancel)
-        yield from show_and_keep(arena, tab, "image", runs,
-                                 lambda result: render_image_run(tab, result, selected, arena.public_view), http)
+        yield from show_and_keep(arena, tab, "image", runs, lambda result: render_image_run(
+            tab, result, selected, arena.public_view) | moved_on(tab, result), http)
 
     ctl.wire_run(arena, tab, ImageRunRequest, tab.panels, execute, image_model_notes,
              ((demo_broken, demo_good), arena.demos.image_request))

@@ -14,7 +14,7 @@ from arena.types import TextRunRequest
 from ui import controls as ctl
 from ui.charts import position_kl_figure, speed_quality_figure, text_latency_figure, where_figure
 from ui.demos import BROKEN_TEXT, GOOD_TEXT
-from ui.downloads import show_and_keep
+from ui.downloads import moved_on, show_and_keep
 from ui.format import idle_panel, panel_header, panel_metrics, run_summary, summary_table
 
 
@@ -140,8 +140,8 @@ def build_text_tab(arena: Arena) -> TextTab:
         # empty prompt) says why on the status line and wipes nothing.
         yield {tab.status: "Preparing the model and the shared input…"}
         runs = (arena.run_example if example else arena.run_text)(request, progress=progress, cancel=cancel)
-        yield from show_and_keep(arena, tab, "text", runs,
-                                 lambda result: render_run(tab, arena.public_view(result.to_dict()), selected), http)
+        yield from show_and_keep(arena, tab, "text", runs, lambda result: render_run(
+            tab, arena.public_view(result.to_dict()), selected) | moved_on(tab, result), http)
 
     ctl.wire_run(arena, tab, TextRunRequest, tab.backends, execute, model_notes,
              ((demo_broken, demo_good), arena.demos.text_request))
