@@ -168,11 +168,14 @@ def test_image_tab_draws_with_both_backends(app_server, page):
     for name in ("pytorch", "onnxruntime"):
         page.wait_for_function(
             f"document.querySelector('#image-metrics-{name}')?.innerText.includes('UNet loop')", timeout=300_000)
+        # Gradio draws the <img> once it has resolved the file's URL, a moment after the metrics in the same update
+        page.locator(f"#image-{name} img").first.wait_for(timeout=30_000)
         assert page.locator(f"#image-{name} img").count() == 1
     page.wait_for_function("document.querySelector('#image-status')?.innerText.includes('Verdicts')",
                            timeout=60_000)
     status = page.locator("#image-status").inner_text()
     assert "PSNR vs PyTorch" in status and "2 MATCH" in status, status
+    page.locator("#heatmap-onnxruntime img").first.wait_for(timeout=30_000)
     assert page.locator("#heatmap-onnxruntime img").count() == 1
     page.locator("#image-latency-chart .main-svg").first.wait_for(timeout=30_000)
     page.wait_for_timeout(500)

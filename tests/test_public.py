@@ -115,6 +115,7 @@ def test_the_page_opens_on_the_shipped_run_with_the_public_limits(public_app):
         assert page.get_by_label("Existing ONNX export (optional)").count() == 0  # no server paths to type
         page.get_by_role("tab", name="Image").click()
         page.wait_for_function("document.querySelector('#image-status')?.innerText.includes('STORED RUN')")
+        page.locator("#image-onnxruntime img").first.wait_for(timeout=30_000)
         assert page.locator("#image-onnxruntime img").count() == 1
         browser.close()
 
