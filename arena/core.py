@@ -7,7 +7,6 @@ import atexit
 import contextlib
 import contextvars
 import dataclasses
-import os
 import queue
 import threading
 import time
@@ -16,19 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from arena.errors import ArenaError
-from arena.judging.export_files import export_file_warnings
-from arena.judging.memo import JudgingMemo, digest
-from arena.judging.memo import identity as memo_identity
-from arena.judging.verdicts import (
-    REACH_CACHED_STEPS,
-    REACH_SEQUENCE,
-    image_floor_verdict,
-    judge_image,
-    judge_text,
-    logits_error,
-    pool_summaries,
-    reference_index,
-)
+from arena.judging.stage import JudgingStage
+from arena.judging.verdicts import reference_index
 from arena.preparing.cache import ArtifactCache, default_cache_dir
 from arena.preparing.catalog import find_catalog_model, find_image_catalog_model
 from arena.preparing.demos import BrokenConversions
@@ -158,8 +146,17 @@ class Arena:
         self._environment = environment
         self._env_lock = threading.Lock()
         self._run_lock = RunLock()
-        self._judging_memo = JudgingMemo()  # judging figures kept between runs (`arena.judging.memo`)
+        # The judging stage reaches each backend's worker through this core, and nothing else of it.
+        self.judging = JudgingStage(lambda spec: self._backend_worker(spec),
+                                    lambda deadline: self._left(deadline, self.run_timeout_s),
+                                    self.policy, self.cache_dir / "judging")
         self._kept_examples: dict[str, Any] = {}  # the examples' last judged results (`run_example`)
+        # What the last finished text runs measured, for the estimate under the prompt and the prefill line
+        # (`prompt_estimate`): {(model, backend): (time to first token s, its prompt's tokens, s per new token)},
+        # and the folder each model resolved to (its tokenizer.json counts a prompt's tokens).
+        self._rates: dict[tuple[str, str], tuple[float, int, float]] = {}
+        self._model_dirs: dict[str, str] = {}
+        self._counters: dict[str, Any] = {}
         self._examples_lock = threading.Lock()
         # What holds the run lock when it is not a visitor's run ("the start-up preparation of the default models",
         # `arena.running.warmup`): a run that has to wait says what it waits for.
@@ -485,6 +482,8 @@ class Arena:
         except ValueError as exc:
             yield run_cls(request, prepared, (), error=str(exc), environment=env)
             return
+        if prepared.task == "text":
+            self._model_dirs[request.model] = prepared.model_dir
         results: list = []
         loads: list = []  # what the machine did while each backend ran (`arena.running.load`)
         yield run_cls(request, prepared, tuple(results), environment=env, machine_load=tuple(loads))
@@ -502,14 +501,80 @@ class Arena:
         progress(None, "Judging the outputs")
         yield run_cls(request, prepared, tuple(results), environment=env, phase="judging", machine_load=tuple(loads))
         with self._run_lock:
-            if prepared.task == "text":
-                judged = self._judge_text(prepared, results, reference, progress, cancel, deadline)
-                judged = self._localize(prepared, judged, reference, request, progress, cancel, deadline)
-            else:
-                judged = self._judge_image(prepared, results, reference, progress, cancel)
-                judged = self._localize_image(prepared, judged, reference, request, progress, cancel, deadline)
-                judged = [dataclasses.replace(r, latents=None) for r in judged]
+            judge = self.judging.text if prepared.task == "text" else self.judging.image
+            judged = judge(prepared, results, reference, request, progress, cancel, deadline)
+        if prepared.task == "text":
+            self._remember_rates(request, prepared, judged)
         yield run_cls(request, prepared, tuple(judged), environment=env, machine_load=tuple(loads))
+
+    def exclusive(self) -> RunLock:
+        """The lock every timed step holds (``with arena.exclusive():``): work that uses the cores outside a run
+        (the examples' exports) holds it too, so no timing shares them."""
+        return self._run_lock
+
+    def forget_judging(self) -> None:
+        """Drop the judging figures kept between runs (benchmarks measure judging from scratch)."""
+        self.judging.forget()
+
+    def _remember_rates(self, request, prepared, results) -> None:
+        """Each finished backend's prefill time per prompt token and time per new token, for the next estimate."""
+        prompt_tokens = max(1, len(prepared.prompt_token_ids))
+        for result in results:
+            timings = getattr(result, "timings", None)
+            if result.error or timings is None or not timings.ttft_s:
+                continue
+            per_token = 1.0 / timings.decode_tokens_per_s if timings.decode_tokens_per_s else timings.ttft_s
+            self._rates[(request.model, result.spec.backend)] = (timings.ttft_s, prompt_tokens, per_token)
+
+    def prompt_estimate(self, model: str, prompt: str, max_new_tokens: int | None, backends: list[str]) -> str:
+        """One line under the prompt: its token count (exact with the model's tokenizer.json once a run has
+        resolved the model; else about 4 characters a token) and, from the last runs of this model here, the
+        time each ticked backend will take (prefill grows with the prompt: a linear guess is a lower bound)."""
+        prompt = prompt or ""
+        if not prompt.strip():
+            return ""
+        count, exact = self._count_tokens(model, prompt)
+        line = (f"**{count:,} tokens** in the prompt (before its chat template)" if exact else
+                f"**about {count:,} tokens** in the prompt ({len(prompt):,} characters at ~4 a token; counted "
+                "exactly once a run has loaded this model)")
+        guesses = []
+        for name in backends:
+            rate = self._rates.get((model, name))
+            if rate is not None and max_new_tokens:
+                seconds = self.prefill_estimate(model, name, count) + rate[2] * max_new_tokens
+                guesses.append(f"{name} ~{seconds:,.0f} s" if seconds >= 1 else f"{name} <1 s")
+        if guesses:
+            line += (" · to generate, from this server's last runs of this model: " + ", ".join(guesses)
+                     + " (plus loading and judging)")
+        return line
+
+    def _count_tokens(self, model: str, prompt: str) -> tuple[int, bool]:
+        """(tokens, exact): the prompt counted by the model's own tokenizer.json (`tokenizers`, no torch) when a
+        run resolved the model already (a public server: its own catalog models only, a visitor's tokenizer is
+        not parsed in this process); else a character estimate."""
+        estimate = (max(1, round(len(prompt) / 4)), False)
+        folder = self._model_dirs.get(model)
+        if folder is None or len(prompt) > 200_000 or (self.policy.public and find_catalog_model(model) is None):
+            return estimate
+        counter = self._counters.get(folder)
+        if counter is None:
+            try:
+                from tokenizers import Tokenizer
+
+                counter = Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
+            except Exception:  # noqa: BLE001 - no tokenizer.json (a GGUF's or an old format): estimate
+                counter = False
+            self._counters[folder] = counter
+        if not counter:
+            return estimate
+        return len(counter.encode(prompt, add_special_tokens=False).ids), True
+
+    def prefill_estimate(self, model: str, backend: str, prompt_tokens: int) -> float | None:
+        """The last time to first token of ``backend`` on ``model`` here, scaled by the prompt's length when this
+        one is longer (attention makes it grow faster still: a lower bound), not shrunk when it is shorter (a
+        short prompt's first token is mostly fixed costs)."""
+        rate = self._rates.get((model, backend))
+        return None if rate is None else rate[0] * max(1.0, prompt_tokens / rate[1])
 
     def _run_streaming(self, spec: BackendSpec, prepared, request, env: dict[str, Any], progress: ProgressFn,
                        result_cls, deadline: float | None, limit: float | None, cancel: threading.Event | None,
@@ -521,8 +586,13 @@ class Arena:
         partials: queue.Queue = queue.Queue()
 
         last: dict[str, Any] = {}
+        said: list = [None, f"{spec.label}: starting"]  # the last (fraction, description), said again each second
+        guess = self.prefill_estimate(request.model, spec.backend, len(getattr(prepared, "prompt_token_ids", ())))
 
         def relay(fraction: float | None, description: str, partial: Any = None) -> None:
+            if guess is not None and description.endswith("prompt tokens"):
+                description += f" (about {guess:,.0f} s at this server's last rate)" if guess >= 1 else ""
+            said[:] = [fraction, description]
             progress(fraction, description)
             if isinstance(partial, dict):
                 last.update(partial)
@@ -547,7 +617,14 @@ class Arena:
         context = contextvars.copy_context()
         thread = threading.Thread(target=context.run, args=(work,), name=f"arena-run-{spec.backend}", daemon=True)
         thread.start()
-        while (partial := partials.get()) is not None:
+        while True:
+            try:
+                partial = partials.get(timeout=1.0)
+            except queue.Empty:  # a long step (a prefill, a load): the same line again, so the run clock moves
+                progress(*said)
+                continue
+            if partial is None:
+                break
             while not partials.empty() and partial is not None:  # a slow page gets the newest text, not a backlog
                 partial = partials.get()
             if partial is None:
@@ -564,395 +641,6 @@ class Arena:
         if deadline is not None and time.monotonic() >= deadline - 0.5 and isinstance(exc, WorkerCrashed):
             return f"Stopped: this run reached the server's time limit of {limit:g} s."
         return str(exc)
-
-    def _judge_text(self, prepared: PreparedText, results: list, reference: int, progress,
-                    cancel: threading.Event | None = None, deadline: float | None = None) -> list:
-        """Verdicts for every text output: perplexity under the reference model (in the reference's worker,
-        where that model already lives), first-step logits and tokens against the reference, and teacher-forced
-        quality (`_quality`)."""
-        ref = results[reference]
-        nll: list = [None] * len(results)
-        if ref.ok and not (cancel is not None and cancel.is_set()):
-            ref_id, prompt = self._identity(prepared, ref), list(prepared.prompt_token_ids)
-            keys = [("nll", ref_id, digest(prompt + list(r.token_ids))) if r.ok else None for r in results]
-            nll = [self._judging_memo.get(key) for key in keys]
-            todo = [list(r.token_ids) if r.ok and nll[i] is None else [] for i, r in enumerate(results)]
-            if any(todo):
-                try:
-                    fresh = self._backend_worker(ref.spec).score_nll(
-                        prepared, ref.spec, todo, progress=progress,
-                        timeout=self._left(deadline, self.run_timeout_s), cancel=cancel)
-                    for i, value in enumerate(fresh):
-                        if todo[i]:
-                            nll[i] = value
-                            self._judging_memo.put(keys[i], value)
-                except (WorkerCrashed, WorkerFailed):
-                    pass  # judged without perplexity; the other detectors still run
-        ref_precision, ref_class = self._precision(ref)
-        ref_verdict = judge_text(ref.text, ref.token_ids, ref_precision, error=ref.error, is_reference=True,
-                                 unk_token_id=prepared.unk_token_id, nll=nll[reference], precision_class=ref_class)
-        # A reference that failed (an error, or nothing but special tokens) is no yardstick: the others are NOT
-        # COMPARED. A gibberish reference is still one (the same model's math); its own verdict says what it is.
-        ref_failed = f"{ref_verdict.kind}: {ref_verdict.reason}" if ref_verdict.kind in ("ERROR", "EMPTY") else None
-        quality = self._quality(prepared, results, reference, progress, cancel, deadline) if ref.ok else {}
-        decode = self._decode_path(prepared, results, reference, progress, cancel, deadline) if ref.ok else {}
-        judged = []
-        for i, r in enumerate(results):
-            precision, precision_class = self._precision(r)
-            verdict = ref_verdict if i == reference else judge_text(
-                r.text, r.token_ids, precision, error=r.error,
-                reference_ids=ref.token_ids if ref.ok else None, unk_token_id=prepared.unk_token_id, nll=nll[i],
-                logits=logits_error(r.first_logits, ref.first_logits), quality=quality.get(i),
-                reference_precision=ref_precision, reference_failed=ref_failed, precision_class=precision_class,
-                decode=decode.get(i))
-            if i == reference and quality.get(i):
-                verdict = dataclasses.replace(verdict, metrics=verdict.metrics | {"quality": quality[i]})
-            warnings = export_file_warnings(prepared.model_dir, r.load.artifact_dir if r.load else None)
-            if warnings and i != reference:  # what deployment would do differently: beside the verdict, not in it
-                verdict = dataclasses.replace(
-                    verdict, reason=verdict.reason + "".join(f" Warning: {w}." for w in warnings),
-                    metrics=verdict.metrics | {"warnings": warnings})
-            judged.append(dataclasses.replace(r, verdict=verdict, first_logits=None))
-        return judged
-
-    @staticmethod
-    def _precision(result) -> tuple[str, str]:
-        """The precision a result is judged at, in its backend's words, and the class its backend maps it to
-        (`Backend.tolerance_class`): what its loaded model really is (a user's export, a GGUF's type), else what
-        its configuration says (`Backend.judged_precision`)."""
-        cls = backend_class(result.spec.backend)
-        detected = result.load.precision if result.load is not None else None
-        precision = detected or cls.judged_precision(result.spec.options)
-        return precision, cls.tolerance_class(precision)
-
-    def forget_judging(self) -> None:
-        """Drop the judging figures kept between runs (benchmarks measure judging from scratch)."""
-        self._judging_memo = JudgingMemo()
-
-    def _identity(self, prepared, result) -> str | None:
-        """What a result's judging figures depend on (`arena.judging.memo.identity`)."""
-        return memo_identity(result.spec, result.load, prepared.fingerprint)
-
-    def _quality(self, prepared: PreparedText, results: list, reference: int, progress,
-                 cancel: threading.Event | None = None, deadline: float | None = None) -> dict[int, dict]:
-        """Teacher-forced quality of every backend against the reference, on the same tokens: the prompt followed
-        by the reference's own answer, and the fixed paragraph (or the long reach). The reference's
-        log-probabilities (positions x vocab, float32: ~20 MB per 100 positions of a 49k vocabulary) cross the
-        pipes once to each candidate's worker, where the candidate's own distributions are compared; only the
-        figures come back. Each sequence's figures are kept (`arena.judging.memo`): a repeated run teacher-forces
-        only what it has not judged before with the same two models."""
-        ref = results[reference]
-        prompt = list(prepared.prompt_token_ids)
-        sequences = [("output", prompt + list(ref.token_ids), len(prompt))] if ref.token_ids else []
-        cached: dict[str, int] = {}
-        if len(prepared.reach_token_ids) > 1:  # the long reach: the paragraph and the long text after it
-            sequences.append((REACH_SEQUENCE, list(prepared.reach_token_ids), 1))
-            cached[REACH_SEQUENCE] = REACH_CACHED_STEPS
-        elif len(prepared.quality_token_ids) > 1:
-            sequences.append(("paragraph", list(prepared.quality_token_ids), 1))
-        if not sequences or (cancel is not None and cancel.is_set()):
-            return {}
-        ref_id = self._identity(prepared, ref)
-        keys = {name: digest([start, *ids]) for name, ids, start in sequences}
-        candidates = [i for i in reversed(range(len(results)))  # newest first: each worker holds its last model
-                      if i != reference and results[i].ok]
-        found: dict[int, dict[str, Any]] = {
-            i: {name: self._judging_memo.get(("quality", self._identity(prepared, results[i]), ref_id, name,
-                                              keys[name])) for name, _, _ in sequences} for i in candidates}
-        own = {name: self._judging_memo.get(("self", ref_id, name, keys[name])) for name, _, _ in sequences}
-        needed = [s for s in sequences if own[s[0]] is None or any(found[i][s[0]] is None for i in candidates)]
-        out: dict[int, dict] = {}
-        seconds: dict[int, float] = {}
-        computed: dict[int, list[str]] = {}
-        if needed:
-            progress(None, "Teacher-forced quality against the reference")
-        with self._scratch() as scratch:
-            ref_lp: dict[str, Any] = {"sequences": [], "self_sequences": {}}
-            if needed:
-                ref_lp = self._reference_distributions(prepared, ref, needed, scratch, progress, cancel, deadline)
-                if "unavailable" in ref_lp:  # the reference failed, or has no logits (a server)
-                    return {i: dict(ref_lp) for i in range(len(results))}
-                for name, figures in ref_lp["self_sequences"].items():
-                    own[name] = figures
-                    self._judging_memo.put(("self", ref_id, name, keys[name]), figures)
-            for i in candidates:
-                r = results[i]
-                todo = [s for s in needed if found[i][s[0]] is None]
-                if not todo:
-                    continue
-                computed[i] = [name for name, _, _ in todo]
-                if cancel is not None and cancel.is_set():
-                    return out
-                try:
-                    got = self._backend_worker(r.spec).quality_against(
-                        prepared, r.spec, todo, ref_lp["sequences"], cached=cached, progress=progress,
-                        timeout=self._left(deadline, self.run_timeout_s), cancel=cancel)
-                except (WorkerCrashed, WorkerFailed) as exc:
-                    got = {"unavailable": f"failed: {exc}"}
-                if "unavailable" in got:
-                    out[i] = got
-                    continue
-                seconds[i] = got.get("seconds", 0.0)
-                for name, figures in got["sequences"].items():
-                    found[i][name] = figures
-                    self._judging_memo.put(("quality", self._identity(prepared, r), ref_id, name, keys[name]),
-                                           figures)
-        if all(own.values()):
-            out[reference] = pool_summaries(own)
-        for i in candidates:
-            if i not in out and all(found[i].values()):
-                reused = [name for name, _, _ in sequences if name not in computed.get(i, ())]
-                out[i] = pool_summaries(found[i]) | {"sequences": found[i], "seconds": seconds.get(i, 0.0)} | (
-                    {"reused": reused} if reused else {})
-        return out
-
-    def _reference_distributions(self, prepared: PreparedText, ref, sequences: list, scratch: str, progress,
-                                 cancel: threading.Event | None, deadline: float | None) -> dict[str, Any]:
-        """The reference's distributions over ``sequences``, written to ``scratch`` (`BackendHost.quality_reference`),
-        or {"unavailable": why}."""
-        try:
-            found = self._backend_worker(ref.spec).quality_reference(
-                prepared, ref.spec, sequences, scratch, progress=progress,
-                timeout=self._left(deadline, self.run_timeout_s), cancel=cancel)
-        except (WorkerCrashed, WorkerFailed) as exc:
-            return {"unavailable": f"the reference's distributions failed: {exc}"}
-        if "unavailable" in found:
-            return {"unavailable": f"the reference has {found['unavailable']}"}
-        return found
-
-    @contextlib.contextmanager
-    def _scratch(self) -> Iterator[str]:
-        """A folder for one judging step's distributions (the reference's worker writes them, the candidates' read
-        them: no distribution crosses the app), in the cache (a ``.tmp-`` folder: counted against its size cap, and
-        removed by `ArtifactCache.clean_stale` if the app dies meanwhile)."""
-        import shutil
-        import tempfile
-
-        parent = self.cache_dir / "judging"
-        parent.mkdir(parents=True, exist_ok=True)
-        folder = tempfile.mkdtemp(prefix=f".tmp-judging-{os.getpid()}-", dir=parent)
-        try:
-            yield folder
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-
-    def _decode_path(self, prepared: PreparedText, results: list, reference: int, progress,
-                     cancel: threading.Event | None = None, deadline: float | None = None) -> dict[int, dict]:
-        """Each candidate's own answer, judged along the path a deployment runs: the reference's full pass over the
-        prompt and that answer (one call for every candidate), then each candidate's cached decode over the same
-        tokens in its own worker (`BackendHost.decode_against`). Where the answers split, the reference's margin
-        for its own token there says whether the split is a near-tie; it needs nothing from the candidate."""
-
-        ref = results[reference]
-        prompt = list(prepared.prompt_token_ids)
-        todo = {i: list(r.token_ids) for i, r in enumerate(results)
-                if i != reference and r.ok and r.token_ids and all(isinstance(t, int) and t >= 0
-                                                                   for t in r.token_ids)}
-        if not todo or (cancel is not None and cancel.is_set()):
-            return {}
-        ref_id = self._identity(prepared, ref)
-        keys = {i: ("decode", self._identity(prepared, results[i]), ref_id, digest(prompt + ids),
-                    digest(list(ref.token_ids))) for i, ids in todo.items()}
-        out: dict[int, dict] = {}
-        for i in list(todo):
-            kept = self._judging_memo.get(keys[i])
-            if kept is not None:
-                out[i] = kept | {"reused": True}
-                del todo[i]
-        if not todo:
-            return out
-        progress(None, "The decode path: each candidate's own answer under the reference")
-        sequences = [(str(i), prompt + ids, len(prompt)) for i, ids in todo.items()]
-        from arena.judging.verdicts import load_distributions, reference_margin
-
-        with self._scratch() as scratch:
-            ref_lp = self._reference_distributions(prepared, ref, sequences, scratch, progress, cancel, deadline)
-            if "unavailable" in ref_lp:
-                return out | {i: dict(ref_lp) for i in todo}
-            for name, path, positions in ref_lp["sequences"]:
-                i = int(name)
-                ids, ref_ids = todo[i], list(ref.token_ids)
-                split = next((k for k, (a, b) in enumerate(zip(ids, ref_ids, strict=False)) if a != b), None)
-                figures: dict[str, Any] = {}
-                if split is not None and split < positions:
-                    margin, best = reference_margin(load_distributions(path), split, ids[split])  # one row read
-                    figures["split"] = {"step": split, "margin": margin, "reference_token": best, "token": ids[split]}
-                if not (cancel is not None and cancel.is_set()):
-                    try:
-                        figures |= self._backend_worker(results[i].spec).decode_against(
-                            prepared, results[i].spec, ids, path, progress=progress,
-                            timeout=self._left(deadline, self.run_timeout_s), cancel=cancel)
-                    except (WorkerCrashed, WorkerFailed) as exc:
-                        figures["unavailable"] = f"failed: {exc}"
-                    if "unavailable" not in figures:
-                        self._judging_memo.put(keys[i], figures)
-                out[i] = figures
-        return out
-
-    def _localize(self, prepared: PreparedText, results: list, reference: int, request, progress,
-                  cancel: threading.Event | None = None, deadline: float | None = None) -> list:
-        """Where did it break: for each candidate judged broken or DRIFT (``localize`` "auto"; "all": every
-        candidate; "off": none),
-        each unit's output over the prompt against the reference's (`arena.judging.localize`), kept in its
-        verdict's metrics as ``where`` (None, with ``where_unavailable`` saying why, when it cannot be done)."""
-        from arena.judging.localize import localize
-
-        ref = results[reference]
-        targets = [i for i, r in enumerate(results) if i != reference and r.ok and r.verdict is not None
-                   and (request.localize == "all" or request.localize == "auto"
-                        and (r.verdict.broken or r.verdict.kind == "DRIFT"))]
-        if not targets or not ref.ok or (cancel is not None and cancel.is_set()):
-            return results
-        progress(None, "Where did it break: each layer's output against the reference")
-        cap = self.policy.limits.max_localize_parameters
-        if self.policy.public and (prepared.parameters or cap + 1) > cap:
-            why = (f"this public server localizes models up to {cap / 1e6:.0f}M parameters (a second session of "
-                   "the candidate runs beside it); run it locally with `python -m arena check --localize`")
-            return [dataclasses.replace(r, verdict=dataclasses.replace(
-                r.verdict, metrics=r.verdict.metrics | {"where": None, "where_unavailable": why}))
-                if i in targets else r for i, r in enumerate(results)]
-
-        def outputs(spec, units, token_ids=None, from_token=0):
-            try:
-                return self._backend_worker(spec).layer_outputs(
-                    prepared, spec, units, token_ids=token_ids, from_token=from_token, progress=progress,
-                    timeout=self._left(deadline, self.run_timeout_s), cancel=cancel)
-            except (WorkerCrashed, WorkerFailed) as exc:
-                return {"unavailable": f"{spec.label} failed to return its layers' outputs: {exc}"}
-
-        reference_out = outputs(ref.spec, None)
-        out = list(results)
-        for i in targets:
-            r = results[i]
-            metrics = r.verdict.metrics or {}
-            late = self._onset_sequence(prepared, ref, metrics.get("onset"))
-            if late is not None:  # a late onset: the units are compared from there on, where the math changes
-                ids, first = late
-                reference_seq = outputs(ref.spec, None, ids, first)
-                found = reference_seq if "unavailable" in reference_seq else outputs(
-                    r.spec, reference_seq["units"], ids, first)
-                if "unavailable" in found:
-                    extra = {"where": None, "where_unavailable": found["unavailable"]}
-                else:
-                    where = localize(reference_seq["outputs"], found["outputs"], reference_seq["units"],
-                                     self._precision(r)[1])
-                    extra = {"where": where | {"from": {"sequence": metrics["onset"]["sequence"],
-                                                        "position": metrics["onset"]["position"]}}}
-            else:
-                found = reference_out if "unavailable" in reference_out else outputs(r.spec, reference_out["units"])
-                if "unavailable" in found:
-                    extra = {"where": None, "where_unavailable": found["unavailable"]}
-                else:
-                    extra = {"where": localize(reference_out["outputs"], found["outputs"], reference_out["units"],
-                                               self._precision(r)[1])}
-            problem = metrics.get("decode_problem") or {}
-            if problem.get("full_agrees") and extra.get("where") and extra["where"]["unit"] is None:
-                extra["where"] = extra["where"] | {  # every unit agrees on full passes: what differs is the cache
-                    "unit": "the KV cache", "error": None, "cause": (
-                        "every unit agrees with the reference on a full pass, and the cached decode leaves it at "
-                        + (f"position {problem['position']} of the {problem['sequence']}" if "position" in problem
-                           else f"step {problem['step']}")
-                        + ": the cache (what the graph hands back as present.*, the positions or the attention mask "
-                        "of a cached step, the past length)")}
-            out[i] = dataclasses.replace(r, verdict=dataclasses.replace(r.verdict, metrics=r.verdict.metrics | extra))
-        return out
-
-    LATE_TAIL = 64  # tokens past a late onset that its localization compares
-
-    def _onset_sequence(self, prepared: PreparedText, ref, onset: dict[str, Any] | None) -> tuple[list, int] | None:
-        """(token ids, first token index to compare) for a late onset of the teacher-forced paragraph or answer."""
-        if not onset or onset.get("kind") != "late":
-            return None
-        position = int(onset["position"])
-        if onset.get("sequence") == "paragraph" and len(prepared.quality_token_ids) > 1:
-            ids, first = list(prepared.quality_token_ids), position  # position k predicts token k + 1 from token k
-        elif onset.get("sequence") == REACH_SEQUENCE and len(prepared.reach_token_ids) > 1:
-            ids, first = list(prepared.reach_token_ids), position
-        elif onset.get("sequence") == "output" and ref.token_ids:
-            ids = list(prepared.prompt_token_ids) + list(ref.token_ids)
-            first = len(prepared.prompt_token_ids) - 1 + position
-        else:
-            return None
-        return ids[:first + self.LATE_TAIL + 1], first
-
-    def _localize_image(self, prepared: PreparedImage, results: list, reference: int, request, progress,
-                        cancel: threading.Event | None = None, deadline: float | None = None) -> list:
-        """Where did an image break: for each candidate judged broken (``localize`` "auto"; "all": every candidate;
-        "off": none), its text encoder, UNet and VAE decoder run on the reference's inputs to each
-        (`arena.judging.localize_image`; the UNet at each kept denoising step of the reference's loop), kept in its
-        verdict's metrics as ``where`` (None, with ``where_unavailable`` saying why, when it cannot be done). A run
-        stopped by a NaN guard is localized too: its worker still holds the pipeline."""
-        from arena.judging.localize_image import localize_components, unet_steps
-
-        ref = results[reference]
-        ref_precision = self._precision(ref)[0]
-        # "auto": the broken, and every candidate at the reference's precision (its components have a floor:
-        # `image_floor_verdict`, where a close picture can still hide a wrong component).
-        targets = [i for i, r in enumerate(results) if i != reference and r.verdict is not None
-                   and (r.ok or r.verdict.kind == "NAN")
-                   and (request.localize == "all" or request.localize == "auto" and (
-                       r.verdict.broken or self._precision(r)[0] == ref_precision))]
-        if not targets or not ref.ok or (cancel is not None and cancel.is_set()):
-            return results
-
-        def unavailable(why: str) -> list:
-            return [dataclasses.replace(r, verdict=dataclasses.replace(
-                r.verdict, metrics=r.verdict.metrics | {"where": None, "where_unavailable": why}))
-                if i in targets else r for i, r in enumerate(results)]
-
-        cap = self.policy.limits.max_localize_parameters
-        if self.policy.public:
-            from arena.preparing.prepare import parameter_count
-
-            counts = [parameter_count(Path(prepared.model_dir) / part) for part in ("text_encoder", "unet", "vae")]
-            if None in counts or sum(counts) > cap:
-                return unavailable(f"this public server localizes pipelines up to {cap / 1e6:.0f}M parameters (a "
-                                   "second session of the candidate runs beside it); run it locally")
-        progress(None, "Where did it break: the text encoder, UNet (at each denoising step) and VAE decoder on "
-                       "the reference's inputs")
-
-        def outputs(spec, inputs):
-            try:
-                return self._backend_worker(spec).image_component_outputs(
-                    prepared, spec, request, inputs, progress=progress,
-                    timeout=self._left(deadline, self.run_timeout_s), cancel=cancel)
-            except (WorkerCrashed, WorkerFailed) as exc:
-                return {"unavailable": f"{spec.label} failed to run its components: {exc}"}
-
-        reference_out = outputs(ref.spec, None if ref.latents is None else {"final_latents": ref.latents})
-        if "unavailable" in reference_out:
-            return unavailable(f"the reference cannot: {reference_out['unavailable']}")
-        if reference_out.get("errors"):
-            return unavailable("the reference's own components failed: " + "; ".join(
-                f"{name}: {why}" for name, why in reference_out["errors"].items()))
-        out = list(results)
-        for i in targets:
-            r = results[i]
-            found = outputs(r.spec, reference_out["inputs"])
-            if "unavailable" in found:
-                extra = {"where": None, "where_unavailable": found["unavailable"]}
-            else:
-                extra = {"where": localize_components(reference_out["outputs"], found["outputs"],
-                                                      self._precision(r)[1], found.get("errors"),
-                                                      image_broken=r.verdict.broken,
-                                                      steps=unet_steps(reference_out["inputs"]))}
-            verdict = dataclasses.replace(r.verdict, metrics=r.verdict.metrics | extra)
-            precision, precision_class = self._precision(r)
-            if precision == ref_precision:
-                verdict = image_floor_verdict(verdict, extra["where"], precision, precision_class)
-            out[i] = dataclasses.replace(r, verdict=verdict)
-        return out
-
-    @staticmethod
-    def _judge_image(prepared: PreparedImage, results: list, reference: int, progress, cancel=None) -> list:
-        ref = results[reference]
-        judged = []
-        for i, r in enumerate(results):
-            precision, precision_class = Arena._precision(r)
-            judged.append(dataclasses.replace(r, verdict=judge_image(
-                r.image, precision, error=r.error, is_reference=i == reference,
-                reference=ref.image if ref.ok else None, precision_class=precision_class)))
-        return judged
 
     def _run_one(self, spec: BackendSpec, prepared, request, env: dict[str, Any], progress: ProgressFn,
                  result_cls, deadline: float | None = None, limit: float | None = None,

@@ -72,8 +72,11 @@ REACH_CACHED_STEPS = 32
 # through fp16 (fair: 66 dB) 1.5e-4 to 2.4e-4, one UNet convolution 5% off 1.4e-3 and one text-encoder matrix 5% off
 # 7.4e-3 (both over 50 dB, MATCH by the picture alone). Beyond it the image is WRONG, named by its component.
 IMAGE_COMPONENT_FLOOR = {"fp32": 1e-3}
-# Image against the reference: minimum PSNR (dB) and SSIM by precision.
-IMAGE_TOLERANCES = {"fp32": (30.0, 0.95), "fp16": (20.0, 0.75), "bf16": (20.0, 0.75), "int8": (18.0, 0.7)}
+# Image against the reference: minimum PSNR (dB) and SSIM by precision class; every class has its row
+# (tests/test_tolerances.py). int4 has no measurement behind it (no backend here draws int4 images yet): looser
+# than int8, as the text tables are, rather than fp32's 30 dB by a silent fallback.
+IMAGE_TOLERANCES = {"fp32": (30.0, 0.95), "fp16": (20.0, 0.75), "bf16": (20.0, 0.75), "int8": (18.0, 0.7),
+                    "int4": (15.0, 0.6)}
 
 GIBBERISH_NLL = 4.5  # mean negative log-likelihood per token (nats) under the reference model
 LOOP_MAX_PERIOD = 4  # a loop of at most this many tokens ...
@@ -650,7 +653,7 @@ def judge_image(image: np.ndarray | None, precision: str, *, error: str | None =
                        True, metrics)
     db, structure = psnr(image, reference), ssim(image, reference)
     metrics |= {"psnr_db": None if db == float("inf") else round(db, 2), "ssim": round(structure, 4)}
-    min_db, min_ssim = IMAGE_TOLERANCES.get(precision_class or tolerance_class(precision), IMAGE_TOLERANCES["fp32"])
+    min_db, min_ssim = IMAGE_TOLERANCES[precision_class or tolerance_class(precision)]
     shown = "∞" if db == float("inf") else f"{db:.1f}"
     if db >= min_db or structure >= min_ssim:
         return Verdict("MATCH", f"PSNR {shown} dB, SSIM {structure:.3f} vs the reference", False, metrics)

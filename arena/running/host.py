@@ -214,6 +214,8 @@ class BackendHost:
                     progress(len(stamps) / total, description, force=True,
                              partial={"text": text, "tokens": len(streamed), "of": total})
 
+            if r == 0:  # until the first token: the prompt's prefill (minutes for a long prompt on a CPU)
+                progress(0.0, f"{label}: prefilling {len(prompt):,} prompt tokens", force=True)
             start = time.perf_counter()
             ids = self.backend.generate_text(prompt, settings, on_token)
             end = time.perf_counter()
@@ -483,12 +485,43 @@ class BackendHost:
             found.pop("inputs", None)  # the core has them: nothing to send back
         return found
 
+    def layer_outputs_to(self, prepared: PreparedText, spec: BackendSpec, path: str, progress,
+                         token_ids: list[int] | None = None, from_token: int = 0) -> dict[str, Any]:
+        """The reference's side of "where did it break": its own units' outputs (`layer_outputs`) written to
+        ``path`` (a .npz in the judging stage's scratch folder, for the candidates' workers to read); returns
+        {"units": [...], "path": path}, or {"unavailable": why}. No array crosses to the app."""
+        found = self.layer_outputs(prepared, spec, None, progress, token_ids=token_ids, from_token=from_token)
+        if "unavailable" in found:
+            return found
+        import numpy as np
+
+        np.savez(path, **{name: np.asarray(value) for name, value in found["outputs"].items()})
+        return {"units": found["units"], "path": path}
+
+    def localize_against(self, prepared: PreparedText, spec: BackendSpec, units: list[str], path: str,
+                         precision_class: str, progress, token_ids: list[int] | None = None,
+                         from_token: int = 0) -> dict[str, Any]:
+        """A candidate's side: its outputs of the reference's ``units`` over the same tokens, compared here with the
+        reference's (read from ``path``) by `arena.judging.localize`; returns {"where": ...} (figures only), or
+        {"unavailable": why}."""
+        found = self.layer_outputs(prepared, spec, units, progress, token_ids=token_ids, from_token=from_token)
+        if "unavailable" in found:
+            return found
+        import numpy as np
+
+        from arena.judging.localize import localize
+
+        with np.load(path, allow_pickle=False) as saved:
+            reference = {name: saved[name] for name in saved.files}
+        return {"where": localize(reference, found["outputs"], units, precision_class)}
+
     def layer_outputs(self, prepared: PreparedText, spec: BackendSpec, units: list[str] | None,
                       progress, token_ids: list[int] | None = None, from_token: int = 0) -> dict[str, Any]:
         """Where did it break: one forward pass over the prompt (or ``token_ids``: a teacher-forced sequence up past
         a late onset, each output kept from token ``from_token`` on), each unit's output kept. ``units`` None (the
         reference): this model's own units, returned with the outputs as {"units": [...], "outputs": {...}}; else
-        the outputs of those units this backend can expose. {"unavailable": why} when it exposes none."""
+        the outputs of those units this backend can expose. {"unavailable": why} when it exposes none. Called
+        within this worker (`layer_outputs_to`, `localize_against`): the arrays never cross to the app."""
         self._ensure_loaded(prepared, spec, progress)
         progress(None, f"{spec.label}: each layer's output over the prompt", force=True)
         try:
@@ -503,7 +536,7 @@ class BackendHost:
             outputs = {name: value[:, from_token:].copy() if getattr(value, "ndim", 0) >= 2
                        and value.shape[1] == len(ids) else value for name, value in outputs.items()}
         size = sum(getattr(v, "nbytes", 0) for v in outputs.values())
-        if size > LAYER_OUTPUTS_MAX_BYTES:  # they cross to the app to be compared: a wide model's long prompt is GBs
+        if size > LAYER_OUTPUTS_MAX_BYTES:  # written to the cache's scratch to be compared: a long prompt is GBs
             return {"unavailable": f"its layers' outputs over this prompt are {size / 1e6:,.0f} MB, more than the "
                                    f"{LAYER_OUTPUTS_MAX_BYTES / 1e6:,.0f} MB this server compares; a shorter prompt "
                                    "fits"}
