@@ -36,6 +36,15 @@
     const th = event.target.closest?.(".arena-summary thead th");
     if (th) sortBy(th);
   });
+  // A result link (?run=<id>) opens with its verdicts: on a phone they sit under the form, so bring them in view.
+  if (new URLSearchParams(location.search).has("run")) {
+    const started = Date.now(), poll = setInterval(() => {
+      const status = [...document.querySelectorAll("#run-status, #image-status")]
+        .find((e) => e.innerText.includes("LINKED RESULT"));
+      if (status) status.scrollIntoView({ block: "start" });
+      if (status || Date.now() - started > 30000) clearInterval(poll);
+    }, 250);
+  }
   document.addEventListener("keydown", (event) => {
     const th = event.target.closest?.(".arena-summary thead th");
     if (th && (event.key === "Enter" || event.key === " ")) { event.preventDefault(); sortBy(th); }

@@ -134,6 +134,13 @@ def test_the_stop_button_ends_a_long_run_and_the_page_says_so(app_server, page):
     page.wait_for_timeout(1000)
     status = page.locator("#run-status").inner_text()
     assert "Stopping" not in status, status
+    assert "STOPPED" in status and "BROKEN" not in status, status
+    # The stopped run on a phone: nothing wider than the screen, Run labelled.
+    from tests.test_browser_ui import assert_fits_the_phone
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_timeout(1000)
+    assert_fits_the_phone(page, "after Stop")
 
 
 def test_options_that_cannot_run_here_are_disabled(app_server, page):

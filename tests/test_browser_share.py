@@ -27,10 +27,10 @@ def browser():
 
 
 def run_and_wait(page) -> None:
-    """Press Run in the Text tab and wait until the run is judged and its link is shown."""
+    """Press Run in the Text tab and wait until the run is judged and its links are shown."""
     page.click("#run-text")
     page.wait_for_function("!document.querySelector('#share-text')?.innerText.includes('Link')", timeout=30_000)
-    page.wait_for_function("document.querySelector('#share-text')?.innerText.includes('Link to these settings')",
+    page.wait_for_function("document.querySelector('#share-text')?.innerText.includes('Link to this result')",
                            timeout=600_000)
     assert "Verdicts" in page.locator("#run-status").inner_text()
 
@@ -52,8 +52,11 @@ def test_two_runs_history_reports_and_link(app_server, browser, tmp_path):
     page.locator("#prompt textarea").fill(SECOND)
     run_and_wait(page)
     assert page.locator("#downloads-text tr").filter(has_text=".md").count() == 1
-    link = page.locator("#share-text a").first.get_attribute("href")
+    link = page.locator("#share-text a").filter(has_text="settings").first.get_attribute("href")
     assert "max_new_tokens=8" in link and "tab=text" in link
+    result_link = page.locator("#share-text a").filter(has_text="result").first.get_attribute("href")
+    assert "?run=" in result_link and len(result_link.split("?run=")[1]) == 38, result_link
+    second_answer = page.locator("#answer-onnxruntime textarea").input_value()
 
     # History: both runs, newest first, compared side by side; run A's reports downloaded.
     page.get_by_role("tab", name="History").click()
@@ -85,6 +88,20 @@ def test_two_runs_history_reports_and_link(app_server, browser, tmp_path):
     assert fresh.locator("#enable-onnxruntime input[type=checkbox]").is_checked()
     assert fresh.locator("#enable-pytorch input[type=checkbox]").is_checked()
     assert fresh.get_by_label("Max new tokens").first.input_value() == "8"
+    fresh.close()
+
+    # The result link, in a fresh context: the run's answers and verdicts at once, nothing run, its form filled.
+    fresh = browser.new_context().new_page()
+    fresh.goto(result_link)
+    fresh.wait_for_function("document.querySelector('#run-status')?.innerText.includes('LINKED RESULT')",
+                            timeout=60_000)
+    assert "Verdicts" in fresh.locator("#run-status").inner_text()
+    assert fresh.locator("#answer-onnxruntime textarea").input_value() == second_answer
+    assert "MATCH" in fresh.locator("#panel-onnxruntime").inner_text()
+    assert "ONNX Runtime" in fresh.locator("#summary-text").inner_text()
+    assert fresh.locator("#prompt textarea").input_value() == SECOND
+    fresh.goto(result_link.split("?run=")[0] + "?run=20260101-000000000000-0123456789abcdef")
+    fresh.wait_for_function("document.querySelector('#link-note')?.innerText.includes('not kept')", timeout=60_000)
     fresh.close()
 
     # "Run A again": back to the Text tab with run A's settings, and a third run starts by itself.

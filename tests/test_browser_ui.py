@@ -151,7 +151,7 @@ def test_a_refused_run_says_why_and_offers_no_link(app_server, browser):
     page.wait_for_function("document.querySelector('#run-status')?.innerText.includes('Pick at least one backend')",
                            timeout=60_000)
     page.wait_for_timeout(1000)
-    assert "Link to these settings" not in page.locator("#share-text").inner_text()
+    assert "Link to" not in page.locator("#share-text").inner_text()
     page.close()
 
 
@@ -265,7 +265,7 @@ def test_a_run_keeps_the_phone_layout_on_the_screen_and_the_panels_aligned(app_s
     page.wait_for_timeout(1000)
     assert_fits_the_phone(page, "before a run")
     page.click("#run-text")
-    page.wait_for_function("document.querySelector('#share-text')?.innerText.includes('Link to these settings')",
+    page.wait_for_function("document.querySelector('#share-text')?.innerText.includes('Link to this result')",
                            timeout=600_000)
     page.wait_for_timeout(1000)
     assert "Verdicts" in page.locator("#run-status").inner_text()
@@ -313,4 +313,12 @@ def test_a_run_keeps_the_phone_layout_on_the_screen_and_the_panels_aligned(app_s
     page.wait_for_function("document.querySelector('#run-status')?.innerText.includes('prompt is empty')",
                            timeout=60_000)
     assert_fits_the_phone(page, "after a refused run")
+    # The run's result link, opened on the phone: its verdicts at once, and the page still fits.
+    result_link = page.locator("#share-text a").filter(has_text="result").first.get_attribute("href")
+    page.goto(result_link)
+    page.wait_for_function("document.querySelector('#run-status')?.innerText.includes('LINKED RESULT')",
+                           timeout=60_000)
+    page.wait_for_timeout(1000)
+    assert page.locator("#summary-text table.arena-summary tbody tr").count() == 2
+    assert_fits_the_phone(page, "a result link")
     page.close()

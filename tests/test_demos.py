@@ -70,6 +70,15 @@ def test_broken_example_in_the_browser(app_server):
             status = page.locator("#run-status").inner_text()
             assert expected in status, status
             assert "MATCH" in page.locator("#panel-pytorch").inner_text()
+        # The example's result on a phone: nothing wider than the screen (its export folder is in no link).
+        from tests.test_browser_ui import assert_fits_the_phone
+
+        assert "/" not in page.locator("#share-text").inner_text().split("?run=")[-1]
+        assert "settings" not in page.locator("#share-text").inner_text()
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.wait_for_timeout(1000)
+        assert_fits_the_phone(page, "after the broken example")
+        page.set_viewport_size({"width": 1500, "height": 1200})
         page.get_by_role("tab", name="Image").click()
         page.click("#demo-broken-image")
         page.wait_for_function("document.querySelector('#image-status')?.innerText.includes('NAN')", timeout=600_000)

@@ -84,3 +84,43 @@ def test_a_kept_runs_title_tells_two_runs_of_one_prompt_apart_and_speeds_have_un
     bad = history.add("me", "text", broken)
     assert good.title().endswith("2 MATCH") and bad.title().endswith("1 MATCH, 1 GIBBERISH")
     assert "tok/s" in good.summary()["speed"]
+
+
+def test_a_result_link_finds_a_kept_run_by_its_secret_id_and_nothing_else(tmp_path, text_run, monkeypatch):
+    """`?run=<id>` opens a kept run for whoever holds the link: locally from the history folder (a restarted app
+    too), in public mode from a bounded store shared by the sessions. The id ends in 64 random bits; anything
+    else (a path, a shorter id, another run's id with one digit changed) finds nothing and reads no file."""
+    import numpy as np
+
+    from arena.sharing import history as module
+
+    local = RunHistory(tmp_path / "history")
+    entry = local.add("me", "text", text_run)
+    assert module.ENTRY_ID.match(entry.id) and len(entry.id.rsplit("-", 1)[1]) == 16
+    found, pictures = RunHistory(tmp_path / "history").find(entry.id)
+    assert found.run["results"][1]["text"] == text_run["results"][1]["text"] and pictures == []
+    (tmp_path / "secret.json").write_text(json.dumps(entry.to_dict()))
+    for probe in ("../secret", "../../etc/passwd", entry.id[:-1], entry.id + "0", entry.id.replace("-", "/"),
+                  entry.id[:-1] + ("0" if entry.id[-1] != "0" else "1"), "", None, 42):
+        assert local.find(probe) is None, probe
+
+    # An image run keeps its pictures: they come back as arrays, pixel for pixel (PNG), None where none was drawn.
+    picture = (np.arange(8 * 8 * 3) % 256).astype(np.uint8).reshape(8, 8, 3)
+    image_run = {"request": {"prompt": "x"}, "results": [{"backend": "pytorch"}, {"backend": "onnxruntime"}]}
+    kept = local.add("me", "image", image_run, images=[picture, None])
+    _, pictures = RunHistory(tmp_path / "history").find(kept.id)
+    assert np.array_equal(pictures[0], picture) and pictures[1] is None
+
+    # Public mode: another session finds it (the link is the secret); the store is bounded in runs and bytes.
+    monkeypatch.setattr(module, "SHARED_LIMIT", 3)
+    public = RunHistory(None, max_entry_bytes=256_000)
+    first = public.add("visitor-a", "text", text_run)
+    assert public.find(first.id)[0].run["request"] == text_run["request"]
+    public.forget("visitor-a")  # the page closed: the link still opens the run
+    assert public.find(first.id) is not None and not list(tmp_path.glob("**/" + first.id + "*"))
+    for n in range(3):
+        public.add(f"visitor-{n}", "text", text_run)
+    assert public.find(first.id) is None  # the oldest linked run went
+    monkeypatch.setattr(module, "SHARED_MAX_BYTES", 10)
+    newest = public.add("visitor-z", "text", text_run)
+    assert public.find(newest.id) is not None and len(public._shared) == 1  # the newest is kept, alone

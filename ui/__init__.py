@@ -42,7 +42,7 @@ def build_ui(arena: Arena, warm_up=None) -> gr.Blocks:
             with gr.Tab("Environment", id="environment"):
                 build_environment_tab(arena)
         wire_history(arena, history, history_page, text, image, tabs)
-        wire_link_fill(demo, text, image, tabs, link_note)
+        wire_link_fill(demo, arena, text, image, tabs, link_note)
         register_api(arena)
         # Until the visitor runs their own, the panels show a real run of the defaults that ships with the repo.
         # A settings link shows its own settings instead (`ui.share.wire_link_fill`). Page-load events show no
@@ -73,12 +73,23 @@ def unless_link(stored, tab):
     return load
 
 
+# The console's marks for the start-up line, as the page's badges (a phone without an emoji font drew boxes).
+WARM_UP_BADGES = {"⏳": ("waiting", "PREPARING"), "✅": ("ok", "READY"), "⚠️": ("error", "PROBLEM")}
+
+
+def warm_up_markdown(status: str) -> str:
+    for mark, (kind, word) in WARM_UP_BADGES.items():
+        if status.startswith(mark):
+            return f"<span class='arena-badge arena-badge-{kind}'>{word}</span> {status[len(mark):].strip()}"
+    return status
+
+
 def _warm_up_line(warm_up) -> None:
     """A status line that follows the start-up preparation every 2 s, and stops polling once it is done."""
-    line = gr.Markdown(warm_up.status(), elem_id="warm-up-status")
+    line = gr.Markdown(warm_up_markdown(warm_up.status()), elem_id="warm-up-status")
     timer = gr.Timer(2.0, active=not warm_up.done)
-    timer.tick(lambda: (warm_up.status(), gr.Timer(active=not warm_up.done)), None, [line, timer],
-               api_visibility="private", queue=False)
+    timer.tick(lambda: (warm_up_markdown(warm_up.status()), gr.Timer(active=not warm_up.done)), None,
+               [line, timer], api_visibility="private", queue=False)
 
 
 def launch_options() -> dict:

@@ -175,7 +175,7 @@ def make_compare_image(arena: Arena):
         gallery = [(r.image, r.spec.label) for r in result.results if r.image is not None]
         view = arena.public_view(result.to_dict())
         if not is_mcp(request) and view.get("phase") != "stopped":
-            arena.history.add(owner, "image", view)
+            arena.history.add(owner, "image", view, images=[r.image for r in result.results])
         return gallery, view
 
     return request_function(ImageRunRequest, "compare_image", "Draw one prompt from the same seed and latents "

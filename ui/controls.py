@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -228,13 +229,14 @@ def form_components(tab, panels: list) -> list:
     return [*tab.fields.values(), *(c for p in panels for c in (p.controls.enabled, *p.controls.widgets.values()))]
 
 
-def wire_run(arena, tab, request_cls, panels: list, execute, notes, examples: tuple) -> None:
+def wire_run(arena, tab, request_cls, panels: list, execute, notes, examples: tuple) -> list:
     """A tab's events. Run reads the form into a request by its declared fields (a bad value is one sentence on
     the status line), then ``execute(request, http, cancel, progress)`` (the tab's) yields the tab's updates;
     Stop ends it; the model's notes follow the model box (``notes(model)``). ``examples``: the (broken, good)
     example buttons and ``prepare(broken, progress)``, which builds the server's own request (its broken export
     made and cached the first time); they set the form to that request (so Run runs the same settings again;
-    a server path the form does not show is said on the status line) and run through the same ``execute``."""
+    a server path the form does not show is said on the status line) and run through the same ``execute``.
+    Returns the run events (Run, and each example), for what follows a run."""
     inputs = set(tab.fields.values())
     for panel in panels:
         inputs.add(panel.controls.enabled)
@@ -247,21 +249,22 @@ def wire_run(arena, tab, request_cls, panels: list, execute, notes, examples: tu
             yield {tab.status: f"<span class='arena-badge arena-badge-error'>ERROR</span> {exc}"}
             return
         with arena.stoppable(session_of(http)) as cancel:
-            yield from execute(run, http, cancel, lambda f, d: progress(f, desc=d))
+            yield from execute(run, http, cancel, clocked(progress))
 
     def example(broken: bool):
         def run_example(http: gr.Request, progress=gr.Progress()):
             yield {tab.status: "Preparing the example (the first time, the broken export is made and cached)…",
                    tab.share: "", tab.downloads: None}
+            progress = clocked(progress)
             try:
-                request = prepare(broken, progress=lambda f, d: progress(f, desc=d))
+                request = prepare(broken, progress=progress)
             except (ArenaError, OSError) as exc:
                 yield {tab.status: "<span class='arena-badge arena-badge-error'>ERROR</span> The example could "
                                    f"not be prepared: {exc}"}
                 return
             yield form_updates(tab.fields, request) | backend_updates(panels, request.backends)
             with arena.stoppable(session_of(http)) as cancel:  # a kept result at once, else live (`run_example`)
-                yield from execute(request, http, cancel, lambda f, d: progress(f, desc=d), example=True)
+                yield from execute(request, http, cancel, progress, example=True)
 
         return run_example
 
@@ -270,11 +273,21 @@ def wire_run(arena, tab, request_cls, panels: list, execute, notes, examples: tu
     # which on a small machine steals cores from the workers being timed.
     slot = {"api_visibility": "private", "concurrency_limit": 1, "concurrency_id": RUN_CONCURRENCY_ID,
             "show_progress_on": [tab.status]}
-    tab.run.click(run_from_ui, inputs, tab.outputs(), **slot)
+    events = [tab.run.click(run_from_ui, inputs, tab.outputs(), **slot)]
     buttons, prepare = examples
     for button, broken in zip(buttons, (True, False), strict=True):
-        button.click(example(broken), None, tab.outputs() + form_components(tab, panels), **slot)
+        events.append(button.click(example(broken), None, tab.outputs() + form_components(tab, panels), **slot))
     wire_stop(arena, tab.stop, tab.status)
+    return events
+
+
+def clocked(progress):
+    """A run's progress line with the time since Run pressed (Gradio's own timer restarts at every update of the
+    page, so it read 0.1 s seventy seconds into a run); the core repeats its line every second during a long step
+    (a load, a prefill), so the clock moves."""
+    start = time.monotonic()
+    return lambda fraction, description: progress(
+        fraction, desc=f"{description} · {time.monotonic() - start:,.0f} s since Run")
 
 
 def specs_from_form(backends: dict[str, dict[str, Any]]) -> tuple[BackendSpec, ...]:

@@ -24,7 +24,7 @@ from ui.controls import session_of
 class KeptRun:
     entry: HistoryEntry
     files: list[str]  # the Markdown, JSON and CSV reports (and heatmaps of an image run)
-    link: str  # Markdown: the link to these settings
+    link: str  # Markdown: the link that opens this result (and the one to its settings)
 
 
 REPORT_FOLDERS_KEPT = 64  # Gradio copies each download into its own cache when served: older folders can go
@@ -58,18 +58,42 @@ def page_url(request: gr.Request | None) -> str:
     return referer.split("?")[0].split("#")[0] if referer.startswith(("http://", "https://")) else ""
 
 
-def link_markdown(task: str, run: dict[str, Any], request: gr.Request | None) -> str:
+def names_a_path(request: dict[str, Any]) -> bool:
+    """Whether a request's backends carry a folder or file of this server (an export path): a settings link
+    would show it to whoever gets the link, and only this server could use it."""
+    from arena.registry import backend_class
+
+    for backend in request.get("backends") or []:
+        try:
+            infos = backend_class(backend["backend"]).Options.fields_info()
+        except Exception:  # noqa: BLE001 - a backend this build no longer has: nothing of it to hide
+            continue
+        if any(info.kind == "path" and backend.get(info.name) not in (None, "", info.default) for info in infos):
+            return True
+    return False
+
+
+def link_markdown(task: str, run: dict[str, Any], request: gr.Request | None, entry_id: str | None = None) -> str:
+    """The result's link (``?run=<id>``: opens with its answers and verdicts, the form filled to run it again),
+    short enough to read and copy on a phone; then the settings-only link, unless the settings name a path on
+    this server (the example exports), which no link shows."""
     if not run.get("request"):
         return ""
-    url = share_link(page_url(request), task, run["request"])
-    return f"🔗 **[Link to these settings]({url})** (opens the dashboard with this model, prompt, backends and " \
-           f"settings filled in)\n\n`{url}`"
+    lines = []
+    if entry_id:
+        url = f"{page_url(request)}?run={entry_id}"
+        lines.append(f"**[Link to this result]({url})** — opens with this run's results and verdicts; Run runs "
+                     f"it again\n\n`{url}`")
+    if not names_a_path(run["request"]):
+        settings = share_link(page_url(request), task, run["request"])
+        lines.append(f"[Link to these settings only]({settings}) (the form filled in, nothing run)")
+    return "\n\n".join(lines)
 
 
 def keep_run(arena, task: str, run: dict[str, Any], request: gr.Request | None, images: list | None = None) -> KeptRun:
     """Keep a finished run (``run``: the visitor's view of it) in the history, write its reports, make its link."""
-    entry = arena.history.add(session_of(request), task, run)
-    return KeptRun(entry, report_files(run, task, images, entry.id), link_markdown(task, run, request))
+    entry = arena.history.add(session_of(request), task, run, images=images)
+    return KeptRun(entry, report_files(run, task, images, entry.id), link_markdown(task, run, request, entry.id))
 
 
 def moved_on(tab, result) -> dict:

@@ -9,7 +9,8 @@ import gradio as gr
 
 from arena.core import Arena
 from arena.sharing.history import HistoryEntry
-from arena.types import REQUESTS, ImageRunRequest, TextRunRequest
+from arena.sharing.links import request_of
+from arena.types import REQUESTS
 from ui.controls import session_of
 from ui.downloads import report_files
 from ui.share import PRESS_RUN_JS, fill_updates, form_outputs
@@ -115,12 +116,6 @@ def _wire(arena: Arena, tab: HistoryTab) -> None:
         dropdown.change(compare, [tab.first, tab.second], [tab.comparison, tab.downloads], api_visibility="private")
 
 
-def request_of(entry: HistoryEntry) -> TextRunRequest | ImageRunRequest:
-    """The request a kept run was made from, read back through the request's declared fields (its backends
-    through their own options)."""
-    return REQUESTS[entry.task].from_values(dict(entry.run["request"]))
-
-
 def wire_history(arena: Arena, tab: HistoryTab, history_page: gr.Tab, text, image, tabs) -> None:
     """Listing when the tab opens; "Run A again" fills A's tab and presses its Run button."""
 
@@ -141,7 +136,7 @@ def wire_history(arena: Arena, tab: HistoryTab, history_page: gr.Tab, text, imag
         if entry is None:
             return {tab.comparison: "Pick a run A first."}
         try:
-            request = request_of(entry)
+            request = request_of(entry.task, entry.run)
         except (ValueError, TypeError, KeyError) as exc:
             return {tab.comparison: f"This run cannot be run again: {exc}"}
         return fill_updates(text, image, tabs, entry.task, request)

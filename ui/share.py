@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from arena.sharing.links import request_from_query
+from arena.sharing.links import request_from_query, request_of
 from arena.types import ImageRunRequest, TextRunRequest
 from ui.controls import backend_updates, form_updates
 
@@ -31,12 +31,16 @@ def fill_updates(text, image, tabs, task: str, request: TextRunRequest | ImageRu
             | {tabs: gr.Tabs(selected=task)})
 
 
-def wire_link_fill(demo: gr.Blocks, text, image, tabs, note: gr.Markdown) -> None:
-    """On page load: a link's settings (``?tab=text&model=..&prompt=..&backends=[..]``) fill that tab's form.
-    They are read through the same request types as the form; the public gate applies when the run starts."""
+def wire_link_fill(demo: gr.Blocks, arena, text, image, tabs, note: gr.Markdown) -> None:
+    """On page load: a result link (``?run=<id>``) shows that kept run, its answers (or pictures) and verdicts, with
+    its form filled to run it again; a settings link (``?tab=text&model=..&prompt=..&backends=[..]``) fills that
+    tab's form. Both are read through the same request types as the form; the public gate applies when the run
+    starts."""
 
     def fill(request: gr.Request):
         params = dict(getattr(request, "query_params", None) or {})
+        if "run" in params:
+            return kept_result(params["run"], request)
         try:
             found = request_from_query(params)
         except ValueError as exc:
@@ -49,6 +53,35 @@ def wire_link_fill(demo: gr.Blocks, text, image, tabs, note: gr.Markdown) -> Non
         idle = tab.idle_updates({spec.backend for spec in run.backends}) | {tab.status: ""}
         return {note: f"<span class='arena-badge arena-badge-ok'>LINK</span> The {task} settings from your link "
                       "are filled in: press Run.", **fill_updates(text, image, tabs, task, run), **idle}
+
+    def kept_result(entry_id: str, request: gr.Request) -> dict:
+        from ui.downloads import link_markdown
+        from ui.format import image_summary, run_summary
+        from ui.image_tab import render_image_dict
+        from ui.text_tab import render_run
+
+        found = arena.history.find(entry_id)
+        if found is None:
+            return {note: "<span class='arena-badge arena-badge-error'>LINK</span> This link's result is not kept "
+                          "on this server (any more): a server keeps its newest runs only, and forgets them when it "
+                          "restarts. Ask for the settings link, or run the comparison here."}
+        entry, pictures = found
+        run = entry.run
+        selected = {r.get("backend") for r in run.get("results") or []}
+        tab = text if entry.task == "text" else image
+        try:
+            filled = fill_updates(text, image, tabs, entry.task, request_of(entry.task, run))
+        except (ValueError, TypeError, KeyError):
+            filled = {tabs: gr.Tabs(selected=entry.task)}  # kept by another version: shown, not refillable
+        count = len(run.get("results") or [])
+        shown = render_run(tab, run, selected) if entry.task == "text" else \
+            render_image_dict(tab, run, (list(pictures) + [None] * count)[:count], selected)
+        summary = run_summary(run) if entry.task == "text" else image_summary(run)
+        shown[tab.status] = (f"<span class='arena-badge arena-badge-idle'>LINKED RESULT</span> Run on "
+                             f"{entry.created} (server time), as its link keeps it; Run runs it again here.\n\n"
+                             + summary)
+        shown[tab.share] = link_markdown(entry.task, run, request, entry.id)
+        return {note: "", **filled, **shown}
 
     # Progress on the note only: the outputs include the Image tab's widgets, which Gradio left "pending" until
     # that tab was first opened, then greyed for seconds (tests/test_browser_ui.py).

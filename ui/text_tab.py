@@ -102,6 +102,8 @@ def build_text_tab(arena: Arena) -> TextTab:
         with gr.Column(scale=3):
             prompt = gr.Textbox(EXAMPLE_PROMPTS[0], lines=3, label=field("prompt").label, elem_id="prompt")
             widgets["prompt"] = prompt
+            estimate = gr.Markdown(arena.prompt_estimate(field("model").default, EXAMPLE_PROMPTS[0], 0, []),
+                                   elem_id="prompt-estimate", elem_classes=["arena-notes"])
             ctl.example_prompts(prompt, EXAMPLE_PROMPTS, "text-examples")
             with gr.Row(elem_id="text-demos"):
                 demo_broken = gr.Button(BROKEN_TEXT, size="sm", elem_id="demo-broken-text")
@@ -143,9 +145,33 @@ def build_text_tab(arena: Arena) -> TextTab:
         yield from show_and_keep(arena, tab, "text", runs, lambda result: render_run(
             tab, arena.public_view(result.to_dict()), selected) | moved_on(tab, result), http)
 
-    ctl.wire_run(arena, tab, TextRunRequest, tab.backends, execute, model_notes,
-             ((demo_broken, demo_good), arena.demos.text_request))
+    runs = ctl.wire_run(arena, tab, TextRunRequest, tab.backends, execute, model_notes,
+                        ((demo_broken, demo_good), arena.demos.text_request))
+    wire_estimate(arena, tab, estimate, runs)
     return tab
+
+
+def wire_estimate(arena: Arena, tab: TextTab, estimate: gr.Markdown, runs: list) -> None:
+    """The line under the prompt: its token count and, once this server has timed the model, how long each ticked
+    backend will take (`Arena.prompt_estimate`); it follows the prompt, the model, the length and the ticks, and
+    each finished run's new rates."""
+    boxes = [panel.controls.enabled for panel in tab.backends]
+    inputs = [tab.fields["model"], tab.fields["prompt"], tab.fields["max_new_tokens"], *boxes]
+
+    def update(model, prompt, max_new_tokens, *ticked):
+        names = [panel.name for panel, on in zip(tab.backends, ticked, strict=True) if on]
+        try:
+            return arena.prompt_estimate(str(model or ""), str(prompt or ""), int(max_new_tokens or 0), names)
+        except (TypeError, ValueError):
+            return ""
+
+    quiet = {"api_visibility": "private", "show_progress": "hidden", "queue": False}
+    for component in inputs[:3]:
+        component.change(update, inputs, estimate, trigger_mode="always_last", **quiet)
+    for box in boxes:
+        box.change(update, inputs, estimate, **quiet)
+    for event in runs:
+        event.then(update, inputs, estimate, **quiet)
 
 
 def render_run(tab: TextTab, run: dict[str, Any], selected: set[str]) -> dict:

@@ -3,14 +3,22 @@
 Locally each run is one JSON file under ``<cache>/history`` (the newest ``limit`` are kept, the oldest dropped).
 In public mode nothing is written to the shared disk: runs live in memory, per browser session, so one visitor
 never sees another's runs. Pure stdlib; what is kept is the result dict as its owner saw it (the public view).
+
+A kept run's id ends in 64 random bits (`secrets`), so it can stand in a link (``?run=<id>``) that opens the result
+with its verdicts for whoever holds the link, and cannot be guessed by anyone else (`find`). In public mode the
+linked copies live in one bounded store beside the sessions (`SHARED_LIMIT` runs, `SHARED_MAX_BYTES` together,
+the oldest dropped first): a link outlives the page that made it, not the server, nor hundreds of later runs.
+An image run keeps its pictures (PNG) beside its JSON (locally ``<id>.<n>.png``; in public mode in memory).
 """
 
 from __future__ import annotations
 
+import io
 import json
+import re
+import secrets
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +26,10 @@ from typing import Any
 
 HISTORY_LIMIT = 100
 MAX_SESSIONS = 256  # public mode: sessions kept in memory (least recently active dropped first)
+SHARED_LIMIT = 128  # public mode: runs a link can open (the newest; each also bounded by max_entry_bytes)
+SHARED_MAX_BYTES = 48_000_000  # public mode: those runs' JSON and pictures together
+# "20261207-211502123456-" then 16 hex digits of `secrets`: a link names a run by it, never by a path.
+ENTRY_ID = re.compile(r"^\d{8}-\d{12}-[0-9a-f]{16}$")
 
 
 @dataclass(frozen=True)
@@ -98,18 +110,28 @@ class RunHistory:
         self.max_entry_bytes = max_entry_bytes
         self.max_session_bytes = max_session_bytes
         self._memory: OrderedDict[str, list[HistoryEntry]] = OrderedDict()
+        # Public mode: what a link can open, by id: (entry, its pictures as PNG bytes, their size in bytes).
+        self._shared: OrderedDict[str, tuple[HistoryEntry, list[bytes | None], int]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def add(self, owner: str, task: str, run: dict[str, Any]) -> HistoryEntry:
-        """Keep a finished run; the oldest go when there are more than ``limit``."""
+    def add(self, owner: str, task: str, run: dict[str, Any], images: list | None = None) -> HistoryEntry:
+        """Keep a finished run (and an image run's pictures, one per result: an array or None); the oldest go
+        when there are more than ``limit``."""
         stamp = time.time()
-        # Sortable by time to the microsecond; the random tail keeps two processes' ids apart.
+        # Sortable by time to the microsecond; the random tail keeps two processes' ids apart and makes the id
+        # a link's secret.
         entry = HistoryEntry(id=time.strftime("%Y%m%d-%H%M%S", time.localtime(stamp))
-                             + f"{int(stamp * 1e6) % 1_000_000:06d}-{uuid.uuid4().hex[:6]}",
+                             + f"{int(stamp * 1e6) % 1_000_000:06d}-{secrets.token_hex(8)}",
                              created=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)), task=task,
                              run=fit(json.loads(json.dumps(run, default=str)), self.max_entry_bytes))
+        pictures = [_png(image) for image in images or []]
         with self._lock:
             if self.directory is None:
+                size = len(json.dumps(entry.run)) + sum(len(p or b"") for p in pictures)
+                self._shared[entry.id] = (entry, pictures, size)
+                while len(self._shared) > 1 and (len(self._shared) > SHARED_LIMIT or sum(
+                        v[2] for v in self._shared.values()) > SHARED_MAX_BYTES):
+                    self._shared.popitem(last=False)
                 runs = self._memory.pop(owner, [])
                 runs.insert(0, entry)
                 runs = runs[:self.limit]
@@ -125,10 +147,40 @@ class RunHistory:
                 self.directory.mkdir(parents=True, exist_ok=True)
                 tmp = self.directory / f".{entry.id}.tmp"
                 tmp.write_text(json.dumps(entry.to_dict()))
+                for n, picture in enumerate(pictures):
+                    if picture is not None:
+                        (self.directory / f"{entry.id}.{n}.png").write_bytes(picture)
                 tmp.rename(self.directory / f"{entry.id}.json")
                 for old in sorted(self.directory.glob("*.json"))[:-self.limit]:
                     old.unlink(missing_ok=True)
+                    for picture in self.directory.glob(f"{old.stem}.*.png"):
+                        picture.unlink(missing_ok=True)
         return entry
+
+    def find(self, entry_id: str) -> tuple[HistoryEntry, list] | None:
+        """The run a link names (anyone's: the id is the secret) and its pictures (arrays, None where a result
+        drew none), or None: an id of another shape (never read as a path), or a run no longer kept."""
+        if not isinstance(entry_id, str) or not ENTRY_ID.match(entry_id):
+            return None
+        with self._lock:
+            if self.directory is None:
+                found = self._shared.get(entry_id)
+                if found is None:
+                    return None
+                entry, pictures = found[0], found[1]
+            else:
+                try:
+                    entry = HistoryEntry(**json.loads((self.directory / f"{entry_id}.json").read_text()))
+                except (OSError, ValueError, TypeError):
+                    return None
+                pictures = [self._read_png(entry_id, n) for n in range(len(entry.run.get("results") or []))]
+        return entry, [_array(p) for p in pictures] if entry.task == "image" else []
+
+    def _read_png(self, entry_id: str, n: int) -> bytes | None:
+        try:
+            return (self.directory / f"{entry_id}.{n}.png").read_bytes()
+        except OSError:
+            return None
 
     def entries(self, owner: str) -> list[HistoryEntry]:
         """``owner``'s runs, newest first."""
@@ -151,3 +203,26 @@ class RunHistory:
         if self.directory is None:
             with self._lock:
                 self._memory.pop(owner, None)
+
+
+def _png(image) -> bytes | None:
+    """An image result's picture (an HxWx3 uint8 array) as PNG bytes, or None."""
+    if image is None:
+        return None
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _array(picture: bytes | None):
+    if picture is None:
+        return None
+    import numpy as np
+    from PIL import Image
+
+    try:
+        return np.asarray(Image.open(io.BytesIO(picture)).convert("RGB"))
+    except (OSError, ValueError):
+        return None

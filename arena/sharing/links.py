@@ -44,8 +44,9 @@ def share_link(base_url: str, task: str, request: Mapping[str, Any]) -> str:
 
 
 def carries_settings(params: Mapping[str, str]) -> bool:
-    """Whether a page's query parameters are a settings link (not, say, only a theme)."""
-    return any(k in params for k in ("model", "prompt", "backends"))
+    """Whether a page's query parameters are a settings link or a result link (``?run=<id>``), not, say, only a
+    theme."""
+    return any(k in params for k in ("model", "prompt", "backends", "run"))
 
 
 def request_from_query(params: Mapping[str, str]) -> tuple[str, TextRunRequest | ImageRunRequest] | None:
@@ -53,7 +54,7 @@ def request_from_query(params: Mapping[str, str]) -> tuple[str, TextRunRequest |
     read by its declared field (`arena.fields`); parameters that are not fields (a theme) are ignored.
 
     A malformed value is a ValueError whose message names it (shown to the visitor instead of filling)."""
-    if not carries_settings(params):
+    if not any(k in params for k in ("model", "prompt", "backends")):
         return None
     task = params.get("tab", "text")
     if task not in REQUESTS:
@@ -64,3 +65,9 @@ def request_from_query(params: Mapping[str, str]) -> tuple[str, TextRunRequest |
         return task, request_cls.from_values({k: v for k, v in params.items() if k in names})
     except (ValueError, TypeError, KeyError) as exc:
         raise ValueError(f"This link's settings cannot be read: {exc}") from exc
+
+
+def request_of(task: str, run: Mapping[str, Any]) -> TextRunRequest | ImageRunRequest:
+    """The request a kept run was made from, read back through the request's declared fields (its backends
+    through their own options)."""
+    return REQUESTS[task].from_values(dict(run["request"]))
