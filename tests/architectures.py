@@ -288,7 +288,7 @@ def reference(model_dir: str | Path) -> dict[str, Any]:
     import torch
     from transformers import AutoTokenizer
 
-    from backends.base import load_causal_lm
+    from backends.hf import load_causal_lm
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     prompt = list(tokenizer(PROMPT)["input_ids"])

@@ -2,8 +2,10 @@
 
 - imports have no loops: no module of arena/, ui/, backends/ or app.py imports, even inside a function, a module
   that imports it back;
-- imports go one way, app -> ui -> arena -> backends, and a backend takes from the core only what
-  `BACKENDS_MAY_IMPORT` lists;
+- imports go one way, app -> ui -> arena -> backends;
+- the border to the backends runs one way: no module under backends/ imports anything of `arena`, not inside a
+  function nor under ``if TYPE_CHECKING:`` (what a backend needs of the core is in `backends.contract`, or comes in
+  its load context);
 - the core knows no backend by name: outside arena/registry.py no module of arena/ or ui/ holds a registered
   backend's name or alias as a string (a backend is asked through the registry: its options, precisions, colour,
   whether it can be the reference), but for the short list of reasons in `ALLOWED_NAMES`.
@@ -137,23 +139,17 @@ def _loop_in(group: set[str], graph: dict[str, set[str]]) -> list[str]:
 
 
 def test_no_import_loop_among_the_projects_modules():
-    """Imports under ``if TYPE_CHECKING:`` are left out: they never run (backends/base.py names arena.types' classes
-    that way, while arena.types asks the registry, which imports backends.base)."""
+    """Imports under ``if TYPE_CHECKING:`` are left out: they never run."""
     graph = import_graph()
-    assert {"app", "arena.core", "ui.charts", "backends.base", "backends.onnxruntime.backend"} <= set(graph)
-    assert "backends.base" in graph["arena.registry"] and "arena.registry" in graph["arena.types"]
-    assert "arena.types" not in graph["backends.base"]  # only under TYPE_CHECKING
+    assert {"app", "arena.core", "ui.charts", "backends.contract", "backends.onnxruntime.backend"} <= set(graph)
+    assert "backends.contract" in graph["arena.registry"] and "arena.registry" in graph["arena.types"]
     loops = cycles(graph)
     assert not loops, "import loops (each: a module, what it imports, ... back to it):\n" + "\n".join(
         " -> ".join(loop) for loop in loops)
 
 
-BACKENDS_MAY_IMPORT = ("arena.errors", "arena.types", "arena.running.resources")
-
-
 def test_imports_go_one_way():
-    """app -> ui -> arena -> backends; a backend takes from the core only its errors, its types and the CPU budget:
-    what the server knows (secrets, configured endpoints, embedded files) comes in its load context."""
+    """app -> ui -> arena -> backends."""
     problems = []
     for module, imported in sorted(import_graph().items()):
         layer = module.partition(".")[0]
@@ -163,9 +159,29 @@ def test_imports_go_one_way():
                 problems.append(f"{module} imports {target} (a layer above it)")
             elif layer == "backends" and other in ("ui", "app"):
                 problems.append(f"{module} imports {target} (a layer above it)")
-            elif layer == "backends" and other == "arena" and target not in BACKENDS_MAY_IMPORT:
-                problems.append(f"{module} imports {target} (take it from the LoadContext instead)")
     assert not problems, "\n".join(problems)
+
+
+def imported_names(tree: ast.Module) -> Iterator[tuple[int, str]]:
+    """Every absolute module name a module imports (line, name), wherever the import sits: at the top, inside a
+    function, under ``if TYPE_CHECKING:``."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from ((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            yield node.lineno, node.module
+
+
+def test_backends_import_nothing_from_arena():
+    """The border runs one way: a backend takes what it needs of the core from `backends.contract` (errors,
+    prepared inputs, settings, options, the load context with the server's secrets, endpoints, embedded files and
+    CPU budget), never from `arena`, even for a type or inside a function."""
+    paths = sorted((ROOT / "backends").rglob("*.py"))
+    assert ROOT / "backends" / "contract.py" in paths
+    found = [f"{path.relative_to(ROOT).as_posix()}:{line} imports {name}"
+             for path in paths for line, name in imported_names(ast.parse(path.read_text()))
+             if name == "arena" or name.startswith("arena.")]
+    assert not found, "take it from backends.contract or the LoadContext instead:\n" + "\n".join(found)
 
 
 def backend_names() -> set[str]:

@@ -11,7 +11,7 @@ import gradio as gr
 from arena.errors import ArenaError
 from arena.fields import FieldInfo
 from arena.types import BackendSpec
-from backends.base import SERVER_SIDE_KINDS, OptionChoice, OptionInfo
+from backends.contract import SERVER_SIDE_KINDS, OptionChoice, OptionInfo
 from ui.format import choice_labels, unavailable_note
 
 RUN_CONCURRENCY_ID = "arena-run"  # every run (UI or API, text or image) shares one slot: timed runs never overlap

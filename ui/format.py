@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from backends.base import OptionChoice
+from backends.contract import OptionChoice
 from ui.colors import is_reference, state_of
 
 
