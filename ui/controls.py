@@ -8,10 +8,7 @@ from typing import Any
 
 import gradio as gr
 
-from arena.errors import ArenaError
-from arena.fields import FieldInfo
-from arena.types import BackendSpec
-from backends.contract import SERVER_SIDE_KINDS, OptionChoice, OptionInfo
+from arena import SERVER_SIDE_KINDS, ArenaError, BackendSpec, FieldInfo, OptionChoice, OptionInfo
 from ui.format import choice_labels, unavailable_note
 
 RUN_CONCURRENCY_ID = "arena-run"  # every run (UI or API, text or image) shares one slot: timed runs never overlap
@@ -42,7 +39,7 @@ def build_backend_controls(backend_options: dict[str, dict[str, Any]], prefix: s
     operator configured, by name (left out when there are none). A backend that is not ``enabled_by_default`` (it
     needs a server the user runs) starts unticked.
     """
-    from arena.public.policy import configured_endpoints
+    from arena import configured_endpoints
 
     endpoints = list(configured_endpoints())
     controls = []

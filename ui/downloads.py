@@ -14,9 +14,7 @@ from typing import Any
 
 import gradio as gr
 
-from arena.sharing.history import HistoryEntry
-from arena.sharing.links import share_link
-from arena.sharing.reports import write_reports
+from arena import HistoryEntry, share_link, write_reports
 from ui.controls import session_of
 
 
