@@ -12,11 +12,78 @@
 - ``sharing/``: run history, reports and settings links.
 
 Importing this package never imports torch, transformers or onnxruntime: those live in worker processes.
+
+Its public surface is `PUBLIC`: the names a front end (ui/) imports, ``from arena import Arena, TextRunRequest``,
+each from the module that defines it, imported when first asked (PEP 562), so ``import arena.errors`` in a worker
+costs what it did. ui/ imports nothing else of arena and nothing of backends/ (tests/test_layout.py).
 """
 
+import importlib as _importlib
 import os as _os
 
 # huggingface_hub 2.x reports usage to the Hub on a process's first call (GET /api/agent-harnesses) unless told not
 # to: the arena's processes (the app, its workers, the CLI) make no request a user did not ask for. A user's own
 # setting wins.
 _os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+# {public name: "module" (the same name there) or "module:name"}. A front end needing more of the core adds it here.
+PUBLIC = {
+    # running: the one object every front end calls, its errors, requests and results
+    "Arena": "arena.core",
+    "ArenaError": "arena.errors",
+    "BackendSpec": "arena.types",
+    "ImageRunRequest": "arena.types",
+    "ImageRunResult": "arena.types",
+    "REQUESTS": "arena.types",
+    "TextRunRequest": "arena.types",
+    # request fields and backends as the forms and the API describe them
+    "API_TYPES": "arena.fields",
+    "FieldInfo": "arena.fields",
+    "api_docstring": "arena.fields",
+    "api_parameters": "arena.fields",
+    "DEFAULT_BACKENDS": "arena.registry",
+    "default_reference": "arena.registry",
+    "OptionChoice": "backends.contract",
+    "OptionInfo": "backends.contract",
+    "SERVER_SIDE_KINDS": "backends.contract",
+    "configured_endpoints": "arena.public.policy",
+    # the models and prompts the forms offer
+    "CATALOG": "arena.preparing.catalog",
+    "EXAMPLE_PROMPTS": "arena.preparing.catalog",
+    "PROMPT_FORMATS": "arena.preparing.catalog",
+    "find_catalog_model": "arena.preparing.catalog",
+    "IMAGE_CATALOG": "arena.preparing.catalog",
+    "IMAGE_EXAMPLE_PROMPTS": "arena.preparing.catalog",
+    "find_image_catalog_model": "arena.preparing.catalog",
+    # judging, as shown: the headless check, the difference picture, where an image broke
+    "CHECK_REACH": "arena.judging.check",
+    "check": "arena.judging.check",
+    "difference_heatmap": "arena.judging.verdicts",
+    "IMAGE_COMPONENT_TITLES": "arena.judging.localize_image:TITLES",
+    "image_where_at_step": "arena.judging.localize_image:at_step",
+    "image_where_figures": "arena.judging.localize_image:summary",
+    # the machine, and what a run leaves behind
+    "runtime_facts": "arena.running.environment",
+    "HistoryEntry": "arena.sharing.history",
+    "carries_settings": "arena.sharing.links",
+    "request_from_query": "arena.sharing.links",
+    "request_of": "arena.sharing.links",
+    "backend_class": "arena.registry",
+    "share_link": "arena.sharing.links",
+    "write_reports": "arena.sharing.reports",
+}
+__all__ = sorted(PUBLIC)
+
+
+def __getattr__(name: str):
+    """A public name, imported from its module on first use (then kept here)."""
+    if name not in PUBLIC:
+        raise AttributeError(f"module 'arena' has no attribute {name!r} (its public names: arena.PUBLIC)")
+    module, _, attribute = PUBLIC[name].partition(":")
+    value = getattr(_importlib.import_module(module), attribute or name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(PUBLIC))

@@ -1,4 +1,4 @@
-"""Request fields declared once, the way backends declare their options (`backends.base.option`).
+"""Request fields declared once, the way backends declare their options (`backends.contract.option`).
 
 A request dataclass (`arena.types.TextRunRequest`, `ImageRunRequest`) makes each field with `request_field`:
 its default, bounds, label, help and public-mode cap. Everything that shows, reads or checks a request is

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from functools import cache
 
-from backends.base import PRECISION_CLASSES, Backend
+from backends.contract import PRECISION_CLASSES, Backend
 
 BACKENDS: dict[str, str] = {
     "pytorch": "backends.torch_backend:PyTorchBackend",
@@ -90,7 +90,7 @@ def default_reference() -> str:
 
 
 def tolerance_class(precision: str, backend: str | None = None) -> str:
-    """The core's precision class (`backends.base.PRECISION_CLASSES`) a precision name is judged by: as
+    """The core's precision class (`backends.contract.PRECISION_CLASSES`) a precision name is judged by: as
     ``backend``'s class maps it (`Backend.tolerance_class`); with no backend named, a class itself, else as the
     first registered backend that maps the name to another class than fp32 (a GGUF type, ONNX Runtime's
     int8-dynamic); a name no backend knows: fp32, the strictest."""

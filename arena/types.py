@@ -15,6 +15,10 @@ from arena.fields import RequestFields, request_field
 from arena.preparing.catalog import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, IMAGE_CATALOG
 from arena.registry import DEFAULT_BACKENDS, backend_choices, backend_class, resolve_alias
 
+# The prepared inputs live on the backends' side of the border (backends import nothing from arena): re-exported.
+from backends.contract import PreparedImage as PreparedImage
+from backends.contract import PreparedText as PreparedText
+
 IMAGE_DEFAULTS = IMAGE_CATALOG[0]  # the default pipeline's suggested steps and guidance are the form's defaults
 PROMPT_CAP = "The prompt's length is capped at {cap} characters on this public server (asked: {asked})."
 # What the long reach costs (`TextRunRequest.reach`), measured by benchmarks/reach.py (docs/reach-benchmark.md).
@@ -27,7 +31,7 @@ SIDE_CAP = "Image sides are capped at {cap} px on this public server (asked: {as
 class BackendSpec:
     """One backend configuration the user picked: which runtime, and its option values.
 
-    The options are the backend's own (its ``Options`` dataclass, see `backends.base.option`), read as attributes
+    The options are the backend's own (its ``Options`` dataclass, see `backends.contract.option`), read as attributes
     (``spec.precision``, ``spec.onnx_dir``). Frozen, hashable and picklable: it crosses the worker pipe and keys
     caches and dicts.
     """
@@ -168,30 +172,6 @@ class TextRunRequest(_Request):
     localize: str = request_field("auto", kind="text", choices=("auto", "all", "off"), label="Where did it break?",
                                   help='compare each layer\'s output with the reference\'s: "auto" for broken and '
                                        'drifting backends, "all" for every backend, or "off"')
-
-
-@dataclass(frozen=True)
-class PreparedText:
-    """The shared input, made once by the preparation worker and given to every backend."""
-
-    model_dir: str  # resolved local directory holding config, tokenizer and weights
-    model_name: str  # what to show (catalog name or the id the user typed)
-    source: str  # "embedded", "hub" or "local"
-    rendered_prompt: str
-    prompt_token_ids: tuple[int, ...]
-    eos_token_ids: tuple[int, ...]
-    pad_token_id: int | None
-    context_length: int | None
-    fingerprint: str  # identifies the weights for cache keys
-    materialize_s: float = 0.0
-    task: str = "text"
-    unk_token_id: int | None = None
-    user_prompt: str = ""  # the prompt as typed (a chat server applies its own template to it)
-    prompt_format: str = ""  # the format it was rendered in ("chat", "plain", ...)
-    quality_token_ids: tuple[int, ...] = ()  # the fixed paragraph (assets/quality-paragraph.txt), tokenized once
-    reach_token_ids: tuple[int, ...] = ()  # the long reach: the paragraph, then assets/long-reach.txt (request.reach)
-    reach_note: str = ""  # why the long reach is shorter than asked (the model's context, the logits' size)
-    parameters: int | None = None  # the model's parameter count (from its weight files' headers), if known
 
 
 @dataclass(frozen=True)
@@ -389,23 +369,6 @@ class ImageRunRequest(_Request):
                                   help='run the text encoder, UNet and VAE decoder on the reference\'s inputs and '
                                        'compare each output with the reference\'s: "auto" for broken backends, "all" '
                                        'for every backend, or "off"')
-
-
-@dataclass(frozen=True)
-class PreparedImage:
-    """The shared input of an image run: the resolved pipeline folder and the initial latents made once."""
-
-    model_dir: str
-    model_name: str
-    source: str
-    fingerprint: str
-    height: int
-    width: int
-    latents: Any  # numpy float32 (1, C, H/f, W/f): standard normal noise from the seed, before init_noise_sigma
-    scheduler: str  # the scheduler config (JSON, with "_class_name") every backend uses, overrides applied
-    notes: tuple[str, ...] = ()
-    materialize_s: float = 0.0
-    task: str = "image"
 
 
 @dataclass(frozen=True)

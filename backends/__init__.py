@@ -1,1 +1,2 @@
-"""Runtimes behind one contract (see base.py). Each module imports its heavy library inside methods only."""
+"""Runtimes behind one contract (contract.py, which imports nothing from `arena`). Each module imports its heavy
+library inside methods only."""

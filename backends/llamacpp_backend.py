@@ -14,7 +14,8 @@ from the Hugging Face Hub), greedy from the same prompt token ids as every other
   quantization, shown in the label ("llama.cpp · Q4_1", read from the file name) and, as llama.cpp reads it from the
   file, in the notes and the provider line. The verdicts hold a GGUF type to its class (`tolerance_class`: Q8_0
   8-bit, the other quantized types 4-bit, F16/BF16/F32 their float class).
-- Threads: the CPU budget (`arena.running.resources.thread_count`), for the prompt and for decoding.
+- Threads: the CPU budget (``ctx.threads``, from the core's `arena.running.resources.thread_count`), for the prompt
+  and for decoding.
 - llama-cpp-python compiles llama.cpp at install time; build it portable (``GGML_NATIVE=OFF``): a natively tuned
   build crashed with an illegal instruction on its first completion on this project's machines.
 """
@@ -28,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from arena.errors import ArenaError, hub_error_sentence
-from backends.base import AVAILABLE, Availability, Backend, BackendOptions, LoadContext, option
+from backends.contract import AVAILABLE, ArenaError, Availability, Backend, BackendOptions, LoadContext, option
+from backends.hub_errors import hub_error_sentence
 
 LLAMA_CPP_VERSION = "0.3.36"
 LLAMACPP_INSTALL = f'CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install "llama-cpp-python[server]=={LLAMA_CPP_VERSION}"'
@@ -97,6 +98,7 @@ class LlamaCppBackend(Backend):
         self._scorer: Any = None
         self._path: Path | None = None
         self._n_ctx = 0
+        self._threads = 1  # the load context's (the CPU budget), set by `load`
         self._vocab_agrees = True
         self._model_dir: str | None = None
         self._hf_tokenizer: Any = None
@@ -209,10 +211,8 @@ class LlamaCppBackend(Backend):
             raise ArenaError(NO_IMAGES)
         import llama_cpp
 
-        from arena.running.resources import thread_count
-
         path, origin = self.resolve_gguf(model, spec, ctx)
-        threads = thread_count()  # the CPU budget, not os.cpu_count() (a container's quota is often smaller)
+        threads = self._threads = ctx.threads  # the CPU budget, not os.cpu_count() (a container's quota is smaller)
         with ctx.stage("load", f"llama.cpp: loading {path.name}"):
             self._n_ctx = min(model.context_length or MAX_CONTEXT, MAX_CONTEXT)
             self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=self._n_ctx, n_batch=512, n_threads=threads,
@@ -307,15 +307,13 @@ class LlamaCppBackend(Backend):
         import llama_cpp
         import numpy as np
 
-        from arena.running.resources import thread_count
-
         needed = len(token_ids)
         if needed > self._n_ctx:
             raise ArenaError(f"{needed} tokens do not fit llama.cpp's context of {self._n_ctx}.")
         if self._scorer is None or self._scorer.n_ctx() < needed:
             size = min(self._n_ctx, max(256, 1 << (needed - 1).bit_length()))
             self._scorer = None
-            threads = thread_count()
+            threads = self._threads
             self._scorer = llama_cpp.Llama(model_path=str(self._path), n_ctx=size, n_batch=min(512, size),
                                            n_threads=threads, n_threads_batch=threads, logits_all=True, seed=0,
                                            verbose=False)

@@ -14,8 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from arena.types import PreparedImage
-    from backends.base import GenerationSettings, ImageSettings
+    from backends.contract import GenerationSettings, ImageSettings, PreparedImage
 
 Runner = Callable[..., dict[str, Any]]
 PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)")
@@ -39,7 +38,7 @@ class OrtRunner:
     def __init__(self, path: str, providers: list | None = None, session_options: Any = None) -> None:
         import onnxruntime
 
-        from backends.base import ort_session_options
+        from backends.hf import ort_session_options
 
         self.session = onnxruntime.InferenceSession(path, sess_options=session_options or ort_session_options(
             onnxruntime), providers=providers or ["CPUExecutionProvider"])

@@ -44,8 +44,16 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from arena.errors import ArenaError
-from backends.base import AVAILABLE, Availability, Backend, BackendOptions, GenerationSettings, LoadContext, option
+from backends.contract import (
+    AVAILABLE,
+    ArenaError,
+    Availability,
+    Backend,
+    BackendOptions,
+    GenerationSettings,
+    LoadContext,
+    option,
+)
 
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 CONNECT_TIMEOUT_S = 5.0

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from arena.errors import ArenaError
-from backends.base import (
+from backends.contract import (
     AVAILABLE,
+    ArenaError,
     Availability,
     Backend,
     BackendOptions,
@@ -37,8 +37,6 @@ from backends.base import (
     OptionChoice,
     option,
     precision_label,
-    torch_facts,
-    torch_threads,
     vae_fp32_option,
 )
 from backends.conversion.onnx_export import cached_export
@@ -51,6 +49,7 @@ from backends.conversion.tensorrt_build import (
     trt_major,
 )
 from backends.conversion.tensorrt_profiles import Profiles, check_profile_covers, image_profiles, llm_profiles
+from backends.hf import torch_facts, torch_threads
 from backends.installs import ONNX_EXPORTER_INSTALL, TORCH_CUDA_INSTALL
 
 IMAGE_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
@@ -252,7 +251,7 @@ class TensorRTBackend(Backend):
             self._input_names = names
         self._info = {"provider": f"TensorRT {trt.__version__} on {gpu} (sm {capability})",
                       "artifact_dir": str(next(iter(exports.values()), "")), "export_cached": not built_any,
-                      "tensorrt": trt.__version__, "threads": torch_threads()}
+                      "tensorrt": trt.__version__, "threads": torch_threads(ctx.threads)}
 
     def _user_engine(self, engine_path: str, required: Profiles, ctx: LoadContext) -> TrtRunner:
         path = Path(engine_path).expanduser()

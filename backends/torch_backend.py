@@ -7,20 +7,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from backends.base import (
+from backends.contract import (
     AVAILABLE,
     Availability,
     BackendOptions,
-    HFBackend,
     LoadContext,
     OptionChoice,
-    load_causal_lm,
     option,
     precision_label,
-    torch_facts,
-    torch_threads,
     vae_fp32_option,
 )
+from backends.hf import HFBackend, load_causal_lm, torch_facts, torch_threads
 from backends.installs import TORCH_CUDA_INSTALL, TORCH_INSTALL
 
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8": "float32"}
@@ -210,11 +207,11 @@ class PyTorchBackend(HFBackend):
         import torch
 
         if model.task == "image" and (spec.precision == "int8" or spec.compile):
-            from arena.errors import ArenaError
+            from backends.contract import ArenaError
 
             raise ArenaError("PyTorch int8 and torch.compile are offered for text models only here; pick fp32, bf16 "
                              "or fp16 for images.")
-        threads = torch_threads()  # the CPU budget, not os.cpu_count() (a container's quota is often smaller)
+        threads = torch_threads(ctx.threads)  # the CPU budget, not os.cpu_count() (a container's is often smaller)
         dtype = getattr(torch, TORCH_DTYPES[spec.precision])
         with ctx.stage("load", f"PyTorch: loading {model.model_name} ({spec.device}, {spec.precision})"):
             if model.task == "image":
@@ -239,7 +236,7 @@ class PyTorchBackend(HFBackend):
                 problems = [dtype_problem(self.model, dtype, model.model_name)]
         problem = next((p for p in problems if p), None)
         if problem:
-            from arena.errors import ArenaError
+            from backends.contract import ArenaError
 
             raise ArenaError(problem)
         if spec.precision == "bf16" and spec.device == "cpu":
@@ -270,7 +267,7 @@ class PyTorchBackend(HFBackend):
         compiles it, timed as the "compile" stage."""
         from transformers.generation.configuration_utils import CompileConfig
 
-        from backends.base import GenerationSettings
+        from backends.contract import GenerationSettings
 
         config = CompileConfig(fullgraph=False, mode="default" if self.device == "cpu" else "reduce-overhead")
         config._compile_all_devices = True

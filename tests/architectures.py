@@ -281,14 +281,14 @@ def export(model_dir: str | Path, exporter: str, out: str | Path) -> Exported:
 
 
 def reference(model_dir: str | Path) -> dict[str, Any]:
-    """The PyTorch fp32 reference on `PROMPT` (`backends.base.load_causal_lm`, as the arena's PyTorch backend loads
+    """The PyTorch fp32 reference on `PROMPT` (`backends.hf.load_causal_lm`, as the arena's PyTorch backend loads
     it; a multimodal class without a causal-LM entry, Mistral 3's, through AutoModelForImageTextToText): the
     prompt's ids, the prompt's logits (positions x vocab), its greedy answer of `ANSWER_TOKENS` tokens, and its full
     pass's logits over prompt + answer at the rows that predict the answer (answer x vocab), numpy float32."""
     import torch
     from transformers import AutoTokenizer
 
-    from backends.base import load_causal_lm
+    from backends.hf import load_causal_lm
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     prompt = list(tokenizer(PROMPT)["input_ids"])

@@ -29,7 +29,7 @@ from arena.registry import backend_class
 from arena.running.environment import probe_environment
 from arena.running.host import load_context
 from arena.types import BackendSpec, PreparedImage, PreparedText
-from backends.base import SERVER_SIDE_KINDS, GenerationSettings, ImageSettings, OptionChoice
+from backends.contract import SERVER_SIDE_KINDS, GenerationSettings, ImageSettings, OptionChoice
 
 PROMPT = "My name is Arthur and I live in"
 NEW_TOKENS = 12
@@ -69,7 +69,7 @@ def reference_outputs(model_dir: Path) -> tuple[list[int], np.ndarray]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from backends.base import hf_generate
+    from backends.hf import hf_generate
 
     model = prepared_text(model_dir)
     reference = AutoModelForCausalLM.from_pretrained(model_dir).eval()

@@ -12,7 +12,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from backends.base import AVAILABLE, Availability, Backend, BackendOptions, option
+from backends.contract import AVAILABLE, Availability, Backend, BackendOptions, option
 from backends.torch_backend import PyTorchBackend
 
 
@@ -100,7 +100,7 @@ class ThreadProbe:
         import onnxruntime
         import torch
 
-        from backends.base import ort_session_options, torch_threads
+        from backends.hf import ort_session_options, torch_threads
         from backends.onnxruntime.providers import probe_model
 
         as_imported = torch.get_num_threads()

@@ -94,7 +94,7 @@ def test_no_backend_imports_another_backend_or_the_worker_machinery():
         others = sorted({owner(m) for m in imports if owner(m)} - {owner(module)})
         if others:
             problems.append(f"{module} imports the backend module(s) {others} (shared code belongs in "
-                            "backends/base.py, backends/conversion/ or backends/installs.py)")
+                            "backends/contract.py, backends/hf.py, backends/conversion/ or backends/installs.py)")
     assert not problems, "\n".join(problems)
     assert backend_modules <= {".".join(p.relative_to(ROOT).with_suffix("").parts)
                                for p in (ROOT / "backends").glob("*.py")} | {

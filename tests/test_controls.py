@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from backends.base import AVAILABLE, Availability, Backend, BackendOptions, option
+from backends.contract import AVAILABLE, Availability, Backend, BackendOptions, option
 from ui.controls import build_backend_controls, specs_from_form
 
 

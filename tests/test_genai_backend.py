@@ -19,7 +19,7 @@ from arena.preparing.cache import ArtifactCache
 from arena.registry import backend_class, resolve_alias
 from arena.running.host import load_context
 from arena.types import BackendSpec
-from backends.base import GenerationSettings
+from backends.contract import GenerationSettings
 from tests.backend_contract import NEW_TOKENS, prepared_text
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("onnxruntime_genai") is None,

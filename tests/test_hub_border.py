@@ -281,7 +281,8 @@ def test_a_repositorys_generation_config_cannot_make_the_reference_sample(tiny_l
     import torch
     from transformers import AutoModelForCausalLM
 
-    from backends.base import GenerationSettings, hf_generate
+    from backends.contract import GenerationSettings
+    from backends.hf import hf_generate
 
     folder = tmp_path / "sampling"
     shutil.copytree(tiny_llama, folder)

@@ -2,8 +2,11 @@
 
 - imports have no loops: no module of arena/, ui/, backends/ or app.py imports, even inside a function, a module
   that imports it back;
-- imports go one way, app -> ui -> arena -> backends, and a backend takes from the core only what
-  `BACKENDS_MAY_IMPORT` lists;
+- imports go one way, app -> ui -> arena -> backends;
+- the border to the backends runs one way: no module under backends/ imports anything of `arena`, not inside a
+  function nor under ``if TYPE_CHECKING:`` (what a backend needs of the core is in `backends.contract`, or comes in
+  its load context);
+- ui/ imports arena's public surface only (``from arena import <a name of arena.PUBLIC>``) and nothing of backends/;
 - the core knows no backend by name: outside arena/registry.py no module of arena/ or ui/ holds a registered
   backend's name or alias as a string (a backend is asked through the registry: its options, precisions, colour,
   whether it can be the reference), but for the short list of reasons in `ALLOWED_NAMES`.
@@ -12,6 +15,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,11 +50,22 @@ def _is_type_checking(test: ast.expr) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
+def public_surface() -> dict[str, str]:
+    """arena's public surface, {name: the module that defines it}, read from arena/__init__.py's ``PUBLIC``."""
+    tree = ast.parse((ROOT / "arena" / "__init__.py").read_text())
+    found = next(node.value for node in tree.body if isinstance(node, ast.Assign)
+                 and any(isinstance(target, ast.Name) and target.id == "PUBLIC" for target in node.targets))
+    surface = ast.literal_eval(found)
+    return {name: target.partition(":")[0] for name, target in surface.items()}
+
+
 def imports_of(path: Path, module: str, modules: set[str]) -> set[str]:
     """The project modules ``module`` imports, at its top or inside functions; imports under ``if TYPE_CHECKING:``
     are left out (they never run). ``from a.b import c`` is a.b.c when that is a module, else a.b; an import of a
     submodule counts as an edge to that submodule only (not to the packages above it, whose ``__init__`` Python
-    also runs)."""
+    also runs). ``from arena import Name`` (the public surface) is an edge to the module that defines Name: arena
+    imports it from there when first asked."""
+    surface = public_surface()
     is_package = path.name == "__init__.py"
     found: set[str] = set()
 
@@ -73,6 +89,9 @@ def imports_of(path: Path, module: str, modules: set[str]) -> set[str]:
                     package = package.rpartition(".")[0]
                 base = f"{package}.{base}" if base else package
             for alias in node.names:
+                if base == "arena" and alias.name in surface:
+                    found.add(surface[alias.name])
+                    continue
                 target = known(f"{base}.{alias.name}") if f"{base}.{alias.name}" in modules else known(base)
                 if target:
                     found.add(target)
@@ -137,23 +156,17 @@ def _loop_in(group: set[str], graph: dict[str, set[str]]) -> list[str]:
 
 
 def test_no_import_loop_among_the_projects_modules():
-    """Imports under ``if TYPE_CHECKING:`` are left out: they never run (backends/base.py names arena.types' classes
-    that way, while arena.types asks the registry, which imports backends.base)."""
+    """Imports under ``if TYPE_CHECKING:`` are left out: they never run."""
     graph = import_graph()
-    assert {"app", "arena.core", "ui.charts", "backends.base", "backends.onnxruntime.backend"} <= set(graph)
-    assert "backends.base" in graph["arena.registry"] and "arena.registry" in graph["arena.types"]
-    assert "arena.types" not in graph["backends.base"]  # only under TYPE_CHECKING
+    assert {"app", "arena.core", "ui.charts", "backends.contract", "backends.onnxruntime.backend"} <= set(graph)
+    assert "backends.contract" in graph["arena.registry"] and "arena.registry" in graph["arena.types"]
     loops = cycles(graph)
     assert not loops, "import loops (each: a module, what it imports, ... back to it):\n" + "\n".join(
         " -> ".join(loop) for loop in loops)
 
 
-BACKENDS_MAY_IMPORT = ("arena.errors", "arena.types", "arena.running.resources")
-
-
 def test_imports_go_one_way():
-    """app -> ui -> arena -> backends; a backend takes from the core only its errors, its types and the CPU budget:
-    what the server knows (secrets, configured endpoints, embedded files) comes in its load context."""
+    """app -> ui -> arena -> backends."""
     problems = []
     for module, imported in sorted(import_graph().items()):
         layer = module.partition(".")[0]
@@ -163,9 +176,60 @@ def test_imports_go_one_way():
                 problems.append(f"{module} imports {target} (a layer above it)")
             elif layer == "backends" and other in ("ui", "app"):
                 problems.append(f"{module} imports {target} (a layer above it)")
-            elif layer == "backends" and other == "arena" and target not in BACKENDS_MAY_IMPORT:
-                problems.append(f"{module} imports {target} (take it from the LoadContext instead)")
     assert not problems, "\n".join(problems)
+
+
+def imported_names(tree: ast.Module) -> Iterator[tuple[int, str]]:
+    """Every absolute module name a module imports (line, name), wherever the import sits: at the top, inside a
+    function, under ``if TYPE_CHECKING:``."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from ((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            yield node.lineno, node.module
+
+
+def test_backends_import_nothing_from_arena():
+    """The border runs one way: a backend takes what it needs of the core from `backends.contract` (errors,
+    prepared inputs, settings, options, the load context with the server's secrets, endpoints, embedded files and
+    CPU budget), never from `arena`, even for a type or inside a function."""
+    paths = sorted((ROOT / "backends").rglob("*.py"))
+    assert ROOT / "backends" / "contract.py" in paths
+    found = [f"{path.relative_to(ROOT).as_posix()}:{line} imports {name}"
+             for path in paths for line, name in imported_names(ast.parse(path.read_text()))
+             if name == "arena" or name.startswith("arena.")]
+    assert not found, "take it from backends.contract or the LoadContext instead:\n" + "\n".join(found)
+
+
+def test_the_ui_imports_arenas_public_surface_only():
+    """ui/ takes the core from ``from arena import ...`` with names of `arena.PUBLIC` (the same at the top or inside
+    a function); never ``arena.<module>`` and never backends/ (the backends' options reach it through arena)."""
+    import arena
+
+    surface = public_surface()
+    assert {"Arena", "ArenaError", "TextRunRequest", "OptionInfo"} <= set(surface)
+    found = []
+    for path in sorted((ROOT / "ui").rglob("*.py")):
+        where = path.relative_to(ROOT).as_posix()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and not node.level and node.module == "arena":
+                found += [f"{where}:{node.lineno} imports arena.{alias.name}, not in arena.PUBLIC"
+                          for alias in node.names if alias.name not in surface]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                if node.module.partition(".")[0] in ("arena", "backends"):
+                    found.append(f"{where}:{node.lineno} imports from {node.module}")
+            elif isinstance(node, ast.Import):
+                found += [f"{where}:{node.lineno} imports {alias.name}" for alias in node.names
+                          if alias.name.partition(".")[0] in ("arena", "backends")]
+    assert not found, "import it `from arena import ...` (add it to arena.PUBLIC if a front end needs it):\n" + \
+        "\n".join(found)
+    # every public name is where PUBLIC says, and plain ``import arena`` imports none of them (a worker's
+    # ``import arena.errors`` stays cheap)
+    for name in surface:
+        assert getattr(arena, name) is not None, name
+    code = "import sys, arena; print(sorted(m for m in sys.modules if m.startswith(('arena.', 'backends'))))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
 def backend_names() -> set[str]:

@@ -21,7 +21,7 @@ from arena.preparing.cache import ArtifactCache
 from arena.preparing.catalog import DEFAULT_TEXT_MODEL
 from arena.public.policy import Policy
 from arena.types import BackendSpec, PreparedText, TextRunRequest
-from backends.base import GenerationSettings, LoadContext
+from backends.contract import GenerationSettings, LoadContext
 from backends.llamacpp_backend import LLAMACPP_INSTALL, LlamaCppBackend, gguf_type_name, parse_hub_gguf
 from tests.backend_contract import BackendContract
 

@@ -80,7 +80,7 @@ def test_the_unet_is_compared_at_every_kept_step_and_a_late_break_is_named_at_it
 
 
 def test_the_kept_steps_are_every_step_or_the_first_the_last_and_a_spread_under_the_caps():
-    from backends.base import UNET_STEPS_MAX, UNET_STEPS_MAX_BYTES, unet_step_indices
+    from backends.hf import UNET_STEPS_MAX, UNET_STEPS_MAX_BYTES, unet_step_indices
 
     assert unet_step_indices(20, 2048) == list(range(20))
     spread = unet_step_indices(100, 2048)

@@ -15,8 +15,9 @@ import pytest
 
 from arena.judging.image_metrics import psnr
 from arena.types import PreparedImage
-from backends.base import GenerationSettings, ImageSettings, diffusers_generate, hf_generate
+from backends.contract import GenerationSettings, ImageSettings
 from backends.conversion.onnx_export import export_pipeline, export_text_model
+from backends.hf import diffusers_generate, hf_generate
 from backends.loops import OrtRunner, components_generate, kv_greedy_generate, kv_step_logits
 
 

@@ -29,7 +29,7 @@ from arena.preparing.cache import ArtifactCache
 from arena.public.policy import ENDPOINTS_VARIABLE
 from arena.running.host import load_context
 from arena.types import BackendSpec, PreparedText
-from backends.base import GenerationSettings, LoadContext
+from backends.contract import GenerationSettings, LoadContext
 from backends.openai_backend import OpenAIBackend, ServerError
 from tests.backend_contract import BackendContract
 from tests.conftest import free_port

@@ -1,5 +1,5 @@
 """The judge's per-precision tables against the precision classes the backends map their names onto
-(`backends.base.PRECISION_CLASSES`): a table that holds every candidate has a row for every class (no silent fall
+(`backends.contract.PRECISION_CLASSES`): a table that holds every candidate has a row for every class (no silent fall
 back to fp32's tolerance, as images at int4 had), a table of same-precision floors has a row for every precision
 a reference can run at, and every class a backend declares is one of the classes."""
 
@@ -9,7 +9,7 @@ import pytest
 
 from arena.judging import localize, verdicts
 from arena.registry import all_backends, tolerance_class
-from backends.base import PRECISION_CLASSES
+from backends.contract import PRECISION_CLASSES
 
 EVERY_CLASS = {"TEXT_TOLERANCES": verdicts.TEXT_TOLERANCES, "IMAGE_TOLERANCES": verdicts.IMAGE_TOLERANCES,
                "UNIT_TOLERANCE": localize.UNIT_TOLERANCE}

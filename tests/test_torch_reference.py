@@ -13,7 +13,7 @@ import pytest
 from arena.errors import ArenaError
 from arena.preparing.cache import ArtifactCache
 from arena.types import BackendSpec, PreparedImage, PreparedText
-from backends.base import LoadContext
+from backends.contract import LoadContext
 from backends.torch_backend import PyTorchBackend, dtype_problem
 
 

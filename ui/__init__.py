@@ -6,8 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from arena.core import Arena
-from arena.sharing.links import carries_settings
+from arena import Arena, carries_settings
 from ui.api import register_api
 from ui.controls import session_of
 from ui.environment_tab import build_environment_tab

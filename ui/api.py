@@ -10,11 +10,19 @@ from typing import Any
 
 import gradio as gr
 
-from arena.core import Arena
-from arena.fields import API_TYPES, FieldInfo, api_docstring, api_parameters
-from arena.judging.check import CHECK_REACH
-from arena.registry import DEFAULT_BACKENDS, default_reference
-from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
+from arena import (
+    API_TYPES,
+    CHECK_REACH,
+    DEFAULT_BACKENDS,
+    Arena,
+    BackendSpec,
+    FieldInfo,
+    ImageRunRequest,
+    TextRunRequest,
+    api_docstring,
+    api_parameters,
+    default_reference,
+)
 from ui.controls import RUN_CONCURRENCY_ID, is_mcp, session_of
 from ui.demos import register_example_api
 
@@ -116,7 +124,7 @@ def make_check(arena: Arena):
         Returns {"broken": bool, "error": str | None, "checks": [{"prompt", "verdict": {"kind", "reason",
         "broken", "metrics"}, "reference_verdict", ...}], ...}.
         """
-        from arena.judging.check import check as run_check
+        from arena import check as run_check
 
         try:
             spec, ref = BackendSpec.from_any(candidate), BackendSpec.from_any(reference or default_reference())

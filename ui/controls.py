@@ -9,10 +9,7 @@ from typing import Any
 
 import gradio as gr
 
-from arena.errors import ArenaError
-from arena.fields import FieldInfo
-from arena.types import BackendSpec
-from backends.base import SERVER_SIDE_KINDS, OptionChoice, OptionInfo
+from arena import SERVER_SIDE_KINDS, ArenaError, BackendSpec, FieldInfo, OptionChoice, OptionInfo
 from ui.format import choice_labels, unavailable_note
 
 RUN_CONCURRENCY_ID = "arena-run"  # every run (UI or API, text or image) shares one slot: timed runs never overlap
@@ -34,7 +31,7 @@ class BackendOptionControls:
 def build_backend_controls(backend_options: dict[str, dict[str, Any]], prefix: str, task: str = "text",
                            allow_paths: bool = True) -> list[BackendOptionControls]:
     """One accordion per backend that runs ``task``: run checkbox, then a widget per option of that task, built
-    from the backend's options (`backends.base.option`): a choice is a radio (a dropdown past three choices)
+    from the backend's options (`backends.contract.option`): a choice is a radio (a dropdown past three choices)
     labelled with why a choice cannot run here, a flag a checkbox, a path or text a textbox.
 
     ``prefix`` keeps element ids unique between tabs ("" for the Text tab, "image-" for the Image tab).
@@ -43,7 +40,7 @@ def build_backend_controls(backend_options: dict[str, dict[str, Any]], prefix: s
     operator configured, by name (left out when there are none). A backend that is not ``enabled_by_default`` (it
     needs a server the user runs) starts unticked.
     """
-    from arena.public.policy import configured_endpoints
+    from arena import configured_endpoints
 
     endpoints = list(configured_endpoints())
     controls = []

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from arena.core import Arena
-from arena.errors import ArenaError
+from arena import Arena, ArenaError
 from ui.controls import RUN_CONCURRENCY_ID, session_of
 
 BROKEN_TEXT = "Example: a broken conversion (ONNX export with damaged attention and MLP weights)"

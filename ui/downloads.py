@@ -14,9 +14,7 @@ from typing import Any
 
 import gradio as gr
 
-from arena.sharing.history import HistoryEntry
-from arena.sharing.links import share_link
-from arena.sharing.reports import write_reports
+from arena import HistoryEntry, share_link, write_reports
 from ui.controls import session_of
 
 
@@ -61,7 +59,7 @@ def page_url(request: gr.Request | None) -> str:
 def names_a_path(request: dict[str, Any]) -> bool:
     """Whether a request's backends carry a folder or file of this server (an export path): a settings link
     would show it to whoever gets the link, and only this server could use it."""
-    from arena.registry import backend_class
+    from arena import backend_class
 
     for backend in request.get("backends") or []:
         try:

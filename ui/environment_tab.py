@@ -6,8 +6,7 @@ from typing import Any
 
 import gradio as gr
 
-from arena.core import Arena
-from arena.running.environment import runtime_facts
+from arena import Arena, runtime_facts
 
 
 def cpu_line(env: dict[str, Any]) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from backends.base import OptionChoice
+from arena import OptionChoice
 from ui.colors import is_reference, state_of
 
 
@@ -182,7 +182,9 @@ def where_markdown(result: dict[str, Any]) -> str:
 def image_where_markdown(where: dict[str, Any]) -> str:
     """The "Where?" line of a localized image backend: the first component that computes something else on the
     reference's inputs (the UNet: at which denoising step), the likely cause, and every component's figures."""
-    from arena.judging.localize_image import TITLES, at_step, summary
+    from arena import IMAGE_COMPONENT_TITLES as TITLES
+    from arena import image_where_at_step as at_step
+    from arena import image_where_figures as summary
 
     figures = f" Each on the reference's inputs (relative error): {summary(where)}." if where.get("per_unit") else ""
     if where["unit"] is None:

@@ -7,10 +7,7 @@ from typing import Any
 
 import gradio as gr
 
-from arena.core import Arena
-from arena.sharing.history import HistoryEntry
-from arena.sharing.links import request_of
-from arena.types import REQUESTS
+from arena import REQUESTS, Arena, HistoryEntry, request_of
 from ui.controls import session_of
 from ui.downloads import report_files
 from ui.share import PRESS_RUN_JS, fill_updates, form_outputs

@@ -9,10 +9,15 @@ from typing import Any
 
 import gradio as gr
 
-from arena.core import Arena
-from arena.judging.verdicts import difference_heatmap
-from arena.preparing.catalog import IMAGE_CATALOG, IMAGE_EXAMPLE_PROMPTS, find_image_catalog_model
-from arena.types import ImageRunRequest, ImageRunResult
+from arena import (
+    IMAGE_CATALOG,
+    IMAGE_EXAMPLE_PROMPTS,
+    Arena,
+    ImageRunRequest,
+    ImageRunResult,
+    difference_heatmap,
+    find_image_catalog_model,
+)
 from ui import controls as ctl
 from ui.charts import image_latency_figure, where_figure
 from ui.demos import BROKEN_IMAGE, GOOD_IMAGE

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from arena.sharing.links import request_from_query, request_of
-from arena.types import ImageRunRequest, TextRunRequest
+from arena import ImageRunRequest, TextRunRequest, request_from_query, request_of
 from ui.controls import backend_updates, form_updates
 
 # After the form is filled, press that tab's Run button (the visible one) in the browser.

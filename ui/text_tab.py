@@ -8,9 +8,7 @@ from typing import Any
 
 import gradio as gr
 
-from arena.core import Arena
-from arena.preparing.catalog import CATALOG, EXAMPLE_PROMPTS, PROMPT_FORMATS, find_catalog_model
-from arena.types import TextRunRequest
+from arena import CATALOG, EXAMPLE_PROMPTS, PROMPT_FORMATS, Arena, TextRunRequest, find_catalog_model
 from ui import controls as ctl
 from ui.charts import position_kl_figure, speed_quality_figure, text_latency_figure, where_figure
 from ui.demos import BROKEN_TEXT, GOOD_TEXT

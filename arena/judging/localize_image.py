@@ -4,8 +4,8 @@ something else, swapped in one at a time.
 The reference runs each component on the run's shared input: the prompts' token ids through its text encoder;
 its own denoising loop once more, untimed, keeping its UNet's input at each denoising step (the classifier-free
 guidance batch, both halves, scaled for that step's timestep, as the pipeline makes it), the timestep and its raw
-prediction, with its own embeddings (every step up to `backends.base.UNET_STEPS_MAX` steps and
-`backends.base.UNET_STEPS_MAX_BYTES` bytes, else the first, the last and an even spread between); its own final
+prediction, with its own embeddings (every step up to `backends.hf.UNET_STEPS_MAX` steps and
+`backends.hf.UNET_STEPS_MAX_BYTES` bytes, else the first, the last and an even spread between); its own final
 latents through its VAE decoder. The candidate runs each of its components on exactly those inputs
 (`Backend.image_component_outputs`), its UNet once per kept step, so each error is the component's own and never
 inherited from the one before (nor from an earlier step). The first component whose relative error

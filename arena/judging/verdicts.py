@@ -7,7 +7,7 @@ ERROR. Every output is first judged on its own (so a broken reference cannot hid
 reference backend of the run. Pure numpy (and scikit-image for SSIM): the core runs this in the UI process.
 
 Tolerances depend on the candidate's precision class (`TEXT_TOLERANCES`, `IMAGE_TOLERANCES`, keyed by
-`backends.base.PRECISION_CLASSES`): each backend maps its own precision names onto a class
+`backends.contract.PRECISION_CLASSES`): each backend maps its own precision names onto a class
 (`Backend.tolerance_class`: a GGUF type, ONNX Runtime's int8-dynamic), so no backend's vocabulary lives here.
 The thresholds of the stand-alone detectors (`GIBBERISH_NLL`, `LOOP_*`, `BLANK_STD`, `NOISE_CORRELATION`) were
 set on the labelled corpus in tests/corpus/ and are held to it by tests/test_verdicts.py.

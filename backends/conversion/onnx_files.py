@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from arena.errors import ArenaError
+from backends.contract import ArenaError
 
 # The ONNX model's metadata: which exporter wrote it, and the wrapper's prefix in the nodes' module scopes.
 EXPORTER_KEY = "arena.exporter"

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from backends.base import LoadContext
+from backends.contract import LoadContext
 
 
 @dataclass(frozen=True)

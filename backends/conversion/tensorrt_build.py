@@ -15,8 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from arena.errors import ArenaError
-from backends.base import LoadContext
+from backends.contract import ArenaError, LoadContext
 from backends.conversion.tensorrt_profiles import Profiles
 
 TRT_INSTALL = ("bash scripts/setup.sh --gpu  # requirements-gpu.txt: tensorrt-cu13 10.x (TensorRT 11 also works "

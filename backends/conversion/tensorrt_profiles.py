@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from arena.errors import ArenaError
+from backends.contract import ArenaError
 
 Shape = tuple[int, ...]
 Profiles = dict[str, tuple[Shape, Shape, Shape]]  # input name -> (min, opt, max)

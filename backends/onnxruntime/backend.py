@@ -9,19 +9,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from arena.errors import ArenaError
-from backends.base import (
-    AVAILABLE,
-    Availability,
-    HFBackend,
-    LoadContext,
-    OptionChoice,
-    ort_session_options,
-    torch_facts,
-)
+from backends.contract import AVAILABLE, ArenaError, Availability, LoadContext, OptionChoice
 from backends.conversion.onnx_export import EXPORTER_TITLES, cached_export, exporter_of, onnx_exporter_facts
 from backends.conversion.onnx_quantize import WeightOnlySettings, cached_dynamic_int8, cached_weight_only
 from backends.conversion.tensorrt_profiles import image_profiles, llm_profiles, to_ort_trt_options
+from backends.hf import HFBackend, ort_session_options, torch_facts
 from backends.onnxruntime.layout import find_onnx_model, find_pipeline_export, pipeline_layout
 from backends.onnxruntime.options import (
     GRAPH_OPTIMIZATION,
@@ -248,7 +240,7 @@ class OnnxRuntimeBackend(HFBackend):
         provider_options: dict[str, Any] = {}
         if provider == "TensorrtExecutionProvider":
             provider_options = self._trt_provider_options(model, spec, Path(onnx_dir), ctx)
-        session_options = ort_session_options(onnxruntime)  # threads from the CPU budget, not os.cpu_count()
+        session_options = ort_session_options(onnxruntime, ctx.threads)  # the CPU budget, not os.cpu_count()
         if spec.threads != "auto":
             session_options.intra_op_num_threads = int(spec.threads)
         session_options.graph_optimization_level = getattr(

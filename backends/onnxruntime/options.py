@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from backends.base import BackendOptions, option
+from backends.contract import BackendOptions, option
 from backends.onnxruntime.providers import GPU_PROVIDERS, PROVIDERS
 
 GRAPH_OPTIMIZATION = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC",

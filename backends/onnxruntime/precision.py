@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# This backend's precision names that are not one of the core's classes (`backends.base.PRECISION_CLASSES`), and
+# This backend's precision names that are not one of the core's classes (`backends.contract.PRECISION_CLASSES`), and
 # the class each is judged as: dynamic int8 quantizes weights and activations to 8 bits.
 TOLERANCE_CLASSES = {"int8-dynamic": "int8"}
 

@@ -21,8 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from arena.errors import ArenaError
-from backends.base import AVAILABLE, Availability, Backend, LoadContext
+from backends.contract import AVAILABLE, ArenaError, Availability, Backend, LoadContext
 from backends.conversion.genai_build import QUANTIZED, GenAIBuildSettings, cached_genai_model
 from backends.onnxruntime_genai.options import GENAI_INSTALL, OnnxRuntimeGenAIOptions
 from backends.onnxruntime_genai.precision import decoder_path, graph_precision
@@ -144,8 +143,6 @@ class OnnxRuntimeGenAIBackend(Backend):
             raise ArenaError(NO_IMAGES)
         import onnxruntime_genai as og
 
-        from arena.running.resources import thread_count
-
         if spec.get("genai_dir"):
             folder, export_cached = find_genai_folder(spec.genai_dir), None
             precision, how = graph_precision(decoder_path(folder))
@@ -159,7 +156,7 @@ class OnnxRuntimeGenAIBackend(Backend):
         genai_config = json.loads((folder / "genai_config.json").read_text())
         self._context_length = int(genai_config["model"].get("context_length") or 0)
         self._vocab_size = int(genai_config["model"].get("vocab_size") or 0)
-        threads = thread_count()  # the CPU budget, not os.cpu_count() (a container's quota is often smaller)
+        threads = ctx.threads  # the CPU budget, not os.cpu_count() (a container's quota is often smaller)
         overlay: dict[str, Any] = {"decoder": {"session_options": {"intra_op_num_threads": threads,
                                                                    "inter_op_num_threads": 1}}}
         if model.eos_token_ids:  # stop on the reference's EOS ids, as every other backend does

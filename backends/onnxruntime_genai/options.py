@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from backends.base import BackendOptions, option
+from backends.contract import BackendOptions, option
 from backends.conversion.genai_build import CPU_PRECISIONS, QUANTIZED
 
 # 0.18.0, the release of this stack (transformers 5): from 0.16.0 on, the model builder imports transformers 5's
