@@ -69,7 +69,7 @@ def test_compare_both_backends_in_the_browser(app_server, page):
     answers = [page.locator(f"#answer-{name} textarea").input_value() for name in ("pytorch", "onnxruntime")]
     assert all(a.strip() for a in answers) and answers[0] == answers[1]
     page.wait_for_function("document.querySelector('#run-status')?.innerText.includes('Verdicts')",
-                           timeout=60_000)
+                           timeout=300_000)  # judging: seconds on a quiet machine, minutes on a loaded one
     status = page.locator("#run-status").inner_text()
     assert "identical token ids" in status and "2 MATCH" in status, status
     assert "MATCH" in page.locator("#panel-onnxruntime").inner_text()
@@ -179,7 +179,7 @@ def test_image_tab_draws_with_both_backends(app_server, page):
         page.locator(f"#image-{name} img").first.wait_for(timeout=30_000)
         assert page.locator(f"#image-{name} img").count() == 1
     page.wait_for_function("document.querySelector('#image-status')?.innerText.includes('Verdicts')",
-                           timeout=60_000)
+                           timeout=300_000)  # judging: seconds on a quiet machine, minutes on a loaded one
     status = page.locator("#image-status").inner_text()
     assert "PSNR vs PyTorch" in status and "2 MATCH" in status, status
     page.locator("#heatmap-onnxruntime img").first.wait_for(timeout=30_000)
