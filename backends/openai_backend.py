@@ -321,6 +321,15 @@ class OpenAIBackend(Backend):
             body["generation_config"] = json.dumps(config)  # transformers serve: exactly the reference's rules
         return body
 
+    def request_body(self, prompt_ids: list[int], settings: GenerationSettings) -> dict[str, Any]:
+        """The body of one generation in the variant ``load`` found (a load sweep sends many at once)."""
+        return self._body(self.variant, prompt_ids, settings)
+
+    def stream(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """POST ``body`` and yield its parsed chunks ({"text", "ids", "count", "finish"}); failures are one-sentence
+        `ServerError`s. Safe from several threads at once (one httpx client, its connection pool)."""
+        return self._stream(body)
+
     def shown_request(self, body: dict[str, Any]) -> str:
         """The request as shown to the user: URL, a masked key, the JSON body with the prompt ids shortened."""
         shown = dict(body)
