@@ -173,6 +173,14 @@ def _sweep_server(arena, spec, request: LoadRunRequest, kind: str, levels, prepa
         max_new_tokens=request.max_new_tokens, eos_token_ids=p.eos_token_ids, pad_token_id=p.pad_token_id,
         ignore_eos=True, rendered_prompt=p.rendered_prompt, user_prompt=p.user_prompt,
         prompt_format=p.prompt_format)) for p in prepared]
+    try:
+        dropped = _fit_body(backend, bodies[0])
+    except Exception as exc:  # noqa: BLE001 - the server refuses every form of the request
+        return server | {"error": str(exc)}
+    if dropped:
+        bodies = [{k: v for k, v in body.items() if k not in dropped} for body in bodies]
+        server["notes"].append(f"the server refuses {', '.join(dropped)}: sent without (an answer cut short by "
+                               "EOS fails its request)")
     server["notes"].append(backend.shown_request(bodies[0]))
     tokenizer = None if backend.ids_from_server else _tokenizer(prepared[0].model_dir)
     pids = server_pids(getattr(backend.client, "base_url", None) and str(backend.client.base_url))
@@ -212,6 +220,29 @@ def _sweep_server(arena, spec, request: LoadRunRequest, kind: str, levels, prepa
     finally:
         backend.unload()
     return server
+
+
+EOS_FIELDS = (("ignore_eos", "min_tokens"), ("logit_bias",))  # dropped in this order when a server refuses them
+
+
+def _fit_body(backend, body: dict[str, Any]) -> tuple[str, ...]:
+    """The ignore-EOS fields this server refuses (a strict server answers 400/422 to fields it does not know; the
+    backend's probe asked without them): a 1-token request with each set of fields dropped in turn."""
+    from backends.openai_backend import ServerError
+
+    dropped: tuple[str, ...] = ()
+    while True:
+        try:
+            for _ in backend.stream({k: v for k, v in body.items() if k not in dropped} | {"max_tokens": 1}):
+                pass
+            return dropped
+        except ServerError as exc:
+            refused = any(f"HTTP {code}" in str(exc) for code in (400, 415, 422))
+            more = next((fields for fields in EOS_FIELDS if not set(fields) <= set(dropped)
+                         and any(f in body for f in fields)), None)
+            if not refused or more is None:
+                raise
+            dropped += more
 
 
 def _one(backend, body: dict[str, Any], prompt_index: int, origin: float, tokenizer) -> RequestRecord:
