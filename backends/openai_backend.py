@@ -134,6 +134,7 @@ class OpenAIBackend(Backend):
     tasks = ("text",)  # no images through this API
     enabled_by_default = False  # it needs a server the user runs
     judging_memo = False  # the server's model can change between two runs
+    serves_concurrent_requests = True  # a load sweep measures it (arena.serving)
 
     def __init__(self) -> None:
         self.client: Any = None

@@ -61,7 +61,7 @@ def test_the_request_says_what_is_wrong_in_one_sentence():
     assert LoadRunRequest().refuse().startswith("Give the server to sweep")
     assert LoadRunRequest(backends=(SERVER,), requests=0).refuse() == "Requests per level must be between 1 and " \
         "10000, not 0."
-    with pytest.raises(ValueError, match="measures OpenAI-compatible servers"):
+    with pytest.raises(ValueError, match=r"measures servers \(openai with base_url=...\), not .pytorch."):
         LoadRunRequest(backends=("pytorch",))
     assert len(LoadRunRequest(backends=(SERVER,)).prompt_list()) == 4
     assert LoadRunRequest(backends=(SERVER,), prompts="a\n\n b ").prompt_list() == ("a", "b")
@@ -118,7 +118,11 @@ def test_llama_cpp_server_sweep_through_the_cli_judged_against_pytorch(llama_ser
     # llama-cpp-python runs one request at a time: at 2 users the second waits its turn (TTFT includes the queue)
     one, two = (lv["figures"] for lv in server["levels"])
     assert two["ttft_s"]["max"] > one["ttft_s"]["min"]
-    assert "1 users" in table and "2 users" in table and "TTFT p50/p90/p99 ms" in table
+    assert "1 user " in table and "2 users" in table and "TTFT p50/p90/p99 ms" in table
+    from ui.load_tab import render
+
+    shown = render(sweep)  # the Load tab's chart (TTFT and ITL p50/p90, total tok/s) and summary table
+    assert len(shown["figure"].data) == 5 and len(shown["rows"]) == 2 and shown["status"].startswith("Done.")
     assert len(report_csv(sweep).splitlines()) == 3 and "| server | level |" in report_markdown(sweep)
     assert (tmp_path / "arena-load.md").read_text().count("python -m arena load") == 1
     print(f"\n{table}")

@@ -10,15 +10,17 @@ from arena.serving.request import LoadRunRequest
 from arena.serving.sweep import PUBLIC_REFUSAL, run_sweep
 
 
-def load_sweep_values(arena, values: dict[str, Any], cancel: threading.Event | None = None) -> dict[str, Any]:
-    """A sweep from {field: value} (an API call's arguments), or {"error": sentence}."""
+def load_sweep_values(arena, values: dict[str, Any], cancel: threading.Event | None = None,
+                      progress=None) -> dict[str, Any]:
+    """A sweep from {field: value} (an API call's or a form's), or {"error": sentence}; ``progress(fraction,
+    description)`` follows it."""
     if arena.policy.public:  # before the values are even read: nothing of a visitor's reaches a server
         return {"task": "load", "error": PUBLIC_REFUSAL, "servers": []}
     try:
         request = LoadRunRequest.from_values({k: v for k, v in values.items() if v is not None})
     except (ValueError, TypeError) as exc:
         return {"task": "load", "error": str(exc), "servers": []}
-    return run_sweep(arena, request, cancel=cancel)
+    return run_sweep(arena, request, progress or (lambda *_: None), cancel=cancel)
 
 
 SUMMARY = ("Sweep OpenAI-compatible servers over concurrency levels (or Poisson request rates): TTFT, inter-token "

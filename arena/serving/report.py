@@ -10,7 +10,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-CSV_COLUMNS = ("server", "level_kind", "level", "requests", "completed", "failed", "ttft_p50_s", "ttft_p90_s",
+CSV_COLUMNS = ("label", "level_kind", "level", "requests", "completed", "failed", "ttft_p50_s", "ttft_p90_s",
                "ttft_p99_s", "itl_p50_s", "itl_p90_s", "itl_p99_s", "e2e_p50_s", "e2e_p90_s", "e2e_p99_s",
                "output_tokens_per_s", "output_tokens_per_s_per_user", "requests_per_s", "goodput_share",
                "goodput_requests_per_s", "verdict", "differ_from_first_level", "busy_machine", "failures")
@@ -22,7 +22,7 @@ def rows(sweep: dict[str, Any]) -> list[dict[str, Any]]:
     for server in sweep.get("servers") or []:
         for level in server.get("levels") or []:
             f, verdict, busy = level["figures"], level.get("verdict") or {}, level.get("machine") or {}
-            row = {"server": server["label"], "level_kind": sweep.get("kind"), "level": level["level"],
+            row = {"label": server["label"], "level_kind": sweep.get("kind"), "level": level["level"],
                    "requests": f["requests"], "completed": f["completed"], "failed": f["failed"],
                    "output_tokens_per_s": f["output_tokens_per_s"],
                    "output_tokens_per_s_per_user": f["output_tokens_per_s_per_user"],
@@ -46,16 +46,18 @@ def _num(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-SUMMARY_HEADER = ("server", "level", "done/sent", "TTFT p50/p90/p99 ms", "ITL p50/p90/p99 ms",
+SUMMARY_HEADER = ("endpoint", "level", "done/sent", "TTFT p50/p90/p99 ms", "ITL p50/p90/p99 ms",
                   "E2E p50/p90/p99 ms", "tok/s total", "tok/s per user", "req/s", "goodput", "verdict", "busy")
 
 
 def summary_rows(sweep: dict[str, Any]) -> list[tuple[str, ...]]:
     """The summary table's cells, as the dashboard, the CLI and the Markdown show them."""
-    unit = " users" if sweep.get("kind") == "concurrency" else " req/s"
     cells = []
     for row in rows(sweep):
-        cells.append((row["server"], f"{row['level']:g}{unit}", f"{row['completed']}/{row['requests']}",
+        level = row["level"]
+        shown = (f"{level:g} user" + ("s" if level != 1 else "")) if sweep.get("kind") == "concurrency" else \
+            f"{level:g} req/s"
+        cells.append((row["label"], shown, f"{row['completed']}/{row['requests']}",
                       "/".join(_ms(row[f"ttft_{p}_s"]) for p in ("p50", "p90", "p99")),
                       "/".join(_ms(row[f"itl_{p}_s"]) for p in ("p50", "p90", "p99")),
                       "/".join(_ms(row[f"e2e_{p}_s"]) for p in ("p50", "p90", "p99")),

@@ -41,12 +41,19 @@ def parse_levels(text: Any, what: str, integer: bool) -> tuple[float, ...]:
     return tuple(values)
 
 
-def _one_server(value: Any) -> tuple[BackendSpec, ...]:
+def server_backends() -> tuple[str, ...]:
+    """The backends a sweep can measure: clients of servers that take concurrent requests (the registry says)."""
+    from arena.registry import all_backends
+
+    return tuple(name for name, cls in all_backends().items() if cls.serves_concurrent_requests)
+
+
+def _servers(value: Any) -> tuple[BackendSpec, ...]:
     specs = parse_backends(value)
     for spec in specs:
-        if spec.backend != "openai":
-            raise ValueError(f"A load sweep measures OpenAI-compatible servers ('openai' with base_url=...), not "
-                             f"'{spec.backend}': the local backends run one request at a time in their worker.")
+        if spec.backend not in server_backends():
+            raise ValueError(f"A load sweep measures servers ({', '.join(server_backends())} with base_url=...), "
+                             f"not '{spec.backend}': the local backends run one request at a time in their worker.")
     return specs
 
 
@@ -60,7 +67,7 @@ class LoadRunRequest(RequestFields):
                                help="the model the server serves, as the arena knows it (catalog key, hub id or "
                                     "folder): its tokenizer renders the prompts and its reference judges the answers")
     backends: tuple[BackendSpec, ...] = request_field(
-        kind="backends", label="Servers", default_factory=tuple, parser=_one_server,
+        kind="backends", label="Servers", default_factory=tuple, parser=_servers,
         help='OpenAI-compatible servers, e.g. {"backend": "openai", "base_url": "http://127.0.0.1:8000/v1"}; each '
              "is swept in turn")
     concurrency: str = request_field("1,2,4,8", kind="text", label="Concurrency levels (users)",

@@ -3,7 +3,7 @@ doing the same work, with its answers judged.
 
 1. Prepare each prompt once (the arena's preparation worker: the model's tokenizer and prompt format) and, unless
    the reference is "off", run it through the reference (PyTorch fp32 in its worker) for its greedy tokens.
-2. For each server: connect and probe it as the text runs do (`backends.openai_backend.OpenAIBackend.load`), send
+2. For each server: connect and probe it as the text runs do (the server backend's ``load``), send
    the warm-up requests (not measured), then each level: a closed loop of ``c`` users each sending its next
    request when the last one ended, or an open loop of Poisson arrivals at ``r`` requests/s. Every level sends the
    same ``requests`` requests (the prompts cycled), greedy, ``max_new_tokens`` each with EOS ignored.
@@ -155,13 +155,13 @@ def server_pids(base_url: str | None) -> tuple[int, ...]:
 def _sweep_server(arena, spec, request: LoadRunRequest, kind: str, levels, prepared, reference, objectives,
                   progress: ProgressFn, cancel) -> dict[str, Any]:
     from arena.preparing.cache import ArtifactCache
+    from arena.registry import backend_class
     from arena.running.host import load_context
     from backends.base import GenerationSettings
-    from backends.openai_backend import OpenAIBackend
 
     server: dict[str, Any] = {"label": spec.label, "spec": spec.to_dict(), "notes": [], "error": None,
                               "levels": [], "stopped_early": None}
-    backend = OpenAIBackend()
+    backend = backend_class(spec.backend)()
     ctx = load_context(ArtifactCache(arena.cache_dir), lambda *a, **k: None)
     try:
         progress(0.0, f"{spec.label}: connecting")
@@ -228,7 +228,7 @@ EOS_FIELDS = (("ignore_eos", "min_tokens"), ("logit_bias",))  # dropped in this 
 def _fit_body(backend, body: dict[str, Any]) -> tuple[str, ...]:
     """The ignore-EOS fields this server refuses (a strict server answers 400/422 to fields it does not know; the
     backend's probe asked without them): a 1-token request with each set of fields dropped in turn."""
-    from backends.openai_backend import ServerError
+    from arena.errors import ArenaError
 
     dropped: tuple[str, ...] = ()
     while True:
@@ -236,7 +236,7 @@ def _fit_body(backend, body: dict[str, Any]) -> tuple[str, ...]:
             for _ in backend.stream({k: v for k, v in body.items() if k not in dropped} | {"max_tokens": 1}):
                 pass
             return dropped
-        except ServerError as exc:
+        except ArenaError as exc:
             refused = any(f"HTTP {code}" in str(exc) for code in (400, 415, 422))
             more = next((fields for fields in EOS_FIELDS if not set(fields) <= set(dropped)
                          and any(f in body for f in fields)), None)
