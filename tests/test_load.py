@@ -15,6 +15,7 @@ import signal
 import threading
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from arena.public.policy import Policy
@@ -176,3 +177,33 @@ def test_a_server_killed_mid_sweep_gives_reasons_and_keeps_the_levels_measured(a
     assert all("\n" not in r and r.endswith("?") for r in reasons), reasons
     assert "failed to reach the server" in (server["stopped_early"] or ""), server
     print(f"\nkilled mid-sweep: {second['figures']['failures']}; {server['stopped_early']}")
+
+
+def test_poisson_arrivals_and_a_short_answer_against_a_small_stdlib_server(tmp_path):
+    """The open loop's arrivals (seeded exponential gaps, the first at once) and the rule that an answer shorter
+    than asked fails its request, against the vLLM-like stdlib server of tests/test_openai_backend.py."""
+    from arena.serving.sweep import _run_level
+    from backends.base import GenerationSettings
+    from tests.test_openai_backend import ANSWER_IDS, PROMPT_IDS, FakeServer, QuietServer, load
+
+    FakeServer.mode, FakeServer.seen = "ok", []
+    server = QuietServer(("127.0.0.1", 0), FakeServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        backend, _ = load({"base_url": f"http://127.0.0.1:{server.server_address[1]}/v1", "model": "served/model"},
+                          tmp_path)
+        full = backend.request_body(list(PROMPT_IDS), GenerationSettings(len(ANSWER_IDS), (2,), 2, ignore_eos=True))
+        records = _run_level(backend, [full], "rate", 5.0, 6, 7, None, lambda done: None, None)
+        assert [r.output_tokens for r in records] == [len(ANSWER_IDS)] * 6 and all(r.ok for r in records)
+        starts = [r.start_s for r in records]
+        gaps = np.random.default_rng(7).exponential(1 / 5.0, size=6)
+        # spread as drawn (the first at once), not all at once; a busy machine only delays them
+        assert starts[-1] - starts[0] >= 0.8 * (gaps.sum() - gaps[0])
+        # The server has only 5 tokens: asked for 8 with EOS ignored, the answer is short and has no finish reason.
+        short = _run_level(backend, [full | {"max_tokens": 8}], "concurrency", 2, 2, 0, None, lambda done: None, None)
+        assert [r.error for r in short] == ["The server ended the answer after 5 of 8 tokens with finish reason "
+                                            "None although EOS is ignored: it cut the answer short."] * 2
+        backend.unload()
+    finally:
+        server.shutdown()
+        server.server_close()
