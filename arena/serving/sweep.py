@@ -173,6 +173,9 @@ def _sweep_server(arena, spec, request: LoadRunRequest, kind: str, levels, prepa
         max_new_tokens=request.max_new_tokens, eos_token_ids=p.eos_token_ids, pad_token_id=p.pad_token_id,
         ignore_eos=True, rendered_prompt=p.rendered_prompt, user_prompt=p.user_prompt,
         prompt_format=p.prompt_format)) for p in prepared]
+    # No log-probabilities: users rarely ask for them, and they cost the server (llama-cpp-python: 5 to 12 times
+    # slower per token here); tokens are counted from the server's ids or the re-tokenized text.
+    bodies = [{k: v for k, v in body.items() if k not in ("logprobs", "top_logprobs")} for body in bodies]
     try:
         dropped = _fit_body(backend, bodies[0])
     except Exception as exc:  # noqa: BLE001 - the server refuses every form of the request
