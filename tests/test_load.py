@@ -124,7 +124,7 @@ def test_llama_cpp_server_sweep_through_the_cli_judged_against_pytorch(llama_ser
 
     shown = render(sweep)  # the Load tab's chart (TTFT and ITL p50/p90, total tok/s) and summary table
     assert len(shown["figure"].data) == 5 and len(shown["rows"]) == 2 and shown["status"].startswith("Done.")
-    assert len(report_csv(sweep).splitlines()) == 3 and "| server | level |" in report_markdown(sweep)
+    assert len(report_csv(sweep).splitlines()) == 3 and "| endpoint | level |" in report_markdown(sweep)
     assert (tmp_path / "arena-load.md").read_text().count("python -m arena load") == 1
     print(f"\n{table}")
 

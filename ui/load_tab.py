@@ -134,21 +134,20 @@ def build_load_tab(arena: Arena) -> LoadTab | None:
     with gr.Accordion("JSON", open=False):
         result_json = gr.JSON(label="sweep")
     tab = LoadTab(fields, servers, run, status, chart, table, report, result_json)
-    names = list(fields)
 
-    def execute(server_text: str, *values: Any, request: gr.Request = None, progress=gr.Progress()):
+    def execute(data: dict, http: gr.Request, progress=gr.Progress()) -> dict:
         from arena.serving.api import load_sweep_values
 
-        form = dict(zip(names, values, strict=True)) | {"backends": parse_servers(server_text)}
-        with arena.stoppable(session_of(request)) as cancel:
-            def follow(fraction: float | None, description: str) -> None:
-                progress(fraction or 0.0, desc=description)
-
-            sweep = load_sweep_values(arena, form, cancel, follow) if form["backends"] else \
-                {"error": "Give the server's base URL (one a line).", "servers": []}
+        form = {name: data[widget] for name, widget in fields.items()} | {"backends": parse_servers(data[servers])}
+        if not form["backends"]:
+            sweep = {"error": "Give the server's base URL (one a line).", "servers": []}
+        else:
+            with arena.stoppable(session_of(http)) as cancel:
+                sweep = load_sweep_values(arena, form, cancel, lambda f, d: progress(f or 0.0, desc=d))
         shown = render(arena.public_view(sweep))
-        return shown["status"], shown["figure"], shown["rows"], shown["report"], shown["json"]
+        return {status: shown["status"], chart: shown["figure"], table: shown["rows"], report: shown["report"],
+                result_json: shown["json"]}
 
-    run.click(execute, [servers, *fields.values()], tab.outputs(), api_visibility="private",
+    run.click(execute, {servers, *fields.values()}, tab.outputs(), api_visibility="private",
               concurrency_limit=1, concurrency_id=RUN_CONCURRENCY_ID)
     return tab

@@ -179,6 +179,7 @@ def _sweep_server(arena, spec, request: LoadRunRequest, kind: str, levels, prepa
     try:
         dropped = _fit_body(backend, bodies[0])
     except Exception as exc:  # noqa: BLE001 - the server refuses every form of the request
+        backend.unload()
         return server | {"error": str(exc)}
     if dropped:
         bodies = [{k: v for k, v in body.items() if k not in dropped} for body in bodies]
