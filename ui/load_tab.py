@@ -81,10 +81,11 @@ def load_figure(sweep: dict[str, Any]) -> go.Figure:
                                  mode="lines+markers", hovertext=hover, legendgroup=name, showlegend=False,
                                  line={"color": "#475569", "dash": DASHES[n % len(DASHES)]},
                                  marker={"color": colors, "size": 10}), row=1, col=3)
+    levels = sorted({lv["level"] for s in sweep.get("servers") or [] for lv in s.get("levels") or []})
     for col in (1, 2, 3):
         fig.update_xaxes(title_text=unit, type="log" if sweep.get("kind") == "concurrency" else "linear",
-                         row=1, col=col)
-    fig.update_layout(height=360, margin={"l": 40, "r": 10, "t": 40, "b": 40},
+                         tickvals=levels, ticktext=[f"{v:g}" for v in levels], row=1, col=col)
+    fig.update_layout(height=380, margin={"l": 40, "r": 10, "t": 60, "b": 40},
                       legend={"orientation": "h", "y": -0.25})
     return fig
 
