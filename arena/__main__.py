@@ -6,6 +6,9 @@
     python -m arena check --model /models/llama --candidate onnxruntime:onnx_dir=/exports/fp32 \\
         --candidate onnxruntime:onnx_dir=/exports/int8
 
+``load`` sweeps OpenAI-compatible servers over concurrency levels (``--concurrency 1,2,4,8``) or Poisson request
+rates (``--rates``): TTFT, inter-token and end-to-end latency percentiles, throughput, goodput and every level's
+answers judged (docs/load.md); ``--report DIR`` writes its JSON, CSV and Markdown.
 ``image`` draws one prompt through each backend and prints each verdict. ``--report DIR`` (text and image) also
 writes the JSON, CSV and Markdown reports the dashboard offers for download. ``text`` prints a table (or
 ``--json``); its exit code is 1 when a backend failed or the token ids disagree with
@@ -120,6 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--localize", action="store_true", help="where did it break: compare each layer's output "
                        "(text) or each component's, text encoder / UNet / VAE decoder (images), with the reference's "
                        "for any candidate (a broken or drifting one always is)")
+    from arena.serving.request import LoadRunRequest
+
+    load = sub.add_parser("load", help="sweep OpenAI-compatible servers over concurrency levels: latency "
+                          "percentiles, throughput, goodput, answers judged at every level")
+    add_arguments(load, LoadRunRequest)
+    load.add_argument("--backend", action="append", type=parse_backend, dest="backends", required=True,
+                      help="repeatable: openai:base_url=http://127.0.0.1:8000/v1[,model=NAME]")
+    load.add_argument("--cache-dir", default=None)
+    load.add_argument("--json", action="store_true", help="print the structured result instead of a table")
+    load.add_argument("--report", metavar="DIR", help="also write the JSON, CSV and Markdown reports into DIR")
     prepare = sub.add_parser("prepare", help="prepare the default models (materialize, export, load once) into the "
                              "cache and exit (a container image's build step, a CI cache); the app does the same "
                              "at start-up")
@@ -133,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "prepare":
         return run_prepare(args, Arena(cache_dir=args.cache_dir))
+    if args.command == "load":
+        return run_load(args, Arena(cache_dir=args.cache_dir))
     if args.command == "check":
         return run_check(args, Arena(cache_dir=args.cache_dir))
     if args.command == "image":
@@ -161,6 +176,32 @@ def write_report(directory: str | None, result: dict, task: str, images: list | 
 
         for path in write_reports(result, task, directory, images=images):
             print(f"... wrote {path}", file=sys.stderr)
+
+
+def run_load(args, arena) -> int:
+    """``load``: the summary table (or ``--json``); exit 1 when the sweep could not run, a server failed, a request
+    failed or a level's answers are broken."""
+    from arena.serving import report
+    from arena.serving.request import LoadRunRequest
+    from arena.serving.sweep import run_sweep
+
+    try:
+        request = LoadRunRequest.from_values(cli_values(args, LoadRunRequest) | {"backends": args.backends})
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    try:
+        sweep = run_sweep(arena, request, phase_printer())
+    finally:
+        arena.close()
+    print(report.report_json(sweep) if args.json else report.text_table(sweep))
+    if args.report:
+        for path in report.write_reports(sweep, args.report):
+            print(f"... wrote {path}", file=sys.stderr)
+    levels = [lv for s in sweep["servers"] for lv in s["levels"]]
+    failed = sweep["error"] or any(s["error"] for s in sweep["servers"]) or \
+        any(lv["figures"]["failed"] or lv["verdict"].get("broken") for lv in levels)
+    return 1 if failed else 0
 
 
 def run_image(args, arena) -> int:

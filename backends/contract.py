@@ -380,6 +380,9 @@ class Backend(ABC):
     # worker's start is mostly these single-threaded imports (onnxruntime, torch: seconds on 2 cores).
     preload_modules: ClassVar[tuple[str, ...]] = ()
     color: ClassVar[str] = ""  # its colour in the charts ("": one of the charts' fallback colours)
+    # A client of a server that takes concurrent streamed requests (`request_body`, `stream`): a load sweep
+    # (arena.serving) can measure it from 1 to N users.
+    serves_concurrent_requests: ClassVar[bool] = False
     # Whether its judging figures may be kept between runs (`arena.judging.memo`): False where the model it runs
     # cannot be known from here (a server can be restarted with other weights between two runs).
     judging_memo: ClassVar[bool] = True

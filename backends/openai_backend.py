@@ -142,6 +142,7 @@ class OpenAIBackend(Backend):
     tasks = ("text",)  # no images through this API
     enabled_by_default = False  # it needs a server the user runs
     judging_memo = False  # the server's model can change between two runs
+    serves_concurrent_requests = True  # a load sweep measures it (arena.serving)
 
     def __init__(self) -> None:
         self.client: Any = None
@@ -328,6 +329,15 @@ class OpenAIBackend(Backend):
                 config["pad_token_id"] = settings.pad_token_id
             body["generation_config"] = json.dumps(config)  # transformers serve: exactly the reference's rules
         return body
+
+    def request_body(self, prompt_ids: list[int], settings: GenerationSettings) -> dict[str, Any]:
+        """The body of one generation in the variant ``load`` found (a load sweep sends many at once)."""
+        return self._body(self.variant, prompt_ids, settings)
+
+    def stream(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """POST ``body`` and yield its parsed chunks ({"text", "ids", "count", "finish"}); failures are one-sentence
+        `ServerError`s. Safe from several threads at once (one httpx client, its connection pool)."""
+        return self._stream(body)
 
     def shown_request(self, body: dict[str, Any]) -> str:
         """The request as shown to the user: URL, a masked key, the JSON body with the prompt ids shortened."""

@@ -10,18 +10,12 @@ the embedded GGUF, and `transformers serve` on the materialized model; then the 
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
@@ -33,6 +27,7 @@ from backends.contract import GenerationSettings, LoadContext
 from backends.openai_backend import OpenAIBackend, ServerError
 from tests.backend_contract import BackendContract
 from tests.conftest import free_port
+from tests.servers import llama_cpp_server, transformers_serve
 
 SECRET = "sk-test-0123456789abcdef"
 PROMPT_IDS = tuple(range(100, 130))
@@ -209,50 +204,6 @@ DEFAULT = "smollm2-135m-instruct"
 PROMPT = "Why should one run machine learning models on-premises?"
 
 
-def wait_until_up(url: str, process: subprocess.Popen, log: Path, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(url + "/models", timeout=2)
-            return
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"The server did not come up at {url}:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-
-
-@contextlib.contextmanager
-def real_server(command: list[str], port: int, log: Path, **env: str):
-    """A server process on 127.0.0.1:port until the block ends (always stopped)."""
-    with open(log, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, **env),
-                                   start_new_session=True)
-        try:
-            wait_until_up(f"http://127.0.0.1:{port}/v1", process, log)
-            yield process
-        finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(10)
-
-
-def llama_cpp_server_missing() -> str | None:
-    if importlib.util.find_spec("llama_cpp") is None:
-        return ("llama-cpp-python[server] is not installed (CMAKE_ARGS=\"-DGGML_NATIVE=OFF\" pip install "
-                "\"llama-cpp-python[server]==0.3.36\")")
-    return None
-
-
-def transformers_serve_missing() -> str | None:
-    if importlib.util.find_spec("openai") is None:
-        return "transformers serve needs transformers[serving] (pip install \"transformers[serving]\")"
-    return None
-
-
 def judged(result: dict) -> list[dict]:
     assert result["error"] is None, result
     return result["results"]
@@ -264,30 +215,15 @@ RUN = {"prompt": PROMPT, "model": DEFAULT, "max_new_tokens": 8, "warmup": 0, "ap
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
     """llama.cpp's server (llama-cpp-python) on the embedded GGUF, once for this module: (url, process)."""
-    from arena.preparing.catalog import CATALOG
-    from arena.preparing.prepare import embedded_gguf_path
-
-    missing = llama_cpp_server_missing()
-    if missing:
-        pytest.skip(missing)
-    port = free_port()
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf_path(CATALOG[0])),
-               "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"]
-    with real_server(command, port, tmp_path_factory.mktemp("llama") / "llama.log") as process:
-        yield f"http://127.0.0.1:{port}/v1", process
+    with llama_cpp_server(tmp_path_factory.mktemp("llama")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def transformers_server(tmp_path_factory):
     """`transformers serve`, once for this module (it loads a model folder on its first request): the URL."""
-    missing = transformers_serve_missing()
-    if missing:
-        pytest.skip(missing)
-    port = free_port()
-    command = [str(Path(sys.executable).with_name("transformers")), "serve", "--host", "127.0.0.1", "--port",
-               str(port), "--log-level", "warning"]
-    with real_server(command, port, tmp_path_factory.mktemp("serve") / "transformers.log", HF_HUB_OFFLINE="1"):
-        yield f"http://127.0.0.1:{port}/v1"
+    with transformers_serve(tmp_path_factory.mktemp("serve")) as (url, _process):
+        yield url
 
 
 @pytest.fixture(scope="module")

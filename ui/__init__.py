@@ -12,6 +12,7 @@ from ui.controls import session_of
 from ui.environment_tab import build_environment_tab
 from ui.history_tab import build_history_tab, wire_history
 from ui.image_tab import build_image_tab
+from ui.load_tab import build_load_tab
 from ui.share import wire_link_fill
 from ui.stored_run import stored_image_updates, stored_text_updates
 from ui.text_tab import build_text_tab
@@ -36,6 +37,8 @@ def build_ui(arena: Arena, warm_up=None) -> gr.Blocks:
                 text = build_text_tab(arena)
             with gr.Tab("Image", id="image"):
                 image = build_image_tab(arena)
+            with gr.Tab("Load", id="load"):
+                build_load_tab(arena)
             with gr.Tab("History", id="history") as history_page:
                 history = build_history_tab(arena)
             with gr.Tab("Environment", id="environment"):

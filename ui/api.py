@@ -105,6 +105,19 @@ def check_values(model: Any, task: Any, prompts: Any, max_new_tokens: Any,
     return model, task, tuple(prompts), int(tokens), int(positions)
 
 
+def make_load_sweep(arena: Arena):
+    """Build the /load_sweep function (`arena.serving`): declared fields, refused in public mode."""
+    from arena.serving.api import SUMMARY, load_sweep_values
+    from arena.serving.request import LoadRunRequest
+
+    def load_sweep(values: dict, request: gr.Request | None) -> dict:
+        with arena.stoppable(session_of(request)) as cancel:
+            return load_sweep_values(arena, values, cancel)
+
+    return request_function(LoadRunRequest, "load_sweep", SUMMARY, "the sweep as JSON (servers[].levels[]: "
+                            "figures, busy-machine marks, verdict, answers).", load_sweep)
+
+
 def make_check(arena: Arena):
     def check(model: str, candidate: Any, task: str = "auto", prompts: list[str] | None = None,
               reference: Any = None, max_new_tokens: int = 48, reach: int = CHECK_REACH,
@@ -214,6 +227,7 @@ def register_api(arena: Arena) -> None:
     trigger.click(make_compare_image(arena), inputs, outputs, api_name="compare_image", concurrency_limit=1,
                   concurrency_id=RUN_CONCURRENCY_ID)
     gr.api(make_check(arena), api_name="check", concurrency_limit=1, concurrency_id=RUN_CONCURRENCY_ID)
+    gr.api(make_load_sweep(arena), api_name="load_sweep", concurrency_limit=1, concurrency_id=RUN_CONCURRENCY_ID)
     register_example_api(arena)
     # Outside the run slot: a stop must not wait behind the run it stops.
     gr.api(make_stop(arena), api_name="stop", concurrency_limit=None)

@@ -45,14 +45,21 @@ def _pressure() -> float | None:
     return None
 
 
-def _own_cpu() -> float | None:
-    """CPU seconds of this process and its children (the workers) so far."""
+def _own_cpu(extra_pids: tuple[int, ...] = ()) -> float | None:
+    """CPU seconds of this process and its children (the workers) so far, and of ``extra_pids`` and theirs (a
+    local model server a load sweep measures: its work is the measurement's, not another's)."""
     try:
         import psutil
 
         me = psutil.Process()
         total = sum(me.cpu_times()[:2])
-        for child in me.children(recursive=True):
+        others = [psutil.Process(pid) for pid in extra_pids if psutil.pid_exists(pid)]
+        family = {p.pid: p for p in me.children(recursive=True)}
+        for process in others:
+            family.setdefault(process.pid, process)
+            family |= {c.pid: c for c in process.children(recursive=True)}
+        family.pop(me.pid, None)
+        for child in family.values():
             try:
                 total += sum(child.cpu_times()[:2])
             except psutil.Error:
@@ -62,12 +69,14 @@ def _own_cpu() -> float | None:
         return None
 
 
-def sample() -> dict[str, Any]:
+def sample(extra_pids: tuple[int, ...] = ()) -> dict[str, Any]:
+    """The machine's counters now (``extra_pids``: processes whose CPU time counts as this app's own)."""
     try:
         load1 = os.getloadavg()[0]
     except OSError:
         load1 = None
-    return {"t": time.monotonic(), "stat": _proc_stat(), "pressure": _pressure(), "own": _own_cpu(), "load1": load1}
+    return {"t": time.monotonic(), "stat": _proc_stat(), "pressure": _pressure(), "own": _own_cpu(tuple(extra_pids)),
+            "load1": load1}
 
 
 def between(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
