@@ -71,6 +71,15 @@ PUBLIC = {
     "backend_class": "arena.registry",
     "share_link": "arena.sharing.links",
     "write_reports": "arena.sharing.reports",
+    # serving under load (the Load tab and /load_sweep)
+    "LoadRunRequest": "arena.serving.request",
+    "server_backends": "arena.serving.request",
+    "load_sweep_values": "arena.serving.api",
+    "LOAD_SWEEP_SUMMARY": "arena.serving.api:SUMMARY",
+    "LOAD_SUMMARY_HEADER": "arena.serving.report:SUMMARY_HEADER",
+    "load_summary_rows": "arena.serving.report:summary_rows",
+    "load_report_markdown": "arena.serving.report:report_markdown",
+    "LOAD_PUBLIC_REFUSAL": "arena.serving.sweep:PUBLIC_REFUSAL",
 }
 __all__ = sorted(PUBLIC)
 

@@ -183,7 +183,7 @@ def test_poisson_arrivals_and_a_short_answer_against_a_small_stdlib_server(tmp_p
     """The open loop's arrivals (seeded exponential gaps, the first at once) and the rule that an answer shorter
     than asked fails its request, against the vLLM-like stdlib server of tests/test_openai_backend.py."""
     from arena.serving.sweep import _run_level
-    from backends.base import GenerationSettings
+    from backends.contract import GenerationSettings
     from tests.test_openai_backend import ANSWER_IDS, PROMPT_IDS, FakeServer, QuietServer, load
 
     FakeServer.mode, FakeServer.seen = "ok", []

@@ -107,8 +107,8 @@ def check_values(model: Any, task: Any, prompts: Any, max_new_tokens: Any,
 
 def make_load_sweep(arena: Arena):
     """Build the /load_sweep function (`arena.serving`): declared fields, refused in public mode."""
-    from arena.serving.api import SUMMARY, load_sweep_values
-    from arena.serving.request import LoadRunRequest
+    from arena import LOAD_SWEEP_SUMMARY as SUMMARY
+    from arena import LoadRunRequest, load_sweep_values
 
     def load_sweep(values: dict, request: gr.Request | None) -> dict:
         with arena.stoppable(session_of(request)) as cancel:

@@ -11,8 +11,7 @@ import gradio as gr
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from arena.core import Arena
-from arena.serving.request import LoadRunRequest
+from arena import Arena, LoadRunRequest
 from ui.colors import fill
 from ui.controls import RUN_CONCURRENCY_ID, field_widget, session_of
 
@@ -37,7 +36,7 @@ class LoadTab:
 def parse_servers(text: str) -> list[dict[str, Any]]:
     """One server a line: "BASE_URL" or "BASE_URL MODEL" (a URL, or an operator's endpoint name), for the first
     backend that measures servers (`arena.serving.request.server_backends`)."""
-    from arena.serving.request import server_backends
+    from arena import server_backends
 
     servers = []
     for line in (text or "").splitlines():
@@ -92,21 +91,21 @@ def load_figure(sweep: dict[str, Any]) -> go.Figure:
 
 def render(sweep: dict[str, Any]) -> dict:
     """The tab's outputs from a sweep's JSON (the API's answer)."""
-    from arena.serving import report
+    from arena import load_report_markdown, load_summary_rows
 
     if sweep.get("error"):
         return {"status": f"**Not run:** {sweep['error']}", "figure": go.Figure(), "rows": [],
                 "report": "", "json": sweep}
     busy = any((lv.get("machine") or {}).get("busy") for s in sweep["servers"] for lv in s["levels"])
     status = "Done." + (" Some levels were timed on a busy machine (see the report)." if busy else "")
-    return {"status": status, "figure": load_figure(sweep), "rows": [list(r) for r in report.summary_rows(sweep)],
-            "report": report.report_markdown(sweep), "json": sweep}
+    return {"status": status, "figure": load_figure(sweep), "rows": [list(r) for r in load_summary_rows(sweep)],
+            "report": load_report_markdown(sweep), "json": sweep}
 
 
 def build_load_tab(arena: Arena) -> LoadTab | None:
     """The form and the results; None on a public server (a sentence says why there is no form)."""
-    from arena.serving.report import SUMMARY_HEADER
-    from arena.serving.sweep import PUBLIC_REFUSAL
+    from arena import LOAD_PUBLIC_REFUSAL as PUBLIC_REFUSAL
+    from arena import LOAD_SUMMARY_HEADER as SUMMARY_HEADER
 
     if arena.policy.public:
         gr.Markdown(PUBLIC_REFUSAL, elem_id="load-refused")
@@ -137,7 +136,7 @@ def build_load_tab(arena: Arena) -> LoadTab | None:
     tab = LoadTab(fields, servers, run, status, chart, table, report, result_json)
 
     def execute(data: dict, http: gr.Request, progress=gr.Progress()) -> dict:
-        from arena.serving.api import load_sweep_values
+        from arena import load_sweep_values
 
         form = {name: data[widget] for name, widget in fields.items()} | {"backends": parse_servers(data[servers])}
         if not form["backends"]:

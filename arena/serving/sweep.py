@@ -157,7 +157,7 @@ def _sweep_server(arena, spec, request: LoadRunRequest, kind: str, levels, prepa
     from arena.preparing.cache import ArtifactCache
     from arena.registry import backend_class
     from arena.running.host import load_context
-    from backends.base import GenerationSettings
+    from backends.contract import GenerationSettings
 
     server: dict[str, Any] = {"label": spec.label, "spec": spec.to_dict(), "notes": [], "error": None,
                               "levels": [], "stopped_early": None}
