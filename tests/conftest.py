@@ -16,13 +16,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
 # Screenshots the browser tests take: a temporary folder (tests never write tracked files), or docs/screenshots when
 # `make screenshots` sets ARENA_SCREENSHOTS (the README's and docs' pictures come from that run).
 SCREENSHOTS = Path(os.environ.get("ARENA_SCREENSHOTS") or
                    Path(os.environ.get("TMPDIR", "/tmp")) / f"arena-screenshots-{os.getpid()}")
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+if str(Path(__file__).resolve().parent.parent) not in sys.path:  # `tests.support` imports from the root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.support import ROOT  # noqa: E402 - after the path set-up
 
 # No test ever reaches a model hub: every model is built here or ships in a package.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -38,7 +39,7 @@ def session_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
-    from tests.tiny_models import build_tiny_llama
+    from tests.support.tiny_models import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
@@ -48,7 +49,7 @@ def arena(session_cache):
     from arena.core import Arena
 
     core = Arena(cache_dir=session_cache,
-                 extra_backends={"segfaulting": "tests.helpers:SegfaultingBackend"})
+                 extra_backends={"segfaulting": "tests.support.helpers:SegfaultingBackend"})
     yield core
     core.close()
 
@@ -117,7 +118,7 @@ def app_server(session_cache, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory) -> Path:
-    from tests.tiny_models import build_tiny_sd
+    from tests.support.tiny_models import build_tiny_sd
 
     return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd") / "pipeline")
 
@@ -127,7 +128,7 @@ def tiny_llama_gguf(tiny_llama, tmp_path_factory) -> Path:
     """A copy of the tiny Llama folder with the same weights and vocabulary as model.gguf (for llama.cpp)."""
     import shutil
 
-    from tests.tiny_models import write_llama_gguf
+    from tests.support.tiny_models import write_llama_gguf
 
     folder = tmp_path_factory.mktemp("tiny-llama-gguf") / "model"
     shutil.copytree(tiny_llama, folder)

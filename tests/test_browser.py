@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -13,7 +12,6 @@ from tests.conftest import SCREENSHOTS
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOT = SCREENSHOTS / "text-arena.png"
 IMAGE_SCREENSHOT = SCREENSHOTS / "image-arena.png"
 HISTORY_SCREENSHOT = SCREENSHOTS / "history.png"

@@ -17,11 +17,11 @@ import pytest
 from gradio_client import Client
 
 from tests.conftest import ROOT, running_app
-from tests.helpers import RssSampler
-from tests.local_hub import LocalHub
+from tests.support.helpers import RssSampler
+from tests.support.local_hub import LocalHub
+from tests.support.tiny_models import CHAT_TEMPLATE
 from tests.test_hub_border import repo_files, tokenizer_config
 from tests.test_mcp import mcp_client
-from tests.tiny_models import CHAT_TEMPLATE
 
 pytestmark = pytest.mark.slow
 

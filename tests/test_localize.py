@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from arena.judging.localize import SIGNATURES, localize
-from tests.export_edits import damage_weight, scale_norm
+from tests.support.export_edits import damage_weight, scale_norm
 
 LAYERS = 6
 UNITS = ["model.embed_tokens"] + [u for i in range(LAYERS) for u in
@@ -223,7 +223,7 @@ def test_gpt_neox_layout_names_attention_inside_and_the_head_last():
 def llama4(tmp_path_factory):
     """A 4-layer tiny Llama and its optimum export (fp32)."""
     from backends.conversion.onnx_export import export_text_model
-    from tests.tiny_models import build_tiny_llama
+    from tests.support.tiny_models import build_tiny_llama
 
     root = tmp_path_factory.mktemp("llama4")
     model = build_tiny_llama(root / "model", layers=4)
@@ -272,7 +272,7 @@ def where_of(arena, model, onnx_dir: str) -> dict:
 
 @pytest.mark.slow
 def test_six_broken_exports_are_localized_and_a_good_or_fair_one_names_no_unit(arena, llama4, tmp_path):
-    from tests.export_edits import weight_only_int8
+    from tests.support.export_edits import weight_only_int8
 
     model, export = llama4
     good = where_of(arena, model, str(export))
@@ -294,7 +294,7 @@ def test_check_localize_on_the_command_line(llama4, session_cache, tmp_path):
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from tests.support import ROOT
 
     model, export = llama4
     damaged = broken_copy(export, tmp_path / "mlp", DAMAGES["middle-mlp"][0])

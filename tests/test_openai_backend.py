@@ -31,8 +31,8 @@ from arena.running.host import load_context
 from arena.types import BackendSpec, PreparedText
 from backends.base import GenerationSettings, LoadContext
 from backends.openai_backend import OpenAIBackend, ServerError
-from tests.backend_contract import BackendContract
 from tests.conftest import free_port
+from tests.support.backend_contract import BackendContract
 
 SECRET = "sk-test-0123456789abcdef"
 PROMPT_IDS = tuple(range(100, 130))

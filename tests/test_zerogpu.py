@@ -19,7 +19,7 @@ import pytest
 from arena.registry import all_backends
 from arena.running import zerogpu
 from arena.types import BackendSpec, ImageRunRequest, PreparedText, TextRunRequest
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 ON = {"SPACES_ZERO_GPU": "true", "SPACES_ZERO_DEVICE_API_URL": "http://127.0.0.1:9"}
 ZERO_GPUS = [{"name": "NVIDIA RTX PRO 6000 Blackwell Server Edition", "capability": "12.0", "memory_gb": 95.0}]
@@ -247,7 +247,7 @@ import json, pickle, sys
 from pathlib import Path
 from arena.running import zerogpu
 from arena.types import BackendSpec, TextRunRequest
-from tests.backend_contract import prepared_text
+from tests.support.backend_contract import prepared_text
 
 decorated = zerogpu.install()
 import spaces
