@@ -882,7 +882,13 @@ class Arena:
             except (WorkerCrashed, WorkerFailed) as exc:
                 return {"unavailable": f"{spec.label} failed to return its layers' outputs: {exc}"}
 
-        reference_out = outputs(ref.spec, None)
+        over_prompt: list[dict] = []  # the reference's units over the prompt: computed once, when a target needs them
+
+        def reference_out() -> dict:
+            if not over_prompt:
+                over_prompt.append(outputs(ref.spec, None))
+            return over_prompt[0]
+
         out = list(results)
         for i in targets:
             r = results[i]
@@ -901,11 +907,12 @@ class Arena:
                     extra = {"where": where | {"from": {"sequence": metrics["onset"]["sequence"],
                                                         "position": metrics["onset"]["position"]}}}
             else:
-                found = reference_out if "unavailable" in reference_out else outputs(r.spec, reference_out["units"])
+                mine = reference_out()
+                found = mine if "unavailable" in mine else outputs(r.spec, mine["units"])
                 if "unavailable" in found:
                     extra = {"where": None, "where_unavailable": found["unavailable"]}
                 else:
-                    extra = {"where": localize(reference_out["outputs"], found["outputs"], reference_out["units"],
+                    extra = {"where": localize(mine["outputs"], found["outputs"], mine["units"],
                                                self._precision(r)[1])}
             problem = metrics.get("decode_problem") or {}
             if problem.get("full_agrees") and extra.get("where") and extra["where"]["unit"] is None:
