@@ -11,7 +11,7 @@ import pytest
 from gradio_client import Client
 
 from arena.running.workers import Worker, run_isolated
-from tests.conftest import running_app
+from tests.support.app import running_app
 from ui.environment_tab import cpu_line, environment_markdown
 
 

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import SCREENSHOTS
+from tests.support.app import SCREENSHOTS
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 

@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.conftest import SCREENSHOTS
+from tests.support.app import SCREENSHOTS
 from tests.test_browser import CHROMIUM_FLAGS, chromium_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]

@@ -53,7 +53,7 @@ def test_broken_example_in_the_browser(app_server):
     MATCH in the panels; then the image tab's broken example: NAN next to MATCH."""
     from playwright.sync_api import sync_playwright
 
-    from tests.conftest import SCREENSHOTS
+    from tests.support.app import SCREENSHOTS
     from tests.test_browser import CHROMIUM_FLAGS, chromium_path
 
     with sync_playwright() as playwright:

@@ -16,8 +16,8 @@ import psutil
 import pytest
 from gradio_client import Client
 
-from tests.conftest import running_app
 from tests.support import ROOT
+from tests.support.app import running_app
 from tests.support.helpers import RssSampler
 from tests.support.local_hub import LocalHub
 from tests.support.tiny_models import CHAT_TEMPLATE

@@ -31,7 +31,7 @@ from arena.running.host import load_context
 from arena.types import BackendSpec, PreparedText
 from backends.base import GenerationSettings, LoadContext
 from backends.openai_backend import OpenAIBackend, ServerError
-from tests.conftest import free_port
+from tests.support.app import free_port
 from tests.support.backend_contract import BackendContract
 
 SECRET = "sk-test-0123456789abcdef"

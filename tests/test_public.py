@@ -10,7 +10,8 @@ import psutil
 import pytest
 from gradio_client import Client
 
-from tests.conftest import ROOT, running_app
+from tests.support import ROOT
+from tests.support.app import running_app
 
 pytestmark = pytest.mark.slow
 

@@ -298,7 +298,7 @@ def test_the_app_starts_with_zerogpus_variables_runs_the_cpu_defaults_and_says_w
         spaces_path, session_cache, tmp_path):
     from gradio_client import Client
 
-    from tests.conftest import running_app
+    from tests.support.app import running_app
 
     with running_app(session_cache, tmp_path, args=("--no-warm-up",), SPACE_ID="local/zerogpu-test",
                      PYTHONPATH=os.pathsep.join([str(ROOT), spaces_path]), **ON) as app:
