@@ -230,6 +230,9 @@ def run_check(args, arena) -> int:
     from arena.judging.check import check, summary_lines
 
     reports = []
+    # One reference, one caller: its passes over the same tokens (the fixed paragraph, its answer) are computed once
+    # for every candidate and prompt of this command, not once per candidate.
+    arena.keep_reference_distributions = True
     try:
         for candidate in args.candidates:
             reports.append(check(arena, args.model, candidate, task=args.task, prompts=tuple(args.prompts),

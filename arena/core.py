@@ -512,6 +512,20 @@ class Arena:
         (the examples' exports) holds it too, so no timing shares them."""
         return self._run_lock
 
+    @property
+    def keep_reference_distributions(self) -> bool:
+        """Keep the reference's teacher-forced distributions between runs (`JudgingStage`): on for one caller
+        running many checks of one reference (`python -m arena check` with several candidates), never in public
+        mode."""
+        return self.judging.keep_reference_distributions
+
+    @keep_reference_distributions.setter
+    def keep_reference_distributions(self, keep: bool) -> None:
+        self.judging.keep_reference_distributions = keep
+
+    def forget_reference_distributions(self) -> None:
+        self.judging.forget_reference_distributions()
+
     def forget_judging(self) -> None:
         """Drop the judging figures kept between runs (benchmarks measure judging from scratch)."""
         self.judging.forget()
@@ -684,6 +698,7 @@ class Arena:
         """Stop every worker (each unloads its model and exits), all at once; a run still going gets no new
         worker."""
         self._closed = True
+        self.judging.forget_reference_distributions()
         stopping = [threading.Thread(target=worker.stop, daemon=True) for worker in list(self._workers.values())]
         for thread in stopping:
             thread.start()

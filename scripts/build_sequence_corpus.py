@@ -1,7 +1,7 @@
 """Build tests/corpus/sequences.json: teacher-forced per-position KL of ONNX exports of the embedded SmolLM2-135M
 against PyTorch fp32 on the first 512 tokens of assets/quality-paragraph.txt.
 
-The exports are the arena's own fp32 export edited as in tests/export_edits.py: fair conversions (the export
+The exports are the arena's own fp32 export edited as in tests/support/export_edits.py: fair conversions (the export
 itself, weights rounded through fp16, 8-bit weight-only), a math change from the first token (one MLP scaled),
 and three bugs that start late in the sequence (positions clamped at 100, positions wrapping every 128, logn
 attention past 128). Run: `.venv/bin/python scripts/build_sequence_corpus.py` (a few minutes on 2 cores).
@@ -29,7 +29,7 @@ def main() -> None:
     from arena.preparing.catalog import DEFAULT_TEXT_MODEL
     from arena.preparing.prepare import QUALITY_PARAGRAPH, QUALITY_PARAGRAPH_TOKENS
     from arena.types import BackendSpec, TextRunRequest
-    from tests.export_edits import (
+    from tests.support.export_edits import (
         clamp_positions,
         fp16_rounded,
         logn_attention,

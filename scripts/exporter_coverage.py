@@ -1,7 +1,7 @@
 """Which of today's architectures each ONNX exporter covers, measured: writes docs/exporters.md.
 
-The matrix of tests/test_architectures.py (the architectures of `tests.architectures`, tiny random models built from
-transformers' own config classes), with its figures: each architecture exported by torch.onnx's dynamo exporter and
+The matrix of tests/test_architectures.py (the architectures of `tests.support.architectures`, tiny random models built
+from transformers' own config classes), with its figures: each architecture exported by torch.onnx's dynamo exporter and
 by ONNX Runtime GenAI's model builder, run by the arena's own loop and compared with the PyTorch fp32 reference.
 
     .venv/bin/python scripts/exporter_coverage.py [--out docs/exporters.md] [--only KEY ...] [--workers 2]
@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tests.architectures import (  # noqa: E402 - after the path set-up
+from tests.support.architectures import (  # noqa: E402 - after the path set-up
     ALL,
     ANSWER_TOKENS,
     BY_KEY,
@@ -101,7 +101,8 @@ def page(cells: list[Cell], seconds: float, prompt_tokens: int) -> str:
         "[backends/conversion/onnx_export.py](../backends/conversion/onnx_export.py)): torch.onnx's dynamo exporter "
         "(`dynamo`, the default) and ONNX Runtime GenAI's model builder at fp32 (`genai-builder`). This page is what "
         "each does with today's architectures, measured: tiny random models built from transformers' own config "
-        "classes ([tests/architectures.py](../tests/architectures.py): 2 layers, hidden size 64, each architecture's "
+        "classes ([tests/support/architectures.py](../tests/support/architectures.py): 2 layers, hidden size 64, "
+        "each architecture's "
         "own quirks kept), exported, run by the arena's own loop "
         "([backends/loops.py](../backends/loops.py)) and compared with the PyTorch fp32 reference. The same matrix "
         "is a test, [tests/test_architectures.py](../tests/test_architectures.py).",

@@ -204,7 +204,7 @@ def gpu_test_files() -> list[str]:
     """The test files holding GPU tests (others may import what a GPU machine lacks, e.g. gradio): those marking
     tests `gpu` themselves, and those whose classes take the shared backend contract (its GPU variant is marked)."""
     return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")
-                  if ("mark.gpu" in (text := p.read_text()) or "tests.backend_contract import" in text)
+                  if ("mark.gpu" in (text := p.read_text()) or "tests.support.backend_contract import" in text)
                   and "import gradio" not in text)
 
 

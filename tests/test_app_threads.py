@@ -11,7 +11,7 @@ import pytest
 from gradio_client import Client
 
 from arena.running.workers import Worker, run_isolated
-from tests.conftest import running_app
+from tests.support.app import running_app
 from ui.environment_tab import cpu_line, environment_markdown
 
 
@@ -33,18 +33,18 @@ def test_workers_size_torch_and_onnxruntime_from_the_budget(tmp_path, monkeypatc
     monkeypatch.setenv("CPU_CORES", "1")
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.delenv(name, raising=False)
-    worker = Worker("threads", "tests.helpers:ThreadProbe", log_dir=tmp_path)
+    worker = Worker("threads", "tests.support.helpers:ThreadProbe", log_dir=tmp_path)
     try:
         seen = worker.call("threads", timeout=120)
     finally:
         worker.stop()
     assert seen == {"env": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, "torch_as_imported": 1, "torch": 1,
                     "ort_intra_op": 1, "ort_inter_op": 1}
-    run_isolated("tests.helpers:isolated_thread_env", str(tmp_path / "env.txt"), description="thread env")
+    run_isolated("tests.support.helpers:isolated_thread_env", str(tmp_path / "env.txt"), description="thread env")
     assert (tmp_path / "env.txt").read_text() == "1 1"
 
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's own setting wins
-    run_isolated("tests.helpers:isolated_thread_env", str(tmp_path / "env.txt"), description="thread env")
+    run_isolated("tests.support.helpers:isolated_thread_env", str(tmp_path / "env.txt"), description="thread env")
     assert (tmp_path / "env.txt").read_text() == "3 1"
 
 

@@ -1,7 +1,7 @@
 """Today's architectures through both exporters of the ONNX Runtime backend, held to the PyTorch fp32 reference.
 
-Each architecture of `tests.architectures` (tiny random models built from transformers' own config classes: Gemma 4,
-Qwen3.5, Ministral 3 / Mistral 3, SmolLM3, gpt-oss, LFM2 and more) is exported once per exporter (torch.onnx's
+Each architecture of `tests.support.architectures` (tiny random models built from transformers' own config classes:
+Gemma 4, Qwen3.5, Ministral 3 / Mistral 3, SmolLM3, gpt-oss, LFM2 and more) is exported once per exporter (torch.onnx's
 dynamo exporter, ONNX Runtime GenAI's model builder) and run by the arena's own loop (`backends.loops`): the
 prompt's logits with an empty cache must be the reference's within the fp32 tolerance the verdicts use, and the
 cached decode path, teacher-forced along the reference's answer, must stay under the fp32 KL floor. An exporter that
@@ -22,9 +22,17 @@ import pytest
 
 from arena.judging.verdicts import POSITION_KL, SAME_PRECISION_FLOOR, TEXT_TOLERANCES
 from backends.conversion.onnx_export import EXPORTER_TITLES
-from tests.architectures import ALL, BY_KEY, EXPORTERS, KNOWN_FAILURES, PROMPT, judge_cell, prepare_all, reference
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
+from tests.support.architectures import (
+    ALL,
+    BY_KEY,
+    EXPORTERS,
+    KNOWN_FAILURES,
+    PROMPT,
+    judge_cell,
+    prepare_all,
+    reference,
+)
 
 # The cells that export and compute the reference's function today: a refusal there is a regression. Any other
 # cell may be refused (in the form below) or, once an exporter learns it, must compute the reference's function.

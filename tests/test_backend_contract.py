@@ -1,4 +1,4 @@
-"""Every registered backend against the same contract (tests/backend_contract.py), on a tiny Llama and a tiny
+"""Every registered backend against the same contract (tests/support/backend_contract.py), on a tiny Llama and a tiny
 Stable Diffusion pipeline built here. A backend's class below says which specs to run; GPU options are exercised
 where a GPU exists, else skipped with the reason. Adding a backend: one class here, or in the backend's own test
 file (tests/test_<name>_backend.py: a server backend's, next to its server fixtures); the meta-test asks for it."""
@@ -10,9 +10,8 @@ from pathlib import Path
 
 from arena.registry import BACKENDS, backend_class
 from arena.types import BackendSpec
-from tests.backend_contract import BackendContract
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
+from tests.support.backend_contract import BackendContract
 
 
 class TestPyTorch(BackendContract):

@@ -3,32 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import SCREENSHOTS
+from tests.support.app import SCREENSHOTS
+from tests.support.browser import CHROMIUM_FLAGS, chromium_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOT = SCREENSHOTS / "text-arena.png"
 IMAGE_SCREENSHOT = SCREENSHOTS / "image-arena.png"
 HISTORY_SCREENSHOT = SCREENSHOTS / "history.png"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
-
-
-def chromium_path() -> str:
-    path = os.environ.get("ARENA_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if not path:
-        message = "Debian's chromium is not installed: sudo apt-get install -y chromium (make test does this)."
-        if os.environ.get("CI"):
-            pytest.fail(message)  # CI must run the browser test, never skip it
-        pytest.skip(message)
-    return path
 
 
 @pytest.fixture
@@ -136,7 +121,7 @@ def test_the_stop_button_ends_a_long_run_and_the_page_says_so(app_server, page):
     assert "Stopping" not in status, status
     assert "STOPPED" in status and "BROKEN" not in status, status
     # The stopped run on a phone: nothing wider than the screen, Run labelled.
-    from tests.test_browser_ui import assert_fits_the_phone
+    from tests.support.browser import assert_fits_the_phone
 
     page.set_viewport_size({"width": 390, "height": 844})
     page.wait_for_timeout(1000)

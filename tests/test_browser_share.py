@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.test_browser import CHROMIUM_FLAGS, chromium_path
+from tests.support.browser import CHROMIUM_FLAGS, chromium_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 

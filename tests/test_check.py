@@ -15,9 +15,9 @@ import pytest
 
 from arena.preparing.catalog import DEFAULT_TEXT_MODEL
 from arena.types import BackendSpec, TextRunRequest
+from tests.support import ROOT
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "Why should one run machine learning models on-premises?"
 
 
@@ -101,7 +101,7 @@ def precision_exports(exports, tmp_path_factory):
     positions wrapping every 128, logn attention past 128), and a fair 8-bit weight-only conversion (weights rounded
     through fp16 are judged in test_verdicts, from their measured curve)."""
 
-    from tests.export_edits import (
+    from tests.support.export_edits import (
         clamp_positions,
         logn_attention,
         scale_cached_values,
@@ -192,7 +192,7 @@ def test_check_reaches_past_the_paragraph(exports, session_cache, tmp_path_facto
     with their onset in the long text and localized there; a decode graph whose positions break after 600 on
     one-token steps only (every full pass exact, the answer far shorter) is WRONG from the long text's last
     positions through its KV cache, and "where" says the cache; the good export stays MATCH at every position."""
-    from tests.export_edits import clamp_cached_positions, clamp_positions
+    from tests.support.export_edits import clamp_cached_positions, clamp_positions
 
     root, good = tmp_path_factory.mktemp("reach-exports"), exports["good"]
     clamped = edited_copy(good, root / "clamped-650", lambda model: clamp_positions(model, 650))
@@ -256,7 +256,7 @@ def image_exports(arena, tmp_path_factory):
 
     rounded = tmp_path_factory.mktemp("rounded-image-export") / "export"
     shutil.copytree(good, rounded)
-    from tests.export_edits import fp16_rounded
+    from tests.support.export_edits import fp16_rounded
 
     for part in ("text_encoder", "unet", "vae_decoder"):
         model = onnx.load(str(rounded / part / "model.onnx"))

@@ -53,8 +53,8 @@ def test_broken_example_in_the_browser(app_server):
     MATCH in the panels; then the image tab's broken example: NAN next to MATCH."""
     from playwright.sync_api import sync_playwright
 
-    from tests.conftest import SCREENSHOTS
-    from tests.test_browser import CHROMIUM_FLAGS, chromium_path
+    from tests.support.app import SCREENSHOTS
+    from tests.support.browser import CHROMIUM_FLAGS, chromium_path
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
@@ -71,7 +71,7 @@ def test_broken_example_in_the_browser(app_server):
             assert expected in status, status
             assert "MATCH" in page.locator("#panel-pytorch").inner_text()
         # The example's result on a phone: nothing wider than the screen (its export folder is in no link).
-        from tests.test_browser_ui import assert_fits_the_phone
+        from tests.support.browser import assert_fits_the_phone
 
         assert "/" not in page.locator("#share-text").inner_text().split("?run=")[-1]
         assert "settings" not in page.locator("#share-text").inner_text()

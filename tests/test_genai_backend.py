@@ -20,7 +20,7 @@ from arena.registry import backend_class, resolve_alias
 from arena.running.host import load_context
 from arena.types import BackendSpec
 from backends.contract import GenerationSettings
-from tests.backend_contract import NEW_TOKENS, prepared_text
+from tests.support.backend_contract import NEW_TOKENS, prepared_text
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("onnxruntime_genai") is None,
                                 reason="onnxruntime-genai is not installed: pip install onnxruntime-genai==0.18.0")

@@ -11,7 +11,7 @@ import pytest
 from arena.sharing.history import RunHistory
 from arena.sharing.links import request_from_query, share_link
 from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 STORED = ROOT / "assets" / "reference-run"
 

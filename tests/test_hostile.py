@@ -16,12 +16,13 @@ import psutil
 import pytest
 from gradio_client import Client
 
-from tests.conftest import ROOT, running_app
-from tests.helpers import RssSampler
-from tests.local_hub import LocalHub
+from tests.support import ROOT
+from tests.support.app import running_app
+from tests.support.helpers import RssSampler
+from tests.support.local_hub import LocalHub
+from tests.support.tiny_models import CHAT_TEMPLATE
 from tests.test_hub_border import repo_files, tokenizer_config
 from tests.test_mcp import mcp_client
-from tests.tiny_models import CHAT_TEMPLATE
 
 pytestmark = pytest.mark.slow
 
@@ -412,9 +413,15 @@ def test_one_client_cannot_stop_anothers_run(hostile):
     assert len(result["results"][0]["token_ids"]) == 48
 
 
-def test_zz_no_canary_anywhere_and_the_cache_under_its_cap(hostile):
-    """Last in this module: every answer, the logs, the cache and every process's environment."""
-    app = hostile["app"]
+def test_no_canary_anywhere_and_the_cache_under_its_cap(hostile):
+    """Every answer, the logs, the cache and every process's environment, after whatever ran before in this module
+    and after an attack and an ordinary run of its own (so it holds when run alone, or first)."""
+    app, hub = hostile["app"], hostile["hub"]
+    hub.add_repo("evil/audit-environ", repo_files(hostile["tiny_llama"], tokenizer_config__json=tokenizer_config(
+        hostile["tiny_llama"], tokenizer_class="ProphetNetTokenizer", vocab_file="/proc/self/environ")))
+    assert "may only name files of the same repository" in sentence(ask(hostile, model="evil/audit-environ"))
+    served = ask(hostile, model="good/tiny")  # the workers this looks into are running
+    assert served["error"] is None and served["results"][0]["error"] is None, served
     pids = [app["pid"]] + [p.pid for p in psutil.Process(app["pid"]).children(recursive=True)]
     places = {f"/proc/{pid}/environ": Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
               for pid in pids}

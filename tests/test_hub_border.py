@@ -16,7 +16,7 @@ import pytest
 from arena.errors import ArenaError
 from arena.public import hub as border
 from arena.public.policy import PublicLimits
-from tests.local_hub import LocalHub
+from tests.support.local_hub import LocalHub
 
 LIMITS = PublicLimits(max_parameters=5e6, max_extra_mb=2.0)
 

@@ -50,7 +50,7 @@ def test_a_users_pipeline_export_is_checked(arena, tiny_sd, tmp_path):
 
 
 def test_an_export_by_diffusers_conversion_script_is_checked(arena, tiny_sd, tmp_path):
-    from tests.tiny_models import export_like_diffusers_script
+    from tests.support.tiny_models import export_like_diffusers_script
 
     export = export_like_diffusers_script(tiny_sd, tmp_path / "diffusers-onnx")
     result = run(arena, tiny_sd, backends=(BackendSpec("pytorch"), BackendSpec("onnxruntime", onnx_dir=str(export))))
@@ -67,7 +67,7 @@ def test_optimum_layout_with_another_exporters_habits_is_checked(arena, tiny_sd,
     each graph what it declares, and the picture matches the reference."""
     import shutil
 
-    from tests.tiny_models import export_like_diffusers_script
+    from tests.support.tiny_models import export_like_diffusers_script
 
     export = export_like_diffusers_script(tiny_sd, tmp_path / "per-row-timestep")
     for part, source in (("text_encoder", "text_encoder"), ("unet", "unet"), ("vae_decoder", "vae")):

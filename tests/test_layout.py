@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from arena.registry import BACKENDS, all_backends
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("arena", "ui", "backends")
 
 # (file, where: the function, class or module-level name holding it, the string): why it may name a backend.

@@ -23,7 +23,7 @@ from arena.public.policy import Policy
 from arena.types import BackendSpec, PreparedText, TextRunRequest
 from backends.contract import GenerationSettings, LoadContext
 from backends.llamacpp_backend import LLAMACPP_INSTALL, LlamaCppBackend, gguf_type_name, parse_hub_gguf
-from tests.backend_contract import BackendContract
+from tests.support.backend_contract import BackendContract
 
 PROMPT = "Why should one run machine learning models on-premises?"
 INSTALLED = importlib.util.find_spec("llama_cpp") is not None

@@ -1,7 +1,7 @@
 """Load sweeps (`arena.serving`, docs/load.md).
 
 Fast: the figures from clock readings (percentiles, throughput, goodput), the request's levels and refusals, the
-public refusal through the API function. Slow: real servers started here on loopback (tests/servers.py):
+public refusal through the API function. Slow: real servers started here on loopback (tests/support/servers.py):
 llama.cpp's server (llama-cpp-python, queueing concurrent requests) swept through the CLI with PyTorch as the
 reference; `transformers serve` with continuous batching, whose total throughput rises from 1 to 2 users; then the
 llama.cpp server killed mid-sweep. Few prompts, few tokens, levels 1 and 2: the timings are not the point.
@@ -24,7 +24,7 @@ from arena.serving.metrics import LevelFigures, Objectives, RequestRecord
 from arena.serving.report import report_csv, report_markdown
 from arena.serving.request import LoadRunRequest
 from arena.serving.sweep import PUBLIC_REFUSAL, run_sweep
-from tests.servers import llama_cpp_server, transformers_serve
+from tests.support.servers import llama_cpp_server, transformers_serve
 
 SERVER = {"backend": "openai", "base_url": "http://127.0.0.1:8000/v1"}
 

@@ -24,7 +24,7 @@ from huggingface_hub.errors import (
 )
 from safetensors.numpy import save
 
-from tests.local_hub import LocalHub
+from tests.support.local_hub import LocalHub
 
 GRANTED, OTHER = "hf_canary_granted", "hf_canary_other"
 CONFIG = json.dumps({"architectures": ["TinyModel"], "model_type": "tiny"})

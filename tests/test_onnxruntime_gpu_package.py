@@ -12,7 +12,6 @@ The wheel (255 MB, cached under .cache/) is put first on the path of the probe a
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
@@ -21,9 +20,9 @@ from arena.running.environment import probe_environment
 from arena.types import BackendSpec, TextRunRequest
 from backends.onnxruntime.backend import OnnxRuntimeBackend
 from backends.onnxruntime.providers import provider_summary, usable_providers
-from tests.helpers import wheel_from_pypi
+from tests.support import ROOT
+from tests.support.helpers import wheel_from_pypi
 
-ROOT = Path(__file__).resolve().parent.parent
 VERSION = "1.31.1"  # the newest onnxruntime-gpu on PyPI when this was written (CUDA 13.0 build)
 HOME = ROOT / ".cache" / "onnxruntime-gpu" / VERSION
 

@@ -25,9 +25,9 @@ from arena.running.host import load_context
 from arena.types import BackendSpec, PreparedText
 from backends.contract import GenerationSettings, LoadContext
 from backends.openai_backend import OpenAIBackend, ServerError
-from tests.backend_contract import BackendContract
-from tests.conftest import free_port
-from tests.servers import llama_cpp_server, transformers_serve
+from tests.support.app import free_port
+from tests.support.backend_contract import BackendContract
+from tests.support.servers import llama_cpp_server, transformers_serve
 
 SECRET = "sk-test-0123456789abcdef"
 PROMPT_IDS = tuple(range(100, 130))

@@ -10,12 +10,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
+
 FIXTURE = ROOT / "tests" / "assets" / "optimum-cli"
 IDS = [1, 45, 120, 7, 300, 12, 88, 5, 230, 17, 64]
 

@@ -10,7 +10,8 @@ import psutil
 import pytest
 from gradio_client import Client
 
-from tests.conftest import ROOT, running_app
+from tests.support import ROOT
+from tests.support.app import running_app
 
 pytestmark = pytest.mark.slow
 
@@ -98,7 +99,7 @@ def test_stop_ends_a_long_run_within_two_seconds_and_the_next_run_works(public_a
 def test_the_page_opens_on_the_shipped_run_with_the_public_limits(public_app):
     from playwright.sync_api import sync_playwright
 
-    from tests.test_browser import CHROMIUM_FLAGS, chromium_path
+    from tests.support.browser import CHROMIUM_FLAGS, chromium_path
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)

@@ -18,7 +18,7 @@ from PIL import Image
 from arena.__main__ import parse_backend
 from arena.sharing.reports import report_csv, report_data, report_markdown, reproduce_command, scrub, write_reports
 from arena.types import BackendSpec
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 STORED = ROOT / "assets" / "reference-run"
 

@@ -13,7 +13,7 @@ import textwrap
 from arena.public import secrets
 from arena.public.policy import Policy, PublicLimits
 from arena.sharing.history import RunHistory, fit
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 CANARY = "hf_canary0123456789abcdefghij"
 

@@ -1,5 +1,5 @@
 """What a model-server backend needs from the contract, shown with a server-like backend that needs no server
-(tests/helpers.py `EchoServerBackend`): the prompt's text in every generation's settings, its run notes in the
+(tests/support/helpers.py `EchoServerBackend`): the prompt's text in every generation's settings, its run notes in the
 panel, warm-up settings that keep them, "url" options as the operator's endpoints by name in public mode, secrets
 hidden there, a "Run" box that starts unticked, no place in the Image tab, verdicts for a precision the arena does
 not know, and the shared contract with the local-model tests skipped."""
@@ -13,10 +13,10 @@ from arena.judging.verdicts import judge_text
 from arena.public.policy import ENDPOINTS_VARIABLE, Policy, configured_endpoints
 from arena.registry import register
 from arena.types import BackendSpec, PreparedText, TextRunRequest
-from tests.backend_contract import BackendContract
-from tests.helpers import EchoServerBackend
+from tests.support.backend_contract import BackendContract
+from tests.support.helpers import EchoServerBackend
 
-register("echo-server", "tests.helpers:EchoServerBackend")
+register("echo-server", "tests.support.helpers:EchoServerBackend")
 
 
 class TestEchoServer(BackendContract):
@@ -39,7 +39,7 @@ class Decoder:
 def test_the_host_hands_over_the_prompt_text_and_appends_the_run_notes(tmp_path):
     from arena.running.host import BackendHost
 
-    host = BackendHost("tests.helpers:EchoServerBackend", str(tmp_path))
+    host = BackendHost("tests.support.helpers:EchoServerBackend", str(tmp_path))
     host._tokenizers["/model"] = Decoder()
     prepared = PreparedText(model_dir="/model", model_name="m", source="local", rendered_prompt="<|user|>Hi",
                             prompt_token_ids=(1, 2), eos_token_ids=(0,), pad_token_id=0, context_length=64,

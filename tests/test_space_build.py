@@ -22,7 +22,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
+
 CPU, GPU, ZEROGPU = ROOT / "requirements.txt", ROOT / "requirements-gpu.txt", ROOT / "requirements-zerogpu.txt"
 # Packages that differ between the CPU and the GPU stack on purpose; every other package is in both files, pinned
 # to the same version.

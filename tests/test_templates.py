@@ -8,7 +8,7 @@ import time
 import pytest
 
 from arena.public.templates import bound_chat_templates
-from tests.tiny_models import CHAT_TEMPLATE
+from tests.support.tiny_models import CHAT_TEMPLATE
 
 MESSAGES = [{"role": "system", "content": "Be brief {12345} %99999."}, {"role": "user", "content": "Hello"}]
 # Shapes real templates use (Llama 3, Qwen, Gemma, Mistral): loops, slices, tojson, format, ~ joins, raise_exception.

@@ -3,10 +3,10 @@
 The ``tensorrt-cu13-bindings`` wheels on PyPI are the real pybind11 modules (1.3 MB each); what they call into
 (``libnvinfer`` and friends, GBs) comes from NVIDIA's own index, which is not reachable here. Their C entry points
 are nine functions, so this test compiles stand-ins for them that return NULL: the real module then imports, with
-its real enums, ``Dims``, ``Logger``, classes, properties and docstring signatures. tests/trt_conformance.py runs
-the backend's builder set-up, engine build and runner on top of doubles generated from those classes (details
-there). It proves the code speaks both versions' Python API; it does not build or run an engine (that needs a GPU:
-the gpu-marked tests and scripts/gpu_check.py).
+its real enums, ``Dims``, ``Logger``, classes, properties and docstring signatures.
+tests/support/trt_conformance.py runs the backend's builder set-up, engine build and runner on top of doubles
+generated from those classes (details there). It proves the code speaks both versions' Python API; it does not build
+or run an engine (that needs a GPU: the gpu-marked tests and scripts/gpu_check.py).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import wheel_from_pypi
+from tests.support import ROOT
+from tests.support.helpers import wheel_from_pypi
 
-ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "tensorrt-bindings"
 VERSIONS = ("10.16.1.11", "11.4.0.106")  # the newest 10.x and 11.x on PyPI when this was written
 
@@ -69,7 +69,7 @@ def test_backend_speaks_the_real_tensorrt_bindings(version):
     package, libs = bindings(version)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(package), str(ROOT)]),
                LD_LIBRARY_PATH=os.pathsep.join(filter(None, [str(libs), os.environ.get("LD_LIBRARY_PATH")])))
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "trt_conformance.py")], env=env,
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "support" / "trt_conformance.py")], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])

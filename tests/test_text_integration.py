@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from arena.core import Arena
@@ -211,3 +213,40 @@ def test_a_repeated_run_reuses_its_judging_figures_until_a_model_changes(arena, 
     edited = run(arena, tiny_llama, backends=backends, prompt="The memo keeps", max_new_tokens=8)
     assert "reused" not in edited.results[1].verdict.metrics["quality"]
     assert "reused" not in edited.results[1].verdict.metrics["decode"]
+
+
+def test_a_check_of_several_candidates_computes_the_references_distributions_once(arena, tiny_llama, session_cache,
+                                                                                   tmp_path):
+    """`python -m arena check` keeps the reference's teacher-forced distributions between its candidates: a second
+    candidate (another copy of the export: nothing of its own is kept) is judged on the files of the first one's
+    run, to the figures the first one got (the two copies are the same model); forgetting them (as closing the
+    arena does) removes them."""
+    import shutil
+
+    from arena.judging.check import check
+
+    export = run(arena, tiny_llama, backends=(BackendSpec("onnxruntime"),)).results[0].load.artifact_dir
+    copies = [shutil.copytree(export, tmp_path / name) for name in ("a", "b")]
+    phases: list[str] = []
+
+    def judged(copy, **kwargs):
+        return check(arena, str(tiny_llama), BackendSpec("onnxruntime", onnx_dir=str(copy)), prompts=(PROMPT,),
+                     max_new_tokens=8, **kwargs)["checks"][0]["verdict"]["metrics"]
+
+    arena.keep_reference_distributions = True
+    try:
+        fresh = judged(copies[0], progress=lambda _f, description: phases.append(description))
+        second = judged(copies[1], progress=lambda _f, description: phases.append(description))
+        folders = list((session_cache / "judging").glob(f".tmp-judging-kept-{os.getpid()}-*"))
+        assert len(folders) == 1 and len(list(folders[0].iterdir())) == 2  # the answer's and the paragraph's
+    finally:
+        arena.keep_reference_distributions = False
+        arena.forget_reference_distributions()
+    assert not folders[0].exists()
+    # once, for the first candidate (its answer and the paragraph; the decode path's tokens are the same answer's)
+    assert sum("teacher-forced reference distributions" in p for p in phases) == 1, phases
+    assert "reused" not in second["quality"] and "reused" not in second["decode"]  # the candidate's own, afresh
+    assert {k: v for k, v in second["quality"].items() if k != "seconds"} == \
+        {k: v for k, v in fresh["quality"].items() if k != "seconds"}
+    assert {k: v for k, v in second["decode"].items() if k != "seconds"} == \
+        {k: v for k, v in fresh["decode"].items() if k != "seconds"}

@@ -3,6 +3,7 @@
 import re
 from pathlib import Path
 
+from tests.support import ROOT
 from ui.charts import text_latency_figure, tick_label
 from ui.colors import STATES, contrast, fill
 from ui.format import panel_header, panel_metrics, ratio_text, run_summary, summary_rows, summary_table
@@ -164,7 +165,6 @@ def test_speed_against_quality_chart_marks_the_reference_and_the_bandwidth_bound
 def test_position_chart_draws_each_candidates_kl_and_marks_a_late_onset():
     """The panel's "where in the sequence" chart, from the measured curve of an export whose positions wrap at 128."""
     import json
-    from pathlib import Path
 
     from arena.judging.verdicts import judge_text
     from ui.charts import position_kl_figure
@@ -208,7 +208,7 @@ def test_huge_figures_read_in_powers_of_ten():
 
 
 def test_every_badge_reads_at_wcag_aa_and_the_css_mirrors_the_colour_map():
-    css = (Path(__file__).resolve().parent.parent / "assets" / "arena.css").read_text()
+    css = (ROOT / "assets" / "arena.css").read_text()
     rules = dict(re.findall(r"\.arena-badge-([a-z]+) \{([^}]*)\}", css))
     assert set(rules) == set(STATES), rules.keys()
     for state, (background, text) in STATES.items():

@@ -33,9 +33,10 @@ from arena.judging.verdicts import (
     text_tolerance,
 )
 from arena.types import BackendSpec
+from tests.support import ROOT
 
 CORPUS = Path(__file__).parent / "corpus"
-REPORT = Path(__file__).resolve().parent.parent / "docs" / "verdict-corpus.md"
+REPORT = ROOT / "docs" / "verdict-corpus.md"
 RECALL_TARGET, FALSE_POSITIVE_TARGET = 0.95, 0.02
 
 

@@ -20,7 +20,7 @@ from arena.running.workers import (
 
 @pytest.fixture
 def toy(tmp_path):
-    worker = Worker("toy", "tests.helpers:Toy", init_args=(100,), log_dir=tmp_path)
+    worker = Worker("toy", "tests.support.helpers:Toy", init_args=(100,), log_dir=tmp_path)
     yield worker
     worker.stop()
 
@@ -33,7 +33,7 @@ def test_call_returns_value_and_forwards_progress(toy):
 
 
 def test_a_hosted_object_is_called_like_itself_and_a_wrong_call_never_crosses_the_pipe(toy):
-    from tests.helpers import Toy
+    from tests.support.helpers import Toy
 
     hosted = Hosted(toy, Toy)
     assert hosted.add(1, 2) == 103 and toy.starts == 1
@@ -77,17 +77,17 @@ def test_stop_ends_the_process(toy):
 
 def test_run_isolated_reports_success_failure_and_crash(tmp_path):
     out = tmp_path / "out.txt"
-    run_isolated("tests.helpers:isolated_ok", str(out), description="toy export")
+    run_isolated("tests.support.helpers:isolated_ok", str(out), description="toy export")
     assert out.read_text() == "done"
     with pytest.raises(WorkerCrashed, match="toy export failed: RuntimeError: exporter said no"):
-        run_isolated("tests.helpers:isolated_raise", description="toy export")
+        run_isolated("tests.support.helpers:isolated_raise", description="toy export")
     with pytest.raises(WorkerCrashed) as refused:  # a user's sentence from the target is shown as it is
-        run_isolated("tests.helpers:isolated_refuse", description="toy export")
+        run_isolated("tests.support.helpers:isolated_refuse", description="toy export")
     assert str(refused.value) == "The toy exporter cannot export ToyForCausalLM (toy): its cache is not a KV cache."
     log = tmp_path / "log.txt"
     log.write_text("")
     with pytest.raises(WorkerCrashed, match="toy export crashed: the process was killed by SIGSEGV"):
-        run_isolated("tests.helpers:segfault", description="toy export", log_path=Path(log))
+        run_isolated("tests.support.helpers:segfault", description="toy export", log_path=Path(log))
 
 
 def test_stop_ends_the_call_and_everything_it_started_within_a_second(toy, tmp_path):
@@ -221,7 +221,7 @@ def test_a_worker_over_its_memory_limit_is_stopped_with_a_sentence_and_the_next_
 
 
 def test_the_kernel_refuses_a_worker_memory_past_its_data_limit(tmp_path):
-    worker = Worker("capped", "tests.helpers:Toy", log_dir=tmp_path, data_limit=600 << 20)
+    worker = Worker("capped", "tests.support.helpers:Toy", log_dir=tmp_path, data_limit=600 << 20)
     try:
         limit = MemoryLimit(limit=8 << 30, what="The capped toy")
         words = "The capped toy asked for more memory than its limit of 0.6 GB on this server allows"

@@ -19,7 +19,7 @@ import pytest
 from arena.registry import all_backends
 from arena.running import zerogpu
 from arena.types import BackendSpec, ImageRunRequest, PreparedText, TextRunRequest
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 ON = {"SPACES_ZERO_GPU": "true", "SPACES_ZERO_DEVICE_API_URL": "http://127.0.0.1:9"}
 ZERO_GPUS = [{"name": "NVIDIA RTX PRO 6000 Blackwell Server Edition", "capability": "12.0", "memory_gb": 95.0}]
@@ -247,7 +247,7 @@ import json, pickle, sys
 from pathlib import Path
 from arena.running import zerogpu
 from arena.types import BackendSpec, TextRunRequest
-from tests.backend_contract import prepared_text
+from tests.support.backend_contract import prepared_text
 
 decorated = zerogpu.install()
 import spaces
@@ -298,7 +298,7 @@ def test_the_app_starts_with_zerogpus_variables_runs_the_cpu_defaults_and_says_w
         spaces_path, session_cache, tmp_path):
     from gradio_client import Client
 
-    from tests.conftest import running_app
+    from tests.support.app import running_app
 
     with running_app(session_cache, tmp_path, args=("--no-warm-up",), SPACE_ID="local/zerogpu-test",
                      PYTHONPATH=os.pathsep.join([str(ROOT), spaces_path]), **ON) as app:

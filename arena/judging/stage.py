@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,11 @@ class JudgingStage:
         self.policy = policy
         self._scratch_root = Path(scratch_root)
         self.memo = JudgingMemo()  # judging figures kept between runs (`arena.judging.memo`)
+        # The reference's teacher-forced distributions kept between runs (`_reference_distributions`): off unless
+        # one caller at a time runs many checks of one reference (`python -m arena check`, several candidates).
+        self.keep_reference_distributions = False
+        self._kept_distributions: dict[tuple[str, str], tuple[str, int, dict | None]] = {}  # in use order
+        self._kept_dir: str | None = None
 
     def forget(self) -> None:
         """Drop the judging figures kept between runs (benchmarks measure judging from scratch)."""
@@ -253,10 +259,67 @@ class JudgingStage:
                     {"reused": reused} if reused else {})
         return out
 
+    def forget_reference_distributions(self) -> None:
+        """Remove the reference's distributions kept between runs (`keep_reference_distributions`)."""
+        if self._kept_dir is not None:
+            import shutil
+
+            shutil.rmtree(self._kept_dir, ignore_errors=True)
+        self._kept_dir, self._kept_distributions = None, {}
+
+    KEPT_DISTRIBUTION_BYTES = 600 * 2**20  # the reference's files kept between runs (the last ones used stay)
+
     def _reference_distributions(self, prepared: PreparedText, ref, sequences: list, scratch: str, progress,
                                  cancel: threading.Event | None, deadline: float | None) -> dict[str, Any]:
         """The reference's distributions over ``sequences``, written to ``scratch`` (`BackendHost.quality_reference`),
-        or {"unavailable": why}."""
+        or {"unavailable": why}. With ``keep_reference_distributions`` (local mode, a reference whose model is
+        known: `arena.judging.memo`) the files are kept between runs under (the reference's identity, the sequence's
+        token ids): a ``check`` of many candidates computes the reference's passes over the same tokens once."""
+        ref_id = self._identity(prepared, ref) if self.keep_reference_distributions and not self.policy.public \
+            else None
+        if ref_id is None:
+            return self._compute_reference_distributions(prepared, ref, sequences, scratch, progress, cancel,
+                                                         deadline)
+        keys = {name: (ref_id, digest([start, *ids])) for name, ids, start in sequences}
+        missing = list({keys[s[0]]: s for s in sequences if keys[s[0]] not in self._kept_distributions}.values())
+        if missing:
+            found = self._compute_reference_distributions(prepared, ref, missing, scratch, progress, cancel,
+                                                          deadline)
+            if "unavailable" in found:
+                return found
+            if self._kept_dir is None or not os.path.isdir(self._kept_dir):
+                import tempfile
+
+                self._kept_dir = tempfile.mkdtemp(prefix=f".tmp-judging-kept-{os.getpid()}-",
+                                                  dir=os.path.dirname(scratch))
+            for name, path, positions in found["sequences"]:
+                kept = os.path.join(self._kept_dir, f"{len(self._kept_distributions)}-{time.monotonic_ns()}-"
+                                    f"{os.path.basename(path)}")
+                os.replace(path, kept)  # the same folder's parent: a rename
+                self._kept_distributions[keys[name]] = (kept, positions, found["self_sequences"].get(name))
+        out: dict[str, Any] = {"sequences": [], "self_sequences": {}}
+        used = []
+        for name, _, _ in sequences:
+            if keys[name] in self._kept_distributions:  # (a sequence too short to predict anything has no file)
+                path, positions, figures = self._kept_distributions.pop(keys[name])
+                self._kept_distributions[keys[name]] = (path, positions, figures)  # the last used go last
+                used.append(keys[name])
+                out["sequences"].append((name, path, positions))
+                if figures is not None:
+                    out["self_sequences"][name] = figures
+        size = sum(os.path.getsize(path) for path, _, _ in self._kept_distributions.values())
+        for key in list(self._kept_distributions):  # the least recently used go first; this run's stay
+            if size <= self.KEPT_DISTRIBUTION_BYTES:
+                break
+            if key not in used:
+                path = self._kept_distributions.pop(key)[0]
+                size -= os.path.getsize(path)
+                os.remove(path)
+        return out
+
+    def _compute_reference_distributions(self, prepared: PreparedText, ref, sequences: list, scratch: str,
+                                         progress, cancel: threading.Event | None,
+                                         deadline: float | None) -> dict[str, Any]:
         try:
             found = self._host(ref.spec).quality_reference(
                 prepared, ref.spec, sequences, scratch, progress=progress,

@@ -25,7 +25,7 @@ from pathlib import Path
 import tensorrt_bindings as trt
 
 sys.modules["tensorrt"] = trt  # what `import tensorrt` gives where the full package is installed
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402  (after the alias: the backend imports tensorrt lazily)
 

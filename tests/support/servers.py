@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.support.app import free_port
 
 
 def wait_until_up(url: str, process: subprocess.Popen, log: Path, timeout: float = 90) -> None:

@@ -16,7 +16,7 @@ def _modules(model) -> list[tuple[object, str]]:
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from backends.conversion.onnx_layers import SCOPE_PREFIX_KEY, node_module
 
     prefix = {p.key: p.value for p in model.metadata_props}.get(SCOPE_PREFIX_KEY, "")

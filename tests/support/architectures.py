@@ -1,5 +1,5 @@
-"""Tiny random-weight models of today's architectures, built locally from transformers' own config classes (no
-network): 2 layers, hidden size 64, a few heads, the 400-token vocabulary of `tests.tiny_models.build_tokenizer`,
+"""Tiny random-weight models of today's architectures, built locally from transformers' own config classes (no network):
+2 layers, hidden size 64, a few heads, the 400-token vocabulary of `tests.support.tiny_models.build_tokenizer`,
 seeded. Each folder holds what a Hub repository would: config.json, fp32 model.safetensors, the tokenizer and a
 generation_config.json. Each architecture keeps its own quirks (per-layer-type head sizes, sliding windows shorter
 than the test prompt so the window really cuts, no-RoPE layers, linear-attention or convolution layers, a handful of
@@ -186,7 +186,7 @@ def build_architecture(arch: Architecture | str, path: str | Path, seed: int = 0
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, GenerationConfig
 
-    from tests.tiny_models import build_tokenizer
+    from tests.support.tiny_models import build_tokenizer
 
     arch = BY_KEY[arch] if isinstance(arch, str) else arch
     path = Path(path)
