@@ -62,13 +62,7 @@ def running_app(cache_dir: Path, log_dir: Path, preexec_fn=None, args: tuple[str
         # SIGTERM, as a Space restart or docker stop sends it: the app must end with every worker and what they
         # started (app.py's stop_on_sigterm), not leave them running on
         started = psutil.Process(process.pid).children(recursive=True) if process.poll() is None else []
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        stop_process(process, 30)
         log.close()
         _, left = psutil.wait_procs(started, timeout=10)
         named = []
@@ -77,3 +71,14 @@ def running_app(cache_dir: Path, log_dir: Path, preexec_fn=None, args: tuple[str
                 named.append(" ".join(child.cmdline()) or child.name())
                 child.kill()
         assert not named, f"the app left {named} running after SIGTERM"
+
+
+def stop_process(process: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM (as a Space restart or docker stop sends it), then SIGKILL after ``grace_s``."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.app import free_port
+from tests.support.app import free_port, stop_process
 
 
 def wait_until_up(url: str, process: subprocess.Popen, log: Path, timeout: float = 90) -> None:
@@ -41,13 +40,7 @@ def real_server(command: list[str], port: int, log: Path, **env: str):
             wait_until_up(f"http://127.0.0.1:{port}/v1", process, log)
             yield process
         finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(10)
+            stop_process(process, 15)
 
 
 def llama_cpp_server_missing() -> str | None:
