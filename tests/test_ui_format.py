@@ -330,3 +330,28 @@ def test_the_image_chart_names_a_backend_that_failed():
                         "verdict": {"kind": "NAN", "broken": True}}], "reference_index": 0}
     figure = image_latency_figure(run)
     assert any("Not timed, the run failed: ONNX Runtime (NAN)" in a.text for a in figure.layout.annotations)
+
+
+def test_a_run_sends_an_image_or_a_chart_again_only_when_it_changed():
+    """Every step of a run renders every output; an image or chart sent again is drawn again (it blinks out while
+    the browser fetches the new file), so only the outputs that changed go to the page."""
+    from types import SimpleNamespace
+
+    import gradio as gr
+    import numpy as np
+
+    from ui.charts import image_latency_figure
+    from ui.downloads import show_and_keep
+
+    first, second = np.zeros((8, 8, 3), np.uint8), np.full((8, 8, 3), 7, np.uint8)
+    steps = [SimpleNamespace(step=i, error=None, results=[object()], phase="stopped" if i == 3 else "running",
+                             image=first if i < 2 else second) for i in range(4)]
+
+    def render(step):
+        return {"status": f"step {step.step}", "image": gr.update(value=step.image.copy(), visible=True),
+                "chart": image_latency_figure({})}
+
+    sent = list(show_and_keep(None, None, "image", iter(steps), render, None))
+    assert [sorted(update) for update in sent] == [["chart", "image", "status"], ["status"], ["image", "status"],
+                                                   ["status"]]
+    assert sent[2]["image"]["value"][0, 0, 0] == 7

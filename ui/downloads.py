@@ -4,6 +4,7 @@ link that opens the dashboard with the same settings."""
 from __future__ import annotations
 
 import atexit
+import hashlib
 import os
 import shutil
 import tempfile
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import numpy as np
 
 from arena import HistoryEntry, share_link, write_reports
 from ui.controls import session_of
@@ -100,12 +102,42 @@ def moved_on(tab, result) -> dict:
     return {} if result.error and not result.results else {tab.share: "", tab.downloads: None}
 
 
+_UNSEEN = object()
+
+
+def fingerprint(value: Any) -> Any:
+    """What an output's value looks like, cheaply comparable: a run re-renders every output at each of its steps,
+    and an image or chart sent again is drawn again (the picture blinks out while the browser fetches the new file:
+    a phone on a slow link sees an empty box each step). Only what changed is sent."""
+    if isinstance(value, np.ndarray):
+        return ("array", value.shape, value.dtype.str, hashlib.blake2b(value.tobytes(), digest_size=16).digest())
+    if isinstance(value, dict):
+        return tuple(sorted((str(key), fingerprint(item)) for key, item in value.items()))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, *(fingerprint(item) for item in value))
+    if hasattr(value, "to_json") and hasattr(value, "to_plotly_json"):  # a plotly figure
+        return ("figure", value.to_json())
+    try:
+        hash(value)
+    except TypeError:
+        return ("repr", repr(value))
+    return value
+
+
 def show_and_keep(arena, tab, task: str, results, render, http: gr.Request | None):
     """A run's updates: ``render(result)`` for each partial result; once finished, keep the run (History) and
     offer its reports and its link (not for a run refused before any backend ran)."""
     final = None
+    shown: dict = {}  # output -> fingerprint of what the page shows now
     for final in results:
-        yield render(final)
+        fresh = {}
+        for output, value in render(final).items():
+            seen = fingerprint(value)
+            if shown.get(output, _UNSEEN) != seen:
+                fresh[output] = value
+                shown[output] = seen
+        if fresh:
+            yield fresh
     if final is not None and final.error and not final.results:
         return  # refused or failed before any backend ran: nothing to keep, no link to settings that cannot run
     if final is not None and final.phase == "stopped":
