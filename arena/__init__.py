@@ -36,6 +36,9 @@ PUBLIC = {
     "ImageRunResult": "arena.types",
     "REQUESTS": "arena.types",
     "TextRunRequest": "arena.types",
+    "Task": "arena.tasks",
+    "TASKS": "arena.tasks",
+    "task_of": "arena.tasks",
     # request fields and backends as the forms and the API describe them
     "API_TYPES": "arena.fields",
     "FieldInfo": "arena.fields",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from arena import Arena, ArenaError
+from arena import Arena, ArenaError, task_of
 from ui.controls import RUN_CONCURRENCY_ID, session_of
 
 BROKEN_TEXT = "Example: a broken conversion (ONNX export with damaged attention and MLP weights)"
@@ -25,7 +25,7 @@ EXAMPLE_DOCS = {
 
 def make_example(arena: Arena, task: str):
     """``/example_text`` or ``/example_image``: the server's own request (no path from the caller), run to the end."""
-    prepare = arena.demos.text_request if task == "text" else arena.demos.image_request
+    prepare = task_of(task).step(arena.demos, "{}_request")
 
     def run_to_end(run, cancel):
         final = None

@@ -16,7 +16,7 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
-from arena import HistoryEntry, share_link, write_reports
+from arena import HistoryEntry, share_link, task_of, write_reports
 from ui.controls import session_of
 
 
@@ -143,6 +143,6 @@ def show_and_keep(arena, tab, task: str, results, render, http: gr.Request | Non
     if final is not None and final.phase == "stopped":
         return  # stopped by the visitor: unjudged, not a run to keep or share
     if final is not None:
-        images = [r.image for r in final.results] if task == "image" else None
+        images = [r.image for r in final.results] if task_of(task).pictures else None
         kept = keep_run(arena, task, arena.public_view(final.to_dict()), http, images=images)
         yield {tab.share: kept.link, tab.downloads: kept.files}

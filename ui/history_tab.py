@@ -7,7 +7,7 @@ from typing import Any
 
 import gradio as gr
 
-from arena import REQUESTS, Arena, HistoryEntry, request_of
+from arena import Arena, HistoryEntry, request_of, task_of
 from ui.controls import session_of
 from ui.downloads import report_files
 from ui.share import PRESS_RUN_JS, fill_updates, form_outputs
@@ -39,7 +39,7 @@ def _cells(entry: HistoryEntry | None, result: dict[str, Any] | None) -> list[st
     verdict = result.get("verdict") or {}
     kind = verdict.get("kind") or ("ERROR" if result.get("error") else "–")
     t = result.get("timings") or {}
-    if entry.task == "image":
+    if task_of(entry).pictures:
         psnr = result.get("psnr_vs_reference_db")
         return [f"**{kind}**", f"{t['total_s']:.2f} s" if t.get("total_s") else "–", "–",
                 "identical" if result.get("identical_to_reference") else f"PSNR {psnr} dB" if psnr else "–",
@@ -62,15 +62,15 @@ def comparison_markdown(a: HistoryEntry | None, b: HistoryEntry | None) -> str:
              "| Time | " + " | ".join(e.created if e else "–" for e in runs) + " |",
              "| Task | " + " | ".join(e.task if e else "–" for e in runs) + " |"]
     task = (a or b).task
-    fields = [info for info in REQUESTS[task].fields() if info.kind != "backends"]
+    fields = [info for info in task_of(task).request.fields() if info.kind != "backends"]
     lines += [f"| {info.label} | {setting(a, info.name)} | {setting(b, info.name)} |" for info in fields]
     labels: list[str] = []
     for entry in runs:
         for r in (entry.run.get("results") or []) if entry else []:
             if r["label"] not in labels:
                 labels.append(r["label"])
-    rows = ("Verdict", "Tokens/s", "TTFT", "Answer", "Why") if task == "text" else \
-        ("Verdict", "Total", "–", "vs reference", "Why")
+    rows = ("Verdict", "Total", "–", "vs reference", "Why") if task_of(task).pictures else \
+        ("Verdict", "Tokens/s", "TTFT", "Answer", "Why")
     for label in labels:
         found = [next((r for r in (e.run.get("results") or []) if r["label"] == label), None) if e else None
                  for e in runs]

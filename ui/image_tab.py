@@ -54,9 +54,24 @@ class ImageTab:
     where_chart: gr.Plot | None = None  # each component's error on the reference's inputs: which one breaks
     summary: gr.HTML | None = None  # under the status line: one row per backend (`format.summary_table`)
 
+    task = "image"
+
     @property
     def model(self) -> gr.components.Component:
         return self.fields["model"]
+
+    @property
+    def form_panels(self) -> list[ImagePanel]:
+        return self.panels
+
+    def render_dict(self, run: dict[str, Any], pictures: list, selected: set[str]) -> dict:
+        """A kept run's updates, its pictures in its results' order (missing ones None)."""
+        count = len(run.get("results") or [])
+        return render_image_dict(self, run, (list(pictures) + [None] * count)[:count], selected)
+
+    @staticmethod
+    def summary_text(run: dict[str, Any]) -> str:
+        return image_summary(run)
 
     def idle_updates(self, selected: set[str]) -> dict:
         """Every panel emptied before a run of ``selected`` (or when a link's settings replace what the page

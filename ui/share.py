@@ -25,8 +25,8 @@ def form_outputs(text, image, tabs) -> list:
 
 def fill_updates(text, image, tabs, task: str, request: TextRunRequest | ImageRunRequest) -> dict:
     """A request's fields and backends into its tab's form (`form_updates`), and that tab selected."""
-    tab, panels = (text, text.backends) if task == "text" else (image, image.panels)
-    return (form_updates(tab.fields, request) | backend_updates(panels, request.backends)
+    tab = next(tab for tab in (text, image) if tab.task == task)
+    return (form_updates(tab.fields, request) | backend_updates(tab.form_panels, request.backends)
             | {tabs: gr.Tabs(selected=task)})
 
 
@@ -47,7 +47,7 @@ def wire_link_fill(demo: gr.Blocks, arena, text, image, tabs, note: gr.Markdown)
         if found is None:  # no link: change nothing (an empty dict would be one output value, an error badge)
             return {note: gr.update()}
         task, run = found
-        tab = text if task == "text" else image
+        tab = next(tab for tab in (text, image) if tab.task == task)
         # The panels show no earlier run (not the stored one): what they will show is this link's, once run.
         idle = tab.idle_updates({spec.backend for spec in run.backends}) | {tab.status: ""}
         return {note: f"<span class='arena-badge arena-badge-ok'>LINK</span> The {task} settings from your link "
@@ -55,9 +55,6 @@ def wire_link_fill(demo: gr.Blocks, arena, text, image, tabs, note: gr.Markdown)
 
     def kept_result(entry_id: str, request: gr.Request) -> dict:
         from ui.downloads import link_markdown
-        from ui.format import image_summary, run_summary
-        from ui.image_tab import render_image_dict
-        from ui.text_tab import render_run
 
         found = arena.history.find(entry_id)
         if found is None:
@@ -67,15 +64,13 @@ def wire_link_fill(demo: gr.Blocks, arena, text, image, tabs, note: gr.Markdown)
         entry, pictures = found
         run = entry.run
         selected = {r.get("backend") for r in run.get("results") or []}
-        tab = text if entry.task == "text" else image
+        tab = next(tab for tab in (text, image) if tab.task == entry.task)
         try:
             filled = fill_updates(text, image, tabs, entry.task, request_of(entry.task, run))
         except (ValueError, TypeError, KeyError):
             filled = {tabs: gr.Tabs(selected=entry.task)}  # kept by another version: shown, not refillable
-        count = len(run.get("results") or [])
-        shown = render_run(tab, run, selected) if entry.task == "text" else \
-            render_image_dict(tab, run, (list(pictures) + [None] * count)[:count], selected)
-        summary = run_summary(run) if entry.task == "text" else image_summary(run)
+        shown = tab.render_dict(run, list(pictures), selected)
+        summary = tab.summary_text(run)
         shown[tab.status] = (f"<span class='arena-badge arena-badge-idle'>LINKED RESULT</span> Run on "
                              f"{entry.created} (server time), as its link keeps it; Run runs it again here.\n\n"
                              + summary)

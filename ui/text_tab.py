@@ -45,9 +45,23 @@ class TextTab:
     where_chart: gr.Plot | None = None  # each unit's error against the reference: where in the model it breaks
     summary: gr.HTML | None = None  # under the status line: one row per backend (`format.summary_table`)
 
+    task = "text"  # every tab says which task it shows and renders a result dict the same way (ui/share.py)
+
     @property
     def model(self) -> gr.components.Component:
         return self.fields["model"]
+
+    @property
+    def form_panels(self) -> list[BackendControls]:
+        return self.backends
+
+    def render_dict(self, run: dict[str, Any], pictures: list, selected: set[str]) -> dict:
+        """A kept run's updates (``pictures``: none for text)."""
+        return render_run(self, run, selected)
+
+    @staticmethod
+    def summary_text(run: dict[str, Any]) -> str:
+        return run_summary(run)
 
     def idle_updates(self, selected: set[str]) -> dict:
         """Every panel and chart emptied before a run of ``selected`` (or when a link's settings replace what

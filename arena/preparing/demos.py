@@ -14,6 +14,7 @@ and a visitor still cannot pass any path of their own.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import threading
 from pathlib import Path
@@ -27,6 +28,7 @@ from arena.preparing.catalog import (
     IMAGE_EXAMPLE_PROMPTS,
 )
 from arena.registry import DEMO_EXPORT_BACKEND, default_reference
+from arena.tasks import task_of
 from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
 
 DEMO_TEXT_KIND = "demo-broken-text"
@@ -35,6 +37,11 @@ DEMO_VERSION = 1  # bump when the damage changes: a new cache entry
 TEXT_DEMO_TOKENS = 24
 TEXT_DAMAGE = "noise in every attention and MLP weight matrix (1.5 standard deviations)"
 IMAGE_DAMAGE = "VAE decoder convolutions scaled by 1e30: fp32 overflows, as an fp16 VAE without upcast does"
+# Each task's broken example: {task: (its cache kind, the function that damages the good export, the damage, the
+# request fields that make its export with the shortest run)}.
+BROKEN = {"text": (DEMO_TEXT_KIND, "arena.preparing.demos:damage_text_export", TEXT_DAMAGE,
+                   {"max_new_tokens": 1, "warmup": 0}),
+          "image": (DEMO_IMAGE_KIND, "arena.preparing.demos:damage_image_export", IMAGE_DAMAGE, {"steps": 1})}
 
 
 def damage_text_export(good: str, target: str) -> None:
@@ -97,14 +104,10 @@ class BrokenConversions:
     def _good_export(self, task: str, progress) -> Path:
         """The cached good export of the default model (made by an operator run of the export backend,
         `DEMO_EXPORT_BACKEND`, if missing)."""
-        if task == "text":
-            request = TextRunRequest(model=DEFAULT_TEXT_MODEL, prompt=EXAMPLE_PROMPTS[0], max_new_tokens=1,
-                                     warmup=0, backends=(BackendSpec(DEMO_EXPORT_BACKEND),))
-            result = self.arena.run_text_to_end(request, progress, operator=True)
-        else:
-            request = ImageRunRequest(model=DEFAULT_IMAGE_MODEL, prompt=IMAGE_EXAMPLE_PROMPTS[0], steps=1,
-                                      backends=(BackendSpec(DEMO_EXPORT_BACKEND),))
-            result = self.arena.run_image_to_end(request, progress, operator=True)
+        # The example's own request, as short as it goes (the export is what is wanted), by the export backend.
+        request = dataclasses.replace(task_of(task).step(self, "{}_request")(broken=False),
+                                      backends=(BackendSpec(DEMO_EXPORT_BACKEND),), **BROKEN[task][3])
+        result = task_of(task).step(self.arena, "run_{}_to_end")(request, progress, operator=True)
         found = result.results[0] if result.results else None
         if result.error or found is None or found.error or not (found.load and found.load.artifact_dir):
             raise ArenaError(f"The default model's export could not be made: {result.error or found.error}")
@@ -114,8 +117,7 @@ class BrokenConversions:
         """The broken export's folder (built on first use, cached after), trusted by the policy."""
         from arena.running.workers import run_isolated
 
-        kind, target = ((DEMO_TEXT_KIND, "arena.preparing.demos:damage_text_export") if task == "text"
-                        else (DEMO_IMAGE_KIND, "arena.preparing.demos:damage_image_export"))
+        kind, target, damage, _shortest = BROKEN[task]
         with self._lock:
             good = self._good_export(task, progress)
 
@@ -125,7 +127,7 @@ class BrokenConversions:
                 with self.arena.exclusive():
                     run_isolated(target, str(good), str(tmp), description="Breaking the default export on purpose",
                                  progress=progress, log_path=self.arena.log_dir / f"{kind}.log", timeout=1800)
-                return {"damage": TEXT_DAMAGE if task == "text" else IMAGE_DAMAGE}
+                return {"damage": damage}
 
             (self.arena.log_dir).mkdir(parents=True, exist_ok=True)
             path, _built = self.arena.cache.get_or_build(kind, {"version": DEMO_VERSION, "good": good.name}, build)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from arena.preparing.catalog import find_catalog_model, find_image_catalog_model
+from arena.tasks import task_of
 from backends.contract import SERVER_SIDE_KINDS
 
 # A hub id: "name" or "owner/name" of letters, digits, '-', '_', '.'; never a path ("..", leading "/", "~", ".").
@@ -175,7 +175,7 @@ class Policy:
     # --- the whole request ------------------------------------------------------------------------------
     def refuse_text(self, request) -> str | None:
         """One sentence saying why this text request may not run, or None."""
-        return self._refuse_common(request, "text")
+        return self._refuse_common(request, request.task)
 
     def refuse_check(self, prompts) -> str | None:
         """A /check's prompts: how many (each is a whole run) and how long, before any of them runs."""
@@ -192,12 +192,12 @@ class Policy:
 
     def refuse_image(self, request) -> str | None:
         """One sentence saying why this image request may not run, or None."""
-        return self._refuse_common(request, "image")
+        return self._refuse_common(request, request.task)
 
     def refuse_model(self, model: str, task: str) -> str | None:
         """Refuse server paths (public), gated models without a token, and models over the size cap (public)."""
         name = (model or "").strip()
-        entry = find_image_catalog_model(name) if task == "image" else find_catalog_model(name)
+        entry = task_of(task).find_model(name)
         if entry is None and self.public and not HUB_ID.fullmatch(name):
             return (f"'{name}' is not a catalog model or a Hugging Face hub id ('owner/name'): this public server "
                     "does not open paths on its disk.")

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from arena.core import BACKGROUND
 from arena.preparing.catalog import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, EXAMPLE_PROMPTS, IMAGE_EXAMPLE_PROMPTS
 from arena.registry import DEFAULT_BACKENDS
+from arena.tasks import TASKS, task_of
 from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
 
 BACKENDS = tuple(BackendSpec(name) for name in DEFAULT_BACKENDS)  # what a visitor's first run compares
@@ -95,20 +96,19 @@ class WarmUp:
         # Every worker the first runs need starts now, side by side (their imports overlap on the cores).
         self.arena.preload(tuple(dict.fromkeys(spec for request in self.requests for spec in request.backends)))
         for request in self.requests:
-            what = "text" if isinstance(request, TextRunRequest) else "image"
+            what = request.task
 
             def progress(fraction, description, what=what):
                 share = "" if fraction is None else f" ({fraction:.0%})"
                 self._line = f"⏳ Preparing the default {what} model: {description}{share}"
 
             # The operator's own run: no public caps or time limit (a slow first export must be allowed to finish).
-            run = (self.arena.run_text_to_end if what == "text" else self.arena.run_image_to_end)(
-                request, progress, operator=True)
+            run = task_of(request).step(self.arena, "run_{}_to_end")(request, progress, operator=True)
             errors = [run.error] if run.error else [f"{r.spec.label}: {r.error}" for r in run.results if r.error]
             problems += [f"{what}: {e}" for e in errors]
             self.problems = problems
             self._first_done.set()
-        for task in ("text", "image") if self.examples else ():
+        for task in TASKS if self.examples else ():
             def example_progress(_fraction, description, task=task):
                 self._line = f"⏳ Preparing the broken {task} example: {description}"
 

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from arena.tasks import task_of
+
 HISTORY_LIMIT = 100
 MAX_SESSIONS = 256  # public mode: sessions kept in memory (least recently active dropped first)
 SHARED_LIMIT = 128  # public mode: runs a link can open (the newest; each also bounded by max_entry_bytes)
@@ -52,7 +54,7 @@ class HistoryEntry:
         speeds = []
         for r in results:
             t = r.get("timings") or {}
-            if self.task == "text" and t.get("tokens_per_s"):
+            if task_of(self.task).streams_text and t.get("tokens_per_s"):
                 speeds.append(f"{t['tokens_per_s']:.1f} tok/s")
             elif t.get("total_s"):
                 speeds.append(f"{t['total_s']:.2f} s")
@@ -174,7 +176,7 @@ class RunHistory:
                 except (OSError, ValueError, TypeError):
                     return None
                 pictures = [self._read_png(entry_id, n) for n in range(len(entry.run.get("results") or []))]
-        return entry, [_array(p) for p in pictures] if entry.task == "image" else []
+        return entry, [_array(p) for p in pictures] if task_of(entry).pictures else []
 
     def _read_png(self, entry_id: str, n: int) -> bytes | None:
         try:
