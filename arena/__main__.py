@@ -30,7 +30,8 @@ import time
 
 from arena.fields import add_arguments, cli_values
 from arena.registry import DEFAULT_BACKENDS, default_reference
-from arena.types import REQUESTS, BackendSpec, ImageRunRequest, TextRunRequest
+from arena.tasks import TASKS
+from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
 
 
 def positive_int(text: str) -> int:
@@ -90,17 +91,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m arena", description=__doc__, epilog=backend_help(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for task, request_cls in REQUESTS.items():
-        command = sub.add_parser(task, help=f"compare {task} generation across backends", epilog=backend_help(),
+    for task in TASKS.values():
+        command = sub.add_parser(task.name, help=f"compare {task} generation across backends", epilog=backend_help(),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-        add_arguments(command, request_cls)
+        add_arguments(command, task.request)
         command.add_argument("--backend", action="append", type=parse_backend, dest="backends",
                              help="repeatable; default: " + " and ".join(DEFAULT_BACKENDS))
         command.add_argument("--cache-dir", default=None)
         command.add_argument("--json", action="store_true", help="print the structured result instead of a "
-                             + ("table" if task == "text" else "summary"))
+                             + ("table" if task.streams_text else "summary"))
         command.add_argument("--report", metavar="DIR", help="also write the JSON, CSV and Markdown reports into DIR")
-        if task == "text":
+        if task.streams_text:  # its answers are token ids, which drift
             command.add_argument("--allow-drift", action="store_true", help="exit 0 even when token ids differ")
     check = sub.add_parser("check", help="is a candidate (e.g. an ONNX export) broken? verdicts + exit code")
     check.add_argument("--model", required=True, help="the reference model: catalog key, hub id or directory")
@@ -144,17 +145,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from arena.core import Arena
 
-    if args.command == "prepare":
-        return run_prepare(args, Arena(cache_dir=args.cache_dir))
-    if args.command == "load":
-        return run_load(args, Arena(cache_dir=args.cache_dir))
-    if args.command == "check":
-        return run_check(args, Arena(cache_dir=args.cache_dir))
-    if args.command == "image":
-        return run_image(args, Arena(cache_dir=args.cache_dir))
+    commands = {"prepare": run_prepare, "load": run_load, "check": run_check, "image": run_image, "text": run_text}
+    return commands[args.command](args, Arena(cache_dir=args.cache_dir))
 
+
+def run_text(args, arena) -> int:
+    """``text``: the table (or ``--json``); exit 1 when a backend failed, or its token ids differ from the first
+    backend's (unless ``--allow-drift``)."""
     request = TextRunRequest.from_values(cli_values(args, TextRunRequest))
-    arena = Arena(cache_dir=args.cache_dir)
     try:
         result = arena.run_text_to_end(request, phase_printer()).to_dict()
     finally:
