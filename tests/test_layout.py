@@ -1,7 +1,7 @@
 """The project's layout rules, read from the source with `ast` (nothing is imported but the registry):
 
-- imports have no loops: no module of arena/, ui/, backends/ or app.py imports, even inside a function, a module
-  that imports it back;
+- imports have no loops: no module of arena/, ui/, backends/ or app.py imports, even inside a function or under
+  ``if TYPE_CHECKING:``, a module that imports it back;
 - imports go one way, app -> ui -> arena -> backends;
 - the border to the backends runs one way: no module under backends/ imports anything of `arena`, not inside a
   function nor under ``if TYPE_CHECKING:`` (what a backend needs of the core is in `backends.contract`, or comes in
@@ -45,11 +45,6 @@ def project_files() -> dict[str, Path]:
     return files
 
 
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
 def public_surface() -> dict[str, str]:
     """arena's public surface, {name: the module that defines it}, read from arena/__init__.py's ``PUBLIC``."""
     tree = ast.parse((ROOT / "arena" / "__init__.py").read_text())
@@ -60,11 +55,11 @@ def public_surface() -> dict[str, str]:
 
 
 def imports_of(path: Path, module: str, modules: set[str]) -> set[str]:
-    """The project modules ``module`` imports, at its top or inside functions; imports under ``if TYPE_CHECKING:``
-    are left out (they never run). ``from a.b import c`` is a.b.c when that is a module, else a.b; an import of a
-    submodule counts as an edge to that submodule only (not to the packages above it, whose ``__init__`` Python
-    also runs). ``from arena import Name`` (the public surface) is an edge to the module that defines Name: arena
-    imports it from there when first asked."""
+    """The project modules ``module`` imports, at its top, inside functions or under ``if TYPE_CHECKING:`` (a
+    type-only import is still a dependency: a loop through one is a type in the wrong place). ``from a.b import
+    c`` is a.b.c when that is a module, else a.b; an import of a submodule counts as an edge to that submodule only
+    (not to the packages above it, whose ``__init__`` Python also runs). ``from arena import Name`` (the public
+    surface) is an edge to the module that defines Name: arena imports it from there when first asked."""
     surface = public_surface()
     is_package = path.name == "__init__.py"
     found: set[str] = set()
@@ -75,10 +70,6 @@ def imports_of(path: Path, module: str, modules: set[str]) -> set[str]:
         return name or None
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node.test):
-            for child in node.orelse:
-                visit(child)
-            return
         if isinstance(node, ast.Import):
             found.update(filter(None, (known(alias.name) for alias in node.names)))
         elif isinstance(node, ast.ImportFrom):
@@ -156,10 +147,11 @@ def _loop_in(group: set[str], graph: dict[str, set[str]]) -> list[str]:
 
 
 def test_no_import_loop_among_the_projects_modules():
-    """Imports under ``if TYPE_CHECKING:`` are left out: they never run."""
+    """Imports under ``if TYPE_CHECKING:`` count too: a loop that only type checking closes is still a loop."""
     graph = import_graph()
     assert {"app", "arena.core", "ui.charts", "backends.contract", "backends.onnxruntime.backend"} <= set(graph)
     assert "backends.contract" in graph["arena.registry"] and "arena.registry" in graph["arena.types"]
+    assert "backends.contract" in graph["backends.loops"]  # imported there under ``if TYPE_CHECKING:`` only
     loops = cycles(graph)
     assert not loops, "import loops (each: a module, what it imports, ... back to it):\n" + "\n".join(
         " -> ".join(loop) for loop in loops)
