@@ -121,7 +121,7 @@ class BrokenConversions:
 
             def build(tmp: Path):
                 # On the cores in turn like a run's step (a damage beside a timed run would skew its timings);
-                # made by the start-up preparation, it gives way to a visitor's run (`arena.core.RunLock`).
+                # made by the start-up preparation, it gives way to a visitor's run (`arena.running.runlock.RunLock`).
                 with self.arena.exclusive():
                     run_isolated(target, str(good), str(tmp), description="Breaking the default export on purpose",
                                  progress=progress, log_path=self.arena.log_dir / f"{kind}.log", timeout=1800)
