@@ -26,6 +26,7 @@ from arena.public.policy import Policy
 from arena.registry import BACKENDS, backend_class, register
 from arena.running import zerogpu
 from arena.running.environment import probe_environment
+from arena.running.estimate import RunEstimates
 from arena.running.host import BackendHost
 from arena.running.load import between as machine_between
 from arena.running.load import sample as machine_sample
@@ -91,12 +92,7 @@ class Arena:
                                     lambda deadline: self._left(deadline, self.run_timeout_s),
                                     self.policy, self.cache_dir / "judging")
         self._kept_examples: dict[str, Any] = {}  # the examples' last judged results (`run_example`)
-        # What the last finished text runs measured, for the estimate under the prompt and the prefill line
-        # (`prompt_estimate`): {(model, backend): (time to first token s, its prompt's tokens, s per new token)},
-        # and the folder each model resolved to (its tokenizer.json counts a prompt's tokens).
-        self._rates: dict[tuple[str, str], tuple[float, int, float]] = {}
-        self._model_dirs: dict[str, str] = {}
-        self._counters: dict[str, Any] = {}
+        self.estimates = RunEstimates(self.policy)  # the line under the prompt, the prefill's time
         self._examples_lock = threading.Lock()
         # What holds the run lock when it is not a visitor's run ("the start-up preparation of the default models",
         # `arena.running.warmup`): a run that has to wait says what it waits for.
@@ -423,7 +419,7 @@ class Arena:
             yield run_cls(request, prepared, (), error=str(exc), environment=env)
             return
         if prepared.task == "text":
-            self._model_dirs[request.model] = prepared.model_dir
+            self.estimates.resolved(request.model, prepared.model_dir)
         results: list = []
         loads: list = []  # what the machine did while each backend ran (`arena.running.load`)
         yield run_cls(request, prepared, tuple(results), environment=env, machine_load=tuple(loads))
@@ -444,7 +440,7 @@ class Arena:
             judge = self.judging.text if prepared.task == "text" else self.judging.image
             judged = judge(prepared, results, reference, request, progress, cancel, deadline)
         if prepared.task == "text":
-            self._remember_rates(request, prepared, judged)
+            self.estimates.remember(request, prepared, judged)
         yield run_cls(request, prepared, tuple(judged), environment=env, machine_load=tuple(loads))
 
     def exclusive(self) -> RunLock:
@@ -470,65 +466,10 @@ class Arena:
         """Drop the judging figures kept between runs (benchmarks measure judging from scratch)."""
         self.judging.forget()
 
-    def _remember_rates(self, request, prepared, results) -> None:
-        """Each finished backend's prefill time per prompt token and time per new token, for the next estimate."""
-        prompt_tokens = max(1, len(prepared.prompt_token_ids))
-        for result in results:
-            timings = getattr(result, "timings", None)
-            if result.error or timings is None or not timings.ttft_s:
-                continue
-            per_token = 1.0 / timings.decode_tokens_per_s if timings.decode_tokens_per_s else timings.ttft_s
-            self._rates[(request.model, result.spec.backend)] = (timings.ttft_s, prompt_tokens, per_token)
-
     def prompt_estimate(self, model: str, prompt: str, max_new_tokens: int | None, backends: list[str]) -> str:
-        """One line under the prompt: its token count (exact with the model's tokenizer.json once a run has
-        resolved the model; else about 4 characters a token) and, from the last runs of this model here, the
-        time each ticked backend will take (prefill grows with the prompt: a linear guess is a lower bound)."""
-        prompt = prompt or ""
-        if not prompt.strip():
-            return ""
-        count, exact = self._count_tokens(model, prompt)
-        line = (f"**{count:,} tokens** in the prompt (before its chat template)" if exact else
-                f"**about {count:,} tokens** in the prompt ({len(prompt):,} characters at ~4 a token; counted "
-                "exactly once a run has loaded this model)")
-        guesses = []
-        for name in backends:
-            rate = self._rates.get((model, name))
-            if rate is not None and max_new_tokens:
-                seconds = self.prefill_estimate(model, name, count) + rate[2] * max_new_tokens
-                guesses.append(f"{name} ~{seconds:,.0f} s" if seconds >= 1 else f"{name} <1 s")
-        if guesses:
-            line += (" · to generate, from this server's last runs of this model: " + ", ".join(guesses)
-                     + " (plus loading and judging)")
-        return line
-
-    def _count_tokens(self, model: str, prompt: str) -> tuple[int, bool]:
-        """(tokens, exact): the prompt counted by the model's own tokenizer.json (`tokenizers`, no torch) when a
-        run resolved the model already (a public server: its own catalog models only, a visitor's tokenizer is
-        not parsed in this process); else a character estimate."""
-        estimate = (max(1, round(len(prompt) / 4)), False)
-        folder = self._model_dirs.get(model)
-        if folder is None or len(prompt) > 200_000 or (self.policy.public and find_catalog_model(model) is None):
-            return estimate
-        counter = self._counters.get(folder)
-        if counter is None:
-            try:
-                from tokenizers import Tokenizer
-
-                counter = Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
-            except Exception:  # noqa: BLE001 - no tokenizer.json (a GGUF's or an old format): estimate
-                counter = False
-            self._counters[folder] = counter
-        if not counter:
-            return estimate
-        return len(counter.encode(prompt, add_special_tokens=False).ids), True
-
-    def prefill_estimate(self, model: str, backend: str, prompt_tokens: int) -> float | None:
-        """The last time to first token of ``backend`` on ``model`` here, scaled by the prompt's length when this
-        one is longer (attention makes it grow faster still: a lower bound), not shrunk when it is shorter (a
-        short prompt's first token is mostly fixed costs)."""
-        rate = self._rates.get((model, backend))
-        return None if rate is None else rate[0] * max(1.0, prompt_tokens / rate[1])
+        """One line under the prompt: its token count and the time each ticked backend will take
+        (`RunEstimates.prompt_line`)."""
+        return self.estimates.prompt_line(model, prompt, max_new_tokens, backends)
 
     def _run_streaming(self, spec: BackendSpec, prepared, request, env: dict[str, Any], progress: ProgressFn,
                        result_cls, deadline: float | None, limit: float | None, cancel: threading.Event | None,
@@ -541,7 +482,7 @@ class Arena:
 
         last: dict[str, Any] = {}
         said: list = [None, f"{spec.label}: starting"]  # the last (fraction, description), said again each second
-        guess = self.prefill_estimate(request.model, spec.backend, len(getattr(prepared, "prompt_token_ids", ())))
+        guess = self.estimates.prefill(request.model, spec.backend, len(getattr(prepared, "prompt_token_ids", ())))
 
         def relay(fraction: float | None, description: str, partial: Any = None) -> None:
             if guess is not None and description.endswith("prompt tokens"):
