@@ -51,7 +51,6 @@ ProgressFn = Callable[[float | None, str], None]
 # Generous: a 7B export or first download takes many minutes; a hung worker is still stopped eventually.
 PREPARE_TIMEOUT_S = 3 * 3600
 RUN_TIMEOUT_S = 3 * 3600
-EXAMPLES_KEPT = 8  # example results kept (four examples, a few request variants each)
 STOP_WAIT_S = 5.0  # how long Stop waits for the stopped run to end before it answers
 # Worker memory (docs/space.md, "Memory"). The app process keeps APP_RESERVE_BYTES for itself; a worker's call may use
 # what the server's memory leaves after that and the other workers, and in public mode no more than its model needs:
@@ -91,9 +90,7 @@ class Arena:
         self.judging = JudgingStage(lambda spec: self._backend_worker(spec),
                                     lambda deadline: self._left(deadline, self.run_timeout_s),
                                     self.policy, self.cache_dir / "judging")
-        self._kept_examples: dict[str, Any] = {}  # the examples' last judged results (`run_example`)
         self.estimates = RunEstimates(self.policy)  # the line under the prompt, the prefill's time
-        self._examples_lock = threading.Lock()
         # What holds the run lock when it is not a visitor's run ("the start-up preparation of the default models",
         # `arena.running.warmup`): a run that has to wait says what it waits for.
         self.busy_with: str | None = None
@@ -300,27 +297,9 @@ class Arena:
                              cancel, None if operator else self.policy.refuse_image)
 
     def run_example(self, request, progress: ProgressFn = _quiet, cancel: threading.Event | None = None) -> Iterator:
-        """An example's run (the server's own request, `arena.preparing.demos`): its last judged result from this
-        server at once when there is one (``kept_at`` says when it ran; its inputs and models are fixed, so its
-        verdicts are too), else run live and kept for the next visitor. Run it live: `run_text` / `run_image`."""
-        import json
-
-        key = json.dumps(request.to_dict(), sort_keys=True, default=str)
-        with self._examples_lock:
-            kept = self._kept_examples.get(key)
-        if kept is not None:
-            yield kept
-            return
-        final = None
-        for final in (self.run_text if request.task == "text" else self.run_image)(request, progress, cancel):
-            yield final
-        if final is not None and not final.error and not final.phase and final.results \
-                and all(r.verdict is not None for r in final.results):
-            with self._examples_lock:
-                self._kept_examples[key] = dataclasses.replace(final, kept_at=time.strftime("%Y-%m-%d %H:%M UTC",
-                                                                                              time.gmtime()))
-                while len(self._kept_examples) > EXAMPLES_KEPT:
-                    self._kept_examples.pop(next(iter(self._kept_examples)))
+        """An example's run: its last judged result from this server at once when there is one, else run live and
+        kept (`BrokenConversions.run_example`)."""
+        return self.demos.run_example(request, progress, cancel)
 
     def public_view(self, data: Any) -> Any:
         """A result dict as a visitor may see it (server paths and logs removed in public mode)."""
