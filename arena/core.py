@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import contextvars
-import dataclasses
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,10 +25,9 @@ from arena.running import zerogpu
 from arena.running.environment import probe_environment
 from arena.running.estimate import RunEstimates
 from arena.running.host import BackendHost
-from arena.running.load import between as machine_between
-from arena.running.load import sample as machine_sample
 from arena.running.resources import server_memory
 from arena.running.runlock import RunLock
+from arena.running.stream import BackendRunner, over_time
 from arena.running.workers import Hosted, MemoryLimit, RunStopped, Worker, WorkerCrashed, WorkerFailed
 from arena.sharing.history import RunHistory
 from arena.types import (
@@ -104,6 +100,11 @@ class Arena:
         self.backends = dict(BACKENDS) | dict(extra_backends or {})
         for name, target in (extra_backends or {}).items():
             register(name, target)
+        # Each backend of a run, in a thread holding the run lock, its answer streamed while it generates.
+        self.runner = BackendRunner(lambda spec: self._backend_worker(spec),
+                                    lambda name: self._backend_cls(name) if name in self.backends else None,
+                                    lambda deadline: self._left(deadline, self.run_timeout_s), self._run_lock,
+                                    self.estimates)
         # Kept runs: files under the cache locally; in public mode memory only, per browser session.
         limits = self.policy.limits
         self.history = (RunHistory(None, max_entry_bytes=int(limits.max_history_entry_kb * 1e3),
@@ -390,7 +391,7 @@ class Arena:
             yield run_cls(request, None, error="Stopped by you while preparing the model.", environment=env)
             return
         except (WorkerFailed, WorkerCrashed, ArenaError) as exc:
-            yield run_cls(request, None, error=self._over_time(exc, deadline, limit), environment=env)
+            yield run_cls(request, None, error=over_time(exc, deadline, limit), environment=env)
             return
         try:
             reference = reference_index(request.reference, request.backends)
@@ -403,7 +404,7 @@ class Arena:
         loads: list = []  # what the machine did while each backend ran (`arena.running.load`)
         yield run_cls(request, prepared, tuple(results), environment=env, machine_load=tuple(loads))
         for spec in request.backends:
-            for partial in self._run_streaming(spec, prepared, request, env, progress, result_cls, deadline, limit,
+            for partial in self.runner.stream(spec, prepared, request, env, progress, result_cls, deadline, limit,
                                                cancel, results, loads):
                 yield run_cls(request, prepared, tuple(results), environment=env, streaming=partial,
                               machine_load=tuple(loads))
@@ -449,94 +450,6 @@ class Arena:
         """One line under the prompt: its token count and the time each ticked backend will take
         (`RunEstimates.prompt_line`)."""
         return self.estimates.prompt_line(model, prompt, max_new_tokens, backends)
-
-    def _run_streaming(self, spec: BackendSpec, prepared, request, env: dict[str, Any], progress: ProgressFn,
-                       result_cls, deadline: float | None, limit: float | None, cancel: threading.Event | None,
-                       results: list, loads: list) -> Iterator[dict[str, Any]]:
-        """Run one backend (appending its result to ``results``) and yield its answer so far while it generates.
-
-        The backend runs in a thread that holds the run lock; this generator never holds it across a yield, so a
-        page that goes away mid-stream leaves nothing locked (the thread finishes or is stopped as usual)."""
-        partials: queue.Queue = queue.Queue()
-
-        last: dict[str, Any] = {}
-        said: list = [None, f"{spec.label}: starting"]  # the last (fraction, description), said again each second
-        guess = self.estimates.prefill(request.model, spec.backend, len(getattr(prepared, "prompt_token_ids", ())))
-
-        def relay(fraction: float | None, description: str, partial: Any = None) -> None:
-            if guess is not None and description.endswith("prompt tokens"):
-                description += f" (about {guess:,.0f} s at this server's last rate)" if guess >= 1 else ""
-            said[:] = [fraction, description]
-            progress(fraction, description)
-            if isinstance(partial, dict):
-                last.update(partial)
-                partials.put(partial)
-
-        failure: list[BaseException] = []
-
-        def work() -> None:
-            try:
-                with self._run_lock:
-                    before = machine_sample()
-                    results.append(self._run_one(spec, prepared, request, env, relay, result_cls, deadline, limit,
-                                                 cancel))
-                    loads.append(machine_between(before, machine_sample()))
-            except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread below
-                failure.append(exc)
-            finally:
-                partials.put(None)
-
-        # The caller's context goes along: Gradio's progress tracker finds its event through context variables,
-        # which a new thread would start without (its progress calls would then do nothing).
-        context = contextvars.copy_context()
-        thread = threading.Thread(target=context.run, args=(work,), name=f"arena-run-{spec.backend}", daemon=True)
-        thread.start()
-        while True:
-            try:
-                partial = partials.get(timeout=1.0)
-            except queue.Empty:  # a long step (a prefill, a load): the same line again, so the run clock moves
-                progress(*said)
-                continue
-            if partial is None:
-                break
-            while not partials.empty() and partial is not None:  # a slow page gets the newest text, not a backlog
-                partial = partials.get()
-            if partial is None:
-                break
-            yield {"backend": spec.backend, "label": spec.label, **partial}
-        thread.join()
-        if failure:
-            raise failure[0]
-        if results and results[-1].stopped and last.get("text") and hasattr(results[-1], "text"):
-            results[-1] = dataclasses.replace(results[-1], text=last["text"])  # what it wrote until the stop
-
-    @staticmethod
-    def _over_time(exc: Exception, deadline: float | None, limit: float | None) -> str:
-        if deadline is not None and time.monotonic() >= deadline - 0.5 and isinstance(exc, WorkerCrashed):
-            return f"Stopped: this run reached the server's time limit of {limit:g} s."
-        return str(exc)
-
-    def _run_one(self, spec: BackendSpec, prepared, request, env: dict[str, Any], progress: ProgressFn,
-                 result_cls, deadline: float | None = None, limit: float | None = None,
-                 cancel: threading.Event | None = None):
-        if cancel is not None and cancel.is_set():
-            return result_cls(spec, error="Not run: you stopped the run.", stopped=True)
-        if spec.backend not in self.backends:
-            return result_cls(spec, error=f"Unknown backend '{spec.backend}'.")
-        problem = zerogpu.check_spec(self._backend_cls(spec.backend), spec, env, request.task)
-        if problem:
-            return result_cls(spec, error=problem)
-        if deadline is not None and time.monotonic() >= deadline:
-            return result_cls(spec, error=f"Not run: this run reached the server's time limit of {limit:g} s.")
-        try:
-            host = self._backend_worker(spec)
-            run = host.run_image if request.task == "image" else host.run_text
-            return run(prepared, spec, request, progress=progress, timeout=self._left(deadline, self.run_timeout_s),
-                       cancel=cancel)
-        except RunStopped as exc:
-            return result_cls(spec, error="Stopped by you.", log_tail=exc.log_tail, stopped=True)
-        except (WorkerCrashed, WorkerFailed) as exc:
-            return result_cls(spec, error=self._over_time(exc, deadline, limit), log_tail=exc.log_tail)
 
     def run_text_to_end(self, request: TextRunRequest, progress: ProgressFn = _quiet,
                         cancel: threading.Event | None = None, operator: bool = False) -> TextRunResult:
