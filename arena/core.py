@@ -25,10 +25,10 @@ from arena.running import zerogpu
 from arena.running.environment import probe_environment
 from arena.running.estimate import RunEstimates
 from arena.running.host import BackendHost
-from arena.running.resources import server_memory
+from arena.running.pool import WorkerPool
 from arena.running.runlock import RunLock
 from arena.running.stream import BackendRunner, over_time
-from arena.running.workers import Hosted, MemoryLimit, RunStopped, Worker, WorkerCrashed, WorkerFailed
+from arena.running.workers import Hosted, RunStopped, WorkerCrashed, WorkerFailed
 from arena.sharing.history import RunHistory
 from arena.types import (
     BackendImageResult,
@@ -48,15 +48,6 @@ ProgressFn = Callable[[float | None, str], None]
 PREPARE_TIMEOUT_S = 3 * 3600
 RUN_TIMEOUT_S = 3 * 3600
 STOP_WAIT_S = 5.0  # how long Stop waits for the stopped run to end before it answers
-# Worker memory (docs/space.md, "Memory"). The app process keeps APP_RESERVE_BYTES for itself; a worker's call may use
-# what the server's memory leaves after that and the other workers, and in public mode no more than its model needs:
-# WORKER_BASE_BYTES (the runtime's imports and working memory) plus BYTES_PER_PARAMETER of the checked size (fp32
-# weights loaded, exported and held by a session at once). The preparation loads no visitor's weights.
-APP_RESERVE_BYTES = 1 << 30
-MIN_WORKER_BYTES = 1 << 30
-WORKER_BASE_BYTES = int(3.5e9)
-BYTES_PER_PARAMETER = 16
-PREPARE_BYTES = int(4e9)
 
 
 def _quiet(_fraction: float | None, _description: str) -> None:
@@ -82,6 +73,7 @@ class Arena:
         self._environment = environment
         self._env_lock = threading.Lock()
         self._run_lock = RunLock()
+        self.workers = WorkerPool(self.log_dir, self.policy)  # the worker processes, and each call's memory
         # The judging stage reaches each backend's worker through this core, and nothing else of it.
         self.judging = JudgingStage(lambda spec: self._backend_worker(spec),
                                     lambda deadline: self._left(deadline, self.run_timeout_s),
@@ -90,13 +82,9 @@ class Arena:
         # What holds the run lock when it is not a visitor's run ("the start-up preparation of the default models",
         # `arena.running.warmup`): a run that has to wait says what it waits for.
         self.busy_with: str | None = None
-        self._workers: dict[str, Worker] = {}
         # Folders each unfinished run uses (its model, its backends' artifacts): the cache's eviction after another
         # visitor's run leaves them alone (runs hold the run lock per step, so another run ends between two steps).
         self._in_use: dict[int, set[str]] = {}
-        self._workers_lock = threading.Lock()  # guards _workers and _empty_dir
-        self._closed = False  # set by `close`: a run still going gets no new worker
-        self._empty_dir: str | None = None  # public mode: the workers' working directory (`_workdir`)
         self.backends = dict(BACKENDS) | dict(extra_backends or {})
         for name, target in (extra_backends or {}).items():
             register(name, target)
@@ -144,67 +132,6 @@ class Arena:
         return backend_class(self.backends[name])
 
     # --- workers -------------------------------------------------------------------------------------
-    def _worker(self, key: str, target: str, *init_args: Any) -> Worker:
-        with self._workers_lock:  # the preload, the warm-up and visitors' runs may ask for the same one at once
-            if self._closed:
-                raise WorkerCrashed("The app is shutting down: no new worker starts.")
-            worker = self._workers.get(key)
-            if worker is None:
-                worker = Worker(key, target, init_args=init_args, log_dir=self.log_dir, workdir=self._workdir(),
-                                data_limit=self._data_limit())
-                self._workers[key] = worker
-            return worker
-
-    @staticmethod
-    def _data_limit() -> int | None:
-        """Every worker's RLIMIT_DATA: the server's memory less the app's reserve. Not on a machine with an NVIDIA
-        device: a CUDA context maps writable host memory of its own that the limit would count."""
-        if Path("/dev/nvidiactl").exists():
-            return None
-        return max(MIN_WORKER_BYTES, server_memory().total - APP_RESERVE_BYTES)
-
-    def memory_limit(self, what: str, worker: Worker, parameters: int | None = None,
-                     preparation: bool = False) -> MemoryLimit:
-        """The memory one call of ``worker`` may use: what the server leaves after the app's reserve and the other
-        workers (each with what it started), and in public mode no more than the model's checked size needs."""
-        import psutil
-
-        memory = server_memory()
-        others = 0
-        for other in list(self._workers.values()):
-            if other is worker or other.pid is None:
-                continue
-            try:
-                process = psutil.Process(other.pid)
-                others += sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])
-            except psutil.Error:
-                pass
-        limit = max(MIN_WORKER_BYTES, memory.total - APP_RESERVE_BYTES - others)
-        why = (f"what this server's {memory.total / 1e9:.0f} GB ({memory.source}) leaves after the app and the "
-               f"other workers' {others / 1e9:.1f} GB")
-        if self.policy.public:
-            if parameters:
-                need = WORKER_BASE_BYTES + BYTES_PER_PARAMETER * int(parameters)
-                how = (f"{WORKER_BASE_BYTES / 1e9:g} GB and {BYTES_PER_PARAMETER} bytes for each of the model's "
-                       f"{parameters / 1e6:,.0f}M parameters")
-            else:
-                need = PREPARE_BYTES if preparation else WORKER_BASE_BYTES
-                how = "the public server's limit for this step"
-            if need < limit:
-                limit, why = need, how
-        return MemoryLimit(limit=limit, what=what, why=why)
-
-    def _workdir(self) -> str | None:
-        """Public mode: an empty folder the workers run in (a relative name in a visitor's config opens nothing
-        of the server's, such as the app's own files in its working directory)."""
-        if not self.policy.public:
-            return None
-        if self._empty_dir is None:
-            import tempfile
-
-            self._empty_dir = tempfile.mkdtemp(prefix="arena-worker-cwd-")
-        return self._empty_dir
-
     def preload(self, specs: tuple[BackendSpec, ...]) -> list[threading.Thread]:
         """Start, all at once, the environment probe, the preparer and the workers of ``specs`` with their heavy
         imports (`BackendHost.preload`). Each is mostly a single-threaded import chain (torch, transformers,
@@ -243,19 +170,19 @@ class Arena:
         # Only a backend with a "secret_env" option (a server's API key) gets secrets, in memory, never through
         # its environment; the others never hold one.
         wants = any(info.kind == "secret_env" for info in cls.Options.fields_info())
-        worker = self._worker(key, "arena.running.host:BackendHost", self.backends[spec.backend],
-                              str(self.cache_dir), secrets.known() if wants else {})
-        return Hosted(worker, BackendHost, memory_limit=lambda args: self.memory_limit(
+        worker = self.workers.get(key, "arena.running.host:BackendHost", self.backends[spec.backend],
+                                  str(self.cache_dir), secrets.known() if wants else {})
+        return Hosted(worker, BackendHost, memory_limit=lambda args: self.workers.memory_limit(
             spec.label, worker, parameters=getattr(args[0], "parameters", None) if args else None))
 
     def _preparer(self) -> Preparer:
-        worker = self._worker("prepare", "arena.preparing.prepare:Preparer", str(self.cache_dir),
-                              self.policy.public, self.policy.limits)
-        return Hosted(worker, Preparer, memory_limit=lambda _args: self.memory_limit(
+        worker = self.workers.get("prepare", "arena.preparing.prepare:Preparer", str(self.cache_dir),
+                                  self.policy.public, self.policy.limits)
+        return Hosted(worker, Preparer, memory_limit=lambda _args: self.workers.memory_limit(
             "The preparation of the model", worker, preparation=True))
 
     def worker_pids(self) -> dict[str, int | None]:
-        return {key: worker.pid for key, worker in list(self._workers.items())}
+        return self.workers.pids()
 
     def _prepare(self, request, progress: ProgressFn, deadline: float | None = None,
                  cancel: threading.Event | None = None):
@@ -470,11 +397,5 @@ class Arena:
     def close(self) -> None:
         """Stop every worker (each unloads its model and exits), all at once; a run still going gets no new
         worker."""
-        self._closed = True
+        self.workers.close()
         self.judging.forget_reference_distributions()
-        stopping = [threading.Thread(target=worker.stop, daemon=True) for worker in list(self._workers.values())]
-        for thread in stopping:
-            thread.start()
-        for thread in stopping:
-            thread.join(15)
-        self._workers.clear()

@@ -152,7 +152,7 @@ def test_a_closed_arena_starts_no_worker(tmp_path):
     arena = Arena(cache_dir=tmp_path, environment={"cpu_count": 1})
     arena.close()
     result = arena.run_text_to_end(TextRunRequest(model="any", prompt="hi", backends=(BackendSpec("pytorch"),)))
-    assert result.error == "The app is shutting down: no new worker starts." and arena._workers == {}
+    assert result.error == "The app is shutting down: no new worker starts." and arena.worker_pids() == {}
 
 
 def test_stop_answers_once_the_stopped_run_has_ended(tmp_path):
