@@ -6,7 +6,8 @@
 - the border to the backends runs one way: no module under backends/ imports anything of `arena`, not inside a
   function nor under ``if TYPE_CHECKING:`` (what a backend needs of the core is in `backends.contract`, or comes in
   its load context);
-- ui/ imports arena's public surface only (``from arena import <a name of arena.PUBLIC>``) and nothing of backends/;
+- ui/ and app.py import arena's public surface only (``from arena import <a name of arena.PUBLIC>``) and nothing of
+  backends/;
 - the core knows no backend by name: outside arena/registry.py no module of arena/ or ui/ holds a registered
   backend's name or alias as a string (a backend is asked through the registry: its options, precisions, colour,
   whether it can be the reference), but for the short list of reasons in `ALLOWED_NAMES`.
@@ -193,15 +194,16 @@ def test_backends_import_nothing_from_arena():
     assert not found, "take it from backends.contract or the LoadContext instead:\n" + "\n".join(found)
 
 
-def test_the_ui_imports_arenas_public_surface_only():
-    """ui/ takes the core from ``from arena import ...`` with names of `arena.PUBLIC` (the same at the top or inside
-    a function); never ``arena.<module>`` and never backends/ (the backends' options reach it through arena)."""
+def test_the_ui_and_the_app_import_arenas_public_surface_only():
+    """ui/ and app.py take the core from ``from arena import ...`` with names of `arena.PUBLIC` (the same at the top
+    or inside a function); never ``arena.<module>`` and never backends/ (the backends' options reach them through
+    arena)."""
     import arena
 
     surface = public_surface()
-    assert {"Arena", "ArenaError", "TextRunRequest", "OptionInfo"} <= set(surface)
+    assert {"Arena", "ArenaError", "TextRunRequest", "OptionInfo", "WarmUp"} <= set(surface)
     found = []
-    for path in sorted((ROOT / "ui").rglob("*.py")):
+    for path in [ROOT / "app.py", *sorted((ROOT / "ui").rglob("*.py"))]:
         where = path.relative_to(ROOT).as_posix()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and not node.level and node.module == "arena":
