@@ -27,6 +27,7 @@ from arena.running.estimate import RunEstimates
 from arena.running.host import BackendHost
 from arena.running.pool import WorkerPool
 from arena.running.runlock import RunLock
+from arena.running.stops import STOP_WAIT_S, StopSignals
 from arena.running.stream import BackendRunner, over_time
 from arena.running.workers import Hosted, RunStopped, WorkerCrashed, WorkerFailed
 from arena.sharing.history import RunHistory
@@ -47,7 +48,6 @@ ProgressFn = Callable[[float | None, str], None]
 # Generous: a 7B export or first download takes many minutes; a hung worker is still stopped eventually.
 PREPARE_TIMEOUT_S = 3 * 3600
 RUN_TIMEOUT_S = 3 * 3600
-STOP_WAIT_S = 5.0  # how long Stop waits for the stopped run to end before it answers
 
 
 def _quiet(_fraction: float | None, _description: str) -> None:
@@ -69,7 +69,7 @@ class Arena:
         self.log_dir = self.cache_dir / "logs"
         self.policy = policy or Policy.local()
         self.run_timeout_s = run_timeout_s
-        self._cancels: dict[str, tuple[threading.Event, threading.Event]] = {}  # owner: (stop, ended)
+        self.stops = StopSignals()  # each browser session's or API client's run, and its Stop
         self._environment = environment
         self._env_lock = threading.Lock()
         self._run_lock = RunLock()
@@ -233,32 +233,15 @@ class Arena:
         """A result dict as a visitor may see it (server paths and logs removed in public mode)."""
         return self.policy.redact(data, (str(self.cache_dir), str(Path(__file__).resolve().parent.parent)))
 
-    @contextlib.contextmanager
-    def stoppable(self, owner: str) -> Iterator[threading.Event]:
-        """The stop signal for what ``owner`` (a browser session, an API client) runs inside this block."""
-        event, ended = threading.Event(), threading.Event()
-        self._cancels[owner] = (event, ended)
-        try:
-            yield event
-        finally:
-            ended.set()
-            if self._cancels.get(owner, (None,))[0] is event:
-                del self._cancels[owner]
+    def stoppable(self, owner: str) -> contextlib.AbstractContextManager[threading.Event]:
+        """The stop signal for what ``owner`` (a browser session, an API client) runs inside this block
+        (`StopSignals.stoppable`)."""
+        return self.stops.stoppable(owner)
 
     def stop(self, owner: str, wait_s: float = STOP_WAIT_S) -> bool | None:
-        """Stop ``owner``'s run: its current worker (and any export it started) is killed at once.
-
-        None: ``owner`` has no run. Else waits up to ``wait_s`` for the stopped run's block to end and says whether
-        it did (True: the caller can start the next run at once; False: it is still unwinding, e.g. waiting for
-        the cores). A second stop of the same run waits likewise. (The wait also keeps /stop from answering within
-        a millisecond, which gradio_client 2.5 can lose: its SSE reader drops a completion that arrives before it
-        registered the call.)"""
-        entry = self._cancels.get(owner)
-        if entry is None:
-            return None
-        event, ended = entry
-        event.set()
-        return ended.wait(wait_s)
+        """Stop ``owner``'s run: its current worker (and any export it started) is killed at once. None: ``owner``
+        has no run; else whether its block ended within ``wait_s`` (`StopSignals.stop`)."""
+        return self.stops.stop(owner, wait_s)
 
     def _left(self, deadline: float | None, default: float) -> float:
         """Seconds a worker call may take: ``default``, or less when the run's time limit comes first."""
@@ -332,7 +315,7 @@ class Arena:
         yield run_cls(request, prepared, tuple(results), environment=env, machine_load=tuple(loads))
         for spec in request.backends:
             for partial in self.runner.stream(spec, prepared, request, env, progress, result_cls, deadline, limit,
-                                               cancel, results, loads):
+                                              cancel, results, loads):
                 yield run_cls(request, prepared, tuple(results), environment=env, streaming=partial,
                               machine_load=tuple(loads))
             yield run_cls(request, prepared, tuple(results), environment=env, machine_load=tuple(loads))
