@@ -7,7 +7,7 @@
   function nor under ``if TYPE_CHECKING:`` (what a backend needs of the core is in `backends.contract`, or comes in
   its load context);
 - ui/ and app.py import arena's public surface only (``from arena import <a name of arena.PUBLIC>``) and nothing of
-  backends/;
+  backends/; what drives an `Arena` outside arena/core.py calls its public methods only;
 - the core knows no backend by name: outside arena/registry.py no module of arena/ or ui/ holds a registered
   backend's name or alias as a string (a backend is asked through the registry: its options, precisions, colour,
   whether it can be the reference), but for the short list of reasons in `ALLOWED_NAMES`.
@@ -224,6 +224,23 @@ def test_the_ui_and_the_app_import_arenas_public_surface_only():
     code = "import sys, arena; print(sorted(m for m in sys.modules if m.startswith(('arena.', 'backends'))))"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_what_drives_an_arena_uses_its_public_methods():
+    """Outside arena/core.py, code that holds an `Arena` (``arena`` or ``self.arena``: the judging check, the
+    examples, the warm-up, the load sweep, the UI, the app) reaches none of its private attributes."""
+    found = []
+    for module, path in sorted(project_files().items()):
+        if module == "arena.core":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")):
+                continue
+            holder = node.value
+            if (isinstance(holder, ast.Name) and holder.id == "arena") or (
+                    isinstance(holder, ast.Attribute) and holder.attr == "arena"):
+                found.append(f"{path.relative_to(ROOT).as_posix()}:{node.lineno} reaches arena.{node.attr}")
+    assert not found, "use (or add) a public method of Arena:\n" + "\n".join(found)
 
 
 def backend_names() -> set[str]:
