@@ -79,20 +79,18 @@ def terminal_printer():
 
 
 def main(argv: list[str] | None = None) -> None:
-    from arena.public.secrets import hide_initial_environment
+    from arena import hide_initial_environment
 
     # Before anything else: re-executes this command once without the secret variables (their values travel in
     # a pipe), so that neither this process's /proc/<pid>/environ nor any worker's holds them.
     hide_initial_environment(reexec=argv is None)
     args = parse_args(argv)
     stop_on_sigterm()  # first: the start-up preparation may already run workers
-    from arena.running import zerogpu
+    from arena import zerogpu_active, zerogpu_install
 
-    if zerogpu.active():  # ZeroGPU hardware: import spaces and make its @spaces.GPU function before any worker,
-        zerogpu.install()  # thread or launch (spaces reports the function to ZeroGPU at launch)
-    from arena.core import Arena
-    from arena.public.policy import Policy, PublicLimits, parse_limit_overrides
-    from arena.running.warmup import WarmUp
+    if zerogpu_active():  # ZeroGPU hardware: import spaces and make its @spaces.GPU function before any worker,
+        zerogpu_install()  # thread or launch (spaces reports the function to ZeroGPU at launch)
+    from arena import Arena, Policy, PublicLimits, WarmUp, parse_limit_overrides
     from ui import build_ui, launch_options
 
     limits = PublicLimits.from_settings(overrides=parse_limit_overrides(args.limit))

@@ -13,9 +13,10 @@
 
 Importing this package never imports torch, transformers or onnxruntime: those live in worker processes.
 
-Its public surface is `PUBLIC`: the names a front end (ui/) imports, ``from arena import Arena, TextRunRequest``,
-each from the module that defines it, imported when first asked (PEP 562), so ``import arena.errors`` in a worker
-costs what it did. ui/ imports nothing else of arena and nothing of backends/ (tests/test_layout.py).
+Its public surface is `PUBLIC`: the names a front end (ui/, app.py) imports, ``from arena import Arena,
+TextRunRequest``, each from the module that defines it, imported when first asked (PEP 562), so ``import
+arena.errors`` in a worker costs what it did. ui/ and app.py import nothing else of arena and nothing of backends/
+(tests/test_layout.py).
 """
 
 import importlib as _importlib
@@ -83,6 +84,14 @@ PUBLIC = {
     "load_summary_rows": "arena.serving.report:summary_rows",
     "load_report_markdown": "arena.serving.report:report_markdown",
     "LOAD_PUBLIC_REFUSAL": "arena.serving.sweep:PUBLIC_REFUSAL",
+    # starting the server (app.py): secrets out of the environment, ZeroGPU, the public policy, the warm-up
+    "hide_initial_environment": "arena.public.secrets",
+    "zerogpu_active": "arena.running.zerogpu:active",
+    "zerogpu_install": "arena.running.zerogpu:install",
+    "Policy": "arena.public.policy",
+    "PublicLimits": "arena.public.policy",
+    "parse_limit_overrides": "arena.public.policy",
+    "WarmUp": "arena.running.warmup",
 }
 __all__ = sorted(PUBLIC)
 

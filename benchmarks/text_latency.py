@@ -120,8 +120,8 @@ def own_workers(arena: Arena) -> dict:
     hosts: dict[BackendSpec, Hosted] = {}
 
     def backend_worker(spec: BackendSpec):
-        worker = arena._worker(f"bench-{spec.label}", "benchmarks.own_loop:OwnLoopHost",
-                               arena.backends[spec.backend], str(arena.cache_dir))
+        worker = arena.workers.get(f"bench-{spec.label}", "benchmarks.own_loop:OwnLoopHost",
+                                   arena.backends[spec.backend], str(arena.cache_dir))
         hosts[spec] = Hosted(worker, OwnLoopHost)  # called like the core's own (a checked proxy of the host)
         return hosts[spec]
     arena._backend_worker = backend_worker

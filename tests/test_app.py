@@ -115,7 +115,7 @@ def test_sigterm_mid_run_ends_the_workers_and_what_they_started(tmp_path):
         "app.stop_on_sigterm()\n"
         "from arena.core import Arena\n"
         f"arena = Arena(cache_dir={str(tmp_path / 'cache')!r}, environment={{}})\n"
-        "worker = arena._worker('toy', 'tests.support.helpers:Toy')\n"
+        "worker = arena.workers.get('toy', 'tests.support.helpers:Toy')\n"
         "print(worker.call('pid'), flush=True)\n"
         f"threading.Thread(target=worker.call, args=('sleep_with_child', 120, {str(tmp_path / 'child')!r}),\n"
         "                 daemon=True).start()\n"

@@ -1,12 +1,13 @@
 """The project's layout rules, read from the source with `ast` (nothing is imported but the registry):
 
-- imports have no loops: no module of arena/, ui/, backends/ or app.py imports, even inside a function, a module
-  that imports it back;
+- imports have no loops: no module of arena/, ui/, backends/ or app.py imports, even inside a function or under
+  ``if TYPE_CHECKING:``, a module that imports it back;
 - imports go one way, app -> ui -> arena -> backends;
 - the border to the backends runs one way: no module under backends/ imports anything of `arena`, not inside a
   function nor under ``if TYPE_CHECKING:`` (what a backend needs of the core is in `backends.contract`, or comes in
   its load context);
-- ui/ imports arena's public surface only (``from arena import <a name of arena.PUBLIC>``) and nothing of backends/;
+- ui/ and app.py import arena's public surface only (``from arena import <a name of arena.PUBLIC>``) and nothing of
+  backends/; what drives an `Arena` outside arena/core.py calls its public methods only;
 - the core knows no backend by name: outside arena/registry.py no module of arena/ or ui/ holds a registered
   backend's name or alias as a string (a backend is asked through the registry: its options, precisions, colour,
   whether it can be the reference), but for the short list of reasons in `ALLOWED_NAMES`.
@@ -45,11 +46,6 @@ def project_files() -> dict[str, Path]:
     return files
 
 
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
 def public_surface() -> dict[str, str]:
     """arena's public surface, {name: the module that defines it}, read from arena/__init__.py's ``PUBLIC``."""
     tree = ast.parse((ROOT / "arena" / "__init__.py").read_text())
@@ -60,11 +56,11 @@ def public_surface() -> dict[str, str]:
 
 
 def imports_of(path: Path, module: str, modules: set[str]) -> set[str]:
-    """The project modules ``module`` imports, at its top or inside functions; imports under ``if TYPE_CHECKING:``
-    are left out (they never run). ``from a.b import c`` is a.b.c when that is a module, else a.b; an import of a
-    submodule counts as an edge to that submodule only (not to the packages above it, whose ``__init__`` Python
-    also runs). ``from arena import Name`` (the public surface) is an edge to the module that defines Name: arena
-    imports it from there when first asked."""
+    """The project modules ``module`` imports, at its top, inside functions or under ``if TYPE_CHECKING:`` (a
+    type-only import is still a dependency: a loop through one is a type in the wrong place). ``from a.b import
+    c`` is a.b.c when that is a module, else a.b; an import of a submodule counts as an edge to that submodule only
+    (not to the packages above it, whose ``__init__`` Python also runs). ``from arena import Name`` (the public
+    surface) is an edge to the module that defines Name: arena imports it from there when first asked."""
     surface = public_surface()
     is_package = path.name == "__init__.py"
     found: set[str] = set()
@@ -75,10 +71,6 @@ def imports_of(path: Path, module: str, modules: set[str]) -> set[str]:
         return name or None
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node.test):
-            for child in node.orelse:
-                visit(child)
-            return
         if isinstance(node, ast.Import):
             found.update(filter(None, (known(alias.name) for alias in node.names)))
         elif isinstance(node, ast.ImportFrom):
@@ -156,10 +148,11 @@ def _loop_in(group: set[str], graph: dict[str, set[str]]) -> list[str]:
 
 
 def test_no_import_loop_among_the_projects_modules():
-    """Imports under ``if TYPE_CHECKING:`` are left out: they never run."""
+    """Imports under ``if TYPE_CHECKING:`` count too: a loop that only type checking closes is still a loop."""
     graph = import_graph()
     assert {"app", "arena.core", "ui.charts", "backends.contract", "backends.onnxruntime.backend"} <= set(graph)
     assert "backends.contract" in graph["arena.registry"] and "arena.registry" in graph["arena.types"]
+    assert "backends.contract" in graph["backends.loops"]  # imported there under ``if TYPE_CHECKING:`` only
     loops = cycles(graph)
     assert not loops, "import loops (each: a module, what it imports, ... back to it):\n" + "\n".join(
         " -> ".join(loop) for loop in loops)
@@ -201,15 +194,16 @@ def test_backends_import_nothing_from_arena():
     assert not found, "take it from backends.contract or the LoadContext instead:\n" + "\n".join(found)
 
 
-def test_the_ui_imports_arenas_public_surface_only():
-    """ui/ takes the core from ``from arena import ...`` with names of `arena.PUBLIC` (the same at the top or inside
-    a function); never ``arena.<module>`` and never backends/ (the backends' options reach it through arena)."""
+def test_the_ui_and_the_app_import_arenas_public_surface_only():
+    """ui/ and app.py take the core from ``from arena import ...`` with names of `arena.PUBLIC` (the same at the top
+    or inside a function); never ``arena.<module>`` and never backends/ (the backends' options reach them through
+    arena)."""
     import arena
 
     surface = public_surface()
-    assert {"Arena", "ArenaError", "TextRunRequest", "OptionInfo"} <= set(surface)
+    assert {"Arena", "ArenaError", "TextRunRequest", "OptionInfo", "WarmUp"} <= set(surface)
     found = []
-    for path in sorted((ROOT / "ui").rglob("*.py")):
+    for path in [ROOT / "app.py", *sorted((ROOT / "ui").rglob("*.py"))]:
         where = path.relative_to(ROOT).as_posix()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and not node.level and node.module == "arena":
@@ -230,6 +224,23 @@ def test_the_ui_imports_arenas_public_surface_only():
     code = "import sys, arena; print(sorted(m for m in sys.modules if m.startswith(('arena.', 'backends'))))"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_what_drives_an_arena_uses_its_public_methods():
+    """Outside arena/core.py, code that holds an `Arena` (``arena`` or ``self.arena``: the judging check, the
+    examples, the warm-up, the load sweep, the UI, the app) reaches none of its private attributes."""
+    found = []
+    for module, path in sorted(project_files().items()):
+        if module == "arena.core":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")):
+                continue
+            holder = node.value
+            if (isinstance(holder, ast.Name) and holder.id == "arena") or (
+                    isinstance(holder, ast.Attribute) and holder.attr == "arena"):
+                found.append(f"{path.relative_to(ROOT).as_posix()}:{node.lineno} reaches arena.{node.attr}")
+    assert not found, "use (or add) a public method of Arena:\n" + "\n".join(found)
 
 
 def backend_names() -> set[str]:

@@ -41,7 +41,7 @@ def test_a_run_that_arrives_during_the_start_up_preparation_waits_for_it_and_say
     seen: list[str] = []
     request = TextRunRequest(model=str(tiny_llama), prompt="hi", backends=(BackendSpec("pytorch"),),
                              max_new_tokens=2, warmup=0)
-    arena._run_lock.acquire()  # as the warm-up's run holds it while it prepares
+    arena.exclusive().acquire()  # as the warm-up's run holds it while it prepares
     arena.busy_with = "the start-up preparation of the default models"
     try:
         visitor = threading.Thread(target=arena.run_text_to_end, args=(request, lambda _f, d: seen.append(d)))
@@ -53,7 +53,7 @@ def test_a_run_that_arrives_during_the_start_up_preparation_waits_for_it_and_say
         assert visitor.is_alive()  # it waits: it does not prepare a second time beside the warm-up
     finally:
         arena.busy_with = None
-        arena._run_lock.release()
+        arena.exclusive().release()
     visitor.join(300)
     assert not visitor.is_alive()
 
@@ -74,7 +74,7 @@ def test_a_visitors_run_goes_before_the_next_background_step():
     import threading
     import time
 
-    from arena.core import BACKGROUND, RunLock
+    from arena.running.runlock import BACKGROUND, RunLock
 
     lock, order = RunLock(), []
 

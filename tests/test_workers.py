@@ -152,7 +152,7 @@ def test_a_closed_arena_starts_no_worker(tmp_path):
     arena = Arena(cache_dir=tmp_path, environment={"cpu_count": 1})
     arena.close()
     result = arena.run_text_to_end(TextRunRequest(model="any", prompt="hi", backends=(BackendSpec("pytorch"),)))
-    assert result.error == "The app is shutting down: no new worker starts." and arena._workers == {}
+    assert result.error == "The app is shutting down: no new worker starts." and arena.worker_pids() == {}
 
 
 def test_stop_answers_once_the_stopped_run_has_ended(tmp_path):
@@ -172,14 +172,14 @@ def test_stop_answers_once_the_stopped_run_has_ended(tmp_path):
 
     thread = threading.Thread(target=run)
     thread.start()
-    while "visitor" not in arena._cancels:
+    while "visitor" not in arena.stops:
         time.sleep(0.01)
     assert arena.stop("someone else") is None
     assert arena.stop("visitor") is True
     answered = time.monotonic()
     thread.join(5)
     assert ended_at and ended_at[0] <= answered, "Stop answered before the run had ended"
-    assert arena.stop("visitor") is None and "visitor" not in arena._cancels
+    assert arena.stop("visitor") is None and "visitor" not in arena.stops
     arena.close()
 
 
@@ -198,7 +198,7 @@ def test_a_stop_that_times_out_says_the_run_is_still_stopping(tmp_path):
 
     thread = threading.Thread(target=run)
     thread.start()
-    while "visitor" not in arena._cancels:
+    while "visitor" not in arena.stops:
         time.sleep(0.01)
     assert arena.stop("visitor", wait_s=0.2) is False
     assert arena.stop("visitor", wait_s=0.2) is False  # a second stop of the same run: still stopping, not "no run"

@@ -15,9 +15,13 @@ and a visitor still cannot pass any path of their own.
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from arena.errors import ArenaError
 from arena.preparing.catalog import (
@@ -35,6 +39,7 @@ DEMO_TEXT_KIND = "demo-broken-text"
 DEMO_IMAGE_KIND = "demo-broken-image"
 DEMO_VERSION = 1  # bump when the damage changes: a new cache entry
 TEXT_DEMO_TOKENS = 24
+EXAMPLES_KEPT = 8  # example results kept (four examples, a few request variants each)
 TEXT_DAMAGE = "noise in every attention and MLP weight matrix (1.5 standard deviations)"
 IMAGE_DAMAGE = "VAE decoder convolutions scaled by 1e30: fp32 overflows, as an fp16 VAE without upcast does"
 # Each task's broken example: {task: (its cache kind, the function that damages the good export, the damage, the
@@ -95,11 +100,14 @@ def damage_image_export(good: str, target: str) -> None:
 
 
 class BrokenConversions:
-    """Makes (once) and registers the broken exports; builds the demo requests."""
+    """Makes (once) and registers the broken exports; builds the demo requests; keeps their last judged results.
+    Drives the `Arena` through its public methods."""
 
     def __init__(self, arena):
         self.arena = arena
         self._lock = threading.Lock()
+        self._kept: dict[str, Any] = {}  # the examples' last judged results (`run_example`)
+        self._kept_lock = threading.Lock()
 
     def _good_export(self, task: str, progress) -> Path:
         """The cached good export of the default model (made by an operator run of the export backend,
@@ -123,7 +131,7 @@ class BrokenConversions:
 
             def build(tmp: Path):
                 # On the cores in turn like a run's step (a damage beside a timed run would skew its timings);
-                # made by the start-up preparation, it gives way to a visitor's run (`arena.core.RunLock`).
+                # made by the start-up preparation, it gives way to a visitor's run (`arena.running.runlock.RunLock`).
                 with self.arena.exclusive():
                     run_isolated(target, str(good), str(tmp), description="Breaking the default export on purpose",
                                  progress=progress, log_path=self.arena.log_dir / f"{kind}.log", timeout=1800)
@@ -152,3 +160,25 @@ class BrokenConversions:
                                guidance_scale=entry.guidance_scale, seed=0,
                                backends=(BackendSpec(default_reference()),
                                          self._candidate("image", broken, progress)))
+
+    def run_example(self, request, progress=lambda *_: None, cancel: threading.Event | None = None) -> Iterator:
+        """An example's run (the server's own request): its last judged result from this server at once when there
+        is one (``kept_at`` says when it ran; its inputs and models are fixed, so its verdicts are too), else run
+        live and kept for the next visitor. Run it live: `Arena.run_text` / `Arena.run_image`."""
+        key = json.dumps(request.to_dict(), sort_keys=True, default=str)
+        with self._kept_lock:
+            kept = self._kept.get(key)
+        if kept is not None:
+            yield kept
+            return
+        final = None
+        run = self.arena.run_text if request.task == "text" else self.arena.run_image
+        for final in run(request, progress, cancel):
+            yield final
+        if final is not None and not final.error and not final.phase and final.results \
+                and all(r.verdict is not None for r in final.results):
+            with self._kept_lock:
+                self._kept[key] = dataclasses.replace(final, kept_at=time.strftime("%Y-%m-%d %H:%M UTC",
+                                                                                   time.gmtime()))
+                while len(self._kept) > EXAMPLES_KEPT:
+                    self._kept.pop(next(iter(self._kept)))

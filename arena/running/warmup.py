@@ -11,9 +11,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from arena.core import BACKGROUND
 from arena.preparing.catalog import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, EXAMPLE_PROMPTS, IMAGE_EXAMPLE_PROMPTS
 from arena.registry import DEFAULT_BACKENDS
+from arena.running.runlock import BACKGROUND
 from arena.tasks import TASKS, task_of
 from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
 
@@ -81,7 +81,7 @@ class WarmUp:
 
     def _work(self) -> None:
         self.arena.busy_with = "the start-up preparation of the default models"
-        token = BACKGROUND.set(True)  # a visitor's run goes first at every step (`arena.core.RunLock`)
+        token = BACKGROUND.set(True)  # a visitor's run goes first at every step (`arena.running.runlock.RunLock`)
         try:
             self._prepare()
         finally:
