@@ -15,7 +15,6 @@ from arena.errors import ArenaError
 from arena.judging.stage import JudgingStage
 from arena.judging.verdicts import reference_index
 from arena.preparing.cache import ArtifactCache, default_cache_dir
-from arena.preparing.catalog import find_catalog_model, find_image_catalog_model
 from arena.preparing.demos import BrokenConversions
 from arena.preparing.prepare import Preparer
 from arena.public import secrets
@@ -31,6 +30,7 @@ from arena.running.stops import STOP_WAIT_S, StopSignals
 from arena.running.stream import BackendRunner, over_time
 from arena.running.workers import Hosted, RunStopped, WorkerCrashed, WorkerFailed
 from arena.sharing.history import RunHistory
+from arena.tasks import task_of
 from arena.types import (
     BackendImageResult,
     BackendSpec,
@@ -187,18 +187,17 @@ class Arena:
     def _prepare(self, request, progress: ProgressFn, deadline: float | None = None,
                  cancel: threading.Event | None = None):
         """The shared input of ``request`` (text or image, by its task), made in the preparation worker."""
-        preparer = self._preparer()
-        prepare = preparer.prepare_image if request.task == "image" else preparer.prepare_text
+        prepare = task_of(request).step(self._preparer(), "prepare_{}")
         return prepare(request, progress=progress, timeout=self._left(deadline, PREPARE_TIMEOUT_S), cancel=cancel,
-                       token=self.hub_token(request.model, request.task == "image"))
+                       token=self.hub_token(request.model, request.task))
 
-    def hub_token(self, model: str, image: bool) -> str | bool | None:
+    def hub_token(self, model: str, task: str = "text") -> str | bool | None:
         """The token a hub download of ``model`` may use. Public mode: the operator's token only for a gated
         catalog entry (the operator's own choice of model); a visitor's hub id, and every other catalog entry, is
         fetched anonymously (False: not even a `hf auth login` file). Locally: the user's own token."""
         if not self.policy.public:
             return secrets.hf_token()
-        entry = find_image_catalog_model(model) if image else find_catalog_model(model)
+        entry = task_of(task).find_model(model)
         return (secrets.hf_token() or False) if entry is not None and entry.gated else False
 
     def prepare_text(self, request: TextRunRequest, progress: ProgressFn = _quiet) -> PreparedText:
@@ -308,7 +307,8 @@ class Arena:
         except ValueError as exc:
             yield run_cls(request, prepared, (), error=str(exc), environment=env)
             return
-        if prepared.task == "text":
+        task = task_of(prepared)
+        if task.streams_text:  # the prompt estimate counts its tokens with this model's tokenizer
             self.estimates.resolved(request.model, prepared.model_dir)
         results: list = []
         loads: list = []  # what the machine did while each backend ran (`arena.running.load`)
@@ -327,9 +327,8 @@ class Arena:
         progress(None, "Judging the outputs")
         yield run_cls(request, prepared, tuple(results), environment=env, phase="judging", machine_load=tuple(loads))
         with self._run_lock:
-            judge = self.judging.text if prepared.task == "text" else self.judging.image
-            judged = judge(prepared, results, reference, request, progress, cancel, deadline)
-        if prepared.task == "text":
+            judged = task.step(self.judging)(prepared, results, reference, request, progress, cancel, deadline)
+        if task.streams_text:  # its rates: time to first token and per new token
             self.estimates.remember(request, prepared, judged)
         yield run_cls(request, prepared, tuple(judged), environment=env, machine_load=tuple(loads))
 

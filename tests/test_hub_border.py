@@ -217,9 +217,9 @@ def test_a_gated_catalog_entry_uses_the_operators_token_and_nothing_else_does(lo
     monkeypatch.setattr(secrets, "_TAKEN", {"HF_TOKEN": operator})
     arena = Arena(cache_dir=tmp_path / "cache", policy=Policy(public=True))
     try:
-        assert arena.hub_token("meta-llama/Llama-2-7b-chat-hf", image=False) == operator
-        assert arena.hub_token("someone/model", image=False) is False
-        assert arena.hub_token("smollm2-135m-instruct", image=False) is False
+        assert arena.hub_token("meta-llama/Llama-2-7b-chat-hf", task="text") == operator
+        assert arena.hub_token("someone/model", task="text") is False
+        assert arena.hub_token("smollm2-135m-instruct", task="text") is False
     finally:
         arena.close()
     preparer = Preparer(str(tmp_path / "cache"))

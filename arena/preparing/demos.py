@@ -172,7 +172,7 @@ class BrokenConversions:
             yield kept
             return
         final = None
-        run = self.arena.run_text if request.task == "text" else self.arena.run_image
+        run = task_of(request).step(self.arena, "run_{}")
         for final in run(request, progress, cancel):
             yield final
         if final is not None and not final.error and not final.phase and final.results \

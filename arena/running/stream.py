@@ -15,6 +15,7 @@ from arena.running import zerogpu
 from arena.running.load import between as machine_between
 from arena.running.load import sample as machine_sample
 from arena.running.workers import RunStopped, WorkerCrashed, WorkerFailed
+from arena.tasks import task_of
 
 ProgressFn = Callable[[float | None, str], None]
 
@@ -112,7 +113,7 @@ class BackendRunner:
             return result_cls(spec, error=f"Not run: this run reached the server's time limit of {limit:g} s.")
         try:
             host = self._host(spec)
-            run = host.run_image if request.task == "image" else host.run_text
+            run = task_of(request).step(host, "run_{}")
             return run(prepared, spec, request, progress=progress, timeout=self._time_left(deadline),
                        cancel=cancel)
         except RunStopped as exc:
