@@ -1,6 +1,7 @@
 """Request fields declared once, the way backends declare their options (`backends.contract.option`).
 
-A request dataclass (`arena.types.TextRunRequest`, `ImageRunRequest`) makes each field with `request_field`:
+A request dataclass (`arena.types.TextRunRequest`, `ImageRunRequest`, `arena.serving.request.LoadRunRequest`,
+`arena.judging.check.CheckRequest`) makes each field with `request_field`:
 its default, bounds, label, help and public-mode cap. Everything that shows, reads or checks a request is
 derived from that declaration:
 
