@@ -67,8 +67,7 @@ class FieldInfo:
         if self.parser is not None:
             return self.parser(value)  # the backends: each backend's own options say what is wrong
         if self.kind == "texts":
-            if isinstance(value, str) or not isinstance(value, list | tuple) or \
-                    not all(isinstance(v, str) for v in value):
+            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
                 raise ValueError(f"{self.label} must be a list of texts, not {type(value).__name__}.")
             return tuple(value)
         try:
