@@ -45,6 +45,7 @@ PUBLIC = {
     "FieldInfo": "arena.fields",
     "api_docstring": "arena.fields",
     "api_parameters": "arena.fields",
+    "api_signature": "arena.fields",
     "DEFAULT_BACKENDS": "arena.registry",
     "default_reference": "arena.registry",
     "OptionChoice": "backends.contract",
@@ -61,6 +62,7 @@ PUBLIC = {
     "find_image_catalog_model": "arena.preparing.catalog",
     # judging, as shown: the headless check, the difference picture, where an image broke
     "CHECK_REACH": "arena.judging.check",
+    "CheckRequest": "arena.judging.check",
     "check": "arena.judging.check",
     "difference_heatmap": "arena.judging.verdicts",
     "IMAGE_COMPONENT_TITLES": "arena.judging.localize_image:TITLES",

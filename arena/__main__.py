@@ -29,16 +29,9 @@ import sys
 import time
 
 from arena.fields import add_arguments, cli_values
-from arena.registry import DEFAULT_BACKENDS, default_reference
+from arena.registry import DEFAULT_BACKENDS
 from arena.tasks import TASKS
 from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def parse_backend(text: str) -> BackendSpec:
@@ -85,8 +78,9 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from arena.judging.check import CHECK_REACH
+def build_parser() -> argparse.ArgumentParser:
+    """Every command's flags; a request's are its declared fields (`arena.fields.add_arguments`)."""
+    from arena.judging.check import CheckRequest
 
     parser = argparse.ArgumentParser(prog="python -m arena", description=__doc__, epilog=backend_help(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -103,27 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--report", metavar="DIR", help="also write the JSON, CSV and Markdown reports into DIR")
         if task.streams_text:  # its answers are token ids, which drift
             command.add_argument("--allow-drift", action="store_true", help="exit 0 even when token ids differ")
-    check = sub.add_parser("check", help="is a candidate (e.g. an ONNX export) broken? verdicts + exit code")
-    check.add_argument("--model", required=True, help="the reference model: catalog key, hub id or directory")
-    check.add_argument("--candidate", required=True, type=parse_backend, action="append", dest="candidates",
-                       help="e.g. onnxruntime:onnx_dir=/path/to/export or onnxruntime:precision=int8; repeatable")
-    check.add_argument("--reference", type=parse_backend, default=BackendSpec(default_reference()),
-                       help="default: the first backend that can be a reference in its default configuration")
-    check.add_argument("--task", choices=("auto", "text", "image"), default="auto")
-    check.add_argument("--prompt", action="append", dest="prompts", default=[],
-                       help="repeatable; default: three built-in prompts")
-    check.add_argument("--max-new-tokens", type=int, default=48)
-    check.add_argument("--reach", type=int, default=CHECK_REACH, metavar="POSITIONS",
-                       help="text checks: teacher-force the long shipped text up to this many positions (cut to the "
-                            f"model's context; default {CHECK_REACH:,}; 0 or up to 512: the fixed paragraph only), a "
-                            "full pass and its last positions through the candidate's KV cache")
-    check.add_argument("--steps", type=positive_int, default=None, help="image checks only: denoising steps "
-                       "(default: the catalog entry's, else 20)")
+    check = sub.add_parser("check", help="is a candidate (e.g. an ONNX export) broken? verdicts + exit code",
+                           epilog=backend_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    # The flags are CheckRequest's declared fields, as /check's parameters are; --candidate may be repeated.
+    add_arguments(check, CheckRequest, backend_type=parse_backend, repeated=("candidate",))
     check.add_argument("--cache-dir", default=None)
     check.add_argument("--json", action="store_true", help="print the full report as JSON")
-    check.add_argument("--localize", action="store_true", help="where did it break: compare each layer's output "
-                       "(text) or each component's, text encoder / UNet / VAE decoder (images), with the reference's "
-                       "for any candidate (a broken or drifting one always is)")
     from arena.serving.request import LoadRunRequest
 
     load = sub.add_parser("load", help="sweep OpenAI-compatible servers over concurrency levels: latency "
@@ -141,12 +120,21 @@ def main(argv: list[str] | None = None) -> int:
     prepare.add_argument("--examples", action="store_true",
                          help="also make the broken-conversion examples' exports (the app makes them in the "
                               "background after start-up)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     from arena.core import Arena
 
-    commands = {"prepare": run_prepare, "load": run_load, "check": run_check, "image": run_image, "text": run_text}
-    return commands[args.command](args, Arena(cache_dir=args.cache_dir))
+    def arena() -> Arena:
+        return Arena(cache_dir=args.cache_dir)
+
+    if args.command == "check":  # its request is checked before any Arena (and its workers) is made
+        return run_check(args, arena)
+    commands = {"prepare": run_prepare, "load": run_load, "image": run_image, "text": run_text}
+    return commands[args.command](args, arena())
 
 
 def run_text(args, arena) -> int:
@@ -224,18 +212,29 @@ def run_image(args, arena) -> int:
     return 1 if failed else 0
 
 
-def run_check(args, arena) -> int:
-    from arena.judging.check import check, summary_lines
+def run_check(args, make_arena) -> int:
+    """``check``: one `CheckRequest` per ``--candidate``, refused before any work (exit 2) when a value is out of its
+    bounds, with the API's sentence; the summary lines (or ``--json``); the exit code is the worst candidate's."""
+    from arena.judging.check import CheckRequest, check, summary_lines
 
+    values = cli_values(args, CheckRequest)
+    try:
+        requests = [CheckRequest.from_values(values | {"candidate": candidate}) for candidate in args.candidate]
+    except ValueError as exc:
+        print(f"ERROR {exc}", file=sys.stderr)
+        return 2
+    problem = next((p for p in (r.refuse_bounds() for r in requests) if p), None)
+    if problem:
+        print(f"ERROR {problem}", file=sys.stderr)
+        return 2
+    arena = make_arena()
     reports = []
     # One reference, one caller: its passes over the same tokens (the fixed paragraph, its answer) are computed once
     # for every candidate and prompt of this command, not once per candidate.
     arena.keep_reference_distributions = True
     try:
-        for candidate in args.candidates:
-            reports.append(check(arena, args.model, candidate, task=args.task, prompts=tuple(args.prompts),
-                                 reference=args.reference, max_new_tokens=args.max_new_tokens, steps=args.steps,
-                                 progress=phase_printer(), localize=args.localize, reach=args.reach))
+        for request in requests:
+            reports.append(check(arena, request, progress=phase_printer()))
     finally:
         arena.close()
     if args.json:

@@ -140,7 +140,7 @@ class TextRunRequest(_Request):
 
     model: str = request_field(DEFAULT_TEXT_MODEL, kind="text", label="Model", blank_is_default=True,
                                help="a catalog key, a Hugging Face hub id, or a local directory")
-    prompt: str = request_field("", kind="text", label="Prompt", public_cap="max_prompt_chars",
+    prompt: str = request_field("", kind="text", label="Prompt", public_cap="max_prompt_chars", required=True,
                                 cap_text=PROMPT_CAP, help="the user's prompt (rendered with the model's prompt format)")
     backends: tuple[BackendSpec, ...] = request_field(
         kind="backends", label="Backends", default_factory=parse_backends, parser=parse_backends,
@@ -341,7 +341,7 @@ class ImageRunRequest(_Request):
     model: str = request_field(DEFAULT_IMAGE_MODEL, kind="text", label="Pipeline", blank_is_default=True,
                                help="a catalog key, a diffusers hub id, or a local pipeline folder")
     prompt: str = request_field("", kind="text", label="Prompt", public_cap="max_prompt_chars", cap_text=PROMPT_CAP,
-                                help="what to draw")
+                                required=True, help="what to draw")
     backends: tuple[BackendSpec, ...] = request_field(
         kind="backends", label="Backends", default_factory=parse_backends, parser=parse_backends,
         help='names ("pytorch,onnxruntime"), or a JSON list of names or option dicts; default: PyTorch and '

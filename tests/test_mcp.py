@@ -42,7 +42,12 @@ def test_mcp_client_lists_the_tools_and_calls_check(app_server):
     assert {"check", "compare_text", "compare_image"} <= set(tools), sorted(tools)
     assert "Is the candidate broken?" in tools["check"].description
     assert "Run one prompt greedily" in tools["compare_text"].description
-    assert set(tools["check"].inputSchema["properties"]) >= {"model", "candidate", "prompts", "max_new_tokens", "reach"}
+    # The tool's parameters are /check's, which are CheckRequest's declared fields (the CLI's flags too).
+    from arena.judging.check import CheckRequest
+
+    declared = {info.name for info in CheckRequest.fields()}
+    assert set(tools["check"].inputSchema["properties"]) - {"request"} == declared, tools["check"].inputSchema
+    assert {"steps", "seed", "localize", "reach", "max_new_tokens"} <= declared
     assert not called.isError, called
     report = ast.literal_eval(called.content[0].text)  # Gradio returns the dict as its Python text
     assert report["error"] is None and report["broken"] is False, report

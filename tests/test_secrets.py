@@ -77,11 +77,16 @@ def test_history_is_bounded_per_entry_and_per_session():
 
 
 def test_public_check_prompts_are_capped():
+    from arena.judging.check import CheckRequest
+
+    def asking(prompts):
+        return CheckRequest(model="smollm2-135m-instruct", candidate="onnxruntime", prompts=prompts)
+
     policy = Policy(public=True, limits=PublicLimits(max_check_prompts=5))
-    assert "up to 5 prompts" in policy.refuse_check(["p"] * 200)
-    assert "capped at 2000 characters" in policy.refuse_check(["p" * 3000])
-    assert policy.refuse_check(["a", "b"]) is None
-    assert Policy(public=False).refuse_check(["p"] * 200) is None
+    assert "up to 5 prompts" in policy.refuse_check(asking(["p"] * 200))
+    assert "capped at 2000 characters" in policy.refuse_check(asking(["p" * 3000]))
+    assert policy.refuse_check(asking(["a", "b"])) is None
+    assert Policy(public=False).refuse_check(asking(["p"] * 200)) is None
 
 
 def test_public_view_cuts_a_huge_echo():

@@ -11,17 +11,15 @@ from typing import Any
 import gradio as gr
 
 from arena import (
-    API_TYPES,
-    CHECK_REACH,
     DEFAULT_BACKENDS,
     Arena,
-    BackendSpec,
+    CheckRequest,
     FieldInfo,
     ImageRunRequest,
     TextRunRequest,
     api_docstring,
     api_parameters,
-    default_reference,
+    api_signature,
 )
 from ui.controls import RUN_CONCURRENCY_ID, is_mcp, session_of
 from ui.demos import register_example_api
@@ -29,13 +27,11 @@ from ui.demos import register_example_api
 
 def request_function(request_cls, name: str, summary: str, returns: str, run: Callable[[dict, Any], Any],
                      return_annotation: Any = dict):
-    """An API function whose parameters are the request's declared fields (`arena.fields`), in the API's order
-    (prompt first), with their defaults, types and help (Gradio reads the signature for the client and the
-    docstring for the API page and MCP tools); plus ``request`` (Gradio's, for the caller's session)."""
-    parameters = [inspect.Parameter(info.name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                    default=inspect.Parameter.empty if info.name == "prompt" else
-                                    None if info.kind == "backends" else info.default,
-                                    annotation=API_TYPES[info.kind]) for info in api_parameters(request_cls)]
+    """An API function whose parameters are the request's declared fields (`arena.fields.api_signature`), in the
+    API's order (the required ones first: the prompt, a check's model and candidate), with their defaults, types
+    and help (Gradio reads the signature for the client and the docstring for the API page and MCP tools); plus
+    ``request`` (Gradio's, for the caller's session)."""
+    parameters = api_signature(request_cls)
     parameters.append(inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
                                         annotation=gr.Request))
     signature = inspect.Signature(parameters, return_annotation=return_annotation)
@@ -80,31 +76,6 @@ def make_compare_text(arena: Arena):
                             "the run as JSON (the dashboard's structured result).", compare_text)
 
 
-def check_values(model: Any, task: Any, prompts: Any, max_new_tokens: Any,
-                 reach: Any = None) -> tuple[str, str, tuple, int, int]:
-    """/check's own arguments, each of its type or a ValueError sentence (the request fields check the rest)."""
-    if not isinstance(model, str) or not model.strip():
-        raise ValueError("The model is a catalog key, a hub id or a local folder: a non-empty text.")
-    task = task or "auto"
-    if task not in ("auto", "text", "image"):
-        raise ValueError(f"The task is 'auto', 'text' or 'image', not {str(task)[:40]!r}.")
-    if prompts is None:
-        prompts = ()
-    if not isinstance(prompts, list | tuple) or not all(isinstance(p, str) for p in prompts):
-        raise ValueError("The prompts are a list of texts.")
-    field = TextRunRequest.field("max_new_tokens")
-    tokens = field.parse(max_new_tokens)
-    problem = field.refuse_bounds(tokens)
-    if problem:
-        raise ValueError(problem)
-    reach_field = TextRunRequest.field("reach")
-    positions = reach_field.parse(CHECK_REACH if reach is None else reach)
-    problem = reach_field.refuse_bounds(positions)
-    if problem:
-        raise ValueError(problem)
-    return model, task, tuple(prompts), int(tokens), int(positions)
-
-
 def make_load_sweep(arena: Arena):
     """Build the /load_sweep function (`arena.serving`): declared fields, refused in public mode."""
     from arena import LOAD_SWEEP_SUMMARY as SUMMARY
@@ -119,36 +90,22 @@ def make_load_sweep(arena: Arena):
 
 
 def make_check(arena: Arena):
-    def check(model: str, candidate: Any, task: str = "auto", prompts: list[str] | None = None,
-              reference: Any = None, max_new_tokens: int = 48, reach: int = CHECK_REACH,
-              request: gr.Request = None) -> dict:
-        """Is the candidate broken? Runs it next to the reference on a few prompts and returns the verdicts.
+    """Build the /check function: its parameters are `CheckRequest`'s declared fields, as the CLI's flags are."""
 
-        Args:
-            model: the reference model: a catalog key, hub id or local directory.
-            candidate: a backend name or options dict, e.g. {"backend": "onnxruntime", "onnx_dir": "/exports/x"}.
-            task: "auto", "text" or "image".
-            prompts: the prompts to check with; default: three built-in ones.
-            reference: the reference backend (default PyTorch fp32).
-            max_new_tokens: tokens per text answer.
-            reach: text: teacher-force the long shipped text up to this many positions (cut to the model's
-                context; 0 or up to 512: the fixed paragraph only), full pass and its last positions through the
-                candidate's KV cache.
-        Returns {"broken": bool, "error": str | None, "checks": [{"prompt", "verdict": {"kind", "reason",
-        "broken", "metrics"}, "reference_verdict", ...}], ...}.
-        """
+    def check(values: dict, request: gr.Request | None) -> dict:
         from arena import check as run_check
 
         try:
-            spec, ref = BackendSpec.from_any(candidate), BackendSpec.from_any(reference or default_reference())
-            model, task, prompts, tokens, positions = check_values(model, task, prompts, max_new_tokens, reach)
+            asked = CheckRequest.from_values(values)
         except (ValueError, TypeError) as exc:
             return {"broken": True, "error": str(exc), "checks": []}
-        with arena.stoppable(session_of(request)) as cancel:
-            return arena.public_view(run_check(arena, model, spec, task=task, prompts=prompts, reference=ref,
-                                               max_new_tokens=tokens, cancel=cancel, reach=positions))
+        with arena.stoppable(session_of(request)) as cancel:  # bounds and public caps: `check` refuses them first
+            return arena.public_view(run_check(arena, asked, cancel=cancel))
 
-    return check
+    return request_function(CheckRequest, "check", "Is the candidate broken? Runs it next to the reference on a "
+                            "few prompts and returns the verdicts.",
+                            '{"broken": bool, "error": str | None, "checks": [{"prompt", "verdict": {"kind", '
+                            '"reason", "broken", "metrics"}, "reference_verdict", ...}], "where", ...}.', check)
 
 
 HEAVY_MODULES = ("torch", "transformers", "onnxruntime", "optimum", "tensorrt")

@@ -1,20 +1,24 @@
-"""Headless judgement: is a candidate (for example a user's ONNX export) broken? Used by the CLI and the API.
+"""Headless judgement: is a candidate (for example a user's ONNX export) broken? Used by the CLI, the API and MCP.
 
 The candidate runs next to the reference (by default the registry's `default_reference`: PyTorch fp32) on a few
 prompts; every run is judged
-(`arena.judging.verdicts`) and the candidate is broken when any of its verdicts says so.
+(`arena.judging.verdicts`) and the candidate is broken when any of its verdicts says so. What a check takes is a
+`CheckRequest`, declared once like the text and image requests (`arena.fields.request_field`): the CLI's flags
+(``python -m arena check``), the ``/check`` API's signature and docstring, and so MCP's tool, are read from it.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from arena.fields import RequestFields, request_field
 from arena.judging.verdicts import REACH_CACHED_STEPS
 from arena.preparing.catalog import IMAGE_CATALOG, IMAGE_EXAMPLE_PROMPTS, find_image_catalog_model
 from arena.registry import default_reference
-from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
+from arena.types import PROMPT_CAP, BackendSpec, ImageRunRequest, TextRunRequest
 
 # The long reach a check teacher-forces by default (`TextRunRequest.reach`): 4,096 positions, or the model's
 # context when shorter.
@@ -24,6 +28,89 @@ TEXT_PROMPTS = (
     "Write a short poem about the sea.",
     "Explain what a neural network is to a child.",
 )
+TASKS = ("auto", "text", "image")
+
+
+def _model(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("The model is a catalog key, a hub id or a local folder: a non-empty text.")
+    return value
+
+
+def _candidate(value: Any) -> BackendSpec:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise ValueError('The candidate is a backend name or options dict, e.g. {"backend": "onnxruntime", '
+                         '"onnx_dir": "/exports/x"}.')
+    return BackendSpec.from_any(value)
+
+
+def _reference() -> BackendSpec:
+    return BackendSpec(default_reference())
+
+
+@dataclass(frozen=True)
+class CheckRequest(RequestFields):
+    """One check: is ``candidate`` broken, next to ``reference``, on a few prompts? Each field is declared once
+    (`arena.fields.request_field`), as the text and image requests' are: the CLI, the API, MCP and the public gate
+    read it from here. Public mode: the prompts are capped in number and length, the tokens and steps by their
+    caps; the long reach is cut to its cap, not refused (`check`); paths and the model are the runs' gate's."""
+
+    what: ClassVar[str] = "check"
+
+    model: str = request_field(None, kind="text", label="Model", required=True, parser=_model,
+                               help="the reference model: a catalog key, hub id or local directory")
+    candidate: BackendSpec = request_field(
+        None, kind="backend", label="Candidate", required=True, parser=_candidate,
+        help='the backend to judge: a name or an options dict, e.g. {"backend": "onnxruntime", "onnx_dir": '
+             '"/exports/x"} (CLI: onnxruntime:onnx_dir=/exports/x)')
+    task: str = request_field("auto", kind="text", label="Task", choices=TASKS,
+                              help='"auto" (an image catalog key or a diffusers pipeline folder is "image"), "text" '
+                                   'or "image"')
+    prompts: tuple[str, ...] = request_field(
+        (), kind="texts", label="Prompts", cli_flag="--prompt", public_cap="max_check_prompts",
+        cap_text="A check takes up to {cap} prompts on this public server (asked: {asked}).",
+        help="the prompts to check with; default: three built-in ones (images: three example prompts)")
+    reference: BackendSpec = request_field(
+        kind="backend", label="Reference", default_factory=_reference, parser=BackendSpec.from_any,
+        help="the backend the candidate is compared with, as the candidate is given; default: the first backend "
+             "that can be a reference in its default configuration (PyTorch fp32)")
+    max_new_tokens: int = request_field(48, kind="int", label="Max new tokens", minimum=1, maximum=4096,
+                                        public_cap="max_new_tokens", help="text checks: tokens per answer")
+    reach: int = request_field(CHECK_REACH, kind="int", label="Long reach (positions)", minimum=0, maximum=131_072,
+                               help="text checks: teacher-force the long shipped text up to this many positions (cut "
+                                    "to the model's context, and to the cap on a public server; 0 or up to 512: the "
+                                    "fixed paragraph only), a full pass and its last positions through the "
+                                    "candidate's KV cache")
+    steps: int | None = request_field(None, kind="int", label="Steps", minimum=1, maximum=200,
+                                      public_cap="max_steps",
+                                      cap_text="Steps are capped at {cap} on this public server (asked: {asked}).",
+                                      help="image checks: denoising steps (not given: the catalog entry's, else 20)")
+    seed: int = request_field(0, kind="int", label="Seed", minimum=0, maximum=2**63 - 1,
+                              help="image checks: the seed of the initial latents")
+    localize: str = request_field("auto", kind="text", label="Where did it break?", choices=("auto", "all", "off"),
+                                  flag_alone="all",
+                                  help="compare each layer's output (text) or each component's, text encoder / "
+                                       'UNet / VAE decoder (images), with the reference\'s: "auto" for a broken or '
+                                       'drifting candidate, "all" for any candidate (the CLI\'s bare --localize), '
+                                       '"off" for none; a check localizes its first such prompt only')
+
+    def refuse_public(self, limits: Any) -> str | None:
+        """The fields' caps (the number of prompts first), and each prompt's length under the prompt's cap."""
+        problem = self.field("prompts").refuse_public(self.prompts, limits)
+        if problem:
+            return problem
+        longest = max((len(p) for p in self.prompts), default=0)
+        if longest > limits.max_prompt_chars:
+            return PROMPT_CAP.format(cap=f"{limits.max_prompt_chars:g}", asked=f"{longest:g}")
+        return super().refuse_public(limits)
+
+    def resolved_task(self, look_on_disk: bool = True) -> str:
+        """"text" or "image": the task asked for, or guessed from the model (`guess_task`)."""
+        return guess_task(self.model, look_on_disk) if self.task == "auto" else self.task
+
+    def prompt_list(self, task: str) -> tuple[str, ...]:
+        """The prompts asked for, or the built-in ones for ``task``."""
+        return self.prompts or (IMAGE_EXAMPLE_PROMPTS[:3] if task == "image" else TEXT_PROMPTS)
 
 
 def guess_task(model: str, look_on_disk: bool = True) -> str:
@@ -35,31 +122,35 @@ def guess_task(model: str, look_on_disk: bool = True) -> str:
     return "image" if (Path(model).expanduser() / "model_index.json").is_file() else "text"
 
 
-def check(arena, model: str, candidate: BackendSpec, task: str = "auto", prompts: tuple[str, ...] = (),
-          reference: BackendSpec | None = None, max_new_tokens: int = 48, steps: int | None = None,
-          seed: int = 0, progress=lambda *_: None, cancel=None, localize: bool = False,
-          reach: int = CHECK_REACH) -> dict[str, Any]:
+def check(arena, request: CheckRequest | str, candidate: Any = None, progress=lambda *_: None, cancel=None,
+          **fields: Any) -> dict[str, Any]:
     """Run reference and candidate on each prompt and collect the verdicts.
+
+    ``request``: a `CheckRequest`. (Or, as before it existed, the model, the candidate and the fields as keyword
+    arguments, ``localize`` a bool for "all" or "auto": ``check(arena, model, spec, prompts=..., localize=True)``.)
 
     Returns {"broken": bool, "error": str | None, "task", "model", "candidate", "reference", "checks": [{prompt,
     candidate verdict, reference verdict, ...}], "where": ...}. ``error`` is a problem before any verdict (no
-    such model). ``where``: the first localized prompt's `arena.judging.localize` result (text: the first
-    divergent layer) or `arena.judging.localize_image` result (images: the first divergent component); a broken or
-    drifting candidate is localized, ``localize`` asks it for any candidate; None with ``where_unavailable``
-    when it could not be done, or when nothing was localized. ``reach``: the long reach's positions (text; cut to
-    the model's context), teacher-forced once, with the first prompt (the text does not depend on the prompt);
-    ``reach`` in the report says how far it went.
+    such model, a value out of its bounds, a public cap). ``where``: the first localized prompt's
+    `arena.judging.localize` result (text: the first divergent layer) or `arena.judging.localize_image` result
+    (images: the first divergent component), as the request's ``localize`` asks; None with ``where_unavailable``
+    when it could not be done, or when nothing was localized. The long reach is teacher-forced once, with the first
+    prompt (the text does not depend on the prompt); ``reach`` in the report says how far it went.
     """
-    task = guess_task(model, look_on_disk=not arena.policy.public) if task == "auto" else task
-    reference = reference or BackendSpec(default_reference())
-    prompts = tuple(prompts) or (IMAGE_EXAMPLE_PROMPTS[:3] if task == "image" else TEXT_PROMPTS)
-    out: dict[str, Any] = {"task": task, "model": model, "candidate": candidate.to_dict(),
+    if not isinstance(request, CheckRequest):
+        if isinstance(fields.get("localize"), bool):
+            fields["localize"] = "all" if fields["localize"] else "auto"
+        request = CheckRequest.from_values({"model": request, "candidate": candidate, **fields})
+    task = request.resolved_task(look_on_disk=not arena.policy.public)
+    reference, candidate = request.reference, request.candidate
+    prompts = request.prompt_list(task)
+    out: dict[str, Any] = {"task": task, "model": request.model, "candidate": candidate.to_dict(),
                            "reference": reference.to_dict(), "checks": [], "error": None}
-    problem = arena.policy.refuse_check(prompts)
+    problem = arena.policy.refuse_check(request) or request.refuse_bounds()
     if problem:
         out.update(error=problem, broken=True)
         return out
-    cut = ""
+    reach, cut = request.reach, ""
     if arena.policy.public and reach > arena.policy.limits.max_reach:  # the default included: cut, not refused
         cut = f"the long reach is cut to {arena.policy.limits.max_reach:,} positions on this public server"
         reach = arena.policy.limits.max_reach
@@ -71,19 +162,19 @@ def check(arena, model: str, candidate: BackendSpec, task: str = "auto", prompts
             out["error"] = (f"This check reached the server's time limit of "
                             f"{arena.policy.limits.run_time_limit_s:g} s after {len(out['checks'])} prompt(s).")
             break
+        # once localized, not again: the first prompt that breaks says where
+        localize = "off" if located else request.localize
         if task == "image":
-            entry = find_image_catalog_model(model) or IMAGE_CATALOG[0]
-            request = ImageRunRequest(model=model, prompt=prompt, backends=(reference, candidate),
-                                      steps=steps or entry.steps, guidance_scale=entry.guidance_scale, seed=seed,
-                                      reference="0", localize="off" if located else "all" if localize else "auto")
-            result = arena.run_image_to_end(request, progress, cancel)
+            entry = find_image_catalog_model(request.model) or IMAGE_CATALOG[0]
+            run = ImageRunRequest(model=request.model, prompt=prompt, backends=(reference, candidate),
+                                  steps=request.steps or entry.steps, guidance_scale=entry.guidance_scale,
+                                  seed=request.seed, reference="0", localize=localize)
+            result = arena.run_image_to_end(run, progress, cancel)
         else:
-            request = TextRunRequest(model=model, prompt=prompt, backends=(reference, candidate),
-                                     max_new_tokens=max_new_tokens, warmup=0, reference="0",
-                                     reach=0 if out["checks"] else reach,
-                                     # once localized, not again: the first prompt that breaks says where
-                                     localize="off" if located else "all" if localize else "auto")
-            result = arena.run_text_to_end(request, progress, cancel)
+            run = TextRunRequest(model=request.model, prompt=prompt, backends=(reference, candidate),
+                                 max_new_tokens=request.max_new_tokens, warmup=0, reference="0",
+                                 reach=0 if out["checks"] else reach, localize=localize)
+            result = arena.run_text_to_end(run, progress, cancel)
         if result.error:
             out["error"] = result.error
             break

@@ -177,18 +177,13 @@ class Policy:
         """One sentence saying why this text request may not run, or None."""
         return self._refuse_common(request, request.task)
 
-    def refuse_check(self, prompts) -> str | None:
-        """A /check's prompts: how many (each is a whole run) and how long, before any of them runs."""
+    def refuse_check(self, request) -> str | None:
+        """A check's own caps (`arena.judging.check.CheckRequest`: its fields declare them): how many prompts
+        (each is a whole run) and how long, its tokens and steps, before any prompt runs. Its model and backends
+        pass this gate with each prompt's run."""
         if not self.public:
             return None
-        if len(prompts) > self.limits.max_check_prompts:
-            return (f"A check takes up to {self.limits.max_check_prompts} prompts on this public server "
-                    f"(asked: {len(prompts)}).")
-        longest = max((len(str(p)) for p in prompts), default=0)
-        if longest > self.limits.max_prompt_chars:
-            return (f"The prompt's length is capped at {self.limits.max_prompt_chars} characters on this public "
-                    f"server (asked: {longest}).")
-        return None
+        return request.refuse_public(self.limits)
 
     def refuse_image(self, request) -> str | None:
         """One sentence saying why this image request may not run, or None."""
