@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 
 from arena.judging.image_metrics import psnr
-from arena.registry import backend_class, tolerance_class
 
-TEXT_BROKEN = {"GIBBERISH", "EMPTY", "ERROR", "WRONG", "LOSSY"}
-IMAGE_BROKEN = {"DIFFERENT", "BLANK", "NOISE", "NAN", "ERROR", "WRONG"}
+# The kinds, each declared once: whether it is broken, how it is shown (TEXT_BROKEN, IMAGE_BROKEN re-exported).
+from arena.judging.kinds import IMAGE_BROKEN, KINDS, TEXT_BROKEN, VerdictKind  # noqa: F401
+from arena.judging.results import Quality
+from arena.registry import backend_class, tolerance_class
 
 # First-step logits against the reference: (max absolute error, max error relative to the largest |logit|).
 TEXT_TOLERANCES = {"fp32": (1e-2, 1e-3), "fp16": (0.5, 2e-2), "bf16": (1.0, 5e-2), "int8": (2.0, 1e-1),
@@ -88,13 +89,32 @@ NOISE_CORRELATION = 0.35  # neighbour-pixel correlation under which an image has
 
 @dataclass(frozen=True)
 class Verdict:
+    """One output's verdict: a declared kind (`arena.judging.kinds.KINDS`), the one-line reason, whether it is
+    broken (its kind's declaration; given, it must agree) and the figures behind it."""
     kind: str
     reason: str
-    broken: bool
+    broken: bool | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        declared = KINDS.get(self.kind)
+        if declared is None:
+            raise ValueError(f"verdict kind {self.kind!r} is not declared in arena.judging.kinds.KINDS")
+        if self.broken is None:
+            object.__setattr__(self, "broken", declared.broken)
+        elif self.broken != declared.broken:
+            raise ValueError(f"a {self.kind} verdict is {'' if declared.broken else 'not '}broken by its declaration")
+
+    @property
+    def declared(self) -> VerdictKind:
+        return KINDS[self.kind]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def sentence(self) -> str:
+        """"DRIFT: fluent but diverges at token 12 of 48, ...": the kind and its one-line reason."""
+        return f"{self.kind}: {self.reason}"
 
 
 def reference_index(value: str | int | None, specs) -> int:
@@ -380,25 +400,12 @@ def sequence_onset(quality: dict[str, Any] | None, precision: str) -> dict[str, 
 
 
 def quality_sentence(quality: dict[str, Any] | None) -> str:
-    """"top-1 96.5%, KL 0.003, ppl ×1.01 over 180 positions" (or why there is none)."""
-    if not quality:
-        return "teacher-forced quality not measured"
-    if quality.get("unavailable"):
-        return f"teacher-forced quality not available ({quality['unavailable']})"
-    kept = quality.get("reused") or []
-    return (f"teacher-forced top-1 agreement {quality['top1']:.1%}, KL {quality['kl']:.3g} nats, "
-            f"perplexity ×{_ratio(quality['ppl_ratio'])} over {quality['positions']} positions"
-            + (f" (the {' and '.join('answer' if k == 'output' else k for k in kept)}'s figures kept from an earlier "
-               "run of the same two models)" if kept else ""))
-
-
-def _ratio(value: float) -> str:
-    """A ratio for a sentence: "1.012", or "8.6e+15" once it is huge (a broken export's perplexity ratio)."""
-    return f"{value:.3f}" if abs(value) < 1000 else f"{value:.2g}"
+    """"top-1 96.5%, KL 0.003, ppl ×1.01 over 180 positions" (or why there is none): `Quality.sentence`."""
+    return Quality.from_dict(quality).sentence()
 
 
 def _measured(quality: dict[str, Any] | None) -> bool:
-    return bool(quality) and not quality.get("unavailable") and quality.get("top1") is not None
+    return Quality.from_dict(quality).measured
 
 
 def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str, *, error: str | None = None,
