@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from arena.judging.results import Where, error_text
 from arena.judging.verdicts import REACH_CACHED_STEPS
 from arena.preparing.catalog import IMAGE_CATALOG, IMAGE_EXAMPLE_PROMPTS, find_image_catalog_model
 from arena.registry import default_reference
@@ -128,26 +129,23 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"{verdict['kind']:<9} {check_['prompt'][:48]!r}: {verdict['reason']}")
         if ref["broken"]:
             lines.append(f"{'':<9} (the reference itself is {ref['kind']}: {ref['reason']})")
-    where = report.get("where")
-    if where and where.get("task") == "image":
-        from arena.judging.localize_image import at_step, summary
-
-        found = f"{where['unit']}{at_step(where)}: {where['cause']}" if where.get("unit") else \
-            "no component breaks" + (f": {where['cause']}" if where.get("cause") else "")
-        lines.append(f"{'WHERE':<9} {found} [{summary(where)}]")
-    elif where and where.get("unit") == "the KV cache":
-        lines.append(f"{'WHERE':<9} the KV cache: {where['cause']}")
-    elif where and where.get("unit"):
-        lines.append(f"{'WHERE':<9} {where['unit']} (relative error "
-                     f"{'NaN/Inf' if where['error'] is None else format(where['error'], '.3g')}"
-                     + (f", {where['jump']:g}x the units just before it" if where.get("jump") else "")
-                     + f", tolerance {where['threshold']:g}): {where['cause']}")
+    where = Where.from_dict(report["where"]) if report.get("where") else None
+    if where and where.is_image:
+        found = f"{where.unit}{where.at_step()}: {where.cause}" if where.unit else \
+            "no component breaks" + (f": {where.cause}" if where.cause else "")
+        lines.append(f"{'WHERE':<9} {found} [{where.figures()}]")
+    elif where and where.is_kv_cache:
+        lines.append(f"{'WHERE':<9} the KV cache: {where.cause}")
+    elif where and where.unit:
+        lines.append(f"{'WHERE':<9} {where.unit} (relative error {error_text(where.error)}"
+                     + (f", {where.jump:g}x the units just before it" if where.jump else "")
+                     + f", tolerance {where.threshold:g}): {where.cause}")
     elif where:
-        over = where.get("over")  # a reduced precision's even growth past the line
+        over = where.over  # a reduced precision's even growth past the line
         lines.append(f"{'WHERE':<9} no layer breaks ("
-                     + (f"{over['unit']} reaches {over['error']:.3g}, over the tolerance {where['threshold']:g}"
-                        if over else f"every unit within the tolerance {where['threshold']:g}") + ")"
-                     + (f"; {where['cause']}" if where.get("cause") else ""))
+                     + (f"{over['unit']} reaches {over['error']:.3g}, over the tolerance {where.threshold:g}"
+                        if over else f"every unit within the tolerance {where.threshold:g}") + ")"
+                     + (f"; {where.cause}" if where.cause else ""))
     elif report.get("where_unavailable"):
         lines.append(f"{'WHERE':<9} not localized: {report['where_unavailable']}")
     lines.append(("BROKEN: " if report["broken"] else "OK: ") + BackendSpec.from_any(report["candidate"]).label)
