@@ -56,6 +56,23 @@ def parse_backend(text: str) -> BackendSpec:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def tolerance_value(text: str) -> tuple[str, float]:
+    """``0.5`` (every precision class) or ``fp16:0.5`` (one class), as Polygraphy's ``--atol [out:]value``."""
+    klass, _, value = text.rpartition(":")
+    try:
+        return klass, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+
+
+def tolerances_of(args) -> dict[str, dict[str, float]] | None:
+    """The check's ``--atol``/``--rtol``/``--min-psnr``/``--min-ssim`` as `check`'s ``tolerances``, or None."""
+    from arena.judging.verdicts import TOLERANCE_OVERRIDES
+
+    found = {name: dict(getattr(args, name)) for name in TOLERANCE_OVERRIDES if getattr(args, name, None)}
+    return found or None
+
+
 def backend_help() -> str:
     """Each registered backend with its options and choices, for ``--help``."""
     from arena.registry import all_backends
@@ -86,6 +103,7 @@ def table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from arena.judging.check import CHECK_REACH
+    from arena.judging.verdicts import TOLERANCE_OVERRIDES
 
     parser = argparse.ArgumentParser(prog="python -m arena", description=__doc__, epilog=backend_help(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,6 +138,13 @@ def main(argv: list[str] | None = None) -> int:
                        "(default: the catalog entry's, else 20)")
     check.add_argument("--cache-dir", default=None)
     check.add_argument("--json", action="store_true", help="print the full report as JSON")
+    for flag, name in (("--atol", "atol"), ("--rtol", "rtol"), ("--min-psnr", "min_psnr"),
+                       ("--min-ssim", "min_ssim")):
+        task, meaning = TOLERANCE_OVERRIDES[name]
+        check.add_argument(flag, action="append", type=tolerance_value, dest=name, metavar="[PRECISION:]VALUE",
+                           help=f"{task} checks: {meaning.split(' (')[0]}, in place of the per-precision table's "
+                                "(as Polygraphy's comparator: one value for every precision, or PRECISION:VALUE "
+                                "for one class, fp32|fp16|bf16|int8|int4; repeatable)")
     check.add_argument("--localize", action="store_true", help="where did it break: compare each layer's output "
                        "(text) or each component's, text encoder / UNet / VAE decoder (images), with the reference's "
                        "for any candidate (a broken or drifting one always is)")
@@ -237,7 +262,8 @@ def run_check(args, arena) -> int:
         for candidate in args.candidates:
             reports.append(check(arena, args.model, candidate, task=args.task, prompts=tuple(args.prompts),
                                  reference=args.reference, max_new_tokens=args.max_new_tokens, steps=args.steps,
-                                 progress=phase_printer(), localize=args.localize, reach=args.reach))
+                                 progress=phase_printer(), localize=args.localize, reach=args.reach,
+                                 tolerances=tolerances_of(args)))
     finally:
         arena.close()
     if args.json:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from arena.judging.results import Where, error_text
-from arena.judging.verdicts import REACH_CACHED_STEPS
+from arena.judging.verdicts import REACH_CACHED_STEPS, TOLERANCE_OVERRIDES, tolerance_overrides
 from arena.preparing.catalog import IMAGE_CATALOG, IMAGE_EXAMPLE_PROMPTS, find_image_catalog_model
 from arena.registry import default_reference
 from arena.types import BackendSpec, ImageRunRequest, TextRunRequest
@@ -39,7 +39,7 @@ def guess_task(model: str, look_on_disk: bool = True) -> str:
 def check(arena, model: str, candidate: BackendSpec, task: str = "auto", prompts: tuple[str, ...] = (),
           reference: BackendSpec | None = None, max_new_tokens: int = 48, steps: int | None = None,
           seed: int = 0, progress=lambda *_: None, cancel=None, localize: bool = False,
-          reach: int = CHECK_REACH) -> dict[str, Any]:
+          reach: int = CHECK_REACH, tolerances: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run reference and candidate on each prompt and collect the verdicts.
 
     Returns {"broken": bool, "error": str | None, "task", "model", "candidate", "reference", "checks": [{prompt,
@@ -49,14 +49,20 @@ def check(arena, model: str, candidate: BackendSpec, task: str = "auto", prompts
     drifting candidate is localized, ``localize`` asks it for any candidate; None with ``where_unavailable``
     when it could not be done, or when nothing was localized. ``reach``: the long reach's positions (text; cut to
     the model's context), teacher-forced once, with the first prompt (the text does not depend on the prompt);
-    ``reach`` in the report says how far it went.
+    ``reach`` in the report says how far it went. ``tolerances``: judged with these in place of the per-precision
+    tables, as Polygraphy's comparator takes ``--atol``/``--rtol``: {"atol": 0.5} for every precision class, or
+    {"atol": {"fp16": 0.5, "": 0.1}} per class ("" the others); text ``atol``/``rtol`` (the first-step logits),
+    images ``min_psnr``/``min_ssim`` (`arena.judging.verdicts.TOLERANCE_OVERRIDES`); each verdict's reason then
+    says "the given tolerance", and the report repeats them as ``tolerances``.
     """
     task = guess_task(model, look_on_disk=not arena.policy.public) if task == "auto" else task
     reference = reference or BackendSpec(default_reference())
     prompts = tuple(prompts) or (IMAGE_EXAMPLE_PROMPTS[:3] if task == "image" else TEXT_PROMPTS)
     out: dict[str, Any] = {"task": task, "model": model, "candidate": candidate.to_dict(),
                            "reference": reference.to_dict(), "checks": [], "error": None}
-    problem = arena.policy.refuse_check(prompts)
+    if tolerances:
+        out["tolerances"] = tolerances
+    problem = arena.policy.refuse_check(prompts) or _tolerance_problem(tolerances, task)
     if problem:
         out.update(error=problem, broken=True)
         return out
@@ -77,14 +83,14 @@ def check(arena, model: str, candidate: BackendSpec, task: str = "auto", prompts
             request = ImageRunRequest(model=model, prompt=prompt, backends=(reference, candidate),
                                       steps=steps or entry.steps, guidance_scale=entry.guidance_scale, seed=seed,
                                       reference="0", localize="off" if located else "all" if localize else "auto")
-            result = arena.run_image_to_end(request, progress, cancel)
+            result = arena.run_image_to_end(request, progress, cancel, tolerances=tolerances)
         else:
             request = TextRunRequest(model=model, prompt=prompt, backends=(reference, candidate),
                                      max_new_tokens=max_new_tokens, warmup=0, reference="0",
                                      reach=0 if out["checks"] else reach,
                                      # once localized, not again: the first prompt that breaks says where
                                      localize="off" if located else "all" if localize else "auto")
-            result = arena.run_text_to_end(request, progress, cancel)
+            result = arena.run_text_to_end(request, progress, cancel, tolerances=tolerances)
         if result.error:
             out["error"] = result.error
             break
@@ -109,6 +115,20 @@ def check(arena, model: str, candidate: BackendSpec, task: str = "auto", prompts
     if localized and localized["where"] is None:
         out["where_unavailable"] = localized.get("where_unavailable")
     return out
+
+
+def _tolerance_problem(tolerances: dict[str, Any] | None, task: str) -> str | None:
+    """Why ``tolerances`` cannot judge a ``task`` check (`tolerance_overrides`' checks, and a name of the other
+    task's), or None."""
+    try:
+        tolerance_overrides(tolerances)
+    except ValueError as exc:
+        return f"Tolerances: {exc}."
+    other = [name for name in tolerances or {} if TOLERANCE_OVERRIDES[name][0] != task]
+    if other:
+        return (f"Tolerances: {', '.join(other)} judge{'s' if len(other) == 1 else ''} "
+                f"{TOLERANCE_OVERRIDES[other[0]][0]} checks, not this {task} check.")
+    return None
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:

@@ -33,10 +33,12 @@ TEXT_TOLERANCES = {"fp32": (1e-2, 1e-3), "fp16": (0.5, 2e-2), "bf16": (1.0, 5e-2
                    "int4": (4.0, 2e-1)}
 
 
-def text_tolerance(precision: str) -> tuple[float, float]:
+def text_tolerance(precision: str, tolerances: dict[str, Any] | None = None) -> tuple[float, float]:
     """The first-step logits tolerance of a precision: its class's in `TEXT_TOLERANCES`, the class as the backends
-    map the name (`arena.registry.tolerance_class`: "Q8_0" -> int8); an unknown name is held to fp32."""
-    return TEXT_TOLERANCES[tolerance_class(precision)]
+    map the name (`arena.registry.tolerance_class`: "Q8_0" -> int8); an unknown name is held to fp32. ``tolerances``:
+    given ones in place of the table's (`tolerance_overrides`)."""
+    klass = tolerance_class(precision)
+    return _overridden(tolerances, ("atol", "rtol"), klass, TEXT_TOLERANCES[klass])[0]
 
 
 # Teacher-forced quality a precision other than the reference's must keep (llama.cpp's perplexity figures): at
@@ -78,6 +80,66 @@ IMAGE_COMPONENT_FLOOR = {"fp32": 1e-3}
 # than int8, as the text tables are, rather than fp32's 30 dB by a silent fallback.
 IMAGE_TOLERANCES = {"fp32": (30.0, 0.95), "fp16": (20.0, 0.75), "bf16": (20.0, 0.75), "int8": (18.0, 0.7),
                     "int4": (15.0, 0.6)}
+# A table keyed by precision class has a row for every class (`backends.contract.PRECISION_CLASSES`), or is named
+# here with what a class missing from it gets: a declared fallback, never a silent one (tests/test_tolerances.py
+# finds every such table in this module and in `arena.judging.localize`).
+TOLERANCE_FALLBACKS = {
+    "SAME_PRECISION_FLOOR": "no floor: a reduced precision is held to QUALITY_MIN_TOP1 and QUALITY_MAX_KL (LOSSY)",
+    "POSITION_KL": "POSITION_KL_REDUCED per position for the onset; the decode path is not judged (a reduced "
+                   "precision's cached steps leave the floor by precision alone)",
+    "DECODE_SPLIT_MARGIN": "no split judged from the reference's margin alone (at a reduced precision a split is "
+                           "no evidence)",
+    "IMAGE_COMPONENT_FLOOR": "no component floor: only a candidate at fp32 is WRONG by its components",
+}
+
+# Tolerances a check is given (`arena.judging.check.check`'s ``tolerances``, ``python -m arena check --atol ...``),
+# as Polygraphy's comparator takes them (``polygraphy run --atol [out:]value --rtol ...``): one value for every
+# precision class, or {class: value} with "" for the others. They replace the table's value they name.
+TOLERANCE_OVERRIDES = {
+    "atol": ("text", "the first-step logits' max absolute error (`TEXT_TOLERANCES`' first value)"),
+    "rtol": ("text", "the first-step logits' max error relative to the largest |logit| (its second value)"),
+    "min_psnr": ("image", "the minimum PSNR in dB against the reference (`IMAGE_TOLERANCES`' first value)"),
+    "min_ssim": ("image", "the minimum SSIM against the reference (its second value)"),
+}
+
+
+def tolerance_overrides(tolerances: dict[str, Any] | None) -> dict[str, dict[str, float]]:
+    """``tolerances`` checked and written one way: {name: {precision class or "" (every other class): value}}.
+    Raises ValueError naming what is wrong (an unknown name or class, a value that is not a number >= 0)."""
+    from backends.contract import PRECISION_CLASSES
+
+    out: dict[str, dict[str, float]] = {}
+    for name, given in (tolerances or {}).items():
+        if name not in TOLERANCE_OVERRIDES:
+            raise ValueError(f"unknown tolerance {name!r}: one of {', '.join(TOLERANCE_OVERRIDES)}")
+        per_class = given if isinstance(given, dict) else {"": given}
+        out[name] = {}
+        for klass, value in per_class.items():
+            if klass not in ("", *PRECISION_CLASSES):
+                raise ValueError(f"tolerance {name}: {klass!r} is not a precision class "
+                                 f"({', '.join(PRECISION_CLASSES)}; none: every class)")
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"tolerance {name}: {value!r} is not a number") from None
+            if not number >= 0:  # (NaN too)
+                raise ValueError(f"tolerance {name}: {value!r} is below 0")
+            out[name][klass] = number
+    return out
+
+
+def _overridden(tolerances: dict[str, Any] | None, names: tuple[str, ...], klass: str,
+                defaults: tuple[float, float]) -> tuple[tuple[float, float], str | None]:
+    """The two tolerances of ``klass`` with the given ones in place, and "atol=0.5, rtol=0.02" when any was given
+    (None: the table's)."""
+    given = tolerance_overrides(tolerances)
+    values = []
+    for name, default in zip(names, defaults, strict=True):
+        per_class = given.get(name, {})
+        values.append(per_class.get(klass, per_class.get("", default)))
+    if not any(klass in given.get(name, {}) or "" in given.get(name, {}) for name in names):
+        return defaults, None
+    return (values[0], values[1]), ", ".join(f"{name}={value:g}" for name, value in zip(names, values, strict=True))
 
 GIBBERISH_NLL = 4.5  # mean negative log-likelihood per token (nats) under the reference model
 LOOP_MAX_PERIOD = 4  # a loop of at most this many tokens ...
@@ -413,7 +475,8 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
                logits: dict[str, float] | None = None, unk_token_id: int | None = None,
                nll: float | None = None, quality: dict[str, Any] | None = None,
                reference_precision: str | None = None, reference_failed: str | None = None,
-               precision_class: str | None = None, decode: dict[str, Any] | None = None) -> Verdict:
+               precision_class: str | None = None, decode: dict[str, Any] | None = None,
+               tolerances: dict[str, Any] | None = None) -> Verdict:
     """One text output's verdict: on its own first, then against the reference's token ids, logits and
     teacher-forced next-token distributions.
 
@@ -422,7 +485,8 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
     picks the tolerances; ``reference_precision`` the reference's (None: assume the same). ``reference_failed``:
     why the reference has no usable output (then the candidate is NOT COMPARED, never MATCH). ``decode``: the
     candidate's decode path against the reference (`Arena._decode_path`): per-step KL of its cached decode and of its
-    full pass, and where its answer splits from the reference's with the reference's margin there."""
+    full pass, and where its answer splits from the reference's with the reference's margin there. ``tolerances``:
+    ``atol``/``rtol`` given in place of `TEXT_TOLERANCES`' (`tolerance_overrides`; the reason says so)."""
     if error:
         return Verdict("ERROR", error.splitlines()[0][:300], True)
     signals = text_signals(text, token_ids, unk_token_id, nll)
@@ -462,7 +526,10 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
     first = next((i for i, (a, b) in enumerate(zip(ids, ref, strict=False)) if a != b), min(len(ids), len(ref)))
     metrics |= {"agreement": round(same / max(len(ref), len(ids), 1), 3), "first_divergence": first
                 if ids != ref else None}
-    abs_tol, rel_tol = TEXT_TOLERANCES[klass]
+    (abs_tol, rel_tol), given = _overridden(tolerances, ("atol", "rtol"), klass, TEXT_TOLERANCES[klass])
+    tolerance_name = f"the given tolerance {given}" if given else f"the {precision} tolerance"
+    if given:
+        metrics["tolerance"] = {"atol": abs_tol, "rtol": rel_tol, "given": True}
     within = logits is None or (logits["max_abs"] <= abs_tol or logits["max_rel"] <= rel_tol)
     # The tolerance as a rule: the absolute bound, and the relative one when the absolute is over (a large logit
     # scale makes the absolute error large). Two digits, more when two would print the bound itself ("4 > 4").
@@ -479,7 +546,7 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
             relative = f"relative {figure(logits['max_rel'], rel_tol)}"
             rule += f" > {abs_tol:g}, but {relative} ≤ {rel_tol:g}" if within else \
                 f" > {abs_tol:g} and {relative} > {rel_tol:g}"
-        logit_note = f"; first-step logits: {rule}: {'within' if within else 'over'} the {precision} tolerance"
+        logit_note = f"; first-step logits: {rule}: {'within' if within else 'over'} {tolerance_name}"
     quality_note = f"; {quality_sentence(quality)}" if _measured(quality) else ""
     onset = sequence_onset(quality, klass) if _measured(quality) else None
     if onset is not None:
@@ -498,8 +565,9 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
         return Verdict("WRONG", f"at {precision} like the reference, yet {sentence}{logit_note}{quality_note}",
                        True, metrics)
     if same_precision and not within and ids != ref:
+        bound = tolerance_name if given else f"tolerance {abs_tol:g}"
         return Verdict("WRONG", f"at {precision} like the reference, yet its first-step logits are off by "
-                       f"{logits['max_abs']:.2g} (tolerance {abs_tol:g}) and its tokens diverge at token "
+                       f"{logits['max_abs']:.2g} ({bound}) and its tokens diverge at token "
                        f"{first + 1} of {len(ref)}: the model's math differs, not its precision{quality_note}",
                        True, metrics)
     if not same_precision and _measured(quality) and (quality["top1"] < QUALITY_MIN_TOP1
@@ -633,9 +701,10 @@ def image_signals(image: np.ndarray) -> dict[str, Any]:
 
 def judge_image(image: np.ndarray | None, precision: str, *, error: str | None = None,
                 reference: np.ndarray | None = None, is_reference: bool = False,
-                precision_class: str | None = None) -> Verdict:
+                precision_class: str | None = None, tolerances: dict[str, Any] | None = None) -> Verdict:
     """One image's verdict: on its own (NaN, blank, noise), then against the reference's image (PSNR or SSIM within
-    the tolerance of ``precision_class``, the class its backend maps ``precision`` to; None: looked up by name)."""
+    the tolerance of ``precision_class``, the class its backend maps ``precision`` to; None: looked up by name).
+    ``tolerances``: ``min_psnr``/``min_ssim`` given in place of `IMAGE_TOLERANCES`' (the reason says so)."""
     if error:
         kind = "NAN" if "NaN" in error else "ERROR"
         return Verdict(kind, error.splitlines()[0][:300], True)
@@ -660,12 +729,17 @@ def judge_image(image: np.ndarray | None, precision: str, *, error: str | None =
                        True, metrics)
     db, structure = psnr(image, reference), ssim(image, reference)
     metrics |= {"psnr_db": None if db == float("inf") else round(db, 2), "ssim": round(structure, 4)}
-    min_db, min_ssim = IMAGE_TOLERANCES[precision_class or tolerance_class(precision)]
+    klass = precision_class or tolerance_class(precision)
+    (min_db, min_ssim), given = _overridden(tolerances, ("min_psnr", "min_ssim"), klass, IMAGE_TOLERANCES[klass])
+    if given:
+        metrics["tolerance"] = {"min_psnr": min_db, "min_ssim": min_ssim, "given": True}
     shown = "∞" if db == float("inf") else f"{db:.1f}"
     if db >= min_db or structure >= min_ssim:
-        return Verdict("MATCH", f"PSNR {shown} dB, SSIM {structure:.3f} vs the reference", False, metrics)
-    return Verdict("DIFFERENT", f"PSNR {shown} dB and SSIM {structure:.3f} vs the reference are below the "
-                   f"{precision} tolerance ({min_db:g} dB or SSIM {min_ssim:g})", True, metrics)
+        return Verdict("MATCH", f"PSNR {shown} dB, SSIM {structure:.3f} vs the reference"
+                       + (f", within the given tolerance {given}" if given else ""), False, metrics)
+    return Verdict("DIFFERENT", f"PSNR {shown} dB and SSIM {structure:.3f} vs the reference are below "
+                   + (f"the given tolerance {given}" if given else
+                      f"the {precision} tolerance ({min_db:g} dB or SSIM {min_ssim:g})"), True, metrics)
 
 
 def image_floor_verdict(verdict: Verdict, where: dict[str, Any] | None, precision: str,
