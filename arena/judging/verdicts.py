@@ -488,7 +488,7 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
     full pass, and where its answer splits from the reference's with the reference's margin there. ``tolerances``:
     ``atol``/``rtol`` given in place of `TEXT_TOLERANCES`' (`tolerance_overrides`; the reason says so)."""
     if error:
-        return Verdict("ERROR", error.splitlines()[0][:300], True)
+        return Verdict("ERROR", error.splitlines()[0][:300])
     signals = text_signals(text, token_ids, unk_token_id, nll)
     metrics: dict[str, Any] = {"signals": signals, "logits": logits, "precision": precision}
     if quality:
@@ -496,8 +496,8 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
     if decode:
         metrics["decode"] = decode
     if signals["empty"]:
-        return Verdict("EMPTY", "the output is empty" + (" (only special tokens)" if token_ids else ""), True,
-                       metrics)
+        return Verdict("EMPTY", "the output is empty" + (" (only special tokens)" if token_ids else ""),
+                       metrics=metrics)
     why = _gibberish_reason(signals)
     same_precision = precision == (reference_precision or precision)
     klass = precision_class or tolerance_class(precision)
@@ -507,20 +507,20 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
     if why and broken_decode and broken_decode[1]["measured"] and broken_decode[1]["full_agrees"]:
         # Gibberish from a model whose full pass is exact: the cache is what breaks it, the more precise diagnosis.
         sentence, metrics["decode_problem"] = broken_decode
-        return Verdict("WRONG", f"at {precision} like the reference, yet {sentence}; on its own: {why}", True,
-                       metrics)
+        return Verdict("WRONG", f"at {precision} like the reference, yet {sentence}; on its own: {why}",
+                       metrics=metrics)
     if why:
         # The strongest evidence first: the reference's verdict on its distributions, when measured and bad.
         if not is_reference and _measured(quality) and (quality["top1"] < QUALITY_MIN_TOP1
                                                         or quality["kl"] > QUALITY_MAX_KL):
             why = f"{quality_sentence(quality)} against the reference; on its own: {why}"
-        return Verdict("GIBBERISH", why, True, metrics)
+        return Verdict("GIBBERISH", why, metrics=metrics)
     if is_reference:
-        return Verdict("MATCH", "the reference: fluent on its own", False, metrics)
+        return Verdict("MATCH", "the reference: fluent on its own", metrics=metrics)
     if reference_failed or reference_ids is None:
         return Verdict("NOT COMPARED", "fluent on its own; not compared: "
                        + (f"the reference failed ({reference_failed})" if reference_failed
-                          else "no reference to compare with"), False, metrics)
+                          else "no reference to compare with"), metrics=metrics)
     ref, ids = list(reference_ids), list(token_ids)
     same = sum(a == b for a, b in zip(ids, ref, strict=False))
     first = next((i for i, (a, b) in enumerate(zip(ids, ref, strict=False)) if a != b), min(len(ids), len(ref)))
@@ -559,26 +559,26 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
                   f"its {len(ids)} answer tokens still match")
         return Verdict("WRONG", f"at {precision} like the reference, yet {where}: {quality_sentence(quality)} "
                        f"(the {precision} floor: top-1 ≥ {floor[0]:.0%}, KL ≤ {floor[1]:g}); {tokens}; the model's "
-                       f"math differs, not its precision{logit_note}", True, metrics)
+                       f"math differs, not its precision{logit_note}", metrics=metrics)
     if broken_decode:
         sentence, metrics["decode_problem"] = broken_decode
         return Verdict("WRONG", f"at {precision} like the reference, yet {sentence}{logit_note}{quality_note}",
-                       True, metrics)
+                       metrics=metrics)
     if same_precision and not within and ids != ref:
         bound = tolerance_name if given else f"tolerance {abs_tol:g}"
         return Verdict("WRONG", f"at {precision} like the reference, yet its first-step logits are off by "
                        f"{logits['max_abs']:.2g} ({bound}) and its tokens diverge at token "
                        f"{first + 1} of {len(ref)}: the model's math differs, not its precision{quality_note}",
-                       True, metrics)
+                       metrics=metrics)
     if not same_precision and _measured(quality) and (quality["top1"] < QUALITY_MIN_TOP1
                                                       or quality["kl"] > QUALITY_MAX_KL):
         return Verdict("LOSSY", f"{precision} loses too much against the {reference_precision} reference: "
                        f"{quality_sentence(quality)} (needed: top-1 ≥ {QUALITY_MIN_TOP1:.0%} and KL ≤ "
-                       f"{QUALITY_MAX_KL:g}){logit_note}", True, metrics)
+                       f"{QUALITY_MAX_KL:g}){logit_note}", metrics=metrics)
     if ids == ref:
-        return Verdict("MATCH", f"identical tokens ({len(ids)}){logit_note}{quality_note}", False, metrics)
+        return Verdict("MATCH", f"identical tokens ({len(ids)}){logit_note}{quality_note}", metrics=metrics)
     return Verdict("DRIFT", f"fluent but diverges at token {first + 1} of {len(ref)}, "
-                   f"{metrics['agreement']:.0%} of tokens agree{logit_note}{quality_note}", False, metrics)
+                   f"{metrics['agreement']:.0%} of tokens agree{logit_note}{quality_note}", metrics=metrics)
 
 
 def _reach_decode_problem(quality: dict[str, Any] | None, klass: str,
@@ -707,26 +707,26 @@ def judge_image(image: np.ndarray | None, precision: str, *, error: str | None =
     ``tolerances``: ``min_psnr``/``min_ssim`` given in place of `IMAGE_TOLERANCES`' (the reason says so)."""
     if error:
         kind = "NAN" if "NaN" in error else "ERROR"
-        return Verdict(kind, error.splitlines()[0][:300], True)
+        return Verdict(kind, error.splitlines()[0][:300])
     if image is None:
-        return Verdict("ERROR", "no image came back", True)
+        return Verdict("ERROR", "no image came back")
     if not np.isfinite(np.asarray(image, np.float64)).all():
-        return Verdict("NAN", "the image has NaN or Inf pixels", True)
+        return Verdict("NAN", "the image has NaN or Inf pixels")
     signals = image_signals(image)
     metrics: dict[str, Any] = {"signals": signals}
     if signals["std"] < BLANK_STD:
         shade = "black" if signals["mean"] < 16 else "white" if signals["mean"] > 239 else "one flat color"
         return Verdict("BLANK", f"a near-constant image ({shade}: mean {signals['mean']:.0f}, "
-                       f"std {signals['std']:.1f})", True, metrics)
+                       f"std {signals['std']:.1f})", metrics=metrics)
     if signals["neighbour_correlation"] < NOISE_CORRELATION:
         return Verdict("NOISE", f"no spatial structure: neighbouring pixels correlate "
-                       f"{signals['neighbour_correlation']:.2f} (pictures: > 0.8)", True, metrics)
+                       f"{signals['neighbour_correlation']:.2f} (pictures: > 0.8)", metrics=metrics)
     if is_reference or reference is None:
         return Verdict("MATCH", "the reference: a picture on its own" if is_reference else
-                       "a picture on its own (no reference to compare with)", False, metrics)
+                       "a picture on its own (no reference to compare with)", metrics=metrics)
     if reference.shape != image.shape:
         return Verdict("DIFFERENT", f"size {image.shape[:2]} differs from the reference's {reference.shape[:2]}",
-                       True, metrics)
+                       metrics=metrics)
     db, structure = psnr(image, reference), ssim(image, reference)
     metrics |= {"psnr_db": None if db == float("inf") else round(db, 2), "ssim": round(structure, 4)}
     klass = precision_class or tolerance_class(precision)
@@ -736,10 +736,10 @@ def judge_image(image: np.ndarray | None, precision: str, *, error: str | None =
     shown = "∞" if db == float("inf") else f"{db:.1f}"
     if db >= min_db or structure >= min_ssim:
         return Verdict("MATCH", f"PSNR {shown} dB, SSIM {structure:.3f} vs the reference"
-                       + (f", within the given tolerance {given}" if given else ""), False, metrics)
+                       + (f", within the given tolerance {given}" if given else ""), metrics=metrics)
     return Verdict("DIFFERENT", f"PSNR {shown} dB and SSIM {structure:.3f} vs the reference are below "
                    + (f"the given tolerance {given}" if given else
-                      f"the {precision} tolerance ({min_db:g} dB or SSIM {min_ssim:g})"), True, metrics)
+                      f"the {precision} tolerance ({min_db:g} dB or SSIM {min_ssim:g})"), metrics=metrics)
 
 
 def image_floor_verdict(verdict: Verdict, where: dict[str, Any] | None, precision: str,
@@ -759,5 +759,5 @@ def image_floor_verdict(verdict: Verdict, where: dict[str, Any] | None, precisio
     return Verdict("WRONG", f"at {precision} like the reference, yet its {TITLES.get(first['unit'], first['unit'])} "
                    f"computes something else on the reference's own input{at_step(first)} (relative error "
                    f"{first['error']:.2g}, the {precision} floor {floor:g}; weights rounded through fp16 measure "
-                   f"~2e-4), though the picture looks close ({verdict.reason})", True,
-                   verdict.metrics | {"floor": floor})
+                   f"~2e-4), though the picture looks close ({verdict.reason})",
+                   metrics=verdict.metrics | {"floor": floor})
