@@ -60,14 +60,19 @@ PUBLIC = {
     "IMAGE_CATALOG": "arena.preparing.catalog",
     "IMAGE_EXAMPLE_PROMPTS": "arena.preparing.catalog",
     "find_image_catalog_model": "arena.preparing.catalog",
-    # judging, as shown: the headless check, the difference picture, where an image broke
+    # judging, as shown: the headless check, the difference picture, the verdict kinds, typed results (where it
+    # broke, teacher-forced quality), where an image broke
     "CHECK_REACH": "arena.judging.check",
     "CheckRequest": "arena.judging.check",
     "check": "arena.judging.check",
     "difference_heatmap": "arena.judging.verdicts",
-    "IMAGE_COMPONENT_TITLES": "arena.judging.localize_image:TITLES",
-    "image_where_at_step": "arena.judging.localize_image:at_step",
-    "image_where_figures": "arena.judging.localize_image:summary",
+    "VERDICT_KINDS": "arena.judging.kinds:KINDS",
+    "verdict_kind_state": "arena.judging.kinds:kind_state",
+    "Quality": "arena.judging.results",
+    "Where": "arena.judging.results",
+    "IMAGE_COMPONENT_TITLES": "arena.judging.results:COMPONENT_TITLES",
+    "image_where_at_step": "arena.judging.results:at_step",
+    "image_where_figures": "arena.judging.results:component_summary",
     # the machine, and what a run leaves behind
     "runtime_facts": "arena.running.environment",
     "HistoryEntry": "arena.sharing.history",

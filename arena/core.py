@@ -210,18 +210,21 @@ class Arena:
 
     # --- runs ----------------------------------------------------------------------------------------
     def run_text(self, request: TextRunRequest, progress: ProgressFn = _quiet,
-                 cancel: threading.Event | None = None, operator: bool = False) -> Iterator[TextRunResult]:
+                 cancel: threading.Event | None = None, operator: bool = False,
+                 tolerances: dict | None = None) -> Iterator[TextRunResult]:
         """Yield the result after preparation and after each backend finishes (in request order).
 
-        ``operator``: the server's own run (the start-up preparation): not gated, no time limit."""
+        ``operator``: the server's own run (the start-up preparation): not gated, no time limit. ``tolerances``:
+        judged with these in place of the tables' (`arena.judging.verdicts.tolerance_overrides`; a check's)."""
         yield from self._run(request, TextRunResult, BackendTextResult, progress,
-                             cancel, None if operator else self.policy.refuse_text)
+                             cancel, None if operator else self.policy.refuse_text, tolerances)
 
     def run_image(self, request: ImageRunRequest, progress: ProgressFn = _quiet,
-                  cancel: threading.Event | None = None, operator: bool = False) -> Iterator[ImageRunResult]:
+                  cancel: threading.Event | None = None, operator: bool = False,
+                  tolerances: dict | None = None) -> Iterator[ImageRunResult]:
         """Yield the image result after preparation and after each backend finishes (in request order)."""
         yield from self._run(request, ImageRunResult, BackendImageResult, progress,
-                             cancel, None if operator else self.policy.refuse_image)
+                             cancel, None if operator else self.policy.refuse_image, tolerances)
 
     def run_example(self, request, progress: ProgressFn = _quiet, cancel: threading.Event | None = None) -> Iterator:
         """An example's run: its last judged result from this server at once when there is one, else run live and
@@ -247,7 +250,7 @@ class Arena:
         return default if deadline is None else min(default, max(0.0, deadline - time.monotonic()))
 
     def _run(self, request, run_cls, result_cls, progress: ProgressFn,
-             cancel: threading.Event | None, refuse):
+             cancel: threading.Event | None, refuse, tolerances: dict | None = None):
         env = self.environment()
         if not request.backends:
             yield run_cls(request, None, error="Pick at least one backend to run.", environment=env)
@@ -264,7 +267,8 @@ class Arena:
         self._in_use[id(uses)] = uses
         try:
             with self._run_lock.visitor_run():
-                for result in self._run_steps(request, run_cls, result_cls, progress, cancel, env, deadline, limit):
+                for result in self._run_steps(request, run_cls, result_cls, progress, cancel, env, deadline, limit,
+                                              tolerances):
                     uses.update(self._folders(result))
                     yield result
         finally:
@@ -285,7 +289,7 @@ class Arena:
 
     def _run_steps(self, request, run_cls, result_cls, progress: ProgressFn,
                    cancel: threading.Event | None, env: dict[str, Any], deadline: float | None,
-                   limit: float | None):
+                   limit: float | None, tolerances: dict | None = None):
         progress(0.0, "Preparing the model and the shared input")
         if self._run_lock.locked():  # another run, or the start-up preparation, is using the cores
             progress(0.0, f"Waiting for {self.busy_with or 'the run before this one'} to finish (it prepares the same "
@@ -327,7 +331,8 @@ class Arena:
         progress(None, "Judging the outputs")
         yield run_cls(request, prepared, tuple(results), environment=env, phase="judging", machine_load=tuple(loads))
         with self._run_lock:
-            judged = task.step(self.judging)(prepared, results, reference, request, progress, cancel, deadline)
+            judged = task.step(self.judging)(prepared, results, reference, request, progress, cancel, deadline,
+                                             tolerances=tolerances)
         if task.streams_text:  # its rates: time to first token and per new token
             self.estimates.remember(request, prepared, judged)
         yield run_cls(request, prepared, tuple(judged), environment=env, machine_load=tuple(loads))
@@ -361,18 +366,20 @@ class Arena:
         return self.estimates.prompt_line(model, prompt, max_new_tokens, backends)
 
     def run_text_to_end(self, request: TextRunRequest, progress: ProgressFn = _quiet,
-                        cancel: threading.Event | None = None, operator: bool = False) -> TextRunResult:
+                        cancel: threading.Event | None = None, operator: bool = False,
+                        tolerances: dict | None = None) -> TextRunResult:
         """Run and return only the final result (API and CLI). Only the last result is kept: a run yields one per
         streamed piece of every answer."""
         final = None
-        for final in self.run_text(request, progress, cancel, operator):  # noqa: B007 - the last one is the result
+        for final in self.run_text(request, progress, cancel, operator, tolerances):  # noqa: B007 - the last one
             pass
         return final
 
     def run_image_to_end(self, request: ImageRunRequest, progress: ProgressFn = _quiet,
-                         cancel: threading.Event | None = None, operator: bool = False) -> ImageRunResult:
+                         cancel: threading.Event | None = None, operator: bool = False,
+                         tolerances: dict | None = None) -> ImageRunResult:
         final = None
-        for final in self.run_image(request, progress, cancel, operator):  # noqa: B007 - the last one is the result
+        for final in self.run_image(request, progress, cancel, operator, tolerances):  # noqa: B007 - the last one
             pass
         return final
 

@@ -7,6 +7,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from arena import Quality, Where
 from ui.colors import fill, is_reference, state_of
 
 # Backends that share a state (two MATCH, the same green) are told apart by their line's dash and their name.
@@ -117,17 +118,17 @@ def speed_quality_figure(run: dict[str, Any]) -> go.Figure:
     points = []
     for i, result in enumerate(results):
         verdict = result.get("verdict") or {}
-        quality = (verdict.get("metrics") or {}).get("quality") or {}
-        if not result.get("timings") or quality.get("top1") is None:
+        quality = Quality.from_dict((verdict.get("metrics") or {}).get("quality"))
+        if not result.get("timings") or quality.top1 is None:
             continue
         precision = (verdict.get("metrics") or {}).get("precision") or result.get("options", {}).get("precision")
         points.append((i, result, quality, precision))
-    lowest = min((q["top1"] * 100 for _i, _r, q, _p in points), default=100.0)
+    lowest = min((q.top1 * 100 for _i, _r, q, _p in points), default=100.0)
     left = max(0.0, min(lowest, 90.0) - 5)
     for n, (i, result, quality, _precision) in enumerate(points):
         is_ref = i == index
         symbol = "star" if is_ref else "x" if is_broken(result) else "circle"
-        x = quality["top1"] * 100
+        x = quality.top1 * 100
         # The verdict's word beside its point, on the side with room: right of a point near the left edge, left of
         # one near 100% (centred there, "GIBBERISH" and "MATCH" were cut at the axes' ends).
         side = "right" if x < left + (102 - left) * 0.3 else "left" if x > left + (102 - left) * 0.7 else "center"
@@ -139,7 +140,7 @@ def speed_quality_figure(run: dict[str, Any]) -> go.Figure:
             marker={"color": _color(run, result), "size": 16 if is_ref else 13, "symbol": symbol,
                     "line": {"width": 2, "color": "#111" if is_ref else "#fff"}},
             hovertemplate=(f"{result['label']}<br>top-1 %{{x:.1f}}%<br>%{{y:.1f}} tokens/s<br>KL "
-                           f"{quality['kl']:.3g} nats<extra></extra>")))
+                           f"{quality.kl:.3g} nats<extra></extra>")))
     parameters = (run.get("model") or {}).get("parameters")
     bandwidth = (run.get("environment") or {}).get("copy_bandwidth_gbs")
     for precision in sorted({p for *_, p in points if p}):
@@ -168,12 +169,11 @@ def position_kl_figure(run: dict[str, Any], sequence: str | None = None) -> go.F
     drawn = 0
     if sequence is None:
         sequence = next((name for result in run.get("results", []) for name in (
-            ((result.get("verdict") or {}).get("metrics") or {}).get("quality") or {}).get("sequences") or {}
-            if name not in ("output", "paragraph")), "paragraph")
+            _quality(result).sequences or {}) if name not in ("output", "paragraph")), "paragraph")
     for i, result in enumerate(run.get("results", [])):
         metrics = (result.get("verdict") or {}).get("metrics") or {}
-        figures = ((metrics.get("quality") or {}).get("sequences") or {}).get(sequence) or {}
-        kl = figures.get("kl_positions")
+        figures = _quality(result).sequence(sequence)
+        kl = figures.kl_positions
         if i == run.get("reference_index") or not kl:
             continue
         drawn += 1
@@ -182,7 +182,7 @@ def position_kl_figure(run: dict[str, Any], sequence: str | None = None) -> go.F
                                  name=f"{result['label']} ({verdict_kind(result)})",
                                  line={"color": color, "dash": _dash(run, result)},
                                  hovertemplate="position %{x}<br>KL %{y:.3g} nats<extra></extra>"))
-        cached = figures.get("cached") or {}
+        cached = figures.cached or {}
         if cached.get("kl_steps"):
             first = int(cached.get("from_position", 0))
             fig.add_trace(go.Scatter(
@@ -213,28 +213,28 @@ def where_figure(run: dict[str, Any]) -> go.Figure:
     head) on a log axis, its tolerance dashed and its first divergent unit marked."""
     fig = go.Figure()
     drawn = 0
+    images = False
     for result in run.get("results", []):
-        where = ((result.get("verdict") or {}).get("metrics") or {}).get("where")
-        if not where or not where.get("per_unit"):
+        where = _where(result)
+        images = images or (where is not None and where.is_image)
+        if where is None or not where.per_unit:
             continue
         drawn += 1
         color = _color(run, result)
-        units = [p["unit"] for p in where["per_unit"]]
-        errors = [1e6 if p["error"] is None else max(min(p["error"], 1e6), 1e-9) for p in where["per_unit"]]
+        units = [p["unit"] for p in where.per_unit]
+        errors = [1e6 if p["error"] is None else max(min(p["error"], 1e6), 1e-9) for p in where.per_unit]
         fig.add_trace(go.Scatter(x=units, y=errors, mode="lines+markers",
                                  line={"color": color, "dash": _dash(run, result)},
                                  name=f"{result['label']} ({verdict_kind(result)})",
                                  hovertemplate="%{x}<br>relative error %{y:.3g}<extra></extra>"))
-        fig.add_hline(y=where["threshold"], line_dash="dot", line_color=color,
-                      annotation_text=f"tolerance {where['threshold']:g}", annotation_position="bottom right")
-        if where["unit"] in units:  # (not "the KV cache": no unit of a full pass breaks there)
-            at = units.index(where["unit"])
-            fig.add_trace(go.Scatter(x=[where["unit"]], y=[errors[at]], mode="markers+text", cliponaxis=False,
+        fig.add_hline(y=where.threshold, line_dash="dot", line_color=color,
+                      annotation_text=f"tolerance {where.threshold:g}", annotation_position="bottom right")
+        if where.unit in units:  # (not "the KV cache": no unit of a full pass breaks there)
+            at = units.index(where.unit)
+            fig.add_trace(go.Scatter(x=[where.unit], y=[errors[at]], mode="markers+text", cliponaxis=False,
                                      marker={"symbol": "x", "size": 16, "color": fill("error")}, showlegend=False,
-                                     text=[f"breaks here: {where['unit']}"],
+                                     text=[f"breaks here: {where.unit}"],
                                      textposition="bottom right" if at < len(units) / 2 else "bottom left"))
-    images = any((((r.get("verdict") or {}).get("metrics") or {}).get("where") or {}).get("task") == "image"
-                 for r in run.get("results", []))
     what = "component, on the reference's inputs" if images else "unit, in forward order (prefill)"
     # The rotated unit names push the bottom margin (automargin); the legend sits under them at the figure's
     # bottom edge, never on them.
@@ -244,6 +244,17 @@ def where_figure(run: dict[str, Any]) -> go.Figure:
     fig.update_xaxes(title_text=what, tickangle=-45, automargin=True)
     fig.update_yaxes(title_text="relative error (log)", type="log", dtick=1, exponentformat="power")
     return fig if drawn else _empty_note(fig, "A broken or drifting backend is localized here, layer by layer")
+
+
+def _where(result: dict[str, Any]) -> Where | None:
+    """A result's localization (`arena.Where`), or None when it has none."""
+    where = ((result.get("verdict") or {}).get("metrics") or {}).get("where")
+    return Where.from_dict(where) if where else None
+
+
+def _quality(result: dict[str, Any]) -> Quality:
+    """A result's teacher-forced figures (`arena.Quality`; not measured when it has none)."""
+    return Quality.from_dict(((result.get("verdict") or {}).get("metrics") or {}).get("quality"))
 
 
 def verdict_kind(result: dict[str, Any]) -> str:

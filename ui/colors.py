@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from arena import verdict_kind_state
+
 # state: (fill, text on it). The fill is the badge's background and the chart's colour; the text colour is the one
 # of the two (white, near-black) that reads on it at 4.5:1 or more.
 STATES: dict[str, tuple[str, str]] = {
     "reference": ("#475569", "#ffffff"),  # slate: the yardstick, neither good nor bad (never red)
     "ok": ("#15803d", "#ffffff"),  # MATCH (and DONE before judging)
-    "drift": ("#d97706", "#111827"),  # amber: DRIFT, image DIFFERENT that is not broken, tokens that differ
-    "error": ("#dc2626", "#ffffff"),  # the broken kinds: WRONG, LOSSY, GIBBERISH, EMPTY, ERROR, BLANK, NOISE, NAN
+    "drift": ("#d97706", "#111827"),  # amber: DRIFT, a kind not declared, tokens that differ
+    "error": ("#dc2626", "#ffffff"),  # every kind declared broken (arena.judging.kinds), a failed backend
     "waiting": ("#2563eb", "#ffffff"),  # blue: waiting, generating, judging (progress, not a verdict)
     "idle": ("#9ca3af", "#111827"),  # grey: NOT COMPARED, STOPPED, not run, not selected
 }
@@ -24,7 +26,8 @@ def fill(state: str) -> str:
 
 def state_of(result: dict[str, Any] | None, reference: bool = False) -> str:
     """The colour state of one backend's result: stopped grey, failed or judged broken red, the reference slate,
-    MATCH green, NOT COMPARED grey, any other verdict amber; not judged (yet, or a stopped run's) grey."""
+    else its verdict kind's declared state (`arena.judging.kinds`: MATCH green, NOT COMPARED grey, DRIFT amber; a
+    kind not declared amber); not judged (yet, or a stopped run's) grey."""
     if result is None:
         return "idle"
     if result.get("stopped"):
@@ -36,7 +39,7 @@ def state_of(result: dict[str, Any] | None, reference: bool = False) -> str:
         return "reference"
     if not verdict:
         return "idle"
-    return {"MATCH": "ok", "NOT COMPARED": "idle"}.get(verdict.get("kind"), "drift")
+    return verdict_kind_state(verdict.get("kind"))
 
 
 def is_reference(result: dict[str, Any], run: dict[str, Any] | None = None, index: int | None = None) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from arena import OptionChoice
+from arena import OptionChoice, Quality, Where
 from ui.colors import is_reference, state_of
 
 
@@ -144,56 +144,15 @@ def busy_badge(run: dict[str, Any]) -> str:
     return f" <span class='arena-badge arena-badge-idle'>BUSY MACHINE</span> {sentence}" if sentence else ""
 
 
-def error_text(error: float | None) -> str:
-    """A relative error, or NaN/Inf (stored as None: JSON has no infinity)."""
-    return "NaN/Inf" if error is None else f"{error:.3g}"
-
-
 def where_markdown(result: dict[str, Any]) -> str:
-    """The "Where?" line of a localized backend: the first divergent unit, its error, and the likely cause."""
+    """The "Where?" line of a localized backend (`arena.Where.sentence`): the first divergent unit (text) or
+    component (images), its error, and the likely cause; or why it was not localized."""
     metrics = (result.get("verdict") or {}).get("metrics") or {}
     if "where" not in metrics:
         return ""
-    where = metrics["where"]
-    if where is None:
+    if metrics["where"] is None:
         return f"**Where?** Not localized: {metrics.get('where_unavailable', 'no layer outputs')}.\n\n"
-    if where.get("task") == "image":
-        return image_where_markdown(where)
-    if where["unit"] is None and where.get("over"):  # a reduced precision's even growth past the line
-        return (f"**Where?** No layer breaks: `{where['over']['unit']}` reaches {error_text(where['over']['error'])}, "
-                f"over the tolerance {where['threshold']:g}, yet {where['cause']}.\n\n")
-    if where["unit"] is None:
-        return ("**Where?** No layer breaks: every unit stays within the tolerance "
-                f"{where['threshold']:g}" + (f"; {where['cause']}" if where.get("cause") else "") + ".\n\n")
-    if where["unit"] == "the KV cache":
-        return f"**Where?** The KV cache: {where['cause']}.\n\n"
-    inside = where.get("inside") or {}
-    parts = ", ".join(f"{name} {error_text(error)}" for name, error in inside.items())
-    late = where.get("from")
-    at = f" from position {late['position']} of the {'answer' if late['sequence'] == 'output' else late['sequence']} " \
-        "on, where the math changes" if late else ""
-    return (f"**Where?** `{where['unit']}` is the first unit whose output leaves the reference's{at} (relative "
-            f"error {error_text(where['error'])}"
-            + (f", {where['jump']:g}x the units just before it" if where.get("jump") else "")
-            + f", tolerance {where['threshold']:g}"
-            + (f"; inside it: {parts}" if parts else "") + f"). Likely cause: {where['cause']}.\n\n")
-
-
-def image_where_markdown(where: dict[str, Any]) -> str:
-    """The "Where?" line of a localized image backend: the first component that computes something else on the
-    reference's inputs (the UNet: at which denoising step), the likely cause, and every component's figures."""
-    from arena import IMAGE_COMPONENT_TITLES as TITLES
-    from arena import image_where_at_step as at_step
-    from arena import image_where_figures as summary
-
-    figures = f" Each on the reference's inputs (relative error): {summary(where)}." if where.get("per_unit") else ""
-    if where["unit"] is None:
-        return (f"**Where?** No component breaks: text encoder, UNet and VAE decoder each stay within "
-                f"{where['threshold']:g}" + (f"; {where['cause']}" if where.get("cause") else "") + "."
-                + figures + "\n\n")
-    return (f"**Where?** The **{TITLES.get(where['unit'], where['unit'])}** is the first component whose output "
-            f"leaves the reference's on the same input{at_step(where)} (relative error {error_text(where['error'])}, "
-            f"tolerance {where['threshold']:g}). Likely cause: {where['cause']}." + figures + "\n\n")
+    return f"**Where?** {Where.from_dict(metrics['where']).sentence(markup=True)}\n\n"
 
 
 def quality_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
@@ -202,19 +161,19 @@ def quality_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     metrics = verdict.get("metrics") or {}
     if not verdict:
         return []
-    quality = metrics.get("quality")
+    quality = Quality.from_dict(metrics.get("quality"))
     rows = [("Precision (judged at)", str(metrics["precision"]))] if metrics.get("precision") else []
-    if not quality:
+    if quality.unavailable:
+        return rows + [("Quality vs reference", f"not available ({quality.unavailable})")]
+    if not metrics.get("quality"):
         return rows + [("Quality vs reference", "not measured")]
-    if quality.get("unavailable"):
-        return rows + [("Quality vs reference", f"not available ({quality['unavailable']})")]
     if verdict.get("reason", "").startswith("the reference"):
-        return rows + [("Quality vs reference", f"the reference (perplexity {quality['ppl_ref']:.2f} over "
-                                                f"{quality['positions']} positions)")]
-    return rows + [("Top-1 agreement (teacher-forced)", f"{quality['top1']:.1%} of {quality['positions']} positions"),
-                   ("KL divergence vs reference", f"{quality['kl']:.4g} nats/token"),
-                   ("Perplexity ratio", f"{ratio_text(quality['ppl_ratio'])} ({big_number(quality['ppl_cand'])} vs "
-                                        f"{big_number(quality['ppl_ref'])})")]
+        return rows + [("Quality vs reference", f"the reference (perplexity {quality.ppl_ref:.2f} over "
+                                                f"{quality.positions} positions)")]
+    return rows + [("Top-1 agreement (teacher-forced)", f"{quality.top1:.1%} of {quality.positions} positions"),
+                   ("KL divergence vs reference", f"{quality.kl:.4g} nats/token"),
+                   ("Perplexity ratio", f"{ratio_text(quality.ppl_ratio)} ({big_number(quality.ppl_cand)} vs "
+                                        f"{big_number(quality.ppl_ref)})")]
 
 
 def big_number(value: float | None, digits: int = 2) -> str:
@@ -306,17 +265,15 @@ def summary_rows(run: dict[str, Any], task: str = "text") -> list[dict[str, Any]
             cells += [(milliseconds(median), median), (f"{memory:,.0f} MB" if memory else "–", memory),
                       (psnr, 1e9 if reference else result.get("psnr_vs_reference_db"))]
         else:
-            quality = ((result.get("verdict") or {}).get("metrics") or {}).get("quality") or {}
-            measured = "top1" in quality and not quality.get("unavailable")
+            quality = Quality.from_dict(((result.get("verdict") or {}).get("metrics") or {}).get("quality"))
             speed, ttft = timings.get("tokens_per_s"), timings.get("ttft_s")
             cells += [(f"{speed:.1f}" if speed is not None else "–", speed), (milliseconds(ttft), ttft),
                       (f"{memory:,.0f} MB" if memory else "–", memory)]
-            if measured and state == "reference":
-                cells += [("reference", quality["top1"]), ("reference", quality["kl"]),
-                          ("reference", quality.get("ppl_ratio"))]
-            elif measured:
-                cells += [(f"{quality['top1']:.1%}", quality["top1"]), (f"{quality['kl']:.3g}", quality["kl"]),
-                          (ratio_text(quality.get("ppl_ratio")), quality.get("ppl_ratio"))]
+            if quality.measured and state == "reference":
+                cells += [("reference", quality.top1), ("reference", quality.kl), ("reference", quality.ppl_ratio)]
+            elif quality.measured:
+                cells += [(f"{quality.top1:.1%}", quality.top1), (f"{quality.kl:.3g}", quality.kl),
+                          (ratio_text(quality.ppl_ratio), quality.ppl_ratio)]
             else:
                 cells += [("–", None)] * 3
         rows.append({"label": result.get("label", result.get("backend", "?")), "state": state, "verdict": text,

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from arena.fields import RequestFields, request_field
-from arena.judging.verdicts import REACH_CACHED_STEPS
+from arena.judging.results import Where, error_text
+from arena.judging.verdicts import REACH_CACHED_STEPS, TOLERANCE_OVERRIDES, tolerance_overrides
 from arena.preparing.catalog import IMAGE_CATALOG, IMAGE_EXAMPLE_PROMPTS, find_image_catalog_model
 from arena.registry import default_reference
 from arena.types import PROMPT_CAP, BackendSpec, ImageRunRequest, TextRunRequest
@@ -29,6 +30,9 @@ TEXT_PROMPTS = (
     "Explain what a neural network is to a child.",
 )
 TASKS = ("auto", "text", "image")
+TOLERANCE_HELP = ("{what}, in place of the per-precision table's, as Polygraphy's comparator takes --atol: one value "
+                  "for every precision class ({example}), or PRECISION:VALUE for one class, several separated by "
+                  "commas (fp16:{example},int8:1); empty: the table's")
 
 
 def _model(value: Any) -> str:
@@ -93,6 +97,27 @@ class CheckRequest(RequestFields):
                                        'UNet / VAE decoder (images), with the reference\'s: "auto" for a broken or '
                                        'drifting candidate, "all" for any candidate (the CLI\'s bare --localize), '
                                        '"off" for none; a check localizes its first such prompt only')
+    atol: str = request_field("", kind="text", label="Logits abs. tolerance (atol)",
+                              help=TOLERANCE_HELP.format(what="text checks: the first-step logits' absolute "
+                                                              "tolerance", example="0.5"))
+    rtol: str = request_field("", kind="text", label="Logits rel. tolerance (rtol)",
+                              help=TOLERANCE_HELP.format(what="text checks: their relative tolerance",
+                                                         example="0.02"))
+    min_psnr: str = request_field("", kind="text", label="Minimum PSNR (dB)",
+                                  help=TOLERANCE_HELP.format(what="image checks: the least PSNR against the "
+                                                                  "reference", example="30"))
+    min_ssim: str = request_field("", kind="text", label="Minimum SSIM",
+                                  help=TOLERANCE_HELP.format(what="image checks: the least SSIM", example="0.9"))
+
+    def tolerances(self) -> dict[str, dict[str, str]]:
+        """The tolerances given, as `arena.judging.verdicts.tolerance_overrides` reads them: {name: {precision class
+        or "" (every other class): value}}; checked there (`_tolerance_problem`)."""
+        found: dict[str, dict[str, str]] = {}
+        for name in TOLERANCE_OVERRIDES:
+            for part in filter(None, (piece.strip() for piece in str(getattr(self, name) or "").split(","))):
+                klass, _, value = part.rpartition(":")
+                found.setdefault(name, {})[klass.strip()] = value.strip()
+        return found
 
     def refuse_public(self, limits: Any) -> str | None:
         """The fields' caps (the number of prompts first), and each prompt's length under the prompt's cap."""
@@ -136,6 +161,11 @@ def check(arena, request: CheckRequest | str, candidate: Any = None, progress=la
     (images: the first divergent component), as the request's ``localize`` asks; None with ``where_unavailable``
     when it could not be done, or when nothing was localized. The long reach is teacher-forced once, with the first
     prompt (the text does not depend on the prompt); ``reach`` in the report says how far it went.
+
+    The request's ``atol``/``rtol`` (text: the first-step logits) and ``min_psnr``/``min_ssim`` (images) judge in
+    place of the per-precision tables, as Polygraphy's comparator takes ``--atol``/``--rtol``
+    (`CheckRequest.tolerances`); each verdict's reason then says "the given tolerance", and the report repeats
+    them as ``tolerances``.
     """
     if not isinstance(request, CheckRequest):
         if isinstance(fields.get("localize"), bool):
@@ -146,7 +176,10 @@ def check(arena, request: CheckRequest | str, candidate: Any = None, progress=la
     prompts = request.prompt_list(task)
     out: dict[str, Any] = {"task": task, "model": request.model, "candidate": candidate.to_dict(),
                            "reference": reference.to_dict(), "checks": [], "error": None}
-    problem = arena.policy.refuse_check(request) or request.refuse_bounds()
+    tolerances = request.tolerances()
+    if tolerances:
+        out["tolerances"] = tolerances
+    problem = arena.policy.refuse_check(request) or request.refuse_bounds() or _tolerance_problem(tolerances, task)
     if problem:
         out.update(error=problem, broken=True)
         return out
@@ -169,12 +202,12 @@ def check(arena, request: CheckRequest | str, candidate: Any = None, progress=la
             run = ImageRunRequest(model=request.model, prompt=prompt, backends=(reference, candidate),
                                   steps=request.steps or entry.steps, guidance_scale=entry.guidance_scale,
                                   seed=request.seed, reference="0", localize=localize)
-            result = arena.run_image_to_end(run, progress, cancel)
+            result = arena.run_image_to_end(run, progress, cancel, tolerances=tolerances)
         else:
             run = TextRunRequest(model=request.model, prompt=prompt, backends=(reference, candidate),
                                  max_new_tokens=request.max_new_tokens, warmup=0, reference="0",
                                  reach=0 if out["checks"] else reach, localize=localize)
-            result = arena.run_text_to_end(run, progress, cancel)
+            result = arena.run_text_to_end(run, progress, cancel, tolerances=tolerances)
         if result.error:
             out["error"] = result.error
             break
@@ -201,6 +234,20 @@ def check(arena, request: CheckRequest | str, candidate: Any = None, progress=la
     return out
 
 
+def _tolerance_problem(tolerances: dict[str, Any] | None, task: str) -> str | None:
+    """Why ``tolerances`` cannot judge a ``task`` check (`tolerance_overrides`' checks, and a name of the other
+    task's), or None."""
+    try:
+        tolerance_overrides(tolerances)
+    except ValueError as exc:
+        return f"Tolerances: {exc}."
+    other = [name for name in tolerances or {} if TOLERANCE_OVERRIDES[name][0] != task]
+    if other:
+        return (f"Tolerances: {', '.join(other)} judge{'s' if len(other) == 1 else ''} "
+                f"{TOLERANCE_OVERRIDES[other[0]][0]} checks, not this {task} check.")
+    return None
+
+
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """One line per prompt: the candidate's verdict and reason (and the reference's, when it is broken)."""
     if report["error"]:
@@ -219,26 +266,23 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"{verdict['kind']:<9} {check_['prompt'][:48]!r}: {verdict['reason']}")
         if ref["broken"]:
             lines.append(f"{'':<9} (the reference itself is {ref['kind']}: {ref['reason']})")
-    where = report.get("where")
-    if where and where.get("task") == "image":
-        from arena.judging.localize_image import at_step, summary
-
-        found = f"{where['unit']}{at_step(where)}: {where['cause']}" if where.get("unit") else \
-            "no component breaks" + (f": {where['cause']}" if where.get("cause") else "")
-        lines.append(f"{'WHERE':<9} {found} [{summary(where)}]")
-    elif where and where.get("unit") == "the KV cache":
-        lines.append(f"{'WHERE':<9} the KV cache: {where['cause']}")
-    elif where and where.get("unit"):
-        lines.append(f"{'WHERE':<9} {where['unit']} (relative error "
-                     f"{'NaN/Inf' if where['error'] is None else format(where['error'], '.3g')}"
-                     + (f", {where['jump']:g}x the units just before it" if where.get("jump") else "")
-                     + f", tolerance {where['threshold']:g}): {where['cause']}")
+    where = Where.from_dict(report["where"]) if report.get("where") else None
+    if where and where.is_image:
+        found = f"{where.unit}{where.at_step()}: {where.cause}" if where.unit else \
+            "no component breaks" + (f": {where.cause}" if where.cause else "")
+        lines.append(f"{'WHERE':<9} {found} [{where.figures()}]")
+    elif where and where.is_kv_cache:
+        lines.append(f"{'WHERE':<9} the KV cache: {where.cause}")
+    elif where and where.unit:
+        lines.append(f"{'WHERE':<9} {where.unit} (relative error {error_text(where.error)}"
+                     + (f", {where.jump:g}x the units just before it" if where.jump else "")
+                     + f", tolerance {where.threshold:g}): {where.cause}")
     elif where:
-        over = where.get("over")  # a reduced precision's even growth past the line
+        over = where.over  # a reduced precision's even growth past the line
         lines.append(f"{'WHERE':<9} no layer breaks ("
-                     + (f"{over['unit']} reaches {over['error']:.3g}, over the tolerance {where['threshold']:g}"
-                        if over else f"every unit within the tolerance {where['threshold']:g}") + ")"
-                     + (f"; {where['cause']}" if where.get("cause") else ""))
+                     + (f"{over['unit']} reaches {over['error']:.3g}, over the tolerance {where.threshold:g}"
+                        if over else f"every unit within the tolerance {where.threshold:g}") + ")"
+                     + (f"; {where.cause}" if where.cause else ""))
     elif report.get("where_unavailable"):
         lines.append(f"{'WHERE':<9} not localized: {report['where_unavailable']}")
     lines.append(("BROKEN: " if report["broken"] else "OK: ") + BackendSpec.from_any(report["candidate"]).label)

@@ -29,8 +29,13 @@ import numpy as np
 
 from arena.judging.localize import UNIT_TOLERANCE, _round, unit_error
 
+# The sentences' helpers live with the typed result (`arena.judging.results.Where`, numpy-free for the UI process).
+from arena.judging.results import COMPONENT_TITLES as TITLES
+from arena.judging.results import at_step  # noqa: F401 - re-exported
+from arena.judging.results import component_broken as _broken
+from arena.judging.results import component_summary as summary  # noqa: F401 - re-exported
+
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")  # forward order: the first over tolerance is where it breaks
-TITLES = {"text_encoder": "text encoder", "unet": "UNet", "vae_decoder": "VAE decoder"}
 
 # (signature, cause): the table the cause sentence comes from (docs/architecture.md reproduces it); each held by
 # a test that damages that component of a real export (tests/test_localize_image.py).
@@ -72,11 +77,6 @@ def component_figures(reference: np.ndarray, candidate: np.ndarray, component: s
         mse = float(np.mean((np.clip(candidate, -1, 1) - np.clip(reference, -1, 1)) ** 2))
         figures["psnr_db"] = 99.0 if mse == 0 else round(10 * np.log10(4.0 / mse), 2)  # peak-to-peak 2
     return figures
-
-
-def _broken(entry: dict[str, Any], threshold: float) -> bool:
-    return bool("failed" in entry or "shape_mismatch" in entry or entry.get("non_finite")
-                or entry["error"] is None or entry["error"] > threshold)
 
 
 def unet_figures(reference: np.ndarray, candidate: np.ndarray, steps: dict[str, Any],
@@ -166,35 +166,3 @@ def unet_steps(inputs: dict[str, Any] | None) -> dict[str, Any] | None:
     return {"index": [int(i) for i in np.asarray(inputs["unet_steps"]).reshape(-1)],
             "timestep": [float(t) for t in np.asarray(inputs["timestep"]).reshape(-1)],
             "total": int(np.asarray(inputs["unet_total"]))}
-
-
-def at_step(where: dict[str, Any]) -> str:
-    """" at denoising step k of N (timestep t)" for a result or UNet entry with a step, else ""."""
-    if where.get("step") is None or where.get("steps") is None:
-        return ""
-    return f" at denoising step {where['step']} of {where['steps']} (timestep {where['timestep']:g})"
-
-
-def summary(where: dict[str, Any]) -> str:
-    """One line of figures per component ("text encoder 2.5e-07 · UNet 0.31 at step 14 of 20 (max |Δ| 1.2) · VAE
-    decoder 8 NaN/Inf values"), for the "Where?" line and the report."""
-    parts = []
-    for entry in where.get("per_unit") or ():
-        name = TITLES.get(entry["unit"], entry["unit"])
-        if "failed" in entry:
-            parts.append(f"{name} failed")
-            continue
-        over = entry.get("per_step") and _broken(entry, where.get("threshold", UNIT_TOLERANCE["fp32"]))
-        step = f" at step {entry['step']} of {entry['steps']}" if over else ""
-        if entry.get("non_finite"):
-            parts.append(f"{name} {entry['non_finite']} NaN/Inf values{step}")
-            continue
-        text = (f"{name} {entry['error']:.3g}" if entry.get("error") is not None else f"{name} –") + step
-        extra = [f"max |Δ| {entry['max_abs']:.3g}"] if entry.get("max_abs") is not None else []
-        if entry.get("per_step") and not over:  # the largest of its steps, all within tolerance
-            kept = len(entry["per_step"])
-            extra.insert(0, f"largest of {kept} steps" + (f" of {entry['steps']}" if kept < entry["steps"] else ""))
-        if entry.get("psnr_db") is not None:
-            extra.append(f"PSNR {entry['psnr_db']:g} dB")
-        parts.append(text + (f" ({', '.join(extra)})" if extra else ""))
-    return " · ".join(parts)

@@ -119,21 +119,25 @@ class JudgingStage:
                 "candidate runs beside it); run it locally with `python -m arena check --localize`")
 
     def text(self, prepared: PreparedText, results: list, reference: int, request, progress,
-             cancel: threading.Event | None = None, deadline: float | None = None) -> list:
-        """Every text result judged, and the candidates ``request.localize`` asks about localized."""
-        judged = self._judge_text(prepared, results, reference, progress, cancel, deadline)
+             cancel: threading.Event | None = None, deadline: float | None = None,
+             tolerances: dict | None = None) -> list:
+        """Every text result judged, and the candidates ``request.localize`` asks about localized. ``tolerances``:
+        given in place of the tables' (`arena.judging.verdicts.tolerance_overrides`: a check's ``--atol``)."""
+        judged = self._judge_text(prepared, results, reference, progress, cancel, deadline, tolerances)
         return self._localize(prepared, judged, reference, request, progress, cancel, deadline)
 
     def image(self, prepared: PreparedImage, results: list, reference: int, request, progress,
-              cancel: threading.Event | None = None, deadline: float | None = None) -> list:
+              cancel: threading.Event | None = None, deadline: float | None = None,
+              tolerances: dict | None = None) -> list:
         """Every image result judged, the candidates ``request.localize`` asks about localized; the latents kept
-        for that are dropped."""
-        judged = self._judge_image(prepared, results, reference, progress, cancel)
+        for that are dropped. ``tolerances``: given in place of the tables' (a check's ``--min-psnr``)."""
+        judged = self._judge_image(prepared, results, reference, progress, cancel, tolerances)
         judged = self._localize_image(prepared, judged, reference, request, progress, cancel, deadline)
         return [dataclasses.replace(r, latents=None) for r in judged]
 
     def _judge_text(self, prepared: PreparedText, results: list, reference: int, progress,
-                    cancel: threading.Event | None = None, deadline: float | None = None) -> list:
+                    cancel: threading.Event | None = None, deadline: float | None = None,
+                    tolerances: dict | None = None) -> list:
         """Verdicts for every text output: perplexity under the reference model (in the reference's worker,
         where that model already lives), first-step logits and tokens against the reference, and teacher-forced
         quality (`_quality`)."""
@@ -171,7 +175,7 @@ class JudgingStage:
                 reference_ids=ref.token_ids if ref.ok else None, unk_token_id=prepared.unk_token_id, nll=nll[i],
                 logits=logits_error(r.first_logits, ref.first_logits), quality=quality.get(i),
                 reference_precision=ref_precision, reference_failed=ref_failed, precision_class=precision_class,
-                decode=decode.get(i))
+                decode=decode.get(i), tolerances=tolerances)
             if i == reference and quality.get(i):
                 verdict = dataclasses.replace(verdict, metrics=verdict.metrics | {"quality": quality[i]})
             warnings = export_file_warnings(prepared.model_dir, r.load.artifact_dir if r.load else None)
@@ -540,13 +544,14 @@ class JudgingStage:
         return out
 
     @staticmethod
-    def _judge_image(prepared: PreparedImage, results: list, reference: int, progress, cancel=None) -> list:
+    def _judge_image(prepared: PreparedImage, results: list, reference: int, progress, cancel=None,
+                     tolerances: dict | None = None) -> list:
         ref = results[reference]
         judged = []
         for i, r in enumerate(results):
             precision, precision_class = precision_of(r)
             judged.append(dataclasses.replace(r, verdict=judge_image(
                 r.image, precision, error=r.error, is_reference=i == reference,
-                reference=ref.image if ref.ok else None, precision_class=precision_class)))
+                reference=ref.image if ref.ok else None, precision_class=precision_class, tolerances=tolerances)))
         return judged
 

@@ -22,20 +22,23 @@ from typing import Any
 import numpy as np
 
 from arena.judging.image_metrics import psnr
-from arena.registry import backend_class, tolerance_class
 
-TEXT_BROKEN = {"GIBBERISH", "EMPTY", "ERROR", "WRONG", "LOSSY"}
-IMAGE_BROKEN = {"DIFFERENT", "BLANK", "NOISE", "NAN", "ERROR", "WRONG"}
+# The kinds, each declared once: whether it is broken, how it is shown (TEXT_BROKEN, IMAGE_BROKEN re-exported).
+from arena.judging.kinds import IMAGE_BROKEN, KINDS, TEXT_BROKEN, VerdictKind  # noqa: F401
+from arena.judging.results import Quality
+from arena.registry import backend_class, tolerance_class
 
 # First-step logits against the reference: (max absolute error, max error relative to the largest |logit|).
 TEXT_TOLERANCES = {"fp32": (1e-2, 1e-3), "fp16": (0.5, 2e-2), "bf16": (1.0, 5e-2), "int8": (2.0, 1e-1),
                    "int4": (4.0, 2e-1)}
 
 
-def text_tolerance(precision: str) -> tuple[float, float]:
+def text_tolerance(precision: str, tolerances: dict[str, Any] | None = None) -> tuple[float, float]:
     """The first-step logits tolerance of a precision: its class's in `TEXT_TOLERANCES`, the class as the backends
-    map the name (`arena.registry.tolerance_class`: "Q8_0" -> int8); an unknown name is held to fp32."""
-    return TEXT_TOLERANCES[tolerance_class(precision)]
+    map the name (`arena.registry.tolerance_class`: "Q8_0" -> int8); an unknown name is held to fp32. ``tolerances``:
+    given ones in place of the table's (`tolerance_overrides`)."""
+    klass = tolerance_class(precision)
+    return _overridden(tolerances, ("atol", "rtol"), klass, TEXT_TOLERANCES[klass])[0]
 
 
 # Teacher-forced quality a precision other than the reference's must keep (llama.cpp's perplexity figures): at
@@ -77,6 +80,66 @@ IMAGE_COMPONENT_FLOOR = {"fp32": 1e-3}
 # than int8, as the text tables are, rather than fp32's 30 dB by a silent fallback.
 IMAGE_TOLERANCES = {"fp32": (30.0, 0.95), "fp16": (20.0, 0.75), "bf16": (20.0, 0.75), "int8": (18.0, 0.7),
                     "int4": (15.0, 0.6)}
+# A table keyed by precision class has a row for every class (`backends.contract.PRECISION_CLASSES`), or is named
+# here with what a class missing from it gets: a declared fallback, never a silent one (tests/test_tolerances.py
+# finds every such table in this module and in `arena.judging.localize`).
+TOLERANCE_FALLBACKS = {
+    "SAME_PRECISION_FLOOR": "no floor: a reduced precision is held to QUALITY_MIN_TOP1 and QUALITY_MAX_KL (LOSSY)",
+    "POSITION_KL": "POSITION_KL_REDUCED per position for the onset; the decode path is not judged (a reduced "
+                   "precision's cached steps leave the floor by precision alone)",
+    "DECODE_SPLIT_MARGIN": "no split judged from the reference's margin alone (at a reduced precision a split is "
+                           "no evidence)",
+    "IMAGE_COMPONENT_FLOOR": "no component floor: only a candidate at fp32 is WRONG by its components",
+}
+
+# Tolerances a check is given (`arena.judging.check.check`'s ``tolerances``, ``python -m arena check --atol ...``),
+# as Polygraphy's comparator takes them (``polygraphy run --atol [out:]value --rtol ...``): one value for every
+# precision class, or {class: value} with "" for the others. They replace the table's value they name.
+TOLERANCE_OVERRIDES = {
+    "atol": ("text", "the first-step logits' max absolute error (`TEXT_TOLERANCES`' first value)"),
+    "rtol": ("text", "the first-step logits' max error relative to the largest |logit| (its second value)"),
+    "min_psnr": ("image", "the minimum PSNR in dB against the reference (`IMAGE_TOLERANCES`' first value)"),
+    "min_ssim": ("image", "the minimum SSIM against the reference (its second value)"),
+}
+
+
+def tolerance_overrides(tolerances: dict[str, Any] | None) -> dict[str, dict[str, float]]:
+    """``tolerances`` checked and written one way: {name: {precision class or "" (every other class): value}}.
+    Raises ValueError naming what is wrong (an unknown name or class, a value that is not a number >= 0)."""
+    from backends.contract import PRECISION_CLASSES
+
+    out: dict[str, dict[str, float]] = {}
+    for name, given in (tolerances or {}).items():
+        if name not in TOLERANCE_OVERRIDES:
+            raise ValueError(f"unknown tolerance {name!r}: one of {', '.join(TOLERANCE_OVERRIDES)}")
+        per_class = given if isinstance(given, dict) else {"": given}
+        out[name] = {}
+        for klass, value in per_class.items():
+            if klass not in ("", *PRECISION_CLASSES):
+                raise ValueError(f"tolerance {name}: {klass!r} is not a precision class "
+                                 f"({', '.join(PRECISION_CLASSES)}; none: every class)")
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"tolerance {name}: {value!r} is not a number") from None
+            if not number >= 0:  # (NaN too)
+                raise ValueError(f"tolerance {name}: {value!r} is below 0")
+            out[name][klass] = number
+    return out
+
+
+def _overridden(tolerances: dict[str, Any] | None, names: tuple[str, ...], klass: str,
+                defaults: tuple[float, float]) -> tuple[tuple[float, float], str | None]:
+    """The two tolerances of ``klass`` with the given ones in place, and "atol=0.5, rtol=0.02" when any was given
+    (None: the table's)."""
+    given = tolerance_overrides(tolerances)
+    values = []
+    for name, default in zip(names, defaults, strict=True):
+        per_class = given.get(name, {})
+        values.append(per_class.get(klass, per_class.get("", default)))
+    if not any(klass in given.get(name, {}) or "" in given.get(name, {}) for name in names):
+        return defaults, None
+    return (values[0], values[1]), ", ".join(f"{name}={value:g}" for name, value in zip(names, values, strict=True))
 
 GIBBERISH_NLL = 4.5  # mean negative log-likelihood per token (nats) under the reference model
 LOOP_MAX_PERIOD = 4  # a loop of at most this many tokens ...
@@ -88,13 +151,32 @@ NOISE_CORRELATION = 0.35  # neighbour-pixel correlation under which an image has
 
 @dataclass(frozen=True)
 class Verdict:
+    """One output's verdict: a declared kind (`arena.judging.kinds.KINDS`), the one-line reason, whether it is
+    broken (its kind's declaration; given, it must agree) and the figures behind it."""
     kind: str
     reason: str
-    broken: bool
+    broken: bool | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        declared = KINDS.get(self.kind)
+        if declared is None:
+            raise ValueError(f"verdict kind {self.kind!r} is not declared in arena.judging.kinds.KINDS")
+        if self.broken is None:
+            object.__setattr__(self, "broken", declared.broken)
+        elif self.broken != declared.broken:
+            raise ValueError(f"a {self.kind} verdict is {'' if declared.broken else 'not '}broken by its declaration")
+
+    @property
+    def declared(self) -> VerdictKind:
+        return KINDS[self.kind]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def sentence(self) -> str:
+        """"DRIFT: fluent but diverges at token 12 of 48, ...": the kind and its one-line reason."""
+        return f"{self.kind}: {self.reason}"
 
 
 def reference_index(value: str | int | None, specs) -> int:
@@ -380,25 +462,12 @@ def sequence_onset(quality: dict[str, Any] | None, precision: str) -> dict[str, 
 
 
 def quality_sentence(quality: dict[str, Any] | None) -> str:
-    """"top-1 96.5%, KL 0.003, ppl ×1.01 over 180 positions" (or why there is none)."""
-    if not quality:
-        return "teacher-forced quality not measured"
-    if quality.get("unavailable"):
-        return f"teacher-forced quality not available ({quality['unavailable']})"
-    kept = quality.get("reused") or []
-    return (f"teacher-forced top-1 agreement {quality['top1']:.1%}, KL {quality['kl']:.3g} nats, "
-            f"perplexity ×{_ratio(quality['ppl_ratio'])} over {quality['positions']} positions"
-            + (f" (the {' and '.join('answer' if k == 'output' else k for k in kept)}'s figures kept from an earlier "
-               "run of the same two models)" if kept else ""))
-
-
-def _ratio(value: float) -> str:
-    """A ratio for a sentence: "1.012", or "8.6e+15" once it is huge (a broken export's perplexity ratio)."""
-    return f"{value:.3f}" if abs(value) < 1000 else f"{value:.2g}"
+    """"top-1 96.5%, KL 0.003, ppl ×1.01 over 180 positions" (or why there is none): `Quality.sentence`."""
+    return Quality.from_dict(quality).sentence()
 
 
 def _measured(quality: dict[str, Any] | None) -> bool:
-    return bool(quality) and not quality.get("unavailable") and quality.get("top1") is not None
+    return Quality.from_dict(quality).measured
 
 
 def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str, *, error: str | None = None,
@@ -406,7 +475,8 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
                logits: dict[str, float] | None = None, unk_token_id: int | None = None,
                nll: float | None = None, quality: dict[str, Any] | None = None,
                reference_precision: str | None = None, reference_failed: str | None = None,
-               precision_class: str | None = None, decode: dict[str, Any] | None = None) -> Verdict:
+               precision_class: str | None = None, decode: dict[str, Any] | None = None,
+               tolerances: dict[str, Any] | None = None) -> Verdict:
     """One text output's verdict: on its own first, then against the reference's token ids, logits and
     teacher-forced next-token distributions.
 
@@ -415,9 +485,10 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
     picks the tolerances; ``reference_precision`` the reference's (None: assume the same). ``reference_failed``:
     why the reference has no usable output (then the candidate is NOT COMPARED, never MATCH). ``decode``: the
     candidate's decode path against the reference (`Arena._decode_path`): per-step KL of its cached decode and of its
-    full pass, and where its answer splits from the reference's with the reference's margin there."""
+    full pass, and where its answer splits from the reference's with the reference's margin there. ``tolerances``:
+    ``atol``/``rtol`` given in place of `TEXT_TOLERANCES`' (`tolerance_overrides`; the reason says so)."""
     if error:
-        return Verdict("ERROR", error.splitlines()[0][:300], True)
+        return Verdict("ERROR", error.splitlines()[0][:300])
     signals = text_signals(text, token_ids, unk_token_id, nll)
     metrics: dict[str, Any] = {"signals": signals, "logits": logits, "precision": precision}
     if quality:
@@ -425,8 +496,8 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
     if decode:
         metrics["decode"] = decode
     if signals["empty"]:
-        return Verdict("EMPTY", "the output is empty" + (" (only special tokens)" if token_ids else ""), True,
-                       metrics)
+        return Verdict("EMPTY", "the output is empty" + (" (only special tokens)" if token_ids else ""),
+                       metrics=metrics)
     why = _gibberish_reason(signals)
     same_precision = precision == (reference_precision or precision)
     klass = precision_class or tolerance_class(precision)
@@ -436,26 +507,29 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
     if why and broken_decode and broken_decode[1]["measured"] and broken_decode[1]["full_agrees"]:
         # Gibberish from a model whose full pass is exact: the cache is what breaks it, the more precise diagnosis.
         sentence, metrics["decode_problem"] = broken_decode
-        return Verdict("WRONG", f"at {precision} like the reference, yet {sentence}; on its own: {why}", True,
-                       metrics)
+        return Verdict("WRONG", f"at {precision} like the reference, yet {sentence}; on its own: {why}",
+                       metrics=metrics)
     if why:
         # The strongest evidence first: the reference's verdict on its distributions, when measured and bad.
         if not is_reference and _measured(quality) and (quality["top1"] < QUALITY_MIN_TOP1
                                                         or quality["kl"] > QUALITY_MAX_KL):
             why = f"{quality_sentence(quality)} against the reference; on its own: {why}"
-        return Verdict("GIBBERISH", why, True, metrics)
+        return Verdict("GIBBERISH", why, metrics=metrics)
     if is_reference:
-        return Verdict("MATCH", "the reference: fluent on its own", False, metrics)
+        return Verdict("MATCH", "the reference: fluent on its own", metrics=metrics)
     if reference_failed or reference_ids is None:
         return Verdict("NOT COMPARED", "fluent on its own; not compared: "
                        + (f"the reference failed ({reference_failed})" if reference_failed
-                          else "no reference to compare with"), False, metrics)
+                          else "no reference to compare with"), metrics=metrics)
     ref, ids = list(reference_ids), list(token_ids)
     same = sum(a == b for a, b in zip(ids, ref, strict=False))
     first = next((i for i, (a, b) in enumerate(zip(ids, ref, strict=False)) if a != b), min(len(ids), len(ref)))
     metrics |= {"agreement": round(same / max(len(ref), len(ids), 1), 3), "first_divergence": first
                 if ids != ref else None}
-    abs_tol, rel_tol = TEXT_TOLERANCES[klass]
+    (abs_tol, rel_tol), given = _overridden(tolerances, ("atol", "rtol"), klass, TEXT_TOLERANCES[klass])
+    tolerance_name = f"the given tolerance {given}" if given else f"the {precision} tolerance"
+    if given:
+        metrics["tolerance"] = {"atol": abs_tol, "rtol": rel_tol, "given": True}
     within = logits is None or (logits["max_abs"] <= abs_tol or logits["max_rel"] <= rel_tol)
     # The tolerance as a rule: the absolute bound, and the relative one when the absolute is over (a large logit
     # scale makes the absolute error large). Two digits, more when two would print the bound itself ("4 > 4").
@@ -472,7 +546,7 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
             relative = f"relative {figure(logits['max_rel'], rel_tol)}"
             rule += f" > {abs_tol:g}, but {relative} ≤ {rel_tol:g}" if within else \
                 f" > {abs_tol:g} and {relative} > {rel_tol:g}"
-        logit_note = f"; first-step logits: {rule}: {'within' if within else 'over'} the {precision} tolerance"
+        logit_note = f"; first-step logits: {rule}: {'within' if within else 'over'} {tolerance_name}"
     quality_note = f"; {quality_sentence(quality)}" if _measured(quality) else ""
     onset = sequence_onset(quality, klass) if _measured(quality) else None
     if onset is not None:
@@ -485,25 +559,26 @@ def judge_text(text: str, token_ids: list[int] | tuple[int, ...], precision: str
                   f"its {len(ids)} answer tokens still match")
         return Verdict("WRONG", f"at {precision} like the reference, yet {where}: {quality_sentence(quality)} "
                        f"(the {precision} floor: top-1 ≥ {floor[0]:.0%}, KL ≤ {floor[1]:g}); {tokens}; the model's "
-                       f"math differs, not its precision{logit_note}", True, metrics)
+                       f"math differs, not its precision{logit_note}", metrics=metrics)
     if broken_decode:
         sentence, metrics["decode_problem"] = broken_decode
         return Verdict("WRONG", f"at {precision} like the reference, yet {sentence}{logit_note}{quality_note}",
-                       True, metrics)
+                       metrics=metrics)
     if same_precision and not within and ids != ref:
+        bound = tolerance_name if given else f"tolerance {abs_tol:g}"
         return Verdict("WRONG", f"at {precision} like the reference, yet its first-step logits are off by "
-                       f"{logits['max_abs']:.2g} (tolerance {abs_tol:g}) and its tokens diverge at token "
+                       f"{logits['max_abs']:.2g} ({bound}) and its tokens diverge at token "
                        f"{first + 1} of {len(ref)}: the model's math differs, not its precision{quality_note}",
-                       True, metrics)
+                       metrics=metrics)
     if not same_precision and _measured(quality) and (quality["top1"] < QUALITY_MIN_TOP1
                                                       or quality["kl"] > QUALITY_MAX_KL):
         return Verdict("LOSSY", f"{precision} loses too much against the {reference_precision} reference: "
                        f"{quality_sentence(quality)} (needed: top-1 ≥ {QUALITY_MIN_TOP1:.0%} and KL ≤ "
-                       f"{QUALITY_MAX_KL:g}){logit_note}", True, metrics)
+                       f"{QUALITY_MAX_KL:g}){logit_note}", metrics=metrics)
     if ids == ref:
-        return Verdict("MATCH", f"identical tokens ({len(ids)}){logit_note}{quality_note}", False, metrics)
+        return Verdict("MATCH", f"identical tokens ({len(ids)}){logit_note}{quality_note}", metrics=metrics)
     return Verdict("DRIFT", f"fluent but diverges at token {first + 1} of {len(ref)}, "
-                   f"{metrics['agreement']:.0%} of tokens agree{logit_note}{quality_note}", False, metrics)
+                   f"{metrics['agreement']:.0%} of tokens agree{logit_note}{quality_note}", metrics=metrics)
 
 
 def _reach_decode_problem(quality: dict[str, Any] | None, klass: str,
@@ -626,39 +701,45 @@ def image_signals(image: np.ndarray) -> dict[str, Any]:
 
 def judge_image(image: np.ndarray | None, precision: str, *, error: str | None = None,
                 reference: np.ndarray | None = None, is_reference: bool = False,
-                precision_class: str | None = None) -> Verdict:
+                precision_class: str | None = None, tolerances: dict[str, Any] | None = None) -> Verdict:
     """One image's verdict: on its own (NaN, blank, noise), then against the reference's image (PSNR or SSIM within
-    the tolerance of ``precision_class``, the class its backend maps ``precision`` to; None: looked up by name)."""
+    the tolerance of ``precision_class``, the class its backend maps ``precision`` to; None: looked up by name).
+    ``tolerances``: ``min_psnr``/``min_ssim`` given in place of `IMAGE_TOLERANCES`' (the reason says so)."""
     if error:
         kind = "NAN" if "NaN" in error else "ERROR"
-        return Verdict(kind, error.splitlines()[0][:300], True)
+        return Verdict(kind, error.splitlines()[0][:300])
     if image is None:
-        return Verdict("ERROR", "no image came back", True)
+        return Verdict("ERROR", "no image came back")
     if not np.isfinite(np.asarray(image, np.float64)).all():
-        return Verdict("NAN", "the image has NaN or Inf pixels", True)
+        return Verdict("NAN", "the image has NaN or Inf pixels")
     signals = image_signals(image)
     metrics: dict[str, Any] = {"signals": signals}
     if signals["std"] < BLANK_STD:
         shade = "black" if signals["mean"] < 16 else "white" if signals["mean"] > 239 else "one flat color"
         return Verdict("BLANK", f"a near-constant image ({shade}: mean {signals['mean']:.0f}, "
-                       f"std {signals['std']:.1f})", True, metrics)
+                       f"std {signals['std']:.1f})", metrics=metrics)
     if signals["neighbour_correlation"] < NOISE_CORRELATION:
         return Verdict("NOISE", f"no spatial structure: neighbouring pixels correlate "
-                       f"{signals['neighbour_correlation']:.2f} (pictures: > 0.8)", True, metrics)
+                       f"{signals['neighbour_correlation']:.2f} (pictures: > 0.8)", metrics=metrics)
     if is_reference or reference is None:
         return Verdict("MATCH", "the reference: a picture on its own" if is_reference else
-                       "a picture on its own (no reference to compare with)", False, metrics)
+                       "a picture on its own (no reference to compare with)", metrics=metrics)
     if reference.shape != image.shape:
         return Verdict("DIFFERENT", f"size {image.shape[:2]} differs from the reference's {reference.shape[:2]}",
-                       True, metrics)
+                       metrics=metrics)
     db, structure = psnr(image, reference), ssim(image, reference)
     metrics |= {"psnr_db": None if db == float("inf") else round(db, 2), "ssim": round(structure, 4)}
-    min_db, min_ssim = IMAGE_TOLERANCES[precision_class or tolerance_class(precision)]
+    klass = precision_class or tolerance_class(precision)
+    (min_db, min_ssim), given = _overridden(tolerances, ("min_psnr", "min_ssim"), klass, IMAGE_TOLERANCES[klass])
+    if given:
+        metrics["tolerance"] = {"min_psnr": min_db, "min_ssim": min_ssim, "given": True}
     shown = "∞" if db == float("inf") else f"{db:.1f}"
     if db >= min_db or structure >= min_ssim:
-        return Verdict("MATCH", f"PSNR {shown} dB, SSIM {structure:.3f} vs the reference", False, metrics)
-    return Verdict("DIFFERENT", f"PSNR {shown} dB and SSIM {structure:.3f} vs the reference are below the "
-                   f"{precision} tolerance ({min_db:g} dB or SSIM {min_ssim:g})", True, metrics)
+        return Verdict("MATCH", f"PSNR {shown} dB, SSIM {structure:.3f} vs the reference"
+                       + (f", within the given tolerance {given}" if given else ""), metrics=metrics)
+    return Verdict("DIFFERENT", f"PSNR {shown} dB and SSIM {structure:.3f} vs the reference are below "
+                   + (f"the given tolerance {given}" if given else
+                      f"the {precision} tolerance ({min_db:g} dB or SSIM {min_ssim:g})"), metrics=metrics)
 
 
 def image_floor_verdict(verdict: Verdict, where: dict[str, Any] | None, precision: str,
@@ -678,5 +759,5 @@ def image_floor_verdict(verdict: Verdict, where: dict[str, Any] | None, precisio
     return Verdict("WRONG", f"at {precision} like the reference, yet its {TITLES.get(first['unit'], first['unit'])} "
                    f"computes something else on the reference's own input{at_step(first)} (relative error "
                    f"{first['error']:.2g}, the {precision} floor {floor:g}; weights rounded through fp16 measure "
-                   f"~2e-4), though the picture looks close ({verdict.reason})", True,
-                   verdict.metrics | {"floor": floor})
+                   f"~2e-4), though the picture looks close ({verdict.reason})",
+                   metrics=verdict.metrics | {"floor": floor})

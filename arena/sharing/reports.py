@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from arena.fields import cli_arguments
+from arena.judging.results import Quality, Where, component_summary, error_text
 from arena.public.secrets import REDACTED, SECRET_NAME, SECRET_SHAPES, scrub, scrub_data  # noqa: F401 - re-exported
 from arena.types import REQUESTS
 
@@ -204,10 +205,10 @@ def _evidence_cells(result: dict[str, Any], task: str) -> str:
     if task == "image":
         psnr = result.get("psnr_vs_reference_db", metrics.get("psnr_db"))
         return " | ".join("–" if v is None else f"{v:g}" for v in (psnr, metrics.get("ssim")))
-    quality = metrics.get("quality") or {}
-    if quality.get("top1") is None:
+    quality = Quality.from_dict(metrics.get("quality"))
+    if quality.top1 is None:
         return "– | – | –"
-    return f"{quality['top1']:.1%} | {quality['kl']:.3g} | ×{quality['ppl_ratio']:.3g}"
+    return f"{quality.top1:.1%} | {quality.kl:.3g} | ×{quality.ppl_ratio:.3g}"
 
 
 def report_markdown(run: dict[str, Any], task: str, heatmaps: Mapping[int, str] | None = None) -> str:
@@ -260,23 +261,18 @@ def report_markdown(run: dict[str, Any], task: str, heatmaps: Mapping[int, str] 
                   "Likely cause |" + (" Each component on the reference's inputs |" if image else ""),
                   "|---|---|---|---|" + ("---|" if image else "")]
         for r, m in wheres:
-            where = m["where"]
-            if where is None:
+            if m["where"] is None:
                 lines.append(f"| {r['label']} | – | – | not localized: {m.get('where_unavailable', '')} |"
                              + (" – |" if image else ""))
-            else:
-                unit = f"`{where['unit']}`" if where["unit"] else "none"
-                shown = "NaN/Inf" if where["error"] is None else f"{where['error']:.3g}"
-                over = where.get("over")  # a reduced precision's even growth past the line, standing out nowhere
-                error = f"{shown} ({where['threshold']:g})" if where["unit"] else \
-                    f"up to {over['error']:.3g} at `{over['unit']}` ({where['threshold']:g}), none standing out" \
-                    if over else f"all within {where['threshold']:g}"
-                figures = ""
-                if image:
-                    from arena.judging.localize_image import summary
-
-                    figures = f" {summary(where) or '–'} |"
-                lines.append(f"| {r['label']} | {unit} | {error} | {where.get('cause') or '–'} |{figures}")
+                continue
+            where = Where.from_dict(m["where"])
+            unit = f"`{where.unit}`" if where.unit else "none"
+            over = where.over  # a reduced precision's even growth past the line, standing out nowhere
+            error = f"{error_text(where.error)} ({where.threshold:g})" if where.unit else \
+                f"up to {over['error']:.3g} at `{over['unit']}` ({where.threshold:g}), none standing out" \
+                if over else f"all within {where.threshold:g}"
+            figures = f" {component_summary(m['where']) or '–'} |" if image else ""
+            lines.append(f"| {r['label']} | {unit} | {error} | {where.cause or '–'} |{figures}")
 
     differing = []
     for index, r in enumerate(results):
