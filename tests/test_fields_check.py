@@ -28,11 +28,13 @@ class Recorder:
 
     policy: Policy = field(default_factory=Policy.local)
     runs: list = field(default_factory=list)
+    tolerances: list = field(default_factory=list)
     keep_reference_distributions: bool = False
     closed: bool = False
 
-    def run_text_to_end(self, request, progress=None, cancel=None):
+    def run_text_to_end(self, request, progress=None, cancel=None, tolerances=None):
         self.runs.append(request)
+        self.tolerances.append(tolerances)
         return SimpleNamespace(error="recorded")
 
     run_image_to_end = run_text_to_end
@@ -89,6 +91,22 @@ def test_the_new_api_parameters_reach_the_runs():
                      max_new_tokens=8, reference={"backend": "pytorch", "precision": "bf16"})
     run = core.runs[1]
     assert (run.localize, run.reach, run.max_new_tokens, run.backends[0].precision) == ("off", 768, 8, "bf16")
+
+
+def test_tolerances_reach_the_judge_alike_from_the_cli_and_the_api():
+    """Polygraphy's --atol/--rtol: one value for every precision class, or PRECISION:VALUE, comma-separated; the
+    CLI and /check give the judge the same overrides; a bad one (or another task's) is refused before any run."""
+    _code, from_cli = cli_request("--prompt", "a", "--atol", "fp16:0.5, 0.1", "--rtol", "0.02", "--json")
+    make_check(from_api := Recorder())(model="smollm2-135m-instruct", candidate="onnxruntime", prompts=["a"],
+                                       atol="fp16:0.5,0.1", rtol="0.02")
+    expected = {"atol": {"fp16": "0.5", "": "0.1"}, "rtol": {"": "0.02"}}
+    assert from_cli.tolerances == from_api.tolerances == [expected]
+    for values, sentence in (({"atol": "fp16:lots"}, "Tolerances: tolerance atol: 'lots' is not a number."),
+                             ({"atol": "fp64:0.1"}, "'fp64' is not a precision class"),
+                             ({"min_psnr": "30"}, "min_psnr judges image checks, not this text check")):
+        core = Recorder()
+        report = make_check(core)(model="smollm2-135m-instruct", candidate="onnxruntime", **values)
+        assert report["broken"] and sentence in report["error"] and core.runs == [], report["error"]
 
 
 @pytest.mark.parametrize("flags, localize", [((), "auto"), (("--localize",), "all"), (("--localize", "off"), "off"),

@@ -121,7 +121,6 @@ def test_given_image_tolerances_replace_the_tables_and_the_reason_says_so():
 def test_tolerances_are_checked_before_anything_runs():
     from types import SimpleNamespace
 
-    from arena.__main__ import main
     from arena.judging.check import check
 
     assert verdicts.tolerance_overrides({"atol": 0.5, "rtol": {"fp16": "0.1", "": 0}}) == {
@@ -132,23 +131,19 @@ def test_tolerances_are_checked_before_anything_runs():
             verdicts.tolerance_overrides(bad)
     arena = SimpleNamespace(policy=SimpleNamespace(public=False, refuse_check=lambda prompts: None))
     spec = BackendSpec("onnxruntime")
-    report = check(arena, "m", spec, task="text", tolerances={"atol": {"fp8": 1}})
+    report = check(arena, "m", spec, task="text", atol="fp8:1")
     assert report["broken"] and "not a precision class" in report["error"] and not report["checks"]
-    report = check(arena, "m", spec, task="image", tolerances={"atol": 1})
+    report = check(arena, "m", spec, task="image", atol="1")
     assert report["error"] == "Tolerances: atol judges text checks, not this image check.", report["error"]
-    with pytest.raises(SystemExit):  # argparse: a value that is not a number
-        main(["check", "--model", "m", "--candidate", "onnxruntime", "--atol", "fp16:x"])
 
 
-def test_the_cli_reads_tolerances_as_polygraphy_does(monkeypatch):
-    import arena.__main__ as cli
+def test_a_check_reads_tolerances_as_polygraphy_does():
+    """One value for every precision class, PRECISION:VALUE for one, several separated by commas (the CLI's
+    ``--atol 0.5,fp16:1e-2``, /check's ``atol="0.5,fp16:1e-2"``); empty: the tables'."""
+    from arena.judging.check import CheckRequest
 
-    seen = {}
-    monkeypatch.setattr(cli, "run_check", lambda args, arena: seen.setdefault("tolerances", cli.tolerances_of(args)))
-    monkeypatch.setattr("arena.core.Arena", lambda cache_dir=None: None)
-    cli.main(["check", "--model", "m", "--candidate", "onnxruntime", "--atol", "0.5", "--atol", "fp16:1e-2",
-              "--rtol", "int8:0.3"])
-    assert seen["tolerances"] == {"atol": {"": 0.5, "fp16": 0.01}, "rtol": {"int8": 0.3}}
-    seen.clear()
-    cli.main(["check", "--model", "m", "--candidate", "onnxruntime"])
-    assert seen["tolerances"] is None
+    request = CheckRequest.from_values({"model": "m", "candidate": "onnxruntime", "atol": "0.5,fp16:1e-2",
+                                        "rtol": "int8:0.3"})
+    assert verdicts.tolerance_overrides(request.tolerances()) == {"atol": {"": 0.5, "fp16": 0.01},
+                                                                  "rtol": {"int8": 0.3}}
+    assert CheckRequest.from_values({"model": "m", "candidate": "onnxruntime"}).tolerances() == {}

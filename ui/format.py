@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from arena import OptionChoice, Quality, Where
+from arena import OptionChoice, Quality, Where, task_of
 from ui.colors import is_reference, state_of
 
 
@@ -258,7 +258,7 @@ def summary_rows(run: dict[str, Any], task: str = "text") -> list[dict[str, Any]
         timings, load = result.get("timings") or {}, result.get("load") or {}
         memory = load.get("memory_mb")
         cells: list[tuple[str, float | None]] = []
-        if task == "image":
+        if task_of(task).pictures:  # a pipeline's figures: its UNet step, its memory, its picture's PSNR
             median = statistics.median(timings["step_times_s"]) if timings.get("step_times_s") else None
             reference = bool(result.get("is_reference"))
             psnr = "reference" if reference else "–" if result.get("error") else _psnr_text(result)

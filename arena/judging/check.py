@@ -17,18 +17,15 @@ from typing import Any, ClassVar
 from arena.fields import RequestFields, request_field
 from arena.judging.results import Where, error_text
 from arena.judging.verdicts import REACH_CACHED_STEPS, TOLERANCE_OVERRIDES, tolerance_overrides
-from arena.preparing.catalog import IMAGE_CATALOG, IMAGE_EXAMPLE_PROMPTS, find_image_catalog_model
+from arena.preparing.catalog import IMAGE_CATALOG, find_image_catalog_model
 from arena.registry import default_reference
+from arena.tasks import TEXT_CHECK_PROMPTS, task_of
 from arena.types import PROMPT_CAP, BackendSpec, ImageRunRequest, TextRunRequest
 
 # The long reach a check teacher-forces by default (`TextRunRequest.reach`): 4,096 positions, or the model's
 # context when shorter.
 CHECK_REACH = 4096
-TEXT_PROMPTS = (
-    "Why should one run machine learning models on-premises?",
-    "Write a short poem about the sea.",
-    "Explain what a neural network is to a child.",
-)
+TEXT_PROMPTS = TEXT_CHECK_PROMPTS  # the prompts a text check runs when given none (`arena.tasks`)
 TASKS = ("auto", "text", "image")
 TOLERANCE_HELP = ("{what}, in place of the per-precision table's, as Polygraphy's comparator takes --atol: one value "
                   "for every precision class ({example}), or PRECISION:VALUE for one class, several separated by "
@@ -135,7 +132,7 @@ class CheckRequest(RequestFields):
 
     def prompt_list(self, task: str) -> tuple[str, ...]:
         """The prompts asked for, or the built-in ones for ``task``."""
-        return self.prompts or (IMAGE_EXAMPLE_PROMPTS[:3] if task == "image" else TEXT_PROMPTS)
+        return self.prompts or task_of(task).check_prompts
 
 
 def guess_task(model: str, look_on_disk: bool = True) -> str:
@@ -171,15 +168,15 @@ def check(arena, request: CheckRequest | str, candidate: Any = None, progress=la
         if isinstance(fields.get("localize"), bool):
             fields["localize"] = "all" if fields["localize"] else "auto"
         request = CheckRequest.from_values({"model": request, "candidate": candidate, **fields})
-    task = request.resolved_task(look_on_disk=not arena.policy.public)
+    task = task_of(request.resolved_task(look_on_disk=not arena.policy.public))
     reference, candidate = request.reference, request.candidate
     prompts = request.prompt_list(task)
-    out: dict[str, Any] = {"task": task, "model": request.model, "candidate": candidate.to_dict(),
+    out: dict[str, Any] = {"task": task.name, "model": request.model, "candidate": candidate.to_dict(),
                            "reference": reference.to_dict(), "checks": [], "error": None}
     tolerances = request.tolerances()
     if tolerances:
         out["tolerances"] = tolerances
-    problem = arena.policy.refuse_check(request) or request.refuse_bounds() or _tolerance_problem(tolerances, task)
+    problem = arena.policy.refuse_check(request) or request.refuse_bounds() or _tolerance_problem(tolerances, task.name)
     if problem:
         out.update(error=problem, broken=True)
         return out
@@ -197,23 +194,14 @@ def check(arena, request: CheckRequest | str, candidate: Any = None, progress=la
             break
         # once localized, not again: the first prompt that breaks says where
         localize = "off" if located else request.localize
-        if task == "image":
-            entry = find_image_catalog_model(request.model) or IMAGE_CATALOG[0]
-            run = ImageRunRequest(model=request.model, prompt=prompt, backends=(reference, candidate),
-                                  steps=request.steps or entry.steps, guidance_scale=entry.guidance_scale,
-                                  seed=request.seed, reference="0", localize=localize)
-            result = arena.run_image_to_end(run, progress, cancel, tolerances=tolerances)
-        else:
-            run = TextRunRequest(model=request.model, prompt=prompt, backends=(reference, candidate),
-                                 max_new_tokens=request.max_new_tokens, warmup=0, reference="0",
-                                 reach=0 if out["checks"] else reach, localize=localize)
-            result = arena.run_text_to_end(run, progress, cancel, tolerances=tolerances)
+        run = _RUNS[task.name](request, prompt, localize=localize, reach=0 if out["checks"] else reach)
+        result = task.step(arena, "run_{}_to_end")(run, progress, cancel, tolerances=tolerances)
         if result.error:
             out["error"] = result.error
             break
         ref, cand = result.results
         located = located or "where" in cand.verdict.metrics
-        if task == "text" and not out["checks"]:
+        if task.streams_text and not out["checks"]:  # the long reach: teacher-forced with the first prompt
             model_info = result.to_dict().get("model") or {}
             out["reach"] = {"asked": reach, "positions": model_info.get("reach_positions", 0),
                             "note": "; ".join(n for n in (cut, model_info.get("reach_note", "")) if n)}
@@ -222,9 +210,10 @@ def check(arena, request: CheckRequest | str, candidate: Any = None, progress=la
             "verdict": cand.verdict.to_dict(),
             "reference_verdict": ref.verdict.to_dict(),
             # Where a sequence-dependent difference starts (teacher-forced positions), or None.
-            "onset_position": (cand.verdict.metrics.get("onset") or {}).get("position") if task == "text" else None,
-            "output": cand.text if task == "text" else None,
-            "reference_output": ref.text if task == "text" else None,
+            "onset_position": (cand.verdict.metrics.get("onset") or {}).get("position") if task.streams_text
+            else None,
+            "output": cand.text if task.streams_text else None,
+            "reference_output": ref.text if task.streams_text else None,
         })
     out["broken"] = out["error"] is not None or any(c["verdict"]["broken"] for c in out["checks"])
     localized = next((c["verdict"]["metrics"] for c in out["checks"] if "where" in c["verdict"]["metrics"]), None)
@@ -232,6 +221,23 @@ def check(arena, request: CheckRequest | str, candidate: Any = None, progress=la
     if localized and localized["where"] is None:
         out["where_unavailable"] = localized.get("where_unavailable")
     return out
+
+
+def _text_run(request: CheckRequest, prompt: str, localize: str, reach: int) -> TextRunRequest:
+    return TextRunRequest(model=request.model, prompt=prompt, backends=(request.reference, request.candidate),
+                          max_new_tokens=request.max_new_tokens, warmup=0, reference="0", reach=reach,
+                          localize=localize)
+
+
+def _image_run(request: CheckRequest, prompt: str, localize: str, reach: int) -> ImageRunRequest:
+    entry = find_image_catalog_model(request.model) or IMAGE_CATALOG[0]  # a local pipeline: the embedded one's
+    return ImageRunRequest(model=request.model, prompt=prompt, backends=(request.reference, request.candidate),
+                           steps=request.steps or entry.steps, guidance_scale=entry.guidance_scale,
+                           seed=request.seed, reference="0", localize=localize)
+
+
+# One prompt's run of a check, by task (`arena.tasks`): the reference first, the candidate second.
+_RUNS = {"text": _text_run, "image": _image_run}
 
 
 def _tolerance_problem(tolerances: dict[str, Any] | None, task: str) -> str | None:

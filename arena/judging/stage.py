@@ -38,6 +38,7 @@ from arena.judging.verdicts import (
 )
 from arena.registry import backend_class
 from arena.running.workers import WorkerCrashed, WorkerFailed
+from arena.tasks import task_of
 from arena.types import PreparedImage, PreparedText
 
 
@@ -106,7 +107,7 @@ class JudgingStage:
         if not self.policy.public:
             return None
         cap = self.policy.limits.max_localize_parameters
-        if prepared.task == "image":
+        if task_of(prepared).pictures:  # a pipeline: its text encoder, UNet and VAE together
             from arena.preparing.prepare import parameter_count
 
             counts = [parameter_count(Path(prepared.model_dir) / part) for part in ("text_encoder", "unet", "vae")]

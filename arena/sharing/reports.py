@@ -23,7 +23,7 @@ from typing import Any
 from arena.fields import cli_arguments
 from arena.judging.results import Quality, Where, component_summary, error_text
 from arena.public.secrets import REDACTED, SECRET_NAME, SECRET_SHAPES, scrub, scrub_data  # noqa: F401 - re-exported
-from arena.types import REQUESTS
+from arena.tasks import task_of
 
 REPORT_FORMAT = "backend-arena-report/1"
 # The versions a runtime's issue tracker asks for: each backend's packages (`Backend.distributions`), then these.
@@ -92,7 +92,7 @@ def _cli_value(value: Any) -> str:
 def reproduce_command(run: dict[str, Any], task: str) -> str:
     """The shell command that runs this comparison again with the CLI (``python -m arena text|image``)."""
     request = run.get("request") or {}
-    parts = ["python", "-m", "arena", task, *cli_arguments(REQUESTS[task], request)]
+    parts = ["python", "-m", "arena", task_of(task).name, *cli_arguments(task_of(task).request, request)]
     for backend in request.get("backends") or []:
         parts += ["--backend", backend_argument(backend)]
     return scrub(" ".join(shlex.quote(p) for p in parts))
@@ -199,16 +199,82 @@ def _fence(text: str) -> str:
     return "````text\n" + text.replace("````", "'```") + "\n````"
 
 
-def _evidence_cells(result: dict[str, Any], task: str) -> str:
-    """The verdict's figures as table cells ("–" where not measured)."""
-    metrics = (result.get("verdict") or {}).get("metrics") or {}
-    if task == "image":
+class _TextSections:
+    """What a text run's report shows that an image run's does not (`_SECTIONS`): the evidence beside each verdict
+    (teacher-forced figures against the reference), the generation settings, where the answer departs, timings."""
+
+    evidence = "Top-1 agreement | KL (nats) | Perplexity ratio"
+    timing_header = ("| Backend | TTFT | Tokens/s | Decode tokens/s | Total | New tokens | Export | Load | Runs on |",
+                     "|---|---|---|---|---|---|---|---|---|")
+
+    @staticmethod
+    def evidence_cells(result: dict[str, Any]) -> str:
+        quality = Quality.from_dict(((result.get("verdict") or {}).get("metrics") or {}).get("quality"))
+        if quality.top1 is None:
+            return "– | – | –"
+        return f"{quality.top1:.1%} | {quality.kl:.3g} | ×{quality.ppl_ratio:.3g}"
+
+    @staticmethod
+    def settings(request: dict[str, Any], model: dict[str, Any]) -> str:
+        return (f"- Max new tokens {request.get('max_new_tokens')}, prompt format {request.get('prompt_format')}, "
+                f"greedy, ignore EOS {request.get('ignore_eos')}, warm-up {request.get('warmup')}, "
+                f"repeats {request.get('repeats')}")
+
+    @staticmethod
+    def difference(r: dict[str, Any], reference: dict[str, Any], _heatmap: str | None) -> list[str]:
+        if r.get("text") == reference.get("text"):
+            return []
+        at, ref_part, cand_part = _excerpt(reference.get("text", ""), r.get("text", ""))
+        return [f"**{r['label']}** departs from the reference at character {at + 1}:", "",
+                f"Reference ({reference['label']}):", "", _fence(ref_part), "",
+                f"{r['label']}:", "", _fence(cand_part), ""]
+
+    @staticmethod
+    def timing_cells(r: dict[str, Any], t: dict[str, Any]) -> list[str]:
+        return [_ms(t.get("ttft_s")), f"{t.get('tokens_per_s', 0):.1f}" if t else "–",
+                f"{t.get('decode_tokens_per_s', 0):.1f}" if t else "–", _ms(t.get("total_s")),
+                str(r.get("num_new_tokens", "–"))]
+
+
+class _ImageSections:
+    """An image run's: PSNR/SSIM beside each verdict, the pipeline settings, the difference heatmaps, the
+    pipeline's timings by component."""
+
+    evidence = "PSNR (dB) | SSIM"
+    timing_header = ("| Backend | Total | Text encoder | UNet loop | VAE decode | Export | Load | Runs on |",
+                     "|---|---|---|---|---|---|---|---|")
+
+    @staticmethod
+    def evidence_cells(result: dict[str, Any]) -> str:
+        metrics = (result.get("verdict") or {}).get("metrics") or {}
         psnr = result.get("psnr_vs_reference_db", metrics.get("psnr_db"))
         return " | ".join("–" if v is None else f"{v:g}" for v in (psnr, metrics.get("ssim")))
-    quality = Quality.from_dict(metrics.get("quality"))
-    if quality.top1 is None:
-        return "– | – | –"
-    return f"{quality.top1:.1%} | {quality.kl:.3g} | ×{quality.ppl_ratio:.3g}"
+
+    @staticmethod
+    def settings(request: dict[str, Any], model: dict[str, Any]) -> str:
+        return (f"- Steps {request.get('steps')}, guidance {request.get('guidance_scale')}, seed "
+                f"{request.get('seed')}, size {model.get('width')}x{model.get('height')}")
+
+    @staticmethod
+    def difference(r: dict[str, Any], _reference: dict[str, Any], heatmap: str | None) -> list[str]:
+        if r.get("identical_to_reference"):
+            return []
+        metrics = (r.get("verdict") or {}).get("metrics") or {}
+        psnr, ssim = r.get("psnr_vs_reference_db", metrics.get("psnr_db")), metrics.get("ssim")
+        lines = [f"**{r['label']}**: PSNR {psnr if psnr is not None else '–'} dB, SSIM "
+                 f"{ssim if ssim is not None else '–'} against the reference."]
+        if heatmap:
+            lines += ["", f"![difference heatmap, {r['label']}]({heatmap})"
+                      " (|reference − candidate| per pixel; attach the PNG to the issue)", ""]
+        return lines
+
+    @staticmethod
+    def timing_cells(_r: dict[str, Any], t: dict[str, Any]) -> list[str]:
+        return [_ms(t.get("total_s")), _ms(t.get("text_encoder_s")), _ms(t.get("unet_s")), _ms(t.get("vae_s"))]
+
+
+# Each task's report sections, by the task's name (`arena.tasks`): a new task adds its class here.
+_SECTIONS = {"text": _TextSections, "image": _ImageSections}
 
 
 def report_markdown(run: dict[str, Any], task: str, heatmaps: Mapping[int, str] | None = None) -> str:
@@ -226,21 +292,16 @@ def report_markdown(run: dict[str, Any], task: str, heatmaps: Mapping[int, str] 
              + (f" ({model.get('source')})" if model.get("source") else "")
              + f", the same input through {len(results)} backend(s)"
              + (f", judged against **{reference['label']}**." if reference else "."), ""]
-    lines += [f"- Prompt: {json.dumps(request.get('prompt', ''), ensure_ascii=False)}"]
-    if task == "image":
-        lines += [f"- Steps {request.get('steps')}, guidance {request.get('guidance_scale')}, seed "
-                  f"{request.get('seed')}, size {model.get('width')}x{model.get('height')}"]
-    else:
-        lines += [f"- Max new tokens {request.get('max_new_tokens')}, prompt format {request.get('prompt_format')}, "
-                  f"greedy, ignore EOS {request.get('ignore_eos')}, warm-up {request.get('warmup')}, "
-                  f"repeats {request.get('repeats')}"]
+    sections = _SECTIONS[task_of(task).name]
+    lines += [f"- Prompt: {json.dumps(request.get('prompt', ''), ensure_ascii=False)}",
+              sections.settings(request, model)]
     if run.get("error"):
         lines += ["", f"**The run failed before any backend ran:** {run['error']}"]
     if run.get("busy_machine"):
         lines += ["", f"**Busy machine.** {run['busy_machine']}"]
 
     # The evidence beside each verdict (text: teacher-forced figures against the reference; images: PSNR/SSIM).
-    evidence = ("Top-1 agreement | KL (nats) | Perplexity ratio" if task == "text" else "PSNR (dB) | SSIM")
+    evidence = sections.evidence
     lines += ["", "### Verdicts", "", f"| Backend | Verdict | {evidence} | Reason |",
               "|---|---|" + "---|" * evidence.count("|") + "---|---|"]
     for r in results:
@@ -248,14 +309,14 @@ def report_markdown(run: dict[str, Any], task: str, heatmaps: Mapping[int, str] 
         kind = verdict.get("kind") or ("ERROR" if r.get("error") else "–")
         reason = (verdict.get("reason") or r.get("error") or "").replace("|", "\\|").replace("\n", " ")
         lines.append(f"| {r['label']}{' (reference)' if r is reference else ''} | **{kind}** | "
-                     f"{_evidence_cells(r, task)} | {reason} |")
+                     f"{sections.evidence_cells(r)} | {reason} |")
 
     wheres = [(r, (r.get("verdict") or {}).get("metrics") or {}) for r in results]
     wheres = [(r, m) for r, m in wheres if "where" in m]
     if wheres:
         # Images: the first component (text encoder, UNet, VAE decoder) on the reference's inputs, and each one's
         # figures (`arena.judging.localize_image.summary`).
-        image = task == "image"
+        image = task_of(task).pictures  # a pipeline: its components, each one's figures in a column
         lines += ["", "### Where did it break", "",
                   "| Backend | First divergent " + ("component" if image else "unit") + " | Error (tolerance) | "
                   "Likely cause |" + (" Each component on the reference's inputs |" if image else ""),
@@ -278,41 +339,17 @@ def report_markdown(run: dict[str, Any], task: str, heatmaps: Mapping[int, str] 
     for index, r in enumerate(results):
         if r is reference or r.get("error") or reference is None:
             continue
-        if task == "text" and r.get("text") != reference.get("text"):
-            at, ref_part, cand_part = _excerpt(reference.get("text", ""), r.get("text", ""))
-            differing += [f"**{r['label']}** departs from the reference at character {at + 1}:", "",
-                          f"Reference ({reference['label']}):", "", _fence(ref_part), "",
-                          f"{r['label']}:", "", _fence(cand_part), ""]
-        elif task == "image" and not r.get("identical_to_reference"):
-            metrics = (r.get("verdict") or {}).get("metrics") or {}
-            psnr, ssim = r.get("psnr_vs_reference_db", metrics.get("psnr_db")), metrics.get("ssim")
-            line = f"**{r['label']}**: PSNR {psnr if psnr is not None else '–'} dB, SSIM " \
-                   f"{ssim if ssim is not None else '–'} against the reference."
-            differing.append(line)
-            if heatmaps and index in heatmaps:
-                differing += ["", f"![difference heatmap, {r['label']}]({heatmaps[index]})"
-                              " (|reference − candidate| per pixel; attach the PNG to the issue)", ""]
+        differing += sections.difference(r, reference, (heatmaps or {}).get(index))
     if differing:
         lines += ["", "### Differing outputs", "", *differing]
 
     lines += ["", "### Timings", ""]
-    if task == "image":
-        lines += ["| Backend | Total | Text encoder | UNet loop | VAE decode | Export | Load | Runs on |",
-                  "|---|---|---|---|---|---|---|---|"]
-    else:
-        lines += ["| Backend | TTFT | Tokens/s | Decode tokens/s | Total | New tokens | Export | Load | Runs on |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+    lines += list(sections.timing_header)
     for r in results:
         t, load = r.get("timings") or {}, r.get("load") or {}
         export = {True: "cached", False: _ms(load.get("export_s"))}.get(load.get("export_cached"), "–")
         tail = [export, _ms(load.get("load_s")), f"{load.get('provider') or '–'}"]
-        if task == "image":
-            cells = [_ms(t.get("total_s")), _ms(t.get("text_encoder_s")), _ms(t.get("unet_s")),
-                     _ms(t.get("vae_s"))]
-        else:
-            cells = [_ms(t.get("ttft_s")), f"{t.get('tokens_per_s', 0):.1f}" if t else "–",
-                     f"{t.get('decode_tokens_per_s', 0):.1f}" if t else "–", _ms(t.get("total_s")),
-                     str(r.get("num_new_tokens", "–"))]
+        cells = sections.timing_cells(r, t)
         lines.append("| " + " | ".join([r["label"], *cells, *tail]) + " |")
 
     failures = [r for r in results if r.get("error")]
@@ -345,7 +382,7 @@ def write_reports(run: dict[str, Any], task: str, directory: str | Path, stem: s
     heatmaps: dict[int, str] = {}
     pictures, paths = [], []
     index = run.get("reference_index")
-    if task == "image" and images and index is not None and index < len(images) and images[index] is not None:
+    if task_of(task).pictures and images and index is not None and index < len(images) and images[index] is not None:
         from PIL import Image
 
         from arena.judging.verdicts import difference_heatmap
