@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
 def run_text(args, arena) -> int:
     """``text``: the table (or ``--json``); exit 1 when a backend failed, or its token ids differ from the first
     backend's (unless ``--allow-drift``)."""
-    request = TextRunRequest.from_values(cli_values(args, TextRunRequest))
     try:
+        request = TextRunRequest.from_values(cli_values(args, TextRunRequest))
         result = arena.run_text_to_end(request, phase_printer()).to_dict()
     finally:
         arena.close()
@@ -192,8 +192,8 @@ def run_load(args, arena) -> int:
 
 def run_image(args, arena) -> int:
     """``image``: one line per backend (verdict, total time); exit 1 when a backend failed or is broken."""
-    request = ImageRunRequest.from_values(cli_values(args, ImageRunRequest))
     try:
+        request = ImageRunRequest.from_values(cli_values(args, ImageRunRequest))
         final = arena.run_image_to_end(request, phase_printer())
     finally:
         arena.close()
