@@ -355,3 +355,16 @@ def test_a_run_sends_an_image_or_a_chart_again_only_when_it_changed():
     assert [sorted(update) for update in sent] == [["chart", "image", "status"], ["status"], ["image", "status"],
                                                    ["status"]]
     assert sent[2]["image"]["value"][0, 0, 0] == 7
+
+
+def test_an_empty_chart_says_what_will_appear_in_lines_a_phone_can_hold():
+    """Before a run each chart says what it will show; one 60-character line ran past both edges of the plot at
+    390 px. The note wraps to short lines on a white ground."""
+    from ui.charts import image_latency_figure, position_kl_figure, speed_quality_figure, text_latency_figure, \
+        where_figure
+
+    for figure in (text_latency_figure({}), image_latency_figure({}), speed_quality_figure({}),
+                   position_kl_figure({}), where_figure({})):
+        notes = [a.text for a in figure.layout.annotations if a.text and "<br>" in a.text or len(a.text or "") > 20]
+        assert notes, figure.layout.annotations
+        assert all(len(line) <= 28 for note in notes for line in note.split("<br>")), notes
