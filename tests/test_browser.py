@@ -154,8 +154,8 @@ def test_image_tab_draws_with_both_backends(app_server, page):
     page.wait_for_selector("#run-image")
     page.wait_for_function("document.querySelector('#image-status')?.innerText.includes('STORED RUN')")
     page.locator("#image-prompt textarea").fill("a red circle on a blue background")
-    # Every picture the panels show from now on, at each change of the page: each should be drawn once, not again
-    # at every step of the run (a picture sent again blinks out while the browser fetches it).
+    # Every picture the panels show from now on, at each change of the page: the stored run's cleared once the run
+    # is past its preparation, then this run's drawn once and kept (never cleared and drawn again mid-run).
     page.evaluate("""() => { const last = {};
         window.arenaShown = {pytorch: [], onnxruntime: []};
         for (const name of Object.keys(window.arenaShown))

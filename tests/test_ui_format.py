@@ -333,8 +333,8 @@ def test_the_image_chart_names_a_backend_that_failed():
 
 
 def test_a_run_sends_an_image_or_a_chart_again_only_when_it_changed():
-    """Every step of a run renders every output; an image or chart sent again is drawn again (it blinks out while
-    the browser fetches the new file), so only the outputs that changed go to the page."""
+    """Every step of a run renders every output; a picture sent again is encoded again and a chart drawn again, so
+    only the outputs that changed go to the page."""
     from types import SimpleNamespace
 
     import gradio as gr

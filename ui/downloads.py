@@ -107,8 +107,8 @@ _UNSEEN = object()
 
 def fingerprint(value: Any) -> Any:
     """What an output's value looks like, cheaply comparable: a run re-renders every output at each of its steps,
-    and an image or chart sent again is drawn again (the picture blinks out while the browser fetches the new file:
-    a phone on a slow link sees an empty box each step). Only what changed is sent."""
+    and each picture sent again is encoded to a file again on the server, each chart serialized, sent and drawn
+    again by plotly in the browser. Only what changed is sent."""
     if isinstance(value, np.ndarray):
         return ("array", value.shape, value.dtype.str, hashlib.blake2b(value.tobytes(), digest_size=16).digest())
     if isinstance(value, dict):
