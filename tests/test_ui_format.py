@@ -360,8 +360,13 @@ def test_a_run_sends_an_image_or_a_chart_again_only_when_it_changed():
 def test_an_empty_chart_says_what_will_appear_in_lines_a_phone_can_hold():
     """Before a run each chart says what it will show; one 60-character line ran past both edges of the plot at
     390 px. The note wraps to short lines on a white ground."""
-    from ui.charts import image_latency_figure, position_kl_figure, speed_quality_figure, text_latency_figure, \
-        where_figure
+    from ui.charts import (
+        image_latency_figure,
+        position_kl_figure,
+        speed_quality_figure,
+        text_latency_figure,
+        where_figure,
+    )
 
     for figure in (text_latency_figure({}), image_latency_figure({}), speed_quality_figure({}),
                    position_kl_figure({}), where_figure({})):
