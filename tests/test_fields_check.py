@@ -103,7 +103,8 @@ def test_tolerances_reach_the_judge_alike_from_the_cli_and_the_api():
     assert from_cli.tolerances == from_api.tolerances == [expected]
     for values, sentence in (({"atol": "fp16:lots"}, "Tolerances: tolerance atol: 'lots' is not a number."),
                              ({"atol": "fp64:0.1"}, "'fp64' is not a precision class"),
-                             ({"min_psnr": "30"}, "min_psnr judges image checks, not this text check")):
+                             ({"min_psnr": "30"}, "min_psnr judges image checks, not this text check"),
+                             ({"rtol": "0.1," * 1000}, "at most 200 characters")):
         core = Recorder()
         report = make_check(core)(model="smollm2-135m-instruct", candidate="onnxruntime", **values)
         assert report["broken"] and sentence in report["error"] and core.runs == [], report["error"]

@@ -45,6 +45,16 @@ def _candidate(value: Any) -> BackendSpec:
     return BackendSpec.from_any(value)
 
 
+def _tolerance(value: Any) -> str:
+    """A tolerance as given (checked by `tolerance_overrides` when the check starts), bounded: its value is echoed in
+    the sentence that refuses it."""
+    text = "" if value is None else str(value)
+    if len(text) > 200:
+        raise ValueError("A tolerance is a number, or PRECISION:VALUE pairs separated by commas: at most 200 "
+                         "characters.")
+    return text
+
+
 def _reference() -> BackendSpec:
     return BackendSpec(default_reference())
 
@@ -94,16 +104,16 @@ class CheckRequest(RequestFields):
                                        'UNet / VAE decoder (images), with the reference\'s: "auto" for a broken or '
                                        'drifting candidate, "all" for any candidate (the CLI\'s bare --localize), '
                                        '"off" for none; a check localizes its first such prompt only')
-    atol: str = request_field("", kind="text", label="Logits abs. tolerance (atol)",
+    atol: str = request_field("", kind="text", parser=_tolerance, label="Logits abs. tolerance (atol)",
                               help=TOLERANCE_HELP.format(what="text checks: the first-step logits' absolute "
                                                               "tolerance", example="0.5"))
-    rtol: str = request_field("", kind="text", label="Logits rel. tolerance (rtol)",
+    rtol: str = request_field("", kind="text", parser=_tolerance, label="Logits rel. tolerance (rtol)",
                               help=TOLERANCE_HELP.format(what="text checks: their relative tolerance",
                                                          example="0.02"))
-    min_psnr: str = request_field("", kind="text", label="Minimum PSNR (dB)",
+    min_psnr: str = request_field("", kind="text", parser=_tolerance, label="Minimum PSNR (dB)",
                                   help=TOLERANCE_HELP.format(what="image checks: the least PSNR against the "
                                                                   "reference", example="30"))
-    min_ssim: str = request_field("", kind="text", label="Minimum SSIM",
+    min_ssim: str = request_field("", kind="text", parser=_tolerance, label="Minimum SSIM",
                                   help=TOLERANCE_HELP.format(what="image checks: the least SSIM", example="0.9"))
 
     def tolerances(self) -> dict[str, dict[str, str]]:
